@@ -1,0 +1,28 @@
+# Sourced by scripts/test, scripts/demo and scripts/bench: installs what is missing
+# (Debian packages for FUSE, a venv with fsbackup and its test dependencies) and
+# activates the venv. Safe to source again: every step checks before it installs.
+set -euo pipefail
+FSB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+FSB_VENV=${FSB_VENV:-$FSB_ROOT/.venv}
+
+fsb_apt_install() {  # fsb_apt_install PKG... : installs the Debian packages not yet installed
+    local missing=()
+    for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "installing Debian packages: ${missing[*]}" >&2
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+}
+
+fsb_apt_install fuse3 libfuse3-dev pkg-config attr python3-venv
+
+stamp="$FSB_VENV/.fsbackup-installed"
+if [ ! -x "$FSB_VENV/bin/python" ]; then
+    python3 -m venv "$FSB_VENV"
+fi
+if [ ! -f "$stamp" ] || [ "$FSB_ROOT/pyproject.toml" -nt "$stamp" ]; then
+    "$FSB_VENV/bin/pip" install -q --disable-pip-version-check -e "$FSB_ROOT[test]" >&2
+    touch "$stamp"
+fi
+export PATH="$FSB_VENV/bin:$PATH"

@@ -1,0 +1,81 @@
+"""Storage backends: where repository objects live.
+
+One interface, `Backend`, whose docstrings are the contract; every backend passes the same
+contract suite (tests/test_backend_contract.py). Only the repository layer talks to backends.
+`open_backend(url)` turns a repository URL into a backend.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Iterator
+
+from ..errors import RepositoryNotFound, UsageError
+
+
+class Backend(abc.ABC):
+    """A flat store of named, immutable objects.
+
+    Names are '/'-separated relative paths made of [A-Za-z0-9._-] parts, e.g. 'data/ab/ab12...'.
+    Objects are written once under a fresh name; writing an existing name replaces it whole.
+
+    Failures raise `errors.BackendError` (with `.temporary` telling whether a retry may help),
+    `errors.NoSpace` or `errors.PermissionDenied`; a missing object raises `errors.NoSuchObject`.
+    """
+
+    url: str
+
+    @abc.abstractmethod
+    def put(self, name: str, data: bytes) -> None:
+        """Store `data` under `name`, durably, before returning.
+
+        Atomic visibility: until put returns, readers see either no object or the previous whole
+        object; never a partial one, even if the process is killed midway.
+        """
+
+    @abc.abstractmethod
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Return `length` bytes of the object from `offset` (to the end when length is None).
+
+        A range reaching past the end returns the bytes that exist (possibly b'').
+        A missing object raises NoSuchObject. Reads are idempotent and may be retried.
+        """
+
+    @abc.abstractmethod
+    def size(self, name: str) -> int:
+        """Size in bytes of the object; NoSuchObject if it does not exist."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """Yield (name, size) of every stored object whose name starts with `prefix`, in no set order.
+
+        Objects being written (not yet visible per `put`) are not listed.
+        """
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove the object. Deleting a missing object is not an error."""
+
+    def exists(self, name: str) -> bool:
+        from ..errors import NoSuchObject
+        try:
+            self.size(name)
+            return True
+        except NoSuchObject:
+            return False
+
+    def close(self) -> None:
+        """Release connections. The backend is not used afterwards."""
+
+
+def open_backend(url: str) -> Backend:
+    """Make the backend for a repository URL: a plain path (or file://PATH) is a local directory."""
+    if not url:
+        raise UsageError("no repository given: use --repo URL or set FSBACKUP_REPOSITORY")
+    if url.startswith("memory://"):
+        from .memory import MemoryBackend
+        return MemoryBackend.named(url)
+    if "://" in url and not url.startswith("file://"):
+        scheme = url.split("://", 1)[0]
+        raise RepositoryNotFound(f"unknown repository URL scheme '{scheme}://' (use a directory path)")
+    from .local import LocalBackend
+    return LocalBackend(url.removeprefix("file://"))

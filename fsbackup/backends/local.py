@@ -1,0 +1,115 @@
+"""A repository in a local directory (or a mounted NAS path)."""
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from contextlib import contextmanager
+from typing import Iterator
+
+from ..errors import BackendError, NoSpace, NoSuchObject, PermissionDenied
+from . import Backend
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextmanager
+def _os_errors(name: str):
+    """Translate OSError into the backend contract's errors."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise NoSuchObject(name) from None
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"no space left on the repository's disk while writing {name}") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermissionDenied(f"permission denied on repository object {name}: {e.strerror}") from None
+        raise BackendError(f"repository I/O error on {name}: {e.strerror or e}",
+                           temporary=e.errno in (errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR)) from None
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.url = self.root
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def put(self, name: str, data: bytes) -> None:
+        # Write to a temporary name, fsync, rename, fsync the directory: publish atomically.
+        path = self._path(name)
+        folder = os.path.dirname(path)
+        tmp = os.path.join(folder, TMP_PREFIX + secrets.token_hex(8))
+        with _os_errors(name):
+            os.makedirs(folder, exist_ok=True)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        with _os_errors(name):
+            fd = os.open(self._path(name), os.O_RDONLY)
+            try:
+                if length is None:
+                    length = max(0, os.fstat(fd).st_size - offset)
+                parts = []
+                while length > 0:
+                    part = os.pread(fd, length, offset)
+                    if not part:
+                        break
+                    parts.append(part)
+                    offset += len(part)
+                    length -= len(part)
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            finally:
+                os.close(fd)
+
+    def size(self, name: str) -> int:
+        with _os_errors(name):
+            return os.stat(self._path(name)).st_size
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        # Walk only the folder the prefix names, so listing 'versions/' never touches data/.
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self._path(folder) if folder else self.root
+        with _os_errors(prefix or "/"):
+            if not os.path.isdir(start):
+                return
+            for dirpath, dirnames, filenames in os.walk(start):
+                rel = os.path.relpath(dirpath, self.root)
+                rel = "" if rel == "." else rel + "/"
+                for fn in filenames:
+                    name = rel + fn
+                    if fn.startswith(TMP_PREFIX) or not name.startswith(prefix):
+                        continue
+                    try:
+                        yield name, os.stat(os.path.join(dirpath, fn)).st_size
+                    except FileNotFoundError:
+                        continue   # deleted while listing
+
+    def delete(self, name: str) -> None:
+        with _os_errors(name):
+            try:
+                os.unlink(self._path(name))
+            except FileNotFoundError:
+                pass

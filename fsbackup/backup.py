@@ -1,0 +1,569 @@
+"""The backup pipeline (Duplicati's design, with content-defined chunking).
+
+scan -> for each changed file: read, cut, hash -> skip blocks already stored -> compress and
+encrypt in worker threads -> pack into volumes -> upload volumes (a bounded number in flight)
+-> record each volume once stored -> store the version object last -> record the version.
+
+Threading: the calling thread scans, reads, cuts, hashes and owns the local index. Workers
+compress+encrypt blocks (zstandard and AES-GCM release the GIL) and upload volumes. Memory is
+bounded by the encode window plus (uploads in flight + 1) volumes, whatever the data size.
+"""
+from __future__ import annotations
+
+import errno
+import fnmatch
+import grp
+import os
+import pwd
+import secrets
+import socket
+import stat
+import tempfile
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import msgpack
+import zstandard
+
+from . import format as fmt
+from .chunker import Chunker
+from .errors import FsbackupError, PathNotFound
+from .progress import Progress
+from .repository import Repository
+from .tree import Node, VersionTree, list_versions
+
+DEFAULT_VOLUME_SIZE = 32 * 1024 * 1024
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+HOLE_MARK = b"\0fsbackup-hole\0"
+
+
+@dataclass
+class BackupOptions:
+    excludes: list[str] = field(default_factory=list)
+    exclude_if_present: list[str] = field(default_factory=list)
+    exclude_caches: bool = False
+    one_file_system: bool = False
+    tags: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    volume_size: int = DEFAULT_VOLUME_SIZE
+    workers: int = max(2, os.cpu_count() or 2)
+    uploads_in_flight: int = 2
+
+
+@dataclass
+class BackupStats:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    others: int = 0
+    bytes_read: int = 0
+    total_size: int = 0
+    blocks_new: int = 0
+    bytes_new_plain: int = 0     # plaintext bytes of new blocks
+    bytes_added: int = 0         # stored bytes uploaded (volumes + index objects), after dedup and compression
+    volumes: int = 0
+    duration: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def file_count(self) -> int:
+        return self.files_new + self.files_changed + self.files_unchanged + self.others
+
+
+def _change_key(st: os.stat_result) -> tuple:
+    """What tells that a file changed: equal keys mean its content is taken as unchanged."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+class FileChanged(Exception):
+    """The file changed while it was read."""
+
+
+class Excluder:
+    """--exclude GLOB: a pattern with a '/' matches the whole path (or a parent of it), else any name."""
+
+    def __init__(self, options: BackupOptions):
+        self.path_patterns = [os.fsencode(p.rstrip("/")) for p in options.excludes if "/" in p.rstrip("/")]
+        self.name_patterns = [os.fsencode(p.rstrip("/")) for p in options.excludes if "/" not in p.rstrip("/")]
+        self.if_present = [os.fsencode(n) for n in options.exclude_if_present]
+        self.caches = options.exclude_caches
+
+    def excludes_path(self, path: bytes, name: bytes) -> bool:
+        return (any(fnmatch.fnmatchcase(name, p) for p in self.name_patterns)
+                or any(fnmatch.fnmatchcase(path, p) for p in self.path_patterns))
+
+    def excludes_dir_content(self, path: bytes) -> bool:
+        for tag in self.if_present:
+            if os.path.lexists(os.path.join(path, tag)):
+                return True
+        if self.caches:
+            try:
+                with open(os.path.join(path, b"CACHEDIR.TAG"), "rb") as f:
+                    return f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+            except OSError:
+                return False
+        return False
+
+
+class _RangeReader:
+    """A readinto() over [start, end) of a file descriptor, for the chunker."""
+
+    def __init__(self, fd: int, start: int, end: int):
+        self.fd, self.pos, self.end = fd, start, end
+
+    def readinto(self, buf) -> int:
+        want = min(len(buf), self.end - self.pos)
+        if want <= 0:
+            return 0
+        n = os.preadv(self.fd, [memoryview(buf)[:want]], self.pos)
+        self.pos += n
+        return n
+
+
+def data_regions(fd: int, size: int, st: os.stat_result) -> list[tuple[int, int]]:
+    """The [start, end) ranges of a file that hold data; the rest are holes (sparse files)."""
+    if size == 0:
+        return []
+    if st.st_blocks * 512 >= size:
+        return [(0, size)]
+    regions, pos = [], 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break            # only a hole remains
+            return [(0, size)]   # no SEEK_DATA support: read it all
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        regions.append((start, end))
+        pos = end
+    return regions
+
+
+class _NameCache:
+    def __init__(self):
+        self.users: dict[int, str | None] = {}
+        self.groups: dict[int, str | None] = {}
+
+    def user(self, uid: int) -> str | None:
+        if uid not in self.users:
+            try:
+                self.users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self.users[uid] = None
+        return self.users[uid]
+
+    def group(self, gid: int) -> str | None:
+        if gid not in self.groups:
+            try:
+                self.groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                self.groups[gid] = None
+        return self.groups[gid]
+
+
+def read_xattrs(path: bytes) -> dict[bytes, bytes] | None:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return None
+    out = {}
+    for name in names:
+        try:
+            out[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+    return out or None
+
+
+_TYPE_CODES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p",
+               stat.S_IFCHR: "c", stat.S_IFBLK: "b"}
+
+_thread_local = threading.local()
+
+
+def _encode_in_worker(cipher, block_id: bytes, data: bytes) -> tuple[bytes, int]:
+    compressor = getattr(_thread_local, "zstd", None)
+    if compressor is None:
+        compressor = _thread_local.zstd = zstandard.ZstdCompressor(level=fmt.ZSTD_LEVEL)
+    return fmt.encode_block(cipher, block_id, data, compressor)
+
+
+class _OpenVolume:
+    def __init__(self, repo: Repository):
+        self.name = secrets.token_hex(32)
+        self.cipher = repo.block_cipher(self.name)
+        self.parts: list[bytes] = [fmt.header(fmt.VOLUME_MAGIC)]
+        self.offset = fmt.HEADER_LEN
+        self.entries: list[fmt.BlockEntry] = []
+        self.encoding: deque[tuple[bytes, Future]] = deque()
+        self.plain_encoding = 0
+        self.stored_size = 0
+
+    def take_oldest(self) -> None:
+        block_id, fut = self.encoding.popleft()
+        stored, plain_len = fut.result()
+        self.plain_encoding -= plain_len
+        self.entries.append(fmt.BlockEntry(block_id, self.offset, len(stored), plain_len))
+        self.parts.append(stored)
+        self.offset += len(stored)
+
+
+class Backup:
+    def __init__(self, repo: Repository, options: BackupOptions, progress: Progress | None = None,
+                 warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None):
+        self.repo = repo
+        self.options = options
+        self.progress = progress or Progress(enabled=False)
+        self.warn_cb = warn or (lambda msg: None)
+        self.note = note or (lambda msg: None)
+        self.stats = BackupStats()
+        self.chunker = Chunker(repo.keys.chunker_seed)
+        self.excluder = Excluder(options)
+        self.names = _NameCache()
+        self.pending_ids: set[bytes] = set()        # submitted blocks not yet recorded in the index
+        self.hardlinks: dict[tuple[int, int], list | None] = {}
+        self.volume: _OpenVolume | None = None
+        self.uploads: deque[tuple[_OpenVolume, int, Future]] = deque()
+        self.encode_window = 2 * options.workers + 2
+
+    def warn(self, msg: str) -> None:
+        self.stats.warnings.append(msg)
+        self.warn_cb(msg)
+
+    # ---- entry point --------------------------------------------------------------------
+
+    def run(self, paths: list[str]) -> str | None:
+        """Back up `paths` as one new version; returns its name (None for a dry run)."""
+        started = time.monotonic()
+        start_ns = time.time_ns()
+        tops = self._top_paths(paths)
+        index = self.repo.index
+        host = socket.gethostname()
+        head_paths = [os.fsdecode(p) for p in tops]
+        parent = self._parent_version(host, head_paths)
+        self.prev = VersionTree(index, parent) if parent else None
+        self.progress.start("backup")
+        if self.progress.enabled:
+            threading.Thread(target=self._estimate_total, args=(tops,), daemon=True).start()
+        self.pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-encode")
+        self.upload_pool = ThreadPoolExecutor(self.options.uploads_in_flight, thread_name_prefix="fsbackup-upload")
+        spool = tempfile.TemporaryFile(prefix="fsbackup-tree-")
+        try:
+            self.spool_packer = msgpack.Packer(unicode_errors="surrogateescape")
+            self.spool = spool
+            self.node_count = 0
+            self._scan(tops)
+            self._seal_volume()
+            self._finish_uploads()
+        except BaseException:
+            self._abort()
+            spool.close()
+            raise
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.upload_pool.shutdown(wait=True, cancel_futures=True)
+        self.progress.finish()
+        head = {"time_ns": start_ns, "host": host, "paths": head_paths, "tags": list(self.options.tags),
+                "parent": parent.name if parent else None, "file_count": self.stats.file_count,
+                "total_size": self.stats.total_size, "bytes_added": self.stats.bytes_added,
+                "fsbackup": "0.1.0"}
+        name = None
+        with spool:
+            if not self.options.dry_run:
+                spool.seek(0)
+                name = self.repo.store_version(head, self._spooled_entries(spool))
+                spool.seek(0)
+                self.repo.record_version(name, head, self._spooled_entries(spool))
+        self.stats.duration = time.monotonic() - started
+        return name
+
+    @staticmethod
+    def _spooled_entries(spool):
+        return msgpack.Unpacker(spool, raw=False, unicode_errors="surrogateescape", max_buffer_size=1 << 30)
+
+    def _top_paths(self, paths: list[str]) -> list[bytes]:
+        tops = []
+        for p in paths:
+            ap = os.path.abspath(os.fsencode(p))
+            if not os.path.lexists(ap):
+                raise PathNotFound(f"source path {p} does not exist")
+            tops.append(ap)
+        tops = sorted(set(tops))
+        # A path inside another given path is already covered by it.
+        return [t for t in tops if not any(t != o and t.startswith(o.rstrip(b"/") + b"/") for o in tops)]
+
+    def _parent_version(self, host: str, paths: list[str]):
+        """The newest version of the same paths from this host: unchanged files are taken from it."""
+        for v in reversed(list_versions(self.repo.index)):
+            if v.host == host and sorted(v.paths) == sorted(paths):
+                return v
+        return None
+
+    def _estimate_total(self, tops: list[bytes]) -> None:
+        """Sum file sizes in the background so the progress bar can show an ETA."""
+        total = 0
+        for top in tops:
+            for dirpath, _, files in os.walk(top):
+                for f in files:
+                    try:
+                        total += os.lstat(os.path.join(dirpath, f)).st_size
+                    except OSError:
+                        pass
+        self.progress.set_total_bytes(total)
+
+    # ---- scanning -----------------------------------------------------------------------
+
+    def _emit(self, entry: list) -> int:
+        self.spool.write(self.spool_packer.pack(entry))
+        self.node_count += 1
+        return self.node_count
+
+    def _entry(self, parent_id: int, name: bytes, path: bytes, st: os.stat_result, type_code: str) -> list:
+        e = [None] * len(fmt.ENTRY_FIELDS)
+        e[fmt.E_PARENT], e[fmt.E_NAME], e[fmt.E_TYPE], e[fmt.E_MODE] = parent_id, name, type_code, st.st_mode
+        e[fmt.E_UID], e[fmt.E_GID] = st.st_uid, st.st_gid
+        e[fmt.E_USER], e[fmt.E_GRP] = self.names.user(st.st_uid), self.names.group(st.st_gid)
+        e[fmt.E_MTIME], e[fmt.E_ATIME], e[fmt.E_CTIME] = st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns
+        e[fmt.E_SIZE] = st.st_size if type_code in "fl" else 0
+        e[fmt.E_INO], e[fmt.E_DEV], e[fmt.E_NLINK], e[fmt.E_RDEV] = st.st_ino, st.st_dev, st.st_nlink, st.st_rdev
+        e[fmt.E_XATTRS] = read_xattrs(path)
+        return e
+
+    def _prev_children(self, prev_id: int | None) -> dict[bytes, Node]:
+        if self.prev is None or prev_id is None:
+            return {}
+        return {n.name: n for n in self.prev.children(prev_id)}
+
+    def _scan(self, tops: list[bytes]) -> None:
+        st = os.lstat(b"/")
+        self._emit(self._entry(0, b"", b"/", st, "d"))
+        self.stats.dirs += 1
+        known_dirs: dict[bytes, tuple[int, int | None]] = {b"/": (1, 1 if self.prev else None)}
+        for top in tops:
+            parts = [p for p in top.split(b"/") if p]
+            path = b"/"
+            for i, part in enumerate(parts):
+                parent_path, path = path, os.path.join(path, part)
+                parent_id, prev_parent = known_dirs[parent_path]
+                if i == len(parts) - 1:
+                    self._walk(path, part, parent_id, prev_parent)
+                elif path not in known_dirs:
+                    prev_node = self.prev.lookup(prev_parent, part) if self.prev and prev_parent else None
+                    try:
+                        st = os.lstat(path)
+                    except OSError as e:
+                        raise PathNotFound(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
+                    node_id = self._emit(self._entry(parent_id, part, path, st, "d"))
+                    self.stats.dirs += 1
+                    known_dirs[path] = (node_id, prev_node.id if prev_node and prev_node.type == "d" else None)
+
+    def _walk(self, top: bytes, top_name: bytes, parent_id: int, prev_parent: int | None) -> None:
+        """Depth-first over one given path, with an explicit stack (trees can be deep)."""
+        prev_top = self.prev.lookup(prev_parent, top_name) if self.prev and prev_parent else None
+        stack = [(top, top_name, parent_id, prev_top, None)]
+        while stack:
+            path, name, parent_id, prev_node, parent_dev = stack.pop()
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                self.warn(f"{os.fsdecode(path)} vanished before it was read; left out")
+                continue
+            except OSError as e:
+                self.warn(f"cannot stat {os.fsdecode(path)}: {e.strerror}; left out")
+                continue
+            kind = stat.S_IFMT(st.st_mode)
+            code = _TYPE_CODES.get(kind)
+            if code is None:
+                self.note(f"{os.fsdecode(path)} is a socket; skipped" if kind == stat.S_IFSOCK
+                          else f"{os.fsdecode(path)} has an unsupported type; skipped")
+                continue
+            entry = self._entry(parent_id, name, path, st, code)
+            if code == "d":
+                node_id = self._emit(entry)
+                self.stats.dirs += 1
+                if self.options.one_file_system and parent_dev is not None and st.st_dev != parent_dev:
+                    continue
+                if self.excluder.excludes_dir_content(path):
+                    continue
+                try:
+                    names = sorted(os.listdir(path))
+                except OSError as e:
+                    self.warn(f"cannot list {os.fsdecode(path)}: {e.strerror}; its contents are left out")
+                    continue
+                prev_kids = self._prev_children(prev_node.id if prev_node and prev_node.type == "d" else None)
+                for child in reversed(names):
+                    child_path = os.path.join(path, child)
+                    if self.excluder.excludes_path(child_path, child):
+                        continue
+                    stack.append((child_path, child, node_id, prev_kids.get(child), st.st_dev))
+                continue
+            if code == "l":
+                try:
+                    entry[fmt.E_TARGET] = os.readlink(path)
+                except OSError as e:
+                    self.warn(f"cannot read symlink {os.fsdecode(path)}: {e.strerror}; left out")
+                    continue
+            elif code == "f":
+                content, kept = self._file_content(path, st, prev_node)
+                if content is None:
+                    continue
+                entry[fmt.E_CONTENT] = content
+                if kept is not None:
+                    entry[fmt.E_SIZE], entry[fmt.E_MTIME], entry[fmt.E_CTIME] = kept.size, kept.mtime_ns, kept.ctime_ns
+                self.stats.total_size += content[1]
+            else:
+                self.stats.others += 1
+            self._emit(entry)
+
+    # ---- files --------------------------------------------------------------------------
+
+    def _file_content(self, path: bytes, st: os.stat_result, prev: Node | None) -> tuple[list | None, Node | None]:
+        """(the file's [hash, size, extents] or None to leave it out, the node whose times to keep
+        instead of the file's when the previous content was kept). Reuses the previous version's
+        content without reading when nothing changed."""
+        link_key = (st.st_dev, st.st_ino)
+        unchanged = (prev is not None and prev.type == "f" and prev.content is not None
+                     and (prev.size, prev.mtime_ns, prev.ctime_ns, prev.ino) == _change_key(st))
+        if st.st_nlink > 1 and link_key in self.hardlinks:   # another name of a file already read
+            content = self.hardlinks[link_key]
+            if unchanged:
+                self.stats.files_unchanged += 1
+            elif prev is not None and prev.type == "f":
+                self.stats.files_changed += 1
+            else:
+                self.stats.files_new += 1
+            return content, None
+        if unchanged:
+            c = self.prev.content(prev.content)
+            content = [c.hash, c.size, fmt.pack_extents(c.extents)]
+            self.stats.files_unchanged += 1
+            self.progress.advance(files=1, nbytes=st.st_size)
+        else:
+            try:
+                content = self._read_file(path, st)
+            except FileChanged:
+                if prev is not None and prev.content is not None:
+                    self.warn(f"{os.fsdecode(path)} changed while it was read; kept its previous content")
+                    c = self.prev.content(prev.content)
+                    # Previous content with previous times, so the next backup reads the file again.
+                    return [c.hash, c.size, fmt.pack_extents(c.extents)], prev
+                else:
+                    self.warn(f"{os.fsdecode(path)} changed while it was read; left out")
+                    return None, None
+            except FileNotFoundError:
+                self.warn(f"{os.fsdecode(path)} vanished before it was read; left out")
+                return None, None
+            except OSError as e:
+                self.warn(f"cannot read {os.fsdecode(path)}: {e.strerror}; left out")
+                return None, None
+            if prev is not None and prev.type == "f":
+                self.stats.files_changed += 1
+            else:
+                self.stats.files_new += 1
+        if st.st_nlink > 1:
+            self.hardlinks[link_key] = content
+        return content, None
+
+    def _read_file(self, path: bytes, st: os.stat_result) -> list:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags | os.O_NOATIME)
+        except PermissionError:
+            fd = os.open(path, flags)   # O_NOATIME needs ownership
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode) or _change_key(before) != _change_key(st):
+                raise FileChanged()
+            size = before.st_size
+            hasher = self.repo.keys.content_hasher()
+            extents: list[tuple[bytes, int]] = []
+            pos = 0
+            for start, end in data_regions(fd, size, before):
+                if start > pos:
+                    extents.append((fmt.HOLE_ID, start - pos))
+                    hasher.update(HOLE_MARK + (start - pos).to_bytes(8, "little"))
+                for block in self.chunker.cut_stream(_RangeReader(fd, start, end)):
+                    block_id = self.repo.keys.block_id(block)
+                    hasher.update(block)
+                    extents.append((block_id, len(block)))
+                    self._store_block(block_id, block)
+                    self.stats.bytes_read += len(block)
+                    self.progress.advance(nbytes=len(block))
+                pos = end
+            if pos < size:
+                extents.append((fmt.HOLE_ID, size - pos))
+                hasher.update(HOLE_MARK + (size - pos).to_bytes(8, "little"))
+            if _change_key(os.fstat(fd)) != _change_key(before) or sum(n for _, n in extents) != size:
+                raise FileChanged()
+        finally:
+            os.close(fd)
+        self.progress.advance(files=1)
+        return [hasher.digest(), size, fmt.pack_extents(extents)]
+
+    # ---- blocks, volumes, uploads ---------------------------------------------------------
+
+    def _store_block(self, block_id: bytes, data: bytes) -> None:
+        if block_id in self.pending_ids or self.repo.has_block(block_id):
+            return
+        self.pending_ids.add(block_id)
+        self.stats.blocks_new += 1
+        self.stats.bytes_new_plain += len(data)
+        if self.options.dry_run:
+            return
+        vol = self.volume
+        if vol is None:
+            vol = self.volume = _OpenVolume(self.repo)
+        vol.encoding.append((block_id, self.pool.submit(_encode_in_worker, vol.cipher, block_id, data)))
+        vol.plain_encoding += len(data)
+        while len(vol.encoding) > self.encode_window:
+            vol.take_oldest()
+        # Stored size is at most the plain size (+ tag): when the estimate reaches the limit,
+        # wait for the blocks in flight to learn the real size before deciding to close.
+        if vol.offset + vol.plain_encoding >= self.options.volume_size:
+            while vol.encoding:
+                vol.take_oldest()
+            if vol.offset >= self.options.volume_size - fmt.HEADER_LEN:
+                self._seal_volume()
+
+    def _seal_volume(self) -> None:
+        vol, self.volume = self.volume, None
+        if vol is None:
+            return
+        while vol.encoding:
+            vol.take_oldest()
+        if not vol.entries:
+            return
+        vol.parts.append(fmt.seal_table(self.repo.keys, bytes.fromhex(vol.name), vol.entries, vol.offset))
+        data = b"".join(vol.parts)
+        vol.parts = []
+        vol.stored_size = len(data)
+        # Verify what we wrote: re-read our own table before it leaves the machine.
+        if fmt.open_volume_table(self.repo.keys, bytes.fromhex(vol.name), data, vol.name) != vol.entries:
+            raise FsbackupError(f"internal error: volume {vol.name} does not read back as written")
+        index_obj = fmt.encode_index(self.repo.keys, bytes.fromhex(vol.name), len(data), vol.entries)
+        while len(self.uploads) >= self.options.uploads_in_flight:
+            self._record_oldest_upload()
+        fut = self.upload_pool.submit(self.repo.store_volume, vol.name, data, index_obj)
+        self.uploads.append((vol, len(data) + len(index_obj), fut))
+
+    def _record_oldest_upload(self) -> None:
+        vol, nbytes, fut = self.uploads.popleft()
+        fut.result()
+        self.repo.record_volume(vol.name, vol.stored_size, vol.entries)
+        self.pending_ids.difference_update(e.id for e in vol.entries)
+        self.stats.bytes_added += nbytes
+        self.stats.volumes += 1
+
+    def _finish_uploads(self) -> None:
+        while self.uploads:
+            self._record_oldest_upload()
+
+    def _abort(self) -> None:
+        for _, _, fut in self.uploads:
+            fut.cancel()

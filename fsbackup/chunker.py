@@ -1,0 +1,36 @@
+"""Content-defined chunking (FastCDC 2020, through pyfastcdc's Cython implementation).
+
+Cut points depend only on content, so inserting bytes in the middle of a file changes only the
+blocks around the insertion. The gear table is seeded from the repository key, so the sizes of
+stored blocks do not reveal which known files a repository holds.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from pyfastcdc.cy import FastCDC
+
+# Format version 1 parameters. pyfastcdc's average is avg_size + min_size, so blocks average ~1 MiB.
+AVG_SIZE = 768 * 1024
+MIN_SIZE = 256 * 1024
+MAX_SIZE = 4 * 1024 * 1024
+READ_SIZE = 8 * 1024 * 1024
+
+
+class Chunker:
+    def __init__(self, seed: int):
+        self._seed = seed
+
+    def _fastcdc(self) -> FastCDC:
+        # One FastCDC per call: the object is not safe to share between threads.
+        return FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, normalized_chunking=1, seed=self._seed)
+
+    def cut(self, data) -> Iterator[memoryview]:
+        """Cut an in-memory buffer; yields views into it."""
+        for chunk in self._fastcdc().cut_buf(data):
+            yield chunk.data
+
+    def cut_stream(self, stream) -> Iterator[bytes]:
+        """Cut a binary stream (with readinto or read); yields each block as bytes."""
+        for chunk in self._fastcdc().cut_stream(stream):
+            yield bytes(chunk.data)

@@ -1,0 +1,366 @@
+"""The command line: parses arguments, calls the engine, prints results, maps errors to exit codes.
+
+It holds no backup logic. Every FsbackupError becomes one line on stderr and its exit code
+(docs/exit-codes.md); nothing else leaves as a traceback unless FSBACKUP_DEBUG is set.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import json
+import os
+import stat
+import subprocess
+import sys
+
+from . import errors
+from .backends import open_backend
+from .errors import FsbackupError, UsageError
+from .progress import Progress, human_bytes, human_duration
+from .repository import Repository
+
+PROG = "fsbackup"
+
+EPILOG = """\
+environment:
+  FSBACKUP_REPOSITORY       repository URL (a directory path), instead of --repo
+  FSBACKUP_PASSWORD         the passphrase
+  FSBACKUP_PASSWORD_COMMAND a command that prints the passphrase (e.g. 'pass show backup')
+  XDG_CACHE_HOME            where the local index lives (default ~/.cache/fsbackup/<repository id>/)
+
+examples:
+  export FSBACKUP_REPOSITORY=/mnt/nas/backups
+  fsbackup init
+  fsbackup backup ~/Documents ~/Pictures --exclude '*.tmp' --exclude-caches
+  fsbackup versions
+  fsbackup ls latest /home/alice/Documents -l
+  fsbackup restore latest /home/alice/Documents/report.odt --target /tmp/restored
+
+exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be read,
+  4 restore would overwrite files, 10 no repository, 11 wrong passphrase, 12 corrupt or missing
+  data, 13 version or path not found, 15 disk full, 16 permission denied, 17 storage failure,
+  130 interrupted (see docs/exit-codes.md)
+"""
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        value = float(t[:-1] if unit else t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size (e.g. 32M, 1G)") from None
+    return int(value * units[unit])
+
+
+# ---- argument parsing -----------------------------------------------------------------------
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    g = parser.add_argument_group("global options")
+    g.add_argument("--repo", metavar="URL", default=d(None),
+                   help="repository: a directory path (default: $FSBACKUP_REPOSITORY)")
+    g.add_argument("--password-file", metavar="FILE", default=d(None), help="read the passphrase from FILE")
+    g.add_argument("--index", metavar="PATH", default=d(None),
+                   help="local index file (default: $XDG_CACHE_HOME/fsbackup/<repository id>/index.sqlite)")
+    g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="print only errors")
+    g.add_argument("-v", "--verbose", action="count", default=d(0), help="say more (notes on skipped files)")
+    g.add_argument("--json", action="store_true", default=d(False), help="print results as JSON for scripts")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Deduplicated, compressed, encrypted backups of directories, browsable as a read-only filesystem.")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        _global_options(p, suppress=True)
+        return p
+
+    command("init", "create a new repository",
+            "Create a repository at --repo. Asks for a new passphrase twice (or takes it from the environment).\n"
+            "Refuses a folder that has other files in it. Keep the passphrase safe: without it the backups\n"
+            "cannot be read, by you or anyone.")
+
+    p = command("backup", "back up paths as a new version",
+                "Back up one or more paths as one new version. Unchanged files (same size, mtime, ctime and inode\n"
+                "as in the previous version of the same paths) are not read again; new data is cut into blocks,\n"
+                "and only blocks the repository lacks are compressed, encrypted and uploaded.\n\n"
+                "Exit code 3: the version was saved, but some files could not be read (they are listed).")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--exclude", metavar="GLOB", action="append", default=[],
+                   help="leave out matching paths; a GLOB with '/' matches whole paths, else names (repeatable)")
+    p.add_argument("--exclude-file", metavar="FILE", action="append", default=[],
+                   help="read --exclude patterns from FILE, one per line ('#' comments)")
+    p.add_argument("--exclude-if-present", metavar="NAME", action="append", default=[],
+                   help="leave out the contents of directories holding a file NAME (repeatable)")
+    p.add_argument("--exclude-caches", action="store_true",
+                   help="leave out the contents of directories with a valid CACHEDIR.TAG")
+    p.add_argument("--one-file-system", action="store_true", help="do not cross file system boundaries")
+    p.add_argument("--tag", metavar="TAG", action="append", default=[], help="tag the version (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="scan and chunk, but store nothing")
+    p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
+                   help="close volumes at about this size (default 32M)")
+
+    p = command("versions", "list backup versions", "One line per version: id, time, paths, files, size, bytes added.")
+
+    p = command("ls", "list the files of a version",
+                "List a version's tree, or the part below PATH. VERSION is an id, an unambiguous id prefix, or 'latest'.")
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("path", nargs="?", default="/", metavar="PATH")
+    p.add_argument("-l", "--long", action="store_true", help="long format: mode, owner, size, time")
+
+    p = command("restore", "restore files from a version",
+                "Restore all of a version, or the given paths, below --target (paths keep their absolute\n"
+                "place: /home/a/f restores to TARGET/home/a/f). Existing files are never touched unless\n"
+                "--overwrite is given. Every block is authenticated and every file's content hash checked.")
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--target", required=True, metavar="DIR", help="where to restore (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace files that exist in the target")
+
+    command("repair", "rebuild the local index from the repository",
+            "Rebuild the local index from the repository's index and version objects (no volume is downloaded).")
+    return parser
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+class Output:
+    def __init__(self, args):
+        self.quiet, self.verbose, self.json = args.quiet, args.verbose, args.json
+
+    def info(self, msg: str) -> None:
+        if not self.quiet and not self.json:
+            print(msg)
+
+    def warn(self, msg: str) -> None:
+        print(f"warning: {msg}", file=sys.stderr)
+
+    def note(self, msg: str) -> None:
+        if self.verbose and not self.quiet:
+            print(f"note: {msg}", file=sys.stderr)
+
+    def progress(self) -> Progress:
+        return Progress(enabled=sys.stderr.isatty() and not self.quiet and not self.json)
+
+    def emit_json(self, doc) -> None:
+        json.dump(doc, sys.stdout, indent=1, sort_keys=True)
+        sys.stdout.write("\n")
+
+
+def get_passphrase(args, confirm: bool = False) -> bytes:
+    if args.password_file:
+        try:
+            with open(args.password_file, "rb") as f:
+                return f.read().rstrip(b"\r\n")
+        except OSError as e:
+            raise UsageError(f"cannot read password file {args.password_file}: {e.strerror}") from None
+    if "FSBACKUP_PASSWORD" in os.environ:
+        return os.fsencode(os.environ["FSBACKUP_PASSWORD"])
+    if os.environ.get("FSBACKUP_PASSWORD_COMMAND"):
+        cmd = os.environ["FSBACKUP_PASSWORD_COMMAND"]
+        res = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE)
+        if res.returncode != 0:
+            raise UsageError(f"FSBACKUP_PASSWORD_COMMAND failed with exit code {res.returncode}")
+        return res.stdout.rstrip(b"\r\n")
+    if not sys.stdin.isatty():
+        raise UsageError("no passphrase: set FSBACKUP_PASSWORD or FSBACKUP_PASSWORD_COMMAND, or use --password-file")
+    first = getpass.getpass("new passphrase: " if confirm else "passphrase: ")
+    if confirm:
+        if getpass.getpass("repeat passphrase: ") != first:
+            raise UsageError("the passphrases do not match")
+        if not first:
+            raise UsageError("an empty passphrase is not allowed")
+    return os.fsencode(first)
+
+
+def repo_url(args) -> str:
+    url = args.repo or os.environ.get("FSBACKUP_REPOSITORY")
+    if not url:
+        raise UsageError("no repository given: use --repo URL or set FSBACKUP_REPOSITORY")
+    return url
+
+
+def open_repo(args, out: Output) -> Repository:
+    backend = open_backend(repo_url(args))
+    repo = Repository.open(backend, get_passphrase(args), args.index)
+    repo.ensure_index(out.progress())
+    return repo
+
+
+def fmt_time(ns: int) -> str:
+    return datetime.datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+def cmd_init(args, out: Output) -> int:
+    backend = open_backend(repo_url(args))
+    repo = Repository.create(backend, get_passphrase(args, confirm=True), args.index)
+    repo.index.set_meta("repository_id", repo.id)
+    if out.json:
+        out.emit_json({"repository": backend.url, "id": repo.id})
+    else:
+        out.info(f"created repository {repo.id[:8]} at {backend.url}")
+        out.info("keep the passphrase safe: without it the backups cannot be read")
+    repo.close()
+    return 0
+
+
+def cmd_backup(args, out: Output) -> int:
+    from .backup import Backup, BackupOptions
+    excludes = list(args.exclude)
+    for path in args.exclude_file:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                excludes += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as e:
+            raise UsageError(f"cannot read exclude file {path}: {e.strerror}") from None
+    options = BackupOptions(excludes=excludes, exclude_if_present=args.exclude_if_present,
+                            exclude_caches=args.exclude_caches, one_file_system=args.one_file_system,
+                            tags=args.tag, dry_run=args.dry_run)
+    if args.volume_size:
+        options.volume_size = args.volume_size
+    repo = open_repo(args, out)
+    job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note)
+    name = job.run(args.paths)
+    s = job.stats
+    summary = {"version": name, "dry_run": args.dry_run, "files_new": s.files_new, "files_changed": s.files_changed,
+               "files_unchanged": s.files_unchanged, "dirs": s.dirs, "others": s.others,
+               "bytes_read": s.bytes_read, "total_size": s.total_size, "blocks_new": s.blocks_new,
+               "bytes_new": s.bytes_new_plain, "bytes_added": s.bytes_added, "volumes": s.volumes,
+               "duration": round(s.duration, 3), "warnings": s.warnings}
+    if out.json:
+        out.emit_json(summary)
+    else:
+        out.info(f"files: {s.files_new} new, {s.files_changed} changed, {s.files_unchanged} unchanged"
+                 f" ({s.dirs} dirs, {s.others} other)")
+        out.info(f"read {human_bytes(s.bytes_read)} of {human_bytes(s.total_size)}; "
+                 f"new data {human_bytes(s.bytes_new_plain)}, added {human_bytes(s.bytes_added)} "
+                 f"after dedup and compression, in {human_duration(s.duration)} ({s.duration:.1f} s)")
+        if name:
+            out.info(f"saved version {name[:8]}")
+        else:
+            out.info("dry run: nothing was stored")
+        if s.warnings:
+            out.warn(f"{len(s.warnings)} file(s) could not be read and are missing from this version (listed above)")
+    repo.close()
+    return errors.EXIT_PARTIAL if s.warnings else 0
+
+
+def cmd_versions(args, out: Output) -> int:
+    from .tree import list_versions
+    repo = open_repo(args, out)
+    versions = list_versions(repo.index)
+    if out.json:
+        out.emit_json([v.as_json() for v in versions])
+    else:
+        if not versions:
+            out.info("no versions yet")
+        for v in versions:
+            tags = f"  [{', '.join(v.tags)}]" if v.tags else ""
+            out.info(f"{v.short_id}  {fmt_time(v.time_ns)}  {v.host}  {v.file_count} files  "
+                     f"{human_bytes(v.total_size)}  +{human_bytes(v.bytes_added)}  {' '.join(v.paths)}{tags}")
+    repo.close()
+    return 0
+
+
+def _mode_string(mode: int) -> str:
+    return stat.filemode(mode)
+
+
+def cmd_ls(args, out: Output) -> int:
+    from .tree import VersionTree, resolve_version
+    repo = open_repo(args, out)
+    tree = VersionTree(repo.index, resolve_version(repo.index, args.version))
+    top = tree.resolve(args.path)
+    top_path = tree.path_of(top)
+    rows = []
+    for path, node in tree.walk(top, top_path):
+        name = os.fsdecode(path)
+        if out.json:
+            rows.append({"path": name, "type": node.type, "mode": node.mode, "uid": node.uid, "gid": node.gid,
+                         "user": node.user, "group": node.grp, "size": node.size, "mtime_ns": node.mtime_ns,
+                         "target": os.fsdecode(node.target) if node.target is not None else None})
+        elif args.long:
+            owner = f"{node.user or node.uid}/{node.grp or node.gid}"
+            link = f" -> {os.fsdecode(node.target)}" if node.type == "l" else ""
+            print(f"{_mode_string(node.mode)} {owner:>17} {node.size:>12} {fmt_time(node.mtime_ns)} {name}{link}")
+        else:
+            print(name)
+    if out.json:
+        out.emit_json(rows)
+    repo.close()
+    return 0
+
+
+def cmd_restore(args, out: Output) -> int:
+    from .restore import Restore
+    from .tree import VersionTree, resolve_version
+    repo = open_repo(args, out)
+    tree = VersionTree(repo.index, resolve_version(repo.index, args.version))
+    job = Restore(repo, tree, args.target, overwrite=args.overwrite, progress=out.progress(), warn=out.warn)
+    s = job.run(args.paths or None)
+    if out.json:
+        out.emit_json({"files": s.files, "dirs": s.dirs, "others": s.others, "bytes_written": s.bytes_written,
+                       "duration": round(s.duration, 3), "damaged": s.damaged, "warnings": s.warnings})
+    else:
+        rate = s.bytes_written / s.duration if s.duration else 0
+        out.info(f"restored {s.files} files, {s.dirs} dirs, {s.others} other; {human_bytes(s.bytes_written)} "
+                 f"in {s.duration:.1f} s ({human_bytes(rate)}/s) to {args.target}")
+    repo.close()
+    if s.damaged:
+        print(f"fsbackup: error: {len(s.damaged)} file(s) could not be restored because their data is damaged "
+              f"(listed above); run 'fsbackup check'", file=sys.stderr)
+        return errors.EXIT_CORRUPT
+    return 0
+
+
+def cmd_repair(args, out: Output) -> int:
+    backend = open_backend(repo_url(args))
+    repo = Repository.open(backend, get_passphrase(args), args.index)
+    result = repo.rebuild_index(out.progress())
+    if out.json:
+        out.emit_json(result)
+    else:
+        out.info(f"rebuilt the local index: {result['versions']} versions, {result['volumes']} volumes")
+        for obj in result["skipped"]:
+            out.warn(f"{obj} names a volume that is missing; its blocks are unavailable")
+    repo.close()
+    return 0
+
+
+COMMANDS = {"init": cmd_init, "backup": cmd_backup, "versions": cmd_versions, "ls": cmd_ls,
+            "restore": cmd_restore, "repair": cmd_repair}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Output(args)
+    try:
+        return COMMANDS[args.command](args, out)
+    except FsbackupError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the repository is unchanged since the last saved version", file=sys.stderr)
+        return errors.EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug: still one line, with a way to see the traceback
+        if os.environ.get("FSBACKUP_DEBUG"):
+            raise
+        print(f"{PROG}: internal error: {type(e).__name__}: {e} (set FSBACKUP_DEBUG=1 for a traceback, "
+              "and please report it)", file=sys.stderr)
+        return errors.EXIT_FATAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Domain errors. Each carries the exit code the CLI maps it to (docs/exit-codes.md).
+
+They are raised where a problem is found and mapped once: to an exit code in the CLI
+(`cli.main`) and to an errno in the FUSE adapter. The message is one line a user can act on.
+"""
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3          # backup saved, but some source files could not be read
+EXIT_CONFLICT = 4          # restore target holds files it would replace (no --overwrite)
+EXIT_NO_REPOSITORY = 10
+EXIT_WRONG_PASSPHRASE = 11
+EXIT_CORRUPT = 12
+EXIT_NOT_FOUND = 13
+EXIT_LOCKED = 14
+EXIT_NO_SPACE = 15
+EXIT_PERMISSION = 16
+EXIT_BACKEND = 17
+EXIT_INTERRUPTED = 130
+
+
+class FsbackupError(Exception):
+    """Base class: a problem with a one-line message and an exit code."""
+    exit_code = EXIT_FATAL
+
+
+class UsageError(FsbackupError):
+    exit_code = EXIT_USAGE
+
+
+class RepositoryNotFound(FsbackupError):
+    exit_code = EXIT_NO_REPOSITORY
+
+
+class UnsupportedFormat(FsbackupError):
+    exit_code = EXIT_NO_REPOSITORY
+
+
+class WrongPassphrase(FsbackupError):
+    exit_code = EXIT_WRONG_PASSPHRASE
+
+
+class CorruptObject(FsbackupError):
+    """An object failed authentication or does not parse. Names the object."""
+    exit_code = EXIT_CORRUPT
+
+    def __init__(self, name: str, why: str = "failed authentication"):
+        super().__init__(f"remote object {name} is corrupt ({why}); run 'fsbackup check' to see what it affects")
+        self.name = name
+
+
+class NoSuchObject(FsbackupError):
+    """A remote object that should exist does not."""
+    exit_code = EXIT_CORRUPT
+
+    def __init__(self, name: str):
+        super().__init__(f"remote object {name} is missing; run 'fsbackup check' to see what it affects")
+        self.name = name
+
+
+class VersionNotFound(FsbackupError):
+    exit_code = EXIT_NOT_FOUND
+
+
+class PathNotFound(FsbackupError):
+    exit_code = EXIT_NOT_FOUND
+
+
+class NoSpace(FsbackupError):
+    exit_code = EXIT_NO_SPACE
+
+
+class PermissionDenied(FsbackupError):
+    exit_code = EXIT_PERMISSION
+
+
+class BackendError(FsbackupError):
+    """The storage failed. `temporary` says whether retrying may help."""
+    exit_code = EXIT_BACKEND
+
+    def __init__(self, message: str, temporary: bool = False):
+        super().__init__(message)
+        self.temporary = temporary
+
+
+class Interrupted(FsbackupError):
+    exit_code = EXIT_INTERRUPTED
+
+
+class TargetConflict(FsbackupError):
+    """A restore would replace existing files and --overwrite was not given."""
+    exit_code = EXIT_CONFLICT

@@ -1,0 +1,257 @@
+"""The on-remote encoding of every object kind (docs/format.md is the reference).
+
+Pure functions over bytes: no I/O, no database. The repository layer names and stores objects;
+this module turns blocks, tables and trees into authenticated ciphertext and back.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import msgpack
+import zstandard
+
+from .crypto import ZERO_NONCE, Keys, ObjectCipher
+from .errors import CorruptObject
+
+FORMAT_VERSION = 1
+
+VOLUME_MAGIC = b"FSBV"
+INDEX_MAGIC = b"FSBI"
+VERSION_MAGIC = b"FSBS"
+HEADER_LEN = 8                       # magic(4) + format version(1) + 3 reserved bytes
+FOOTER = struct.Struct("<QI4s")      # volume footer: table offset, table length, b"FSBT"
+FOOTER_MAGIC = b"FSBT"
+FRAME_LEN = struct.Struct("<I")
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+ZSTD_LEVEL = 3
+
+HOLE_ID = bytes(32)                  # extent id of a sparse hole (never a real keyed hash)
+EXTENT = struct.Struct("<32sQ")      # one extent of a file: block id (or HOLE_ID), length
+FRAME_TARGET = 1 << 20               # plaintext bytes per version-object frame
+
+
+def header(magic: bytes) -> bytes:
+    return magic + bytes([FORMAT_VERSION, 0, 0, 0])
+
+
+def check_header(data: bytes, magic: bytes, name: str) -> None:
+    if len(data) < HEADER_LEN or data[:4] != magic:
+        raise CorruptObject(name, "wrong object type or truncated")
+    if data[4] != FORMAT_VERSION:
+        raise CorruptObject(name, f"unknown format version {data[4]}")
+
+
+def _zstd_c() -> zstandard.ZstdCompressor:
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+
+
+_DECOMPRESSOR = zstandard.ZstdDecompressor()
+
+
+def _decompress(data: bytes, plain_len: int | None = None) -> bytes:
+    if plain_len is not None:
+        return _DECOMPRESSOR.decompress(data, max_output_size=plain_len)
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+# ---- blocks ---------------------------------------------------------------------------------
+
+def block_nonce(block_id: bytes) -> bytes:
+    # Unique within a volume: a volume holds each block id at most once, and the key is the volume's own.
+    return block_id[:12]
+
+
+def block_ad(block_id: bytes) -> bytes:
+    return b"block\0" + block_id
+
+
+def encode_block(cipher: ObjectCipher, block_id: bytes, data, compressor=None) -> tuple[bytes, int]:
+    """Compress (when it shrinks) and encrypt one block. Returns (stored bytes, plain length)."""
+    compressed = (compressor or _zstd_c()).compress(data)
+    if len(compressed) < len(data):
+        payload = bytes([CODEC_ZSTD]) + compressed
+    else:
+        payload = bytes([CODEC_RAW]) + data
+    return cipher.seal(block_nonce(block_id), payload, block_ad(block_id)), len(data)
+
+
+def decode_block(keys: Keys, cipher: ObjectCipher, block_id: bytes, stored: bytes, plain_len: int,
+                 object_name: str) -> bytes:
+    """Authenticate, decompress and check one block against its id. Never returns wrong bytes."""
+    payload = cipher.open(block_nonce(block_id), stored, block_ad(block_id), object_name)
+    codec, body = payload[0], memoryview(payload)[1:]
+    try:
+        data = _decompress(body, plain_len) if codec == CODEC_ZSTD else bytes(body)
+    except zstandard.ZstdError:
+        raise CorruptObject(object_name, "block does not decompress") from None
+    if codec not in (CODEC_RAW, CODEC_ZSTD) or len(data) != plain_len or keys.block_id(data) != block_id:
+        raise CorruptObject(object_name, "block does not match its id")
+    return data
+
+
+# ---- volumes and index objects --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BlockEntry:
+    """Where a block lies in its volume."""
+    id: bytes
+    offset: int
+    stored_length: int
+    plain_length: int
+
+    def pack(self) -> list:
+        return [self.id, self.offset, self.stored_length, self.plain_length]
+
+
+def _unpack_table(raw: bytes, name: str) -> list[BlockEntry]:
+    try:
+        return [BlockEntry(bytes(e[0]), int(e[1]), int(e[2]), int(e[3])) for e in msgpack.unpackb(raw)]
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+        raise CorruptObject(name, "block table does not parse") from None
+
+
+def seal_table(keys: Keys, volume_id: bytes, entries: Iterable[BlockEntry], table_offset: int) -> bytes:
+    """The encrypted block table and footer that end a volume."""
+    raw = _zstd_c().compress(msgpack.packb([e.pack() for e in entries]))
+    table = keys.object_cipher(b"table", volume_id).seal(ZERO_NONCE, raw, b"table\0")
+    return table + FOOTER.pack(table_offset, len(table), FOOTER_MAGIC)
+
+
+def open_volume_table(keys: Keys, volume_id: bytes, volume: bytes, name: str) -> list[BlockEntry]:
+    """Read a whole volume's own table (used by check and index re-creation)."""
+    check_header(volume, VOLUME_MAGIC, name)
+    if len(volume) < HEADER_LEN + FOOTER.size:
+        raise CorruptObject(name, "truncated")
+    offset, length, magic = FOOTER.unpack_from(volume, len(volume) - FOOTER.size)
+    if magic != FOOTER_MAGIC or offset + length + FOOTER.size != len(volume):
+        raise CorruptObject(name, "bad footer")
+    cipher = keys.object_cipher(b"table", volume_id)
+    raw = cipher.open(ZERO_NONCE, volume[offset:offset + length], b"table\0", name)
+    return _unpack_table(_decompress(raw), name)
+
+
+def encode_index(keys: Keys, volume_id: bytes, volume_size: int, entries: Iterable[BlockEntry]) -> bytes:
+    doc = {"size": volume_size, "blocks": [e.pack() for e in entries]}
+    raw = _zstd_c().compress(msgpack.packb(doc))
+    return header(INDEX_MAGIC) + keys.object_cipher(b"index", volume_id).seal(ZERO_NONCE, raw, b"index\0")
+
+
+def decode_index(keys: Keys, volume_id: bytes, data: bytes, name: str) -> tuple[int, list[BlockEntry]]:
+    """An index object's (volume size, block entries)."""
+    check_header(data, INDEX_MAGIC, name)
+    raw = keys.object_cipher(b"index", volume_id).open(ZERO_NONCE, data[HEADER_LEN:], b"index\0", name)
+    try:
+        doc = msgpack.unpackb(_decompress(raw))
+        size, blocks = int(doc["size"]), doc["blocks"]
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException, zstandard.ZstdError):
+        raise CorruptObject(name, "does not parse") from None
+    return size, _unpack_table(msgpack.packb(blocks), name)
+
+
+# ---- version objects: a header and a stream of tree entries, in authenticated frames --------
+
+def _frame_nonce(n: int) -> bytes:
+    return n.to_bytes(12, "big")
+
+
+def _frame_ad(n: int, last: bool) -> bytes:
+    return b"frame\0" + n.to_bytes(8, "big") + (b"\1" if last else b"\0")
+
+
+def encode_version(keys: Keys, version_id: bytes, head: dict, entries: Iterable[list]) -> bytes:
+    """Frame 0 holds `head`; later frames hold entries. The last frame is marked, so truncation is caught."""
+    cipher = keys.object_cipher(b"version", version_id)
+    compressor = _zstd_c()
+    out = bytearray(header(VERSION_MAGIC))
+    pending: list[bytes] = [msgpack.packb(head)]   # frame plaintexts not yet sealed (keep one back)
+    frame_no = 0
+
+    def seal(plain: bytes, last: bool) -> None:
+        nonlocal frame_no
+        sealed = cipher.seal(_frame_nonce(frame_no), compressor.compress(plain), _frame_ad(frame_no, last))
+        out.extend(FRAME_LEN.pack(len(sealed)))
+        out.extend(sealed)
+        frame_no += 1
+
+    packer = msgpack.Packer()
+    buf = bytearray()
+    for entry in entries:
+        buf.extend(packer.pack(entry))
+        if len(buf) >= FRAME_TARGET:
+            pending.append(bytes(buf))
+            buf.clear()
+        while len(pending) > 1:
+            seal(pending.pop(0), False)
+    if buf:
+        pending.append(bytes(buf))
+    for i, plain in enumerate(pending):
+        seal(plain, i == len(pending) - 1)
+    return bytes(out)
+
+
+def decode_version(keys: Keys, version_id: bytes, data: bytes, name: str) -> tuple[dict, Iterator[list]]:
+    """(head, iterator of entries). Every frame is authenticated before its entries are yielded."""
+    check_header(data, VERSION_MAGIC, name)
+    cipher = keys.object_cipher(b"version", version_id)
+    frames: list[tuple[int, int]] = []
+    pos = HEADER_LEN
+    while pos < len(data):
+        if pos + FRAME_LEN.size > len(data):
+            raise CorruptObject(name, "truncated")
+        (length,) = FRAME_LEN.unpack_from(data, pos)
+        pos += FRAME_LEN.size
+        if pos + length > len(data):
+            raise CorruptObject(name, "truncated")
+        frames.append((pos, length))
+        pos += length
+    if not frames:
+        raise CorruptObject(name, "truncated")
+
+    def plain(n: int) -> bytes:
+        start, length = frames[n]
+        raw = cipher.open(_frame_nonce(n), data[start:start + length], _frame_ad(n, n == len(frames) - 1), name)
+        try:
+            return _decompress(raw)
+        except zstandard.ZstdError:
+            raise CorruptObject(name, "frame does not decompress") from None
+
+    try:
+        head = msgpack.unpackb(plain(0))
+    except (ValueError, msgpack.UnpackException):
+        raise CorruptObject(name, "header does not parse") from None
+
+    def entries() -> Iterator[list]:
+        unpacker = msgpack.Unpacker(raw=False)
+        for n in range(1, len(frames)):
+            unpacker.feed(plain(n))
+            try:
+                yield from unpacker
+            except (ValueError, msgpack.UnpackException):
+                raise CorruptObject(name, "entry does not parse") from None
+
+    return head, entries()
+
+
+# ---- file extents ---------------------------------------------------------------------------
+
+def pack_extents(extents: Iterable[tuple[bytes, int]]) -> bytes:
+    return b"".join(EXTENT.pack(block_id, length) for block_id, length in extents)
+
+
+def unpack_extents(blob: bytes) -> list[tuple[bytes, int]]:
+    return list(EXTENT.iter_unpack(blob))
+
+
+# ---- tree entries ---------------------------------------------------------------------------
+# A version's tree is a stream of entries, each a msgpack array with these fields, in this order
+# (the same order as the local index's `nodes` columns). An entry's id is its 1-based position in
+# the stream; `parent` is the id of an earlier entry (0 for the root, which comes first).
+ENTRY_FIELDS = ("parent", "name", "type", "mode", "uid", "gid", "user", "grp", "mtime_ns", "atime_ns",
+                "ctime_ns", "size", "ino", "dev", "nlink", "rdev", "target", "xattrs", "content")
+(E_PARENT, E_NAME, E_TYPE, E_MODE, E_UID, E_GID, E_USER, E_GRP, E_MTIME, E_ATIME, E_CTIME, E_SIZE,
+ E_INO, E_DEV, E_NLINK, E_RDEV, E_TARGET, E_XATTRS, E_CONTENT) = range(len(ENTRY_FIELDS))
+# content: None, or [content hash (32 bytes), size, packed extents]; xattrs: None or {name: value}.

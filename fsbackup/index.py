@@ -1,0 +1,171 @@
+"""The local index: a SQLite cache of what the remote holds, shaped for the mount's queries.
+
+The remote is the source of truth; this file can always be rebuilt from the remote's index and
+version objects (`repository.rebuild_index`). Everything is recorded only after the objects it
+describes are durably stored ("publish, then record").
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import apsw
+
+from .errors import FsbackupError, NoSpace, PermissionDenied
+
+# One schema, commented. Each entry of MIGRATIONS takes the schema from user_version i to i+1.
+SCHEMA_V1 = """
+-- Key/value facts about the repository this index caches (repository id, format version).
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- Volumes stored on the remote: data/<name[:2]>/<name> with index object index/<name>.
+-- A row exists only once both objects are durably stored.
+CREATE TABLE volumes (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,     -- 64 hex digits, random
+    size        INTEGER NOT NULL,         -- bytes of the volume object (check compares it)
+    block_count INTEGER NOT NULL
+);
+
+-- Every stored block: its keyed id and where its ciphertext lies. One row per id: a block that
+-- happens to be stored twice (after a crash) keeps the first place recorded.
+CREATE TABLE blocks (
+    hash          BLOB PRIMARY KEY,       -- keyed BLAKE3 of the plaintext (32 bytes)
+    volume        INTEGER NOT NULL REFERENCES volumes(id),
+    offset        INTEGER NOT NULL,       -- byte offset of the ciphertext in the volume
+    stored_length INTEGER NOT NULL,       -- ciphertext length: one range read fetches it
+    plain_length  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX blocks_by_volume ON blocks(volume);
+
+-- File contents, shared by every version (and hard link) with the same layout.
+CREATE TABLE contents (
+    id      INTEGER PRIMARY KEY,
+    layout  BLOB NOT NULL UNIQUE,         -- BLAKE3 of `extents`: equal layouts share a row
+    hash    BLOB NOT NULL,                -- keyed BLAKE3 of the whole content, checked on restore
+    size    INTEGER NOT NULL,
+    extents BLOB NOT NULL                 -- packed (block id, length) pairs; an all-zero id is a hole
+);
+
+-- Backup versions (one per versions/<name> object).
+CREATE TABLE versions (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,     -- 64 hex digits; users see a prefix
+    time_ns     INTEGER NOT NULL,         -- when the backup started (UTC, ns since the epoch)
+    host        TEXT NOT NULL,
+    paths       TEXT NOT NULL,            -- JSON list of the absolute paths backed up
+    tags        TEXT NOT NULL,            -- JSON list
+    file_count  INTEGER NOT NULL,
+    total_size  INTEGER NOT NULL,         -- bytes of regular file content in the version
+    bytes_added INTEGER NOT NULL          -- bytes this backup stored after dedup and compression
+);
+
+-- The file tree of every version. Node 1 is the version's root directory ("/"); a node's
+-- parent has a smaller id (0 for the root). The mount looks names up, lists directories
+-- (ordered by name, resumable) and reads files through the indexes below.
+CREATE TABLE nodes (
+    version  INTEGER NOT NULL REFERENCES versions(id),
+    id       INTEGER NOT NULL,
+    parent   INTEGER NOT NULL,
+    name     BLOB NOT NULL,               -- raw bytes: names need not be UTF-8
+    type     TEXT NOT NULL,               -- f file, d dir, l symlink, p fifo, c/b char/block device
+    mode     INTEGER NOT NULL,            -- st_mode (type and permission bits)
+    uid      INTEGER NOT NULL,
+    gid      INTEGER NOT NULL,
+    user     TEXT,                        -- owner names at backup time (NULL when unknown)
+    grp      TEXT,
+    mtime_ns INTEGER NOT NULL,
+    atime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,            -- source ctime: change detection only
+    size     INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,            -- source inode and device: change detection, hard links
+    dev      INTEGER NOT NULL,
+    nlink    INTEGER NOT NULL,
+    rdev     INTEGER NOT NULL,
+    target   BLOB,                        -- symlink target, verbatim
+    xattrs   BLOB,                        -- msgpack map name -> value, NULL when none
+    content  INTEGER REFERENCES contents(id),   -- regular files only
+    PRIMARY KEY (version, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX nodes_by_name ON nodes(version, parent, name);
+"""
+
+MIGRATIONS = [SCHEMA_V1]
+
+
+def _map_errors(e: Exception, path: str) -> Exception:
+    if isinstance(e, apsw.FullError):
+        return NoSpace(f"no space left on the disk holding the local index {path}")
+    if isinstance(e, (apsw.CantOpenError, apsw.PermissionsError, apsw.ReadOnlyError)):
+        return PermissionDenied(f"cannot open the local index {path}: {e}; check its permissions or use --index")
+    return FsbackupError(f"local index {path}: {e}")
+
+
+class Index:
+    """An open local index. Use from one thread at a time (the CLI's main thread, or the mount's
+    worker threads through `connect()` each)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)
+            old_umask = os.umask(0o077)   # the index and its -wal/-shm files: owner only
+            try:
+                self.db = apsw.Connection(path)
+            finally:
+                os.umask(old_umask)
+            self.db.set_busy_timeout(60_000)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=OFF")
+            self._migrate()
+            os.chmod(path, 0o600)
+        except apsw.Error as e:
+            raise _map_errors(e, path) from None
+        except PermissionError as e:
+            raise PermissionDenied(f"cannot create the local index at {path}: {e.strerror}; use --index") from None
+
+    def _migrate(self) -> None:
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise FsbackupError(f"the local index {self.path} is from a newer fsbackup; run 'fsbackup repair'")
+        for n in range(version, len(MIGRATIONS)):
+            with self.db:
+                self.db.execute(MIGRATIONS[n])
+                self.db.execute(f"PRAGMA user_version={n + 1}")
+
+    @contextmanager
+    def transaction(self):
+        try:
+            with self.db:
+                yield self.db
+        except apsw.Error as e:
+            raise _map_errors(e, self.path) from None
+
+    def q(self, sql: str, args=()) -> list:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except apsw.Error as e:
+            raise _map_errors(e, self.path) from None
+
+    def one(self, sql: str, args=()):
+        rows = self.q(sql, args)
+        return rows[0] if rows else None
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.one("SELECT value FROM meta WHERE key=?", (key,))
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.q("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def is_empty(self) -> bool:
+        return self.get_meta("repository_id") is None
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,294 @@
+"""The repository: the only door to a backend. Names objects, encrypts them, and keeps the
+local index in step with what is durably stored.
+
+Remote layout (docs/format.md):
+  config                 plain JSON: format version and repository id
+  keys/<hex>             the master secret wrapped under a passphrase
+  data/<hh>/<hex>        volumes of encrypted blocks
+  index/<hex>            one per volume: its block table
+  versions/<hex>         one per backup version: header and file tree
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from typing import Iterable
+
+import blake3
+import msgpack
+
+from . import format as fmt
+from .backends import Backend
+from .crypto import Keys, ObjectCipher, unwrap_master_secret, wrap_master_secret, MASTER_SECRET_LEN
+from .errors import (CorruptObject, FsbackupError, NoSuchObject, RepositoryNotFound, UnsupportedFormat,
+                     UsageError, WrongPassphrase)
+from .index import Index
+
+CONFIG = "config"
+
+
+def volume_object(name: str) -> str:
+    return f"data/{name[:2]}/{name}"
+
+
+def index_object(name: str) -> str:
+    return f"index/{name}"
+
+
+def version_object(name: str) -> str:
+    return f"versions/{name}"
+
+
+def default_index_path(repo_id: str) -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "fsbackup", repo_id, "index.sqlite")
+
+
+def read_config(backend: Backend) -> dict:
+    try:
+        raw = backend.get(CONFIG)
+    except NoSuchObject:
+        if any(True for _ in backend.list("")):
+            raise RepositoryNotFound(f"{backend.url} is not an fsbackup repository (it has no config object)") from None
+        raise RepositoryNotFound(f"no repository at {backend.url}; create one with 'fsbackup init'") from None
+    try:
+        config = json.loads(raw)
+        fmt_version, repo_id = config["format"], config["id"]
+    except (ValueError, KeyError, TypeError):
+        raise CorruptObject(CONFIG, "not an fsbackup config") from None
+    if fmt_version != fmt.FORMAT_VERSION:
+        raise UnsupportedFormat(f"repository format {fmt_version} is not supported by this fsbackup "
+                                f"(it reads format {fmt.FORMAT_VERSION}); upgrade fsbackup")
+    return config
+
+
+class Repository:
+    def __init__(self, backend: Backend, config: dict, keys: Keys, index_path: str | None = None):
+        self.backend = backend
+        self.config = config
+        self.id: str = config["id"]
+        self.keys = keys
+        self.index_path = index_path or default_index_path(self.id)
+        self._index: Index | None = None
+        self._ciphers: OrderedDict[str, ObjectCipher] = OrderedDict()
+        self._ciphers_lock = threading.Lock()
+
+    # ---- creation and opening -----------------------------------------------------------
+
+    @classmethod
+    def create(cls, backend: Backend, passphrase: bytes, index_path: str | None = None) -> "Repository":
+        try:
+            existing = next(iter(backend.list("")), None)
+        except FsbackupError:
+            existing = None
+        if existing is not None:
+            if backend.exists(CONFIG):
+                raise UsageError(f"{backend.url} already holds an fsbackup repository")
+            raise UsageError(f"{backend.url} is not empty and not an fsbackup repository; choose an empty or new folder")
+        config = {"format": fmt.FORMAT_VERSION, "id": secrets.token_hex(16), "created": time.time_ns()}
+        secret = os.urandom(MASTER_SECRET_LEN)
+        backend.put(f"keys/{secrets.token_hex(32)}", wrap_master_secret(secret, passphrase, config["id"]))
+        backend.put(CONFIG, json.dumps(config, indent=1).encode())  # last: a half-made repo has no config
+        return cls(backend, config, Keys.from_master_secret(secret), index_path)
+
+    @classmethod
+    def open(cls, backend: Backend, passphrase: bytes, index_path: str | None = None) -> "Repository":
+        config = read_config(backend)
+        key_names = sorted(name for name, _ in backend.list("keys/"))
+        if not key_names:
+            raise CorruptObject("keys/", "the repository has no key objects")
+        for name in key_names:
+            try:
+                secret = unwrap_master_secret(backend.get(name), passphrase, config["id"], name)
+            except WrongPassphrase:
+                continue
+            return cls(backend, config, Keys.from_master_secret(secret), index_path)
+        raise WrongPassphrase("wrong passphrase for this repository")
+
+    # ---- the local index ----------------------------------------------------------------
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            self._index = Index(self.index_path)
+            repo_id = self._index.get_meta("repository_id")
+            if repo_id is not None and repo_id != self.id:
+                raise UsageError(f"the local index {self.index_path} belongs to another repository; use another --index")
+        return self._index
+
+    def index_is_built(self) -> bool:
+        return not self.index.is_empty()
+
+    def ensure_index(self, progress=None) -> Index:
+        """The local index, brought in step with the remote: rebuilt when missing, else updated
+        with the versions and volumes other runs stored (and versions removed) since it was written."""
+        if not self.index_is_built():
+            self.rebuild_index(progress)
+            return self.index
+        index = self.index
+        known_volumes = {name for (name,) in index.q("SELECT name FROM volumes")}
+        new_indexes = [n for n, _ in self.backend.list("index/") if n.split("/", 1)[1] not in known_volumes]
+        if new_indexes:
+            self._record_index_objects(new_indexes, dict(self.backend.list("data/")), progress=None)
+        remote_versions = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
+        local_versions = {name for (name,) in index.q("SELECT name FROM versions")}
+        for name in sorted(remote_versions - local_versions):
+            head, entries = self.load_version(name)
+            self.record_version(name, head, entries)
+        for name in local_versions - remote_versions:
+            self.unrecord_version(name)
+        return index
+
+    def _record_index_objects(self, index_objects: list[str], volume_sizes: dict[str, int], progress) -> list[str]:
+        """Record the blocks of each index object whose volume exists; returns those skipped."""
+        skipped = []
+        for obj in index_objects:
+            name = obj.split("/", 1)[1]
+            if volume_object(name) not in volume_sizes:
+                skipped.append(obj)       # its volume is gone (or never arrived): its blocks are not available
+            else:
+                size, entries = fmt.decode_index(self.keys, bytes.fromhex(name), self.backend.get(obj), obj)
+                self.record_volume(name, size, entries)
+            if progress:
+                progress.advance(items=1)
+        return skipped
+
+    def unrecord_version(self, name: str) -> None:
+        with self.index.transaction() as db:
+            row = db.execute("SELECT id FROM versions WHERE name=?", (name,)).fetchone()
+            if row:
+                db.execute("DELETE FROM nodes WHERE version=?", row)
+                db.execute("DELETE FROM versions WHERE id=?", row)
+
+    def rebuild_index(self, progress=None) -> dict:
+        """Rebuild the local index from index and version objects alone (no volume is downloaded)."""
+        index = self.index
+        index_names = [n for n, _ in self.backend.list("index/")]
+        version_names = [n for n, _ in self.backend.list("versions/")]
+        if progress:
+            progress.start("rebuilding index", total_items=len(index_names) + len(version_names))
+        with index.transaction() as db:
+            for table in ("nodes", "versions", "contents", "blocks", "volumes", "meta"):
+                db.execute(f"DELETE FROM {table}")
+        skipped = self._record_index_objects(index_names, dict(self.backend.list("data/")), progress)
+        for obj in version_names:
+            name = obj.split("/", 1)[1]
+            head, entries = self.load_version(name)
+            self.record_version(name, head, entries)
+            if progress:
+                progress.advance(items=1)
+        index.set_meta("repository_id", self.id)
+        if progress:
+            progress.finish()
+        return {"volumes": len(index_names) - len(skipped), "versions": len(version_names), "skipped": skipped}
+
+    # ---- volumes and blocks -------------------------------------------------------------
+
+    def block_cipher(self, volume_name: str) -> ObjectCipher:
+        with self._ciphers_lock:
+            cipher = self._ciphers.get(volume_name)
+            if cipher is None:
+                cipher = self._ciphers[volume_name] = self.keys.object_cipher(b"blocks", bytes.fromhex(volume_name))
+                if len(self._ciphers) > 1024:
+                    self._ciphers.popitem(last=False)
+            return cipher
+
+    def store_volume(self, name: str, volume: bytes, index_obj: bytes) -> None:
+        """Upload a sealed volume, then its index object (worker threads call this)."""
+        self.backend.put(volume_object(name), volume)
+        self.backend.put(index_object(name), index_obj)
+
+    def record_volume(self, name: str, size: int, entries: Iterable[fmt.BlockEntry]) -> None:
+        """Record a volume whose volume and index objects are durably stored."""
+        entries = list(entries)
+        with self.index.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO volumes(name, size, block_count) VALUES (?, ?, ?)",
+                       (name, size, len(entries)))
+            (vol_id,) = db.execute("SELECT id FROM volumes WHERE name=?", (name,)).fetchone()
+            db.executemany("INSERT OR IGNORE INTO blocks(hash, volume, offset, stored_length, plain_length) "
+                           "VALUES (?, ?, ?, ?, ?)",
+                           [(e.id, vol_id, e.offset, e.stored_length, e.plain_length) for e in entries])
+
+    def has_block(self, block_id: bytes) -> bool:
+        return self.index.one("SELECT 1 FROM blocks WHERE hash=?", (block_id,)) is not None
+
+    def block_location(self, block_id: bytes, index: Index | None = None):
+        """(volume name, offset, stored length, plain length) of a stored block."""
+        row = (index or self.index).one(
+            "SELECT v.name, b.offset, b.stored_length, b.plain_length FROM blocks b "
+            "JOIN volumes v ON v.id = b.volume WHERE b.hash=?", (block_id,))
+        if row is None:
+            raise NoSuchObject(f"block {block_id.hex()[:16]} (not in any stored volume)")
+        return row
+
+    def read_block(self, block_id: bytes, index: Index | None = None) -> bytes:
+        return self.fetch_block(block_id, self.block_location(block_id, index))
+
+    def fetch_block(self, block_id: bytes, location) -> bytes:
+        """Fetch one block with one range read, authenticate, decompress and check it against its id.
+        Thread-safe: needs no index (`location` comes from `block_location`)."""
+        volume, offset, stored_length, plain_length = location
+        obj = volume_object(volume)
+        stored = self.backend.get(obj, offset, stored_length)
+        if len(stored) != stored_length:
+            raise CorruptObject(obj, "truncated")
+        return fmt.decode_block(self.keys, self.block_cipher(volume), block_id, stored, plain_length, obj)
+
+    # ---- versions -----------------------------------------------------------------------
+
+    def store_version(self, head: dict, entries: Iterable[list]) -> str:
+        name = secrets.token_hex(32)
+        self.backend.put(version_object(name), fmt.encode_version(self.keys, bytes.fromhex(name), head, entries))
+        return name
+
+    def load_version(self, name: str):
+        obj = version_object(name)
+        return fmt.decode_version(self.keys, bytes.fromhex(name), self.backend.get(obj), obj)
+
+    def record_version(self, name: str, head: dict, entries: Iterable[list]) -> int:
+        """Record a stored version and its tree in one transaction. Returns the version's row id."""
+        with self.index.transaction() as db:
+            db.execute("INSERT INTO versions(name, time_ns, host, paths, tags, file_count, total_size, bytes_added) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (name, head["time_ns"], head["host"], json.dumps(head["paths"]), json.dumps(head["tags"]),
+                        head["file_count"], head["total_size"], head["bytes_added"]))
+            version_id = db.last_insert_rowid()
+            find_content = db.cursor()
+            rows = []
+            for node_id, e in enumerate(entries, start=1):
+                content_id = None
+                if e[fmt.E_CONTENT] is not None:
+                    content_id = self._content_id(db, find_content, e[fmt.E_CONTENT])
+                xattrs = msgpack.packb(e[fmt.E_XATTRS]) if e[fmt.E_XATTRS] else None
+                rows.append((version_id, node_id, *e[:fmt.E_XATTRS], xattrs, content_id))
+                if len(rows) >= 5000:
+                    db.executemany(INSERT_NODE, rows)
+                    rows.clear()
+            db.executemany(INSERT_NODE, rows)
+        return version_id
+
+    @staticmethod
+    def _content_id(db, cursor, content) -> int:
+        content_hash, size, extents = content
+        layout = blake3.blake3(extents).digest()
+        row = cursor.execute("SELECT id FROM contents WHERE layout=?", (layout,)).fetchone()
+        if row:
+            return row[0]
+        cursor.execute("INSERT INTO contents(layout, hash, size, extents) VALUES (?, ?, ?, ?)",
+                       (layout, content_hash, size, extents))
+        return db.last_insert_rowid()
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        self.backend.close()
+
+
+INSERT_NODE = ("INSERT INTO nodes(version, id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, atime_ns, "
+               "ctime_ns, size, ino, dev, nlink, rdev, target, xattrs, content) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")

@@ -1,0 +1,290 @@
+"""Restore all or part of a version into a target directory.
+
+Blocks are fetched, authenticated and decompressed by worker threads, a bounded window ahead
+of the writer; the calling thread owns the local index and writes files in order. A file whose
+data cannot be authenticated, or whose content hash does not match, is removed and reported:
+wrong bytes are never left behind.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import format as fmt
+from .backup import HOLE_MARK
+from .blockcache import BlockCache
+from .errors import CorruptObject, FsbackupError, NoSpace, NoSuchObject, PermissionDenied, TargetConflict, UsageError
+from .progress import Progress
+from .repository import Repository
+from .tree import Node, VersionTree
+
+FETCH_WINDOW = 16          # blocks fetched ahead of the writer
+CACHE_BYTES = 64 << 20     # recently used blocks: a block shared by many files is fetched once
+
+
+@dataclass
+class RestoreStats:
+    files: int = 0
+    dirs: int = 0
+    others: int = 0
+    bytes_written: int = 0
+    duration: float = 0.0
+    damaged: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _FileJob:
+    __slots__ = ("path", "node", "fd", "hasher", "expected_hash", "error")
+
+    def __init__(self, path: bytes, node: Node, fd: int, hasher, expected_hash: bytes):
+        self.path, self.node, self.fd, self.hasher, self.expected_hash = path, node, fd, hasher, expected_hash
+        self.error: str | None = None
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+class Restore:
+    def __init__(self, repo: Repository, tree: VersionTree, target: str, overwrite: bool = False,
+                 progress: Progress | None = None, warn: Callable[[str], None] | None = None):
+        self.repo = repo
+        self.tree = tree
+        self.target = os.path.abspath(os.fsencode(target))
+        self.overwrite = overwrite
+        self.progress = progress or Progress(enabled=False)
+        self.warn_cb = warn or (lambda m: None)
+        self.stats = RestoreStats()
+        self.cache = BlockCache(CACHE_BYTES)
+        self.links: dict[tuple[int, int], bytes] = {}
+        self.queue: deque = deque()
+        self.warned_xattrs = False
+
+    def warn(self, msg: str) -> None:
+        self.stats.warnings.append(msg)
+        self.warn_cb(msg)
+
+    def run(self, paths: list[str] | None = None) -> RestoreStats:
+        started = time.monotonic()
+        if os.path.lexists(self.target) and not os.path.isdir(self.target):
+            raise UsageError(f"restore target {os.fsdecode(self.target)} is not a directory")
+        selection = self._selection(paths or ["/"])
+        total = self._check_conflicts(selection)
+        try:
+            os.makedirs(self.target, exist_ok=True)
+        except OSError as e:
+            raise _os_error(e, self.target) from None
+        self.progress.start("restore", total_bytes=total)
+        dirs: list[tuple[bytes, Node]] = []
+        self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="fsbackup-fetch")
+        try:
+            for path, node in self._items(selection):
+                dest = self.target + path if path != b"/" else self.target
+                try:
+                    self._restore_node(dest, node, dirs)
+                except OSError as e:
+                    raise _os_error(e, dest) from None
+            self._drain(0)
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            for item in self.queue:
+                if item[0] == "end" and item[1].fd >= 0:
+                    os.close(item[1].fd)
+        for dest, node in reversed(dirs):   # children first: setting a dir's mtime last keeps it
+            self._set_metadata(dest, node, is_link=False)
+        self.progress.finish()
+        self.stats.duration = time.monotonic() - started
+        return self.stats
+
+    # ---- what to restore ----------------------------------------------------------------
+
+    def _selection(self, paths: list[str]) -> list[tuple[bytes, Node, bool]]:
+        """(path, node, walk it?) for the ancestor directories of the selected paths, then the paths."""
+        tops: dict[bytes, Node] = {}
+        for p in paths:
+            node = self.tree.resolve(p)
+            tops[self.tree.path_of(node)] = node
+        # A path inside another selected path is covered by it.
+        tops = {p: n for p, n in tops.items()
+                if not any(p != o and p.startswith(o.rstrip(b"/") + b"/") for o in tops)}
+        ancestors: dict[bytes, Node] = {}
+        for path in tops:
+            parts = [x for x in path.split(b"/") if x][:-1]
+            for i in range(len(parts)):
+                anc = b"/" + b"/".join(parts[:i + 1])
+                if anc not in ancestors:
+                    ancestors[anc] = self.tree.resolve(anc)
+        return ([(p, n, False) for p, n in sorted(ancestors.items())]
+                + [(p, n, True) for p, n in sorted(tops.items())])
+
+    def _items(self, selection):
+        for path, node, walk in selection:
+            if walk:
+                yield from self.tree.walk(node, path)
+            else:
+                yield path, node
+
+    def _check_conflicts(self, selection) -> int:
+        """Refuse before writing anything if the target holds files we would replace; sum the bytes."""
+        total, conflicts = 0, []
+        for path, node in self._items(selection):
+            if node.type == "f":
+                total += node.size
+            dest = self.target + path if path != b"/" else self.target
+            if node.type != "d" and os.path.lexists(dest) and not self.overwrite:
+                conflicts.append(dest)
+        if conflicts:
+            raise TargetConflict(f"{len(conflicts)} file(s) already exist in the target, e.g. "
+                                 f"{os.fsdecode(conflicts[0])}; use --overwrite to replace them or pick an empty --target")
+        return total
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def _make_room(self, dest: bytes, want_dir: bool) -> None:
+        if not os.path.lexists(dest):
+            return
+        if want_dir and os.path.isdir(dest) and not os.path.islink(dest):
+            return
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            shutil.rmtree(dest)
+        else:
+            os.unlink(dest)
+
+    def _restore_node(self, dest: bytes, node: Node, dirs: list) -> None:
+        self._make_room(dest, node.type == "d")
+        if node.type == "d":
+            os.makedirs(dest, mode=0o700, exist_ok=True)
+            dirs.append((dest, node))
+            self.stats.dirs += 1
+            return
+        if node.nlink > 1 and node.type != "d":
+            first = self.links.get((node.dev, node.ino))
+            if first is not None:
+                self._drain(0)   # the first link's content must be complete first
+                if os.path.lexists(first):
+                    os.link(first, dest, follow_symlinks=False)
+                    self.stats.files += node.type == "f"
+                    return
+            self.links[(node.dev, node.ino)] = dest
+        if node.type == "f":
+            self._restore_file(dest, node)
+        elif node.type == "l":
+            os.symlink(node.target, dest)
+            self._set_metadata(dest, node, is_link=True)
+            self.stats.others += 1
+        elif node.type == "p":
+            os.mkfifo(dest, stat.S_IMODE(node.mode))
+            self._set_metadata(dest, node, is_link=False)
+            self.stats.others += 1
+        elif node.type in "cb":
+            if not _is_root():
+                self.warn(f"{os.fsdecode(dest)}: device nodes can only be restored as root; skipped")
+                return
+            os.mknod(dest, node.mode, node.rdev)
+            self._set_metadata(dest, node, is_link=False)
+            self.stats.others += 1
+
+    def _restore_file(self, dest: bytes, node: Node) -> None:
+        content = self.tree.content(node.content)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.ftruncate(fd, content.size)   # holes stay holes: we write only data extents
+        job = _FileJob(dest, node, fd, self.repo.keys.content_hasher(), content.hash)
+        offset = 0
+        for block_id, length in content.extents:
+            if block_id == fmt.HOLE_ID:
+                self.queue.append(("hole", job, length))
+            else:
+                try:
+                    location = self.repo.block_location(block_id)
+                except NoSuchObject as e:
+                    self.queue.append(("fail", job, str(e)))
+                else:
+                    fut = self.pool.submit(self.cache.get, block_id,
+                                           lambda bid, loc=location: self.repo.fetch_block(bid, loc))
+                    self.queue.append(("data", job, offset, fut))
+                    self._drain(FETCH_WINDOW)
+            offset += length
+        self.queue.append(("end", job))
+        self._drain(FETCH_WINDOW)
+
+    def _drain(self, keep: int) -> None:
+        """Write finished items in order until at most `keep` fetches are in flight."""
+        while self.queue and (len(self.queue) > keep or self.queue[0][0] in ("hole", "end", "fail")
+                              or self.queue[0][-1].done()):
+            item = self.queue.popleft()
+            kind, job = item[0], item[1]
+            if kind == "data":
+                try:
+                    data = item[3].result()
+                except (CorruptObject, NoSuchObject) as e:
+                    job.error = job.error or str(e)
+                    continue
+                if job.error is None:
+                    _pwrite_all(job.fd, data, item[2], job.path)
+                    job.hasher.update(data)
+                    self.stats.bytes_written += len(data)
+                    self.progress.advance(nbytes=len(data))
+            elif kind == "hole":
+                job.hasher.update(HOLE_MARK + item[2].to_bytes(8, "little"))
+            elif kind == "fail":
+                job.error = job.error or item[2]
+            else:
+                self._finish_file(job)
+
+    def _finish_file(self, job: _FileJob) -> None:
+        os.close(job.fd)
+        job.fd = -1
+        if job.error is None and job.hasher.digest() != job.expected_hash:
+            job.error = "its content does not match the hash recorded at backup"
+        if job.error is not None:
+            os.unlink(job.path)
+            self.stats.damaged.append(os.fsdecode(job.path))
+            self.warn(f"{os.fsdecode(job.path)} not restored: {job.error}")
+            return
+        self._set_metadata(job.path, job.node, is_link=False)
+        self.stats.files += 1
+        self.progress.advance(files=1)
+
+    def _set_metadata(self, dest: bytes, node: Node, is_link: bool) -> None:
+        if _is_root():
+            try:
+                os.chown(dest, node.uid, node.gid, follow_symlinks=False)
+            except OSError as e:
+                self.warn(f"cannot set owner of {os.fsdecode(dest)}: {e.strerror}")
+        if not is_link:
+            os.chmod(dest, stat.S_IMODE(node.mode))
+        for name, value in node.xattrs.items():
+            try:
+                os.setxattr(dest, name, value, follow_symlinks=False)
+            except OSError as e:
+                if not self.warned_xattrs:
+                    self.warned_xattrs = True
+                    self.warn(f"cannot set extended attribute {os.fsdecode(name)} on {os.fsdecode(dest)}: "
+                              f"{e.strerror} (further xattr errors not shown)")
+        os.utime(dest, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int, path: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.pwrite(fd, view, offset)
+        except OSError as e:
+            raise _os_error(e, path) from None
+        view, offset = view[n:], offset + n
+
+
+def _os_error(e: OSError, path: bytes) -> FsbackupError:
+    where = os.fsdecode(path)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"no space left on device while restoring {where}; free space or choose another --target")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied(f"permission denied writing {where}: {e.strerror}")
+    return FsbackupError(f"cannot restore {where}: {e.strerror}")

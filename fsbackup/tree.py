@@ -1,0 +1,181 @@
+"""Read-only views of versions and their file trees, answered from the local index.
+
+This is the model the CLI (`ls`, `restore`) and the mount stand on: lookups of a name in a
+directory, ordered resumable directory listings and a file's extents are each one indexed query.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import msgpack
+
+from . import format as fmt
+from .errors import PathNotFound, VersionNotFound
+from .index import Index
+
+NODE_COLUMNS = ("id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, atime_ns, ctime_ns, size, "
+                "ino, dev, nlink, rdev, target, xattrs, content")
+ROOT_ID = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: int
+    parent: int
+    name: bytes
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    user: str | None
+    grp: str | None
+    mtime_ns: int
+    atime_ns: int
+    ctime_ns: int
+    size: int
+    ino: int
+    dev: int
+    nlink: int
+    rdev: int
+    target: bytes | None
+    xattrs_packed: bytes | None
+    content: int | None
+
+    @property
+    def xattrs(self) -> dict[bytes, bytes]:
+        return msgpack.unpackb(self.xattrs_packed) if self.xattrs_packed else {}
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    id: int
+    hash: bytes
+    size: int
+    extents: list[tuple[bytes, int]]   # (block id or HOLE_ID, length)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    id: int
+    name: str
+    time_ns: int
+    host: str
+    paths: list[str]
+    tags: list[str]
+    file_count: int
+    total_size: int
+    bytes_added: int
+
+    @property
+    def short_id(self) -> str:
+        return self.name[:8]
+
+    def as_json(self) -> dict:
+        return {"id": self.name, "short_id": self.short_id, "time_ns": self.time_ns, "host": self.host,
+                "paths": self.paths, "tags": self.tags, "file_count": self.file_count,
+                "total_size": self.total_size, "bytes_added": self.bytes_added}
+
+
+VERSION_COLUMNS = "id, name, time_ns, host, paths, tags, file_count, total_size, bytes_added"
+
+
+def _version(row) -> VersionInfo:
+    vid, name, time_ns, host, paths, tags, files, size, added = row
+    return VersionInfo(vid, name, time_ns, host, json.loads(paths), json.loads(tags), files, size, added)
+
+
+def list_versions(index: Index) -> list[VersionInfo]:
+    """Every version, oldest first."""
+    return [_version(r) for r in index.q(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY time_ns, name")]
+
+
+def resolve_version(index: Index, spec: str) -> VersionInfo:
+    """A version by full id, unambiguous id prefix, or 'latest'."""
+    if spec == "latest":
+        row = index.one(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY time_ns DESC, name DESC LIMIT 1")
+        if row is None:
+            raise VersionNotFound("the repository has no versions yet; run 'fsbackup backup PATH' first")
+        return _version(row)
+    spec_l = spec.lower()
+    if not spec_l or any(c not in "0123456789abcdef" for c in spec_l):
+        raise VersionNotFound(f"'{spec}' is not a version id; see 'fsbackup versions'")
+    rows = index.q(f"SELECT {VERSION_COLUMNS} FROM versions WHERE name >= ? AND name < ? ORDER BY name LIMIT 2",
+                   (spec_l, spec_l + "g"))
+    if not rows:
+        raise VersionNotFound(f"no version with id {spec}; see 'fsbackup versions'")
+    if len(rows) > 1:
+        raise VersionNotFound(f"version id {spec} is ambiguous; give more digits (see 'fsbackup versions')")
+    return _version(rows[0])
+
+
+class VersionTree:
+    """One version's file tree."""
+
+    def __init__(self, index: Index, version: VersionInfo):
+        self.index = index
+        self.version = version
+
+    def node(self, node_id: int) -> Node:
+        row = self.index.one(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
+        if row is None:
+            raise PathNotFound(f"node {node_id} is not in version {self.version.short_id}")
+        return Node(*row)
+
+    @property
+    def root(self) -> Node:
+        return self.node(ROOT_ID)
+
+    def lookup(self, parent_id: int, name: bytes) -> Node | None:
+        row = self.index.one(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name=?",
+                             (self.version.id, parent_id, name))
+        return Node(*row) if row else None
+
+    def children(self, parent_id: int, after: bytes | None = None, limit: int = -1) -> list[Node]:
+        """Children ordered by name; `after` resumes a listing past that name."""
+        if after is None:
+            rows = self.index.q(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? ORDER BY name LIMIT ?",
+                                (self.version.id, parent_id, limit))
+        else:
+            rows = self.index.q(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name>? "
+                                "ORDER BY name LIMIT ?", (self.version.id, parent_id, after, limit))
+        return [Node(*r) for r in rows]
+
+    def resolve(self, path: bytes | str) -> Node:
+        """The node at an absolute path inside the version ('/' is the root)."""
+        path_b = os.fsencode(path)
+        node = self.root
+        for part in path_b.split(b"/"):
+            if part in (b"", b"."):
+                continue
+            child = self.lookup(node.id, part)
+            if child is None:
+                raise PathNotFound(f"{os.fsdecode(path_b)} is not in version {self.version.short_id}")
+            node = child
+        return node
+
+    def path_of(self, node: Node) -> bytes:
+        parts = []
+        while node.id != ROOT_ID:
+            parts.append(node.name)
+            node = self.node(node.parent)
+        return b"/" + b"/".join(reversed(parts))
+
+    def walk(self, top: Node, top_path: bytes) -> Iterator[tuple[bytes, Node]]:
+        """(path, node) for `top` and everything below it, parents before children, by name."""
+        stack = [(top_path, top)]
+        while stack:
+            path, node = stack.pop()
+            yield path, node
+            if node.type == "d":
+                base = path.rstrip(b"/")
+                kids = self.children(node.id)
+                stack.extend((base + b"/" + k.name, k) for k in reversed(kids))
+
+    def content(self, content_id: int) -> Content:
+        row = self.index.one("SELECT id, hash, size, extents FROM contents WHERE id=?", (content_id,))
+        if row is None:
+            raise PathNotFound(f"content {content_id} is missing from the local index; run 'fsbackup repair'")
+        return Content(row[0], row[1], row[2], fmt.unpack_extents(row[3]))

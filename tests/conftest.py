@@ -1,0 +1,169 @@
+"""Shared fixtures: a repository in a temporary folder, a CLI runner, and tree builders/comparers."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fsbackup.cli import main as cli_main
+
+TEST_PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+class Env:
+    """A repository URL, a passphrase and a private cache folder, for in-process and subprocess runs."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.repo = tmp / "repo"
+        self.cache = tmp / "cache"
+        self.vars = {"FSBACKUP_REPOSITORY": str(self.repo), "FSBACKUP_PASSWORD": TEST_PASSWORD,
+                     "XDG_CACHE_HOME": str(self.cache), "FSBACKUP_KDF_MEMORY_KIB": "1024"}
+
+    def environ(self, **extra) -> dict:
+        env = dict(os.environ)
+        env.pop("FSBACKUP_PASSWORD_COMMAND", None)
+        env.update(self.vars)
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, **extra_env) -> Result:
+        """Run the CLI in this process (fast); stdout/stderr are captured."""
+        import contextlib
+        import io
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(self.environ(**extra_env))
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    rc = cli_main([str(a) for a in args])
+                except SystemExit as e:
+                    rc = e.code if isinstance(e.code, int) else 2
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        return Result(rc, out.getvalue(), err.getvalue())
+
+    def run_process(self, *args: str, **extra_env) -> Result:
+        """Run the CLI as a separate process, as a user would."""
+        p = subprocess.run([sys.executable, "-m", "fsbackup", *map(str, args)], env=self.environ(**extra_env),
+                           capture_output=True, text=True)
+        return Result(p.returncode, p.stdout, p.stderr)
+
+    def ok(self, *args: str, **extra_env) -> Result:
+        r = self.run(*args, **extra_env)
+        assert r.rc == 0, f"fsbackup {' '.join(map(str, args))} -> {r.rc}\n{r.out}\n{r.err}"
+        return r
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    e = Env(tmp_path)
+    e.ok("init")
+    return e
+
+
+@pytest.fixture
+def blank_env(tmp_path: Path) -> Env:
+    return Env(tmp_path)
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def pseudo_random(n: int, seed: int) -> bytes:
+    """Incompressible but reproducible bytes."""
+    import random
+    return random.Random(seed).randbytes(n)
+
+
+def make_full_tree(root: Path) -> Path:
+    """A tree with every entry type and metadata field fsbackup keeps."""
+    root.mkdir(parents=True, exist_ok=True)
+    write(root / "text.txt", b"hello world\n" * 1000)
+    write(root / "random.bin", pseudo_random(3 * 1024 * 1024 + 17, 1))
+    write(root / "empty", b"")
+    (root / "empty dir").mkdir()
+    write(root / "dir with spaces" / "name with\nnewline", b"newline name")
+    write(root / os.fsdecode(b"bad-\xff\xfe-utf8"), b"non utf-8 name")
+    write(root / "deep" / "a" / "b" / "c" / "d" / "leaf.txt", b"leaf")
+    os.symlink("text.txt", root / "link-to-text")
+    os.symlink("/nonexistent/target with space", root / "dangling-link")
+    os.link(root / "random.bin", root / "hardlink-to-random")
+    os.mkfifo(root / "fifo")
+    with open(root / "sparse", "wb") as f:
+        f.seek(1024 * 1024)
+        f.write(b"in the middle of holes")
+        f.truncate(8 * 1024 * 1024)
+    os.chmod(root / "text.txt", 0o640)
+    os.chmod(root / "deep" / "a", 0o751)
+    os.setxattr(root / "text.txt", "user.comment", b"an xattr value")
+    os.setxattr(root / "empty dir", "user.dir", b"on a directory")
+    if os.geteuid() == 0:
+        os.mknod(root / "chardev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        os.chown(root / "empty", 1234, 5678)
+        os.chown(root / "link-to-text", 4321, 8765, follow_symlinks=False)
+    os.utime(root / "text.txt", ns=(1_600_000_000_123_456_789, 1_500_000_000_987_654_321))
+    os.utime(root / "deep", ns=(1_600_000_001_000_000_001, 1_500_000_001_000_000_001))
+    return root
+
+
+def snapshot(root: Path, with_atime: bool = True) -> dict:
+    """Everything restore must reproduce, keyed by relative path (bytes)."""
+    out = {}
+    root_b = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(root_b):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root_b)
+            st = os.lstat(p)
+            rec = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid, "mtime_ns": st.st_mtime_ns,
+                   "size": st.st_size if not stat.S_ISDIR(st.st_mode) else None, "rdev": st.st_rdev,
+                   "nlink": st.st_nlink if not stat.S_ISDIR(st.st_mode) else None}
+            # (reading a symlink or directory updates its atime, so only files' atimes are stable)
+            if with_atime and stat.S_ISREG(st.st_mode):
+                rec["atime_ns"] = st.st_atime_ns
+            if stat.S_ISLNK(st.st_mode):
+                rec["target"] = os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                fd = os.open(p, os.O_RDONLY | os.O_NOATIME)   # reading must not change the atime compared
+                with open(fd, "rb") as f:
+                    rec["data"] = f.read()
+                rec["allocated_le_size"] = st.st_blocks * 512 <= max(st.st_size, 4096) * 2
+            try:
+                rec["xattrs"] = {n: os.getxattr(p, n, follow_symlinks=False)
+                                 for n in os.listxattr(p, follow_symlinks=False)}
+            except OSError:
+                rec["xattrs"] = None
+            out[rel] = rec
+    # hard-link groups, as sets of relative paths
+    groups: dict = {}
+    for dirpath, _, filenames in os.walk(root_b):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+                groups.setdefault(st.st_ino, set()).add(os.path.relpath(p, root_b))
+    out[b"<hardlinks>"] = sorted(sorted(g) for g in groups.values())
+    return out
+
+
+def restored_root(target: Path, source: Path) -> Path:
+    return Path(str(target) + str(source.resolve()))

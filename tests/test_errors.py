@@ -1,0 +1,135 @@
+"""Bad input gets one clear line and its documented exit code, never a traceback."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import pseudo_random, write
+
+
+def assert_one_line_error(r, rc: int, *words: str) -> None:
+    assert r.rc == rc, (r.rc, r.err)
+    assert "Traceback" not in r.err
+    lines = [ln for ln in r.err.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def test_wrong_passphrase(env):
+    assert_one_line_error(env.run("versions", FSBACKUP_PASSWORD="wrong"), 11, "wrong passphrase")
+
+
+def test_missing_repository(blank_env):
+    r = blank_env.run("versions")
+    assert_one_line_error(r, 10, "no repository", "fsbackup init")
+
+
+def test_folder_that_is_not_a_repository(blank_env):
+    write(blank_env.repo / "holiday.jpg", b"x")
+    assert_one_line_error(blank_env.run("versions"), 10, "not an fsbackup repository")
+    assert_one_line_error(blank_env.run("init"), 2, "not empty")
+
+
+def test_init_twice_refuses(env):
+    assert_one_line_error(env.run("init"), 2, "already holds")
+
+
+def test_unknown_format_version(env):
+    cfg = env.repo / "config"
+    cfg.write_bytes(cfg.read_bytes().replace(b'"format": 1', b'"format": 99'))
+    assert_one_line_error(env.run("versions"), 10, "format 99")
+
+
+def test_missing_source_path(env, tmp_path):
+    assert_one_line_error(env.run("backup", tmp_path / "nope"), 13, "does not exist")
+
+
+def test_unknown_and_ambiguous_version(env, tmp_path):
+    src = tmp_path / "src"
+    write(src / "a", b"a")
+    assert_one_line_error(env.run("ls", "latest"), 13, "no versions")
+    for _ in range(17):          # 17 versions: two of them share a first hex digit
+        env.ok("backup", src)
+    assert_one_line_error(env.run("ls", "deadbeefdeadbeef"), 13, "no version")
+    assert_one_line_error(env.run("ls", "zz"), 13, "not a version id")
+    import json
+    ids = [v["id"] for v in json.loads(env.ok("versions", "--json").out)]
+    firsts = [i[0] for i in ids]
+    dup = next(c for c in firsts if firsts.count(c) > 1)
+    assert_one_line_error(env.run("ls", dup), 13, "ambiguous")
+
+
+def test_restore_target_that_is_a_file(env, tmp_path):
+    src = tmp_path / "src"
+    write(src / "a", b"a")
+    env.ok("backup", src)
+    f = write(tmp_path / "file", b"")
+    assert_one_line_error(env.run("restore", "latest", "--target", f), 2, "not a directory")
+
+
+def test_path_not_in_version(env, tmp_path):
+    src = tmp_path / "src"
+    write(src / "a", b"a")
+    env.ok("backup", src)
+    assert_one_line_error(env.run("ls", "latest", "/no/such/path"), 13, "not in version")
+
+
+def test_no_passphrase_without_a_terminal(env):
+    r = env.run_process("versions", FSBACKUP_PASSWORD="")
+    # An empty FSBACKUP_PASSWORD is a passphrase (a wrong one here); without any source we ask for one.
+    assert r.rc == 11
+    environ = env.environ()
+    del environ["FSBACKUP_PASSWORD"]
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "fsbackup", "versions"], env=environ, capture_output=True,
+                       text=True, stdin=subprocess.DEVNULL)
+    assert p.returncode == 2 and "FSBACKUP_PASSWORD" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_password_file_and_command(env, tmp_path):
+    from conftest import TEST_PASSWORD
+    pw = write(tmp_path / "pw", TEST_PASSWORD.encode() + b"\n")
+    assert env.run("versions", "--password-file", pw, FSBACKUP_PASSWORD="wrong").rc == 0
+    environ_cmd = {"FSBACKUP_PASSWORD_COMMAND": f"cat {pw}"}
+    saved = env.vars.pop("FSBACKUP_PASSWORD")
+    try:
+        assert env.run("versions", **environ_cmd).rc == 0
+    finally:
+        env.vars["FSBACKUP_PASSWORD"] = saved
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (needs root, as CI has); skipped with the reason elsewhere."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_disk_full_while_restoring(env, tmp_path, small_disk):
+    src = tmp_path / "src"
+    write(src / "big", pseudo_random(5 << 20, 1))
+    env.ok("backup", src)
+    assert_one_line_error(env.run("restore", "latest", "--target", small_disk / "out"), 15, "no space")
+
+
+def test_disk_full_while_writing_the_index(env, tmp_path, small_disk):
+    src = tmp_path / "src"
+    for i in range(3000):
+        write(src / f"dir{i % 50}" / f"file-with-a-long-name-{i:06d}", b"x")
+
+    with open(small_disk / "filler", "wb") as f:
+        f.write(b"\0" * ((2 << 20) - 256 * 1024))
+    r = env.run("backup", src, "--index", small_disk / "index.sqlite")
+    assert_one_line_error(r, 15, "no space")

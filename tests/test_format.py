@@ -1,0 +1,150 @@
+"""The chunker and the object codecs: properties (hypothesis) and golden values that pin the format."""
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fsbackup import format as fmt
+from fsbackup.chunker import MAX_SIZE, MIN_SIZE, Chunker
+from fsbackup.crypto import Keys
+from fsbackup.errors import CorruptObject
+
+KEYS = Keys.from_master_secret(bytes(range(64)))
+VOLUME_ID = bytes.fromhex("11" * 32)
+
+
+def golden_input(n: int = 6 << 20) -> bytes:
+    """Deterministic, partly compressible bytes, independent of Python's RNG."""
+    out = bytearray()
+    counter = 0
+    while len(out) < n:
+        digest = hashlib.sha256(counter.to_bytes(8, "little")).digest()
+        out += digest if counter % 3 else digest[:4] * 8
+        counter += 1
+    return bytes(out[:n])
+
+
+# ---- chunker --------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(min_size=0, max_size=3 << 20), st.integers(min_value=0, max_value=2**63 - 1))
+def test_chunks_reassemble_the_input_and_respect_size_limits(data, seed):
+    chunks = [bytes(c) for c in Chunker(seed).cut(data)]
+    assert b"".join(chunks) == data
+    for c in chunks[:-1]:
+        assert MIN_SIZE <= len(c) <= MAX_SIZE
+    if chunks:
+        assert 0 < len(chunks[-1]) <= MAX_SIZE
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(min_value=0, max_value=2**63 - 1))
+def test_streamed_and_in_memory_chunking_cut_the_same(seed):
+    data = golden_input(5 << 20)
+    assert [len(c) for c in Chunker(seed).cut(data)] == [len(c) for c in Chunker(seed).cut_stream(io.BytesIO(data))]
+
+
+def test_golden_chunk_boundaries_do_not_change():
+    """Changing these cut points breaks deduplication against every existing repository."""
+    lengths = [len(c) for c in Chunker(KEYS.chunker_seed).cut(golden_input())]
+    assert lengths == GOLDEN_LENGTHS
+
+
+# ---- block and volume codec -----------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=200_000), min_size=1, max_size=6))
+def test_volume_round_trip_returns_every_block(blocks):
+    cipher = KEYS.object_cipher(b"blocks", VOLUME_ID)
+    parts, entries, offset = [fmt.header(fmt.VOLUME_MAGIC)], [], fmt.HEADER_LEN
+    seen = set()
+    for data in blocks:
+        bid = KEYS.block_id(data)
+        if bid in seen:
+            continue
+        seen.add(bid)
+        stored, plain = fmt.encode_block(cipher, bid, data)
+        entries.append(fmt.BlockEntry(bid, offset, len(stored), plain))
+        parts.append(stored)
+        offset += len(stored)
+    parts.append(fmt.seal_table(KEYS, VOLUME_ID, entries, offset))
+    volume = b"".join(parts)
+    assert fmt.open_volume_table(KEYS, VOLUME_ID, volume, "v") == entries
+    by_id = {KEYS.block_id(d): d for d in blocks}
+    for e in entries:
+        stored = volume[e.offset:e.offset + e.stored_length]
+        assert fmt.decode_block(KEYS, cipher, e.id, stored, e.plain_length, "v") == by_id[e.id]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.binary(min_size=1, max_size=5000), st.data())
+def test_any_flipped_byte_in_a_block_is_detected(data, draw):
+    cipher = KEYS.object_cipher(b"blocks", VOLUME_ID)
+    bid = KEYS.block_id(data)
+    stored = bytearray(fmt.encode_block(cipher, bid, data)[0])
+    i = draw.draw(st.integers(0, len(stored) - 1))
+    stored[i] ^= draw.draw(st.integers(1, 255))
+    with pytest.raises(CorruptObject):
+        fmt.decode_block(KEYS, cipher, bid, bytes(stored), len(data), "v")
+
+
+def test_a_block_moved_to_another_volume_or_id_is_rejected():
+    data = b"some block"
+    bid = KEYS.block_id(data)
+    stored, _ = fmt.encode_block(KEYS.object_cipher(b"blocks", VOLUME_ID), bid, data)
+    other_volume = KEYS.object_cipher(b"blocks", bytes(32))
+    with pytest.raises(CorruptObject):
+        fmt.decode_block(KEYS, other_volume, bid, stored, len(data), "v")
+    with pytest.raises(CorruptObject):
+        fmt.decode_block(KEYS, KEYS.object_cipher(b"blocks", VOLUME_ID), KEYS.block_id(b"x"), stored, len(data), "v")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.integers(), st.binary(max_size=50), st.none()), max_size=5), max_size=3000),
+       st.dictionaries(st.text(max_size=5), st.integers(), max_size=4))
+def test_version_object_round_trip(entries, head):
+    vid = bytes(range(32))
+    data = fmt.encode_version(KEYS, vid, head, entries)
+    got_head, got_entries = fmt.decode_version(KEYS, vid, data, "s")
+    assert got_head == head and list(got_entries) == entries
+
+
+def test_a_truncated_version_object_is_detected():
+    vid = bytes(range(32))
+    entries = [[i, b"x" * 100] for i in range(30000)]          # several frames
+    data = fmt.encode_version(KEYS, vid, {"a": 1}, entries)
+    frame_end = fmt.HEADER_LEN + 4 + int.from_bytes(data[fmt.HEADER_LEN:fmt.HEADER_LEN + 4], "little")
+    with pytest.raises(CorruptObject):   # cut after a whole frame: only the "last frame" mark tells
+        _, it = fmt.decode_version(KEYS, vid, data[:frame_end], "s")
+        list(it)
+
+
+# ---- golden encoding ------------------------------------------------------------------------
+
+def test_golden_on_remote_encoding_does_not_change():
+    """Any change to keys, nonces, compression or layout shows here; old repositories must stay readable."""
+    data = golden_input(1 << 20)
+    cipher = KEYS.object_cipher(b"blocks", VOLUME_ID)
+    bid = KEYS.block_id(data)
+    stored, _ = fmt.encode_block(cipher, bid, data)
+    entries = [fmt.BlockEntry(bid, fmt.HEADER_LEN, len(stored), len(data))]
+    volume = fmt.header(fmt.VOLUME_MAGIC) + stored + fmt.seal_table(KEYS, VOLUME_ID, entries, fmt.HEADER_LEN + len(stored))
+    index = fmt.encode_index(KEYS, VOLUME_ID, len(volume), entries)
+    version = fmt.encode_version(KEYS, VOLUME_ID, {"time_ns": 1}, [[0, b"", "d"]])
+    got = {"block_id": bid.hex(), "volume": hashlib.sha256(volume).hexdigest(),
+           "index": hashlib.sha256(index).hexdigest(), "version": hashlib.sha256(version).hexdigest(),
+           "sizes": [len(volume), len(index), len(version)]}
+    assert got == GOLDEN_ENCODING
+
+
+GOLDEN_LENGTHS = [1330159, 1261612, 1173776, 521210, 1093115, 864373, 47211]
+GOLDEN_ENCODING = {
+    "block_id": "45e479658fcb854d6e77d6c51bc4a26daa5d77dfd3d16e0da3eb7a8b42c670b6",
+    "volume": "87a3046dd66c9756a868623921942e45e8063fa8786da98a3e39979e824adaea",
+    "index": "ef03ad0c42b8fb56183eadff6be3014538a32003cfefbda38e1bcc0f5098c315",
+    "version": "33834e659bc87c6c6069ae10725e104e7efdf4616a80a559817e8e8687fd3b65",
+    "sizes": [752792, 98, 82],
+}

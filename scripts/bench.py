@@ -102,7 +102,11 @@ def run_step(command: Command, env: dict[str, str], log_dir: Path, step: str) ->
         seconds = time.perf_counter() - start
     if returncode != 0:
         reason = last_line(err_path) or last_line(out_path) or "no output"
-        raise StepFailed(f"{step}: exit status {returncode}: {reason}")
+        status = f"exit status {returncode}"
+        with contextlib.suppress(OSError):  # time reports a crash, which leaves no message
+            crash = [line for line in rss_path.read_text().splitlines() if "terminated by signal" in line]
+            status = crash[0].replace("Command terminated", "killed") if crash else status
+        raise StepFailed(f"{step}: {status}: {reason}")
     rss = last_line(rss_path)  # time writes "%M" (KiB) as its last line
     return Measurement(seconds, int(rss) * 1024 if rss.isdigit() else None)
 

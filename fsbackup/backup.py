@@ -30,7 +30,7 @@ import msgpack
 import zstandard
 
 from . import format as fmt
-from .chunker import Chunker
+from .chunker import WHOLE_READ_LIMIT, Chunker
 from .errors import FsbackupError, PathNotFound
 from .progress import Progress
 from .repository import Repository
@@ -39,6 +39,7 @@ from .tree import Node, VersionTree, list_versions
 DEFAULT_VOLUME_SIZE = 32 * 1024 * 1024
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 HOLE_MARK = b"\0fsbackup-hole\0"
+INLINE_ENCODE_LIMIT = 128 * 1024
 
 
 @dataclass
@@ -477,9 +478,7 @@ class Backup:
         except PermissionError:
             fd = os.open(path, flags)   # O_NOATIME needs ownership
         try:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode) or _change_key(before) != _change_key(st):
-                raise FileChanged()
+            before = st      # the lstat of the scan: the fstat after reading must match it
             size = before.st_size
             hasher = self.repo.keys.content_hasher()
             extents: list[tuple[bytes, int]] = []
@@ -488,7 +487,12 @@ class Backup:
                 if start > pos:
                     extents.append((fmt.HOLE_ID, start - pos))
                     hasher.update(HOLE_MARK + (start - pos).to_bytes(8, "little"))
-                for block in self.chunker.cut_stream(_RangeReader(fd, start, end)):
+                if end - start <= WHOLE_READ_LIMIT:
+                    region = os.pread(fd, end - start, start)
+                    blocks = (bytes(b) for b in self.chunker.cut(region))
+                else:
+                    blocks = self.chunker.cut_stream(_RangeReader(fd, start, end))
+                for block in blocks:
                     block_id = self.repo.keys.block_id(block)
                     hasher.update(block)
                     extents.append((block_id, len(block)))
@@ -499,7 +503,9 @@ class Backup:
             if pos < size:
                 extents.append((fmt.HOLE_ID, size - pos))
                 hasher.update(HOLE_MARK + (size - pos).to_bytes(8, "little"))
-            if _change_key(os.fstat(fd)) != _change_key(before) or sum(n for _, n in extents) != size:
+            after = os.fstat(fd)
+            if (not stat.S_ISREG(after.st_mode) or _change_key(after) != _change_key(before)
+                    or sum(n for _, n in extents) != size):
                 raise FileChanged()
         finally:
             os.close(fd)
@@ -519,7 +525,13 @@ class Backup:
         vol = self.volume
         if vol is None:
             vol = self.volume = _OpenVolume(self.repo)
-        vol.encoding.append((block_id, self.pool.submit(_encode_in_worker, vol.cipher, block_id, data)))
+        if len(data) < INLINE_ENCODE_LIMIT:
+            # Handing a small block to a worker costs more (GIL hand-offs) than encoding it here.
+            fut: Future = Future()
+            fut.set_result(_encode_in_worker(vol.cipher, block_id, data))
+        else:
+            fut = self.pool.submit(_encode_in_worker, vol.cipher, block_id, data)
+        vol.encoding.append((block_id, fut))
         vol.plain_encoding += len(data)
         while len(vol.encoding) > self.encode_window:
             vol.take_oldest()

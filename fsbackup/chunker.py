@@ -14,7 +14,9 @@ from pyfastcdc.cy import FastCDC
 AVG_SIZE = 768 * 1024
 MIN_SIZE = 256 * 1024
 MAX_SIZE = 4 * 1024 * 1024
-READ_SIZE = 8 * 1024 * 1024
+# Regions up to this size are read whole and cut in memory: far cheaper per small file than a
+# stream (which allocates its buffers per call), and the cut points are the same.
+WHOLE_READ_LIMIT = 16 * 1024 * 1024
 
 
 class Chunker:

@@ -318,7 +318,7 @@ def cmd_restore(args, out: Output) -> int:
     repo.close()
     if s.damaged:
         print(f"fsbackup: error: {len(s.damaged)} file(s) could not be restored because their data is damaged "
-              f"(listed above); run 'fsbackup check'", file=sys.stderr)
+              f"(listed above)", file=sys.stderr)
         return errors.EXIT_CORRUPT
     return 0
 

@@ -46,7 +46,7 @@ class CorruptObject(FsbackupError):
     exit_code = EXIT_CORRUPT
 
     def __init__(self, name: str, why: str = "failed authentication"):
-        super().__init__(f"remote object {name} is corrupt ({why}); run 'fsbackup check' to see what it affects")
+        super().__init__(f"remote object {name} is corrupt ({why})")
         self.name = name
 
 
@@ -55,7 +55,7 @@ class NoSuchObject(FsbackupError):
     exit_code = EXIT_CORRUPT
 
     def __init__(self, name: str):
-        super().__init__(f"remote object {name} is missing; run 'fsbackup check' to see what it affects")
+        super().__init__(f"remote object {name} is missing")
         self.name = name
 
 

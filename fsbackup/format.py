@@ -6,6 +6,7 @@ this module turns blocks, tables and trees into authenticated ciphertext and bac
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -49,13 +50,16 @@ def _zstd_c() -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL)
 
 
-_DECOMPRESSOR = zstandard.ZstdDecompressor()
+_per_thread = threading.local()   # zstd (de)compressor objects must not be shared between threads
 
 
 def _decompress(data: bytes, plain_len: int | None = None) -> bytes:
-    if plain_len is not None:
-        return _DECOMPRESSOR.decompress(data, max_output_size=plain_len)
-    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    if plain_len is None:
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    decompressor = getattr(_per_thread, "decompressor", None)
+    if decompressor is None:
+        decompressor = _per_thread.decompressor = zstandard.ZstdDecompressor()
+    return decompressor.decompress(data, max_output_size=plain_len)
 
 
 # ---- blocks ---------------------------------------------------------------------------------

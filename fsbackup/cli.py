@@ -125,6 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, metavar="DIR", help="where to restore (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace files that exist in the target")
 
+    p = command("mount", "browse every version as a read-only filesystem",
+                "Mount the repository at MOUNTPOINT (an empty directory): MOUNTPOINT/versions/<time>/ holds\n"
+                "each version's files at their absolute paths, MOUNTPOINT/latest points to the newest one.\n"
+                "Browse with any file manager; restore with 'cp -a'. Only the bytes you read are fetched and\n"
+                "decrypted. Backups may run while mounted: new versions appear within seconds.\n\n"
+                "Stop with Ctrl-C, 'fsbackup umount MOUNTPOINT' or 'fusermount3 -u MOUNTPOINT'.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--daemon", action="store_true", help="go to the background once the mount is ready")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users (and Samba/NFS servers) see the mount (needs user_allow_other in "
+                        "/etc/fuse.conf when not root)")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="where fetched blocks are cached, encrypted (default: next to the local index)")
+    p.add_argument("--cache-size", metavar="SIZE", type=parse_size, default=parse_size("1G"),
+                   help="bound of the block cache on disk (default 1G; 0 disables it)")
+
+    p = command("umount", "unmount a mounted repository", "Unmount MOUNTPOINT (same as fusermount3 -u).")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+
     command("repair", "rebuild the local index from the repository",
             "Rebuild the local index from the repository's index and version objects (no volume is downloaded).")
     return parser
@@ -337,8 +356,18 @@ def cmd_repair(args, out: Output) -> int:
     return 0
 
 
+def cmd_mount(args, out: Output) -> int:
+    from .mount import mount
+    return mount(args, out, open_repo)
+
+
+def cmd_umount(args, out: Output) -> int:
+    from .mount import umount
+    return umount(args.mountpoint)
+
+
 COMMANDS = {"init": cmd_init, "backup": cmd_backup, "versions": cmd_versions, "ls": cmd_ls,
-            "restore": cmd_restore, "repair": cmd_repair}
+            "restore": cmd_restore, "repair": cmd_repair, "mount": cmd_mount, "umount": cmd_umount}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,7 +93,13 @@ CREATE TABLE nodes (
 CREATE UNIQUE INDEX nodes_by_name ON nodes(version, parent, name);
 """
 
-MIGRATIONS = [SCHEMA_V1]
+# v2: the mount gives every name of a hard-linked file one inode (the smallest node id of its
+# (dev, ino) group), found through this partial index.
+SCHEMA_V2 = """
+CREATE INDEX nodes_by_source_inode ON nodes(version, dev, ino) WHERE nlink > 1;
+"""
+
+MIGRATIONS = [SCHEMA_V1, SCHEMA_V2]
 
 
 def _map_errors(e: Exception, path: str) -> Exception:

@@ -231,12 +231,21 @@ class Repository:
     def fetch_block(self, block_id: bytes, location) -> bytes:
         """Fetch one block with one range read, authenticate, decompress and check it against its id.
         Thread-safe: needs no index (`location` comes from `block_location`)."""
-        volume, offset, stored_length, plain_length = location
+        return self.decode_block(block_id, location, self.fetch_stored(location))
+
+    def fetch_stored(self, location) -> bytes:
+        """The stored (encrypted) bytes of a block: one range read."""
+        volume, offset, stored_length, _ = location
         obj = volume_object(volume)
         stored = self.backend.get(obj, offset, stored_length)
         if len(stored) != stored_length:
             raise CorruptObject(obj, "truncated")
-        return fmt.decode_block(self.keys, self.block_cipher(volume), block_id, stored, plain_length, obj)
+        return stored
+
+    def decode_block(self, block_id: bytes, location, stored: bytes) -> bytes:
+        volume, _, _, plain_length = location
+        return fmt.decode_block(self.keys, self.block_cipher(volume), block_id, stored, plain_length,
+                                volume_object(volume))
 
     # ---- versions -----------------------------------------------------------------------
 

@@ -1,0 +1,208 @@
+"""The FUSE adapter: translates kernel requests into RepositoryView calls. A protocol adapter only.
+
+Threading rule: this module's handlers run on the trio thread and do no blocking work; every
+call into the view (SQLite queries, block fetches, decryption, decompression) goes to a worker
+thread through `trio.to_thread.run_sync`, bounded by a CapacityLimiter, so one slow read never
+stalls a listing. Only FUSEError leaves a handler: anything else would end the mount.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import signal
+
+import pyfuse3
+import trio
+
+from .errors import BackendError, CorruptObject, NoSuchObject
+from .vfs import (LATEST_INODE, LATEST_LINK, ROOT_INODE, VERSIONS_INODE, Attr, FsOpError, OpenFile,
+                  RepositoryView)
+
+log = logging.getLogger("fsbackup.mount")
+
+WORKER_THREADS = 16
+TOP_TIMEOUT = 1.0            # the root and versions/ change when backups finish
+VERSION_TIMEOUT = 3600.0     # a version's content never changes
+REFRESH_SECONDS = 2.0
+
+
+def _entry(attr: Attr) -> pyfuse3.EntryAttributes:
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = attr.ino
+    e.generation = 0
+    e.entry_timeout = e.attr_timeout = VERSION_TIMEOUT if attr.immutable else TOP_TIMEOUT
+    e.st_mode = attr.mode
+    e.st_nlink = attr.nlink
+    e.st_uid = attr.uid
+    e.st_gid = attr.gid
+    e.st_rdev = attr.rdev
+    e.st_size = attr.size
+    e.st_blksize = 128 * 1024
+    e.st_blocks = attr.blocks
+    e.st_atime_ns = attr.atime_ns
+    e.st_mtime_ns = attr.mtime_ns
+    e.st_ctime_ns = attr.ctime_ns
+    return e
+
+
+def _errno_of(e: BaseException) -> int:
+    if isinstance(e, FsOpError):
+        return e.errno
+    if isinstance(e, (CorruptObject, NoSuchObject, BackendError)):
+        return errno.EIO
+    log.exception("unexpected error in a filesystem request")
+    return errno.EIO
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, view: RepositoryView):
+        super().__init__()
+        self.view = view
+        self.limiter = trio.CapacityLimiter(WORKER_THREADS)
+        self.open_files: dict[int, OpenFile] = {}
+        self.next_fh = 1
+
+    async def _call(self, fn, *args):
+        """Run a view method in a worker thread; map every failure to a FUSEError."""
+        try:
+            return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.limiter)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as e:   # noqa: BLE001 - the mount must never die of one request
+            raise pyfuse3.FUSEError(_errno_of(e)) from None
+
+    # ---- reading the tree -------------------------------------------------------------------
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        return _entry(await self._call(self.view.lookup, parent_inode, name))
+
+    async def getattr(self, inode, ctx=None):
+        return _entry(await self._call(self.view.getattr, inode))
+
+    async def readlink(self, inode, ctx):
+        return await self._call(self.view.readlink, inode)
+
+    async def opendir(self, inode, ctx):
+        attr = await self._call(self.view.getattr, inode)
+        if not attr.mode & 0o040000:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh, start_id, token):
+        offset = start_id
+        while True:
+            page = await self._call(self.view.readdir, fh, offset, 500)
+            if not page:
+                return
+            for name, attr, next_offset in page:
+                if not pyfuse3.readdir_reply(token, name, _entry(attr), next_offset):
+                    return
+                offset = next_offset
+
+    async def releasedir(self, fh):
+        return None
+
+    async def getxattr(self, inode, name, ctx):
+        return await self._call(self.view.getxattr, inode, name)
+
+    async def listxattr(self, inode, ctx):
+        return await self._call(self.view.listxattr, inode)
+
+    async def statfs(self, ctx):
+        info = await self._call(self.view.statfs)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = info["bsize"]
+        s.f_blocks = info["blocks"]
+        s.f_bfree = s.f_bavail = info["bfree"]
+        s.f_files = info["files"]
+        s.f_ffree = s.f_favail = info["ffree"]
+        s.f_namemax = info["namemax"]
+        return s
+
+    async def access(self, inode, mode, ctx):
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def forget(self, inode_list):
+        return None          # inodes are derived from the index: nothing to release
+
+    # ---- reading files ----------------------------------------------------------------------
+
+    async def open(self, inode, flags, ctx):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        f = await self._call(self.view.open, inode)
+        fh = self.next_fh
+        self.next_fh += 1
+        self.open_files[fh] = f
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def read(self, fh, off, size):
+        f = self.open_files.get(fh)
+        if f is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await self._call(self.view.read, f, off, size)
+
+    async def release(self, fh):
+        self.open_files.pop(fh, None)
+
+    # ---- everything that would write: read-only -------------------------------------------
+
+    async def _read_only(self, *args, **kwargs):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only
+    create = write = setxattr = removexattr = fsync = fsyncdir = _read_only
+
+    async def flush(self, fh):
+        return None
+
+
+async def serve(view: RepositoryView, on_ready=None) -> None:
+    """Run the FUSE loop (pyfuse3.init must have been called) until unmounted or signalled."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_refresh_versions, view)
+        nursery.start_soon(_stop_on_signals)
+        if on_ready:
+            on_ready()
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _refresh_versions(view: RepositoryView) -> None:
+    """New versions (from backups while mounted) appear within a few seconds."""
+    while True:
+        await trio.sleep(REFRESH_SECONDS)
+        try:
+            changed = await trio.to_thread.run_sync(view.refresh_versions)
+        except Exception:  # noqa: BLE001 - keep serving with the list we have
+            log.exception("cannot refresh the version list")
+            continue
+        if changed:
+            await trio.to_thread.run_sync(_invalidate_top)
+
+
+def _invalidate_top() -> None:
+    """Drop the kernel's cached root, versions/ and latest (may block: runs in a thread)."""
+    for inode in (ROOT_INODE, VERSIONS_INODE, LATEST_INODE):
+        try:
+            pyfuse3.invalidate_inode(inode, attr_only=False)
+        except OSError:
+            pass
+    try:
+        pyfuse3.invalidate_entry(ROOT_INODE, LATEST_LINK)
+    except OSError:
+        pass
+
+
+async def _stop_on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            pyfuse3.terminate()
+            return

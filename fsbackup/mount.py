@@ -1,0 +1,121 @@
+"""`fsbackup mount` and `umount`: checks, daemonizing, and the FUSE session's life cycle."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+from .errors import FsbackupError, UsageError
+
+MOUNT_OPTIONS = {"fsname=fsbackup", "subtype=fsbackup", "ro", "default_permissions"}
+
+
+class FuseUnavailable(FsbackupError):
+    pass
+
+
+def check_mountpoint(path: str) -> str:
+    path = os.path.abspath(path)
+    if not os.path.lexists(path):
+        raise UsageError(f"mountpoint {path} does not exist; create an empty directory first")
+    if not os.path.isdir(path):
+        raise UsageError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise UsageError(f"{path} is already a mount point; unmount it first (fsbackup umount {path})")
+    if os.listdir(path):
+        raise UsageError(f"mountpoint {path} is not empty; use an empty directory")
+    return path
+
+
+def check_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise FuseUnavailable("FUSE is not available: /dev/fuse is missing (load the fuse module, or in a "
+                              "container pass --device /dev/fuse)")
+    if not shutil.which("fusermount3"):
+        raise FuseUnavailable("FUSE is not available: fusermount3 is missing (install the fuse3 package)")
+
+
+def mount(args, out, open_repo) -> int:
+    import pyfuse3
+    import trio
+
+    from .fuse import Operations, serve
+    from .vfs import RepositoryView
+
+    mountpoint = check_mountpoint(args.mountpoint)
+    check_fuse()
+    repo = open_repo(args, out)            # rebuilds the local index first when it is missing
+    cache_dir = args.cache_dir or os.path.join(os.path.dirname(repo.index_path), "blocks")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="fsbackup mount: %(message)s")
+    ready_pipe = None
+    if args.daemon:
+        ready_pipe = _daemonize()          # returns only in the child
+    view = RepositoryView(repo, cache_dir=cache_dir, cache_size=args.cache_size)
+    options = set(MOUNT_OPTIONS)
+    if args.allow_other:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(Operations(view), mountpoint, options)
+    except RuntimeError as e:
+        msg = f"cannot mount at {mountpoint}: {e}"
+        if ready_pipe is not None:
+            os.write(ready_pipe, ("E" + msg).encode())
+            os._exit(1)
+        raise FsbackupError(msg) from None
+
+    def ready() -> None:
+        if ready_pipe is not None:
+            os.write(ready_pipe, b"R")
+            os.close(ready_pipe)
+        else:
+            out.info(f"mounted {len(view.by_name)} version(s) at {mountpoint}")
+            out.info(f"browse {mountpoint}/latest; unmount with Ctrl-C or 'fsbackup umount {mountpoint}'")
+            sys.stdout.flush()
+
+    try:
+        trio.run(serve, view, ready)
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception:  # noqa: BLE001 - already unmounted from outside
+            pass
+        view.close()
+        repo.close()
+    return 0
+
+
+def _daemonize() -> int:
+    """Fork; the parent waits until the child's mount is ready (or failed) and exits with its status."""
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid > 0:
+        os.close(write_end)
+        message = os.read(read_end, 4096)
+        if message.startswith(b"R"):
+            print(f"mounted in the background (pid {pid})")
+            os._exit(0)
+        print(f"fsbackup: error: {message[1:].decode() or 'the mount process died before it was ready'}",
+              file=sys.stderr)
+        os._exit(1)
+    os.close(read_end)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    return write_end
+
+
+def umount(mountpoint: str) -> int:
+    path = os.path.abspath(mountpoint)
+    if not os.path.ismount(path):
+        raise UsageError(f"{path} is not mounted")
+    p = subprocess.run(["fusermount3", "-u", path], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise FsbackupError(f"cannot unmount {path}: {p.stderr.strip() or 'fusermount3 failed'} "
+                            "(is a program still using it? try 'fusermount3 -uz')")
+    return 0

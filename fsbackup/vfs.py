@@ -1,0 +1,404 @@
+"""What the repository looks like as a filesystem: the model behind `fsbackup mount`.
+
+    /versions/<YYYY-MM-DD_HH-MM-SS>/...   one directory per version, holding the backed-up paths
+    /latest -> versions/<newest>
+
+Plain, synchronous and thread-safe: the FUSE adapter (fuse.py) calls it from worker threads and
+only translates; tests drive it directly, without a kernel. getattr, lookup and readdir are
+answered from the local index alone; read() fetches only the blocks it needs, through a memory
+cache (decoded blocks) and a disk cache (encrypted blocks, authenticated again on every use),
+and prefetches ahead of sequential readers.
+"""
+from __future__ import annotations
+
+import bisect
+import datetime
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import format as fmt
+from .blockcache import BlockCache
+from .diskcache import DiskCache
+from .errors import BackendError, CorruptObject, NoSuchObject
+from .index import Index
+from .repository import Repository
+from .tree import NODE_COLUMNS, ROOT_ID, Content, Node, VersionInfo, list_versions
+
+log = logging.getLogger("fsbackup.mount")
+
+ROOT_INODE = 1
+VERSIONS_INODE = 2
+LATEST_INODE = 3
+NODE_BITS = 36                       # inode = version row id << 36 | node id: stable across mounts
+NODE_MASK = (1 << NODE_BITS) - 1
+VERSIONS_DIR = b"versions"
+LATEST_LINK = b"latest"
+BLOCK_SIZE = 4096
+
+
+class FsOpError(Exception):
+    """A POSIX error for one request (ENOENT, ENOTDIR, ENODATA...)."""
+
+    def __init__(self, err: int):
+        super().__init__(os.strerror(err))
+        self.errno = err
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    blocks: int                      # 512-byte units actually stored: sparse holes count for nothing
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    immutable: bool                  # a version's content never changes: the kernel may cache it long
+
+
+class OpenFile:
+    """A file opened for reading: its extents with prefix sums, and read-ahead state."""
+
+    def __init__(self, path: str, content: Content):
+        self.path = path
+        self.size = content.size
+        self.extents = content.extents
+        self.starts = []
+        pos = 0
+        for _, length in self.extents:
+            self.starts.append(pos)
+            pos += length
+        self.next_offset = 0          # where a sequential reader reads next
+        self.sequential_run = 0
+        self.prefetched_to = 0        # extents below this index have been scheduled
+
+
+def version_dir_names(versions: list[VersionInfo]) -> dict[bytes, VersionInfo]:
+    """Directory name of each version: its local time, with _2, _3... when two share a second."""
+    names: dict[bytes, VersionInfo] = {}
+    for v in versions:
+        base = datetime.datetime.fromtimestamp(v.time_ns / 1e9).strftime("%Y-%m-%d_%H-%M-%S").encode()
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = base + b"_%d" % n
+        names[name] = v
+    return names
+
+
+class RepositoryView:
+    def __init__(self, repo: Repository, cache_dir: str | None = None, cache_size: int = 1 << 30,
+                 memory_cache: int = 128 << 20, fetch_threads: int = 8, max_prefetch: int = 16,
+                 retry_seconds: float = 30.0):
+        self.repo = repo
+        self.index_path = repo.index_path
+        self._local = threading.local()
+        self.memory = BlockCache(min(memory_cache, max(cache_size, 16 << 20)))
+        self.disk = DiskCache(cache_dir, cache_size) if cache_dir and cache_size > 0 else None
+        self.fetcher = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fsbackup-fetch")
+        self.max_prefetch = max_prefetch
+        self.retry_seconds = retry_seconds
+        self._versions_lock = threading.Lock()
+        self.by_name: dict[bytes, VersionInfo] = {}
+        self.by_id: dict[int, tuple[bytes, VersionInfo]] = {}
+        self.latest: bytes | None = None
+        self.refresh_versions()
+
+    # ---- plumbing -----------------------------------------------------------------------
+
+    def _index(self) -> Index:
+        """This thread's own connection to the local index (SQLite connections stay in their thread)."""
+        index = getattr(self._local, "index", None)
+        if index is None:
+            index = self._local.index = Index(self.index_path)
+        return index
+
+    def close(self) -> None:
+        self.fetcher.shutdown(wait=False, cancel_futures=True)
+
+    def refresh_versions(self) -> bool:
+        """Re-read the version list from the local index; True when it changed."""
+        names = version_dir_names(list_versions(self._index()))
+        with self._versions_lock:
+            if names.keys() == self.by_name.keys():
+                return False
+            self.by_name = names
+            self.by_id = {v.id: (name, v) for name, v in names.items()}
+            self.latest = max(names, key=lambda n: (names[n].time_ns, names[n].name)) if names else None
+            return True
+
+    def _version(self, version_id: int) -> tuple[bytes, VersionInfo]:
+        with self._versions_lock:
+            found = self.by_id.get(version_id)
+        if found is None:
+            raise FsOpError(errno.ENOENT)       # a version removed since the kernel learned its inode
+        return found
+
+    def _node(self, version_id: int, node_id: int) -> Node:
+        row = self._index().one(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND id=?", (version_id, node_id))
+        if row is None:
+            raise FsOpError(errno.ENOENT)
+        return Node(*row)
+
+    def _content(self, content_id: int) -> Content:
+        row = self._index().one("SELECT id, hash, size, extents FROM contents WHERE id=?", (content_id,))
+        if row is None:
+            raise FsOpError(errno.EIO)
+        return Content(row[0], row[1], row[2], fmt.unpack_extents(row[3]))
+
+    # ---- attributes ---------------------------------------------------------------------
+
+    def _top_attr(self, ino: int) -> Attr:
+        with self._versions_lock:
+            newest = self.by_name[self.latest].time_ns if self.latest else 0
+            latest = self.latest
+        if ino == LATEST_INODE:
+            target = VERSIONS_DIR + b"/" + (latest or b"")
+            return Attr(ino, stat.S_IFLNK | 0o777, 1, os.getuid(), os.getgid(), 0, len(target), 0,
+                        newest, newest, newest, False)
+        return Attr(ino, stat.S_IFDIR | 0o555, 2, os.getuid(), os.getgid(), 0, 0, 0, newest, newest, newest, False)
+
+    def _canonical(self, version_id: int, node: Node) -> tuple[int, int]:
+        """(node id that names the inode, link count inside the version) of a possibly hard-linked node."""
+        if node.nlink <= 1 or node.type == "d":
+            return node.id, 1
+        first, count = self._index().one(
+            "SELECT min(id), count(*) FROM nodes WHERE version=? AND dev=? AND ino=? AND nlink>1",
+            (version_id, node.dev, node.ino))
+        return first, count
+
+    def _node_attr(self, version_id: int, node: Node) -> Attr:
+        canonical, nlink = self._canonical(version_id, node)
+        ino = (version_id << NODE_BITS) | canonical
+        mtime = node.mtime_ns
+        if node.id == ROOT_ID:                    # a version's directory shows the backup time
+            mtime = self._version(version_id)[1].time_ns
+        blocks = 0
+        if node.type == "f" and node.content is not None:
+            stored = sum(length for bid, length in self._content(node.content).extents if bid != fmt.HOLE_ID)
+            blocks = (stored + 511) // 512
+        size = node.size if node.type in "fl" else 0
+        return Attr(ino, node.mode, max(1, nlink), node.uid, node.gid, node.rdev, size, blocks,
+                    node.atime_ns, mtime, mtime, True)
+
+    def getattr(self, ino: int) -> Attr:
+        if ino in (ROOT_INODE, VERSIONS_INODE, LATEST_INODE):
+            return self._top_attr(ino)
+        version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
+        self._version(version_id)
+        return self._node_attr(version_id, self._node(version_id, node_id))
+
+    def _dir_node(self, ino: int) -> tuple[int, Node]:
+        version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
+        self._version(version_id)
+        node = self._node(version_id, node_id)
+        if node.type != "d":
+            raise FsOpError(errno.ENOTDIR)
+        return version_id, node
+
+    # ---- names --------------------------------------------------------------------------
+
+    def lookup(self, parent: int, name: bytes) -> Attr:
+        if parent == ROOT_INODE:
+            if name == VERSIONS_DIR:
+                return self._top_attr(VERSIONS_INODE)
+            if name == LATEST_LINK and self.latest:
+                return self._top_attr(LATEST_INODE)
+            raise FsOpError(errno.ENOENT)
+        if parent == VERSIONS_INODE:
+            with self._versions_lock:
+                v = self.by_name.get(name)
+            if v is None:
+                raise FsOpError(errno.ENOENT)
+            return self._node_attr(v.id, self._node(v.id, ROOT_ID))
+        if parent == LATEST_INODE:
+            raise FsOpError(errno.ENOTDIR)
+        version_id, node = self._dir_node(parent)
+        row = self._index().one(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name=?",
+                                (version_id, node.id, name))
+        if row is None:
+            raise FsOpError(errno.ENOENT)
+        return self._node_attr(version_id, Node(*row))
+
+    def readdir(self, ino: int, offset: int, limit: int = 1000) -> list[tuple[bytes, Attr, int]]:
+        """Up to `limit` (name, attributes, next offset) entries after `offset` (0 = from the start).
+        Offsets are stable: a listing resumes by name, so 100 000 entries stream in pages."""
+        if ino == ROOT_INODE:
+            entries = [(VERSIONS_DIR, self._top_attr(VERSIONS_INODE))]
+            if self.latest:
+                entries.append((LATEST_LINK, self._top_attr(LATEST_INODE)))
+            return [(n, a, i + 1) for i, (n, a) in enumerate(entries)][offset:offset + limit]
+        if ino == VERSIONS_INODE:
+            with self._versions_lock:
+                items = sorted(self.by_name.items())
+            page = items[offset:offset + limit]
+            return [(name, self._node_attr(v.id, self._node(v.id, ROOT_ID)), offset + i + 1)
+                    for i, (name, v) in enumerate(page)]
+        version_id, node = self._dir_node(ino)
+        index = self._index()
+        if offset == 0:
+            rows = index.q(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? ORDER BY name LIMIT ?",
+                           (version_id, node.id, limit))
+        else:   # the offset is the node id of the last entry returned: resume after its name
+            after = self._node(version_id, offset).name
+            rows = index.q(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name>? "
+                           "ORDER BY name LIMIT ?", (version_id, node.id, after, limit))
+        out = []
+        for row in rows:
+            child = Node(*row)
+            out.append((child.name, self._node_attr(version_id, child), child.id))
+        return out
+
+    def readlink(self, ino: int) -> bytes:
+        if ino == LATEST_INODE:
+            if not self.latest:
+                raise FsOpError(errno.ENOENT)
+            return VERSIONS_DIR + b"/" + self.latest
+        if ino < (1 << NODE_BITS):
+            raise FsOpError(errno.EINVAL)
+        node = self._node(ino >> NODE_BITS, ino & NODE_MASK)
+        if node.type != "l":
+            raise FsOpError(errno.EINVAL)
+        return node.target or b""
+
+    def _xattrs(self, ino: int) -> dict[bytes, bytes]:
+        if ino < (1 << NODE_BITS):
+            return {}
+        return self._node(ino >> NODE_BITS, ino & NODE_MASK).xattrs
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        value = self._xattrs(ino).get(name)
+        if value is None:
+            raise FsOpError(errno.ENODATA)
+        return value
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return list(self._xattrs(ino))
+
+    def statfs(self) -> dict:
+        stored, = self._index().one("SELECT coalesce(sum(size), 0) FROM volumes")
+        files, = self._index().one("SELECT count(*) FROM nodes")
+        return {"bsize": BLOCK_SIZE, "blocks": (stored + BLOCK_SIZE - 1) // BLOCK_SIZE, "bfree": 0,
+                "files": files + 3, "ffree": 0, "namemax": 255}
+
+    def path_of(self, ino: int) -> str:
+        """A readable path for log messages."""
+        if ino < (1 << NODE_BITS):
+            return "/"
+        version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
+        name, _ = self._version(version_id)
+        parts = []
+        node = self._node(version_id, node_id)
+        while node.id != ROOT_ID:
+            parts.append(node.name)
+            node = self._node(version_id, node.parent)
+        return os.fsdecode(b"/versions/" + name + b"/" + b"/".join(reversed(parts)))
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def open(self, ino: int) -> OpenFile:
+        if ino < (1 << NODE_BITS):
+            raise FsOpError(errno.EISDIR)
+        version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
+        self._version(version_id)
+        node = self._node(version_id, node_id)
+        if node.type == "d":
+            raise FsOpError(errno.EISDIR)
+        if node.type != "f" or node.content is None:
+            raise FsOpError(errno.EINVAL)
+        return OpenFile(self.path_of(ino), self._content(node.content))
+
+    def read(self, f: OpenFile, offset: int, size: int) -> bytes:
+        """Exactly the bytes [offset, offset+size) of the file (fewer at its end). Raises
+        CorruptObject/NoSuchObject/BackendError when a needed block cannot be had: never wrong bytes."""
+        end = min(offset + size, f.size)
+        if offset >= end:
+            return b""
+        first = bisect.bisect_right(f.starts, offset) - 1
+        last = first
+        while last + 1 < len(f.extents) and f.starts[last + 1] < end:
+            last += 1
+        pending = [(i, self._block_future(f.extents[i][0])) for i in range(first, last + 1)
+                   if f.extents[i][0] != fmt.HOLE_ID]
+        self._read_ahead(f, offset, end, last)
+        out = bytearray()
+        futures = dict(pending)
+        for i in range(first, last + 1):
+            block_id, length = f.extents[i]
+            lo = max(offset - f.starts[i], 0)
+            hi = min(end - f.starts[i], length)
+            if block_id == fmt.HOLE_ID:
+                out += bytes(hi - lo)
+            else:
+                try:
+                    data = futures[i].result()
+                except (CorruptObject, NoSuchObject, BackendError) as e:
+                    log.error("cannot read %s: %s", f.path, e)
+                    raise
+                out += memoryview(data)[lo:hi]
+        return bytes(out)
+
+    def _read_ahead(self, f: OpenFile, offset: int, end: int, last: int) -> None:
+        """On sequential reads, schedule the next blocks (more the longer the run), bounded."""
+        if offset == f.next_offset:
+            f.sequential_run += 1
+        else:
+            f.sequential_run = 0
+            f.prefetched_to = 0
+        f.next_offset = end
+        if f.sequential_run < 2:
+            return
+        window = min(self.max_prefetch, 2 ** min(f.sequential_run - 1, 8))
+        start = max(last + 1, f.prefetched_to)
+        stop = min(len(f.extents), last + 1 + window)
+        for i in range(start, stop):
+            if f.extents[i][0] != fmt.HOLE_ID:
+                self._block_future(f.extents[i][0])
+        f.prefetched_to = max(f.prefetched_to, stop)
+
+    def _block_future(self, block_id: bytes) -> Future:
+        data = self.memory.peek(block_id)
+        if data is not None:
+            fut: Future = Future()
+            fut.set_result(data)
+            return fut
+        return self.fetcher.submit(self.memory.get, block_id, self._load_block)
+
+    def _load_block(self, block_id: bytes) -> bytes:
+        """Runs in a fetch thread: the disk cache, else one range read with bounded retries."""
+        location = self.repo.block_location(block_id, self._index())
+        if self.disk is not None:
+            stored = self.disk.get(block_id)
+            if stored is not None:
+                try:
+                    return self.repo.decode_block(block_id, location, stored)
+                except CorruptObject:
+                    self.disk.discard(block_id)      # a damaged cache entry: fetch again
+        stored = self._fetch_with_retries(location)
+        data = self.repo.decode_block(block_id, location, stored)
+        if self.disk is not None:
+            self.disk.put(block_id, stored)
+        return data
+
+    def _fetch_with_retries(self, location) -> bytes:
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.1
+        while True:
+            try:
+                return self.repo.fetch_stored(location)
+            except BackendError as e:
+                if not e.temporary or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("storage error (%s); retrying in %.1f s", e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)

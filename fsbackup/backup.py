@@ -39,7 +39,8 @@ from .tree import Node, VersionTree, list_versions
 DEFAULT_VOLUME_SIZE = 32 * 1024 * 1024
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 HOLE_MARK = b"\0fsbackup-hole\0"
-INLINE_ENCODE_LIMIT = 128 * 1024
+BATCH_BYTES = 1 << 20       # hand blocks to the encoders in batches of about this many bytes
+BATCH_BLOCKS = 256
 
 
 @dataclass
@@ -188,11 +189,12 @@ _TYPE_CODES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_I
 _thread_local = threading.local()
 
 
-def _encode_in_worker(cipher, block_id: bytes, data: bytes) -> tuple[bytes, int]:
+def _encode_in_worker(cipher, blocks: list[tuple[bytes, bytes]]) -> list[tuple[bytes, int]]:
+    """Compress and encrypt a batch of (block id, data): one hand-off for many small blocks."""
     compressor = getattr(_thread_local, "zstd", None)
     if compressor is None:
         compressor = _thread_local.zstd = zstandard.ZstdCompressor(level=fmt.ZSTD_LEVEL)
-    return fmt.encode_block(cipher, block_id, data, compressor)
+    return [fmt.encode_block(cipher, block_id, data, compressor) for block_id, data in blocks]
 
 
 class _OpenVolume:
@@ -202,17 +204,19 @@ class _OpenVolume:
         self.parts: list[bytes] = [fmt.header(fmt.VOLUME_MAGIC)]
         self.offset = fmt.HEADER_LEN
         self.entries: list[fmt.BlockEntry] = []
-        self.encoding: deque[tuple[bytes, Future]] = deque()
+        self.encoding: deque[tuple[list[bytes], Future]] = deque()   # batches being encoded, in order
+        self.batch: list[tuple[bytes, bytes]] = []                  # small blocks not yet handed off
+        self.batch_bytes = 0
         self.plain_encoding = 0
         self.stored_size = 0
 
     def take_oldest(self) -> None:
-        block_id, fut = self.encoding.popleft()
-        stored, plain_len = fut.result()
-        self.plain_encoding -= plain_len
-        self.entries.append(fmt.BlockEntry(block_id, self.offset, len(stored), plain_len))
-        self.parts.append(stored)
-        self.offset += len(stored)
+        block_ids, fut = self.encoding.popleft()
+        for block_id, (stored, plain_len) in zip(block_ids, fut.result()):
+            self.plain_encoding -= plain_len
+            self.entries.append(fmt.BlockEntry(block_id, self.offset, len(stored), plain_len))
+            self.parts.append(stored)
+            self.offset += len(stored)
 
 
 class Backup:
@@ -525,28 +529,35 @@ class Backup:
         vol = self.volume
         if vol is None:
             vol = self.volume = _OpenVolume(self.repo)
-        if len(data) < INLINE_ENCODE_LIMIT:
-            # Handing a small block to a worker costs more (GIL hand-offs) than encoding it here.
-            fut: Future = Future()
-            fut.set_result(_encode_in_worker(vol.cipher, block_id, data))
-        else:
-            fut = self.pool.submit(_encode_in_worker, vol.cipher, block_id, data)
-        vol.encoding.append((block_id, fut))
+        # Small blocks travel to the workers in batches: one hand-off per block would cost
+        # more (GIL hand-offs) than encoding them.
+        vol.batch.append((block_id, data))
+        vol.batch_bytes += len(data)
         vol.plain_encoding += len(data)
-        while len(vol.encoding) > self.encode_window:
-            vol.take_oldest()
+        if vol.batch_bytes >= BATCH_BYTES or len(vol.batch) >= BATCH_BLOCKS:
+            self._hand_off(vol)
         # Stored size is at most the plain size (+ tag): when the estimate reaches the limit,
         # wait for the blocks in flight to learn the real size before deciding to close.
         if vol.offset + vol.plain_encoding >= self.options.volume_size:
+            self._hand_off(vol)
             while vol.encoding:
                 vol.take_oldest()
             if vol.offset >= self.options.volume_size - fmt.HEADER_LEN:
                 self._seal_volume()
 
+    def _hand_off(self, vol: _OpenVolume) -> None:
+        if not vol.batch:
+            return
+        batch, vol.batch, vol.batch_bytes = vol.batch, [], 0
+        vol.encoding.append(([block_id for block_id, _ in batch], self.pool.submit(_encode_in_worker, vol.cipher, batch)))
+        while len(vol.encoding) > self.encode_window:
+            vol.take_oldest()
+
     def _seal_volume(self) -> None:
         vol, self.volume = self.volume, None
         if vol is None:
             return
+        self._hand_off(vol)
         while vol.encoding:
             vol.take_oldest()
         if not vol.entries:

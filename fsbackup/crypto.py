@@ -42,11 +42,18 @@ def _unb64(s: str) -> bytes:
     return base64.b64decode(s.encode())
 
 
+MAX_KDF_MEMORY_KIB = 4 << 20     # a damaged key object must not make us allocate without bound
+
+
 def derive_kek(passphrase: bytes, kdf: dict) -> bytes:
-    if kdf.get("name") != "argon2id":
-        raise WrongPassphrase(f"key uses an unknown KDF {kdf.get('name')!r}")
-    return Argon2id(salt=_unb64(kdf["salt"]), length=32, iterations=kdf["iterations"],
-                    lanes=kdf["lanes"], memory_cost=kdf["memory_kib"]).derive(passphrase)
+    """Raises ValueError/KeyError/TypeError on parameters that cannot be right."""
+    if kdf["name"] != "argon2id":
+        raise ValueError(f"unknown KDF {kdf['name']!r}")
+    memory, iterations, lanes = int(kdf["memory_kib"]), int(kdf["iterations"]), int(kdf["lanes"])
+    if not (0 < memory <= MAX_KDF_MEMORY_KIB and 0 < iterations <= 1000 and 0 < lanes <= 64):
+        raise ValueError("KDF parameters out of range")
+    return Argon2id(salt=_unb64(kdf["salt"]), length=32, iterations=iterations, lanes=lanes,
+                    memory_cost=memory).derive(passphrase)
 
 
 def kdf_cost_from_env() -> dict:
@@ -63,19 +70,25 @@ def wrap_master_secret(secret: bytes, passphrase: bytes, repo_id: str) -> bytes:
     kdf = dict(kdf_cost_from_env(), salt=_b64(os.urandom(16)))
     nonce = os.urandom(NONCE_LEN)   # a fresh random salt makes a fresh KEK: the nonce is used once
     wrapped = AESGCM(derive_kek(passphrase, kdf)).encrypt(nonce, secret, b"fsbackup key " + repo_id.encode())
-    doc = {"version": 1, "kdf": kdf, "nonce": _b64(nonce), "wrapped": _b64(wrapped)}
+    doc = {"version": 1, "repository": repo_id, "kdf": kdf, "nonce": _b64(nonce), "wrapped": _b64(wrapped)}
     return json.dumps(doc, indent=1).encode()
 
 
 def unwrap_master_secret(key_object: bytes, passphrase: bytes, repo_id: str, name: str) -> bytes:
     try:
         doc = json.loads(key_object)
-        kdf, nonce, wrapped = doc["kdf"], _unb64(doc["nonce"]), _unb64(doc["wrapped"])
-    except (ValueError, KeyError, TypeError):
+        nonce, wrapped = _unb64(doc["nonce"]), _unb64(doc["wrapped"])
+        kek = derive_kek(passphrase, doc["kdf"])
+        aead = AESGCM(kek)
+        key_repo_id = doc.get("repository", repo_id)
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise CorruptObject(name, "not a key object") from None
+    if key_repo_id != repo_id:
+        # The key says which repository it belongs to: a damaged config must not pass for a wrong passphrase.
+        raise CorruptObject(f"config or {name}", "their repository ids differ, so one of them is damaged")
     try:
-        return AESGCM(derive_kek(passphrase, kdf)).decrypt(nonce, wrapped, b"fsbackup key " + repo_id.encode())
-    except InvalidTag:
+        return aead.decrypt(nonce, wrapped, b"fsbackup key " + repo_id.encode())
+    except (InvalidTag, ValueError):
         raise WrongPassphrase("wrong passphrase for this repository") from None
 
 

@@ -52,7 +52,8 @@ def mount(args, out, open_repo) -> int:
                         format="fsbackup mount: %(message)s")
     ready_pipe = None
     if args.daemon:
-        ready_pipe = _daemonize()          # returns only in the child
+        log_path = os.path.join(os.path.dirname(repo.index_path), "mount.log")
+        ready_pipe = _daemonize(log_path)  # returns only in the child
     view = RepositoryView(repo, cache_dir=cache_dir, cache_size=args.cache_size)
     options = set(MOUNT_OPTIONS)
     if args.allow_other:
@@ -87,8 +88,9 @@ def mount(args, out, open_repo) -> int:
     return 0
 
 
-def _daemonize() -> int:
-    """Fork; the parent waits until the child's mount is ready (or failed) and exits with its status."""
+def _daemonize(log_path: str) -> int:
+    """Fork; the parent waits until the child's mount is ready (or failed) and exits with its status.
+    The child's messages go to `log_path`."""
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -97,7 +99,7 @@ def _daemonize() -> int:
         os.close(write_end)
         message = os.read(read_end, 4096)
         if message.startswith(b"R"):
-            print(f"mounted in the background (pid {pid})")
+            print(f"mounted in the background (pid {pid}); messages go to {log_path}")
             os._exit(0)
         print(f"fsbackup: error: {message[1:].decode() or 'the mount process died before it was ready'}",
               file=sys.stderr)
@@ -105,8 +107,12 @@ def _daemonize() -> int:
     os.close(read_end)
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(devnull)
+    os.close(log_fd)
     return write_end
 
 

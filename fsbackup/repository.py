@@ -101,13 +101,21 @@ class Repository:
         key_names = sorted(name for name, _ in backend.list("keys/"))
         if not key_names:
             raise CorruptObject("keys/", "the repository has no key objects")
-        for name in key_names:
+        damage: CorruptObject | None = None
+        wrong_passphrase = False
+        for name in key_names:          # every key is tried: one damaged key must not hide another
             try:
                 secret = unwrap_master_secret(backend.get(name), passphrase, config["id"], name)
             except WrongPassphrase:
+                wrong_passphrase = True
+                continue
+            except CorruptObject as e:
+                damage = damage or e
                 continue
             return cls(backend, config, Keys.from_master_secret(secret), index_path)
-        raise WrongPassphrase("wrong passphrase for this repository")
+        if wrong_passphrase or damage is None:
+            raise WrongPassphrase("wrong passphrase for this repository")
+        raise damage
 
     # ---- the local index ----------------------------------------------------------------
 

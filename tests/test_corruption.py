@@ -33,7 +33,7 @@ def make_tree(src: Path) -> None:
     for i in range(4):
         write(src / f"small{i}", pseudo_random(40_000 + 30_000 * i, 100 + i))   # one block each
     write(src / "copy-of-small1", pseudo_random(70_000, 101))                    # shares small1's block
-    write(src / "big.bin", pseudo_random(3 << 20, 7))                           # several blocks
+    write(src / "big.bin", pseudo_random(9 << 20, 7))                           # >= 3 blocks (max 4 MiB)
     write(src / "text.txt", b"compressible line of text\n" * 5000)
     write(src / "empty", b"")
     write(src / "sub" / "nested", pseudo_random(50_000, 200))
@@ -94,7 +94,6 @@ def backed_up(env, tmp_path: Path) -> Backed:
     env.ok("backup", src, "--volume-size", VOLUME_SIZE)
     (version,) = os.listdir(env.repo / "versions")
     layout = read_layout(env, src, version)
-    # (content-defined cut points depend on the repository's random key: 3 MiB is nearly always >= 2 blocks)
     assert len(set(layout.volumes_of(b"big.bin"))) >= 2, "the test needs a file spread over several volumes"
     return Backed(src, version, snapshot(src), layout)
 

@@ -99,10 +99,10 @@ def _daemonize(log_path: str) -> int:
         os.close(write_end)
         message = os.read(read_end, 4096)
         if message.startswith(b"R"):
-            print(f"mounted in the background (pid {pid}); messages go to {log_path}")
+            print(f"mounted in the background (pid {pid}); messages go to {log_path}", flush=True)
             os._exit(0)
         print(f"fsbackup: error: {message[1:].decode() or 'the mount process died before it was ready'}",
-              file=sys.stderr)
+              file=sys.stderr, flush=True)
         os._exit(1)
     os.close(read_end)
     os.setsid()

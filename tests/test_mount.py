@@ -238,3 +238,46 @@ def test_daemon_mode_detaches_once_ready(env, tmp_path):
     finally:
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-uz", str(mnt)])
+
+
+def test_metadata_calls_statfs_xattrs_and_stable_inodes(env, tmp_path, mounted):
+    src = make_full_tree(tmp_path / "src")
+    env.ok("backup", src)
+    m = mounted("--allow-other")
+    inside = m.version_dir() / str(src).lstrip("/")
+    assert os.getxattr(inside / "text.txt", "user.comment") == b"an xattr value"
+    with pytest.raises(OSError) as e:
+        os.getxattr(inside / "text.txt", "user.missing")
+    assert e.value.errno == errno.ENODATA
+    assert os.listxattr(inside / "text.txt") == ["user.comment"]
+    vfs = os.statvfs(m.mountpoint)
+    assert vfs.f_bsize > 0 and vfs.f_blocks > 0 and vfs.f_namemax >= 255
+    st = os.stat(inside / "sparse")
+    assert st.st_size == 8 << 20 and st.st_blocks * 512 < 1 << 20
+    inodes = {p: os.lstat(inside / p).st_ino for p in ("text.txt", "deep/a/b", "random.bin")}
+    m.stop()
+    m2 = mounted()
+    inside2 = m2.version_dir() / str(src).lstrip("/")
+    assert {p: os.lstat(inside2 / p).st_ino for p in inodes} == inodes
+
+
+def test_listing_stays_quick_while_a_large_copy_streams(env, tmp_path, mounted):
+    src = tmp_path / "src"
+    write(src / "big", pseudo_random(96 << 20, 9))
+    for i in range(300):
+        write(src / "many" / f"f{i}", b"x")
+    env.ok("backup", src)
+    m = mounted()
+    inside = m.version_dir() / str(src).lstrip("/")
+    copier = threading.Thread(target=lambda: shutil.copyfile(inside / "big", tmp_path / "big-copy"))
+    copier.start()
+    slowest = 0.0
+    while copier.is_alive():
+        t = time.monotonic()
+        assert len(os.listdir(inside / "many")) == 300
+        os.stat(inside / "many" / "f7")
+        slowest = max(slowest, time.monotonic() - t)
+        time.sleep(0.02)
+    copier.join()
+    assert (tmp_path / "big-copy").read_bytes() == pseudo_random(96 << 20, 9)
+    assert slowest < 1.0, f"a listing took {slowest:.2f} s while a copy streamed"

@@ -216,3 +216,50 @@ def test_disk_cache_serves_blocks_and_drops_damaged_entries(env, tmp_path):
     view2 = open_view(env, cache_dir=str(cache), cache_size=64 << 20, memory_cache=1)
     f2 = view2.open(resolve(view2, "/versions/" + os.fsdecode(view2.latest) + f"{src}/a").ino)
     assert view2.read(f2, 0, len(data)) == data
+
+
+class FlakyBackend:
+    """Wraps a backend: range reads fail temporarily while `down` is set."""
+
+    def __init__(self, inner):
+        self.inner, self.down, self.failures = inner, False, 0
+
+    def get(self, name, offset=0, length=None):
+        from fsbackup.errors import BackendError
+        if self.down:
+            self.failures += 1
+            raise BackendError("connection reset (simulated)", temporary=True)
+        return self.inner.get(name, offset, length)
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+
+def test_unreachable_storage_retries_for_a_bounded_time_then_fails_and_recovers(env, tmp_path):
+    from fsbackup.errors import BackendError
+    src = tmp_path / "src"
+    data = pseudo_random(500_000, 3)
+    write(src / "a", data)
+    env.ok("backup", src)
+    view = open_view(env, retry_seconds=0.5, memory_cache=1)
+    flaky = view.repo.backend = FlakyBackend(view.repo.backend)
+    f = view.open(resolve(view, "/versions/" + os.fsdecode(view.latest) + f"{src}/a").ino)
+    flaky.down = True
+    t = time.monotonic()
+    with pytest.raises(BackendError):
+        view.read(f, 0, 1000)
+    assert 0.3 < time.monotonic() - t < 5 and flaky.failures >= 2     # retried, with backoff, then gave up
+    flaky.down = False
+    assert view.read(f, 0, 1000) == data[:1000]                       # and it recovers
+
+
+def test_disk_cache_stays_within_its_size(env, tmp_path):
+    src = tmp_path / "src"
+    data = pseudo_random(12 << 20, 4)
+    write(src / "a", data)
+    env.ok("backup", src)
+    cache = tmp_path / "blocks"
+    view = open_view(env, cache_dir=str(cache), cache_size=3 << 20, memory_cache=1)
+    f = view.open(resolve(view, "/versions/" + os.fsdecode(view.latest) + f"{src}/a").ino)
+    assert view.read(f, 0, len(data)) == data
+    assert sum(p.stat().st_size for p in cache.iterdir()) <= 3 << 20

@@ -1,9 +1,11 @@
 """The FUSE adapter: translates kernel requests into RepositoryView calls. A protocol adapter only.
 
-Threading rule: this module's handlers run on the trio thread and do no blocking work; every
-call into the view (SQLite queries, block fetches, decryption, decompression) goes to a worker
-thread through `trio.to_thread.run_sync`, bounded by a CapacityLimiter, so one slow read never
-stalls a listing. Only FUSEError leaves a handler: anything else would end the mount.
+Threading rule: handlers run on the trio thread. Point lookups (lookup, getattr, readlink,
+getxattr, listxattr: a few primary-key queries on the local index, microseconds) run right
+there; everything that can take long (directory pages, open, read with its block fetches,
+decryption and decompression, statfs) goes to a worker thread through `trio.to_thread.run_sync`,
+bounded by a CapacityLimiter, so one slow read never stalls a listing. Only FUSEError leaves a
+handler: anything else would end the mount.
 """
 from __future__ import annotations
 
@@ -77,19 +79,29 @@ class Operations(pyfuse3.Operations):
         except Exception as e:   # noqa: BLE001 - the mount must never die of one request
             raise pyfuse3.FUSEError(_errno_of(e)) from None
 
+    @staticmethod
+    def _point(fn, *args):
+        """Run a view method that makes only a few primary-key lookups, here on the trio thread:
+        tens of microseconds, where a hop to a worker thread costs ten times that (an `ls -l` of a
+        big directory makes three such requests per entry)."""
+        try:
+            return fn(*args)
+        except Exception as e:   # noqa: BLE001 - the mount must never die of one request
+            raise pyfuse3.FUSEError(_errno_of(e)) from None
+
     # ---- reading the tree -------------------------------------------------------------------
 
     async def lookup(self, parent_inode, name, ctx=None):
-        return _entry(await self._call(self.view.lookup, parent_inode, name))
+        return _entry(self._point(self.view.lookup, parent_inode, name))
 
     async def getattr(self, inode, ctx=None):
-        return _entry(await self._call(self.view.getattr, inode))
+        return _entry(self._point(self.view.getattr, inode))
 
     async def readlink(self, inode, ctx):
-        return await self._call(self.view.readlink, inode)
+        return self._point(self.view.readlink, inode)
 
     async def opendir(self, inode, ctx):
-        attr = await self._call(self.view.getattr, inode)
+        attr = self._point(self.view.getattr, inode)
         if not attr.mode & 0o040000:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
@@ -109,10 +121,10 @@ class Operations(pyfuse3.Operations):
         return None
 
     async def getxattr(self, inode, name, ctx):
-        return await self._call(self.view.getxattr, inode, name)
+        return self._point(self.view.getxattr, inode, name)
 
     async def listxattr(self, inode, ctx):
-        return await self._call(self.view.listxattr, inode)
+        return self._point(self.view.listxattr, inode)
 
     async def statfs(self, ctx):
         info = await self._call(self.view.statfs)

@@ -47,6 +47,7 @@ CREATE TABLE contents (
     layout  BLOB NOT NULL UNIQUE,         -- BLAKE3 of `extents`: equal layouts share a row
     hash    BLOB NOT NULL,                -- keyed BLAKE3 of the whole content, checked on restore
     size    INTEGER NOT NULL,
+    stored  INTEGER NOT NULL,             -- bytes in data extents (size less holes): the mount's st_blocks
     extents BLOB NOT NULL                 -- packed (block id, length) pairs; an all-zero id is a hole
 );
 

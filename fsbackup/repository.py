@@ -295,8 +295,9 @@ class Repository:
         row = cursor.execute("SELECT id FROM contents WHERE layout=?", (layout,)).fetchone()
         if row:
             return row[0]
-        cursor.execute("INSERT INTO contents(layout, hash, size, extents) VALUES (?, ?, ?, ?)",
-                       (layout, content_hash, size, extents))
+        stored = sum(length for block_id, length in fmt.unpack_extents(extents) if block_id != fmt.HOLE_ID)
+        cursor.execute("INSERT INTO contents(layout, hash, size, stored, extents) VALUES (?, ?, ?, ?, ?)",
+                       (layout, content_hash, size, stored, extents))
         return db.last_insert_rowid()
 
     def close(self) -> None:

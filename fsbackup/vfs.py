@@ -185,7 +185,7 @@ class RepositoryView:
             mtime = self._version(version_id)[1].time_ns
         blocks = 0
         if node.type == "f" and node.content is not None:
-            stored = sum(length for bid, length in self._content(node.content).extents if bid != fmt.HOLE_ID)
+            stored, = self._index().one("SELECT stored FROM contents WHERE id=?", (node.content,)) or (0,)
             blocks = (stored + 511) // 512
         size = node.size if node.type in "fl" else 0
         return Attr(ino, node.mode, max(1, nlink), node.uid, node.gid, node.rdev, size, blocks,

@@ -6,6 +6,16 @@ same cycle on a fresh repository, --runs times, and the table reports medians:
     init (not timed) -> first backup -> unchanged re-backup -> small edits + backup
     -> repository size -> restore of the newest version into an empty directory
 
+then, where FUSE is available (/dev/fuse and fusermount3), the mount scenario on the same
+repository: a fourth backup adds one big file (--big-file-mb), then two fresh mounts
+(fsbackup mount / restic mount / borg mount -f) measure the time from starting the mount to
+the first listings, the first byte of a file in the oldest version, find and cp -a over the
+third version (the one the restore step restored), cat of the big file with cold and warm
+caches, and the mount process's peak RSS. "Cold" means a fresh mount, an empty fsbackup
+--cache-dir and, when the benchmark may (as root), the kernel's page cache dropped after
+sync before each measured step. --mount-only still makes the backups (untimed); --no-mount
+skips the mount scenario.
+
 Tools are interleaved run by run (fsbackup, restic, borg, fsbackup, ...) so that a slow
 phase of the machine does not land on one tool only. Everything happens below one
 temporary directory that is removed at the end. Only the standard library is used.
@@ -19,11 +29,14 @@ import math
 import os
 import platform
 import random
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,8 +168,8 @@ class Tool:
     """How to drive one backup program. Subclasses only say which commands to run.
 
     `label` names a backup; tools that can address "the newest version" directly ignore it.
-    Mount benchmarks (time to first listing, find, cp -a, cat cold/warm) will add a
-    `mount(box, mountpoint) -> Command` here for each tool; see SCENARIOS below.
+    The mount methods say how to serve the repository as a filesystem in the foreground
+    (until unmounted) and where its versions appear.
     """
     name = ""
     executable = ""
@@ -180,6 +193,28 @@ class Tool:
     def restore(self, box: Sandbox, label: str) -> Command:
         """Restores the newest backup into box.restore, which exists and is empty."""
         raise NotImplementedError
+
+    def mount(self, box: Sandbox, mountpoint: Path, cache_dir: Path) -> Command:
+        """Serves the repository at mountpoint in the foreground until it is unmounted.
+        cache_dir is a fresh empty directory for tools that keep fetched data on disk."""
+        raise NotImplementedError
+
+    def versions_dir(self, mountpoint: Path) -> Path:
+        """The directory of the mount holding one directory per version."""
+        raise NotImplementedError
+
+    def order_versions(self, names: list[str], labels: list[str]) -> list[str]:
+        """The version directories among names, oldest first. labels are the backups'
+        labels in the order they were made. By default names are times, with a numbered
+        suffix when two versions share a second."""
+        def key(name: str) -> tuple[str, int]:
+            base, sep, n = name.rpartition(self.duplicate_separator)
+            if sep and n.isdigit() and base:
+                return base, int(n)
+            return name, 0
+        return sorted((n for n in names if n != "latest"), key=key)
+
+    duplicate_separator = "_"
 
 
 class FsBackupTool(Tool):
@@ -212,6 +247,12 @@ class FsBackupTool(Tool):
     def restore(self, box: Sandbox, label: str) -> Command:
         return Command(self._cli(box, "restore", "latest", "--target", str(box.restore)))
 
+    def mount(self, box: Sandbox, mountpoint: Path, cache_dir: Path) -> Command:
+        return Command(self._cli(box, "mount", "--cache-dir", str(cache_dir), str(mountpoint)))
+
+    def versions_dir(self, mountpoint: Path) -> Path:
+        return mountpoint / "versions"  # versions/2024-05-01_10-11-12, _2 for the same second
+
 
 class ResticTool(Tool):
     name = "restic"
@@ -233,6 +274,14 @@ class ResticTool(Tool):
     def restore(self, box: Sandbox, label: str) -> Command:
         return Command([self.executable, "restore", "latest", "--repo", str(box.repo),
                         "--target", str(box.restore)])
+
+    def mount(self, box: Sandbox, mountpoint: Path, cache_dir: Path) -> Command:
+        return Command([self.executable, "mount", "--repo", str(box.repo), str(mountpoint)])
+
+    def versions_dir(self, mountpoint: Path) -> Path:
+        return mountpoint / "snapshots"  # snapshots/2024-05-01T10:11:12Z, -1 for the same second
+
+    duplicate_separator = "-"
 
 
 class BorgTool(Tool):
@@ -256,6 +305,15 @@ class BorgTool(Tool):
     def restore(self, box: Sandbox, label: str) -> Command:
         # borg 1.2 has no "latest" alias, and extracts into the current directory.
         return Command([self.executable, "extract", f"{box.repo}::{label}"], cwd=box.restore)
+
+    def mount(self, box: Sandbox, mountpoint: Path, cache_dir: Path) -> Command:
+        return Command([self.executable, "mount", "-f", str(box.repo), str(mountpoint)])
+
+    def versions_dir(self, mountpoint: Path) -> Path:
+        return mountpoint  # one directory per archive, named by its label
+
+    def order_versions(self, names: list[str], labels: list[str]) -> list[str]:
+        return [label for label in labels if label in names]
 
 
 ALL_TOOLS: list[Tool] = [FsBackupTool(), ResticTool(), BorgTool()]
@@ -535,6 +593,7 @@ class Metric:
     unit: str  # the unit of the stored value, also used in the table and the JSON
     better: str  # "lower" or "higher": how to read the ratio columns
     digits: int = 2
+    group: str = "backup"  # the scenario that measures it: "backup" or "mount"
 
 
 METRICS = [
@@ -548,7 +607,28 @@ METRICS = [
     Metric("restore_s", "restore latest", "s", "lower"),
     Metric("restore_mbps", "restore latest", "MB/s", "higher", 1),
     Metric("first_backup_rss_mib", "peak RSS during first backup", "MiB", "lower", 1),
+    Metric("mount_versions_s", "mount: start to version list", "s", "lower", group="mount"),
+    Metric("mount_listing_s", "mount: start to listing inside a version", "s", "lower",
+           group="mount"),
+    Metric("mount_first_byte_ms", "mount: first byte in oldest version, cold", "ms", "lower",
+           1, group="mount"),
+    Metric("mount_find_s", "mount: find over a version", "s", "lower", group="mount"),
+    Metric("mount_cp_mbps", "mount: cp -a of a version", "MB/s", "higher", 1, group="mount"),
+    Metric("mount_cat_cold_mbps", "mount: cat big file, cold", "MB/s", "higher", 1,
+           group="mount"),
+    Metric("mount_cat_warm_mbps", "mount: cat big file, warm", "MB/s", "higher", 1,
+           group="mount"),
+    Metric("mount_rss_mib", "mount: peak RSS of the mount process", "MiB", "lower", 1,
+           group="mount"),
 ]
+
+
+@dataclass
+class MountPlan:
+    """What the mount scenario needs besides the three backups."""
+    big_file: Path  # generated outside the dataset; moved into it for the fourth backup only
+    big_dir_name: str  # the directory of the dataset that holds it during that backup
+    first_byte_file: Path  # relative to the dataset root: read in the oldest version
 
 
 @dataclass
@@ -558,16 +638,23 @@ class RunContext:
     box: Sandbox
     dataset: Dataset
     edits: Edits
+    mount_plan: MountPlan | None = None
     samples: dict[str, float] = field(default_factory=dict)
     last_label: str = ""
+    labels: list[str] = field(default_factory=list)  # every backup's label, oldest first
+    edited_totals: tuple[int, int] | None = None  # (files, bytes) of the third backup
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.tool.environment(self.box)}
 
     def run(self, step: str, command: Command) -> Measurement:
-        env = {**os.environ, **self.tool.environment(self.box)}
-        return run_step(command, env, self.box.logs, step)
+        return run_step(command, self.env, self.box.logs, step)
 
     def backup(self, step: str, label: str) -> Measurement:
         measured = self.run(step, self.tool.backup(self.box, self.dataset.root, label))
         self.last_label = label
+        self.labels.append(label)
         return measured
 
 
@@ -596,6 +683,7 @@ def backup_restore_cycle(ctx: RunContext) -> None:
         # Restore before undoing the edits: the restored tree must match the edited data.
         ctx.box.restore.mkdir()
         expected_files, expected_bytes = tree_totals(ctx.dataset.root)
+        ctx.edited_totals = (expected_files, expected_bytes)
         restored = ctx.run("restore", ctx.tool.restore(ctx.box, ctx.last_label))
         files, size = tree_totals(ctx.box.restore)
         if (files, size) != (expected_files, expected_bytes):
@@ -609,12 +697,366 @@ def backup_restore_cycle(ctx: RunContext) -> None:
         time.sleep(SETTLE_SECONDS)
 
 
+def backups_only(ctx: RunContext) -> None:
+    """The three backups of the backup scenario, untimed: what --mount-only mounts."""
+    ctx.run("init", ctx.tool.init(ctx.box))
+    ctx.backup("first backup", "first")
+    ctx.backup("unchanged backup", "unchanged")
+    ctx.edits.apply()
+    try:
+        time.sleep(SETTLE_SECONDS)
+        ctx.edited_totals = tree_totals(ctx.dataset.root)
+        ctx.backup("edited backup", "edited")
+    finally:
+        ctx.edits.revert()
+        time.sleep(SETTLE_SECONDS)
+
+
+# --------------------------------------------------------------------------------------
+# Mounting
+# --------------------------------------------------------------------------------------
+
+MOUNT_READY_TIMEOUT = 300.0  # seconds a mount may take to show its versions
+MOUNT_SESSION_TIMEOUT = 3600.0  # a mount still up after this is stuck: killed, unmounted
+CLIENT_TIMEOUT = 1800.0  # find, cp -a, cat
+POLL_SECONDS = 0.005  # resolution of the "start to listing" times
+BROWSED_LABEL = "edited"  # find and cp -a walk the version the restore step restored
+BIG_LABEL = "big"  # the fourth backup: the dataset plus the big file
+
+
+def mount_unavailable() -> str:
+    """Why mounting cannot work here, or '' when it can. (Unprivileged users reach
+    /dev/fuse through the setuid fusermount3, so its mode says nothing.)"""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (in a container: --device /dev/fuse)"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is missing (Debian package fuse3)"
+    return ""
+
+
+def mounted_paths() -> list[str]:
+    """Mount points from /proc/mounts, whose fields escape blanks and backslashes as \\ooo."""
+    paths = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 1:
+                paths.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1]))
+    return paths
+
+
+def is_mounted(path: Path) -> bool:
+    return str(path) in mounted_paths()
+
+
+def unmount(path: Path, lazy: bool = False) -> bool:
+    """Unmounts a FUSE mount; says whether path is unmounted now. fusermount3 first (what
+    users do), then fusermount (FUSE 2 mounts), then umount (root)."""
+    flag = "-uz" if lazy else "-u"
+    umount = ["umount", "-l"] if lazy else ["umount"]
+    for argv in (["fusermount3", flag], ["fusermount", flag], umount):
+        if not is_mounted(path):
+            return True
+        if shutil.which(argv[0]):
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run([*argv, str(path)], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=60)
+    return not is_mounted(path)
+
+
+def unmount_all_under(root: Path) -> None:
+    """Lazily unmounts whatever is still mounted below root, deepest first: no stale mount
+    may outlive the benchmark, and removing root must not walk into a mount."""
+    prefix = str(root).rstrip("/") + "/"
+    for path in sorted((p for p in mounted_paths() if p.startswith(prefix)), key=len, reverse=True):
+        log(f"bench: {path} is still mounted: unmounting it lazily")
+        if not unmount(Path(path), lazy=True):
+            log(f"bench: could not unmount {path}")
+
+
+_page_cache_droppable: bool | None = None  # None until the first try
+
+
+def drop_page_cache() -> bool:
+    """sync, then drop the kernel's page, dentry and inode caches, so the next read comes
+    from the FUSE server. Needs root; says whether it happened (it is tried once)."""
+    global _page_cache_droppable
+    if _page_cache_droppable is False:
+        return False
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as e:
+        _page_cache_droppable = False
+        log(f"bench: cannot drop the page cache ({e.strerror}): cold mount numbers come from "
+            "fresh mounts and caches only")
+        return False
+    _page_cache_droppable = True
+    return True
+
+
+def run_client(argv: list[str], log_dir: Path, step: str, stdout_path: Path | None = None
+               ) -> float:
+    """Runs a program that reads a mount (find, cp, cat) and returns its wall time. Its
+    output goes to stdout_path, or nowhere: cat's gigabyte must not land in a log."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    err_path = log_dir / f"{step.replace(' ', '-')}.err"
+    with open(stdout_path or os.devnull, "wb") as out, open(err_path, "wb") as err:
+        start = time.perf_counter()
+        try:
+            returncode = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                        timeout=CLIENT_TIMEOUT).returncode
+        except OSError as e:
+            raise StepFailed(f"{step}: cannot run {argv[0]}: {e.strerror}") from None
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"{step}: not done after {CLIENT_TIMEOUT:.0f}s") from None
+        seconds = time.perf_counter() - start
+    if returncode != 0:
+        raise StepFailed(f"{step}: exit status {returncode}: {last_line(err_path) or 'no output'}")
+    return seconds
+
+
+class MountSession:
+    """One mount of the context's repository, from starting the tool (in the foreground,
+    under GNU time for its peak RSS) to unmounting it. A context manager: leaving it always
+    unmounts and reaps the process, and a watchdog kills a mount that hangs."""
+
+    def __init__(self, ctx: RunContext, name: str):
+        self.ctx = ctx
+        self.name = name
+        self.mountpoint = ctx.box.root / f"mnt-{name}"
+        self.cache_dir = ctx.box.root / f"mount-cache-{name}"  # fresh: cold block cache
+        stem = ctx.box.logs / f"mount-{name}"
+        self.out_path, self.err_path, self.rss_path = (
+            stem.with_suffix(suffix) for suffix in (".out", ".err", ".rss"))
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+        self.peak_rss_bytes: int | None = None
+        self._watchdog: threading.Timer | None = None
+        self.versions: list[str] = []  # version directory names, oldest first
+
+    def __enter__(self) -> MountSession:
+        self.mountpoint.mkdir()
+        self.cache_dir.mkdir()
+        self.ctx.box.logs.mkdir(parents=True, exist_ok=True)
+        command = self.ctx.tool.mount(self.ctx.box, self.mountpoint, self.cache_dir)
+        argv = command.argv
+        if os.access(GNU_TIME, os.X_OK):
+            argv = [GNU_TIME, "-o", str(self.rss_path), "-f", "%M", *argv]
+        env = self.ctx.env
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.started = time.perf_counter()
+            try:
+                # Its own process group: signals reach the tool, not only GNU time.
+                self.proc = subprocess.Popen(argv, cwd=command.cwd, env=env,
+                                             stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                             start_new_session=True)
+            except OSError as e:
+                raise StepFailed(f"mount: cannot run {argv[0]}: {e.strerror}") from None
+        self._watchdog = threading.Timer(MOUNT_SESSION_TIMEOUT, self._abort)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _signal(self, sig: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def _abort(self) -> None:
+        """Runs in the watchdog thread: whatever blocks on the mount then fails (ENOTCONN)."""
+        log(f"bench: {self.ctx.tool.name} mount still up after {MOUNT_SESSION_TIMEOUT:.0f}s: "
+            "killing it")
+        self._signal(signal.SIGKILL)
+        unmount(self.mountpoint, lazy=True)
+
+    def _reason(self) -> str:
+        return last_line(self.err_path) or last_line(self.out_path) or "no output"
+
+    def wait_until(self, step: str, ready: Callable[[], bool]) -> float:
+        """Polls ready() until it is true; returns the seconds since the mount was started.
+        OSError from ready() means "not yet" (not mounted yet, or still starting)."""
+        assert self.proc is not None
+        while True:
+            with contextlib.suppress(OSError):
+                if ready():
+                    return time.perf_counter() - self.started
+            if self.proc.poll() is not None:
+                raise StepFailed(f"{step}: the mount process ended with status "
+                                 f"{self.proc.returncode}: {self._reason()}")
+            if time.perf_counter() - self.started > MOUNT_READY_TIMEOUT:
+                raise StepFailed(f"{step}: nothing after {MOUNT_READY_TIMEOUT:.0f}s")
+            time.sleep(POLL_SECONDS)
+
+    def wait_for_versions(self, labels: list[str]) -> float:
+        """Waits until the version directory lists one entry per backup; returns the time."""
+        tool = self.ctx.tool
+
+        def listed() -> bool:
+            names = tool.order_versions(os.listdir(tool.versions_dir(self.mountpoint)), labels)
+            self.versions = names if len(names) == len(labels) else []
+            return bool(self.versions)
+        return self.wait_until("mount: version list", listed)
+
+    def version_root(self, labels: list[str], label: str) -> Path:
+        return self.ctx.tool.versions_dir(self.mountpoint) / self.versions[labels.index(label)]
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            for _ in range(20):  # busy for a moment after a reader exits: retry
+                if self.proc.poll() is not None or unmount(self.mountpoint):
+                    break
+                time.sleep(0.25)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                log(f"bench: {self.ctx.tool.name} mount did not exit after unmounting: SIGINT")
+                self._signal(signal.SIGINT)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self._signal(signal.SIGKILL)
+                    self.proc.wait()
+        finally:
+            if self._watchdog:
+                self._watchdog.cancel()
+            if is_mounted(self.mountpoint):
+                unmount(self.mountpoint, lazy=True)
+        rss = last_line(self.rss_path)  # time writes "%M" (KiB) as its last line
+        self.peak_rss_bytes = int(rss) * 1024 if rss.isdigit() else None
+        if self.proc.returncode != 0:
+            log(f"bench: {self.ctx.tool.name} mount ({self.name}) exited with status "
+                f"{self.proc.returncode} after unmounting: {self._reason()}")
+
+
+def count_entries(root: Path) -> int:
+    """Directories, files and symlinks below root (root itself not counted)."""
+    return sum(len(dirnames) + len(filenames) for _, dirnames, filenames in os.walk(root))
+
+
+def back_up_big_file(ctx: RunContext) -> None:
+    """The fourth backup: the dataset plus the big file, which is moved in for it only, so
+    that the other scenarios (and the other tools' runs) see the dataset unchanged."""
+    plan = ctx.mount_plan
+    assert plan is not None
+    root = ctx.dataset.root
+    root_stat = root.stat()
+    holder = root / plan.big_dir_name
+    inside = holder / plan.big_file.name
+    holder.mkdir()
+    try:
+        os.rename(plan.big_file, inside)
+        try:
+            ctx.backup("big file backup", BIG_LABEL)
+        finally:
+            os.rename(inside, plan.big_file)
+    finally:
+        holder.rmdir()
+        os.utime(root, ns=(root_stat.st_atime_ns, root_stat.st_mtime_ns))
+
+
+def mount_scenario(ctx: RunContext) -> None:
+    """Two fresh mounts of the repository holding the three backups plus a fourth with the
+    big file: the first for the listings, first byte, find and cp -a, the second for cat."""
+    plan, tool, logs = ctx.mount_plan, ctx.tool, ctx.box.logs
+    assert plan is not None
+    if ctx.edited_totals is None:
+        raise StepFailed("mount: the third backup was not made")
+    back_up_big_file(ctx)
+    labels = list(ctx.labels)
+    rel = ctx.dataset.root.relative_to("/")  # every tool shows the source at its full path
+    top = sorted(os.listdir(ctx.dataset.root))
+    files, size = ctx.edited_totals
+    rss: list[int] = []
+
+    with MountSession(ctx, "browse") as m:
+        ctx.samples["mount_versions_s"] = m.wait_for_versions(labels)
+        browsed = m.version_root(labels, BROWSED_LABEL)
+
+        def top_listed() -> bool:
+            names = sorted(os.listdir(browsed / rel))
+            if names != top:  # listed, but wrong: no point in waiting
+                raise StepFailed(f"mount: {BROWSED_LABEL} version lists {names[:5]}, "
+                                 f"expected {top[:5]}")
+            return True
+        ctx.samples["mount_listing_s"] = m.wait_until("mount: listing inside a version", top_listed)
+
+        if plan.first_byte_file is not None:
+            with open(ctx.dataset.root / plan.first_byte_file, "rb") as f:
+                expected = f.read(1)
+            path = m.version_root(labels, labels[0]) / rel / plan.first_byte_file
+            drop_page_cache()
+            start = time.perf_counter()
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    first = os.read(fd, 1)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise StepFailed(f"mount: first byte of {plan.first_byte_file}: {e}") from None
+            ctx.samples["mount_first_byte_ms"] = (time.perf_counter() - start) * 1000
+            if first != expected:
+                raise StepFailed(f"mount: first byte of {plan.first_byte_file} in the oldest "
+                                 f"version is {first!r}, expected {expected!r}")
+
+        # find prints the version root, the directories of the source's path, and its tree.
+        expected_lines = 1 + len(rel.parts) + count_entries(ctx.dataset.root)
+        listing = logs / "mount-find.out"
+        drop_page_cache()
+        seconds = run_client(["find", str(browsed)], logs, "mount find", listing)
+        with open(listing, "rb") as f:
+            lines = sum(1 for _ in f)
+        if lines != expected_lines:
+            raise StepFailed(f"mount: find printed {lines} paths, expected {expected_lines}")
+        ctx.samples["mount_find_s"] = seconds
+
+        copy = ctx.box.root / "mount-copy"
+        drop_page_cache()
+        seconds = run_client(["cp", "-a", str(browsed), str(copy)], logs, "mount cp")
+        copied = tree_totals(copy)
+        remove_tree(copy)
+        if copied != (files, size):
+            raise StepFailed(f"mount: cp -a copied {copied[0]} files / {copied[1]} bytes, "
+                             f"expected {files} / {size}")
+        ctx.samples["mount_cp_mbps"] = size / MB / seconds
+    if m.peak_rss_bytes is not None:
+        rss.append(m.peak_rss_bytes)
+
+    big_size = plan.big_file.stat().st_size
+    with MountSession(ctx, "cat") as m:
+        m.wait_for_versions(labels)
+        big = m.version_root(labels, BIG_LABEL) / rel / plan.big_dir_name / plan.big_file.name
+        drop_page_cache()
+        cold = run_client(["cat", str(big)], logs, "mount cat cold")
+        warm = run_client(["cat", str(big)], logs, "mount cat warm")  # same mount, cached
+        # cat to /dev/null proves nothing about the bytes: compare them once, untimed.
+        try:
+            check = subprocess.run(["cmp", str(big), str(plan.big_file)], capture_output=True,
+                                   text=True, timeout=CLIENT_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise StepFailed(f"mount: cannot compare the big file: {e}") from None
+        if check.returncode != 0:
+            raise StepFailed(f"mount: the big file differs from the original: "
+                             f"{(check.stdout or check.stderr).strip()[:200]}")
+        ctx.samples["mount_cat_cold_mbps"] = big_size / MB / cold
+        ctx.samples["mount_cat_warm_mbps"] = big_size / MB / warm
+    if m.peak_rss_bytes is not None:
+        rss.append(m.peak_rss_bytes)
+    if rss:
+        ctx.samples["mount_rss_mib"] = max(rss) / MIB
+
+
 # Scenarios run in this order on the same sandbox, so later ones find a repository holding
-# the three backups. Mount benchmarks go here: a `mount_scenario(ctx)` that starts
-# `ctx.tool.mount(ctx.box, mountpoint)` (fsbackup mount / restic mount / borg mount) in the
-# background, times the first listing, find, cp -a and cat cold/warm, and unmounts — plus
-# the matching Metric entries above.
-SCENARIOS: list[Callable[[RunContext], None]] = [backup_restore_cycle]
+# the three backups. main() picks the list: --no-mount drops mount_scenario, --mount-only
+# replaces backup_restore_cycle with backups_only.
+SCENARIOS: list[Callable[[RunContext], None]] = [backup_restore_cycle, mount_scenario]
 
 
 # --------------------------------------------------------------------------------------
@@ -626,7 +1068,11 @@ class ToolResult:
     tool: Tool
     version: str
     samples: dict[str, list[float]] = field(default_factory=dict)
-    error: str = ""
+    errors: dict[str, str] = field(default_factory=dict)  # scenario name -> its failure
+
+    @property
+    def error(self) -> str:
+        return "; ".join(self.errors.values())
 
     def median(self, key: str) -> float | None:
         values = self.samples.get(key)
@@ -645,28 +1091,36 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
-def benchmark(tools: list[Tool], dataset: Dataset, edits: Edits, work: Path, runs: int
+def benchmark(tools: list[Tool], dataset: Dataset, edits: Edits, work: Path, runs: int,
+              scenarios: list[Callable[[RunContext], None]], mount_plan: MountPlan | None
               ) -> list[ToolResult]:
     results = [ToolResult(tool, tool.version()) for tool in tools]
     for run in range(1, runs + 1):
         for result in results:
-            if result.error:  # a tool that failed once would most likely fail again
+            # A scenario that failed once would most likely fail again: it and the ones after
+            # it (which need its repository) are skipped; the ones before still run.
+            if scenarios[0].__name__ in result.errors:
                 continue
             ctx = RunContext(result.tool, Sandbox(work / f"{result.tool.name}-run{run}"),
-                             dataset, edits)
+                             dataset, edits, mount_plan)
             ctx.box.root.mkdir()
             try:
-                for scenario in SCENARIOS:
-                    scenario(ctx)
-            except StepFailed as e:
-                result.error = str(e)
-                log(f"[run {run}/{runs}] {result.tool.name}: FAILED: {e}")
+                for scenario in scenarios:
+                    if scenario.__name__ in result.errors:
+                        break
+                    try:
+                        scenario(ctx)
+                    except StepFailed as e:
+                        result.errors[scenario.__name__] = str(e)
+                        log(f"[run {run}/{runs}] {result.tool.name}: FAILED: {e}")
+                        break
             finally:
                 # Partial numbers still count: a failed restore says nothing about backups.
                 for key, value in ctx.samples.items():
                     result.samples.setdefault(key, []).append(value)
+                unmount_all_under(ctx.box.root)  # rmtree must not walk into a mount
                 remove_tree(ctx.box.root)  # repositories and restores add up on disk
-            if not result.error:
+            if ctx.samples:
                 summary = ", ".join(f"{key} {value:.2f}" for key, value in ctx.samples.items())
                 log(f"[run {run}/{runs}] {result.tool.name}: {summary}")
     return results
@@ -699,23 +1153,25 @@ def ratio(subject: ToolResult | None, peer: ToolResult, key: str) -> float | Non
 
 
 def report_data(machine: dict, dataset: Dataset, dataset_files: int, dataset_bytes: int,
-                edits: Edits, runs: int, results: list[ToolResult]) -> dict:
+                edits: Edits, runs: int, results: list[ToolResult], metrics: list[Metric],
+                mount: dict | None) -> dict:
     subject = next((r for r in results if r.tool.name == SUBJECT), None)
     peers = [r for r in results if r.tool.name != SUBJECT]
     return {
         "machine": machine,
         "dataset": {"description": dataset.description, "files": dataset_files,
                     "bytes": dataset_bytes, "edits": edits.describe()},
+        "mount": mount,
         "runs": runs,
         "statistic": "median",
         "metrics": [{"key": m.key, "label": m.label, "unit": m.unit, "better": m.better}
-                    for m in METRICS],
+                    for m in metrics],
         "tools": {r.tool.name: {"version": r.version,
                                 "status": "failed" if r.error else "ok",
                                 "error": r.error or None,
-                                "median": {m.key: r.median(m.key) for m in METRICS},
+                                "median": {m.key: r.median(m.key) for m in metrics},
                                 "samples": r.samples} for r in results},
-        "ratios": {f"{SUBJECT}/{p.tool.name}": {m.key: ratio(subject, p, m.key) for m in METRICS}
+        "ratios": {f"{SUBJECT}/{p.tool.name}": {m.key: ratio(subject, p, m.key) for m in metrics}
                    for p in peers},
     }
 
@@ -730,13 +1186,23 @@ def print_table(data: dict) -> None:
     d = data["dataset"]
     print(f"dataset: {d['description']}; {d['files']:,} files, {d['bytes'] / MIB:.1f} MiB")
     print(f"edits before the third backup: {d['edits']}")
+    if data["mount"]:
+        mo = data["mount"]
+        cold = ("fresh mount, empty fsbackup --cache-dir, page cache dropped after sync"
+                if mo["page_cache_dropped"] else
+                "fresh mount, empty fsbackup --cache-dir (page cache NOT dropped: needs root)")
+        first = f"first byte of {mo['first_byte_file']}, " if mo["first_byte_file"] else ""
+        print(f"mount: find and cp -a over the third backup's version; {first}oldest version; "
+              f"cat of a {mo['big_file_bytes'] / MIB:,.0f} MiB file added by a fourth backup; "
+              f"cold = {cold}")
     print(f"runs: {data['runs']} per tool, values are medians\n")
 
     names = list(data["tools"])
     ratio_names = list(data["ratios"])
     header = ["metric", "better", *names, *ratio_names]
     rows = []
-    for metric in METRICS:
+    shown = {m["key"] for m in data["metrics"]}
+    for metric in (m for m in METRICS if m.key in shown):
         row = [f"{metric.label} ({metric.unit})", metric.better]
         for name in names:
             value = data["tools"][name]["median"][metric.key]
@@ -769,11 +1235,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3,
                         help="runs per tool, each on fresh repositories; medians are reported")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated dataset")
+    parser.add_argument("--big-file-mb", type=int, default=1024,
+                        help="size in MiB of the file the mount scenario cats (default 1024)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--mount-only", action="store_true",
+                       help="run only the mount scenario (its backups are made, untimed)")
+    which.add_argument("--no-mount", action="store_true", help="skip the mount scenario")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.size_mb < 1:
-        parser.error("--runs and --size-mb must be at least 1")
+    if args.runs < 1 or args.size_mb < 1 or args.big_file_mb < 1:
+        parser.error("--runs, --size-mb and --big-file-mb must be at least 1")
     return args
+
+
+def make_mount_plan(dataset: Dataset, work: Path, size_mb: int, seed: int) -> MountPlan:
+    """Generates the big file (reproducibly, from the seed) outside the dataset, and picks
+    the file whose first byte is read in the oldest version."""
+    big_dir = work / "big"
+    big_dir.mkdir()
+    big_file = big_dir / "big.img"
+    _write_large_file(big_file, size_mb * MIB, random.Random(seed + 2), [])
+    name, n = "bench-big-file", 1
+    while (dataset.root / name).exists():  # --data might hold that name
+        n += 1
+        name = f"bench-big-file-{n}"
+    candidates = sorted(dataset.small_files or dataset.large_files)
+    first = candidates[len(candidates) // 2].relative_to(dataset.root) if candidates else None
+    return MountPlan(big_file, name, first)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -783,7 +1271,25 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         log(f"bench: not installed, skipped: {', '.join(skipped)}")
 
-    work = Path(tempfile.mkdtemp(prefix="fsbackup-bench-"))
+    if args.no_mount:
+        run_mount = False
+    elif reason := mount_unavailable():
+        log(f"bench: mount scenario skipped: {reason}")
+        if args.mount_only:
+            log("bench: --mount-only: nothing to run")
+            return 1
+        run_mount = False
+    else:
+        run_mount = True
+    if args.mount_only:
+        scenarios = [backups_only, mount_scenario]
+    else:
+        scenarios = [s for s in SCENARIOS if run_mount or s is not mount_scenario]
+    groups = {"mount"} if args.mount_only else {"backup", "mount"} if run_mount else {"backup"}
+    metrics = [m for m in METRICS if m.group in groups]
+
+    # The real path: /proc/mounts names mount points by it, and every tool records it.
+    work = Path(os.path.realpath(tempfile.mkdtemp(prefix="fsbackup-bench-")))
     try:
         data_root = work / "data"
         start = time.perf_counter()
@@ -799,10 +1305,24 @@ def main(argv: list[str] | None = None) -> int:
             f"{size / MIB:.1f} MiB")
         time.sleep(SETTLE_SECONDS)
 
+        mount_plan, mount_info = None, None
+        if run_mount:
+            start = time.perf_counter()
+            log(f"bench: generating the {args.big_file_mb} MiB file for the mount scenario ...")
+            mount_plan = make_mount_plan(dataset, work, args.big_file_mb, args.seed)
+            log(f"bench: big file ready in {time.perf_counter() - start:.1f}s")
+
         edits = Edits(dataset, args.seed)
-        results = benchmark(tools, dataset, edits, work, args.runs)
-        data = report_data(machine_info(), dataset, files, size, edits, args.runs, results)
+        results = benchmark(tools, dataset, edits, work, args.runs, scenarios, mount_plan)
+        if mount_plan:
+            mount_info = {"big_file_bytes": mount_plan.big_file.stat().st_size,
+                          "first_byte_file": (str(mount_plan.first_byte_file)
+                                              if mount_plan.first_byte_file else None),
+                          "page_cache_dropped": bool(_page_cache_droppable)}
+        data = report_data(machine_info(), dataset, files, size, edits, args.runs, results,
+                           metrics, mount_info)
     finally:
+        unmount_all_under(work)  # never leave a stale mount, nor rmtree into one
         remove_tree(work)
 
     if args.json:

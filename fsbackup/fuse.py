@@ -18,7 +18,7 @@ import signal
 import pyfuse3
 import trio
 
-from .errors import BackendError, CorruptObject, NoSuchObject
+from .errors import BackendError, CorruptObject, NoSuchObject, PathNotFound
 from .vfs import (LATEST_INODE, LATEST_LINK, ROOT_INODE, VERSIONS_INODE, Attr, FsOpError, OpenFile,
                   RepositoryView)
 
@@ -52,6 +52,8 @@ def _entry(attr: Attr) -> pyfuse3.EntryAttributes:
 def _errno_of(e: BaseException) -> int:
     if isinstance(e, FsOpError):
         return e.errno
+    if isinstance(e, PathNotFound):
+        return errno.ENOENT
     if isinstance(e, (CorruptObject, NoSuchObject, BackendError)):
         return errno.EIO
     log.exception("unexpected error in a filesystem request")

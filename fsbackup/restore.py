@@ -1,7 +1,9 @@
 """Restore all or part of a version into a target directory.
 
-Blocks are fetched, authenticated and decompressed by worker threads, a bounded window ahead
-of the writer; the calling thread owns the local index and writes files in order. A file whose
+Large files: blocks are fetched, authenticated and decompressed by worker threads, a bounded
+window ahead of the writer, and the calling thread writes them in order. Small files are restored
+whole (fetch, create, write, check, metadata) by the workers, a bounded number at a time. The
+calling thread alone uses the local index. A file whose
 data cannot be authenticated, or whose content hash does not match, is removed and reported:
 wrong bytes are never left behind.
 """
@@ -11,6 +13,7 @@ import errno
 import os
 import shutil
 import stat
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +23,7 @@ from typing import Callable
 from . import format as fmt
 from .backup import HOLE_MARK
 from .blockcache import BlockCache
+from .index import Index
 from .errors import CorruptObject, FsbackupError, NoSpace, NoSuchObject, PermissionDenied, TargetConflict, UsageError
 from .progress import Progress
 from .repository import Repository
@@ -27,6 +31,9 @@ from .tree import Node, VersionTree
 
 FETCH_WINDOW = 16          # blocks fetched ahead of the writer
 CACHE_BYTES = 64 << 20     # recently used blocks: a block shared by many files is fetched once
+SMALL_FILE = 1 << 20       # files up to this size are restored whole by one worker each
+SMALL_WINDOW = 32          # small files in flight
+RESTORE_THREADS = 4
 
 
 @dataclass
@@ -65,6 +72,9 @@ class Restore:
         self.cache = BlockCache(CACHE_BYTES)
         self.links: dict[tuple[int, int], bytes] = {}
         self.queue: deque = deque()
+        self.small_jobs: deque[tuple[bytes, Future]] = deque()
+        self._local = threading.local()           # each worker's own connection to the local index
+        self._worker_indexes: list[Index] = []
         self.warned_xattrs = False
 
     def warn(self, msg: str) -> None:
@@ -83,7 +93,8 @@ class Restore:
             raise _os_error(e, self.target) from None
         self.progress.start("restore", total_bytes=total)
         dirs: list[tuple[bytes, Node]] = []
-        self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="fsbackup-fetch")
+        # I/O-bound (storage reads, file creation): more threads than cores.
+        self.pool = ThreadPoolExecutor(RESTORE_THREADS, thread_name_prefix="fsbackup-restore")
         try:
             for path, node in self._items(selection):
                 dest = self.target + path if path != b"/" else self.target
@@ -92,8 +103,11 @@ class Restore:
                 except OSError as e:
                     raise _os_error(e, dest) from None
             self._drain(0)
+            self._collect_small(0)
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            for index in self._worker_indexes:
+                index.close()
             for item in self.queue:
                 if item[0] == "end" and item[1].fd >= 0:
                     os.close(item[1].fd)
@@ -168,6 +182,7 @@ class Restore:
             first = self.links.get((node.dev, node.ino))
             if first is not None:
                 self._drain(0)   # the first link's content must be complete first
+                self._collect_small(0)
                 if os.path.lexists(first):
                     os.link(first, dest, follow_symlinks=False)
                     self.stats.files += node.type == "f"
@@ -192,6 +207,12 @@ class Restore:
             self.stats.others += 1
 
     def _restore_file(self, dest: bytes, node: Node) -> None:
+        if node.size <= SMALL_FILE:
+            # Small files are restored whole by a worker (look up, fetch, create, write, check,
+            # metadata): the calling thread only walks the tree, so per-file latencies overlap.
+            self.small_jobs.append((dest, self.pool.submit(self._small_file, dest, node)))
+            self._collect_small(SMALL_WINDOW)
+            return
         content = self.tree.content(node.content)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, content.size)   # holes stay holes: we write only data extents
@@ -213,6 +234,60 @@ class Restore:
             offset += length
         self.queue.append(("end", job))
         self._drain(FETCH_WINDOW)
+
+    def _worker_index(self) -> Index:
+        index = getattr(self._local, "index", None)
+        if index is None:
+            index = self._local.index = Index(self.repo.index_path)
+            self._worker_indexes.append(index)
+        return index
+
+    def _small_file(self, dest: bytes, node: Node) -> tuple[int, str | None]:
+        """Runs in a worker: the whole file. Returns (bytes written, why it was left out or None)."""
+        index = self._worker_index()
+        content = self.tree.content(node.content, index)
+        hasher = self.repo.keys.content_hasher()
+        written, error, offset = 0, None, 0
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, content.size)
+            for block_id, length in content.extents:
+                if block_id == fmt.HOLE_ID:
+                    hasher.update(HOLE_MARK + length.to_bytes(8, "little"))
+                else:
+                    try:
+                        data = self.cache.get(block_id, lambda bid: self.repo.read_block(bid, index))
+                    except (CorruptObject, NoSuchObject) as e:
+                        error = str(e)
+                        break
+                    _pwrite_all(fd, data, offset, dest)
+                    hasher.update(data)
+                    written += len(data)
+                offset += length
+        finally:
+            os.close(fd)
+        if error is None and hasher.digest() != content.hash:
+            error = "its content does not match the hash recorded at backup"
+        if error is not None:
+            os.unlink(dest)
+            return written, error
+        self._set_metadata(dest, node, is_link=False)
+        return written, None
+
+    def _collect_small(self, keep: int) -> None:
+        while len(self.small_jobs) > keep:
+            dest, fut = self.small_jobs.popleft()
+            try:
+                written, error = fut.result()
+            except OSError as e:
+                raise _os_error(e, dest) from None
+            self.stats.bytes_written += written
+            self.progress.advance(nbytes=written, files=1)
+            if error is None:
+                self.stats.files += 1
+            else:
+                self.stats.damaged.append(os.fsdecode(dest))
+                self.warn(f"{os.fsdecode(dest)} not restored: {error}")
 
     def _drain(self, keep: int) -> None:
         """Write finished items in order until at most `keep` fetches are in flight."""

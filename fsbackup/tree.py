@@ -174,8 +174,9 @@ class VersionTree:
                 kids = self.children(node.id)
                 stack.extend((base + b"/" + k.name, k) for k in reversed(kids))
 
-    def content(self, content_id: int) -> Content:
-        row = self.index.one("SELECT id, hash, size, extents FROM contents WHERE id=?", (content_id,))
+    def content(self, content_id: int, index: Index | None = None) -> Content:
+        """A file's content; another thread passes its own `index` connection."""
+        row = (index or self.index).one("SELECT id, hash, size, extents FROM contents WHERE id=?", (content_id,))
         if row is None:
             raise PathNotFound(f"content {content_id} is missing from the local index; run 'fsbackup repair'")
         return Content(row[0], row[1], row[2], fmt.unpack_extents(row[3]))

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from . import format as fmt
 from .blockcache import BlockCache
 from .diskcache import DiskCache
-from .errors import BackendError, CorruptObject, NoSuchObject
+from .errors import BackendError, CorruptObject, NoSuchObject, PathNotFound
 from .index import Index
 from .repository import Repository
-from .tree import NODE_COLUMNS, ROOT_ID, Content, Node, VersionInfo, list_versions
+from .tree import ROOT_ID, Content, Node, VersionInfo, VersionTree, list_versions
 
 log = logging.getLogger("fsbackup.mount")
 
@@ -144,17 +144,15 @@ class RepositoryView:
             raise FsOpError(errno.ENOENT)       # a version removed since the kernel learned its inode
         return found
 
-    def _node(self, version_id: int, node_id: int) -> Node:
-        row = self._index().one(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND id=?", (version_id, node_id))
-        if row is None:
-            raise FsOpError(errno.ENOENT)
-        return Node(*row)
+    def _tree(self, version_id: int) -> VersionTree:
+        """The version's tree, read through this thread's connection."""
+        return VersionTree(self._index(), self._version(version_id)[1])
 
-    def _content(self, content_id: int) -> Content:
-        row = self._index().one("SELECT id, hash, size, extents FROM contents WHERE id=?", (content_id,))
-        if row is None:
-            raise FsOpError(errno.EIO)
-        return Content(row[0], row[1], row[2], fmt.unpack_extents(row[3]))
+    def _node(self, version_id: int, node_id: int) -> Node:
+        try:
+            return self._tree(version_id).node(node_id)
+        except PathNotFound:
+            raise FsOpError(errno.ENOENT) from None
 
     # ---- attributes ---------------------------------------------------------------------
 
@@ -224,11 +222,10 @@ class RepositoryView:
         if parent == LATEST_INODE:
             raise FsOpError(errno.ENOTDIR)
         version_id, node = self._dir_node(parent)
-        row = self._index().one(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name=?",
-                                (version_id, node.id, name))
-        if row is None:
+        child = self._tree(version_id).lookup(node.id, name)
+        if child is None:
             raise FsOpError(errno.ENOENT)
-        return self._node_attr(version_id, Node(*row))
+        return self._node_attr(version_id, child)
 
     def readdir(self, ino: int, offset: int, limit: int = 1000) -> list[tuple[bytes, Attr, int]]:
         """Up to `limit` (name, attributes, next offset) entries after `offset` (0 = from the start).
@@ -245,19 +242,10 @@ class RepositoryView:
             return [(name, self._node_attr(v.id, self._node(v.id, ROOT_ID)), offset + i + 1)
                     for i, (name, v) in enumerate(page)]
         version_id, node = self._dir_node(ino)
-        index = self._index()
-        if offset == 0:
-            rows = index.q(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? ORDER BY name LIMIT ?",
-                           (version_id, node.id, limit))
-        else:   # the offset is the node id of the last entry returned: resume after its name
-            after = self._node(version_id, offset).name
-            rows = index.q(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name>? "
-                           "ORDER BY name LIMIT ?", (version_id, node.id, after, limit))
-        out = []
-        for row in rows:
-            child = Node(*row)
-            out.append((child.name, self._node_attr(version_id, child), child.id))
-        return out
+        # The offset is the node id of the last entry returned: resume after its name.
+        after = self._node(version_id, offset).name if offset else None
+        return [(child.name, self._node_attr(version_id, child), child.id)
+                for child in self._tree(version_id).children(node.id, after, limit)]
 
     def readlink(self, ino: int) -> bytes:
         if ino == LATEST_INODE:
@@ -297,12 +285,8 @@ class RepositoryView:
             return "/"
         version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
         name, _ = self._version(version_id)
-        parts = []
-        node = self._node(version_id, node_id)
-        while node.id != ROOT_ID:
-            parts.append(node.name)
-            node = self._node(version_id, node.parent)
-        return os.fsdecode(b"/versions/" + name + b"/" + b"/".join(reversed(parts)))
+        tree = self._tree(version_id)
+        return os.fsdecode(b"/versions/" + name + tree.path_of(tree.node(node_id)))
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -316,7 +300,7 @@ class RepositoryView:
             raise FsOpError(errno.EISDIR)
         if node.type != "f" or node.content is None:
             raise FsOpError(errno.EINVAL)
-        return OpenFile(self.path_of(ino), self._content(node.content))
+        return OpenFile(self.path_of(ino), self._tree(version_id).content(node.content))
 
     def read(self, f: OpenFile, offset: int, size: int) -> bytes:
         """Exactly the bytes [offset, offset+size) of the file (fewer at its end). Raises

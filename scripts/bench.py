@@ -1191,8 +1191,9 @@ def print_table(data: dict) -> None:
         cold = ("fresh mount, empty fsbackup --cache-dir, page cache dropped after sync"
                 if mo["page_cache_dropped"] else
                 "fresh mount, empty fsbackup --cache-dir (page cache NOT dropped: needs root)")
-        first = f"first byte of {mo['first_byte_file']}, " if mo["first_byte_file"] else ""
-        print(f"mount: find and cp -a over the third backup's version; {first}oldest version; "
+        first = (f"first byte of {mo['first_byte_file']} in the oldest version; "
+                 if mo["first_byte_file"] else "")
+        print(f"mount: find and cp -a over the third backup's version; {first}"
               f"cat of a {mo['big_file_bytes'] / MIB:,.0f} MiB file added by a fourth backup; "
               f"cold = {cold}")
     print(f"runs: {data['runs']} per tool, values are medians\n")

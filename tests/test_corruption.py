@@ -378,8 +378,9 @@ def test_key_object_with_a_damaged_wrapped_secret_is_refused(env, tmp_path, back
     assert_no_file_written(tmp_path / "out")
 
 
-def test_any_one_byte_damage_to_a_key_object_gives_one_line_with_exit_11_or_12(env, tmp_path, backed):
-    path = key_path(env)
+def each_one_byte_damage(env, path: Path, acceptable) -> list[str]:
+    """Flip each byte of `path` in turn and run `ls latest`; return how each unacceptable outcome read.
+    `acceptable(result, stderr lines, undamaged listing)` judges one outcome."""
     raw = path.read_bytes()
     listing = env.ok("ls", "latest").out
     failures = []
@@ -388,18 +389,25 @@ def test_any_one_byte_damage_to_a_key_object_gives_one_line_with_exit_11_or_12(e
         data[pos] ^= 0x01
         path.write_bytes(bytes(data))
         r = env.run("ls", "latest")
-        lines = r.err.splitlines()
-        if r.rc == 0:
-            ok = r.out == listing          # a field the reader ignores: the secret still authenticates
-        elif r.rc == EXIT_CORRUPT:
-            ok = len(lines) == 1 and f"keys/{path.name}" in lines[0]
-        else:
-            ok = r.rc == EXIT_WRONG_PASSPHRASE and len(lines) == 1 and lines[0].startswith("fsbackup: error: ")
-        if not ok:
+        if not acceptable(r, r.err.splitlines(), listing):
             failures.append(f"byte {pos} ({chr(raw[pos])!r} in ...{raw[max(0, pos - 12):pos + 4].decode()!r}): "
                             f"exit {r.rc}: {r.err.strip()}")
     path.write_bytes(raw)
-    assert not failures, f"{len(failures)} of {len(raw)} one-byte damages are mis-reported, e.g.:\n" + \
+    return failures
+
+
+def test_any_one_byte_damage_to_a_key_object_gives_one_line_with_exit_11_or_12(env, tmp_path, backed):
+    path = key_path(env)
+
+    def acceptable(r, lines, listing):
+        if r.rc == 0:
+            return r.out == listing        # a field the reader ignores: the secret still authenticates
+        if r.rc == EXIT_CORRUPT:
+            return len(lines) == 1 and f"keys/{path.name}" in lines[0]
+        return r.rc == EXIT_WRONG_PASSPHRASE and len(lines) == 1 and lines[0].startswith("fsbackup: error: ")
+
+    failures = each_one_byte_damage(env, path, acceptable)
+    assert not failures, f"{len(failures)} one-byte damages are mis-reported, e.g.:\n" + \
         "\n".join(failures[:: max(1, len(failures) // 8)])
 
 
@@ -426,24 +434,13 @@ def test_config_that_does_not_parse_is_named_with_exit_12(env, tmp_path, backed)
 
 
 def test_any_one_byte_damage_to_the_config_gives_one_line_never_a_traceback(env, tmp_path, backed):
-    path = env.repo / "config"
-    raw = path.read_bytes()
-    listing = env.ok("ls", "latest").out
-    failures = []
-    for pos in range(len(raw)):
-        data = bytearray(raw)
-        data[pos] ^= 0x01
-        path.write_bytes(bytes(data))
-        r = env.run("ls", "latest")
-        lines = r.err.splitlines()
+    def acceptable(r, lines, listing):
         if r.rc == 0:
-            ok = r.out == listing          # e.g. the creation time, which nothing reads
-        else:
-            ok = (r.rc in (EXIT_NO_REPOSITORY, EXIT_WRONG_PASSPHRASE, EXIT_CORRUPT) and len(lines) == 1
-                  and lines[0].startswith("fsbackup: error: ") and (r.rc != EXIT_CORRUPT or "config" in lines[0]))
-        if not ok:
-            failures.append(f"byte {pos}: exit {r.rc}: {r.err.strip()}")
-    path.write_bytes(raw)
+            return r.out == listing        # e.g. the creation time, which nothing reads
+        return (r.rc in (EXIT_NO_REPOSITORY, EXIT_WRONG_PASSPHRASE, EXIT_CORRUPT) and len(lines) == 1
+                and lines[0].startswith("fsbackup: error: ") and (r.rc != EXIT_CORRUPT or "config" in lines[0]))
+
+    failures = each_one_byte_damage(env, env.repo / "config", acceptable)
     assert not failures, "\n".join(failures[:10])
 
 

@@ -29,6 +29,20 @@ def open_view(env, **kwargs) -> RepositoryView:
     return RepositoryView(repo, **kwargs)
 
 
+def latest_file(view: RepositoryView, src, name: str):
+    """Open `name` below `src` in the newest version."""
+    return view.open(resolve(view, "/versions/" + os.fsdecode(view.latest) + f"{src}/{name}").ino)
+
+
+def one_file_view(env, tmp_path, data: bytes, **view_options):
+    """Back up one file holding `data`; return a view and that file, opened."""
+    src = tmp_path / "src"
+    write(src / "a", data)
+    env.ok("backup", src)
+    view = open_view(env, **view_options)
+    return view, latest_file(view, src, "a")
+
+
 def walk(view: RepositoryView, ino: int, path: bytes = b""):
     for name, attr, _ in view.readdir(ino, 0, 100000):
         yield path + b"/" + name, attr
@@ -97,12 +111,8 @@ def test_xattrs_and_missing_xattr_is_enodata(backed_up):
 
 
 def test_reads_return_exact_bytes_at_any_offset(env, tmp_path):
-    src = tmp_path / "src"
     data = pseudo_random(9 << 20, 5)
-    write(src / "big", data)
-    env.ok("backup", src)
-    view = open_view(env)
-    f = view.open(resolve(view, "/versions/" + os.fsdecode(view.latest) + f"{src}/big").ino)
+    view, f = one_file_view(env, tmp_path, data)
     import random
     rng = random.Random(1)
     for _ in range(200):
@@ -199,13 +209,9 @@ def test_new_versions_appear_after_refresh(env, tmp_path):
 
 
 def test_disk_cache_serves_blocks_and_drops_damaged_entries(env, tmp_path):
-    src = tmp_path / "src"
     data = pseudo_random(3 << 20, 8)
-    write(src / "a", data)
-    env.ok("backup", src)
     cache = tmp_path / "blocks"
-    view = open_view(env, cache_dir=str(cache), cache_size=64 << 20, memory_cache=1)
-    f = view.open(resolve(view, "/versions/" + os.fsdecode(view.latest) + f"{src}/a").ino)
+    view, f = one_file_view(env, tmp_path, data, cache_dir=str(cache), cache_size=64 << 20, memory_cache=1)
     assert view.read(f, 0, len(data)) == data
     entries = list(cache.iterdir())
     assert entries and oct(cache.stat().st_mode & 0o777) == oct(0o700)
@@ -214,7 +220,7 @@ def test_disk_cache_serves_blocks_and_drops_damaged_entries(env, tmp_path):
         raw[5] ^= 1
         e.write_bytes(bytes(raw))
     view2 = open_view(env, cache_dir=str(cache), cache_size=64 << 20, memory_cache=1)
-    f2 = view2.open(resolve(view2, "/versions/" + os.fsdecode(view2.latest) + f"{src}/a").ino)
+    f2 = latest_file(view2, tmp_path / "src", "a")
     assert view2.read(f2, 0, len(data)) == data
 
 
@@ -237,13 +243,9 @@ class FlakyBackend:
 
 def test_unreachable_storage_retries_for_a_bounded_time_then_fails_and_recovers(env, tmp_path):
     from fsbackup.errors import BackendError
-    src = tmp_path / "src"
     data = pseudo_random(500_000, 3)
-    write(src / "a", data)
-    env.ok("backup", src)
-    view = open_view(env, retry_seconds=0.5, memory_cache=1)
+    view, f = one_file_view(env, tmp_path, data, retry_seconds=0.5, memory_cache=1)
     flaky = view.repo.backend = FlakyBackend(view.repo.backend)
-    f = view.open(resolve(view, "/versions/" + os.fsdecode(view.latest) + f"{src}/a").ino)
     flaky.down = True
     t = time.monotonic()
     with pytest.raises(BackendError):
@@ -254,12 +256,8 @@ def test_unreachable_storage_retries_for_a_bounded_time_then_fails_and_recovers(
 
 
 def test_disk_cache_stays_within_its_size(env, tmp_path):
-    src = tmp_path / "src"
     data = pseudo_random(12 << 20, 4)
-    write(src / "a", data)
-    env.ok("backup", src)
     cache = tmp_path / "blocks"
-    view = open_view(env, cache_dir=str(cache), cache_size=3 << 20, memory_cache=1)
-    f = view.open(resolve(view, "/versions/" + os.fsdecode(view.latest) + f"{src}/a").ino)
+    view, f = one_file_view(env, tmp_path, data, cache_dir=str(cache), cache_size=3 << 20, memory_cache=1)
     assert view.read(f, 0, len(data)) == data
     assert sum(p.stat().st_size for p in cache.iterdir()) <= 3 << 20

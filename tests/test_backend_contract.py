@@ -11,7 +11,7 @@ import pytest
 from fsbackup.backends import open_backend
 from fsbackup.backends.local import LocalBackend
 from fsbackup.backends.memory import MemoryBackend
-from fsbackup.errors import NoSuchObject, PermissionDenied
+from fsbackup.errors import NoSuchObject
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -93,13 +93,26 @@ b.put("big", b"n" * (8 << 20))
 
 
 def test_local_permission_denied_is_reported(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root ignores directory permissions")
-    root = tmp_path / "ro"
-    root.mkdir()
-    root.chmod(0o500)
-    with pytest.raises(PermissionDenied):
-        LocalBackend(str(root)).put("x", b"x")
+    """As an unprivileged user (through setpriv when the suite runs as root, who ignores permissions)."""
+    import shutil
+    import tempfile
+    base = tempfile.mkdtemp(prefix="fsb-perm-")
+    try:
+        os.chmod(base, 0o755)
+        root = os.path.join(base, "ro")
+        os.mkdir(root, 0o555)
+        prefix = []
+        if os.geteuid() == 0:
+            if not shutil.which("setpriv"):
+                pytest.skip("running as root without setpriv: cannot drop privileges")
+            prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        code = (f"from fsbackup.backends.local import LocalBackend\n"
+                f"from fsbackup.errors import PermissionDenied\n"
+                f"try:\n    LocalBackend({root!r}).put('x', b'x')\nexcept PermissionDenied as e:\n    print('denied:', e)\n")
+        p = subprocess.run(prefix + [sys.executable, "-c", code], capture_output=True, text=True)
+        assert p.returncode == 0 and p.stdout.startswith("denied: permission denied"), (p.stdout, p.stderr)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_open_backend_understands_paths_and_file_urls(tmp_path):

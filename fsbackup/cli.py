@@ -66,7 +66,7 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--index", metavar="PATH", default=d(None),
                    help="local index file (default: $XDG_CACHE_HOME/fsbackup/<repository id>/index.sqlite)")
     g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="print only errors")
-    g.add_argument("-v", "--verbose", action="count", default=d(0), help="say more (notes on skipped files)")
+    g.add_argument("-v", "--verbose", action="count", default=d(0), help="say more (the mount logs each retry)")
     g.add_argument("--json", action="store_true", default=d(False), help="print results as JSON for scripts")
 
 
@@ -163,7 +163,7 @@ class Output:
         print(f"warning: {msg}", file=sys.stderr)
 
     def note(self, msg: str) -> None:
-        if self.verbose and not self.quiet:
+        if not self.quiet:
             print(f"note: {msg}", file=sys.stderr)
 
     def progress(self) -> Progress:

@@ -52,6 +52,7 @@ def mount(args, out, open_repo) -> int:
                         format="fsbackup mount: %(message)s")
     ready_pipe = None
     if args.daemon:
+        repo.close_index()                 # an SQLite connection must not cross a fork
         log_path = os.path.join(os.path.dirname(repo.index_path), "mount.log")
         ready_pipe = _daemonize(log_path)  # returns only in the child
     view = RepositoryView(repo, cache_dir=cache_dir, cache_size=args.cache_size)

@@ -300,10 +300,13 @@ class Repository:
                        (layout, content_hash, size, stored, extents))
         return db.last_insert_rowid()
 
-    def close(self) -> None:
+    def close_index(self) -> None:
         if self._index is not None:
             self._index.close()
             self._index = None
+
+    def close(self) -> None:
+        self.close_index()
         self.backend.close()
 
 

@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "/etc/fuse.conf when not root)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where fetched blocks are cached, encrypted (default: next to the local index)")
-    p.add_argument("--cache-size", metavar="SIZE", type=parse_size, default=parse_size("1G"),
-                   help="bound of the block cache on disk (default 1G; 0 disables it)")
+    p.add_argument("--cache-size", metavar="SIZE", type=parse_size, default=None,
+                   help="bound of the block cache on disk (default: 1G for remote storage, 0 for a local "
+                        "directory, which is its own cache)")
 
     p = command("umount", "unmount a mounted repository", "Unmount MOUNTPOINT (same as fusermount3 -u).")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")

@@ -161,6 +161,9 @@ class Operations(pyfuse3.Operations):
         f = self.open_files.get(fh)
         if f is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        data = self._point(self.view.read_if_cached, f, off, size)   # read-ahead hits: no thread hop
+        if data is not None:
+            return data
         return await self._call(self.view.read, f, off, size)
 
     async def release(self, fh):

@@ -47,8 +47,8 @@ CREATE TABLE contents (
     layout  BLOB NOT NULL UNIQUE,         -- BLAKE3 of `extents`: equal layouts share a row
     hash    BLOB NOT NULL,                -- keyed BLAKE3 of the whole content, checked on restore
     size    INTEGER NOT NULL,
-    stored  INTEGER NOT NULL,             -- bytes in data extents (size less holes): the mount's st_blocks
     extents BLOB NOT NULL                 -- packed (block id, length) pairs; an all-zero id is a hole
+    -- (v3 adds `stored`, below)
 );
 
 -- Backup versions (one per versions/<name> object).
@@ -100,7 +100,22 @@ SCHEMA_V2 = """
 CREATE INDEX nodes_by_source_inode ON nodes(version, dev, ino) WHERE nlink > 1;
 """
 
-MIGRATIONS = [SCHEMA_V1, SCHEMA_V2]
+# v3: bytes in a content's data extents (its size less holes), for the mount's st_blocks without
+# reading the extents. Existing rows are filled in from their extents.
+SCHEMA_V3 = """
+ALTER TABLE contents ADD COLUMN stored INTEGER NOT NULL DEFAULT -1;
+"""
+
+
+def _fill_stored(db) -> None:
+    from .format import HOLE_ID, unpack_extents
+    rows = db.execute("SELECT id, extents FROM contents WHERE stored = -1").fetchall()
+    db.executemany("UPDATE contents SET stored=? WHERE id=?",
+                   [(sum(n for bid, n in unpack_extents(extents) if bid != HOLE_ID), cid) for cid, extents in rows])
+
+
+# Each step is SQL, or SQL and a function that finishes the step inside the same transaction.
+MIGRATIONS = [(SCHEMA_V1, None), (SCHEMA_V2, None), (SCHEMA_V3, _fill_stored)]
 
 
 def _map_errors(e: Exception, path: str) -> Exception:
@@ -142,8 +157,11 @@ class Index:
         if version > len(MIGRATIONS):
             raise FsbackupError(f"the local index {self.path} is from a newer fsbackup; run 'fsbackup repair'")
         for n in range(version, len(MIGRATIONS)):
+            sql, finish = MIGRATIONS[n]
             with self.db:
-                self.db.execute(MIGRATIONS[n])
+                self.db.execute(sql)
+                if finish:
+                    finish(self.db)
                 self.db.execute(f"PRAGMA user_version={n + 1}")
 
     @contextmanager

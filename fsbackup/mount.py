@@ -10,6 +10,7 @@ import sys
 from .errors import FsbackupError, UsageError
 
 MOUNT_OPTIONS = {"fsname=fsbackup", "subtype=fsbackup", "ro", "default_permissions"}
+DEFAULT_REMOTE_CACHE = 1 << 30
 
 
 class FuseUnavailable(FsbackupError):
@@ -55,7 +56,11 @@ def mount(args, out, open_repo) -> int:
         repo.close_index()                 # an SQLite connection must not cross a fork
         log_path = os.path.join(os.path.dirname(repo.index_path), "mount.log")
         ready_pipe = _daemonize(log_path)  # returns only in the child
-    view = RepositoryView(repo, cache_dir=cache_dir, cache_size=args.cache_size)
+    cache_size = args.cache_size
+    if cache_size is None:   # a local directory is its own cache: copying it to a cache only costs disk
+        from .backends.local import LocalBackend
+        cache_size = 0 if isinstance(repo.backend, LocalBackend) else DEFAULT_REMOTE_CACHE
+    view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size)
     options = set(MOUNT_OPTIONS)
     if args.allow_other:
         options.add("allow_other")

@@ -17,7 +17,8 @@ from .errors import PathNotFound, VersionNotFound
 from .index import Index
 
 NODE_COLUMNS = ("id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, atime_ns, ctime_ns, size, "
-                "ino, dev, nlink, rdev, target, xattrs, content")
+                "ino, dev, nlink, rdev, target, xattrs, content, "
+                "(SELECT stored FROM contents WHERE contents.id = nodes.content)")
 ROOT_ID = 1
 
 
@@ -43,6 +44,7 @@ class Node:
     target: bytes | None
     xattrs_packed: bytes | None
     content: int | None
+    stored: int | None          # bytes of the content's data extents (its size less holes)
 
     @property
     def xattrs(self) -> dict[bytes, bytes]:

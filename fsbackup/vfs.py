@@ -69,8 +69,8 @@ class Attr:
 class OpenFile:
     """A file opened for reading: its extents with prefix sums, and read-ahead state."""
 
-    def __init__(self, path: str, content: Content):
-        self.path = path
+    def __init__(self, ino: int, content: Content):
+        self.ino = ino
         self.size = content.size
         self.extents = content.extents
         self.starts = []
@@ -98,12 +98,12 @@ def version_dir_names(versions: list[VersionInfo]) -> dict[bytes, VersionInfo]:
 
 class RepositoryView:
     def __init__(self, repo: Repository, cache_dir: str | None = None, cache_size: int = 1 << 30,
-                 memory_cache: int = 128 << 20, fetch_threads: int = 8, max_prefetch: int = 16,
+                 memory_cache: int = 64 << 20, fetch_threads: int = 8, max_prefetch: int = 16,
                  retry_seconds: float = 30.0):
         self.repo = repo
         self.index_path = repo.index_path
         self._local = threading.local()
-        self.memory = BlockCache(min(memory_cache, max(cache_size, 16 << 20)))
+        self.memory = BlockCache(memory_cache)
         self.disk = DiskCache(cache_dir, cache_size) if cache_dir and cache_size > 0 else None
         self.fetcher = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fsbackup-fetch")
         self.max_prefetch = max_prefetch
@@ -181,10 +181,7 @@ class RepositoryView:
         mtime = node.mtime_ns
         if node.id == ROOT_ID:                    # a version's directory shows the backup time
             mtime = self._version(version_id)[1].time_ns
-        blocks = 0
-        if node.type == "f" and node.content is not None:
-            stored, = self._index().one("SELECT stored FROM contents WHERE id=?", (node.content,)) or (0,)
-            blocks = (stored + 511) // 512
+        blocks = (node.stored + 511) // 512 if node.type == "f" and node.stored else 0
         size = node.size if node.type in "fl" else 0
         return Attr(ino, node.mode, max(1, nlink), node.uid, node.gid, node.rdev, size, blocks,
                     node.atime_ns, mtime, mtime, True)
@@ -300,7 +297,35 @@ class RepositoryView:
             raise FsOpError(errno.EISDIR)
         if node.type != "f" or node.content is None:
             raise FsOpError(errno.EINVAL)
-        return OpenFile(self.path_of(ino), self._tree(version_id).content(node.content))
+        f = OpenFile(ino, self._tree(version_id).content(node.content))
+        # Start fetching the first block now: the read that follows an open finds it on its way.
+        first = next((bid for bid, _ in f.extents[:1] if bid != fmt.HOLE_ID), None)
+        if first is not None:
+            self._block_future(first)
+        return f
+
+    def read_if_cached(self, f: OpenFile, offset: int, size: int) -> bytes | None:
+        """The bytes, when every block they need is already in memory (read-ahead put it there);
+        else None. Never blocks: the FUSE adapter answers such reads without a thread hop."""
+        end = min(offset + size, f.size)
+        if offset >= end:
+            return b""
+        first = bisect.bisect_right(f.starts, offset) - 1
+        parts = []
+        i = first
+        while i < len(f.extents) and f.starts[i] < end:
+            block_id, length = f.extents[i]
+            lo, hi = max(offset - f.starts[i], 0), min(end - f.starts[i], length)
+            if block_id == fmt.HOLE_ID:
+                parts.append(bytes(hi - lo))
+            else:
+                data = self.memory.peek(block_id)
+                if data is None:
+                    return None
+                parts.append(memoryview(data)[lo:hi])
+            i += 1
+        self._read_ahead(f, offset, end, i - 1)
+        return b"".join(parts)
 
     def read(self, f: OpenFile, offset: int, size: int) -> bytes:
         """Exactly the bytes [offset, offset+size) of the file (fewer at its end). Raises
@@ -312,25 +337,26 @@ class RepositoryView:
         last = first
         while last + 1 < len(f.extents) and f.starts[last + 1] < end:
             last += 1
-        pending = [(i, self._block_future(f.extents[i][0])) for i in range(first, last + 1)
-                   if f.extents[i][0] != fmt.HOLE_ID]
+        # Blocks after the first are fetched concurrently; the first is loaded in this thread
+        # (most reads need one block: no hand-off to a fetch thread).
+        later = {i: self._block_future(f.extents[i][0]) for i in range(first + 1, last + 1)
+                 if f.extents[i][0] != fmt.HOLE_ID}
         self._read_ahead(f, offset, end, last)
-        out = bytearray()
-        futures = dict(pending)
+        parts = []
         for i in range(first, last + 1):
             block_id, length = f.extents[i]
             lo = max(offset - f.starts[i], 0)
             hi = min(end - f.starts[i], length)
             if block_id == fmt.HOLE_ID:
-                out += bytes(hi - lo)
-            else:
-                try:
-                    data = futures[i].result()
-                except (CorruptObject, NoSuchObject, BackendError) as e:
-                    log.error("cannot read %s: %s", f.path, e)
-                    raise
-                out += memoryview(data)[lo:hi]
-        return bytes(out)
+                parts.append(bytes(hi - lo))
+                continue
+            try:
+                data = later[i].result() if i in later else self.memory.get(block_id, self._load_block)
+            except (CorruptObject, NoSuchObject, BackendError) as e:
+                log.error("cannot read %s: %s", self.path_of(f.ino), e)
+                raise
+            parts.append(data if (lo, hi) == (0, len(data)) else memoryview(data)[lo:hi])
+        return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
 
     def _read_ahead(self, f: OpenFile, offset: int, end: int, last: int) -> None:
         """On sequential reads, schedule the next blocks (more the longer the run), bounded."""

@@ -187,3 +187,23 @@ def test_local_index_is_readable_by_its_owner_only(env, tmp_path):
         assert f.stat().st_mode & 0o077 == 0, f
     for d in {f.parent for f in index_files}:
         assert d.stat().st_mode & 0o777 == 0o700
+
+
+def test_an_index_from_an_older_schema_is_migrated(env, tmp_path):
+    """An index written before `contents.stored` existed (schema v2) is brought up to date in place."""
+    import apsw
+    from fsbackup.index import MIGRATIONS, Index
+    write(tmp_path / "src" / "a", pseudo_random(100_000, 1))
+    env.ok("backup", tmp_path / "src")
+    (path,) = env.cache.rglob("index.sqlite")
+    db = apsw.Connection(str(path))
+    db.execute("CREATE TABLE c2 AS SELECT id, layout, hash, size, extents FROM contents")
+    db.execute("DROP TABLE contents")
+    db.execute("ALTER TABLE c2 RENAME TO contents")
+    db.execute("PRAGMA user_version=2")
+    db.close()
+    index = Index(str(path))
+    assert index.one("PRAGMA user_version")[0] == len(MIGRATIONS)
+    assert index.one("SELECT stored FROM contents")[0] == 100_000
+    index.close()
+    env.ok("restore", "latest", "--target", tmp_path / "out")

@@ -1,9 +1,9 @@
 """The FUSE adapter: translates kernel requests into RepositoryView calls. A protocol adapter only.
 
 Threading rule: handlers run on the trio thread. Point lookups (lookup, getattr, readlink,
-getxattr, listxattr: a few primary-key queries on the local index, microseconds) run right
-there; everything that can take long (directory pages, open, read with its block fetches,
-decryption and decompression, statfs) goes to a worker thread through `trio.to_thread.run_sync`,
+getxattr, listxattr, pages of 32 directory entries, reads of blocks read-ahead already holds:
+a few indexed queries or a memory copy, microseconds) run right there; everything that can take
+long (open, reads that need fetching, decryption and decompression, statfs) goes to a worker thread through `trio.to_thread.run_sync`,
 bounded by a CapacityLimiter, so one slow read never stalls a listing. Only FUSEError leaves a
 handler: anything else would end the mount.
 """
@@ -28,6 +28,7 @@ WORKER_THREADS = 16
 TOP_TIMEOUT = 1.0            # the root and versions/ change when backups finish
 VERSION_TIMEOUT = 3600.0     # a version's content never changes
 REFRESH_SECONDS = 2.0
+READDIR_PAGE = 32
 
 
 def _entry(attr: Attr) -> pyfuse3.EntryAttributes:
@@ -109,9 +110,11 @@ class Operations(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh, start_id, token):
+        # The kernel's buffer takes a dozen or so entries with attributes per call: small pages,
+        # each a bounded indexed range query, are answered here without a thread hop.
         offset = start_id
         while True:
-            page = await self._call(self.view.readdir, fh, offset, 500)
+            page = self._point(self.view.readdir, fh, offset, READDIR_PAGE)
             if not page:
                 return
             for name, attr, next_offset in page:

@@ -30,7 +30,7 @@ import msgpack
 import zstandard
 
 from . import format as fmt
-from .chunker import WHOLE_READ_LIMIT, Chunker
+from .chunker import MIN_SIZE, WHOLE_READ_LIMIT, Chunker
 from .errors import FsbackupError, PathNotFound
 from .progress import Progress
 from .repository import Repository
@@ -484,6 +484,8 @@ class Backup:
         try:
             before = st      # the lstat of the scan: the fstat after reading must match it
             size = before.st_size
+            if 0 < size <= MIN_SIZE and st.st_blocks * 512 >= size:
+                return self._read_small_file(fd, before)
             hasher = self.repo.keys.content_hasher()
             extents: list[tuple[bytes, int]] = []
             pos = 0
@@ -515,6 +517,21 @@ class Backup:
             os.close(fd)
         self.progress.advance(files=1)
         return [hasher.digest(), size, fmt.pack_extents(extents)]
+
+    def _read_small_file(self, fd: int, before: os.stat_result) -> list:
+        """Most files are smaller than the chunker's minimum block and have no holes: they are one
+        block, read in one call. Same result as the general path, with a fraction of its
+        per-file work (a backup of many small files is bound by it)."""
+        size = before.st_size
+        data = os.pread(fd, size + 1, 0)        # one byte more: a file that grew is seen
+        if len(data) != size or _change_key(os.fstat(fd)) != _change_key(before):
+            raise FileChanged()
+        block_id = self.repo.keys.block_id(data)
+        self._store_block(block_id, data)
+        self.stats.bytes_read += size
+        self.progress.advance(files=1, nbytes=size)
+        # The content hash and the block id are the same keyed hash of the same bytes.
+        return [block_id, size, fmt.pack_extents([(block_id, size)])]
 
     # ---- blocks, volumes, uploads ---------------------------------------------------------
 

@@ -113,7 +113,8 @@ class Keys:
         return blake3.blake3(data, key=self.id_key, max_threads=1).digest()
 
     def content_hasher(self):
-        """An incremental keyed hash of a whole file's content, to check a restore end to end."""
+        """An incremental keyed hash of a whole file's content, to check a restore end to end.
+        Same key as block ids: a one-block file's content hash is its block id."""
         return blake3.blake3(key=self.id_key)
 
     def object_cipher(self, purpose: bytes, object_id: bytes) -> "ObjectCipher":

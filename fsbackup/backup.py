@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import msgpack
@@ -53,7 +53,7 @@ class BackupOptions:
     dry_run: bool = False
     volume_size: int = DEFAULT_VOLUME_SIZE
     workers: int = max(2, os.cpu_count() or 2)
-    uploads_in_flight: int = 2
+    uploads_in_flight: int | None = None     # volumes uploading at once; None: the backend's `connections`
 
 
 @dataclass
@@ -223,6 +223,8 @@ class Backup:
     def __init__(self, repo: Repository, options: BackupOptions, progress: Progress | None = None,
                  warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None):
         self.repo = repo
+        if options.uploads_in_flight is None:
+            options = replace(options, uploads_in_flight=max(1, repo.backend.connections))
         self.options = options
         self.progress = progress or Progress(enabled=False)
         self.warn_cb = warn or (lambda msg: None)

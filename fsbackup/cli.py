@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from . import errors
-from .backends import open_backend
+from .backends import Backend, open_backend
 from .errors import FsbackupError, UsageError
 from .progress import Progress, human_bytes, human_duration
 from .repository import Repository
@@ -24,7 +24,9 @@ PROG = "fsbackup"
 
 EPILOG = """\
 environment:
-  FSBACKUP_REPOSITORY       repository URL (a directory path), instead of --repo
+  FSBACKUP_REPOSITORY       repository URL (a directory path or b2://BUCKET/PREFIX), instead of --repo
+  B2_APPLICATION_KEY_ID     Backblaze B2 application key id, for b2:// repositories (docs/b2.md)
+  B2_APPLICATION_KEY        Backblaze B2 application key
   FSBACKUP_PASSWORD         the passphrase
   FSBACKUP_PASSWORD_COMMAND a command that prints the passphrase (e.g. 'pass show backup')
   XDG_CACHE_HOME            where the local index lives (default ~/.cache/fsbackup/<repository id>/)
@@ -39,8 +41,8 @@ examples:
 
 exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be read,
   4 restore would overwrite files, 10 no repository, 11 wrong passphrase, 12 corrupt or missing
-  data, 13 version or path not found, 15 disk full, 16 permission denied, 17 storage failure,
-  130 interrupted (see docs/exit-codes.md)
+  data, 13 version or path not found, 15 disk full, 16 permission denied or storage credentials
+  rejected, 17 storage failure, 130 interrupted (see docs/exit-codes.md)
 """
 
 
@@ -55,14 +57,26 @@ def parse_size(text: str) -> int:
     return int(value * units[unit])
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
+    return value
+
+
 # ---- argument parsing -----------------------------------------------------------------------
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     g = parser.add_argument_group("global options")
     g.add_argument("--repo", metavar="URL", default=d(None),
-                   help="repository: a directory path (default: $FSBACKUP_REPOSITORY)")
+                   help="repository: a directory path or b2://BUCKET/PREFIX (default: $FSBACKUP_REPOSITORY)")
     g.add_argument("--password-file", metavar="FILE", default=d(None), help="read the passphrase from FILE")
+    g.add_argument("--connections", metavar="N", type=positive_int, default=d(None),
+                   help="concurrent uploads/downloads to the repository (default: 2 local, 4 B2)")
     g.add_argument("--index", metavar="PATH", default=d(None),
                    help="local index file (default: $XDG_CACHE_HOME/fsbackup/<repository id>/index.sqlite)")
     g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="print only errors")
@@ -208,8 +222,16 @@ def repo_url(args) -> str:
     return url
 
 
-def open_repo(args, out: Output) -> Repository:
+def open_storage(args) -> Backend:
+    """The backend for --repo, with --connections applied when given."""
     backend = open_backend(repo_url(args))
+    if args.connections:
+        backend.connections = args.connections
+    return backend
+
+
+def open_repo(args, out: Output) -> Repository:
+    backend = open_storage(args)
     repo = Repository.open(backend, get_passphrase(args), args.index)
     repo.ensure_index(out.progress())
     return repo
@@ -222,7 +244,7 @@ def fmt_time(ns: int) -> str:
 # ---- commands -------------------------------------------------------------------------------
 
 def cmd_init(args, out: Output) -> int:
-    backend = open_backend(repo_url(args))
+    backend = open_storage(args)
     repo = Repository.create(backend, get_passphrase(args, confirm=True), args.index)
     repo.index.set_meta("repository_id", repo.id)
     if out.json:
@@ -344,7 +366,7 @@ def cmd_restore(args, out: Output) -> int:
 
 
 def cmd_repair(args, out: Output) -> int:
-    backend = open_backend(repo_url(args))
+    backend = open_storage(args)
     repo = Repository.open(backend, get_passphrase(args), args.index)
     result = repo.rebuild_index(out.progress())
     if out.json:

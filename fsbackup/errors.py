@@ -76,12 +76,22 @@ class PermissionDenied(FsbackupError):
 
 
 class BackendError(FsbackupError):
-    """The storage failed. `temporary` says whether retrying may help."""
+    """The storage failed. `temporary` says whether retrying may help; `retry_after` is how many
+    seconds the storage asked us to wait first (None when it did not say)."""
     exit_code = EXIT_BACKEND
 
-    def __init__(self, message: str, temporary: bool = False):
+    def __init__(self, message: str, temporary: bool = False, retry_after: float | None = None):
         super().__init__(message)
         self.temporary = temporary
+        self.retry_after = retry_after
+
+
+class AuthenticationFailed(BackendError):
+    """The storage rejected the credentials (e.g. a wrong or revoked B2 application key). Permanent."""
+    exit_code = EXIT_PERMISSION
+
+    def __init__(self, message: str):
+        super().__init__(message, temporary=False)
 
 
 class Interrupted(FsbackupError):

@@ -20,9 +20,13 @@ class Backend(abc.ABC):
 
     Failures raise `errors.BackendError` (with `.temporary` telling whether a retry may help),
     `errors.NoSpace` or `errors.PermissionDenied`; a missing object raises `errors.NoSuchObject`.
+
+    `connections` is a hint to callers: how many requests (uploads, downloads) suit the store at
+    once. Callers may set it (`--connections`).
     """
 
     url: str
+    connections: int = 2
 
     @abc.abstractmethod
     def put(self, name: str, data: bytes) -> None:
@@ -68,14 +72,19 @@ class Backend(abc.ABC):
 
 
 def open_backend(url: str) -> Backend:
-    """Make the backend for a repository URL: a plain path (or file://PATH) is a local directory."""
+    """Make the backend for a repository URL: a plain path (or file://PATH) is a local directory,
+    b2://BUCKET/PREFIX a Backblaze B2 bucket."""
     if not url:
         raise UsageError("no repository given: use --repo URL or set FSBACKUP_REPOSITORY")
     if url.startswith("memory://"):
         from .memory import MemoryBackend
         return MemoryBackend.named(url)
+    if url.startswith("b2://"):
+        from .b2 import B2Backend
+        return B2Backend(url)
     if "://" in url and not url.startswith("file://"):
         scheme = url.split("://", 1)[0]
-        raise RepositoryNotFound(f"unknown repository URL scheme '{scheme}://' (use a directory path)")
+        raise RepositoryNotFound(f"unknown repository URL scheme '{scheme}://' "
+                                 f"(use a directory path or b2://BUCKET/PREFIX)")
     from .local import LocalBackend
     return LocalBackend(url.removeprefix("file://"))

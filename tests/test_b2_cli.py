@@ -1,0 +1,58 @@
+"""The command line against a b2:// repository, on b2sdk's in-memory B2 (docs/b2.md)."""
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from conftest import Env, make_full_tree, restored_root, snapshot
+from fsbackup import errors
+from fsbackup.backends import b2
+from fsbackup.backup import Backup
+
+BUCKET = "fsbackup-cli"
+
+
+@pytest.fixture
+def b2_env(tmp_path):
+    sim = b2.use_simulator()
+    sim.create_bucket(BUCKET)
+    env = Env(tmp_path)
+    env.vars["FSBACKUP_REPOSITORY"] = f"b2://{BUCKET}/repo-{secrets.token_hex(6)}"
+    env.vars.update(sim.environ())
+    yield env
+    b2.stop_simulator()
+
+
+def uploads_in_flight_seen(monkeypatch) -> list[int]:
+    """Record how many volume uploads each backup lets run at once."""
+    seen = []
+    real_init = Backup.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen.append(self.options.uploads_in_flight)
+    monkeypatch.setattr(Backup, "__init__", init)
+    return seen
+
+
+def test_backup_and_restore_through_b2(b2_env, tmp_path, monkeypatch):
+    seen = uploads_in_flight_seen(monkeypatch)
+    source = make_full_tree(tmp_path / "src")
+    b2_env.ok("init")
+    b2_env.ok("backup", source, "--volume-size", "1M")
+    b2_env.ok("--connections", "3", "backup", source)
+    assert seen == [4, 3]                    # B2's default, then --connections
+    b2_env.ok("restore", "latest", "--target", tmp_path / "out")
+    assert snapshot(restored_root(tmp_path / "out", source)) == snapshot(source)
+
+
+def test_b2_errors_are_one_line_with_their_exit_codes(b2_env):
+    r = b2_env.run("init", B2_APPLICATION_KEY="wrong")
+    assert r.rc == errors.EXIT_PERMISSION and r.err.count("\n") == 1 and "rejected the application key" in r.err
+    r = b2_env.run("versions", FSBACKUP_REPOSITORY="b2://fsbackup-nothing-here/x")
+    assert r.rc == errors.EXIT_NO_REPOSITORY and r.err.count("\n") == 1 and "no B2 bucket named" in r.err
+    r = b2_env.run("versions", B2_APPLICATION_KEY_ID="")
+    assert r.rc == errors.EXIT_USAGE and "B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY" in r.err
+    r = b2_env.run("--connections", "0", "versions")
+    assert r.rc == errors.EXIT_USAGE and "positive whole number" in r.err

@@ -40,7 +40,7 @@ def real_b2():
     """A B2Backend on the real B2 bucket named by FSBACKUP_TEST_B2_BUCKET, under a fresh prefix; skipped without it."""
     missing = [v for v in REAL_B2_VARS if not os.environ.get(v)]
     if missing:
-        pytest.skip(f"real B2 tests need {', '.join(missing)} set (see docs/b2.md, 'Contributing')")
+        pytest.skip(f"real B2 tests need {', '.join(missing)} set (see docs/b2.md, 'For contributors')")
     b2.stop_simulator()
     return b2.B2Backend(f"b2://{os.environ['FSBACKUP_TEST_B2_BUCKET']}/fsbackup-test-{secrets.token_hex(8)}")
 

@@ -1242,6 +1242,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     which.add_argument("--mount-only", action="store_true",
                        help="run only the mount scenario (its backups are made, untimed)")
     which.add_argument("--no-mount", action="store_true", help="skip the mount scenario")
+    which.add_argument("--latency-ms", type=float, metavar="MS",
+                       help="instead: fsbackup alone with its repository behind a simulated link "
+                            "of this round-trip latency (scripts/remote_like.py): backup MB/s and "
+                            "cold cat of the big file through the mount, with read-ahead and "
+                            "one block at a time")
+    parser.add_argument("--bandwidth-mbps", type=float, default=0.0, metavar="MB/S",
+                        help="with --latency-ms: the link's bandwidth (default unlimited)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.size_mb < 1 or args.big_file_mb < 1:
@@ -1265,8 +1272,110 @@ def make_mount_plan(dataset: Dataset, work: Path, size_mb: int, seed: int) -> Mo
     return MountPlan(big_file, name, first)
 
 
+REMOTE_LIKE = Path(__file__).with_name("remote_like.py")
+
+
+def remote_like_scenario(args: argparse.Namespace) -> dict:
+    """fsbackup with its repository behind a simulated remote link: the median backup MB/s of
+    the big file, and the median cold `cat` MB/s of it through a fresh mount, with read-ahead
+    and fetching one block at a time (what read-ahead is measured against)."""
+    if reason := mount_unavailable():
+        raise StepFailed(f"remote-like scenario needs a mount: {reason}")
+    work = Path(os.path.realpath(tempfile.mkdtemp(prefix="fsbackup-bench-remote-")))
+    link = ["--latency-ms", str(args.latency_ms), "--bandwidth-mbps", str(args.bandwidth_mbps)]
+    env = dict(os.environ, FSBACKUP_REPOSITORY=str(work / "repo"), FSBACKUP_PASSWORD=PASSWORD,
+               XDG_CACHE_HOME=str(work / "cache"))
+
+    def fsbackup(*argv: str, read_ahead: bool = True) -> list[str]:
+        return [sys.executable, str(REMOTE_LIKE), *link, *([] if read_ahead else ["--no-read-ahead"]),
+                "--", "-q", "--index", str(work / "index"), *argv]
+
+    def run(argv: list[str], step: str) -> float:
+        start = time.perf_counter()
+        p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise StepFailed(f"{step}: exit status {p.returncode}: {p.stderr.strip()[-300:]}")
+        return time.perf_counter() - start
+
+    try:
+        source = work / "source"
+        source.mkdir()
+        big = source / "big.img"
+        log(f"bench: generating the {args.big_file_mb} MiB file ...")
+        _write_large_file(big, args.big_file_mb * MIB, random.Random(args.seed + 2), [])
+        size = big.stat().st_size
+        run(fsbackup("init"), "init")
+        backups, cats = [], {True: [], False: []}
+        for n in range(args.runs):
+            os.utime(big)                    # changed: read, cut and looked up again
+            backups.append(run(fsbackup("backup", str(source)), "backup"))
+            # an unchanged file's blocks are all in the repository: the first backup is the one
+            # that uploads, so only it says how uploads hold up
+            if n == 0:
+                upload_s = backups[0]
+            for read_ahead in (True, False):
+                mountpoint, cache = work / f"mnt-{n}-{read_ahead}", work / f"cache-{n}-{read_ahead}"
+                mountpoint.mkdir()
+                proc = subprocess.Popen(fsbackup("mount", "--cache-dir", str(cache), str(mountpoint),
+                                                 read_ahead=read_ahead),
+                                        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+                try:
+                    deadline = time.monotonic() + MOUNT_READY_TIMEOUT
+                    while not is_mounted(mountpoint):
+                        if proc.poll() is not None or time.monotonic() > deadline:
+                            raise StepFailed("remote-like mount did not come up")
+                        time.sleep(POLL_SECONDS)
+                    path = mountpoint / "latest" / str(big).lstrip("/")
+                    drop_page_cache()
+                    cats[read_ahead].append(run_client(["cat", str(path)], work / "logs", "cat"))
+                finally:
+                    unmount(mountpoint)
+                    try:
+                        proc.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+        ahead = size / statistics.median(cats[True]) / MB
+        one_by_one = size / statistics.median(cats[False]) / MB
+        return {"latency_ms": args.latency_ms, "bandwidth_mbps": args.bandwidth_mbps or None,
+                "big_file_bytes": size, "runs": args.runs,
+                "first_backup_mbps": size / upload_s / MB,
+                "unchanged_big_file_backup_s": statistics.median(backups[1:]) if len(backups) > 1 else None,
+                "cold_cat_mbps": ahead, "cold_cat_one_block_at_a_time_mbps": one_by_one,
+                "read_ahead_gain": ahead / one_by_one}
+    finally:
+        unmount_all_under(work)
+        remove_tree(work)
+
+
+def print_remote_like(data: dict) -> None:
+    link = f"{data['latency_ms']:g} ms round trip, " + (
+        f"{data['bandwidth_mbps']:g} MB/s link" if data["bandwidth_mbps"] else "unlimited bandwidth")
+    print(f"fsbackup behind a simulated remote: {link}; {data['big_file_bytes'] / MIB:.0f} MiB file; "
+          f"medians of {data['runs']} runs")
+    print(f"first backup (upload)                       {data['first_backup_mbps']:8.1f} MB/s")
+    if data["unchanged_big_file_backup_s"] is not None:
+        print(f"backup of the touched, unchanged file        {data['unchanged_big_file_backup_s']:8.2f} s")
+    print(f"cold cat through the mount, read-ahead       {data['cold_cat_mbps']:8.1f} MB/s")
+    print(f"cold cat, one block at a time               {data['cold_cat_one_block_at_a_time_mbps']:8.1f} MB/s")
+    print(f"read-ahead gain                              {data['read_ahead_gain']:8.1f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.latency_ms is not None:
+        try:
+            data = remote_like_scenario(args)
+        except StepFailed as e:
+            log(f"bench: {e}")
+            return 1
+        if args.json:
+            json.dump(data, sys.stdout, indent=2)
+            print()
+        else:
+            print_remote_like(data)
+        return 0
     tools = [t for t in ALL_TOOLS if t.name == SUBJECT or t.installed()]
     skipped = [t.name for t in ALL_TOOLS if t not in tools]
     if skipped:

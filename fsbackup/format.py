@@ -198,7 +198,7 @@ def encode_version(keys: Keys, version_id: bytes, head: dict, entries: Iterable[
 
 
 def decode_version(keys: Keys, version_id: bytes, data: bytes, name: str) -> tuple[dict, Iterator[list]]:
-    """(head, iterator of entries). Every frame is authenticated before its entries are yielded."""
+    """(head, iterator of entries). Raises CorruptObject at once if any frame fails authentication."""
     check_header(data, VERSION_MAGIC, name)
     cipher = keys.object_cipher(b"version", version_id)
     frames: list[tuple[int, int]] = []
@@ -214,12 +214,14 @@ def decode_version(keys: Keys, version_id: bytes, data: bytes, name: str) -> tup
         pos += length
     if not frames:
         raise CorruptObject(name, "truncated")
+    # Every frame is authenticated now, so damage shows before the caller uses any entry (and a
+    # damaged download can be fetched again); frames are decompressed and parsed as they are read.
+    opened = [cipher.open(_frame_nonce(n), data[start:start + length], _frame_ad(n, n == len(frames) - 1), name)
+              for n, (start, length) in enumerate(frames)]
 
     def plain(n: int) -> bytes:
-        start, length = frames[n]
-        raw = cipher.open(_frame_nonce(n), data[start:start + length], _frame_ad(n, n == len(frames) - 1), name)
         try:
-            return _decompress(raw)
+            return _decompress(opened[n])
         except zstandard.ZstdError:
             raise CorruptObject(name, "frame does not decompress") from None
 

@@ -11,6 +11,9 @@ from .errors import FsbackupError, UsageError
 
 MOUNT_OPTIONS = {"fsname=fsbackup", "subtype=fsbackup", "ro", "default_permissions"}
 DEFAULT_REMOTE_CACHE = 1 << 30
+# How long a read waits out a storage outage before it fails with EIO: a file manager or a copy
+# must get an answer, not hang for the minutes a backup would wait.
+MOUNT_RETRY_SECONDS = 30.0
 
 
 class FuseUnavailable(FsbackupError):
@@ -42,12 +45,14 @@ def mount(args, out, open_repo) -> int:
     import pyfuse3
     import trio
 
+    from .backends.retry import RetryingBackend
     from .fuse import Operations, serve
     from .vfs import RepositoryView
 
     mountpoint = check_mountpoint(args.mountpoint)
     check_fuse()
     repo = open_repo(args, out)            # rebuilds the local index first when it is missing
+    repo.backend = RetryingBackend(repo.backend, max_seconds=MOUNT_RETRY_SECONDS)   # from now on: reads
     cache_dir = args.cache_dir or os.path.join(os.path.dirname(repo.index_path), "blocks")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="fsbackup mount: %(message)s")
@@ -59,7 +64,7 @@ def mount(args, out, open_repo) -> int:
     cache_size = args.cache_size
     if cache_size is None:   # a local directory is its own cache: copying it to a cache only costs disk
         from .backends.local import LocalBackend
-        cache_size = 0 if isinstance(repo.backend, LocalBackend) else DEFAULT_REMOTE_CACHE
+        cache_size = 0 if isinstance(repo.backend.inner, LocalBackend) else DEFAULT_REMOTE_CACHE
     view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size)
     options = set(MOUNT_OPTIONS)
     if args.allow_other:

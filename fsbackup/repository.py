@@ -11,12 +11,13 @@ Remote layout (docs/format.md):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
 import blake3
 import msgpack
@@ -28,7 +29,11 @@ from .errors import (CorruptObject, FsbackupError, NoSuchObject, RepositoryNotFo
                      UsageError, WrongPassphrase)
 from .index import Index
 
+T = TypeVar("T")
+
 CONFIG = "config"
+
+log = logging.getLogger("fsbackup.repository")
 
 
 def volume_object(name: str) -> str:
@@ -48,18 +53,45 @@ def default_index_path(repo_id: str) -> str:
     return os.path.join(cache, "fsbackup", repo_id, "index.sqlite")
 
 
+def get_checked(backend: Backend, name: str, decode: Callable[[bytes], T], offset: int = 0,
+                length: int | None = None) -> T:
+    """`decode` applied to object `name` (or to its `length` bytes from `offset`), downloaded once
+    more when the first download comes back short or does not decode (CorruptObject): a transfer
+    can be cut or garbled on its way, while a damaged stored object fails again and is reported.
+    Every read of a repository object goes through here; nothing is cached before it decodes."""
+    def download_and_decode() -> T:
+        data = backend.get(name, offset, length)
+        if length is not None and len(data) != length:
+            raise CorruptObject(name, "truncated")
+        return decode(data)
+
+    try:
+        return download_and_decode()
+    except CorruptObject as first:
+        damage = first
+    result = download_and_decode()      # a second failure is the error the caller reports, once
+    log.warning("%s when first downloaded; a second download was intact", damage)
+    return result
+
+
+def _parse_config(raw: bytes) -> dict:
+    try:
+        config = json.loads(raw)
+        if "format" in config and "id" in config:
+            return config
+    except (ValueError, TypeError):
+        pass
+    raise CorruptObject(CONFIG, "not an fsbackup config")
+
+
 def read_config(backend: Backend) -> dict:
     try:
-        raw = backend.get(CONFIG)
+        config = get_checked(backend, CONFIG, _parse_config)
     except NoSuchObject:
         if any(True for _ in backend.list("")):
             raise RepositoryNotFound(f"{backend.url} is not an fsbackup repository (it has no config object)") from None
         raise RepositoryNotFound(f"no repository at {backend.url}; create one with 'fsbackup init'") from None
-    try:
-        config = json.loads(raw)
-        fmt_version, repo_id = config["format"], config["id"]
-    except (ValueError, KeyError, TypeError):
-        raise CorruptObject(CONFIG, "not an fsbackup config") from None
+    fmt_version = config["format"]
     if fmt_version != fmt.FORMAT_VERSION:
         raise UnsupportedFormat(f"repository format {fmt_version} is not supported by this fsbackup "
                                 f"(it reads format {fmt.FORMAT_VERSION}); upgrade fsbackup")
@@ -105,7 +137,8 @@ class Repository:
         wrong_passphrase = False
         for name in key_names:          # every key is tried: one damaged key must not hide another
             try:
-                secret = unwrap_master_secret(backend.get(name), passphrase, config["id"], name)
+                secret = get_checked(backend, name,
+                                     lambda raw, name=name: unwrap_master_secret(raw, passphrase, config["id"], name))
             except WrongPassphrase:
                 wrong_passphrase = True
                 continue
@@ -159,7 +192,8 @@ class Repository:
             if volume_object(name) not in volume_sizes:
                 skipped.append(obj)       # its volume is gone (or never arrived): its blocks are not available
             else:
-                size, entries = fmt.decode_index(self.keys, bytes.fromhex(name), self.backend.get(obj), obj)
+                size, entries = get_checked(self.backend, obj, lambda data, obj=obj, name=name:
+                                            fmt.decode_index(self.keys, bytes.fromhex(name), data, obj))
                 self.record_volume(name, size, entries)
             if progress:
                 progress.advance(items=1)
@@ -239,16 +273,14 @@ class Repository:
     def fetch_block(self, block_id: bytes, location) -> bytes:
         """Fetch one block with one range read, authenticate, decompress and check it against its id.
         Thread-safe: needs no index (`location` comes from `block_location`)."""
-        return self.decode_block(block_id, location, self.fetch_stored(location))
+        return self.download_block(block_id, location)[0]
 
-    def fetch_stored(self, location) -> bytes:
-        """The stored (encrypted) bytes of a block: one range read."""
+    def download_block(self, block_id: bytes, location) -> tuple[bytes, bytes]:
+        """(the block, its stored bytes as downloaded and authenticated), for callers that cache them."""
         volume, offset, stored_length, _ = location
-        obj = volume_object(volume)
-        stored = self.backend.get(obj, offset, stored_length)
-        if len(stored) != stored_length:
-            raise CorruptObject(obj, "truncated")
-        return stored
+        return get_checked(self.backend, volume_object(volume),
+                           lambda stored: (self.decode_block(block_id, location, stored), stored),
+                           offset, stored_length)
 
     def decode_block(self, block_id: bytes, location, stored: bytes) -> bytes:
         volume, _, _, plain_length = location
@@ -264,7 +296,8 @@ class Repository:
 
     def load_version(self, name: str):
         obj = version_object(name)
-        return fmt.decode_version(self.keys, bytes.fromhex(name), self.backend.get(obj), obj)
+        return get_checked(self.backend, obj,
+                           lambda data: fmt.decode_version(self.keys, bytes.fromhex(name), data, obj))
 
     def record_version(self, name: str, head: dict, entries: Iterable[list]) -> int:
         """Record a stored version and its tree in one transaction. Returns the version's row id."""

@@ -18,7 +18,6 @@ import logging
 import os
 import stat
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -98,8 +97,7 @@ def version_dir_names(versions: list[VersionInfo]) -> dict[bytes, VersionInfo]:
 
 class RepositoryView:
     def __init__(self, repo: Repository, cache_dir: str | None = None, cache_size: int = 1 << 30,
-                 memory_cache: int = 64 << 20, fetch_threads: int = 8, max_prefetch: int = 16,
-                 retry_seconds: float = 30.0):
+                 memory_cache: int = 64 << 20, fetch_threads: int = 8, max_prefetch: int = 16):
         self.repo = repo
         self.index_path = repo.index_path
         self._local = threading.local()
@@ -107,7 +105,6 @@ class RepositoryView:
         self.disk = DiskCache(cache_dir, cache_size) if cache_dir and cache_size > 0 else None
         self.fetcher = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fsbackup-fetch")
         self.max_prefetch = max_prefetch
-        self.retry_seconds = retry_seconds
         self._versions_lock = threading.Lock()
         self.by_name: dict[bytes, VersionInfo] = {}
         self.by_id: dict[int, tuple[bytes, VersionInfo]] = {}
@@ -385,7 +382,8 @@ class RepositoryView:
         return self.fetcher.submit(self.memory.get, block_id, self._load_block)
 
     def _load_block(self, block_id: bytes) -> bytes:
-        """Runs in a fetch thread: the disk cache, else one range read with bounded retries."""
+        """Runs in a fetch thread: the disk cache, else one range read (the repository's backend
+        retries temporary failures within the mount's bound, and re-fetches a damaged download)."""
         location = self.repo.block_location(block_id, self._index())
         if self.disk is not None:
             stored = self.disk.get(block_id)
@@ -394,21 +392,7 @@ class RepositoryView:
                     return self.repo.decode_block(block_id, location, stored)
                 except CorruptObject:
                     self.disk.discard(block_id)      # a damaged cache entry: fetch again
-        stored = self._fetch_with_retries(location)
-        data = self.repo.decode_block(block_id, location, stored)
+        data, stored = self.repo.download_block(block_id, location)
         if self.disk is not None:
-            self.disk.put(block_id, stored)
+            self.disk.put(block_id, stored)       # only bytes that authenticated
         return data
-
-    def _fetch_with_retries(self, location) -> bytes:
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.1
-        while True:
-            try:
-                return self.repo.fetch_stored(location)
-            except BackendError as e:
-                if not e.temporary or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("storage error (%s); retrying in %.1f s", e, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)

@@ -177,8 +177,8 @@ def test_local_permission_denied_is_reported(tmp_path):
 
 
 def test_open_backend_understands_paths_and_file_urls(tmp_path):
-    assert isinstance(open_backend(str(tmp_path)), LocalBackend)
-    assert open_backend(f"file://{tmp_path}").root == str(tmp_path)
+    assert isinstance(open_backend(str(tmp_path)).inner, LocalBackend)     # inside the retry layer
+    assert open_backend(f"file://{tmp_path}").inner.root == str(tmp_path)
 
 
 # ---- Backblaze B2 (simulated always; real when its variables are set) ----------------------------

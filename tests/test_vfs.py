@@ -11,6 +11,7 @@ import pytest
 
 from conftest import TEST_PASSWORD, make_full_tree, pseudo_random, write
 from fsbackup.backends import open_backend
+from fsbackup.backends.retry import RetryingBackend
 from fsbackup.repository import Repository
 from fsbackup.vfs import LATEST_INODE, ROOT_INODE, VERSIONS_INODE, FsOpError, RepositoryView
 
@@ -184,6 +185,8 @@ def test_corrupt_block_fails_that_read_only(env, tmp_path):
     raw = bytearray(path.read_bytes())
     raw[offset + 10] ^= 0xFF
     path.write_bytes(bytes(raw))
+    view = open_view(env)          # a fresh memory cache: open() may have prefetched the block intact
+    fa = view.open(resolve(view, f"{base}/a").ino)
     from fsbackup.errors import CorruptObject
     with pytest.raises(CorruptObject) as e:
         view.read(fa, 0, 4096)
@@ -244,8 +247,10 @@ class FlakyBackend:
 def test_unreachable_storage_retries_for_a_bounded_time_then_fails_and_recovers(env, tmp_path):
     from fsbackup.errors import BackendError
     data = pseudo_random(500_000, 3)
-    view, f = one_file_view(env, tmp_path, data, retry_seconds=0.5, memory_cache=1)
-    flaky = view.repo.backend = FlakyBackend(view.repo.backend)
+    view, f = one_file_view(env, tmp_path, data, memory_cache=1)
+    # Below the retry layer, which the mount bounds (here to 0.5 s instead of 30 s).
+    flaky = FlakyBackend(view.repo.backend.inner)
+    view.repo.backend = RetryingBackend(flaky, max_seconds=0.5, base_delay=0.1)
     flaky.down = True
     t = time.monotonic()
     with pytest.raises(BackendError):

@@ -20,6 +20,12 @@ class Backend(abc.ABC):
 
     Failures raise `errors.BackendError` (with `.temporary` telling whether a retry may help),
     `errors.NoSpace` or `errors.PermissionDenied`; a missing object raises `errors.NoSuchObject`.
+    Temporary means the same call may succeed later unchanged: network errors and timeouts, a
+    busy or failing server (HTTP 408, 429, 5xx; `retry_after` carries the wait it asked for),
+    an expired session, a transient local I/O error (EIO, EAGAIN, ETIMEDOUT, EINTR). Anything the
+    caller must fix (credentials, permissions, a full disk, a missing bucket, bad requests) is
+    permanent. Backends do not retry on their own beyond what their client library does:
+    `retry.RetryingBackend`, which `open_backend` puts around every backend, does.
 
     `connections` is a hint to callers: how many requests (uploads, downloads) suit the store at
     once. Callers may set it (`--connections`).
@@ -72,6 +78,13 @@ class Backend(abc.ABC):
 
 
 def open_backend(url: str) -> Backend:
+    """The backend for a repository URL, wrapped so that temporary failures are retried
+    (`retry.RetryingBackend`, with the bound for batch work; the mount sets a shorter one)."""
+    from .retry import RetryingBackend
+    return RetryingBackend(_plain_backend(url))
+
+
+def _plain_backend(url: str) -> Backend:
     """Make the backend for a repository URL: a plain path (or file://PATH) is a local directory,
     b2://BUCKET/PREFIX a Backblaze B2 bucket."""
     if not url:

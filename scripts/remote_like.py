@@ -17,17 +17,16 @@ import threading
 import time
 
 from fsbackup import cli
-from fsbackup.backends import Backend
+from fsbackup.backends import WrappingBackend
 
 
-class RemoteLikeBackend(Backend):
+class RemoteLikeBackend(WrappingBackend):
     """A backend behind a link with a fixed round-trip `latency` (seconds) and a `bandwidth`
     (bytes/s, 0 = unlimited) that the bytes of all requests share."""
 
     def __init__(self, inner: Backend, latency: float, bandwidth: float):
-        self.inner, self.latency, self.bandwidth = inner, latency, bandwidth
-        self.url = inner.url
-        self.connections = getattr(inner, "connections", 2)
+        super().__init__(inner)
+        self.latency, self.bandwidth = latency, bandwidth
         self._lock = threading.Lock()
         self._link_free_at = 0.0
 
@@ -61,9 +60,6 @@ class RemoteLikeBackend(Backend):
     def delete(self, name):
         self._transfer(0)
         self.inner.delete(name)
-
-    def close(self):
-        self.inner.close()
 
 
 def main() -> int:

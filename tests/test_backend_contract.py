@@ -64,22 +64,23 @@ def make_backend(kind: str, tmp_path, monkeypatch):
     return real_b2()
 
 
-@pytest.fixture(params=["local", "memory", "b2-simulated", "b2-real"])
-def backend(request, tmp_path, monkeypatch):
-    store = make_backend(request.param, tmp_path, monkeypatch)
+def backend_for_a_test(kind, tmp_path, monkeypatch):
+    """The backend of one test, and afterwards: what it wrote on a real bucket removed."""
+    store = make_backend(kind, tmp_path, monkeypatch)
     yield store
-    if request.param == "b2-real":
+    if kind == "b2-real":
         remove_everything(store)
     b2.stop_simulator()
+
+
+@pytest.fixture(params=["local", "memory", "b2-simulated", "b2-real"])
+def backend(request, tmp_path, monkeypatch):
+    yield from backend_for_a_test(request.param, tmp_path, monkeypatch)
 
 
 @pytest.fixture(params=["b2-simulated", "b2-real"])
 def b2_backend(request, tmp_path, monkeypatch):
-    store = make_backend(request.param, tmp_path, monkeypatch)
-    yield store
-    if request.param == "b2-real":
-        remove_everything(store)
-    b2.stop_simulator()
+    yield from backend_for_a_test(request.param, tmp_path, monkeypatch)
 
 
 def test_put_then_get_returns_the_bytes(backend):

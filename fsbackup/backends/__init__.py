@@ -77,6 +77,29 @@ class Backend(abc.ABC):
         """Release connections. The backend is not used afterwards."""
 
 
+class WrappingBackend(Backend):
+    """A backend that adds behaviour (retries, faults, latency) around another, `inner`: it has
+    the inner backend's URL and concurrency, and closing it closes the inner one."""
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    @property
+    def connections(self) -> int:
+        return self.inner.connections
+
+    @connections.setter
+    def connections(self, n: int) -> None:
+        self.inner.connections = n
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def open_backend(url: str) -> Backend:
     """The backend for a repository URL, wrapped so that temporary failures are retried
     (`retry.RetryingBackend`, with the bound for batch work; the mount sets a shorter one)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..errors import BackendError
-from . import Backend
+from . import Backend, WrappingBackend
 
 METHODS = ("put", "get", "size", "list", "delete")
 
@@ -42,11 +42,10 @@ class _Damage:
     prefix: str              # only objects whose names start with this
 
 
-class FaultyBackend(Backend):
+class FaultyBackend(WrappingBackend):
     def __init__(self, inner: Backend, seed: int = 0, fail_rate: float = 0.0,
                  methods: tuple[str, ...] = METHODS, permanent: bool = False):
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.fail_rate = fail_rate            # this fraction of calls of `methods` fails at random
         self.rate_methods = frozenset(methods)
         self.rate_permanent = permanent
@@ -145,14 +144,6 @@ class FaultyBackend(Backend):
 
     # ---- the backend -------------------------------------------------------------------------
 
-    @property
-    def connections(self) -> int:
-        return getattr(self.inner, "connections", 2)
-
-    @connections.setter
-    def connections(self, n: int) -> None:
-        self.inner.connections = n
-
     def put(self, name: str, data: bytes) -> None:
         self._enter("put", name)
         self.inner.put(name, data)
@@ -172,6 +163,3 @@ class FaultyBackend(Backend):
     def delete(self, name: str) -> None:
         self._enter("delete", name)
         self.inner.delete(name)
-
-    def close(self) -> None:
-        self.inner.close()

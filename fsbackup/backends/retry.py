@@ -20,7 +20,7 @@ import time
 from typing import Callable, Iterator, TypeVar
 
 from ..errors import BackendError
-from . import Backend
+from . import Backend, WrappingBackend
 
 log = logging.getLogger("fsbackup.backends")
 
@@ -31,31 +31,19 @@ MAX_DELAY = 20.0
 T = TypeVar("T")
 
 
-class RetryingBackend(Backend):
+class RetryingBackend(WrappingBackend):
     def __init__(self, inner: Backend, max_seconds: float = BACKUP_RETRY_SECONDS, base_delay: float = BASE_DELAY,
                  max_delay: float = MAX_DELAY, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
         # Wrapping a RetryingBackend re-bounds it instead of nesting: nested loops would multiply
         # the attempts and the time a caller waits.
-        self.inner = inner.inner if isinstance(inner, RetryingBackend) else inner
+        super().__init__(inner.inner if isinstance(inner, RetryingBackend) else inner)
         self.max_seconds = max_seconds
         self.base_delay = base_delay
         self.max_delay = max_delay
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    @property
-    def connections(self) -> int:
-        return getattr(self.inner, "connections", 2)
-
-    @connections.setter
-    def connections(self, n: int) -> None:
-        self.inner.connections = n
 
     def delay(self, attempt: int, error: BackendError) -> float:
         """How long to wait after the `attempt`-th failure (1-based): full jitter under a capped
@@ -100,6 +88,3 @@ class RetryingBackend(Backend):
 
     def delete(self, name: str) -> None:
         self._retry("delete", lambda: self.inner.delete(name))
-
-    def close(self) -> None:
-        self.inner.close()

@@ -221,8 +221,10 @@ class _OpenVolume:
 
 class Backup:
     def __init__(self, repo: Repository, options: BackupOptions, progress: Progress | None = None,
-                 warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None,
+                 before_commit: Callable[[], None] | None = None):
         self.repo = repo
+        self.before_commit = before_commit or (lambda: None)   # e.g. checks the repository lock is still ours
         if options.uploads_in_flight is None:
             options = replace(options, uploads_in_flight=max(1, repo.backend.connections))
         self.options = options
@@ -283,6 +285,7 @@ class Backup:
         name = None
         with spool:
             if not self.options.dry_run:
+                self.before_commit()
                 spool.seek(0)
                 name = self.repo.store_version(head, self._spooled_entries(spool))
                 spool.seek(0)

@@ -17,6 +17,7 @@ import sys
 from . import errors
 from .backends import Backend, open_backend
 from .errors import FsbackupError, UsageError
+from .locks import repository_lock
 from .progress import Progress, human_bytes, human_duration
 from .repository import Repository
 
@@ -29,6 +30,7 @@ environment:
   B2_APPLICATION_KEY        Backblaze B2 application key
   FSBACKUP_PASSWORD         the passphrase
   FSBACKUP_PASSWORD_COMMAND a command that prints the passphrase (e.g. 'pass show backup')
+  FSBACKUP_NEW_PASSWORD     the new passphrase, for 'key passwd' and 'key add'
   XDG_CACHE_HOME            where the local index lives (default ~/.cache/fsbackup/<repository id>/)
 
 examples:
@@ -38,10 +40,11 @@ examples:
   fsbackup versions
   fsbackup ls latest /home/alice/Documents -l
   fsbackup restore latest /home/alice/Documents/report.odt --target /tmp/restored
+  fsbackup key passwd
 
 exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be read,
   4 restore would overwrite files, 10 no repository, 11 wrong passphrase, 12 corrupt or missing
-  data, 13 version or path not found, 15 disk full, 16 permission denied or storage credentials
+  data, 13 version, path or key not found, 14 repository locked by another process, 15 disk full, 16 permission denied or storage credentials
   rejected, 17 storage failure, 130 interrupted (see docs/exit-codes.md)
 """
 
@@ -159,6 +162,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("umount", "unmount a mounted repository", "Unmount MOUNTPOINT (same as fusermount3 -u).")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
 
+    p = command("unlock", "remove stale locks",
+                "Remove the locks left by fsbackup processes that are gone: a lock whose process ran on this\n"
+                "host and no longer exists, or that has not been refreshed for 30 minutes. Live locks stay.")
+    p.add_argument("--all", action="store_true",
+                   help="remove every lock, live ones too: only when you know no other fsbackup process "
+                        "uses the repository (on any machine)")
+
+    p = command("key", "manage the passphrases that open the repository",
+                "Each passphrase is a key object holding the repository's master secret. Changing or adding\n"
+                "a passphrase rewrites no data. New passphrases come from --new-password-file, from\n"
+                "FSBACKUP_NEW_PASSWORD, or are asked for twice.")
+    keys = p.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+
+    def key_action(name: str, help: str) -> argparse.ArgumentParser:
+        a = keys.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        _global_options(a, suppress=True)
+        return a
+
+    for name, help in (("passwd", "change the passphrase you open the repository with"),
+                       ("add", "add another passphrase (e.g. for a second person)")):
+        a = key_action(name, help)
+        a.add_argument("--new-password-file", metavar="FILE", help="read the new passphrase from FILE")
+    key_action("list", "list the keys: id, when and where made, KDF cost; * marks the one in use")
+    a = key_action("remove", "remove a key (not the one in use, nor the last)")
+    a.add_argument("key_id", metavar="ID", help="the key's id or an unambiguous prefix (see 'key list')")
+
     command("repair", "rebuild the local index from the repository",
             "Rebuild the local index from the repository's index and version objects (no volume is downloaded).")
     return parser
@@ -215,6 +244,26 @@ def get_passphrase(args, confirm: bool = False) -> bytes:
     return os.fsencode(first)
 
 
+def get_new_passphrase(args) -> bytes:
+    if getattr(args, "new_password_file", None):
+        try:
+            with open(args.new_password_file, "rb") as f:
+                passphrase = f.read().rstrip(b"\r\n")
+        except OSError as e:
+            raise UsageError(f"cannot read password file {args.new_password_file}: {e.strerror}") from None
+    elif "FSBACKUP_NEW_PASSWORD" in os.environ:
+        passphrase = os.fsencode(os.environ["FSBACKUP_NEW_PASSWORD"])
+    elif sys.stdin.isatty():
+        passphrase = os.fsencode(getpass.getpass("new passphrase: "))
+        if os.fsencode(getpass.getpass("repeat new passphrase: ")) != passphrase:
+            raise UsageError("the passphrases do not match")
+    else:
+        raise UsageError("no new passphrase: set FSBACKUP_NEW_PASSWORD or use --new-password-file")
+    if not passphrase:
+        raise UsageError("an empty passphrase is not allowed")
+    return passphrase
+
+
 def repo_url(args) -> str:
     url = args.repo or os.environ.get("FSBACKUP_REPOSITORY")
     if not url:
@@ -230,10 +279,11 @@ def open_storage(args) -> Backend:
     return backend
 
 
-def open_repo(args, out: Output) -> Repository:
+def open_repo(args, out: Output, sync_index: bool = True) -> Repository:
     backend = open_storage(args)
     repo = Repository.open(backend, get_passphrase(args), args.index)
-    repo.ensure_index(out.progress())
+    if sync_index:
+        repo.ensure_index(out.progress())
     return repo
 
 
@@ -270,9 +320,19 @@ def cmd_backup(args, out: Output) -> int:
                             tags=args.tag, dry_run=args.dry_run)
     if args.volume_size:
         options.volume_size = args.volume_size
-    repo = open_repo(args, out)
-    job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note)
-    name = job.run(args.paths)
+    repo = open_repo(args, out, sync_index=False)
+    if args.dry_run:        # stores nothing, so it needs no lock and leaves leftovers alone
+        repo.ensure_index(out.progress())
+        job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note)
+        name = job.run(args.paths)
+    else:
+        with repository_lock(repo, exclusive=True, command="backup") as lock:
+            repo.ensure_index(out.progress())
+            for note in repo.settle_leftovers():
+                out.note(note)
+            job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note,
+                         before_commit=lock.ensure_held)
+            name = job.run(args.paths)
     s = job.stats
     summary = {"version": name, "dry_run": args.dry_run, "files_new": s.files_new, "files_changed": s.files_changed,
                "files_unchanged": s.files_unchanged, "dirs": s.dirs, "others": s.others,
@@ -379,6 +439,66 @@ def cmd_repair(args, out: Output) -> int:
     return 0
 
 
+def cmd_unlock(args, out: Output) -> int:
+    from .locks import remove_all_locks, remove_stale_locks
+    repo = open_repo(args, out, sync_index=False)
+    removed = remove_all_locks(repo) if args.all else remove_stale_locks(repo)
+    if out.json:
+        out.emit_json([lock.as_json() for lock in removed])
+    elif not removed:
+        out.info("no stale locks" if not args.all else "no locks")
+    for lock in removed:
+        out.info(f"removed the lock of {lock.describe()}")
+    repo.close()
+    return 0
+
+
+def _key_id(name: str) -> str:
+    return name.split("/", 1)[1]
+
+
+def _find_key(repo: Repository, prefix: str) -> str:
+    names = [name for name, _ in repo.key_objects() if _key_id(name).startswith(prefix.lower())]
+    if not prefix or not names:
+        raise errors.KeyNotFound(f"no key with id {prefix!r}; see 'fsbackup key list'")
+    if len(names) > 1:
+        raise UsageError(f"key id {prefix!r} is ambiguous; give more of it")
+    return names[0]
+
+
+def cmd_key(args, out: Output) -> int:
+    repo = open_repo(args, out, sync_index=False)
+    action = args.key_command
+    if action == "list":
+        rows = []
+        for name, doc in repo.key_objects():
+            kdf = {k: v for k, v in doc.get("kdf", {}).items() if k != "salt"} if isinstance(doc.get("kdf"), dict) else {}
+            rows.append({"id": _key_id(name), "created_ns": doc.get("created"), "host": doc.get("host"),
+                         "kdf": kdf, "in_use": name == repo.key_name, "damaged": doc.get("damaged")})
+        if out.json:
+            out.emit_json(rows)
+        for row in rows if not out.json else []:
+            created = fmt_time(row["created_ns"]) if isinstance(row["created_ns"], int) else "-" * 19
+            kdf = row["kdf"]
+            cost = (f"{kdf.get('name')} {kdf.get('memory_kib')} KiB, {kdf.get('iterations')} passes, "
+                    f"{kdf.get('lanes')} lanes") if kdf else row["damaged"] or "?"
+            print(f"{'*' if row['in_use'] else ' '} {row['id'][:8]}  {created}  {row['host'] or '-'}  {cost}")
+    elif action == "passwd":
+        name = repo.change_passphrase(get_new_passphrase(args))
+        out.info(f"changed the passphrase: key {_key_id(name)[:8]} replaces the old one")
+    elif action == "add":
+        name = repo.add_key(get_new_passphrase(args))
+        out.info(f"added key {_key_id(name)[:8]}")
+    elif action == "remove":
+        name = _find_key(repo, args.key_id)
+        repo.remove_key(name)
+        out.info(f"removed key {_key_id(name)[:8]}")
+    if out.json and action != "list":
+        out.emit_json({"key": _key_id(name), "action": action})
+    repo.close()
+    return 0
+
+
 def cmd_mount(args, out: Output) -> int:
     from .mount import mount
     return mount(args, out, open_repo)
@@ -390,7 +510,8 @@ def cmd_umount(args, out: Output) -> int:
 
 
 COMMANDS = {"init": cmd_init, "backup": cmd_backup, "versions": cmd_versions, "ls": cmd_ls,
-            "restore": cmd_restore, "repair": cmd_repair, "mount": cmd_mount, "umount": cmd_umount}
+            "restore": cmd_restore, "repair": cmd_repair, "mount": cmd_mount, "umount": cmd_umount,
+            "unlock": cmd_unlock, "key": cmd_key}
 
 
 def main(argv: list[str] | None = None) -> int:

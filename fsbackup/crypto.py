@@ -65,12 +65,14 @@ def kdf_cost_from_env() -> dict:
     return kdf
 
 
-def wrap_master_secret(secret: bytes, passphrase: bytes, repo_id: str) -> bytes:
-    """The content of a key object: JSON with the KDF parameters and the wrapped master secret."""
+def wrap_master_secret(secret: bytes, passphrase: bytes, repo_id: str, about: dict | None = None) -> bytes:
+    """The content of a key object: JSON with the KDF parameters and the wrapped master secret,
+    plus `about` (when and where it was made: shown by `key list`, not needed to open it)."""
     kdf = dict(kdf_cost_from_env(), salt=_b64(os.urandom(16)))
     nonce = os.urandom(NONCE_LEN)   # a fresh random salt makes a fresh KEK: the nonce is used once
     wrapped = AESGCM(derive_kek(passphrase, kdf)).encrypt(nonce, secret, b"fsbackup key " + repo_id.encode())
-    doc = {"version": 1, "repository": repo_id, "kdf": kdf, "nonce": _b64(nonce), "wrapped": _b64(wrapped)}
+    doc = {"version": 1, "repository": repo_id, **(about or {}), "kdf": kdf, "nonce": _b64(nonce),
+           "wrapped": _b64(wrapped)}
     return json.dumps(doc, indent=1).encode()
 
 

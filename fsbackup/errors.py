@@ -67,6 +67,15 @@ class PathNotFound(FsbackupError):
     exit_code = EXIT_NOT_FOUND
 
 
+class KeyNotFound(FsbackupError):
+    exit_code = EXIT_NOT_FOUND
+
+
+class Locked(FsbackupError):
+    """Another process holds a lock that conflicts with the one asked for (locks.py)."""
+    exit_code = EXIT_LOCKED
+
+
 class NoSpace(FsbackupError):
     exit_code = EXIT_NO_SPACE
 

@@ -5,6 +5,7 @@ this module turns blocks, tables and trees into authenticated ciphertext and bac
 """
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Iterable, Iterator
 import msgpack
 import zstandard
 
-from .crypto import ZERO_NONCE, Keys, ObjectCipher
+from .crypto import NONCE_LEN, ZERO_NONCE, Keys, ObjectCipher
 from .errors import CorruptObject
 
 FORMAT_VERSION = 1
@@ -21,6 +22,7 @@ FORMAT_VERSION = 1
 VOLUME_MAGIC = b"FSBV"
 INDEX_MAGIC = b"FSBI"
 VERSION_MAGIC = b"FSBS"
+LOCK_MAGIC = b"FSBL"
 HEADER_LEN = 8                       # magic(4) + format version(1) + 3 reserved bytes
 FOOTER = struct.Struct("<QI4s")      # volume footer: table offset, table length, b"FSBT"
 FOOTER_MAGIC = b"FSBT"
@@ -128,14 +130,26 @@ def seal_table(keys: Keys, volume_id: bytes, entries: Iterable[BlockEntry], tabl
 def open_volume_table(keys: Keys, volume_id: bytes, volume: bytes, name: str) -> list[BlockEntry]:
     """Read a whole volume's own table (used by check and index re-creation)."""
     check_header(volume, VOLUME_MAGIC, name)
-    if len(volume) < HEADER_LEN + FOOTER.size:
+    offset, length = table_place(volume[-FOOTER.size:], len(volume), name)
+    return open_table(keys, volume_id, volume[offset:offset + length], name)
+
+
+def table_place(footer: bytes, volume_size: int, name: str) -> tuple[int, int]:
+    """(offset, length) of a volume's table, from its last FOOTER.size bytes."""
+    if volume_size < HEADER_LEN + FOOTER.size or len(footer) != FOOTER.size:
         raise CorruptObject(name, "truncated")
-    offset, length, magic = FOOTER.unpack_from(volume, len(volume) - FOOTER.size)
-    if magic != FOOTER_MAGIC or offset + length + FOOTER.size != len(volume):
+    offset, length, magic = FOOTER.unpack(footer)
+    if magic != FOOTER_MAGIC or offset < HEADER_LEN or offset + length + FOOTER.size != volume_size:
         raise CorruptObject(name, "bad footer")
-    cipher = keys.object_cipher(b"table", volume_id)
-    raw = cipher.open(ZERO_NONCE, volume[offset:offset + length], b"table\0", name)
-    return _unpack_table(_decompress(raw), name)
+    return offset, length
+
+
+def open_table(keys: Keys, volume_id: bytes, table: bytes, name: str) -> list[BlockEntry]:
+    raw = keys.object_cipher(b"table", volume_id).open(ZERO_NONCE, table, b"table\0", name)
+    try:
+        return _unpack_table(_decompress(raw), name)
+    except zstandard.ZstdError:
+        raise CorruptObject(name, "block table does not decompress") from None
 
 
 def encode_index(keys: Keys, volume_id: bytes, volume_size: int, entries: Iterable[BlockEntry]) -> bytes:
@@ -154,6 +168,30 @@ def decode_index(keys: Keys, volume_id: bytes, data: bytes, name: str) -> tuple[
     except (ValueError, TypeError, KeyError, msgpack.UnpackException, zstandard.ZstdError):
         raise CorruptObject(name, "does not parse") from None
     return size, _unpack_table(msgpack.packb(blocks), name)
+
+
+# ---- lock objects --------------------------------------------------------------------------
+
+def encode_lock(keys: Keys, lock_id: bytes, doc: dict) -> bytes:
+    """A lock object. A lock is rewritten under its name when refreshed, so each writing takes a
+    random nonce (stored in front of the ciphertext) rather than a fixed one."""
+    nonce = os.urandom(NONCE_LEN)
+    return header(LOCK_MAGIC) + nonce + keys.object_cipher(b"lock", lock_id).seal(nonce, msgpack.packb(doc), b"lock\0")
+
+
+def decode_lock(keys: Keys, lock_id: bytes, data: bytes, name: str) -> dict:
+    check_header(data, LOCK_MAGIC, name)
+    if len(data) < HEADER_LEN + NONCE_LEN + 16:
+        raise CorruptObject(name, "truncated")
+    nonce, sealed = data[HEADER_LEN:HEADER_LEN + NONCE_LEN], data[HEADER_LEN + NONCE_LEN:]
+    raw = keys.object_cipher(b"lock", lock_id).open(nonce, sealed, b"lock\0", name)
+    try:
+        doc = msgpack.unpackb(raw)
+        if not isinstance(doc, dict):
+            raise ValueError
+        return doc
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise CorruptObject(name, "does not parse") from None
 
 
 # ---- version objects: a header and a stream of tree entries, in authenticated frames --------

@@ -7,6 +7,7 @@ Remote layout (docs/format.md):
   data/<hh>/<hex>        volumes of encrypted blocks
   index/<hex>            one per volume: its block table
   versions/<hex>         one per backup version: header and file tree
+  locks/<hex>            one per running command that locks the repository (locks.py)
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -46,6 +48,14 @@ def index_object(name: str) -> str:
 
 def version_object(name: str) -> str:
     return f"versions/{name}"
+
+
+def lock_object(name: str) -> str:
+    return f"locks/{name}"
+
+
+def _is_object_id(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def default_index_path(repo_id: str) -> str:
@@ -98,12 +108,19 @@ def read_config(backend: Backend) -> dict:
     return config
 
 
+def _key_about() -> dict:
+    return {"created": time.time_ns(), "host": socket.gethostname()}
+
+
 class Repository:
-    def __init__(self, backend: Backend, config: dict, keys: Keys, index_path: str | None = None):
+    def __init__(self, backend: Backend, config: dict, keys: Keys, index_path: str | None = None,
+                 master_secret: bytes | None = None, key_name: str | None = None):
         self.backend = backend
         self.config = config
         self.id: str = config["id"]
         self.keys = keys
+        self._master_secret = master_secret     # kept to wrap it under another passphrase (key commands)
+        self.key_name = key_name                 # the key object that opened the repository
         self.index_path = index_path or default_index_path(self.id)
         self._index: Index | None = None
         self._ciphers: OrderedDict[str, ObjectCipher] = OrderedDict()
@@ -123,9 +140,10 @@ class Repository:
             raise UsageError(f"{backend.url} is not empty and not an fsbackup repository; choose an empty or new folder")
         config = {"format": fmt.FORMAT_VERSION, "id": secrets.token_hex(16), "created": time.time_ns()}
         secret = os.urandom(MASTER_SECRET_LEN)
-        backend.put(f"keys/{secrets.token_hex(32)}", wrap_master_secret(secret, passphrase, config["id"]))
+        key_name = f"keys/{secrets.token_hex(32)}"
+        backend.put(key_name, wrap_master_secret(secret, passphrase, config["id"], _key_about()))
         backend.put(CONFIG, json.dumps(config, indent=1).encode())  # last: a half-made repo has no config
-        return cls(backend, config, Keys.from_master_secret(secret), index_path)
+        return cls(backend, config, Keys.from_master_secret(secret), index_path, secret, key_name)
 
     @classmethod
     def open(cls, backend: Backend, passphrase: bytes, index_path: str | None = None) -> "Repository":
@@ -145,7 +163,7 @@ class Repository:
             except CorruptObject as e:
                 damage = damage or e
                 continue
-            return cls(backend, config, Keys.from_master_secret(secret), index_path)
+            return cls(backend, config, Keys.from_master_secret(secret), index_path, secret, name)
         if wrong_passphrase or damage is None:
             raise WrongPassphrase("wrong passphrase for this repository")
         raise damage
@@ -227,6 +245,118 @@ class Repository:
         if progress:
             progress.finish()
         return {"volumes": len(index_names) - len(skipped), "versions": len(version_names), "skipped": skipped}
+
+    def settle_leftovers(self) -> list[str]:
+        """Bring the remote and the local index to agree after a run that stopped midway, and say
+        what was done (one note per object). Call with the index ensured and under an exclusive
+        lock (`locks.repository_lock`), so no other run is writing objects it has not recorded yet.
+
+        - a volume without its index object (a run stopped between the two uploads) is adopted:
+          its own table gives the index object back, and its blocks serve later backups; one
+          whose table does not read is deleted (no version can use it: versions are written last);
+        - an index object whose volume is missing is deleted (its blocks are unavailable anyway);
+        - volumes the local index records but the remote lacks (removed elsewhere, or lost) are
+          forgotten, so that no new version refers to their blocks.
+        """
+        notes = []
+        volumes = {}
+        for obj, size in self.backend.list("data/"):
+            name = obj.rsplit("/", 1)[-1]
+            if _is_object_id(name) and obj == volume_object(name):
+                volumes[name] = size
+            else:
+                notes.append(f"{obj} is not an fsbackup object; left alone")
+        index_objs = {obj.split("/", 1)[1] for obj, _ in self.backend.list("index/")}
+        for name in sorted(set(volumes) - index_objs):
+            notes.append(self._adopt_volume(name, volumes[name]))
+        for name in sorted(index_objs - set(volumes)):
+            self.backend.delete(index_object(name))
+            notes.append(f"removed {index_object(name)}: its volume is missing")
+        known = {name for (name,) in self.index.q("SELECT name FROM volumes")}
+        gone = sorted(known - set(volumes))
+        for name in gone:
+            self.forget_volume(name)
+        if gone:
+            notes.append(f"the local index listed {len(gone)} volume(s) the repository no longer holds; "
+                         "forgotten (their blocks will be stored again when needed)")
+        return notes
+
+    def _adopt_volume(self, name: str, size: int) -> str:
+        obj = volume_object(name)
+        volume_id = bytes.fromhex(name)
+        try:
+            offset, length = get_checked(self.backend, obj, lambda f: fmt.table_place(f, size, obj),
+                                         size - fmt.FOOTER.size, fmt.FOOTER.size)
+            entries = get_checked(self.backend, obj, lambda t: fmt.open_table(self.keys, volume_id, t, obj),
+                                  offset, length)
+        except CorruptObject as e:
+            self.backend.delete(obj)
+            return f"deleted {obj}, left by a backup that stopped before recording it ({e})"
+        self.backend.put(index_object(name), fmt.encode_index(self.keys, volume_id, size, entries))
+        self.record_volume(name, size, entries)
+        return f"adopted {obj}, left by a backup that stopped before recording it"
+
+    def forget_volume(self, name: str) -> None:
+        with self.index.transaction() as db:
+            row = db.execute("SELECT id FROM volumes WHERE name=?", (name,)).fetchone()
+            if row:
+                db.execute("DELETE FROM blocks WHERE volume=?", row)
+                db.execute("DELETE FROM volumes WHERE id=?", row)
+
+    # ---- keys -----------------------------------------------------------------------------
+
+    def key_objects(self) -> list[tuple[str, dict]]:
+        """(name, what its JSON says) of every key object; a damaged one says {"damaged": why}."""
+        out = []
+        for name, _ in sorted(self.backend.list("keys/")):
+            try:
+                doc = json.loads(self.backend.get(name))
+                if not isinstance(doc, dict):
+                    raise ValueError
+            except ValueError:
+                doc = {"damaged": "not a key object"}
+            out.append((name, doc))
+        return out
+
+    def add_key(self, passphrase: bytes) -> str:
+        """Store the master secret wrapped under another passphrase; returns the new key object's name."""
+        name = f"keys/{secrets.token_hex(32)}"
+        self.backend.put(name, wrap_master_secret(self._master_secret, passphrase, self.id, _key_about()))
+        return name
+
+    def change_passphrase(self, passphrase: bytes) -> str:
+        """Replace the key in use by one under `passphrase`: the new key is stored first, so a crash
+        between the two steps leaves both, never none. No other object changes."""
+        old, self.key_name = self.key_name, self.add_key(passphrase)
+        self.backend.delete(old)
+        return self.key_name
+
+    def remove_key(self, name: str) -> None:
+        if name == self.key_name:
+            raise UsageError("that is the key in use; open the repository with another passphrase to remove it")
+        names = [n for n, _ in self.backend.list("keys/")]
+        if name not in names:
+            raise NoSuchObject(name)
+        if len(names) < 2:
+            raise UsageError("that is the repository's last key")
+        self.backend.delete(name)
+
+    # ---- locks (locks.py decides who may hold them) -------------------------------------------
+
+    def lock_names(self) -> list[str]:
+        return [obj.split("/", 1)[1] for obj, _ in self.backend.list("locks/")]
+
+    def store_lock(self, name: str, doc: dict) -> None:
+        self.backend.put(lock_object(name), fmt.encode_lock(self.keys, bytes.fromhex(name), doc))
+
+    def load_lock(self, name: str) -> dict:
+        obj = lock_object(name)
+        if not _is_object_id(name):
+            raise CorruptObject(obj, "not a lock name")
+        return get_checked(self.backend, obj, lambda data: fmt.decode_lock(self.keys, bytes.fromhex(name), data, obj))
+
+    def delete_lock(self, name: str) -> None:
+        self.backend.delete(lock_object(name))
 
     # ---- volumes and blocks -------------------------------------------------------------
 

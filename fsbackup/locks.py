@@ -1,0 +1,203 @@
+"""Repository locks: which commands may run together on one repository.
+
+A lock is a small encrypted object `locks/<id>` naming its holder: host, pid, command, when it was
+taken and when last refreshed (docs/format.md). A command that writes objects it has not yet
+recorded, or deletes objects others may rely on, takes an exclusive lock: `backup` does, and so
+must prune, forget and repairs. A shared lock only keeps exclusive ones away. Reading commands
+(restore, mount, ls, versions) take none: a backup only adds objects, and adds its version last,
+so what they read stays whole while it runs.
+
+Taking a lock: list the locks and fail at once (`errors.Locked`) when a live one conflicts; else
+write ours, list again, and when a conflicting lock appeared meanwhile (two processes raced past
+the first look), remove ours and fail: of two racers both may fail, never both succeed.
+
+While held, a daemon thread rewrites the lock every REFRESH_INTERVAL with the time. A lock not
+refreshed for STALE_AFTER, or whose holder ran on this host and whose process is gone, is stale:
+it binds no one, and `fsbackup unlock` removes it.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from .errors import CorruptObject, FsbackupError, Locked, NoSuchObject
+
+REFRESH_INTERVAL = 5 * 60          # seconds between rewrites of a held lock
+STALE_AFTER = 30 * 60              # a lock not rewritten for this long binds no one
+
+log = logging.getLogger("fsbackup.locks")
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:        # it exists, under another user
+        return False
+    return False
+
+
+@dataclass
+class LockInfo:
+    """What a lock object says about its holder; `damage` is set when it could not be read."""
+    name: str
+    host: str = "?"
+    pid: int = 0
+    command: str = "?"
+    exclusive: bool = True
+    created_ns: int = 0
+    time_ns: int = 0
+    damage: str | None = None
+
+    @classmethod
+    def from_doc(cls, name: str, doc: dict) -> "LockInfo":
+        try:
+            return cls(name, str(doc["host"]), int(doc["pid"]), str(doc["command"]), bool(doc["exclusive"]),
+                       int(doc["created_ns"]), int(doc["time_ns"]))
+        except (KeyError, ValueError, TypeError):
+            return cls(name, damage="lock object lacks its fields")
+
+    def to_doc(self) -> dict:
+        return {"host": self.host, "pid": self.pid, "command": self.command, "exclusive": self.exclusive,
+                "created_ns": self.created_ns, "time_ns": self.time_ns}
+
+    def stale(self) -> bool:
+        """A damaged lock is not stale: nobody can tell it is not held (`unlock` removes it)."""
+        if self.damage:
+            return False
+        if time.time_ns() - self.time_ns > STALE_AFTER * 1_000_000_000:
+            return True
+        return self.host == socket.gethostname() and _process_gone(self.pid)
+
+    def conflicts_with(self, exclusive: bool) -> bool:
+        return exclusive or self.exclusive or self.damage is not None
+
+    def describe(self) -> str:
+        if self.damage:
+            return f"an unreadable lock object locks/{self.name} ({self.damage})"
+        since = datetime.datetime.fromtimestamp(self.created_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+        kind = "" if self.exclusive else " (shared)"
+        return f"{self.command}{kind} on host {self.host} (pid {self.pid}) since {since}"
+
+    def as_json(self) -> dict:
+        return dict(self.to_doc(), id=self.name, damage=self.damage, stale=self.stale())
+
+
+def list_locks(repo) -> list[LockInfo]:
+    """Every lock in the repository (stale ones included)."""
+    locks = []
+    for name in repo.lock_names():
+        try:
+            locks.append(LockInfo.from_doc(name, repo.load_lock(name)))
+        except NoSuchObject:
+            continue               # released while we looked
+        except CorruptObject as e:
+            locks.append(LockInfo(name, damage=str(e)))
+    return locks
+
+
+def remove_stale_locks(repo) -> list[LockInfo]:
+    """Remove stale and unreadable locks; returns them."""
+    removed = [lock for lock in list_locks(repo) if lock.damage or lock.stale()]
+    for lock in removed:
+        repo.delete_lock(lock.name)
+    return removed
+
+
+def remove_all_locks(repo) -> list[LockInfo]:
+    """Remove every lock, live or not: only for when no other process uses the repository."""
+    removed = list_locks(repo)
+    for lock in removed:
+        repo.delete_lock(lock.name)
+    return removed
+
+
+class Lock:
+    """One lock on `repo`, held between acquire() and release() (or as a context manager)."""
+
+    def __init__(self, repo, exclusive: bool, command: str):
+        self.repo = repo
+        now = time.time_ns()
+        self.info = LockInfo(secrets.token_hex(32), socket.gethostname(), os.getpid(), command, exclusive, now, now)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._refreshed = 0.0        # time.monotonic() of the last successful write
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def acquire(self) -> "Lock":
+        self._fail_on_conflict()
+        self._write()
+        try:
+            self._fail_on_conflict()     # another process may have written its lock since we looked
+        except BaseException:
+            self.repo.delete_lock(self.name)
+            raise
+        self._thread = threading.Thread(target=self._keep_fresh, name="fsbackup-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _fail_on_conflict(self) -> None:
+        for other in list_locks(self.repo):
+            if other.name != self.name and other.conflicts_with(self.info.exclusive) and not other.stale():
+                raise Locked(f"repository is locked by {other.describe()}; "
+                             "if that process is gone, run `fsbackup unlock`")
+
+    def _write(self) -> None:
+        self.info.time_ns = time.time_ns()
+        self.repo.store_lock(self.name, self.info.to_doc())
+        self._refreshed = time.monotonic()
+
+    def refresh(self) -> None:
+        """Rewrite the lock with the time now, so others see its holder is alive."""
+        self._write()
+
+    def _keep_fresh(self) -> None:
+        while not self._stop.wait(REFRESH_INTERVAL):
+            try:
+                self.refresh()
+            except FsbackupError as e:   # tried again at the next interval; ensure_held() tells if too late
+                log.warning("could not refresh the repository lock: %s", e)
+
+    def ensure_held(self) -> None:
+        """Raise Locked if the lock went unrefreshed so long that others may take it for stale:
+        an exclusive command must not commit after another may have started."""
+        if time.monotonic() - self._refreshed > STALE_AFTER - REFRESH_INTERVAL:
+            raise Locked("the repository lock could not be refreshed for too long (is the storage "
+                         "reachable?); stopped without saving")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            self.repo.delete_lock(self.name)
+        except FsbackupError as e:
+            log.warning("could not remove the repository lock locks/%s (%s); it goes stale in %d minutes, "
+                        "or remove it with `fsbackup unlock`", self.name, e, STALE_AFTER // 60)
+
+    def __enter__(self) -> "Lock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@contextmanager
+def repository_lock(repo, exclusive: bool, command: str) -> Iterator[Lock]:
+    """Hold a lock on `repo` for the `with` block: exclusive (nothing else locked at the same
+    time) or shared (only other shared locks). Raises errors.Locked at once on a conflict."""
+    with Lock(repo, exclusive, command) as lock:
+        yield lock

@@ -1,0 +1,254 @@
+"""Repository locks: a second backup fails at once and names the holder; stale locks bind no one;
+`unlock` clears them; readers (restore, ls, versions, mount) need no lock."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from conftest import TEST_PASSWORD, make_full_tree, restored_root, snapshot, write
+from fsbackup import errors, locks
+from fsbackup.backends import open_backend
+from fsbackup.locks import Lock, LockInfo, list_locks, repository_lock
+from fsbackup.repository import Repository
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+# Runs `fsbackup.cli.main(argv[2:])` with LocalBackend.put held back for volumes: the first
+# volume upload creates the file argv[1] + ".waiting" and waits until the file argv[1] exists.
+GATED_BACKUP = r"""
+import os, sys, time
+from fsbackup.backends import local
+gate, argv = sys.argv[1], sys.argv[2:]
+real_put = local.LocalBackend.put
+
+def put(self, name, data):
+    if name.startswith("data/"):
+        open(gate + ".waiting", "w").close()
+        while not os.path.exists(gate):
+            time.sleep(0.02)
+    real_put(self, name, data)
+
+local.LocalBackend.put = put
+from fsbackup.cli import main
+sys.exit(main(argv))
+"""
+
+
+@contextmanager
+def opened(env):
+    repo = Repository.open(open_backend(env.vars["FSBACKUP_REPOSITORY"]), TEST_PASSWORD.encode(),
+                           str(env.tmp / "test-index.sqlite"))
+    try:
+        yield repo
+    finally:
+        repo.close()
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def plant_lock(repo, **fields) -> LockInfo:
+    """Store a lock object as another process would have; `fields` override a live exclusive lock."""
+    now = time.time_ns()
+    info = LockInfo(os.urandom(32).hex(), socket.gethostname(), os.getpid(), "backup", True, now, now)
+    for k, v in fields.items():
+        setattr(info, k, v)
+    repo.store_lock(info.name, info.to_doc())
+    return info
+
+
+def test_a_second_backup_fails_at_once_naming_the_running_one(env, tmp_path):
+    src = make_full_tree(tmp_path / "src")
+    gate = tmp_path / "gate"
+    first = subprocess.Popen([sys.executable, "-c", GATED_BACKUP, str(gate), "backup", str(src)],
+                             env=env.environ(), cwd=CHECKOUT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(str(gate) + ".waiting").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.02)
+        started = time.monotonic()
+        r = env.run("backup", src)
+        assert time.monotonic() - started < 10
+        assert r.rc == errors.EXIT_LOCKED == 14
+        assert r.err.count("\n") == 1
+        assert f"repository is locked by backup on host {socket.gethostname()} (pid {first.pid}) since " in r.err
+        assert "if that process is gone, run `fsbackup unlock`" in r.err
+    finally:
+        gate.touch()
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert not list_locks_of(env)                 # released at the end
+    env.ok("backup", src)                         # and the next one runs
+
+
+def list_locks_of(env) -> list[LockInfo]:
+    with opened(env) as repo:
+        return list_locks(repo)
+
+
+def test_a_held_lock_stops_backup_in_another_process(env, tmp_path):
+    src = write(tmp_path / "src" / "f", b"data")
+    with opened(env) as repo, repository_lock(repo, exclusive=True, command="prune"):
+        r = env.run_process("backup", src.parent)
+        assert r.rc == errors.EXIT_LOCKED
+        assert f"locked by prune on host {socket.gethostname()} (pid {os.getpid()})" in r.err
+        assert "Traceback" not in r.err
+    env.ok("backup", src.parent)
+
+
+def test_stale_locks_do_not_block(env, tmp_path):
+    src = write(tmp_path / "src" / "f", b"data")
+    long_ago = time.time_ns() - (locks.STALE_AFTER + 60) * 1_000_000_000
+    with opened(env) as repo:
+        gone = plant_lock(repo, pid=dead_pid())                  # its process on this host is gone
+        old = plant_lock(repo, host="another-host", time_ns=long_ago, created_ns=long_ago)   # not refreshed
+        assert gone.stale() and old.stale()
+        now = time.time_ns()
+        assert not LockInfo("x", "another-host", dead_pid(), "backup", True, now, now).stale()  # elsewhere: trusted
+    env.ok("backup", src.parent)
+
+
+def test_unlock_removes_stale_locks_and_keeps_live_ones(env):
+    long_ago = time.time_ns() - (locks.STALE_AFTER + 60) * 1_000_000_000
+    with opened(env) as repo:
+        plant_lock(repo, pid=dead_pid(), command="backup")
+        plant_lock(repo, host="another-host", time_ns=long_ago, created_ns=long_ago)
+        live = Lock(repo, exclusive=True, command="prune").acquire()
+        try:
+            r = env.ok("unlock")
+            assert r.out.count("removed the lock of") == 2
+            assert [lock.name for lock in list_locks(repo)] == [live.name]
+            assert env.ok("unlock").out.strip() == "no stale locks"
+            r = env.ok("unlock", "--all")
+            assert "removed the lock of prune on host" in r.out
+            assert list_locks(repo) == []
+        finally:
+            live.release()
+
+
+def test_unlock_help_warns_about_all():
+    from fsbackup.cli import build_parser
+    help_text = build_parser()._subparsers._group_actions[0].choices["unlock"].format_help()
+    assert "--all" in help_text and "only when you know no other fsbackup process" in " ".join(help_text.split())
+
+
+def test_refresh_rewrites_the_lock_with_a_new_time(env, monkeypatch):
+    monkeypatch.setattr(locks, "REFRESH_INTERVAL", 0.05)
+    with opened(env) as repo, repository_lock(repo, exclusive=False, command="check") as lock:
+        first = list_locks(repo)[0]
+        assert first.name == lock.name and not first.exclusive and first.command == "check"
+        deadline = time.monotonic() + 10
+        while list_locks(repo)[0].time_ns == first.time_ns:         # the refresh thread rewrites it
+            assert time.monotonic() < deadline, "the lock was not refreshed"
+            time.sleep(0.02)
+        before = list_locks(repo)[0].time_ns
+        time.sleep(0.01)
+        lock.refresh()
+        assert list_locks(repo)[0].time_ns > before
+        assert list_locks(repo)[0].created_ns == first.created_ns
+    with opened(env) as repo:
+        assert list_locks(repo) == []
+
+
+def test_a_lock_unrefreshed_too_long_stops_the_commit(env):
+    with opened(env) as repo, repository_lock(repo, exclusive=True, command="backup") as lock:
+        lock.ensure_held()
+        lock._refreshed -= locks.STALE_AFTER
+        with pytest.raises(errors.Locked, match="could not be refreshed"):
+            lock.ensure_held()
+
+
+def test_shared_locks_coexist_and_keep_exclusive_ones_away(env):
+    with opened(env) as repo, repository_lock(repo, exclusive=False, command="check"):
+        with repository_lock(repo, exclusive=False, command="check"):
+            assert len(list_locks(repo)) == 2
+        with pytest.raises(errors.Locked, match=r"locked by check \(shared\) on host"):
+            Lock(repo, exclusive=True, command="prune").acquire()
+        assert len(list_locks(repo)) == 1
+
+
+def test_of_two_racing_lockers_none_goes_on_with_a_conflict(env, monkeypatch):
+    with opened(env) as repo:
+        lock = Lock(repo, exclusive=True, command="backup")
+        real_write = Lock._write
+
+        def write_after_a_rival(self):
+            plant_lock(repo, command="prune")        # the rival wrote its lock after our first look
+            real_write(self)
+        monkeypatch.setattr(Lock, "_write", write_after_a_rival)
+        with pytest.raises(errors.Locked, match="locked by prune"):
+            lock.acquire()
+        assert [info.command for info in list_locks(repo)] == ["prune"]   # ours was taken back
+
+
+def test_an_unreadable_lock_blocks_until_unlock(env, tmp_path):
+    src = write(tmp_path / "src" / "f", b"data")
+    write(env.repo / "locks" / ("ab" * 32), b"not a lock")
+    r = env.run("backup", src.parent)
+    assert r.rc == errors.EXIT_LOCKED and "unreadable lock object" in r.err
+    assert "removed the lock of an unreadable lock object" in env.ok("unlock").out
+    env.ok("backup", src.parent)
+
+
+def test_readers_work_while_an_exclusive_lock_is_held(env, tmp_path):
+    src = make_full_tree(tmp_path / "src")
+    env.ok("backup", src)
+    with opened(env) as repo, repository_lock(repo, exclusive=True, command="backup"):
+        env.ok("versions")
+        env.ok("ls", "latest")
+        env.ok("restore", "latest", "--target", tmp_path / "out")
+        assert snapshot(restored_root(tmp_path / "out", src)) == snapshot(src)
+        assert env.run("backup", "--dry-run", src).rc == 0      # stores nothing, so takes no lock
+
+
+FUSE_MISSING = (not os.path.exists("/dev/fuse") and "/dev/fuse is missing") or None
+
+
+@pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {FUSE_MISSING}")
+def test_the_mount_works_while_a_backup_holds_the_lock(env, tmp_path):
+    from test_mount import Mount
+    src = write(tmp_path / "src" / "f", b"first")
+    env.ok("backup", src.parent)
+    with opened(env) as repo, repository_lock(repo, exclusive=True, command="backup"):
+        m = Mount(env, tmp_path / "mnt")
+        try:
+            assert (m.version_dir() / str(src).lstrip("/")).read_bytes() == b"first"
+        finally:
+            assert m.stop() == 0
+
+
+def test_b2_backup_is_refused_while_locked(tmp_path, monkeypatch):
+    import secrets
+    from conftest import Env
+    from fsbackup.backends import b2
+    sim = b2.use_simulator()
+    try:
+        sim.create_bucket("fsbackup-locks")
+        env = Env(tmp_path)
+        env.vars["FSBACKUP_REPOSITORY"] = f"b2://fsbackup-locks/repo-{secrets.token_hex(6)}"
+        env.vars.update(sim.environ())
+        for k, v in sim.environ().items():
+            monkeypatch.setenv(k, v)
+        env.ok("init")
+        src = write(tmp_path / "src" / "f", b"data")
+        with opened(env) as repo:
+            with repository_lock(repo, exclusive=True, command="prune"):
+                r = env.run("backup", src.parent)
+                assert r.rc == errors.EXIT_LOCKED and "locked by prune" in r.err
+            plant_lock(repo, pid=dead_pid())
+        env.ok("backup", src.parent)
+        assert "removed the lock of backup" in env.ok("unlock").out
+    finally:
+        b2.stop_simulator()

@@ -51,6 +51,7 @@ class BackupOptions:
     one_file_system: bool = False
     tags: list[str] = field(default_factory=list)
     dry_run: bool = False
+    trust_unchanged: bool = True             # False: read unchanged files too (their stored blocks may be gone)
     volume_size: int = DEFAULT_VOLUME_SIZE
     workers: int = max(2, os.cpu_count() or 2)
     uploads_in_flight: int | None = None     # volumes uploading at once; None: the backend's `connections`
@@ -255,7 +256,7 @@ class Backup:
         index = self.repo.index
         host = socket.gethostname()
         head_paths = [os.fsdecode(p) for p in tops]
-        parent = self._parent_version(host, head_paths)
+        parent = self._parent_version(host, head_paths) if self.options.trust_unchanged else None
         self.prev = VersionTree(index, parent) if parent else None
         self.progress.start("backup")
         if self.progress.enabled:

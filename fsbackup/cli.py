@@ -328,8 +328,12 @@ def cmd_backup(args, out: Output) -> int:
     else:
         with repository_lock(repo, exclusive=True, command="backup") as lock:
             repo.ensure_index(out.progress())
-            for note in repo.settle_leftovers():
+            settled = repo.settle_leftovers()
+            for note in settled.notes:
                 out.note(note)
+            if settled.lost_volumes:
+                options.trust_unchanged = False
+                out.note("every file is read again, since some stored data is gone")
             job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note,
                          before_commit=lock.ensure_held)
             name = job.run(args.paths)

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
 
 import blake3
@@ -106,6 +107,13 @@ def read_config(backend: Backend) -> dict:
         raise UnsupportedFormat(f"repository format {fmt_version} is not supported by this fsbackup "
                                 f"(it reads format {fmt.FORMAT_VERSION}); upgrade fsbackup")
     return config
+
+
+@dataclass
+class Settled:
+    """What `Repository.settle_leftovers` did: one note per change, and how many volumes it found lost."""
+    notes: list[str]
+    lost_volumes: int = 0
 
 
 def _key_about() -> dict:
@@ -246,7 +254,7 @@ class Repository:
             progress.finish()
         return {"volumes": len(index_names) - len(skipped), "versions": len(version_names), "skipped": skipped}
 
-    def settle_leftovers(self) -> list[str]:
+    def settle_leftovers(self) -> "Settled":
         """Bring the remote and the local index to agree after a run that stopped midway, and say
         what was done (one note per object). Call with the index ensured and under an exclusive
         lock (`locks.repository_lock`), so no other run is writing objects it has not recorded yet.
@@ -256,7 +264,8 @@ class Repository:
           whose table does not read is deleted (no version can use it: versions are written last);
         - an index object whose volume is missing is deleted (its blocks are unavailable anyway);
         - volumes the local index records but the remote lacks (removed elsewhere, or lost) are
-          forgotten, so that no new version refers to their blocks.
+          forgotten, so that no new version refers to their blocks (`Settled.lost_volumes`: the
+          caller must then not take unchanged files' blocks on trust either).
         """
         notes = []
         volumes = {}
@@ -279,7 +288,7 @@ class Repository:
         if gone:
             notes.append(f"the local index listed {len(gone)} volume(s) the repository no longer holds; "
                          "forgotten (their blocks will be stored again when needed)")
-        return notes
+        return Settled(notes, len(gone))
 
     def _adopt_volume(self, name: str, size: int) -> str:
         obj = volume_object(name)

@@ -134,11 +134,14 @@ def committed_backup(env, src: Path, volume_size: str) -> str:
 
 
 def assert_publishing_order(puts: list[str], complete: bool = True) -> None:
-    """Each volume before its index object; the version object last, after every volume (docs/format.md)."""
+    """Each volume before its index object; the version object last, after every volume (docs/format.md).
+    The backup's lock object comes first, before any of them."""
     seen = set()
     for i, name in enumerate(puts):
         kind, _, rest = name.partition("/")
-        if kind == "index":
+        if kind == "locks":
+            assert not seen, f"the lock {name} was stored after {sorted(seen)}"
+        elif kind == "index":
             assert f"data/{rest[:2]}/{rest}" in seen, f"{name} was stored before its volume"
         elif kind == "versions":
             assert i == len(puts) - 1, f"{name} was not the last object stored: {puts[i + 1:]}"

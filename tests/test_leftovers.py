@@ -1,0 +1,71 @@
+"""Before a backup, the remote is compared with the local index: what a stopped run left behind is
+adopted or removed, with a note, and the backup goes on; never a cryptic error."""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+from conftest import pseudo_random, restored_root, snapshot, write
+from test_crash import backup_killed_at_put, index_path
+
+
+def objects(env, folder: str) -> set[str]:
+    root = env.repo / folder
+    return {str(p.relative_to(env.repo)) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")}
+
+
+def recorded_volumes(env) -> set[str]:
+    db = sqlite3.connect(index_path(env))
+    try:
+        return {name for (name,) in db.execute("SELECT name FROM volumes")}
+    finally:
+        db.close()
+
+
+def test_a_volume_left_without_its_index_object_is_adopted(env, tmp_path):
+    src = tmp_path / "src"
+    write(src / "big", pseudo_random(3 << 20, 5))
+    log = tmp_path / "puts.log"
+    r = backup_killed_at_put(env, src, 2, "after", log)       # the lock, then the first volume, and no more
+    assert r.returncode != 0 and log.read_text().split()[1].startswith("data/")
+    [volume] = objects(env, "data")
+    assert objects(env, "index") == set() and objects(env, "versions") == set()
+
+    r = env.ok("backup", src, "--volume-size", "1M")
+    name = volume.rsplit("/", 1)[1]
+    assert f"note: adopted {volume}, left by a backup that stopped before recording it" in r.err
+    assert f"index/{name}" in objects(env, "index") and name in recorded_volumes(env)
+    assert "Traceback" not in r.err
+    env.ok("restore", "latest", "--target", tmp_path / "out")
+    assert snapshot(restored_root(tmp_path / "out", src)) == snapshot(src)
+
+
+def test_leftovers_made_by_hand_are_settled_with_notes(env, tmp_path):
+    src = write(tmp_path / "src" / "f", pseudo_random(100_000, 1)).parent
+    env.ok("backup", src)
+    garbage_volume = "data/ab/" + "ab" * 32                         # a volume whose table does not read
+    write(env.repo / garbage_volume, b"FSBV\1\0\0\0 not really a volume")
+    lonely_index = "index/" + "cd" * 32                             # an index object for no volume
+    write(env.repo / lonely_index, b"FSBI\1\0\0\0 whatever")
+    stranger = "data/zz/notes.txt"
+    write(env.repo / stranger, b"someone's notes")
+
+    r = env.ok("backup", src)
+    assert f"note: deleted {garbage_volume}" in r.err
+    assert f"note: removed {lonely_index}: its volume is missing" in r.err
+    assert f"note: {stranger} is not an fsbackup object; left alone" in r.err
+    assert not (env.repo / garbage_volume).exists() and not (env.repo / lonely_index).exists()
+    assert (env.repo / stranger).exists()
+    r = env.ok("backup", src)                                       # settled: nothing more to say
+    assert "note: deleted" not in r.err and "note: removed" not in r.err
+
+
+def test_volumes_the_remote_lost_are_forgotten_so_new_versions_store_their_blocks_again(env, tmp_path):
+    src = write(tmp_path / "src" / "f", pseudo_random(300_000, 2)).parent
+    env.ok("backup", src)
+    shutil.rmtree(env.repo / "data")
+    shutil.rmtree(env.repo / "index")                               # e.g. pruned from another machine
+    r = env.ok("backup", src)
+    assert "forgotten" in r.err and "every file is read again" in r.err   # though unchanged
+    env.ok("restore", "latest", "--target", tmp_path / "out")
+    assert snapshot(restored_root(tmp_path / "out", src)) == snapshot(src)

@@ -32,6 +32,7 @@ import zstandard
 from . import format as fmt
 from .chunker import MIN_SIZE, WHOLE_READ_LIMIT, Chunker
 from .errors import FsbackupError, PathNotFound
+from .locks import repository_lock
 from .progress import Progress
 from .repository import Repository
 from .tree import Node, VersionTree, list_versions
@@ -222,10 +223,9 @@ class _OpenVolume:
 
 class Backup:
     def __init__(self, repo: Repository, options: BackupOptions, progress: Progress | None = None,
-                 warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None,
-                 before_commit: Callable[[], None] | None = None):
+                 warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None):
         self.repo = repo
-        self.before_commit = before_commit or (lambda: None)   # e.g. checks the repository lock is still ours
+        self.before_commit: Callable[[], None] = lambda: None    # run_locked: checks the lock is still ours
         if options.uploads_in_flight is None:
             options = replace(options, uploads_in_flight=max(1, repo.backend.connections))
         self.options = options
@@ -247,6 +247,24 @@ class Backup:
         self.warn_cb(msg)
 
     # ---- entry point --------------------------------------------------------------------
+
+    def run_locked(self, paths: list[str], progress: Progress | None = None) -> str | None:
+        """`run` as the `backup` command does it: under an exclusive repository lock, with the local
+        index brought in step and what stopped runs left settled first (a dry run, which stores
+        nothing, takes no lock and settles nothing). `progress` shows the index update."""
+        if self.options.dry_run:
+            self.repo.ensure_index(progress)
+            return self.run(paths)
+        with repository_lock(self.repo, exclusive=True, command="backup") as lock:
+            self.repo.ensure_index(progress)
+            settled = self.repo.settle_leftovers()
+            for note in settled.notes:
+                self.note(note)
+            if settled.lost_volumes:
+                self.options = replace(self.options, trust_unchanged=False)
+                self.note("every file is read again, since some stored data is gone")
+            self.before_commit = lock.ensure_held
+            return self.run(paths)
 
     def run(self, paths: list[str]) -> str | None:
         """Back up `paths` as one new version; returns its name (None for a dry run)."""

@@ -17,7 +17,6 @@ import sys
 from . import errors
 from .backends import Backend, open_backend
 from .errors import FsbackupError, UsageError
-from .locks import repository_lock
 from .progress import Progress, human_bytes, human_duration
 from .repository import Repository
 
@@ -44,8 +43,9 @@ examples:
 
 exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be read,
   4 restore would overwrite files, 10 no repository, 11 wrong passphrase, 12 corrupt or missing
-  data, 13 version, path or key not found, 14 repository locked by another process, 15 disk full, 16 permission denied or storage credentials
-  rejected, 17 storage failure, 130 interrupted (see docs/exit-codes.md)
+  data, 13 version, path or key not found, 14 repository locked by another process, 15 disk
+  full, 16 permission denied or storage credentials rejected, 17 storage failure, 130 interrupted
+  (see docs/exit-codes.md)
 """
 
 
@@ -321,22 +321,8 @@ def cmd_backup(args, out: Output) -> int:
     if args.volume_size:
         options.volume_size = args.volume_size
     repo = open_repo(args, out, sync_index=False)
-    if args.dry_run:        # stores nothing, so it needs no lock and leaves leftovers alone
-        repo.ensure_index(out.progress())
-        job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note)
-        name = job.run(args.paths)
-    else:
-        with repository_lock(repo, exclusive=True, command="backup") as lock:
-            repo.ensure_index(out.progress())
-            settled = repo.settle_leftovers()
-            for note in settled.notes:
-                out.note(note)
-            if settled.lost_volumes:
-                options.trust_unchanged = False
-                out.note("every file is read again, since some stored data is gone")
-            job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note,
-                         before_commit=lock.ensure_held)
-            name = job.run(args.paths)
+    job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note)
+    name = job.run_locked(args.paths, out.progress())
     s = job.stats
     summary = {"version": name, "dry_run": args.dry_run, "files_new": s.files_new, "files_changed": s.files_changed,
                "files_unchanged": s.files_unchanged, "dirs": s.dirs, "others": s.others,

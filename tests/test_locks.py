@@ -138,10 +138,10 @@ def test_unlock_removes_stale_locks_and_keeps_live_ones(env):
             live.release()
 
 
-def test_unlock_help_warns_about_all():
-    from fsbackup.cli import build_parser
-    help_text = build_parser()._subparsers._group_actions[0].choices["unlock"].format_help()
-    assert "--all" in help_text and "only when you know no other fsbackup process" in " ".join(help_text.split())
+def test_unlock_help_warns_about_all(blank_env):
+    r = blank_env.run("unlock", "--help")
+    assert r.rc == 0 and "--all" in r.out
+    assert "only when you know no other fsbackup process uses the repository" in " ".join(r.out.split())
 
 
 def test_refresh_rewrites_the_lock_with_a_new_time(env, monkeypatch):

@@ -35,6 +35,10 @@ STALE_AFTER = 30 * 60              # a lock not rewritten for this long binds no
 
 log = logging.getLogger("fsbackup.locks")
 
+# Locks this process released but could not delete (the storage failed): they bind no one here,
+# and the next acquire tries to delete them again. Other processes see them live until they go stale.
+_undeleted: set[str] = set()
+
 
 def _process_gone(pid: int) -> bool:
     try:
@@ -137,6 +141,12 @@ class Lock:
         return self.info.name
 
     def acquire(self) -> "Lock":
+        for name in list(_undeleted):
+            try:
+                self.repo.delete_lock(name)
+                _undeleted.discard(name)
+            except FsbackupError:
+                pass
         self._fail_on_conflict()
         self._write()
         try:
@@ -150,7 +160,9 @@ class Lock:
 
     def _fail_on_conflict(self) -> None:
         for other in list_locks(self.repo):
-            if other.name != self.name and other.conflicts_with(self.info.exclusive) and not other.stale():
+            if other.name == self.name or other.name in _undeleted:
+                continue
+            if other.conflicts_with(self.info.exclusive) and not other.stale():
                 raise Locked(f"repository is locked by {other.describe()}; "
                              "if that process is gone, run `fsbackup unlock`")
 
@@ -185,6 +197,7 @@ class Lock:
         try:
             self.repo.delete_lock(self.name)
         except FsbackupError as e:
+            _undeleted.add(self.name)
             log.warning("could not remove the repository lock locks/%s (%s); it goes stale in %d minutes, "
                         "or remove it with `fsbackup unlock`", self.name, e, STALE_AFTER // 60)
 

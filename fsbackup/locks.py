@@ -40,14 +40,25 @@ log = logging.getLogger("fsbackup.locks")
 _undeleted: set[str] = set()
 
 
-def _process_gone(pid: int) -> bool:
+def _process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot; Linux), or None when unknown. With the
+    pid it names one process: a pid reused after a crash or reboot has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _process_gone(pid: int, started: int | None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:        # it exists, under another user
-        return False
-    return False
+        pass
+    now_started = _process_start(pid)
+    return started is not None and now_started is not None and now_started != started
 
 
 @dataclass
@@ -61,18 +72,20 @@ class LockInfo:
     created_ns: int = 0
     time_ns: int = 0
     damage: str | None = None
+    started: int | None = None       # the holder's process start time, when known (_process_start)
 
     @classmethod
     def from_doc(cls, name: str, doc: dict) -> "LockInfo":
         try:
+            started = doc.get("started")
             return cls(name, str(doc["host"]), int(doc["pid"]), str(doc["command"]), bool(doc["exclusive"]),
-                       int(doc["created_ns"]), int(doc["time_ns"]))
+                       int(doc["created_ns"]), int(doc["time_ns"]), started=int(started) if started else None)
         except (KeyError, ValueError, TypeError):
             return cls(name, damage="lock object lacks its fields")
 
     def to_doc(self) -> dict:
         return {"host": self.host, "pid": self.pid, "command": self.command, "exclusive": self.exclusive,
-                "created_ns": self.created_ns, "time_ns": self.time_ns}
+                "created_ns": self.created_ns, "time_ns": self.time_ns, "started": self.started}
 
     def stale(self) -> bool:
         """A damaged lock is not stale: nobody can tell it is not held (`unlock` removes it)."""
@@ -80,7 +93,7 @@ class LockInfo:
             return False
         if time.time_ns() - self.time_ns > STALE_AFTER * 1_000_000_000:
             return True
-        return self.host == socket.gethostname() and _process_gone(self.pid)
+        return self.host == socket.gethostname() and _process_gone(self.pid, self.started)
 
     def conflicts_with(self, exclusive: bool) -> bool:
         return exclusive or self.exclusive or self.damage is not None
@@ -131,7 +144,8 @@ class Lock:
     def __init__(self, repo, exclusive: bool, command: str):
         self.repo = repo
         now = time.time_ns()
-        self.info = LockInfo(secrets.token_hex(32), socket.gethostname(), os.getpid(), command, exclusive, now, now)
+        self.info = LockInfo(secrets.token_hex(32), socket.gethostname(), os.getpid(), command, exclusive, now, now,
+                             started=_process_start(os.getpid()))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refreshed = 0.0        # time.monotonic() of the last successful write

@@ -115,6 +115,9 @@ def test_stale_locks_do_not_block(env, tmp_path):
         gone = plant_lock(repo, pid=dead_pid())                  # its process on this host is gone
         old = plant_lock(repo, host="another-host", time_ns=long_ago, created_ns=long_ago)   # not refreshed
         assert gone.stale() and old.stale()
+        reused = plant_lock(repo, started=locks._process_start(os.getpid()) + 1)   # our pid, once another process's
+        assert reused.stale()
+        repo.delete_lock(reused.name)
         now = time.time_ns()
         assert not LockInfo("x", "another-host", dead_pid(), "backup", True, now, now).stale()  # elsewhere: trusted
     env.ok("backup", src.parent)

@@ -148,7 +148,9 @@ class Lock:
                              started=_process_start(os.getpid()))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._refreshed = 0.0        # time.monotonic() of the last successful write
+        # The time in the lock last stored: wall clock, as others judge staleness by it (and a
+        # monotonic clock would not count a suspended laptop's sleep).
+        self._written_ns = 0
 
     @property
     def name(self) -> str:
@@ -183,7 +185,7 @@ class Lock:
     def _write(self) -> None:
         self.info.time_ns = time.time_ns()
         self.repo.store_lock(self.name, self.info.to_doc())
-        self._refreshed = time.monotonic()
+        self._written_ns = self.info.time_ns
 
     def refresh(self) -> None:
         """Rewrite the lock with the time now, so others see its holder is alive."""
@@ -199,7 +201,7 @@ class Lock:
     def ensure_held(self) -> None:
         """Raise Locked if the lock went unrefreshed so long that others may take it for stale:
         an exclusive command must not commit after another may have started."""
-        if time.monotonic() - self._refreshed > STALE_AFTER - REFRESH_INTERVAL:
+        if time.time_ns() - self._written_ns > (STALE_AFTER - REFRESH_INTERVAL) * 1_000_000_000:
             raise Locked("the repository lock could not be refreshed for too long (is the storage "
                          "reachable?); stopped without saving")
 

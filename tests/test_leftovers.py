@@ -30,6 +30,7 @@ def test_a_volume_left_without_its_index_object_is_adopted(env, tmp_path):
     assert r.returncode != 0 and log.read_text().split()[1].startswith("data/")
     [volume] = objects(env, "data")
     assert objects(env, "index") == set() and objects(env, "versions") == set()
+    assert "removed the lock of backup on host" in env.ok("unlock").out     # the killed backup's, stale
 
     r = env.ok("backup", src, "--volume-size", "1M")
     name = volume.rsplit("/", 1)[1]

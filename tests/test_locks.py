@@ -168,7 +168,7 @@ def test_refresh_rewrites_the_lock_with_a_new_time(env, monkeypatch):
 def test_a_lock_unrefreshed_too_long_stops_the_commit(env):
     with opened(env) as repo, repository_lock(repo, exclusive=True, command="backup") as lock:
         lock.ensure_held()
-        lock._refreshed -= locks.STALE_AFTER
+        lock._written_ns -= locks.STALE_AFTER * 1_000_000_000      # as after failed refreshes, or a suspend
         with pytest.raises(errors.Locked, match="could not be refreshed"):
             lock.ensure_held()
 

@@ -456,23 +456,32 @@ def _find_key(repo: Repository, prefix: str) -> str:
     return names[0]
 
 
+def _key_row(repo: Repository, name: str, doc: dict) -> dict:
+    kdf = doc.get("kdf") if isinstance(doc.get("kdf"), dict) else {}
+    return {"id": _key_id(name), "created_ns": doc.get("created"), "host": doc.get("host"),
+            "kdf": {k: v for k, v in kdf.items() if k != "salt"}, "in_use": name == repo.key_name,
+            "damaged": doc.get("damaged")}
+
+
+def _key_line(row: dict) -> str:
+    """'* 3f9a1c2e  2026-11-24 10:00:00  host  argon2id 65536 KiB, 3 passes, 4 lanes' (* = in use)."""
+    created = fmt_time(row["created_ns"]) if isinstance(row["created_ns"], int) else "-" * 19
+    kdf = row["kdf"]
+    cost = (f"{kdf.get('name')} {kdf.get('memory_kib')} KiB, {kdf.get('iterations')} passes, "
+            f"{kdf.get('lanes')} lanes") if kdf else row["damaged"] or "?"
+    return f"{'*' if row['in_use'] else ' '} {row['id'][:8]}  {created}  {row['host'] or '-'}  {cost}"
+
+
 def cmd_key(args, out: Output) -> int:
     repo = open_repo(args, out, sync_index=False)
     action = args.key_command
     if action == "list":
-        rows = []
-        for name, doc in repo.key_objects():
-            kdf = {k: v for k, v in doc.get("kdf", {}).items() if k != "salt"} if isinstance(doc.get("kdf"), dict) else {}
-            rows.append({"id": _key_id(name), "created_ns": doc.get("created"), "host": doc.get("host"),
-                         "kdf": kdf, "in_use": name == repo.key_name, "damaged": doc.get("damaged")})
+        rows = [_key_row(repo, name, doc) for name, doc in repo.key_objects()]
         if out.json:
             out.emit_json(rows)
-        for row in rows if not out.json else []:
-            created = fmt_time(row["created_ns"]) if isinstance(row["created_ns"], int) else "-" * 19
-            kdf = row["kdf"]
-            cost = (f"{kdf.get('name')} {kdf.get('memory_kib')} KiB, {kdf.get('iterations')} passes, "
-                    f"{kdf.get('lanes')} lanes") if kdf else row["damaged"] or "?"
-            print(f"{'*' if row['in_use'] else ' '} {row['id'][:8]}  {created}  {row['host'] or '-'}  {cost}")
+        else:
+            for row in rows:
+                print(_key_line(row))
     elif action == "passwd":
         name = repo.change_passphrase(get_new_passphrase(args))
         out.info(f"changed the passphrase: key {_key_id(name)[:8]} replaces the old one")

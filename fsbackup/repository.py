@@ -362,7 +362,8 @@ class Repository:
         obj = lock_object(name)
         if not _is_object_id(name):
             raise CorruptObject(obj, "not a lock name")
-        return get_checked(self.backend, obj, lambda data: fmt.decode_lock(self.keys, bytes.fromhex(name), data, obj))
+        return get_checked(self.backend, obj,
+                           lambda data: fmt.decode_lock(self.keys, bytes.fromhex(name), data, obj))
 
     def delete_lock(self, name: str) -> None:
         self.backend.delete(lock_object(name))

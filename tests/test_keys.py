@@ -8,6 +8,7 @@ from pathlib import Path
 
 from conftest import restored_root, snapshot, write
 from fsbackup import errors
+from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 
 
 def listing(repo: Path, folder: str) -> dict[str, bytes]:
@@ -79,3 +80,14 @@ def test_a_new_passphrase_needs_a_source(env):
     r = env.run("key", "passwd", FSBACKUP_NEW_PASSWORD="")
     assert r.rc == errors.EXIT_USAGE and "empty passphrase" in r.err
     assert len(key_ids(env)) == 1
+
+
+def test_passwd_on_b2(b2_env, tmp_path):
+    env = b2_env
+    env.ok("init")
+    env.ok("backup", write(tmp_path / "src" / "f", b"on b2").parent)
+    env.ok("key", "passwd", FSBACKUP_NEW_PASSWORD="b2 passphrase")
+    assert env.run("versions").rc == errors.EXIT_WRONG_PASSPHRASE
+    assert len(key_ids(env, FSBACKUP_PASSWORD="b2 passphrase")) == 1
+    env.ok("restore", "latest", "--target", tmp_path / "out", FSBACKUP_PASSWORD="b2 passphrase")
+    assert (restored_root(tmp_path / "out", tmp_path / "src") / "f").read_bytes() == b"on b2"

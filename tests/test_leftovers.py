@@ -6,6 +6,8 @@ import shutil
 import sqlite3
 
 from conftest import pseudo_random, restored_root, snapshot, write
+from fsbackup.backends import open_backend
+from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 from test_crash import backup_killed_at_put, index_path
 
 
@@ -72,30 +74,20 @@ def test_volumes_the_remote_lost_are_forgotten_so_new_versions_store_their_block
     assert snapshot(restored_root(tmp_path / "out", src)) == snapshot(src)
 
 
-def test_leftovers_on_b2_are_settled_too(tmp_path, monkeypatch):
-    import secrets
-    from conftest import Env
-    from fsbackup.backends import b2, open_backend
-    sim = b2.use_simulator()
-    try:
-        sim.create_bucket("fsbackup-leftovers")
-        env = Env(tmp_path)
-        env.vars["FSBACKUP_REPOSITORY"] = f"b2://fsbackup-leftovers/repo-{secrets.token_hex(6)}"
-        env.vars.update(sim.environ())
-        for k, v in sim.environ().items():
-            monkeypatch.setenv(k, v)
-        env.ok("init")
-        src = write(tmp_path / "src" / "f", pseudo_random(100_000, 3)).parent
-        env.ok("backup", src)
-        backend = open_backend(env.vars["FSBACKUP_REPOSITORY"])
-        [(volume, _)] = backend.list("data/")
-        backend.delete("index/" + volume.rsplit("/", 1)[1])              # as if a run stopped between the two
-        backend.put("index/" + "cd" * 32, b"FSBI\1\0\0\0 whatever")
-        env.vars["XDG_CACHE_HOME"] = str(tmp_path / "another-cache")      # a machine that never saw that volume
-        r = env.ok("backup", src)
-        assert f"note: adopted {volume}" in r.err and "note: removed index/" in r.err
-        assert {n for n, _ in backend.list("index/")} == {"index/" + volume.rsplit("/", 1)[1]}
-        env.ok("restore", "latest", "--target", tmp_path / "out")
-        assert snapshot(restored_root(tmp_path / "out", src)) == snapshot(src)
-    finally:
-        b2.stop_simulator()
+def test_leftovers_on_b2_are_settled_too(b2_env, tmp_path, monkeypatch):
+    env = b2_env
+    for k in ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY"):
+        monkeypatch.setenv(k, env.vars[k])
+    env.ok("init")
+    src = write(tmp_path / "src" / "f", pseudo_random(100_000, 3)).parent
+    env.ok("backup", src)
+    backend = open_backend(env.vars["FSBACKUP_REPOSITORY"])
+    [(volume, _)] = backend.list("data/")
+    backend.delete("index/" + volume.rsplit("/", 1)[1])              # as if a run stopped between the two
+    backend.put("index/" + "cd" * 32, b"FSBI\1\0\0\0 whatever")
+    env.vars["XDG_CACHE_HOME"] = str(tmp_path / "another-cache")      # a machine that never saw that volume
+    r = env.ok("backup", src)
+    assert f"note: adopted {volume}" in r.err and "note: removed index/" in r.err
+    assert {n for n, _ in backend.list("index/")} == {"index/" + volume.rsplit("/", 1)[1]}
+    env.ok("restore", "latest", "--target", tmp_path / "out")
+    assert snapshot(restored_root(tmp_path / "out", src)) == snapshot(src)

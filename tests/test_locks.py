@@ -17,6 +17,7 @@ from fsbackup import errors, locks
 from fsbackup.backends import open_backend
 from fsbackup.locks import Lock, LockInfo, list_locks, repository_lock
 from fsbackup.repository import Repository
+from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -232,26 +233,16 @@ def test_the_mount_works_while_a_backup_holds_the_lock(env, tmp_path):
             assert m.stop() == 0
 
 
-def test_b2_backup_is_refused_while_locked(tmp_path, monkeypatch):
-    import secrets
-    from conftest import Env
-    from fsbackup.backends import b2
-    sim = b2.use_simulator()
-    try:
-        sim.create_bucket("fsbackup-locks")
-        env = Env(tmp_path)
-        env.vars["FSBACKUP_REPOSITORY"] = f"b2://fsbackup-locks/repo-{secrets.token_hex(6)}"
-        env.vars.update(sim.environ())
-        for k, v in sim.environ().items():
-            monkeypatch.setenv(k, v)
-        env.ok("init")
-        src = write(tmp_path / "src" / "f", b"data")
-        with opened(env) as repo:
-            with repository_lock(repo, exclusive=True, command="prune"):
-                r = env.run("backup", src.parent)
-                assert r.rc == errors.EXIT_LOCKED and "locked by prune" in r.err
-            plant_lock(repo, pid=dead_pid())
-        env.ok("backup", src.parent)
-        assert "removed the lock of backup" in env.ok("unlock").out
-    finally:
-        b2.stop_simulator()
+def test_b2_backup_is_refused_while_locked(b2_env, tmp_path, monkeypatch):
+    env = b2_env
+    for k in ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY"):
+        monkeypatch.setenv(k, env.vars[k])
+    env.ok("init")
+    src = write(tmp_path / "src" / "f", b"data")
+    with opened(env) as repo:
+        with repository_lock(repo, exclusive=True, command="prune"):
+            r = env.run("backup", src.parent)
+            assert r.rc == errors.EXIT_LOCKED and "locked by prune" in r.err
+        plant_lock(repo, pid=dead_pid())
+    env.ok("backup", src.parent)
+    assert "removed the lock of backup" in env.ok("unlock").out

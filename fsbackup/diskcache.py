@@ -10,13 +10,14 @@ import secrets
 import threading
 from collections import OrderedDict
 
+from .private import make_private_folder
+
 
 class DiskCache:
     def __init__(self, folder: str, max_bytes: int):
         self.folder = folder
         self.max_bytes = max_bytes
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        os.chmod(folder, 0o700)
+        make_private_folder(folder)
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, int] = OrderedDict()   # name -> size, least recently used first
         self._bytes = 0

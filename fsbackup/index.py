@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import apsw
 
 from .errors import FsbackupError, NoSpace, PermissionDenied
+from .private import make_private_folder
 
 # One schema, commented. Each entry of MIGRATIONS takes the schema from user_version i to i+1.
 SCHEMA_V1 = """
@@ -134,8 +135,7 @@ class Index:
         self.path = path
         folder = os.path.dirname(os.path.abspath(path))
         try:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-            os.chmod(folder, 0o700)
+            make_private_folder(folder)
             old_umask = os.umask(0o077)   # the index and its -wal/-shm files: owner only
             try:
                 self.db = apsw.Connection(path)

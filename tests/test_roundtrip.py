@@ -189,6 +189,17 @@ def test_local_index_is_readable_by_its_owner_only(env, tmp_path):
         assert d.stat().st_mode & 0o777 == 0o700
 
 
+def test_an_index_in_a_shared_folder_leaves_the_folder_alone(env, tmp_path):
+    """--index in a folder others use (say /tmp): the index is private, the folder keeps its mode."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    write(tmp_path / "src" / "a", b"a")
+    env.ok("--index", shared / "mine.sqlite", "backup", tmp_path / "src")
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    assert (shared / "mine.sqlite").stat().st_mode & 0o077 == 0
+
+
 def test_an_index_from_an_older_schema_is_migrated(env, tmp_path):
     """An index written before `contents.stored` existed (schema v2) is brought up to date in place."""
     import apsw

@@ -216,9 +216,24 @@ class _OpenVolume:
         block_ids, fut = self.encoding.popleft()
         for block_id, (stored, plain_len) in zip(block_ids, fut.result()):
             self.plain_encoding -= plain_len
-            self.entries.append(fmt.BlockEntry(block_id, self.offset, len(stored), plain_len))
-            self.parts.append(stored)
-            self.offset += len(stored)
+            self.add(block_id, stored, plain_len)
+
+    def add(self, block_id: bytes, stored: bytes, plain_len: int) -> None:
+        """Append one block, encoded under this volume's cipher."""
+        self.entries.append(fmt.BlockEntry(block_id, self.offset, len(stored), plain_len))
+        self.parts.append(stored)
+        self.offset += len(stored)
+
+    def seal(self, keys) -> tuple[bytes, bytes]:
+        """(the volume, its index object): the table and footer appended, read back to verify."""
+        self.parts.append(fmt.seal_table(keys, bytes.fromhex(self.name), self.entries, self.offset))
+        data = b"".join(self.parts)
+        self.parts = []
+        self.stored_size = len(data)
+        # Verify what we wrote: re-read our own table before it leaves the machine.
+        if fmt.open_volume_table(keys, bytes.fromhex(self.name), data, self.name) != self.entries:
+            raise FsbackupError(f"internal error: volume {self.name} does not read back as written")
+        return data, fmt.encode_index(keys, bytes.fromhex(self.name), len(data), self.entries)
 
 
 class Backup:
@@ -603,14 +618,7 @@ class Backup:
             vol.take_oldest()
         if not vol.entries:
             return
-        vol.parts.append(fmt.seal_table(self.repo.keys, bytes.fromhex(vol.name), vol.entries, vol.offset))
-        data = b"".join(vol.parts)
-        vol.parts = []
-        vol.stored_size = len(data)
-        # Verify what we wrote: re-read our own table before it leaves the machine.
-        if fmt.open_volume_table(self.repo.keys, bytes.fromhex(vol.name), data, vol.name) != vol.entries:
-            raise FsbackupError(f"internal error: volume {vol.name} does not read back as written")
-        index_obj = fmt.encode_index(self.repo.keys, bytes.fromhex(vol.name), len(data), vol.entries)
+        data, index_obj = vol.seal(self.repo.keys)
         while len(self.uploads) >= self.options.uploads_in_flight:
             self._record_oldest_upload()
         fut = self.upload_pool.submit(self.repo.store_volume, vol.name, data, index_obj)

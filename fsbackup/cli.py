@@ -6,6 +6,7 @@ It holds no backup logic. Every FsbackupError becomes one line on stderr and its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import getpass
 import json
@@ -124,6 +125,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="scan and chunk, but store nothing")
     p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
                    help="close volumes at about this size (default 32M)")
+    _keep_options(p, "after a successful backup, forget the versions these rules do not keep "
+                     "(docs/maintenance.md); nothing is forgotten without a keep option")
+
+    p = command("forget", "remove versions by retention rules, or by id",
+                "Remove the versions that no keep rule keeps (rules apply to each host and set of paths\n"
+                "on its own; a version is kept when any rule keeps it; the newest of each is always kept),\n"
+                "or the versions named by id. Their data stays until 'fsbackup prune' (or --prune).\n\n"
+                "examples:\n"
+                "  fsbackup forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run\n"
+                "  fsbackup forget --retention-policy 1W:1D,4W:1W,12M:1M --prune\n"
+                "  fsbackup forget 3f2a9c1e")
+    p.add_argument("versions", nargs="*", metavar="VERSION", help="remove these versions (ids or id prefixes)")
+    _keep_options(p, "keep rules")
+    p.add_argument("--dry-run", action="store_true", help="show what would be removed and why the rest stays")
+    p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
+                   help="prune: size of the volumes repacking writes (default 32M)")
+
+    p = command("prune", "reclaim the space of data no version uses",
+                "Delete volumes that hold no block of any remaining version, and repack volumes whose unused\n"
+                "share exceeds --max-unused: their live blocks are copied into new volumes, then they are\n"
+                "deleted. Safe to interrupt at any point; run it again to finish.")
+    p.add_argument("--max-unused", metavar="PERCENT", type=parse_share, default=None,
+                   help="repack volumes with more than this share unused (default 25%%)")
+    p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
+                   help="size of the volumes repacking writes (default 32M)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted and repacked")
 
     p = command("versions", "list backup versions", "One line per version: id, time, paths, files, size, bytes added.")
 
@@ -193,11 +220,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keep_options(p: argparse.ArgumentParser, title: str) -> None:
+    g = p.add_argument_group("retention", title)
+    g.add_argument("--keep-last", metavar="N", type=positive_int, default=0, help="keep the N newest versions")
+    for period in ("hourly", "daily", "weekly", "monthly", "yearly"):
+        g.add_argument(f"--keep-{period}", metavar="N", type=positive_int, default=0,
+                       help=f"keep the newest version of each of the last N {period} periods that have versions")
+    g.add_argument("--keep-within", metavar="DURATION", default=None,
+                   help="keep every version within DURATION of the newest (e.g. 30d, 2w, 1y6m, 12h)")
+    g.add_argument("--keep-tag", metavar="TAG", action="append", default=[], help="keep versions with TAG (repeatable)")
+    g.add_argument("--retention-policy", metavar="POLICY", default=None,
+                   help="Duplicati-style FRAME:INTERVAL,... e.g. 1W:1D,4W:1W,12M:1M (U = unlimited)")
+    g.add_argument("--prune", action="store_true", help="prune after forgetting (see 'fsbackup prune')")
+    g.add_argument("--max-unused", metavar="PERCENT", type=parse_share, default=None,
+                   help="prune: repack volumes with more than this share unused (default 25%%)")
+
+
+def parse_share(text: str) -> float:
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a percentage between 0% and 100%")
+    return value / 100
+
+
 # ---- helpers --------------------------------------------------------------------------------
 
 class Output:
     def __init__(self, args):
         self.quiet, self.verbose, self.json = args.quiet, args.verbose, args.json
+
+    @classmethod
+    def silent(cls) -> "Output":
+        return cls(argparse.Namespace(quiet=True, verbose=0, json=True))
 
     def info(self, msg: str) -> None:
         if not self.quiet and not self.json:
@@ -315,6 +372,9 @@ def cmd_backup(args, out: Output) -> int:
                 excludes += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
         except OSError as e:
             raise UsageError(f"cannot read exclude file {path}: {e.strerror}") from None
+    policy = policy_from_args(args)
+    if args.prune and policy.is_empty():
+        raise UsageError("backup --prune needs at least one keep rule (e.g. --keep-daily 7)")
     options = BackupOptions(excludes=excludes, exclude_if_present=args.exclude_if_present,
                             exclude_caches=args.exclude_caches, one_file_system=args.one_file_system,
                             tags=args.tag, dry_run=args.dry_run)
@@ -329,9 +389,7 @@ def cmd_backup(args, out: Output) -> int:
                "bytes_read": s.bytes_read, "total_size": s.total_size, "blocks_new": s.blocks_new,
                "bytes_new": s.bytes_new_plain, "bytes_added": s.bytes_added, "volumes": s.volumes,
                "duration": round(s.duration, 3), "warnings": s.warnings}
-    if out.json:
-        out.emit_json(summary)
-    else:
+    if not out.json:
         out.info(f"files: {s.files_new} new, {s.files_changed} changed, {s.files_unchanged} unchanged"
                  f" ({s.dirs} dirs, {s.others} other)")
         out.info(f"read {human_bytes(s.bytes_read)} of {human_bytes(s.total_size)}; "
@@ -343,8 +401,119 @@ def cmd_backup(args, out: Output) -> int:
             out.info("dry run: nothing was stored")
         if s.warnings:
             out.warn(f"{len(s.warnings)} file(s) could not be read and are missing from this version (listed above)")
+    if name and not policy.is_empty():      # retention only after a version was saved
+        with maintenance_lock(repo, "backup"):
+            repo.ensure_index()
+            summary["forget"] = _forget_by_policy(repo, policy, False, Output.silent() if out.json else out)
+            if args.prune:
+                summary["prune"] = _prune(repo, args, Output.silent() if out.json else out, dry_run=False)
+    if out.json:
+        out.emit_json(summary)
     repo.close()
     return errors.EXIT_PARTIAL if s.warnings else 0
+
+
+# ---- forget and prune ------------------------------------------------------------------------
+
+def maintenance_lock(repo: Repository, command: str):
+    """The one place where forget, prune and backup's retention step take the repository's
+    exclusive lock: nothing may back up (or prune) while versions and volumes are deleted."""
+    # LOCK: when fsbackup/locks.py is merged, replace the next line with
+    #     return repository_lock(repo, exclusive=True, command=command)
+    return contextlib.nullcontext()
+
+
+def policy_from_args(args):
+    from .retention import Policy, parse_retention_policy, parse_within
+    frames, frames_text = parse_retention_policy(args.retention_policy) if args.retention_policy else ((), ())
+    return Policy(last=args.keep_last, hourly=args.keep_hourly, daily=args.keep_daily, weekly=args.keep_weekly,
+                  monthly=args.keep_monthly, yearly=args.keep_yearly,
+                  within=parse_within(args.keep_within) if args.keep_within else None,
+                  tags=tuple(args.keep_tag), frames=frames, frames_text=frames_text)
+
+
+def _forget_by_policy(repo: Repository, policy, dry_run: bool, out: Output) -> dict:
+    from .prune import forget_versions, plan_forget
+    from .tree import list_versions
+    groups = plan_forget(list_versions(repo.index), policy)
+    removed = [v.id for g in groups for v in g.decision.remove]
+    for g in groups:
+        out.info(f"{g.host} {' '.join(g.paths)}: keeping {len(g.decision.keep)}, "
+                 f"{'would remove' if dry_run else 'removing'} {len(g.decision.remove)}")
+        for v, why in g.decision.keep:
+            out.info(f"  keep    {v.id[:8]}  {fmt_time(v.time_ns)}  ({', '.join(why)})")
+        for v in g.decision.remove:
+            out.info(f"  remove  {v.id[:8]}  {fmt_time(v.time_ns)}")
+    if not dry_run:
+        forget_versions(repo, removed)
+    return {"dry_run": dry_run, "removed": removed,
+            "groups": [{"host": g.host, "paths": g.paths, "remove": [v.id for v in g.decision.remove],
+                        "keep": [{"id": v.id, "reasons": why} for v, why in g.decision.keep]} for g in groups]}
+
+
+def _forget_named(repo: Repository, specs: list[str], dry_run: bool, out: Output) -> dict:
+    from .prune import forget_versions
+    from .tree import resolve_version
+    names = list(dict.fromkeys(resolve_version(repo.index, spec).name for spec in specs))
+    for name in names:
+        out.info(f"{'would remove' if dry_run else 'removing'} {name[:8]}")
+    if not dry_run:
+        forget_versions(repo, names)
+    return {"dry_run": dry_run, "removed": names}
+
+
+def _prune(repo: Repository, args, out: Output, dry_run: bool) -> dict:
+    from .prune import DEFAULT_MAX_UNUSED, Prune, plan_prune
+    max_unused = DEFAULT_MAX_UNUSED if args.max_unused is None else args.max_unused
+    plan = plan_prune(repo, max_unused)
+    if dry_run:
+        out.info(f"prune would delete {len(plan.delete)} unused volume(s) and {len(plan.orphans)} leftover "
+                 f"object(s), repack {len(plan.repack)} volume(s) ({human_bytes(plan.bytes_to_move)} of live data "
+                 f"to copy), keep {plan.kept}; about {human_bytes(plan.bytes_freed)} freed")
+        return {"dry_run": True, **plan.as_json()}
+    from .backup import DEFAULT_VOLUME_SIZE
+    job = Prune(repo, getattr(args, "volume_size", None) or DEFAULT_VOLUME_SIZE, out.progress())
+    s = job.run(plan)
+    out.info(f"pruned: deleted {s.volumes_deleted} unused volume(s) and {s.orphans_deleted} leftover object(s), "
+             f"repacked {s.volumes_repacked} volume(s) into {s.volumes_written} ({s.blocks_moved} blocks moved); "
+             f"freed {human_bytes(s.bytes_deleted - s.bytes_written)} in {human_duration(s.duration)}")
+    return {"dry_run": False, **s.as_json()}
+
+
+def cmd_forget(args, out: Output) -> int:
+    policy = policy_from_args(args)
+    if args.versions and not policy.is_empty():
+        raise UsageError("give either version ids or keep rules to forget, not both")
+    if not args.versions and policy.is_empty():
+        raise UsageError("forget needs at least one keep rule (e.g. --keep-daily 7) or version ids; "
+                         "it never removes every version")
+    repo = open_repo(args, out)
+    with maintenance_lock(repo, "forget"):
+        repo.ensure_index()
+        if args.versions:
+            doc = _forget_named(repo, args.versions, args.dry_run, out)
+        else:
+            doc = _forget_by_policy(repo, policy, args.dry_run, out)
+        if args.prune:
+            if args.dry_run:
+                out.info("then prune (its plan depends on what is forgotten; see 'fsbackup prune --dry-run' after)")
+            else:
+                doc["prune"] = _prune(repo, args, out, dry_run=False)
+    if out.json:
+        out.emit_json(doc)
+    repo.close()
+    return 0
+
+
+def cmd_prune(args, out: Output) -> int:
+    repo = open_repo(args, out)
+    with maintenance_lock(repo, "prune"):
+        repo.ensure_index()
+        doc = _prune(repo, args, out, args.dry_run)
+    if out.json:
+        out.emit_json(doc)
+    repo.close()
+    return 0
 
 
 def cmd_versions(args, out: Output) -> int:
@@ -508,9 +677,9 @@ def cmd_umount(args, out: Output) -> int:
     return umount(args.mountpoint)
 
 
-COMMANDS = {"init": cmd_init, "backup": cmd_backup, "versions": cmd_versions, "ls": cmd_ls,
-            "restore": cmd_restore, "repair": cmd_repair, "mount": cmd_mount, "umount": cmd_umount,
-            "unlock": cmd_unlock, "key": cmd_key}
+COMMANDS = {"init": cmd_init, "backup": cmd_backup, "forget": cmd_forget, "prune": cmd_prune,
+            "versions": cmd_versions, "ls": cmd_ls, "restore": cmd_restore, "repair": cmd_repair,
+            "mount": cmd_mount, "umount": cmd_umount, "unlock": cmd_unlock, "key": cmd_key}
 
 
 def main(argv: list[str] | None = None) -> int:

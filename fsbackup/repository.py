@@ -198,7 +198,12 @@ class Repository:
             return self.index
         index = self.index
         known_volumes = {name for (name,) in index.q("SELECT name FROM volumes")}
-        new_indexes = [n for n, _ in self.backend.list("index/") if n.split("/", 1)[1] not in known_volumes]
+        remote_indexes = [n for n, _ in self.backend.list("index/")]
+        # A volume whose index object is gone was deleted by a prune (maybe another machine's):
+        # forget it first, so the blocks a prune moved are then recorded at their new place.
+        for name in known_volumes - {n.split("/", 1)[1] for n in remote_indexes}:
+            self.unrecord_volume(name)
+        new_indexes = [n for n in remote_indexes if n.split("/", 1)[1] not in known_volumes]
         if new_indexes:
             self._record_index_objects(new_indexes, dict(self.backend.list("data/")), progress=None)
         remote_versions = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
@@ -384,16 +389,34 @@ class Repository:
         self.backend.put(volume_object(name), volume)
         self.backend.put(index_object(name), index_obj)
 
-    def record_volume(self, name: str, size: int, entries: Iterable[fmt.BlockEntry]) -> None:
-        """Record a volume whose volume and index objects are durably stored."""
+    def record_volume(self, name: str, size: int, entries: Iterable[fmt.BlockEntry], moved: bool = False) -> None:
+        """Record a volume whose volume and index objects are durably stored. Blocks already
+        recorded elsewhere keep their place, unless `moved` (prune's repacking) moves them here."""
         entries = list(entries)
+        verb = "INSERT OR REPLACE" if moved else "INSERT OR IGNORE"
         with self.index.transaction() as db:
             db.execute("INSERT OR IGNORE INTO volumes(name, size, block_count) VALUES (?, ?, ?)",
                        (name, size, len(entries)))
             (vol_id,) = db.execute("SELECT id FROM volumes WHERE name=?", (name,)).fetchone()
-            db.executemany("INSERT OR IGNORE INTO blocks(hash, volume, offset, stored_length, plain_length) "
+            db.executemany(f"{verb} INTO blocks(hash, volume, offset, stored_length, plain_length) "
                            "VALUES (?, ?, ?, ?, ?)",
                            [(e.id, vol_id, e.offset, e.stored_length, e.plain_length) for e in entries])
+
+    def unrecord_volume(self, name: str) -> None:
+        """Forget a volume and the blocks recorded in it (before it is deleted, or once it is gone)."""
+        with self.index.transaction() as db:
+            row = db.execute("SELECT id FROM volumes WHERE name=?", (name,)).fetchone()
+            if row:
+                db.execute("DELETE FROM blocks WHERE volume=?", row)
+                db.execute("DELETE FROM volumes WHERE id=?", row)
+
+    def delete_volume(self, name: str) -> None:
+        """Delete a volume no version needs: unrecorded first (the index never names a block that
+        may be gone), then its index object (from then on no reader records it again), then the
+        volume. A crash in between leaves a volume without index object, which prune deletes."""
+        self.unrecord_volume(name)
+        self.backend.delete(index_object(name))
+        self.backend.delete(volume_object(name))
 
     def has_block(self, block_id: bytes) -> bool:
         return self.index.one("SELECT 1 FROM blocks WHERE hash=?", (block_id,)) is not None
@@ -433,6 +456,12 @@ class Repository:
         name = secrets.token_hex(32)
         self.backend.put(version_object(name), fmt.encode_version(self.keys, bytes.fromhex(name), head, entries))
         return name
+
+    def delete_version(self, name: str) -> None:
+        """Remove a version: its object first (a crash leaves it recorded locally, and the next
+        `ensure_index` drops it), then its rows in the local index."""
+        self.backend.delete(version_object(name))
+        self.unrecord_version(name)
 
     def load_version(self, name: str):
         obj = version_object(name)

@@ -1,0 +1,236 @@
+"""Forget (remove versions a retention policy does not keep) and prune (reclaim the space of
+blocks no remaining version uses). docs/maintenance.md is the user's guide.
+
+Prune's safety rests on one order, whatever point a crash interrupts it at:
+- a volume is live while its index object exists; a volume is deleted by first unrecording it
+  locally, then deleting its index object, then the volume (`Repository.delete_volume`);
+- a repacked volume's live blocks are written to a new volume, which is stored (volume, then
+  index object) and recorded with the blocks moved to it before the old volume is deleted;
+- only volumes holding no block of a remaining version are deleted, and versions are forgotten
+  before: no remaining version can point to deleted data.
+Leftovers of a crash (a volume without index object, a repacked volume not yet deleted, or an
+index object whose volume is gone) are found and cleaned by the next prune.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import format as fmt
+from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
+from .progress import Progress
+from .repository import Repository, index_object
+from .retention import Decision, Policy, Version, apply
+from .tree import VersionInfo, list_versions
+
+DEFAULT_MAX_UNUSED = 0.25
+
+
+# ---- forget ---------------------------------------------------------------------------------
+
+@dataclass
+class ForgetGroup:
+    """Versions of one host and set of paths: retention applies to each group on its own."""
+    host: str
+    paths: list[str]
+    decision: Decision
+
+
+def plan_forget(versions: list[VersionInfo], policy: Policy, now_ns: int | None = None) -> list[ForgetGroup]:
+    groups: dict[tuple, list[VersionInfo]] = {}
+    for v in versions:
+        groups.setdefault((v.host, tuple(sorted(v.paths))), []).append(v)
+    out = []
+    for (host, paths), members in sorted(groups.items()):
+        decision = apply([Version(v.name, v.time_ns, tuple(v.tags)) for v in members], policy,
+                         time.time_ns() if now_ns is None else now_ns)
+        out.append(ForgetGroup(host, list(paths), decision))
+    return out
+
+
+def forget_versions(repo: Repository, names: list[str]) -> None:
+    for name in names:
+        repo.delete_version(name)
+
+
+# ---- prune: what is used, and the plan ------------------------------------------------------
+
+@dataclass
+class VolumeUse:
+    name: str
+    size: int
+    live_blocks: int
+    live_bytes: int
+    dead_bytes: int         # stored bytes of blocks recorded in this volume that no version uses
+
+    @property
+    def unused_share(self) -> float:
+        return self.dead_bytes / self.size if self.size else 0.0
+
+
+@dataclass
+class PrunePlan:
+    delete: list[VolumeUse] = field(default_factory=list)     # no live block: deleted whole
+    repack: list[VolumeUse] = field(default_factory=list)     # live blocks copied out, then deleted
+    kept: int = 0
+    orphans: list[tuple[str, int]] = field(default_factory=list)   # remote leftovers: (object, size)
+
+    @property
+    def bytes_to_move(self) -> int:
+        return sum(v.live_bytes for v in self.repack)
+
+    @property
+    def bytes_freed(self) -> int:
+        """About: deleted volumes and orphans, and what repacking leaves behind."""
+        return (sum(v.size for v in self.delete) + sum(v.size - v.live_bytes for v in self.repack)
+                + sum(size for _, size in self.orphans))
+
+    def as_json(self) -> dict:
+        return {"volumes_to_delete": len(self.delete), "volumes_to_repack": len(self.repack),
+                "volumes_kept": self.kept, "orphans": [name for name, _ in self.orphans],
+                "bytes_to_move": self.bytes_to_move, "bytes_freed": self.bytes_freed}
+
+
+def _mark_used_blocks(repo: Repository) -> None:
+    """Fill the temporary table used_blocks with every block a remaining version's file uses:
+    one pass over the distinct contents that nodes refer to (each content once, however many
+    versions and hard links share it)."""
+    index = repo.index
+    with index.transaction() as db:
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS used_blocks(hash BLOB PRIMARY KEY) WITHOUT ROWID")
+        db.execute("DELETE FROM temp.used_blocks")
+        contents = db.cursor().execute(
+            "SELECT extents FROM contents WHERE id IN (SELECT content FROM nodes WHERE content IS NOT NULL)")
+        db.cursor().executemany("INSERT OR IGNORE INTO temp.used_blocks(hash) VALUES (?)",
+                                ((block_id,) for (extents,) in contents
+                                 for block_id, _ in fmt.EXTENT.iter_unpack(extents) if block_id != fmt.HOLE_ID))
+
+
+def volume_use(repo: Repository) -> list[VolumeUse]:
+    _mark_used_blocks(repo)
+    rows = repo.index.q(
+        "SELECT v.name, v.size, count(u.hash), "
+        "       coalesce(sum(CASE WHEN u.hash IS NOT NULL THEN b.stored_length END), 0), "
+        "       coalesce(sum(CASE WHEN u.hash IS NULL AND b.hash IS NOT NULL THEN b.stored_length END), 0) "
+        "FROM volumes v LEFT JOIN blocks b ON b.volume = v.id LEFT JOIN temp.used_blocks u ON u.hash = b.hash "
+        "GROUP BY v.id ORDER BY v.name")
+    return [VolumeUse(*row) for row in rows]
+
+
+def _orphans(repo: Repository) -> list[tuple[str, int]]:
+    """Remote objects no reader uses: volumes without index object (a backup or prune that was
+    interrupted between the two), and index objects of volumes that are gone and not recorded.
+    Only safe while no backup is writing (the exclusive lock)."""
+    volumes = {name.rsplit("/", 1)[1]: (name, size) for name, size in repo.backend.list("data/")}
+    indexes = {name.split("/", 1)[1]: size for name, size in repo.backend.list("index/")}
+    recorded = {name for (name,) in repo.index.q("SELECT name FROM volumes")}
+    out = [(obj, size) for name, (obj, size) in volumes.items() if name not in indexes]
+    out += [(index_object(name), size) for name, size in indexes.items()
+            if name not in volumes and name not in recorded]
+    return sorted(out)
+
+
+def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> PrunePlan:
+    plan = PrunePlan(orphans=_orphans(repo))
+    for use in volume_use(repo):
+        if use.live_blocks == 0:
+            plan.delete.append(use)
+        elif use.unused_share > max_unused:
+            plan.repack.append(use)
+        else:
+            plan.kept += 1
+    return plan
+
+
+# ---- prune: doing it ------------------------------------------------------------------------
+
+@dataclass
+class PruneStats:
+    volumes_deleted: int = 0
+    volumes_repacked: int = 0
+    volumes_written: int = 0
+    orphans_deleted: int = 0
+    blocks_moved: int = 0
+    bytes_deleted: int = 0
+    bytes_written: int = 0
+    duration: float = 0.0
+
+    def as_json(self) -> dict:
+        return {**self.__dict__, "bytes_freed": self.bytes_deleted - self.bytes_written,
+                "duration": round(self.duration, 3)}
+
+
+class Prune:
+    def __init__(self, repo: Repository, volume_size: int = DEFAULT_VOLUME_SIZE, progress: Progress | None = None):
+        self.repo = repo
+        self.volume_size = volume_size
+        self.progress = progress or Progress(enabled=False)
+        self.stats = PruneStats()
+        self.writer: _OpenVolume | None = None
+        self.emptied: list[VolumeUse] = []     # repacked volumes whose live blocks are all in `writer` or stored
+
+    def run(self, plan: PrunePlan) -> PruneStats:
+        started = time.monotonic()
+        self.progress.start("prune", total_bytes=plan.bytes_to_move)
+        for obj, size in plan.orphans:
+            self.repo.backend.delete(obj)
+            self.stats.orphans_deleted += 1
+            self.stats.bytes_deleted += size
+        for use in plan.delete:
+            self._delete(use)
+        with ThreadPoolExecutor(max(1, self.repo.backend.connections), thread_name_prefix="fsbackup-prune") as pool:
+            for use in plan.repack:
+                self._repack(use, pool)
+        self._flush()
+        self.progress.finish()
+        self.stats.duration = time.monotonic() - started
+        return self.stats
+
+    def _delete(self, use: VolumeUse) -> None:
+        self.repo.delete_volume(use.name)
+        self.stats.volumes_deleted += 1
+        self.stats.bytes_deleted += use.size
+
+    def _repack(self, use: VolumeUse, pool: ThreadPoolExecutor) -> None:
+        """Copy the volume's live blocks into the open new volume; the old one is deleted once
+        every block it gave is stored and recorded in a new volume. Each block is fetched with
+        one range read, authenticated and checked against its id, then encoded anew under the
+        new volume's key. Memory: this volume's live blocks and one new volume."""
+        live = self.repo.index.q(
+            "SELECT b.hash, b.offset, b.stored_length, b.plain_length FROM blocks b "
+            "JOIN volumes v ON v.id = b.volume JOIN temp.used_blocks u ON u.hash = b.hash "
+            "WHERE v.name = ? ORDER BY b.offset", (use.name,))
+        fetched = pool.map(lambda row: (row[0], self.repo.fetch_block(row[0], (use.name, *row[1:]))), live)
+        for block_id, data in fetched:
+            if self.writer is None:
+                self.writer = _OpenVolume(self.repo)
+            stored, plain_len = fmt.encode_block(self.writer.cipher, block_id, data)
+            self.writer.add(block_id, stored, plain_len)
+            self.stats.blocks_moved += 1
+            self.progress.advance(nbytes=plain_len)
+            if self.writer.offset >= self.volume_size - fmt.HEADER_LEN:
+                self._flush()
+        self.emptied.append(use)
+        self.stats.volumes_repacked += 1
+
+    def _flush(self) -> None:
+        """Store and record the new volume (its blocks now point there), then delete the old
+        volumes it emptied."""
+        vol, self.writer = self.writer, None
+        if vol is not None and vol.entries:
+            data, index_obj = vol.seal(self.repo.keys)
+            self.repo.store_volume(vol.name, data, index_obj)
+            self.repo.record_volume(vol.name, len(data), vol.entries, moved=True)
+            self.stats.volumes_written += 1
+            self.stats.bytes_written += len(data) + len(index_obj)
+        for use in self.emptied:
+            self.repo.delete_volume(use.name)
+            self.stats.bytes_deleted += use.size
+        self.emptied = []
+
+
+def repository_size(repo: Repository) -> int:
+    """Bytes of every object on the remote (for summaries and tests)."""
+    return sum(size for _, size in repo.backend.list(""))
+

@@ -41,6 +41,7 @@ examples:
   fsbackup ls latest /home/alice/Documents -l
   fsbackup restore latest /home/alice/Documents/report.odt --target /tmp/restored
   fsbackup key passwd
+  fsbackup forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
 
 exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be read,
   4 restore would overwrite files, 10 no repository, 11 wrong passphrase, 12 corrupt or missing

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from . import format as fmt
 from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
 from .progress import Progress
-from .repository import Repository, index_object
+from .repository import Repository, get_checked, index_object, volume_object
 from .retention import Decision, Policy, Version, apply
 from .tree import VersionInfo, list_versions
 
 DEFAULT_MAX_UNUSED = 0.25
+MAX_RUN_BYTES = 8 << 20     # live blocks lying back to back are fetched together, up to this much
 
 
 # ---- forget ---------------------------------------------------------------------------------
@@ -201,8 +202,8 @@ class Prune:
             "SELECT b.hash, b.offset, b.stored_length, b.plain_length FROM blocks b "
             "JOIN volumes v ON v.id = b.volume JOIN temp.used_blocks u ON u.hash = b.hash "
             "WHERE v.name = ? ORDER BY b.offset", (use.name,))
-        fetched = pool.map(lambda row: (row[0], self.repo.fetch_block(row[0], (use.name, *row[1:]))), live)
-        for block_id, data in fetched:
+        fetched = pool.map(lambda run: self._fetch_run(use.name, run), _runs(live))
+        for block_id, data in (block for run in fetched for block in run):
             if self.writer is None:
                 self.writer = _OpenVolume(self.repo)
             stored, plain_len = fmt.encode_block(self.writer.cipher, block_id, data)
@@ -213,6 +214,17 @@ class Prune:
                 self._flush()
         self.emptied.append(use)
         self.stats.volumes_repacked += 1
+
+    def _fetch_run(self, volume: str, run: list) -> list[tuple[bytes, bytes]]:
+        """Blocks lying back to back, fetched with one range read, each authenticated and checked."""
+        start = run[0][1]
+        length = run[-1][1] + run[-1][2] - start
+
+        def decode(data: bytes) -> list[tuple[bytes, bytes]]:
+            return [(block_id, self.repo.decode_block(block_id, (volume, offset, stored_length, plain_length),
+                                                      data[offset - start:offset - start + stored_length]))
+                    for block_id, offset, stored_length, plain_length in run]
+        return get_checked(self.repo.backend, volume_object(volume), decode, start, length)
 
     def _flush(self) -> None:
         """Store and record the new volume (its blocks now point there), then delete the old
@@ -228,6 +240,20 @@ class Prune:
             self.repo.delete_volume(use.name)
             self.stats.bytes_deleted += use.size
         self.emptied = []
+
+
+def _runs(live: list, limit: int = MAX_RUN_BYTES):
+    """Group live blocks (ordered by offset) into runs that lie back to back in their volume,
+    each at most `limit` bytes (a single larger block is a run of its own)."""
+    run: list = []
+    for row in live:
+        _, offset, stored_length, _ = row
+        if run and (offset != run[-1][1] + run[-1][2] or offset + stored_length - run[0][1] > limit):
+            yield run
+            run = []
+        run.append(row)
+    if run:
+        yield run
 
 
 def repository_size(repo: Repository) -> int:

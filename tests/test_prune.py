@@ -323,3 +323,10 @@ def test_prune_killed_at_random_times_leaves_every_version_restorable(env, tmp_p
         killed += p.returncode == -signal.SIGKILL
         recover(env, tmp_path, src, dict(versions), drop_index=attempt % 2 == 1, then_backup=attempt == 3)
     assert killed >= 2, "too few prunes were killed while running: the kill window is mis-measured"
+
+
+def test_back_to_back_live_blocks_are_fetched_in_one_range_read():
+    from fsbackup.prune import _runs
+    rows = [(b"a", 8, 10, 9), (b"b", 18, 5, 4), (b"c", 40, 10, 9), (b"d", 50, 10, 9), (b"e", 60, 10, 9)]
+    assert [[r[0] for r in run] for run in _runs(rows, limit=25)] == [[b"a", b"b"], [b"c", b"d"], [b"e"]]
+    assert [len(run) for run in _runs(rows[:1], limit=1)] == [1]

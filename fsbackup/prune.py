@@ -22,7 +22,7 @@ from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
 from .progress import Progress
 from .repository import Repository, get_checked, index_object, volume_object
 from .retention import Decision, Policy, Version, apply
-from .tree import VersionInfo, list_versions
+from .tree import VersionInfo
 
 DEFAULT_MAX_UNUSED = 0.25
 MAX_RUN_BYTES = 8 << 20     # live blocks lying back to back are fetched together, up to this much

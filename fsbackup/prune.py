@@ -53,6 +53,8 @@ def plan_forget(versions: list[VersionInfo], policy: Policy, now_ns: int | None 
 def forget_versions(repo: Repository, names: list[str]) -> None:
     for name in names:
         repo.delete_version(name)
+    if names:
+        repo.drop_unused_contents()
 
 
 # ---- prune: what is used, and the plan ------------------------------------------------------

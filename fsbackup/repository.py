@@ -237,6 +237,11 @@ class Repository:
                 db.execute("DELETE FROM nodes WHERE version=?", row)
                 db.execute("DELETE FROM versions WHERE id=?", row)
 
+    def drop_unused_contents(self) -> None:
+        """Forget file contents no recorded version refers to any more (after versions are removed)."""
+        with self.index.transaction() as db:
+            db.execute("DELETE FROM contents WHERE id NOT IN (SELECT content FROM nodes WHERE content IS NOT NULL)")
+
     def rebuild_index(self, progress=None) -> dict:
         """Rebuild the local index from index and version objects alone (no volume is downloaded)."""
         index = self.index

@@ -330,3 +330,18 @@ def test_back_to_back_live_blocks_are_fetched_in_one_range_read():
     rows = [(b"a", 8, 10, 9), (b"b", 18, 5, 4), (b"c", 40, 10, 9), (b"d", 50, 10, 9), (b"e", 60, 10, 9)]
     assert [[r[0] for r in run] for run in _runs(rows, limit=25)] == [[b"a", b"b"], [b"c", b"d"], [b"e"]]
     assert [len(run) for run in _runs(rows[:1], limit=1)] == [1]
+
+
+def test_forget_drops_the_file_contents_only_forgotten_versions_used(env, tmp_path):
+    import sqlite3
+    src = tmp_path / "src"
+    build_history(env, src, random.Random(10))
+    env.ok("forget", "--keep-last", "1")
+    db = sqlite3.connect(index_path(env))
+    try:
+        (orphans,) = db.execute("SELECT count(*) FROM contents WHERE id NOT IN "
+                                "(SELECT content FROM nodes WHERE content IS NOT NULL)").fetchone()
+        (remaining,) = db.execute("SELECT count(*) FROM contents").fetchone()
+    finally:
+        db.close()
+    assert orphans == 0 and remaining == 6

@@ -43,10 +43,16 @@ class Span:
         return not (self.years or self.months or self.seconds)
 
     def before(self, t: dt.datetime) -> dt.datetime:
-        return _add_months(t, -(12 * self.years + self.months)) - dt.timedelta(seconds=self.seconds)
+        try:
+            return _add_months(t, -(12 * self.years + self.months)) - dt.timedelta(seconds=self.seconds)
+        except OverflowError:             # a span longer than the calendar: since the beginning
+            return dt.datetime.min.replace(tzinfo=t.tzinfo)
 
     def after(self, t: dt.datetime) -> dt.datetime:
-        return _add_months(t, 12 * self.years + self.months) + dt.timedelta(seconds=self.seconds)
+        try:
+            return _add_months(t, 12 * self.years + self.months) + dt.timedelta(seconds=self.seconds)
+        except OverflowError:
+            return dt.datetime.max.replace(tzinfo=t.tzinfo)
 
 
 UNLIMITED = None      # a Duplicati time frame or interval of "U"

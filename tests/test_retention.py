@@ -103,6 +103,12 @@ def test_duplicati_policy_unlimited_frame_and_keep_all_interval():
                    "2019-05-01T00:00": ["policy U:1Y"]}
 
 
+def test_spans_longer_than_the_calendar_keep_everything():
+    frames, texts = parse_retention_policy("99999999D:1s,1W:U")
+    got = kept(DAYS, Policy(frames=frames, frames_text=texts, within=parse_within("9999999y")))
+    assert set(got) == {v.id for v in DAYS}
+
+
 @pytest.mark.parametrize("bad", ["", "30", "3x", "d3", "1d-2h"])
 def test_bad_durations_are_usage_errors(bad):
     with pytest.raises(UsageError):

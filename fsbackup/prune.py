@@ -175,11 +175,13 @@ class Prune:
 
     def run(self, plan: PrunePlan) -> PruneStats:
         started = time.monotonic()
-        self.progress.start("prune", total_bytes=plan.bytes_to_move)
+        self.progress.start("prune", total_bytes=plan.bytes_to_move or None,
+                            total_items=len(plan.orphans) + len(plan.delete) + len(plan.repack))
         for obj, size in plan.orphans:
             self.repo.backend.delete(obj)
             self.stats.orphans_deleted += 1
             self.stats.bytes_deleted += size
+            self.progress.advance(items=1)
         for use in plan.delete:
             self._delete(use)
         with ThreadPoolExecutor(max(1, self.repo.backend.connections), thread_name_prefix="fsbackup-prune") as pool:
@@ -194,6 +196,7 @@ class Prune:
         self.repo.delete_volume(use.name)
         self.stats.volumes_deleted += 1
         self.stats.bytes_deleted += use.size
+        self.progress.advance(items=1)
 
     def _repack(self, use: VolumeUse, pool: ThreadPoolExecutor) -> None:
         """Copy the volume's live blocks into the open new volume; the old one is deleted once
@@ -216,6 +219,7 @@ class Prune:
                 self._flush()
         self.emptied.append(use)
         self.stats.volumes_repacked += 1
+        self.progress.advance(items=1)
 
     def _fetch_run(self, volume: str, run: list) -> list[tuple[bytes, bytes]]:
         """Blocks lying back to back, fetched with one range read, each authenticated and checked."""

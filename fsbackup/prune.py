@@ -174,6 +174,8 @@ class Prune:
         self.emptied: list[VolumeUse] = []     # repacked volumes whose live blocks are all in `writer` or stored
 
     def run(self, plan: PrunePlan) -> PruneStats:
+        """Carry out `plan`, made by `plan_prune` on this repository just before (its marks of the
+        used blocks are read again here)."""
         started = time.monotonic()
         self.progress.start("prune", total_bytes=plan.bytes_to_move or None,
                             total_items=len(plan.orphans) + len(plan.delete) + len(plan.repack))
@@ -214,7 +216,7 @@ class Prune:
             stored, plain_len = fmt.encode_block(self.writer.cipher, block_id, data)
             self.writer.add(block_id, stored, plain_len)
             self.stats.blocks_moved += 1
-            self.progress.advance(nbytes=plain_len)
+            self.progress.advance(nbytes=len(stored))
             if self.writer.offset >= self.volume_size - fmt.HEADER_LEN:
                 self._flush()
         self.emptied.append(use)

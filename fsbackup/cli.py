@@ -224,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _keep_options(p: argparse.ArgumentParser, title: str) -> None:
     g = p.add_argument_group("retention", title)
     g.add_argument("--keep-last", metavar="N", type=positive_int, default=0, help="keep the N newest versions")
-    for period in ("hourly", "daily", "weekly", "monthly", "yearly"):
+    for period, unit in (("hourly", "hours"), ("daily", "days"), ("weekly", "ISO weeks"), ("monthly", "months"),
+                         ("yearly", "years")):
         g.add_argument(f"--keep-{period}", metavar="N", type=positive_int, default=0,
-                       help=f"keep the newest version of each of the last N {period} periods that have versions")
+                       help=f"keep the newest version of each of the last N {unit} that have versions (local time)")
     g.add_argument("--keep-within", metavar="DURATION", default=None,
                    help="keep every version within DURATION of the newest (e.g. 30d, 2w, 1y6m, 12h)")
     g.add_argument("--keep-tag", metavar="TAG", action="append", default=[], help="keep versions with TAG (repeatable)")

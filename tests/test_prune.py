@@ -147,10 +147,17 @@ def test_forget_named_versions_and_the_policy_never_removes_the_newest(env, tmp_
     env.ok("forget", oldest[:10])
     assert oldest not in remote_versions(env)
     assert env.run("forget", oldest[:10]).rc == errors.EXIT_NOT_FOUND
+    doc = json.loads(env.ok("--json", "forget", "--keep-last", "1", "--dry-run").out)
+    (group,) = doc["groups"]
+    assert group["keep"] == [{"id": list(versions)[-1], "reasons": ["newest", "last 1"]}]
+    assert set(group["remove"]) == set(versions) - {oldest, list(versions)[-1]}
     # a tag nothing has: only the newest stays
     newest = list(versions)[-1]
     env.ok("forget", "--keep-tag", "nothing-has-it")
     assert remote_versions(env) == {newest}
+    env.ok("forget", newest)                            # named explicitly, even the newest may go
+    assert remote_versions(env) == set()
+    assert "no versions yet" in env.ok("versions").out
 
 
 def test_backup_with_keep_rules_forgets_and_prunes_after_saving(env, tmp_path):

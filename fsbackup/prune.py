@@ -211,7 +211,7 @@ class Prune:
         """Copy the volume's live blocks into the open new volume; the old one is deleted once
         every block it gave is stored and recorded in a new volume. Each block is fetched with
         one range read, authenticated and checked against its id, then encoded anew under the
-        new volume's key. Memory: this volume's live blocks and one new volume."""
+        new volume's key. Memory: this volume's live blocks and the one new volume."""
         live = self.repo.index.q(
             "SELECT b.hash, b.offset, b.stored_length, b.plain_length FROM blocks b "
             f"JOIN volumes v ON v.id = b.volume WHERE v.name = ? AND {LIVE} ORDER BY b.offset", (use.name,))

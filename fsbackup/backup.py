@@ -34,7 +34,7 @@ from .chunker import MIN_SIZE, WHOLE_READ_LIMIT, Chunker
 from .errors import FsbackupError, PathNotFound
 from .locks import repository_lock
 from .progress import Progress
-from .repository import Repository
+from .repository import REREAD_FILES, Repository
 from .tree import Node, VersionTree, list_versions
 
 DEFAULT_VOLUME_SIZE = 32 * 1024 * 1024
@@ -275,11 +275,15 @@ class Backup:
             settled = self.repo.settle_leftovers()
             for note in settled.notes:
                 self.note(note)
-            if settled.lost_volumes:
+            index = self.repo.index
+            if settled.lost_volumes or index.get_meta(REREAD_FILES):
                 self.options = replace(self.options, trust_unchanged=False)
-                self.note("every file is read again, since some stored data is gone")
+                self.note("every file is read again: data this machine's index knew of is gone from "
+                          "the repository (pruned from another machine, or lost)")
             self.before_commit = lock.ensure_held
-            return self.run(paths)
+            name = self.run(paths)
+            index.set_meta(REREAD_FILES, "")
+            return name
 
     def run(self, paths: list[str]) -> str | None:
         """Back up `paths` as one new version; returns its name (None for a dry run)."""

@@ -6,7 +6,6 @@ It holds no backup logic. Every FsbackupError becomes one line on stderr and its
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import getpass
 import json
@@ -420,9 +419,8 @@ def cmd_backup(args, out: Output) -> int:
 def maintenance_lock(repo: Repository, command: str):
     """The one place where forget, prune and backup's retention step take the repository's
     exclusive lock: nothing may back up (or prune) while versions and volumes are deleted."""
-    # LOCK: when fsbackup/locks.py is merged, replace the next line with
-    #     return repository_lock(repo, exclusive=True, command=command)
-    return contextlib.nullcontext()
+    from .locks import repository_lock
+    return repository_lock(repo, exclusive=True, command=command)
 
 
 def policy_from_args(args):

@@ -39,6 +39,10 @@ CONFIG = "config"
 log = logging.getLogger("fsbackup.repository")
 
 
+# Local index meta key: volumes the index knew vanished from the remote since the last backup.
+REREAD_FILES = "reread_files"
+
+
 def volume_object(name: str) -> str:
     return f"data/{name[:2]}/{name}"
 
@@ -199,10 +203,15 @@ class Repository:
         index = self.index
         known_volumes = {name for (name,) in index.q("SELECT name FROM volumes")}
         remote_indexes = [n for n, _ in self.backend.list("index/")]
-        # A volume whose index object is gone was deleted by a prune (maybe another machine's):
-        # forget it first, so the blocks a prune moved are then recorded at their new place.
-        for name in known_volumes - {n.split("/", 1)[1] for n in remote_indexes}:
+        # A volume whose index object is gone was deleted by a prune (maybe another machine's), or
+        # lost: forget it first, so the blocks a prune moved are then recorded at their new place.
+        # Which it was cannot be told here, so the next backup must not take unchanged files'
+        # blocks on trust (REREAD_FILES): it reads them again, once.
+        dropped = known_volumes - {n.split("/", 1)[1] for n in remote_indexes}
+        for name in dropped:
             self.unrecord_volume(name)
+        if dropped:
+            index.set_meta(REREAD_FILES, "1")
         new_indexes = [n for n in remote_indexes if n.split("/", 1)[1] not in known_volumes]
         if new_indexes:
             self._record_index_objects(new_indexes, dict(self.backend.list("data/")), progress=None)
@@ -294,7 +303,7 @@ class Repository:
         known = {name for (name,) in self.index.q("SELECT name FROM volumes")}
         gone = sorted(known - set(volumes))
         for name in gone:
-            self.forget_volume(name)
+            self.unrecord_volume(name)
         if gone:
             notes.append(f"the local index listed {len(gone)} volume(s) the repository no longer holds; "
                          "forgotten (their blocks will be stored again when needed)")
@@ -314,13 +323,6 @@ class Repository:
         self.backend.put(index_object(name), fmt.encode_index(self.keys, volume_id, size, entries))
         self.record_volume(name, size, entries)
         return f"adopted {obj}, left by a backup that stopped before recording it"
-
-    def forget_volume(self, name: str) -> None:
-        with self.index.transaction() as db:
-            row = db.execute("SELECT id FROM volumes WHERE name=?", (name,)).fetchone()
-            if row:
-                db.execute("DELETE FROM blocks WHERE volume=?", row)
-                db.execute("DELETE FROM volumes WHERE id=?", row)
 
     # ---- keys -----------------------------------------------------------------------------
 

@@ -241,6 +241,7 @@ class Backup:
                  warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None):
         self.repo = repo
         self.before_commit: Callable[[], None] = lambda: None    # run_locked: checks the lock is still ours
+        self.after_commit: Callable[[str], None] = lambda name: None   # run_locked: verify, still under the lock
         if options.uploads_in_flight is None:
             options = replace(options, uploads_in_flight=max(1, repo.backend.connections))
         self.options = options
@@ -255,6 +256,7 @@ class Backup:
         self.hardlinks: dict[tuple[int, int], list | None] = {}
         self.volume: _OpenVolume | None = None
         self.uploads: deque[tuple[_OpenVolume, int, Future]] = deque()
+        self.written: dict[str, int] = {}           # volumes this backup stored: name -> size (for verify)
         self.encode_window = 2 * options.workers + 2
 
     def warn(self, msg: str) -> None:
@@ -266,7 +268,8 @@ class Backup:
     def run_locked(self, paths: list[str], progress: Progress | None = None) -> str | None:
         """`run` as the `backup` command does it: under an exclusive repository lock, with the local
         index brought in step and what stopped runs left settled first (a dry run, which stores
-        nothing, takes no lock and settles nothing). `progress` shows the index update."""
+        nothing, takes no lock and settles nothing). `progress` shows the index update. `after_commit`
+        (verify after backup) runs on the new version before the lock is released."""
         if self.options.dry_run:
             self.repo.ensure_index(progress)
             return self.run(paths)
@@ -283,6 +286,7 @@ class Backup:
             self.before_commit = lock.ensure_held
             name = self.run(paths)
             index.set_meta(REREAD_FILES, "")
+            self.after_commit(name)
             return name
 
     def run(self, paths: list[str]) -> str | None:
@@ -632,6 +636,7 @@ class Backup:
         vol, nbytes, fut = self.uploads.popleft()
         fut.result()
         self.repo.record_volume(vol.name, vol.stored_size, vol.entries)
+        self.written[vol.name] = vol.stored_size
         self.pending_ids.difference_update(e.id for e in vol.entries)
         self.stats.bytes_added += nbytes
         self.stats.volumes += 1

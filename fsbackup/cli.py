@@ -18,7 +18,7 @@ from . import errors
 from .backends import Backend, open_backend
 from .errors import FsbackupError, UsageError
 from .progress import Progress, human_bytes, human_duration
-from .repository import Repository
+from .repository import Repository, index_object
 
 PROG = "fsbackup"
 
@@ -41,6 +41,7 @@ examples:
   fsbackup restore latest /home/alice/Documents/report.odt --target /tmp/restored
   fsbackup key passwd
   fsbackup forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
+  fsbackup check --read-data-subset 1/7
 
 exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be read,
   4 restore would overwrite files, 10 no repository, 11 wrong passphrase, 12 corrupt or missing
@@ -125,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="scan and chunk, but store nothing")
     p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
                    help="close volumes at about this size (default 32M)")
+    v = p.add_argument_group("verify after backup (docs/maintenance.md)")
+    v.add_argument("--verify-samples", metavar="N", type=int, default=1,
+                   help="download and verify N volumes after the backup, its own first (default 1)")
+    v.add_argument("--verify-percent", metavar="P", type=float, default=0.0,
+                   help="verify at least P percent of all volumes instead")
+    v.add_argument("--no-verify", action="store_true", help="skip the verification after the backup")
     _keep_options(p, "after a successful backup, forget the versions these rules do not keep "
                      "(docs/maintenance.md); nothing is forgotten without a keep option")
 
@@ -215,8 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     a = key_action("remove", "remove a key (not the one in use, nor the last)")
     a.add_argument("key_id", metavar="ID", help="the key's id or an unambiguous prefix (see 'key list')")
 
-    command("repair", "rebuild the local index from the repository",
-            "Rebuild the local index from the repository's index and version objects (no volume is downloaded).")
+    p = command("check", "verify the repository",
+                "Verify the repository's structure: every version and index object reads, every volume they\n"
+                "name exists with the right size, and the local index agrees. With --read-data (or a subset)\n"
+                "volumes are downloaded and every block is verified. Damage is reported with the versions and\n"
+                "files it affects.\n\n"
+                "Exit code 12: something is damaged or missing (see docs/maintenance.md).")
+    _read_data_options(p)
+
+    p = command("repair", "rebuild the local index; re-create missing index objects; remove damaged files",
+                "Rebuild the local index from the repository's index and version objects, re-create missing or\n"
+                "damaged index objects from their volumes, and list versions that use damaged or missing data.\n"
+                "With --remove-damaged, those files are removed from the versions (every removed path is\n"
+                "printed). --read-data finds damage inside volumes first, as for check.\n\n"
+                "Exit code 12: damage remains that repair did not remove.")
+    _read_data_options(p)
+    p.add_argument("--remove-damaged", action="store_true",
+                   help="write each affected version again without its damaged files, then delete the old one")
     return parser
 
 
@@ -245,6 +267,22 @@ def parse_share(text: str) -> float:
     if not 0 <= value <= 100:
         raise argparse.ArgumentTypeError(f"'{text}' is not a percentage between 0% and 100%")
     return value / 100
+
+
+def subset_arg(text: str) -> str:
+    from .check import parse_subset
+    try:
+        parse_subset(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not n/m (e.g. 1/5) or a percentage (e.g. 10%)") from None
+    return text
+
+
+def _read_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--read-data", action="store_true", help="download and verify every volume")
+    g.add_argument("--read-data-subset", metavar="n/m|P%", type=subset_arg, default=None,
+                   help="download and verify part n of m (the same volumes each time), or a random P percent")
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -366,6 +404,7 @@ def cmd_init(args, out: Output) -> int:
 
 def cmd_backup(args, out: Output) -> int:
     from .backup import Backup, BackupOptions
+    from .check import verify_backup
     excludes = list(args.exclude)
     for path in args.exclude_file:
         try:
@@ -383,6 +422,10 @@ def cmd_backup(args, out: Output) -> int:
         options.volume_size = args.volume_size
     repo = open_repo(args, out, sync_index=False)
     job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note)
+    verification = []     # verify after backup runs under the backup's lock; reported after its summary
+    if not args.no_verify:
+        job.after_commit = lambda name: verification.append(verify_backup(
+            repo, name, job.written, args.verify_samples, args.verify_percent, out.progress()))
     name = job.run_locked(args.paths, out.progress())
     s = job.stats
     summary = {"version": name, "dry_run": args.dry_run, "files_new": s.files_new, "files_changed": s.files_changed,
@@ -402,15 +445,22 @@ def cmd_backup(args, out: Output) -> int:
             out.info("dry run: nothing was stored")
         if s.warnings:
             out.warn(f"{len(s.warnings)} file(s) could not be read and are missing from this version (listed above)")
+    verified = report_verification(out, name, job.written, verification[0]) if verification else True
+    summary["verified"] = verified
     if name and not policy.is_empty():      # retention only after a version was saved
-        with maintenance_lock(repo, "backup"):
-            repo.ensure_index()
-            summary["forget"] = _forget_by_policy(repo, policy, False, Output.silent() if out.json else out)
-            if args.prune:
-                summary["prune"] = _prune(repo, args, Output.silent() if out.json else out, dry_run=False)
+        if not verified:                    # never thin out older versions while the new one is in doubt
+            out.warn("retention skipped: the new version's data did not verify; no version was forgotten")
+        else:
+            with maintenance_lock(repo, "backup"):
+                repo.ensure_index()
+                summary["forget"] = _forget_by_policy(repo, policy, False, Output.silent() if out.json else out)
+                if args.prune:
+                    summary["prune"] = _prune(repo, args, Output.silent() if out.json else out, dry_run=False)
     if out.json:
         out.emit_json(summary)
     repo.close()
+    if not verified:
+        return errors.EXIT_CORRUPT
     return errors.EXIT_PARTIAL if s.warnings else 0
 
 
@@ -516,6 +566,53 @@ def cmd_prune(args, out: Output) -> int:
     return 0
 
 
+def report_verification(out: Output, name: str, written: dict[str, int], report) -> bool:
+    if report.ok:
+        out.info(f"verified: {len(written)} new volume(s) listed with their sizes, "
+                 f"{report.volumes_read} volume(s) downloaded and verified")
+        return True
+    print_report(out, report)
+    print(f"{PROG}: error: verification after backup found damage (listed above); version {name[:8]} is saved, "
+          f"but the objects named are damaged: run 'fsbackup check --read-data', then 'fsbackup repair'",
+          file=sys.stderr)
+    return False
+
+
+def print_report(out: Output, report) -> None:
+    """Every problem on stderr: the object, what is wrong, and the versions and files it affects."""
+    for p in report.problems:
+        print(f"damaged: {p.object}: {p.what}", file=sys.stderr)
+        for version, hit in sorted(p.affected.items()):
+            count = hit["count"]
+            print(f"  version {version[:8]}" + (f": {count} file(s)" if count is not None else ""), file=sys.stderr)
+            for path in hit["paths"]:
+                print(f"    {path}", file=sys.stderr)
+            if count is not None and count > len(hit["paths"]):
+                print(f"    ... and {count - len(hit['paths'])} more", file=sys.stderr)
+
+
+def cmd_check(args, out: Output) -> int:
+    from .check import check
+    from .locks import repository_lock
+    backend = open_storage(args)
+    repo = Repository.open(backend, get_passphrase(args), args.index)
+    with repository_lock(repo, exclusive=False, command="check"):
+        report = check(repo, args.read_data, args.read_data_subset, out.progress())
+    repo.close()
+    if out.json:
+        out.emit_json(report.as_json())
+    elif report.ok:
+        read = f"; read {report.volumes_read} volume(s), {human_bytes(report.bytes_read)}" if report.volumes_read else ""
+        out.info(f"no damage found: {report.versions} versions, {report.volumes} volumes{read}")
+    if not report.ok:
+        if not out.json:
+            print_report(out, report)
+        print(f"{PROG}: error: {len(report.problems)} damaged or missing object(s) (listed above); "
+              f"see 'fsbackup repair' (docs/maintenance.md)", file=sys.stderr)
+        return errors.EXIT_CORRUPT
+    return 0
+
+
 def cmd_versions(args, out: Output) -> int:
     from .tree import list_versions
     repo = open_repo(args, out)
@@ -585,17 +682,31 @@ def cmd_restore(args, out: Output) -> int:
 
 
 def cmd_repair(args, out: Output) -> int:
+    from .locks import repository_lock
+    from .repair import repair, summary
     backend = open_storage(args)
     repo = Repository.open(backend, get_passphrase(args), args.index)
-    result = repo.rebuild_index(out.progress())
-    if out.json:
-        out.emit_json(result)
-    else:
-        out.info(f"rebuilt the local index: {result['versions']} versions, {result['volumes']} volumes")
-        for obj in result["skipped"]:
-            out.warn(f"{obj} names a volume that is missing; its blocks are unavailable")
+    with repository_lock(repo, exclusive=True, command="repair"):
+        result, recreated, report, removed = repair(repo, args.read_data, args.read_data_subset,
+                                                    args.remove_damaged, out.progress, out.info, out.warn)
     repo.close()
-    return 0
+    if out.json:
+        out.emit_json({**result, "recreated_index_objects": [index_object(n) for n in recreated],
+                       "report": report.as_json(), "removed": removed})
+    elif not removed:
+        for line in summary(report):
+            out.warn(line)
+    if report.ok:
+        out.info("no damage found")
+        return 0
+    if args.remove_damaged:
+        out.info(f"removed damaged files from {len(removed)} version(s); run 'fsbackup check' to confirm")
+        return 0
+    if not out.json:
+        print_report(out, report)
+    print(f"{PROG}: error: {len(report.problems)} damaged or missing object(s) (listed above); "
+          f"'fsbackup repair --remove-damaged' removes the affected files from their versions", file=sys.stderr)
+    return errors.EXIT_CORRUPT
 
 
 def cmd_unlock(args, out: Output) -> int:
@@ -678,8 +789,8 @@ def cmd_umount(args, out: Output) -> int:
 
 
 COMMANDS = {"init": cmd_init, "backup": cmd_backup, "forget": cmd_forget, "prune": cmd_prune,
-            "versions": cmd_versions, "ls": cmd_ls, "restore": cmd_restore, "repair": cmd_repair,
-            "mount": cmd_mount, "umount": cmd_umount, "unlock": cmd_unlock, "key": cmd_key}
+            "check": cmd_check, "versions": cmd_versions, "ls": cmd_ls, "restore": cmd_restore,
+            "repair": cmd_repair, "mount": cmd_mount, "umount": cmd_umount, "unlock": cmd_unlock, "key": cmd_key}
 
 
 def main(argv: list[str] | None = None) -> int:

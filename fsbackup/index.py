@@ -182,6 +182,15 @@ class Index:
         rows = self.q(sql, args)
         return rows[0] if rows else None
 
+    def drop_secondary_indexes(self, tables: tuple[str, ...]) -> list[str]:
+        """Drop the indexes on `tables` (inside the caller's transaction) and return the SQL that
+        creates them again: bulk loads build them once at the end instead of row by row."""
+        rows = self.q("SELECT name, sql FROM sqlite_master WHERE type='index' AND sql IS NOT NULL AND tbl_name IN "
+                      f"({','.join('?' * len(tables))})", tables)
+        for name, _ in rows:
+            self.db.execute(f'DROP INDEX "{name}"')
+        return [sql for _, sql in rows]
+
     def get_meta(self, key: str) -> str | None:
         row = self.one("SELECT value FROM meta WHERE key=?", (key,))
         return row[0] if row else None

@@ -18,7 +18,8 @@ import secrets
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
 
@@ -251,27 +252,81 @@ class Repository:
         with self.index.transaction() as db:
             db.execute("DELETE FROM contents WHERE id NOT IN (SELECT content FROM nodes WHERE content IS NOT NULL)")
 
-    def rebuild_index(self, progress=None) -> dict:
-        """Rebuild the local index from index and version objects alone (no volume is downloaded)."""
+    def rebuild_index(self, progress=None, keep_going: bool = False) -> dict:
+        """Rebuild the local index from index and version objects alone (no volume is downloaded).
+        Objects are downloaded and decrypted in threads (AEAD and zstd release the GIL) while this
+        thread writes them in one transaction. An index or version object that does not read stops
+        the rebuild (nothing is recorded), unless `keep_going` (repair): then it is listed in `damaged`."""
         index = self.index
-        index_names = [n for n, _ in self.backend.list("index/")]
-        version_names = [n for n, _ in self.backend.list("versions/")]
+        index_names = sorted(n for n, _ in self.backend.list("index/"))
+        version_names = sorted(n.split("/", 1)[1] for n, _ in self.backend.list("versions/"))
+        volume_sizes = dict(self.backend.list("data/"))
+        present = [n for n in index_names if volume_object(n.split("/", 1)[1]) in volume_sizes]
+        skipped = sorted(set(index_names) - set(present))   # their volume is gone
         if progress:
-            progress.start("rebuilding index", total_items=len(index_names) + len(version_names))
-        with index.transaction() as db:
+            progress.start("rebuilding index", total_items=len(present) + len(version_names))
+        damaged: list[str] = []
+        content_ids: dict[bytes, int] = {}                  # extents -> contents row, shared by versions
+        index.db.execute("PRAGMA cache_size=-131072")       # 128 MiB while the b-trees grow
+        with ThreadPoolExecutor(max(4, 2 * self.backend.connections)) as pool, index.transaction() as db:
             for table in ("nodes", "versions", "contents", "blocks", "volumes", "meta"):
                 db.execute(f"DELETE FROM {table}")
-        skipped = self._record_index_objects(index_names, dict(self.backend.list("data/")), progress)
-        for obj in version_names:
-            name = obj.split("/", 1)[1]
-            head, entries = self.load_version(name)
-            self.record_version(name, head, entries)
-            if progress:
-                progress.advance(items=1)
-        index.set_meta("repository_id", self.id)
+            # Secondary indexes are built once at the end (one sort each), not row by row.
+            dropped = index.drop_secondary_indexes(("nodes", "blocks"))
+            # Blocks are staged in arrival order, then moved into the keyed table sorted by id (an
+            # append instead of a million random b-tree inserts); (hash, seq) keeps the first place.
+            db.execute("CREATE TEMP TABLE staged_blocks(hash BLOB, volume INTEGER, offset INTEGER, "
+                       "stored_length INTEGER, plain_length INTEGER)")
+            for obj, result in _bounded_map(pool, self._read_index_object, present):
+                if isinstance(result, FsbackupError):
+                    if not keep_going:
+                        raise result
+                    damaged.append(obj)
+                else:
+                    size, entries = result      # (no savepoint per volume: this is one transaction)
+                    db.execute("INSERT OR IGNORE INTO volumes(name, size, block_count) VALUES (?, ?, ?)",
+                               (obj.split("/", 1)[1], size, len(entries)))
+                    vol_id = db.last_insert_rowid()
+                    db.executemany("INSERT INTO temp.staged_blocks VALUES (?, ?, ?, ?, ?)",
+                                   [(e.id, vol_id, e.offset, e.stored_length, e.plain_length) for e in entries])
+                if progress:
+                    progress.advance(items=1)
+            db.execute("INSERT OR IGNORE INTO blocks(hash, volume, offset, stored_length, plain_length) "
+                       "SELECT hash, volume, offset, stored_length, plain_length FROM temp.staged_blocks "
+                       "ORDER BY hash, rowid")
+            db.execute("DROP TABLE temp.staged_blocks")
+            for name, result in _bounded_map(pool, self._read_version, version_names):
+                if isinstance(result, FsbackupError):
+                    if not keep_going:
+                        raise result
+                    damaged.append(version_object(name))
+                else:
+                    self.record_version(name, *result, content_ids=content_ids)
+                if progress:
+                    progress.advance(items=1)
+            for sql in dropped:
+                db.execute(sql)
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('repository_id', ?)", (self.id,))
+        index.db.execute("PRAGMA cache_size=-2000")
         if progress:
             progress.finish()
-        return {"volumes": len(index_names) - len(skipped), "versions": len(version_names), "skipped": skipped}
+        return {"volumes": len(present) - sum(1 for d in damaged if d.startswith("index/")),
+                "versions": len(version_names) - sum(1 for d in damaged if d.startswith("versions/")),
+                "skipped": skipped, "damaged": damaged}
+
+    def _read_index_object(self, obj: str):
+        name = obj.split("/", 1)[1]
+        try:
+            return get_checked(self.backend, obj, lambda data: fmt.decode_index(self.keys, bytes.fromhex(name), data, obj))
+        except (CorruptObject, NoSuchObject) as e:
+            return e                      # handed to the writing thread, which decides
+
+    def _read_version(self, name: str):
+        try:
+            head, entries = self.load_version(name)
+            return head, list(entries)
+        except (CorruptObject, NoSuchObject) as e:
+            return e
 
     def settle_leftovers(self) -> "Settled":
         """Bring the remote and the local index to agree after a run that stopped midway, and say
@@ -475,8 +530,10 @@ class Repository:
         return get_checked(self.backend, obj,
                            lambda data: fmt.decode_version(self.keys, bytes.fromhex(name), data, obj))
 
-    def record_version(self, name: str, head: dict, entries: Iterable[list]) -> int:
-        """Record a stored version and its tree in one transaction. Returns the version's row id."""
+    def record_version(self, name: str, head: dict, entries: Iterable[list],
+                       content_ids: dict[bytes, int] | None = None) -> int:
+        """Record a stored version and its tree in one transaction. Returns the version's row id.
+        `content_ids` (extents -> row id) remembers contents across calls, for rebuild_index."""
         with self.index.transaction() as db:
             db.execute("INSERT INTO versions(name, time_ns, host, paths, tags, file_count, total_size, bytes_added) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -486,9 +543,11 @@ class Repository:
             find_content = db.cursor()
             rows = []
             for node_id, e in enumerate(entries, start=1):
-                content_id = None
-                if e[fmt.E_CONTENT] is not None:
-                    content_id = self._content_id(db, find_content, e[fmt.E_CONTENT])
+                content_id = content = e[fmt.E_CONTENT]
+                if content is not None:
+                    content_id = content_ids.get(content[2]) if content_ids is not None else None
+                    if content_id is None:
+                        content_id = self._content_id(db, find_content, content, content_ids)
                 xattrs = msgpack.packb(e[fmt.E_XATTRS]) if e[fmt.E_XATTRS] else None
                 rows.append((version_id, node_id, *e[:fmt.E_XATTRS], xattrs, content_id))
                 if len(rows) >= 5000:
@@ -498,16 +557,22 @@ class Repository:
         return version_id
 
     @staticmethod
-    def _content_id(db, cursor, content) -> int:
+    def _content_id(db, cursor, content, known: dict[bytes, int] | None = None) -> int:
+        """The contents row of `content`, added when new. `known` (rebuild_index) holds every row
+        added so far, so a content not in it is new: no lookup."""
         content_hash, size, extents = content
         layout = blake3.blake3(extents).digest()
-        row = cursor.execute("SELECT id FROM contents WHERE layout=?", (layout,)).fetchone()
+        row = cursor.execute("SELECT id FROM contents WHERE layout=?", (layout,)).fetchone() if known is None else None
         if row:
-            return row[0]
-        stored = sum(length for block_id, length in fmt.unpack_extents(extents) if block_id != fmt.HOLE_ID)
-        cursor.execute("INSERT INTO contents(layout, hash, size, stored, extents) VALUES (?, ?, ?, ?, ?)",
-                       (layout, content_hash, size, stored, extents))
-        return db.last_insert_rowid()
+            content_id = row[0]
+        else:
+            stored = sum(length for block_id, length in fmt.unpack_extents(extents) if block_id != fmt.HOLE_ID)
+            cursor.execute("INSERT INTO contents(layout, hash, size, stored, extents) VALUES (?, ?, ?, ?, ?)",
+                           (layout, content_hash, size, stored, extents))
+            content_id = db.last_insert_rowid()
+        if known is not None:
+            known[extents] = content_id
+        return content_id
 
     def close_index(self) -> None:
         if self._index is not None:
@@ -517,6 +582,20 @@ class Repository:
     def close(self) -> None:
         self.close_index()
         self.backend.close()
+
+
+def _bounded_map(pool, fn, items, window: int = 16):
+    """(item, fn(item)) in order, with at most `window` calls running or waiting: memory stays
+    bounded however many objects there are."""
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= window:
+            first, fut = pending.popleft()
+            yield first, fut.result()
+    while pending:
+        first, fut = pending.popleft()
+        yield first, fut.result()
 
 
 INSERT_NODE = ("INSERT INTO nodes(version, id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, atime_ns, "

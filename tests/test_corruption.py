@@ -258,8 +258,9 @@ def test_missing_volume_after_the_local_index_is_rebuilt_still_leaves_out_only_i
     damaged = backed.layout.files_using(volume)
     assert r.rc == EXIT_CORRUPT and "Traceback" not in r.err, r.err
     assert_restored_exactly_except(restored_root(target, backed.src), backed, damaged)
-    r = env.ok("repair")
-    assert index_object(volume) in r.err and "missing" in r.err, r.err
+    r = env.run("repair")          # the index is rebuilt; the missing volume is reported, with its files
+    assert r.rc == EXIT_CORRUPT and volume_object(volume) in r.err and "missing" in r.err, r.err
+    assert "small3" in r.err and "Traceback" not in r.err
 
 
 def test_volume_copied_over_another_volumes_name_is_rejected(env, tmp_path, backed):
@@ -275,12 +276,20 @@ def test_volume_copied_over_another_volumes_name_is_rejected(env, tmp_path, back
 # ---- index objects --------------------------------------------------------------------------
 
 def assert_rebuild_from_remote_fails_naming(env, tmp_path: Path, obj: str) -> None:
-    """With no local index, `ls`, `restore` and `repair` must read `obj`, and each fails naming it."""
-    for command in (["ls", "latest"], ["restore", "latest", "--target", tmp_path / "out"], ["repair"]):
+    """With no local index, `ls` and `restore` must read `obj`, and each fails naming it; `repair`
+    re-creates a damaged index object from its volume, and names a damaged version object."""
+    for command in (["ls", "latest"], ["restore", "latest", "--target", tmp_path / "out"]):
         forget_local_index(env)
         r = env.run(*command)
         assert_one_line_error(r, EXIT_CORRUPT, obj)
     assert_no_file_written(tmp_path / "out")
+    forget_local_index(env)
+    r = env.run("repair")
+    assert "Traceback" not in r.err
+    if obj.startswith("index/"):
+        assert r.rc == 0 and f"re-created {obj}" in r.out, r.out + r.err
+    else:
+        assert r.rc == EXIT_CORRUPT and f"damaged: {obj}" in r.err, r.err
 
 
 @pytest.mark.parametrize("where", ["magic", "format version", "ciphertext", "tag"])

@@ -1,0 +1,408 @@
+"""Verification of a repository, shared by `fsbackup check`, verify-after-backup and `repair`.
+
+Two depths, as in Duplicati and restic:
+  structure  every version object authenticates; every index object authenticates and names a volume
+             that exists with the size it records; every block a version uses is in some index object;
+             the local index agrees with the remote (and catches up with what other runs stored).
+  read data  whole volumes are downloaded: every block authenticates and matches its keyed id, and
+             the volume's own table agrees with its index object.
+Each damaged object becomes a `Problem` carrying the blocks it makes unavailable; `affected` maps
+those blocks to the versions and paths that use them, through the local index.
+"""
+from __future__ import annotations
+
+import math
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import format as fmt
+from .errors import CorruptObject, NoSuchObject
+from .repository import Repository, get_checked, index_object, version_object, volume_object
+
+PATHS_SHOWN = 20          # paths listed per damaged object and version; the rest are counted
+
+
+@dataclass
+class Problem:
+    object: str                                        # the remote object at fault
+    what: str                                          # one line: what is wrong with it
+    blocks: set[bytes] = field(default_factory=set)    # blocks it makes unavailable
+    version: str | None = None                         # a version object that does not read
+    volume: str | None = None                          # the volume this is about, if any
+    repairable: bool = False                           # `repair` fixes it without losing data
+    affected: dict[str, dict] = field(default_factory=dict)   # version name -> {"count", "paths"}
+
+    def as_json(self) -> dict:
+        return {"object": self.object, "problem": self.what, "repairable": self.repairable,
+                "unavailable_blocks": len(self.blocks), "version": self.version,
+                "affected": self.affected}
+
+
+@dataclass
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    versions: int = 0
+    volumes: int = 0
+    volumes_read: int = 0
+    bytes_read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_json(self) -> dict:
+        return {"ok": self.ok, "versions": self.versions, "volumes": self.volumes,
+                "volumes_read": self.volumes_read, "bytes_read": self.bytes_read,
+                "problems": [p.as_json() for p in self.problems]}
+
+
+# ---- choosing volumes to read ---------------------------------------------------------------
+
+def parse_subset(text: str) -> tuple[str, float | tuple[int, int]]:
+    """'n/m' (a deterministic part) or 'P%' (a random part); ValueError when neither."""
+    text = text.strip()
+    if text.endswith("%"):
+        percent = float(text[:-1])
+        if not 0 < percent <= 100:
+            raise ValueError(text)
+        return "percent", percent
+    n, m = (int(x) for x in text.split("/"))
+    if not 1 <= n <= m:
+        raise ValueError(text)
+    return "part", (n, m)
+
+
+def select_volumes(names: list[str], subset: str | None, rng: random.Random | None = None) -> list[str]:
+    """The volumes a read-data pass reads: all (subset None); for 'n/m' those whose name, read as a
+    number (names are random, so this is a hash), is n-1 modulo m, so m runs with n = 1..m read
+    every volume once; for 'P%' a random P percent (at least one)."""
+    names = sorted(names)
+    if subset is None:
+        return names
+    kind, value = parse_subset(subset)
+    if kind == "part":
+        n, m = value
+        return [name for name in names if int(name[:16], 16) % m == n - 1]
+    if not names:
+        return []
+    count = max(1, math.ceil(len(names) * value / 100))
+    return sorted((rng or random.SystemRandom()).sample(names, count))
+
+
+# ---- the checker ----------------------------------------------------------------------------
+
+class Checker:
+    def __init__(self, repo: Repository, progress=None):
+        self.repo = repo
+        self.progress = progress
+        self.report = Report()
+        self.index_entries: dict[str, list[fmt.BlockEntry]] = {}   # decoded index objects, by volume
+        self.volume_sizes: dict[str, int] = {}                     # remote listing, by volume name
+        self.index_names: set[str] = set()                         # volumes with an index object
+        self.unreadable: set[str] = set()                          # volumes whose index object does not read
+
+    def add(self, problem: Problem) -> None:
+        self.report.problems.append(problem)
+
+    # ---- structure ----
+
+    def structure(self, trusted: bool = False) -> None:
+        """`trusted`: the local index was just rebuilt from these very objects (repair), so the index
+        and version objects it holds are not downloaded again; listings and references still are."""
+        repo, index = self.repo, self.repo.index
+        if not repo.index_is_built():
+            repo.rebuild_index(self.progress, keep_going=True)   # damaged objects are reported below
+        self.volume_sizes = {n.rsplit("/", 1)[1]: size for n, size in repo.backend.list("data/")}
+        self.index_names = {n.split("/", 1)[1] for n, _ in repo.backend.list("index/")}
+        remote_versions = sorted(n.split("/", 1)[1] for n, _ in repo.backend.list("versions/"))
+        local_volumes = {name: size for name, size in index.q("SELECT name, size FROM volumes")}
+        local_versions = {name for (name,) in index.q("SELECT name FROM versions")}
+        to_read = sorted(self.index_names - set(local_volumes)) if trusted else sorted(self.index_names)
+        versions_to_read = [n for n in remote_versions if not (trusted and n in local_versions)]
+        self._start("checking structure", len(to_read) + len(versions_to_read))
+        self._check_index_objects(local_volumes, to_read)
+        if trusted:
+            self._check_sizes(local_volumes)
+        for name in sorted(set(local_volumes) - self.index_names):
+            self._index_object_missing(name)
+        for name in sorted(set(self.volume_sizes) - self.index_names - set(local_volumes)):
+            self._index_object_missing(name)      # e.g. a backup cut off between its two uploads
+        for name in versions_to_read:
+            self._check_version(name, known=name in local_versions)
+        for name in local_versions - set(remote_versions):
+            repo.unrecord_version(name)           # removed by another run: the index catches up
+        self._check_references()
+        self.report.versions = len(remote_versions)
+        self.report.volumes = len(self.volume_sizes)
+        self._finish()
+
+    def _check_sizes(self, local_volumes: dict[str, int]) -> None:
+        """Volumes recorded in the local index against the remote listing (trusted structure)."""
+        for name, size in local_volumes.items():
+            if name not in self.index_names:
+                continue                              # reported as a missing index object
+            remote_size = self.volume_sizes.get(name)
+            if remote_size is None:
+                self.add(Problem(volume_object(name), "volume is missing", set(self._local_blocks(name)), volume=name))
+            elif remote_size != size:
+                self.add(Problem(volume_object(name), f"volume has {remote_size} bytes, its index object says "
+                                 f"{size}", set(self._local_blocks(name)), volume=name))
+
+    def _check_index_objects(self, local_volumes: dict[str, int], names: list[str]) -> None:
+        """Index objects are small: they are downloaded and decoded in threads, recorded here."""
+        def decode(name: str):
+            try:
+                return name, self.decode_index(name), None
+            except (CorruptObject, NoSuchObject) as e:
+                return name, None, e
+
+        with ThreadPoolExecutor(max(2, self.repo.backend.connections)) as pool:
+            for name, decoded, error in pool.map(decode, names):
+                self._advance()
+                if error is not None:
+                    self.unreadable.add(name)
+                    self.add(Problem(index_object(name), f"{error}", set(self._local_blocks(name)),
+                                     volume=name, repairable=name in self.volume_sizes))
+                    continue
+                size, entries = decoded
+                self.index_entries[name] = entries
+                remote_size = self.volume_sizes.get(name)
+                ids = {e.id for e in entries}
+                if remote_size is None:
+                    self.add(Problem(volume_object(name), "volume is missing", ids, volume=name))
+                elif remote_size != size or local_volumes.get(name, size) != size:
+                    self.add(Problem(volume_object(name), f"volume has {remote_size} bytes, its index object "
+                                     f"says {size}", ids, volume=name))
+                elif name not in local_volumes:
+                    self.repo.record_volume(name, size, entries)   # stored by another run since
+
+    def _index_object_missing(self, name: str) -> None:
+        if name in self.volume_sizes:
+            self.add(Problem(index_object(name), "index object is missing (repair re-creates it from its volume)",
+                             set(self._local_blocks(name)), volume=name, repairable=True))
+        else:
+            self.add(Problem(volume_object(name), "volume and its index object are missing",
+                             set(self._local_blocks(name)), volume=name))
+
+    def _check_version(self, name: str, known: bool) -> None:
+        try:
+            head, entries = self.repo.load_version(name)
+            entries = list(entries)                # every entry must parse, not only authenticate
+            if not known:
+                self.repo.record_version(name, head, entries)
+        except (CorruptObject, NoSuchObject) as e:
+            self.add(Problem(version_object(name), str(e), version=name))
+        self._advance()
+
+    def _check_references(self) -> None:
+        """Blocks that versions use but no index object of an existing volume lists (beyond those
+        already blamed on a damaged object)."""
+        blamed = set().union(*(p.blocks for p in self.report.problems)) if self.report.problems else set()
+        used: set[bytes] = set()
+        # (contents no version uses any more are left behind by removed versions: skipped)
+        for (extents,) in self.repo.index.q("SELECT extents FROM contents WHERE id IN "
+                                            "(SELECT content FROM nodes WHERE content IS NOT NULL)"):
+            used.update(block_id for block_id, _ in fmt.unpack_extents(extents))
+        used.discard(fmt.HOLE_ID)
+        used -= blamed
+        # A merge of two sorted streams: the used ids, and the blocks table in key order.
+        missing: set[bytes] = set()
+        stored = iter(self.repo.index.db.execute("SELECT hash FROM blocks ORDER BY hash"))
+        current = next(stored, (None,))[0]
+        for block_id in sorted(used):
+            while current is not None and current < block_id:
+                current = next(stored, (None,))[0]
+            if current != block_id:
+                missing.add(block_id)
+        if missing:
+            self.add(Problem("index/", f"{len(missing)} block(s) used by versions are in no index object "
+                             f"of a stored volume", missing))
+
+    def _local_blocks(self, volume: str) -> list[bytes]:
+        return [h for (h,) in self.repo.index.q(
+            "SELECT b.hash FROM blocks b JOIN volumes v ON v.id = b.volume WHERE v.name=?", (volume,))]
+
+    def entries_of(self, name: str) -> list[fmt.BlockEntry]:
+        if name not in self.index_entries:
+            self.index_entries[name] = self.decode_index(name)[1]
+        return self.index_entries[name]
+
+    def decode_index(self, name: str) -> tuple[int, list[fmt.BlockEntry]]:
+        obj = index_object(name)
+        return get_checked(self.repo.backend, obj,
+                           lambda data: fmt.decode_index(self.repo.keys, bytes.fromhex(name), data, obj))
+
+    # ---- read data ----
+
+    def read_data(self, subset: str | None = None, first: list[str] | None = None, count: int | None = None) -> None:
+        """Download and verify volumes: `subset` of all (select_volumes), or `first` and then random
+        others up to `count` volumes (verify after backup)."""
+        names = [n for n in self.volume_sizes if n in self.index_names and n not in self.unreadable]
+        if count is None:
+            chosen = select_volumes(names, subset)
+        else:
+            first = [n for n in (first or []) if n in names]
+            rest = [n for n in names if n not in set(first)]
+            random.shuffle(rest)
+            chosen = (first + rest)[:count]
+        total = sum(self.volume_sizes[n] for n in chosen)
+        if self.progress:
+            self.progress.start("reading data", total_bytes=total, total_items=len(chosen))
+        with ThreadPoolExecutor(max(2, self.repo.backend.connections)) as pool:
+            for problems in pool.map(self.verify_volume, chosen):
+                for p in problems:
+                    self.add(p)
+        self.report.volumes_read += len(chosen)
+        self.report.bytes_read += total
+        self._finish()
+
+    def verify_volume(self, name: str) -> list[Problem]:
+        """Download volume `name` whole and verify every block and its table (worker threads)."""
+        obj = volume_object(name)
+        try:
+            expected = self.entries_of(name)
+        except (CorruptObject, NoSuchObject) as e:
+            return [Problem(index_object(name), str(e), volume=name, repairable=True)]
+        found: list[Problem] = []
+
+        def decode(data: bytes) -> None:
+            found[:] = self._volume_problems(name, data, expected)
+            if found:
+                raise CorruptObject(obj, found[0].what)   # so get_checked downloads it once more
+
+        try:
+            get_checked(self.repo.backend, obj, decode)
+        except NoSuchObject:
+            found[:] = [Problem(obj, "volume is missing", {e.id for e in expected}, volume=name)]
+        except CorruptObject:
+            pass
+        if self.progress:
+            self.progress.advance(items=1, nbytes=self.volume_sizes.get(name, 0))
+        return found
+
+    def _volume_problems(self, name: str, data: bytes, expected: list[fmt.BlockEntry]) -> list[Problem]:
+        obj = volume_object(name)
+        problems = []
+        try:
+            table = fmt.open_volume_table(self.repo.keys, bytes.fromhex(name), data, obj)
+            # repair --remove-damaged may drop entries from the index object; never add or move them
+            if not set(expected) <= set(table):
+                problems.append(Problem(obj, "its table does not match its index object", volume=name))
+        except CorruptObject as e:
+            problems.append(Problem(obj, f"its table is damaged ({e}); its blocks are read through its "
+                                    f"index object", volume=name))
+        cipher = self.repo.block_cipher(name)
+        bad = set()
+        for e in expected:
+            try:
+                fmt.decode_block(self.repo.keys, cipher, e.id, data[e.offset:e.offset + e.stored_length],
+                                 e.plain_length, obj)
+            except CorruptObject:
+                bad.add(e.id)
+        if bad:
+            problems.insert(0, Problem(obj, f"{len(bad)} of {len(expected)} block(s) are damaged", bad, volume=name))
+        return problems
+
+    # ---- what the damage affects ----
+
+    def explain(self) -> Report:
+        """Fill in each problem's affected versions and paths from the local index."""
+        versions = {vid: name for vid, name in self.repo.index.q("SELECT id, name FROM versions")}
+        for p in self.report.problems:
+            if p.volume is not None and p.blocks:
+                p.blocks = self._stored_only_there(p.blocks, p.volume)
+            if p.version is not None:
+                p.affected[p.version] = {"count": None, "paths": ["(the whole version: its object does not read)"]}
+            for vid, node_ids in self.nodes_using(self.contents_using(p.blocks)).items():
+                p.affected[versions[vid]] = {"count": len(node_ids),
+                                             "paths": [self.path_of(vid, n) for n in node_ids[:PATHS_SHOWN]]}
+        return self.report
+
+    def _stored_only_there(self, blocks: set[bytes], volume: str) -> set[bytes]:
+        """Of `blocks` in a damaged `volume`, those the index does not place in another volume."""
+        db = self.repo.index.db
+        elsewhere = set()
+        for block_id in blocks:
+            row = db.execute("SELECT v.name FROM blocks b JOIN volumes v ON v.id = b.volume WHERE b.hash=?",
+                             (block_id,)).fetchone()
+            if row is not None and row[0] != volume:
+                elsewhere.add(block_id)
+        return blocks - elsewhere
+
+    def contents_using(self, blocks: set[bytes]) -> list[int]:
+        """Ids of the contents with an extent in `blocks`: one pass over the packed extents."""
+        if not blocks:
+            return []
+        return [cid for cid, extents in self.repo.index.q("SELECT id, extents FROM contents")
+                if any(block_id in blocks for block_id, _ in fmt.unpack_extents(extents))]
+
+    def nodes_using(self, content_ids: list[int]) -> dict[int, list[int]]:
+        """version id -> node ids of the files whose content is one of `content_ids`."""
+        out: dict[int, list[int]] = {}
+        if not content_ids:
+            return out
+        db = self.repo.index.db
+        with self.repo.index.transaction():
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS hit(id INTEGER PRIMARY KEY)")
+            db.execute("DELETE FROM temp.hit")
+            db.executemany("INSERT OR IGNORE INTO temp.hit(id) VALUES (?)", [(c,) for c in content_ids])
+            for vid, nid in db.execute("SELECT n.version, n.id FROM nodes n JOIN temp.hit h ON n.content = h.id "
+                                       "ORDER BY n.version, n.id"):
+                out.setdefault(vid, []).append(nid)
+        return out
+
+    def path_of(self, version_id: int, node_id: int) -> str:
+        parts = []
+        db = self.repo.index.db
+        while node_id > 1:
+            node_id, name = db.execute("SELECT parent, name FROM nodes WHERE version=? AND id=?",
+                                       (version_id, node_id)).fetchone()
+            parts.append(bytes(name))
+        return (b"/" + b"/".join(reversed(parts))).decode("utf-8", "surrogateescape")
+
+    # ---- progress ----
+
+    def _start(self, label: str, total: int) -> None:
+        if self.progress:
+            self.progress.start(label, total_items=total)
+
+    def _advance(self) -> None:
+        if self.progress:
+            self.progress.advance(items=1)
+
+    def _finish(self) -> None:
+        if self.progress:
+            self.progress.finish()
+
+
+def check(repo: Repository, read_data: bool = False, subset: str | None = None, progress=None) -> Report:
+    checker = Checker(repo, progress)
+    checker.structure()
+    if read_data or subset:
+        checker.read_data(subset)
+    return checker.explain()
+
+
+def verify_backup(repo: Repository, version: str, new_volumes: dict[str, int], samples: int = 1,
+                  percent: float = 0.0, progress=None) -> Report:
+    """Verify after backup: the new volumes and their index objects are listed with the sizes
+    written, the new version object reads, and `samples` volumes (or `percent` of all, if more) are
+    downloaded and verified, this backup's own first, then random older ones."""
+    checker = Checker(repo, progress)
+    checker.volume_sizes = {n.rsplit("/", 1)[1]: size for n, size in repo.backend.list("data/")}
+    checker.index_names = {n.split("/", 1)[1] for n, _ in repo.backend.list("index/")}
+    for name, size in new_volumes.items():
+        listed = checker.volume_sizes.get(name)
+        if listed is None:
+            checker.add(Problem(volume_object(name), "volume is missing right after upload", volume=name))
+        elif listed != size:
+            checker.add(Problem(volume_object(name), f"volume has {listed} bytes, {size} were written", volume=name))
+        if name not in checker.index_names:
+            checker.add(Problem(index_object(name), "index object is missing right after upload", volume=name))
+    checker._check_version(version, known=True)
+    count = max(samples, math.ceil(len(checker.volume_sizes) * percent / 100))
+    if count:
+        candidates = [n for n in new_volumes if n in checker.index_names and n in checker.volume_sizes]
+        checker.read_data(first=candidates, count=count)
+    return checker.explain()

@@ -193,6 +193,18 @@ def test_verify_percent_reads_at_least_that_part_of_all_volumes(env, backed, tmp
     assert f"{volumes + 1} volume(s) downloaded and verified" in r.out, r.out
 
 
+def test_retention_is_skipped_when_the_new_version_does_not_verify(env, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    for i in range(3):
+        write(src / f"f{i}", os.urandom(100_000))
+        env.ok("backup", src)
+    monkeypatch.setattr(cli, "open_backend", lambda url: FlipOnPut(open_backend(url)))
+    write(src / "new", os.urandom(100_000))
+    r = env.run("backup", src, "--keep-last", "1")
+    assert r.rc == EXIT_CORRUPT and "retention skipped" in r.err, r.err
+    assert len(versions_of(env)) == 4
+
+
 def test_no_verify_skips_the_verification(env, tmp_path, monkeypatch):
     src = tmp_path / "src"
     write(src / "a", os.urandom(300_000))

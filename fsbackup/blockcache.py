@@ -45,6 +45,14 @@ class BlockCache:
         fut.set_result(data)
         return data
 
+    def put(self, block_id: bytes, data: bytes) -> None:
+        """Keep a block its caller loaded itself."""
+        with self._lock:
+            if block_id not in self._blocks:
+                self._insert(block_id, data)
+            else:
+                self._blocks.move_to_end(block_id)
+
     def peek(self, block_id: bytes) -> bytes | None:
         with self._lock:
             return self._blocks.get(block_id)

@@ -36,6 +36,7 @@ from .index import Index
 T = TypeVar("T")
 
 CONFIG = "config"
+QUERY_BATCH = 500          # ids bound in one `IN (...)` query
 
 log = logging.getLogger("fsbackup.repository")
 
@@ -70,7 +71,7 @@ def default_index_path(repo_id: str) -> str:
 
 
 def get_checked(backend: Backend, name: str, decode: Callable[[bytes], T], offset: int = 0,
-                length: int | None = None) -> T:
+                length: int | None = None, retry: bool = True) -> T:
     """`decode` applied to object `name` (or to its `length` bytes from `offset`), downloaded once
     more when the first download comes back short or does not decode (CorruptObject): a transfer
     can be cut or garbled on its way, while a damaged stored object fails again and is reported.
@@ -81,6 +82,8 @@ def get_checked(backend: Backend, name: str, decode: Callable[[bytes], T], offse
             raise CorruptObject(name, "truncated")
         return decode(data)
 
+    if not retry:
+        return download_and_decode()
     try:
         return download_and_decode()
     except CorruptObject as first:
@@ -492,6 +495,50 @@ class Repository:
             raise NoSuchObject(f"block {block_id.hex()[:16]} (not in any stored volume)")
         return row
 
+    def block_locations(self, block_ids: Iterable[bytes]) -> dict[bytes, tuple]:
+        """`block_location` of many blocks in few queries; a block in no stored volume is left out."""
+        ids = list(block_ids)
+        found: dict[bytes, tuple] = {}
+        for i in range(0, len(ids), QUERY_BATCH):
+            part = ids[i:i + QUERY_BATCH]
+            for row in self.index.q(
+                    "SELECT b.hash, v.name, b.offset, b.stored_length, b.plain_length FROM blocks b "
+                    f"JOIN volumes v ON v.id = b.volume WHERE b.hash IN ({','.join('?' * len(part))})", part):
+                found[row[0]] = row[1:]
+        return found
+
+    def fetch_run(self, blocks: list[tuple[bytes, tuple]]) -> dict[bytes, bytes | FsbackupError]:
+        """Blocks lying close together in one volume (`blocks`: (block id, location) by offset),
+        fetched with one range read and each authenticated on its own. A block that does not decode
+        is downloaded alone once more, as `get_checked` does, so damage costs only the files that use
+        it: it maps to the CorruptObject (or NoSuchObject) found. Thread-safe, like `fetch_block`."""
+        volume = blocks[0][1][0]
+        name = volume_object(volume)
+        start = blocks[0][1][1]
+        end = max(loc[1] + loc[2] for _, loc in blocks)
+        try:
+            raw = self.backend.get(name, start, end - start)
+        except NoSuchObject as e:
+            return {block_id: e for block_id, _ in blocks}
+        view = memoryview(raw)
+        result: dict[bytes, bytes | FsbackupError] = {}
+        for block_id, loc in blocks:
+            stored = view[loc[1] - start:loc[1] - start + loc[2]]
+            try:
+                if len(stored) != loc[2]:
+                    raise CorruptObject(name, "truncated")
+                result[block_id] = self.decode_block(block_id, loc, stored)
+                continue
+            except CorruptObject as e:
+                damage = e
+            try:
+                result[block_id] = self.download_block(block_id, loc, retry=False)[0]
+            except (CorruptObject, NoSuchObject) as e:
+                result[block_id] = e
+            else:
+                log.warning("%s when first downloaded; a second download was intact", damage)
+        return result
+
     def read_block(self, block_id: bytes, index: Index | None = None) -> bytes:
         return self.fetch_block(block_id, self.block_location(block_id, index))
 
@@ -500,12 +547,13 @@ class Repository:
         Thread-safe: needs no index (`location` comes from `block_location`)."""
         return self.download_block(block_id, location)[0]
 
-    def download_block(self, block_id: bytes, location) -> tuple[bytes, bytes]:
-        """(the block, its stored bytes as downloaded and authenticated), for callers that cache them."""
+    def download_block(self, block_id: bytes, location, retry: bool = True) -> tuple[bytes, bytes]:
+        """(the block, its stored bytes as downloaded and authenticated), for callers that cache them.
+        `retry=False` downloads once (for a caller whose first download already failed)."""
         volume, offset, stored_length, _ = location
         return get_checked(self.backend, volume_object(volume),
                            lambda stored: (self.decode_block(block_id, location, stored), stored),
-                           offset, stored_length)
+                           offset, stored_length, retry)
 
     def decode_block(self, block_id: bytes, location, stored: bytes) -> bytes:
         volume, _, _, plain_length = location

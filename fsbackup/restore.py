@@ -1,9 +1,12 @@
 """Restore all or part of a version into a target directory.
 
 Large files: blocks are fetched, authenticated and decompressed by worker threads, a bounded
-window ahead of the writer, and the calling thread writes them in order. Small files are restored
-whole (fetch, create, write, check, metadata) by the workers, a bounded number at a time. The
-calling thread alone uses the local index. A file whose
+window ahead of the writer, and the calling thread writes them in order. Small files are taken in
+batches: their contents and block locations are looked up in a few queries, their blocks sorted by
+place in their volumes and fetched by worker threads as runs (one range read for many adjacent
+blocks), and the calling thread writes the files in that order while later runs arrive. Writing
+small files on one thread keeps the interpreter lock from bouncing between threads on every system
+call, which cost more than the overlap gained. The calling thread alone uses the local index. A file whose
 data cannot be authenticated, or whose content hash does not match, is removed and reported:
 wrong bytes are never left behind.
 """
@@ -13,26 +16,28 @@ import errno
 import os
 import shutil
 import stat
-import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import format as fmt
 from .backup import HOLE_MARK
 from .blockcache import BlockCache
-from .index import Index
-from .errors import CorruptObject, FsbackupError, NoSpace, NoSuchObject, PermissionDenied, TargetConflict, UsageError
+from .errors import (CorruptObject, FsbackupError, NoSpace, NoSuchObject, PathNotFound, PermissionDenied,
+                     TargetConflict, UsageError)
 from .progress import Progress
 from .repository import Repository
 from .tree import Node, VersionTree
 
 FETCH_WINDOW = 16          # blocks fetched ahead of the writer
 CACHE_BYTES = 64 << 20     # recently used blocks: a block shared by many files is fetched once
-SMALL_FILE = 1 << 20       # files up to this size are restored whole by one worker each
-SMALL_WINDOW = 32          # small files in flight
+SMALL_FILE = 1 << 20       # files up to this size are restored in batches
+SMALL_BATCH_FILES = 512    # small files looked up together ...
+SMALL_BATCH_BYTES = 16 << 20   # ... and bytes of them fetched ahead of the writer per batch
+RUN_BYTES = 4 << 20        # a range read covers adjacent blocks up to this many bytes ...
+RUN_GAP = 64 << 10         # ... reading over gaps this small, cheaper than another request
 RESTORE_THREADS = 4
 
 
@@ -72,9 +77,10 @@ class Restore:
         self.cache = BlockCache(CACHE_BYTES)
         self.links: dict[tuple[int, int], bytes] = {}
         self.queue: deque = deque()
-        self.small_jobs: deque[tuple[bytes, Future]] = deque()
-        self._local = threading.local()           # each worker's own connection to the local index
-        self._worker_indexes: list[Index] = []
+        self.small_batch: list[tuple[bytes, Node]] = []
+        self.small_batch_bytes = 0
+        self.small_ready: deque[list] = deque()   # batches looked up and being fetched, oldest first
+        self.fresh_dirs: set[bytes] = set()       # directories this restore created: nothing to replace in them
         self.warned_xattrs = False
 
     def warn(self, msg: str) -> None:
@@ -103,11 +109,9 @@ class Restore:
                 except OSError as e:
                     raise _os_error(e, dest) from None
             self._drain(0)
-            self._collect_small(0)
+            self._flush_small()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
-            for index in self._worker_indexes:
-                index.close()
             for item in self.queue:
                 if item[0] == "end" and item[1].fd >= 0:
                     os.close(item[1].fd)
@@ -148,11 +152,18 @@ class Restore:
     def _check_conflicts(self, selection) -> int:
         """Refuse before writing anything if the target holds files we would replace; sum the bytes."""
         total, conflicts = 0, []
+        missing: set[bytes] = set()     # directories absent from the target: their entries are too
         for path, node in self._items(selection):
             if node.type == "f":
                 total += node.size
             dest = self.target + path if path != b"/" else self.target
-            if node.type != "d" and os.path.lexists(dest) and not self.overwrite:
+            if self.overwrite:
+                continue
+            exists = dest.rpartition(b"/")[0] not in missing and os.path.lexists(dest)
+            if node.type == "d":
+                if not exists:
+                    missing.add(dest)
+            elif exists:
                 conflicts.append(dest)
         if conflicts:
             raise TargetConflict(f"{len(conflicts)} file(s) already exist in the target, e.g. "
@@ -172,9 +183,13 @@ class Restore:
             os.unlink(dest)
 
     def _restore_node(self, dest: bytes, node: Node, dirs: list) -> None:
-        self._make_room(dest, node.type == "d")
+        in_fresh_dir = dest.rpartition(b"/")[0] in self.fresh_dirs
+        if not in_fresh_dir:
+            self._make_room(dest, node.type == "d")
         if node.type == "d":
-            os.makedirs(dest, mode=0o700, exist_ok=True)
+            if in_fresh_dir or not os.path.lexists(dest):
+                os.makedirs(dest, mode=0o700, exist_ok=True)
+                self.fresh_dirs.add(dest)
             dirs.append((dest, node))
             self.stats.dirs += 1
             return
@@ -182,7 +197,7 @@ class Restore:
             first = self.links.get((node.dev, node.ino))
             if first is not None:
                 self._drain(0)   # the first link's content must be complete first
-                self._collect_small(0)
+                self._flush_small()
                 if os.path.lexists(first):
                     os.link(first, dest, follow_symlinks=False)
                     self.stats.files += node.type == "f"
@@ -208,14 +223,17 @@ class Restore:
 
     def _restore_file(self, dest: bytes, node: Node) -> None:
         if node.size <= SMALL_FILE:
-            # Small files are restored whole by a worker (look up, fetch, create, write, check,
-            # metadata): the calling thread only walks the tree, so per-file latencies overlap.
-            self.small_jobs.append((dest, self.pool.submit(self._small_file, dest, node)))
-            self._collect_small(SMALL_WINDOW)
+            self.small_batch.append((dest, node))
+            self.small_batch_bytes += node.size
+            if len(self.small_batch) >= SMALL_BATCH_FILES or self.small_batch_bytes >= SMALL_BATCH_BYTES:
+                self._start_small_batch()
+                while len(self.small_ready) > 1:     # one batch fetched ahead of the one being written
+                    self._write_small_batch(self.small_ready.popleft())
             return
         content = self.tree.content(node.content)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        os.ftruncate(fd, content.size)   # holes stay holes: we write only data extents
+        if content.extents and content.extents[-1][0] == fmt.HOLE_ID:
+            os.ftruncate(fd, content.size)   # holes stay holes: we write only data extents
         job = _FileJob(dest, node, fd, self.repo.keys.content_hasher(), content.hash)
         offset = 0
         for block_id, length in content.extents:
@@ -235,50 +253,52 @@ class Restore:
         self.queue.append(("end", job))
         self._drain(FETCH_WINDOW)
 
-    def _worker_index(self) -> Index:
-        index = getattr(self._local, "index", None)
-        if index is None:
-            index = self._local.index = Index(self.repo.index_path)
-            self._worker_indexes.append(index)
-        return index
+    def _flush_small(self) -> None:
+        """Restore every small file taken so far."""
+        if self.small_batch:
+            self._start_small_batch()
+        while self.small_ready:
+            self._write_small_batch(self.small_ready.popleft())
 
-    def _small_file(self, dest: bytes, node: Node) -> tuple[int, str | None]:
-        """Runs in a worker: the whole file. Returns (bytes written, why it was left out or None)."""
-        index = self._worker_index()
-        content = self.tree.content(node.content, index)
-        hasher = self.repo.keys.content_hasher()
-        written, error, offset = 0, None, 0
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, content.size)
-            for block_id, length in content.extents:
-                if block_id == fmt.HOLE_ID:
-                    hasher.update(HOLE_MARK + length.to_bytes(8, "little"))
-                else:
-                    try:
-                        data = self.cache.get(block_id, lambda bid: self.repo.read_block(bid, index))
-                    except (CorruptObject, NoSuchObject) as e:
-                        error = str(e)
-                        break
-                    _pwrite_all(fd, data, offset, dest)
-                    hasher.update(data)
-                    written += len(data)
-                offset += length
-        finally:
-            os.close(fd)
-        if error is None and hasher.digest() != content.hash:
-            error = "its content does not match the hash recorded at backup"
-        if error is not None:
-            os.unlink(dest)
-            return written, error
-        self._set_metadata(dest, node, is_link=False)
-        return written, None
+    def _start_small_batch(self) -> None:
+        """Look the batch up and start fetching its blocks, as runs in volume order."""
+        batch, self.small_batch, self.small_batch_bytes = self.small_batch, [], 0
+        contents = self.tree.contents(sorted({node.content for _, node in batch}))
+        block_ids = {bid for c in contents.values() for bid, _ in c.extents if bid != fmt.HOLE_ID}
+        sources: dict[bytes, object] = {}          # block id -> its bytes, or the Future of its run
+        for bid in block_ids:
+            data = self.cache.peek(bid)
+            if data is not None:
+                sources[bid] = data
+        locations = self.repo.block_locations(bid for bid in block_ids if bid not in sources)
+        by_place = sorted(locations.items(), key=lambda item: (item[1][0], item[1][1]))
+        run: list = []
+        for bid, loc in by_place:
+            if run and (loc[0] != run[0][1][0] or loc[1] > run[-1][1][1] + run[-1][1][2] + RUN_GAP
+                        or loc[1] + loc[2] - run[0][1][1] > RUN_BYTES):
+                self._submit_run(run, sources)
+                run = []
+            run.append((bid, loc))
+        if run:
+            self._submit_run(run, sources)
 
-    def _collect_small(self, keep: int) -> None:
-        while len(self.small_jobs) > keep:
-            dest, fut = self.small_jobs.popleft()
+        def place(item):
+            content = contents.get(item[1].content)
+            first = next((bid for bid, _ in content.extents if bid != fmt.HOLE_ID), None) if content else None
+            loc = locations.get(first)
+            return (loc[0], loc[1]) if loc else ("", 0)
+        batch.sort(key=place)                      # the order the runs arrive in
+        self.small_ready.append([(dest, node, contents.get(node.content), sources) for dest, node in batch])
+
+    def _submit_run(self, run: list, sources: dict) -> None:
+        fut = self.pool.submit(self.repo.fetch_run, run)
+        for bid, _ in run:
+            sources[bid] = fut
+
+    def _write_small_batch(self, batch: list) -> None:
+        for dest, node, content, sources in batch:
             try:
-                written, error = fut.result()
+                written, error = self._write_small(dest, node, content, sources)
             except OSError as e:
                 raise _os_error(e, dest) from None
             self.stats.bytes_written += written
@@ -288,6 +308,52 @@ class Restore:
             else:
                 self.stats.damaged.append(os.fsdecode(dest))
                 self.warn(f"{os.fsdecode(dest)} not restored: {error}")
+
+    def _block(self, bid: bytes, sources: dict) -> bytes:
+        source = sources.get(bid)
+        if source is None:
+            raise NoSuchObject(f"block {bid.hex()[:16]} (not in any stored volume)")
+        if isinstance(source, bytes):
+            return source
+        data = source.result()[bid]
+        if not isinstance(data, bytes):
+            raise data
+        self.cache.put(bid, data)
+        return data
+
+    def _write_small(self, dest: bytes, node: Node, content, sources: dict) -> tuple[int, str | None]:
+        """One small file, whole. Returns (bytes written, why it was left out or None)."""
+        if content is None:
+            raise PathNotFound(f"content {node.content} is missing from the local index; run 'fsbackup repair'")
+        hasher = self.repo.keys.content_hasher()
+        written, error, offset = 0, None, 0
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            if content.extents and content.extents[-1][0] == fmt.HOLE_ID:
+                os.ftruncate(fd, content.size)
+            for block_id, length in content.extents:
+                if block_id == fmt.HOLE_ID:
+                    hasher.update(HOLE_MARK + length.to_bytes(8, "little"))
+                else:
+                    try:
+                        data = self._block(block_id, sources)
+                    except (CorruptObject, NoSuchObject) as e:
+                        error = str(e)
+                        break
+                    _pwrite_all(fd, data, offset, dest)
+                    hasher.update(data)
+                    written += len(data)
+                offset += length
+            if error is None and hasher.digest() != content.hash:
+                error = "its content does not match the hash recorded at backup"
+            if error is None:
+                # Through the open descriptor: no path lookups, and the times are set after the last write.
+                self._set_metadata(fd, node, is_link=False, path=dest)
+        finally:
+            os.close(fd)
+        if error is not None:
+            os.unlink(dest)
+        return written, error
 
     def _drain(self, keep: int) -> None:
         """Write finished items in order until at most `keep` fetches are in flight."""
@@ -327,23 +393,26 @@ class Restore:
         self.stats.files += 1
         self.progress.advance(files=1)
 
-    def _set_metadata(self, dest: bytes, node: Node, is_link: bool) -> None:
+    def _set_metadata(self, dest: bytes | int, node: Node, is_link: bool, path: bytes | None = None) -> None:
+        """`dest` is a path, or a descriptor open on the file at `path`."""
+        path = dest if path is None else path
+        nofollow = {} if isinstance(dest, int) else {"follow_symlinks": False}  # a descriptor follows nothing
         if _is_root():
             try:
-                os.chown(dest, node.uid, node.gid, follow_symlinks=False)
+                os.chown(dest, node.uid, node.gid, **nofollow)
             except OSError as e:
-                self.warn(f"cannot set owner of {os.fsdecode(dest)}: {e.strerror}")
+                self.warn(f"cannot set owner of {os.fsdecode(path)}: {e.strerror}")
         if not is_link:
             os.chmod(dest, stat.S_IMODE(node.mode))
         for name, value in node.xattrs.items():
             try:
-                os.setxattr(dest, name, value, follow_symlinks=False)
+                os.setxattr(dest, name, value, **nofollow)
             except OSError as e:
                 if not self.warned_xattrs:
                     self.warned_xattrs = True
-                    self.warn(f"cannot set extended attribute {os.fsdecode(name)} on {os.fsdecode(dest)}: "
+                    self.warn(f"cannot set extended attribute {os.fsdecode(name)} on {os.fsdecode(path)}: "
                               f"{e.strerror} (further xattr errors not shown)")
-        os.utime(dest, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
+        os.utime(dest, ns=(node.atime_ns, node.mtime_ns), **nofollow)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int, path: bytes) -> None:

@@ -20,6 +20,7 @@ NODE_COLUMNS = ("id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, at
                 "ino, dev, nlink, rdev, target, xattrs, content, "
                 "(SELECT stored FROM contents WHERE contents.id = nodes.content)")
 ROOT_ID = 1
+CONTENT_BATCH = 500        # ids bound in one `IN (...)` query
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,16 @@ class VersionTree:
                 base = path.rstrip(b"/")
                 kids = self.children(node.id)
                 stack.extend((base + b"/" + k.name, k) for k in reversed(kids))
+
+    def contents(self, content_ids: list[int]) -> dict[int, Content]:
+        """Many contents by id, in few queries (a missing id is left out)."""
+        found: dict[int, Content] = {}
+        for i in range(0, len(content_ids), CONTENT_BATCH):
+            part = content_ids[i:i + CONTENT_BATCH]
+            for row in self.index.q("SELECT id, hash, size, extents FROM contents "
+                                    f"WHERE id IN ({','.join('?' * len(part))})", part):
+                found[row[0]] = Content(row[0], row[1], row[2], fmt.unpack_extents(row[3]))
+        return found
 
     def content(self, content_id: int, index: Index | None = None) -> Content:
         """A file's content; another thread passes its own `index` connection."""

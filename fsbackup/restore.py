@@ -82,6 +82,7 @@ class Restore:
         self.small_ready: deque[list] = deque()   # batches looked up and being fetched, oldest first
         self.fresh_dirs: set[bytes] = set()       # directories this restore created: nothing to replace in them
         self.warned_xattrs = False
+        self.as_root = _is_root()                 # asked once, not for every file
 
     def warn(self, msg: str) -> None:
         self.stats.warnings.append(msg)
@@ -214,7 +215,7 @@ class Restore:
             self._set_metadata(dest, node, is_link=False)
             self.stats.others += 1
         elif node.type in "cb":
-            if not _is_root():
+            if not self.as_root:
                 self.warn(f"{os.fsdecode(dest)}: device nodes can only be restored as root; skipped")
                 return
             os.mknod(dest, node.mode, node.rdev)
@@ -397,7 +398,7 @@ class Restore:
         """`dest` is a path, or a descriptor open on the file at `path`."""
         path = dest if path is None else path
         nofollow = {} if isinstance(dest, int) else {"follow_symlinks": False}  # a descriptor follows nothing
-        if _is_root():
+        if self.as_root:
             try:
                 os.chown(dest, node.uid, node.gid, **nofollow)
             except OSError as e:

@@ -264,7 +264,7 @@ class Restore:
     def _start_small_batch(self) -> None:
         """Look the batch up and start fetching its blocks, as runs in volume order."""
         batch, self.small_batch, self.small_batch_bytes = self.small_batch, [], 0
-        contents = self.tree.contents(sorted({node.content for _, node in batch}))
+        contents = self.tree.contents(sorted({node.content for _, node in batch if node.content is not None}))
         block_ids = {bid for c in contents.values() for bid, _ in c.extents if bid != fmt.HOLE_ID}
         sources: dict[bytes, object] = {}          # block id -> its bytes, or the Future of its run
         for bid in block_ids:

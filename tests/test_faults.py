@@ -22,14 +22,15 @@ import pytest
 
 from conftest import TEST_PASSWORD, pseudo_random, restored_root, snapshot, write
 from fsbackup import cli
+from fsbackup import format as fmt
 from fsbackup.backends import open_backend
 from fsbackup.backends.faults import FaultyBackend
 from fsbackup.backends.local import LocalBackend
 from fsbackup.backends.memory import MemoryBackend
 from fsbackup.backends.retry import RetryingBackend
-from fsbackup.errors import EXIT_BACKEND, EXIT_CORRUPT, BackendError, NoSpace, NoSuchObject, PermissionDenied
+from fsbackup.errors import EXIT_BACKEND, EXIT_CORRUPT, BackendError, CorruptObject, NoSpace, NoSuchObject, PermissionDenied
 from fsbackup.fuse import _errno_of
-from fsbackup.repository import Repository
+from fsbackup.repository import Repository, volume_object
 from fsbackup.vfs import ROOT_INODE, RepositoryView
 
 
@@ -301,3 +302,50 @@ def test_mount_reads_fail_with_eio_after_bounded_retries_and_work_again_when_sto
     finally:
         view.close()
         repo.close()
+
+
+# ---- a run of adjacent blocks fetched with one range read -------------------------------------------
+
+def volume_of_blocks(repo: Repository, n: int) -> tuple[str, list]:
+    """A volume object of `n` blocks stored on `repo`'s backend; [(block id, location)] by offset."""
+    name = os.urandom(32).hex()
+    cipher = repo.block_cipher(name)
+    body, run = bytearray(fmt.header(fmt.VOLUME_MAGIC)), []
+    for i in range(n):
+        data = pseudo_random(3000, i)
+        block_id = repo.keys.block_id(data)
+        stored, plain_length = fmt.encode_block(cipher, block_id, data)
+        run.append((block_id, (name, len(body), len(stored), plain_length)))
+        body += stored
+    repo.backend.put(volume_object(name), bytes(body))
+    return name, run
+
+
+@pytest.fixture
+def memory_repo(tmp_path, monkeypatch) -> Repository:
+    monkeypatch.setenv("FSBACKUP_KDF_MEMORY_KIB", "1024")
+    return Repository.create(MemoryBackend(), TEST_PASSWORD.encode(), str(tmp_path / "index.sqlite"))
+
+
+def test_a_damaged_block_in_a_run_costs_only_that_block(memory_repo):
+    name, run = volume_of_blocks(memory_repo, 5)
+    victim_id, (_, offset, _, _) = run[2]
+    stored = bytearray(memory_repo.backend.objects[volume_object(name)])
+    stored[offset + 5] ^= 1
+    memory_repo.backend.objects[volume_object(name)] = bytes(stored)
+    got = memory_repo.fetch_run(run)
+    assert isinstance(got[victim_id], CorruptObject)
+    for i, (block_id, _) in enumerate(run):
+        if block_id != victim_id:
+            assert got[block_id] == pseudo_random(3000, i)
+
+
+def test_a_run_damaged_on_its_way_is_fetched_again_block_by_block(memory_repo, caplog):
+    name, run = volume_of_blocks(memory_repo, 5)
+    faulty = FaultyBackend(memory_repo.backend)
+    faulty.damage_downloads("truncate", times=1, prefix="data/")
+    memory_repo.backend = faulty
+    with caplog.at_level(logging.WARNING, logger="fsbackup.repository"):
+        got = memory_repo.fetch_run(run)
+    assert got == {block_id: pseudo_random(3000, i) for i, (block_id, _) in enumerate(run)}
+    assert any("a second download was intact" in r.getMessage() for r in caplog.records)

@@ -177,15 +177,20 @@ class VersionTree:
                 kids = self.children(node.id)
                 stack.extend((base + b"/" + k.name, k) for k in reversed(kids))
 
-    def contents(self, content_ids: list[int]) -> dict[int, Content]:
-        """Many contents by id, in few queries (a missing id is left out)."""
-        found: dict[int, Content] = {}
+    def _content_rows(self, content_ids: list[int]) -> Iterator[tuple]:
+        """(id, hash, size, packed extents) of many contents, in few queries (missing ids left out)."""
         for i in range(0, len(content_ids), CONTENT_BATCH):
             part = content_ids[i:i + CONTENT_BATCH]
-            for row in self.index.q("SELECT id, hash, size, extents FROM contents "
-                                    f"WHERE id IN ({','.join('?' * len(part))})", part):
-                found[row[0]] = Content(row[0], row[1], row[2], fmt.unpack_extents(row[3]))
-        return found
+            yield from self.index.q("SELECT id, hash, size, extents FROM contents "
+                                    f"WHERE id IN ({','.join('?' * len(part))})", part)
+
+    def contents(self, content_ids: list[int]) -> dict[int, Content]:
+        """Many contents by id, in few queries (a missing id is left out)."""
+        return {r[0]: Content(r[0], r[1], r[2], fmt.unpack_extents(r[3])) for r in self._content_rows(content_ids)}
+
+    def content_entries(self, content_ids: list[int]) -> dict[int, list]:
+        """Many contents by id as a version entry holds them: [hash, size, packed extents]."""
+        return {r[0]: [r[1], r[2], r[3]] for r in self._content_rows(content_ids)}
 
     def content(self, content_id: int, index: Index | None = None) -> Content:
         """A file's content; another thread passes its own `index` connection."""

@@ -276,11 +276,10 @@ class Backup:
             return self.run(paths)
         with repository_lock(self.repo, exclusive=True, command="backup") as lock:
             self.repo.ensure_index(progress)
-            settled = self.repo.settle_leftovers()
-            for note in settled.notes:
+            for note in self.repo.settle_leftovers():
                 self.note(note)
             index = self.repo.index
-            if settled.lost_volumes or index.get_meta(REREAD_FILES):
+            if index.get_meta(REREAD_FILES):
                 self.options = replace(self.options, trust_unchanged=False)
                 self.note("every file is read again: data this machine's index knew of is gone from "
                           "the repository (pruned from another machine, or lost)")

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from . import format as fmt
 from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
 from .progress import Progress
-from .repository import Repository, get_checked, index_object, volume_object
+from .errors import FsbackupError
+from .repository import Repository, block_runs, index_object
 from .retention import Decision, Policy, Version, apply
 from .tree import VersionInfo
 
@@ -212,10 +213,10 @@ class Prune:
         every block it gave is stored and recorded in a new volume. Each block is fetched with
         one range read, authenticated and checked against its id, then encoded anew under the
         new volume's key. Memory: this volume's live blocks and the one new volume."""
-        live = self.repo.index.q(
+        live = [(block_id, (use.name, *place)) for block_id, *place in self.repo.index.q(
             "SELECT b.hash, b.offset, b.stored_length, b.plain_length FROM blocks b "
-            f"JOIN volumes v ON v.id = b.volume WHERE v.name = ? AND {LIVE} ORDER BY b.offset", (use.name,))
-        fetched = pool.map(lambda run: self._fetch_run(use.name, run), _runs(live))
+            f"JOIN volumes v ON v.id = b.volume WHERE v.name = ? AND {LIVE} ORDER BY b.offset", (use.name,))]
+        fetched = pool.map(self._fetch_run, block_runs(live, MAX_RUN_BYTES))
         for block_id, data in (block for run in fetched for block in run):
             if self.writer is None:
                 self.writer = _OpenVolume(self.repo)
@@ -229,16 +230,14 @@ class Prune:
         self.stats.volumes_repacked += 1
         self.progress.advance(items=1)
 
-    def _fetch_run(self, volume: str, run: list) -> list[tuple[bytes, bytes]]:
-        """Blocks lying back to back, fetched with one range read, each authenticated and checked."""
-        start = run[0][1]
-        length = run[-1][1] + run[-1][2] - start
-
-        def decode(data: bytes) -> list[tuple[bytes, bytes]]:
-            return [(block_id, self.repo.decode_block(block_id, (volume, offset, stored_length, plain_length),
-                                                      data[offset - start:offset - start + stored_length]))
-                    for block_id, offset, stored_length, plain_length in run]
-        return get_checked(self.repo.backend, volume_object(volume), decode, start, length)
+    def _fetch_run(self, run: list) -> list[tuple[bytes, bytes]]:
+        """Blocks lying back to back, fetched with one range read, each authenticated and checked;
+        a live block that cannot be had stops the prune (its volume stays)."""
+        fetched = self.repo.fetch_run(run)
+        for block_id, _ in run:
+            if isinstance(fetched[block_id], FsbackupError):
+                raise fetched[block_id]
+        return [(block_id, fetched[block_id]) for block_id, _ in run]
 
     def _flush(self) -> None:
         """Store and record the new volume (its blocks now point there), then delete the old
@@ -254,20 +253,6 @@ class Prune:
             self.repo.delete_volume(use.name)
             self.stats.bytes_deleted += use.size
         self.emptied = []
-
-
-def _runs(live: list, limit: int = MAX_RUN_BYTES):
-    """Group live blocks (ordered by offset) into runs that lie back to back in their volume,
-    each at most `limit` bytes (a single larger block is a run of its own)."""
-    run: list = []
-    for row in live:
-        _, offset, stored_length, _ = row
-        if run and (offset != run[-1][1] + run[-1][2] or offset + stored_length - run[0][1] > limit):
-            yield run
-            run = []
-        run.append(row)
-    if run:
-        yield run
 
 
 def repository_size(repo: Repository) -> int:

@@ -20,8 +20,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import blake3
 import msgpack
@@ -43,6 +42,21 @@ log = logging.getLogger("fsbackup.repository")
 
 # Local index meta key: volumes the index knew vanished from the remote since the last backup.
 REREAD_FILES = "reread_files"
+
+
+def block_runs(blocks: Iterable[tuple[bytes, tuple]], max_bytes: int, gap: int = 0) -> Iterator[list]:
+    """Group (block id, location) pairs, in (volume, offset) order, into runs that one range read
+    fetches (`Repository.fetch_run`): one volume, at most `gap` bytes between neighbours, at most
+    `max_bytes` in all (a larger block is a run of its own)."""
+    run: list = []
+    for block_id, loc in blocks:
+        if run and (loc[0] != run[0][1][0] or loc[1] > run[-1][1][1] + run[-1][1][2] + gap
+                    or loc[1] + loc[2] - run[0][1][1] > max_bytes):
+            yield run
+            run = []
+        run.append((block_id, loc))
+    if run:
+        yield run
 
 
 def volume_object(name: str) -> str:
@@ -115,13 +129,6 @@ def read_config(backend: Backend) -> dict:
         raise UnsupportedFormat(f"repository format {fmt_version} is not supported by this fsbackup "
                                 f"(it reads format {fmt.FORMAT_VERSION}); upgrade fsbackup")
     return config
-
-
-@dataclass
-class Settled:
-    """What `Repository.settle_leftovers` did: one note per change, and how many volumes it found lost."""
-    notes: list[str]
-    lost_volumes: int = 0
 
 
 def _key_about() -> dict:
@@ -209,13 +216,7 @@ class Repository:
         remote_indexes = [n for n, _ in self.backend.list("index/")]
         # A volume whose index object is gone was deleted by a prune (maybe another machine's), or
         # lost: forget it first, so the blocks a prune moved are then recorded at their new place.
-        # Which it was cannot be told here, so the next backup must not take unchanged files'
-        # blocks on trust (REREAD_FILES): it reads them again, once.
-        dropped = known_volumes - {n.split("/", 1)[1] for n in remote_indexes}
-        for name in dropped:
-            self.unrecord_volume(name)
-        if dropped:
-            index.set_meta(REREAD_FILES, "1")
+        self.forget_vanished_volumes(known_volumes - {n.split("/", 1)[1] for n in remote_indexes})
         new_indexes = [n for n in remote_indexes if n.split("/", 1)[1] not in known_volumes]
         if new_indexes:
             self._record_index_objects(new_indexes, dict(self.backend.list("data/")), progress=None)
@@ -331,7 +332,7 @@ class Repository:
         except (CorruptObject, NoSuchObject) as e:
             return e
 
-    def settle_leftovers(self) -> "Settled":
+    def settle_leftovers(self) -> list[str]:
         """Bring the remote and the local index to agree after a run that stopped midway, and say
         what was done (one note per object). Call with the index ensured and under an exclusive
         lock (`locks.repository_lock`), so no other run is writing objects it has not recorded yet.
@@ -341,8 +342,7 @@ class Repository:
           whose table does not read is deleted (no version can use it: versions are written last);
         - an index object whose volume is missing is deleted (its blocks are unavailable anyway);
         - volumes the local index records but the remote lacks (removed elsewhere, or lost) are
-          forgotten, so that no new version refers to their blocks (`Settled.lost_volumes`: the
-          caller must then not take unchanged files' blocks on trust either).
+          forgotten (`forget_vanished_volumes`), so that no new version refers to their blocks.
         """
         notes = []
         volumes = {}
@@ -359,13 +359,21 @@ class Repository:
             self.backend.delete(index_object(name))
             notes.append(f"removed {index_object(name)}: its volume is missing")
         known = {name for (name,) in self.index.q("SELECT name FROM volumes")}
-        gone = sorted(known - set(volumes))
-        for name in gone:
-            self.unrecord_volume(name)
+        gone = known - set(volumes)
+        self.forget_vanished_volumes(gone)
         if gone:
             notes.append(f"the local index listed {len(gone)} volume(s) the repository no longer holds; "
                          "forgotten (their blocks will be stored again when needed)")
-        return Settled(notes, len(gone))
+        return notes
+
+    def forget_vanished_volumes(self, names: set[str]) -> None:
+        """Forget volumes the local index knew and the remote no longer holds. Whether a prune
+        removed them or they were lost cannot be told, so the next backup must not take unchanged
+        files' blocks on trust (REREAD_FILES): it reads every file again, once."""
+        for name in names:
+            self.unrecord_volume(name)
+        if names:
+            self.index.set_meta(REREAD_FILES, "1")
 
     def _adopt_volume(self, name: str, size: int) -> str:
         obj = volume_object(name)

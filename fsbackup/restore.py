@@ -28,7 +28,7 @@ from .blockcache import BlockCache
 from .errors import (CorruptObject, FsbackupError, NoSpace, NoSuchObject, PathNotFound, PermissionDenied,
                      TargetConflict, UsageError)
 from .progress import Progress
-from .repository import Repository
+from .repository import Repository, block_runs
 from .tree import Node, VersionTree
 
 FETCH_WINDOW = 16          # blocks fetched ahead of the writer
@@ -273,14 +273,7 @@ class Restore:
                 sources[bid] = data
         locations = self.repo.block_locations(bid for bid in block_ids if bid not in sources)
         by_place = sorted(locations.items(), key=lambda item: (item[1][0], item[1][1]))
-        run: list = []
-        for bid, loc in by_place:
-            if run and (loc[0] != run[0][1][0] or loc[1] > run[-1][1][1] + run[-1][1][2] + RUN_GAP
-                        or loc[1] + loc[2] - run[0][1][1] > RUN_BYTES):
-                self._submit_run(run, sources)
-                run = []
-            run.append((bid, loc))
-        if run:
+        for run in block_runs(by_place, RUN_BYTES, RUN_GAP):
             self._submit_run(run, sources)
 
         def place(item):

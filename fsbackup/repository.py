@@ -547,9 +547,6 @@ class Repository:
                 log.warning("%s when first downloaded; a second download was intact", damage)
         return result
 
-    def read_block(self, block_id: bytes, index: Index | None = None) -> bytes:
-        return self.fetch_block(block_id, self.block_location(block_id, index))
-
     def fetch_block(self, block_id: bytes, location) -> bytes:
         """Fetch one block with one range read, authenticate, decompress and check it against its id.
         Thread-safe: needs no index (`location` comes from `block_location`)."""

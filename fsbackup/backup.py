@@ -4,9 +4,11 @@ scan -> for each changed file: read, cut, hash -> skip blocks already stored -> 
 encrypt in worker threads -> pack into volumes -> upload volumes (a bounded number in flight)
 -> record each volume once stored -> store the version object last -> record the version.
 
-Threading: the calling thread scans, reads, cuts, hashes and owns the local index. Workers
-compress+encrypt blocks (zstandard and AES-GCM release the GIL) and upload volumes. Memory is
-bounded by the encode window plus (uploads in flight + 1) volumes, whatever the data size.
+Threading (docs/design.md): the calling thread scans, reads small files, owns the local index
+and spools entries in scan order. Reader threads read, cut and hash larger files; encoder threads
+compress+encrypt blocks (zstandard and AES-GCM release the GIL); upload threads seal and upload
+volumes. Memory is bounded by the read-ahead, the encode window and the volumes in flight,
+whatever the data size.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import fnmatch
 import grp
 import os
 import pwd
+import queue
 import secrets
 import socket
 import stat
@@ -27,10 +30,9 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import msgpack
-import zstandard
 
 from . import format as fmt
-from .chunker import MIN_SIZE, WHOLE_READ_LIMIT, Chunker
+from .chunker import AVG_BLOCK, MIN_SIZE, WHOLE_READ_LIMIT, Chunker
 from .errors import FsbackupError, PathNotFound
 from .locks import repository_lock
 from .progress import Progress
@@ -42,6 +44,11 @@ CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 HOLE_MARK = b"\0fsbackup-hole\0"
 BATCH_BYTES = 1 << 20       # hand blocks to the encoders in batches of about this many bytes
 BATCH_BLOCKS = 256
+READ_AHEAD_BYTES = 64 << 20  # file data the reader threads may hold ahead of the scan
+STREAM_BLOCKS = 8            # blocks of one file read ahead of the scan thread, at most
+READ_AHEAD_ENTRIES = 4096    # entries scanned but not yet spooled, at most
+LOOKUP_BLOCKS = 256          # blocks looked up in the index in one query...
+LOOKUP_BYTES = 8 << 20       # ...or fewer, when they hold this much data
 
 
 @dataclass
@@ -54,6 +61,7 @@ class BackupOptions:
     dry_run: bool = False
     trust_unchanged: bool = True             # False: read unchanged files too (their stored blocks may be gone)
     volume_size: int = DEFAULT_VOLUME_SIZE
+    compression: int = fmt.ZSTD_LEVEL        # zstd level of new blocks; 0 stores them uncompressed
     workers: int = max(2, os.cpu_count() or 2)
     uploads_in_flight: int | None = None     # volumes uploading at once; None: the backend's `connections`
 
@@ -188,15 +196,9 @@ def read_xattrs(path: bytes) -> dict[bytes, bytes] | None:
 _TYPE_CODES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p",
                stat.S_IFCHR: "c", stat.S_IFBLK: "b"}
 
-_thread_local = threading.local()
-
-
-def _encode_in_worker(cipher, blocks: list[tuple[bytes, bytes]]) -> list[tuple[bytes, int]]:
+def _encode_in_worker(cipher, blocks: list[tuple[bytes, bytes]], level: int) -> list[tuple[bytes, int]]:
     """Compress and encrypt a batch of (block id, data): one hand-off for many small blocks."""
-    compressor = getattr(_thread_local, "zstd", None)
-    if compressor is None:
-        compressor = _thread_local.zstd = zstandard.ZstdCompressor(level=fmt.ZSTD_LEVEL)
-    return [fmt.encode_block(cipher, block_id, data, compressor) for block_id, data in blocks]
+    return [fmt.encode_block(cipher, block_id, data, level) for block_id, data in blocks]
 
 
 class _OpenVolume:
@@ -235,6 +237,33 @@ class _OpenVolume:
             raise FsbackupError(f"internal error: volume {self.name} does not read back as written")
         return data, fmt.encode_index(keys, bytes.fromhex(self.name), len(data), self.entries)
 
+    def seal_and_store(self, repo: Repository) -> int:
+        """Seal, then upload the volume and its index object; returns the bytes uploaded.
+        Thread-safe: backups run it in their upload threads."""
+        data, index_obj = self.seal(repo.keys)
+        repo.store_volume(self.name, data, index_obj)
+        return len(data) + len(index_obj)
+
+
+class _Item:
+    """An entry between the scan and the spool. Its parent's node id is known by the time it is
+    spooled: entries are spooled in scan order, and a directory comes before its children."""
+
+    __slots__ = ("entry", "parent", "node_id", "how", "read", "blocks", "ahead", "path", "st", "prev", "unchanged")
+    ROOT_PARENT: "_Item"
+
+    def __init__(self, entry: list | None, parent: "_Item | None"):
+        self.entry, self.parent = entry, parent
+        self.node_id = 0
+        self.how: str | None = None     # files: "read", "read here" or "link" (see Backup._plan_file)
+        self.read: Future | None = None        # a reader thread's read...
+        self.blocks = None                      # ...and the queue of blocks it reads
+        self.ahead = 0                  # bytes its read holds until it is spooled
+        self.unchanged = False
+
+
+_Item.ROOT_PARENT = _Item(None, None)   # node id 0: the root directory's parent
+
 
 class Backup:
     def __init__(self, repo: Repository, options: BackupOptions, progress: Progress | None = None,
@@ -252,11 +281,18 @@ class Backup:
         self.chunker = Chunker(repo.keys.chunker_seed)
         self.excluder = Excluder(options)
         self.names = _NameCache()
-        self.pending_ids: set[bytes] = set()        # submitted blocks not yet recorded in the index
-        self.hardlinks: dict[tuple[int, int], list | None] = {}
+        self.pending_ids: set[bytes] = set()        # blocks taken, not yet recorded in the index
+        self.unlooked: list[tuple[bytes, bytes]] = []   # blocks taken, not yet looked up in the index
+        self.unlooked_bytes = 0
+        self.queue: deque[_Item] = deque()          # entries scanned, not yet spooled (see _enqueue)
+        self.ahead_bytes = 0
+        self.reader_local = threading.local()
+        self.stopping = threading.Event()           # set when the backup stops: readers give up
+        self.links_seen: set[tuple[int, int]] = set()
+        self.hardlinks: dict[tuple[int, int], list] = {}
         self.prev_contents: dict[int, list] = {}     # see _prev_children
         self.volume: _OpenVolume | None = None
-        self.uploads: deque[tuple[_OpenVolume, int, Future]] = deque()
+        self.uploads: deque[tuple[_OpenVolume, Future]] = deque()
         self.written: dict[str, int] = {}           # volumes this backup stored: name -> size (for verify)
         self.encode_window = 2 * options.workers + 2
 
@@ -303,6 +339,7 @@ class Backup:
         if self.progress.enabled:
             threading.Thread(target=self._estimate_total, args=(tops,), daemon=True).start()
         self.pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-encode")
+        self.read_pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-read")
         self.upload_pool = ThreadPoolExecutor(self.options.uploads_in_flight, thread_name_prefix="fsbackup-upload")
         spool = tempfile.TemporaryFile(prefix="fsbackup-tree-")
         try:
@@ -310,6 +347,7 @@ class Backup:
             self.spool = spool
             self.node_count = 0
             self._scan(tops)
+            self._look_up_blocks()
             self._seal_volume()
             self._finish_uploads()
         except BaseException:
@@ -317,6 +355,8 @@ class Backup:
             spool.close()
             raise
         finally:
+            self.stopping.set()
+            self.read_pool.shutdown(wait=True, cancel_futures=True)
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.upload_pool.shutdown(wait=True, cancel_futures=True)
         self.progress.finish()
@@ -370,15 +410,20 @@ class Backup:
         self.progress.set_total_bytes(total)
 
     # ---- scanning -----------------------------------------------------------------------
+    #
+    # This thread stats, lists and builds the entries; the files it finds are read, cut and
+    # hashed by the reader threads (open, pread, FastCDC and BLAKE3 release the GIL), at most
+    # READ_AHEAD_BYTES ahead of it. Entries are finished and spooled strictly in scan order, so
+    # node ids, and the order in which blocks reach the volumes, never depend on thread timing.
 
     def _emit(self, entry: list) -> int:
         self.spool.write(self.spool_packer.pack(entry))
         self.node_count += 1
         return self.node_count
 
-    def _entry(self, parent_id: int, name: bytes, path: bytes, st: os.stat_result, type_code: str) -> list:
+    def _entry(self, name: bytes, path: bytes, st: os.stat_result, type_code: str) -> list:
         e = [None] * len(fmt.ENTRY_FIELDS)
-        e[fmt.E_PARENT], e[fmt.E_NAME], e[fmt.E_TYPE], e[fmt.E_MODE] = parent_id, name, type_code, st.st_mode
+        e[fmt.E_NAME], e[fmt.E_TYPE], e[fmt.E_MODE] = name, type_code, st.st_mode
         e[fmt.E_UID], e[fmt.E_GID] = st.st_uid, st.st_gid
         e[fmt.E_USER], e[fmt.E_GRP] = self.names.user(st.st_uid), self.names.group(st.st_gid)
         e[fmt.E_MTIME], e[fmt.E_ATIME], e[fmt.E_CTIME] = st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns
@@ -386,6 +431,31 @@ class Backup:
         e[fmt.E_INO], e[fmt.E_DEV], e[fmt.E_NLINK], e[fmt.E_RDEV] = st.st_ino, st.st_dev, st.st_nlink, st.st_rdev
         e[fmt.E_XATTRS] = read_xattrs(path)
         return e
+
+    def _enqueue(self, item: _Item) -> None:
+        """Queue an entry behind the ones scanned before it, then spool every entry at the head
+        that is ready (waiting for the head's read only when too much is read ahead)."""
+        self.queue.append(item)
+        self.ahead_bytes += item.ahead
+        queue = self.queue
+        while queue:
+            head = queue[0]
+            if (head.read is not None and not head.read.done() and self.ahead_bytes <= READ_AHEAD_BYTES
+                    and len(queue) <= READ_AHEAD_ENTRIES):
+                return
+            self._finish(queue.popleft())
+
+    def _drain(self) -> None:
+        while self.queue:
+            self._finish(self.queue.popleft())
+
+    def _finish(self, item: _Item) -> None:
+        """Spool one entry, its file content found first (a file that cannot be read is left out)."""
+        self.ahead_bytes -= item.ahead
+        if item.how is not None and not self._find_content(item):
+            return
+        item.entry[fmt.E_PARENT] = item.parent.node_id
+        item.node_id = self._emit(item.entry)
 
     def _prev_children(self, prev_id: int | None) -> dict[bytes, Node]:
         """A directory's children in the previous version; their contents are fetched along, in
@@ -399,34 +469,36 @@ class Backup:
         return {n.name: n for n in kids}
 
     def _scan(self, tops: list[bytes]) -> None:
-        st = os.lstat(b"/")
-        self._emit(self._entry(0, b"", b"/", st, "d"))
+        root = _Item(self._entry(b"", b"/", os.lstat(b"/"), "d"), _Item.ROOT_PARENT)
+        self._enqueue(root)
         self.stats.dirs += 1
-        known_dirs: dict[bytes, tuple[int, int | None]] = {b"/": (1, 1 if self.prev else None)}
+        known_dirs: dict[bytes, tuple[_Item, int | None]] = {b"/": (root, 1 if self.prev else None)}
         for top in tops:
             parts = [p for p in top.split(b"/") if p]
             path = b"/"
             for i, part in enumerate(parts):
                 parent_path, path = path, os.path.join(path, part)
-                parent_id, prev_parent = known_dirs[parent_path]
+                parent, prev_parent = known_dirs[parent_path]
                 if i == len(parts) - 1:
-                    self._walk(path, part, parent_id, prev_parent)
+                    self._walk(path, part, parent, prev_parent)
                 elif path not in known_dirs:
                     prev_node = self.prev.lookup(prev_parent, part) if self.prev and prev_parent else None
                     try:
                         st = os.lstat(path)
                     except OSError as e:
                         raise PathNotFound(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
-                    node_id = self._emit(self._entry(parent_id, part, path, st, "d"))
+                    item = _Item(self._entry(part, path, st, "d"), parent)
+                    self._enqueue(item)
                     self.stats.dirs += 1
-                    known_dirs[path] = (node_id, prev_node.id if prev_node and prev_node.type == "d" else None)
+                    known_dirs[path] = (item, prev_node.id if prev_node and prev_node.type == "d" else None)
+        self._drain()
 
-    def _walk(self, top: bytes, top_name: bytes, parent_id: int, prev_parent: int | None) -> None:
+    def _walk(self, top: bytes, top_name: bytes, parent: _Item, prev_parent: int | None) -> None:
         """Depth-first over one given path, with an explicit stack (trees can be deep)."""
         prev_top = self.prev.lookup(prev_parent, top_name) if self.prev and prev_parent else None
-        stack = [(top, top_name, parent_id, prev_top, None)]
+        stack = [(top, top_name, parent, prev_top, None)]
         while stack:
-            path, name, parent_id, prev_node, parent_dev = stack.pop()
+            path, name, parent, prev_node, parent_dev = stack.pop()
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
@@ -441,9 +513,9 @@ class Backup:
                 self.note(f"{os.fsdecode(path)} is a socket; skipped" if kind == stat.S_IFSOCK
                           else f"{os.fsdecode(path)} has an unsupported type; skipped")
                 continue
-            entry = self._entry(parent_id, name, path, st, code)
+            item = _Item(self._entry(name, path, st, code), parent)
             if code == "d":
-                node_id = self._emit(entry)
+                self._enqueue(item)
                 self.stats.dirs += 1
                 if self.options.one_file_system and parent_dev is not None and st.st_dev != parent_dev:
                     continue
@@ -459,81 +531,130 @@ class Backup:
                     child_path = os.path.join(path, child)
                     if self.excluder.excludes_path(child_path, child):
                         continue
-                    stack.append((child_path, child, node_id, prev_kids.get(child), st.st_dev))
+                    stack.append((child_path, child, item, prev_kids.get(child), st.st_dev))
                 continue
             if code == "l":
                 try:
-                    entry[fmt.E_TARGET] = os.readlink(path)
+                    item.entry[fmt.E_TARGET] = os.readlink(path)
                 except OSError as e:
                     self.warn(f"cannot read symlink {os.fsdecode(path)}: {e.strerror}; left out")
                     continue
             elif code == "f":
-                content, kept = self._file_content(path, st, prev_node)
-                if content is None:
-                    continue
-                entry[fmt.E_CONTENT] = content
-                if kept is not None:
-                    entry[fmt.E_SIZE], entry[fmt.E_MTIME], entry[fmt.E_CTIME] = kept.size, kept.mtime_ns, kept.ctime_ns
-                self.stats.total_size += content[1]
+                self._plan_file(item, path, st, prev_node)
             else:
                 self.stats.others += 1
-            self._emit(entry)
+            self._enqueue(item)
 
     # ---- files --------------------------------------------------------------------------
 
-    def _file_content(self, path: bytes, st: os.stat_result, prev: Node | None) -> tuple[list | None, Node | None]:
-        """(the file's [hash, size, extents] or None to leave it out, the node whose times to keep
-        instead of the file's when the previous content was kept). Reuses the previous version's
-        content without reading when nothing changed."""
-        link_key = (st.st_dev, st.st_ino)
-        unchanged = (prev is not None and prev.type == "f" and prev.content is not None
+    def _plan_file(self, item: _Item, path: bytes, st: os.stat_result, prev: Node | None) -> None:
+        """Decide where the file's content comes from: the previous version's without reading
+        when nothing changed, another name's (a hard link seen before), or a read: in a reader
+        thread now, or (files too large to hold in memory) by this thread at the file's turn."""
+        item.path, item.st = path, st
+        item.prev = prev if prev is not None and prev.type == "f" else None
+        unchanged = (item.prev is not None and prev.content is not None
                      and (prev.size, prev.mtime_ns, prev.ctime_ns, prev.ino) == _change_key(st))
-        if prev is not None and not unchanged:
+        if item.prev is not None and not unchanged:
             self.prev_contents.pop(prev.content, None)    # not needed: keep the map small
-        if st.st_nlink > 1 and link_key in self.hardlinks:   # another name of a file already read
-            content = self.hardlinks[link_key]
-            if unchanged:
-                self.stats.files_unchanged += 1
-            elif prev is not None and prev.type == "f":
-                self.stats.files_changed += 1
-            else:
-                self.stats.files_new += 1
-            return content, None
+        link_key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1:
+            if link_key in self.links_seen:
+                item.how, item.unchanged = "link", unchanged
+                return
+            self.links_seen.add(link_key)
         if unchanged:
-            known = self.prev_contents.pop(prev.content, None)
-            if known is None:      # another file with the same content took it already
+            content = self.prev_contents.pop(prev.content, None)
+            if content is None:      # another file with the same content took it already
                 c = self.prev.content(prev.content)
-                known = [c.hash, c.size, fmt.pack_extents(c.extents)]
-            content = known
+                content = [c.hash, c.size, fmt.pack_extents(c.extents)]
+            self._set_content(item, content)
             self.stats.files_unchanged += 1
             self.progress.advance(files=1, nbytes=st.st_size)
+            if st.st_nlink > 1:
+                self.hardlinks[link_key] = content
+        elif st.st_size <= MIN_SIZE:
+            item.how = "read here"       # one small block: cheaper read here than handed over
         else:
+            item.how, item.ahead = "read", min(st.st_size, STREAM_BLOCKS * AVG_BLOCK)
+            item.blocks = queue.Queue(STREAM_BLOCKS)
+            item.read = self.read_pool.submit(self._read_in_reader, path, st, item.blocks)
+
+    def _set_content(self, item: _Item, content: list, kept: Node | None = None) -> None:
+        """`kept`: the node whose times to record instead of the file's (its content was kept)."""
+        item.entry[fmt.E_CONTENT] = content
+        if kept is not None:
+            item.entry[fmt.E_SIZE], item.entry[fmt.E_MTIME], item.entry[fmt.E_CTIME] = \
+                kept.size, kept.mtime_ns, kept.ctime_ns
+        self.stats.total_size += content[1]
+
+    def _find_content(self, item: _Item) -> bool:
+        """Complete a planned file's content (its blocks go to the volumes here, in scan order).
+        False: the file is left out, with a warning."""
+        path, st, prev = item.path, item.st, item.prev
+        link_key = (st.st_dev, st.st_ino)
+        content = self.hardlinks.get(link_key) if item.how == "link" else None
+        if content is None:
             try:
-                content = self._read_file(path, st)
+                if item.read is not None:
+                    for block_id, data in iter(item.blocks.get, None):
+                        self._take_block(block_id, data)
+                    content = item.read.result()
+                    item.read = item.blocks = None
+                else:       # "read here", or another name of a file whose read failed
+                    content = self._read_file(path, st, self.chunker, self._take_block)
             except FileChanged:
                 if prev is not None and prev.content is not None:
                     self.warn(f"{os.fsdecode(path)} changed while it was read; kept its previous content")
                     c = self.prev.content(prev.content)
                     # Previous content with previous times, so the next backup reads the file again.
-                    return [c.hash, c.size, fmt.pack_extents(c.extents)], prev
-                else:
-                    self.warn(f"{os.fsdecode(path)} changed while it was read; left out")
-                    return None, None
+                    self._set_content(item, [c.hash, c.size, fmt.pack_extents(c.extents)], kept=prev)
+                    self.stats.files_changed += 1
+                    return True
+                self.warn(f"{os.fsdecode(path)} changed while it was read; left out")
+                return False
             except FileNotFoundError:
                 self.warn(f"{os.fsdecode(path)} vanished before it was read; left out")
-                return None, None
+                return False
             except OSError as e:
                 self.warn(f"cannot read {os.fsdecode(path)}: {e.strerror}; left out")
-                return None, None
-            if prev is not None and prev.type == "f":
-                self.stats.files_changed += 1
-            else:
-                self.stats.files_new += 1
-        if st.st_nlink > 1:
-            self.hardlinks[link_key] = content
-        return content, None
+                return False
+            self.progress.advance(files=1)
+            if st.st_nlink > 1:
+                self.hardlinks[link_key] = content
+        if item.unchanged:
+            self.stats.files_unchanged += 1
+        elif prev is not None:
+            self.stats.files_changed += 1
+        else:
+            self.stats.files_new += 1
+        self._set_content(item, content)
+        return True
 
-    def _read_file(self, path: bytes, st: os.stat_result) -> list:
+    def _read_in_reader(self, path: bytes, st: os.stat_result, blocks) -> list:
+        """A reader thread's read: the file's blocks go to `blocks` (then None), for the scan
+        thread to take in order; a large file's few at a time (`blocks` is bounded)."""
+        chunker = getattr(self.reader_local, "chunker", None)
+        if chunker is None:
+            chunker = self.reader_local.chunker = Chunker(self.repo.keys.chunker_seed)
+
+        def hand_over(item) -> None:
+            while not self.stopping.is_set():
+                try:
+                    return blocks.put(item, timeout=0.1)
+                except queue.Full:
+                    continue
+            raise FileChanged()     # the backup stopped: nobody takes the rest
+
+        try:
+            return self._read_file(path, st, chunker, lambda block_id, data: hand_over((block_id, data)))
+        finally:
+            hand_over(None)
+
+    def _read_file(self, path: bytes, st: os.stat_result, chunker: Chunker,
+                   take_block: Callable[[bytes, bytes], None]) -> list:
+        """Read, cut and hash one file, handing each block to `take_block`; returns its
+        [hash, size, extents]. Raises FileChanged when it changed while read. Thread-safe."""
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(path, flags | os.O_NOATIME)
@@ -543,7 +664,7 @@ class Backup:
             before = st      # the lstat of the scan: the fstat after reading must match it
             size = before.st_size
             if 0 < size <= MIN_SIZE and st.st_blocks * 512 >= size:
-                return self._read_small_file(fd, before)
+                return self._read_small_file(fd, before, take_block)
             hasher = self.repo.keys.content_hasher()
             extents: list[tuple[bytes, int]] = []
             pos = 0
@@ -553,16 +674,14 @@ class Backup:
                     hasher.update(HOLE_MARK + (start - pos).to_bytes(8, "little"))
                 if end - start <= WHOLE_READ_LIMIT:
                     region = os.pread(fd, end - start, start)
-                    blocks = (bytes(b) for b in self.chunker.cut(region))
+                    blocks = (bytes(b) for b in chunker.cut(region))
                 else:
-                    blocks = self.chunker.cut_stream(_RangeReader(fd, start, end))
+                    blocks = chunker.cut_stream(_RangeReader(fd, start, end))
                 for block in blocks:
                     block_id = self.repo.keys.block_id(block)
                     hasher.update(block)
                     extents.append((block_id, len(block)))
-                    self._store_block(block_id, block)
-                    self.stats.bytes_read += len(block)
-                    self.progress.advance(nbytes=len(block))
+                    take_block(block_id, block)
                 pos = end
             if pos < size:
                 extents.append((fmt.HOLE_ID, size - pos))
@@ -573,10 +692,9 @@ class Backup:
                 raise FileChanged()
         finally:
             os.close(fd)
-        self.progress.advance(files=1)
         return [hasher.digest(), size, fmt.pack_extents(extents)]
 
-    def _read_small_file(self, fd: int, before: os.stat_result) -> list:
+    def _read_small_file(self, fd: int, before: os.stat_result, take_block: Callable[[bytes, bytes], None]) -> list:
         """Most files are smaller than the chunker's minimum block and have no holes: they are one
         block, read in one call. Same result as the general path, with a fraction of its
         per-file work (a backup of many small files is bound by it)."""
@@ -585,18 +703,35 @@ class Backup:
         if len(data) != size or _change_key(os.fstat(fd)) != _change_key(before):
             raise FileChanged()
         block_id = self.repo.keys.block_id(data)
-        self._store_block(block_id, data)
-        self.stats.bytes_read += size
-        self.progress.advance(files=1, nbytes=size)
+        take_block(block_id, data)
         # The content hash and the block id are the same keyed hash of the same bytes.
         return [block_id, size, fmt.pack_extents([(block_id, size)])]
 
     # ---- blocks, volumes, uploads ---------------------------------------------------------
 
-    def _store_block(self, block_id: bytes, data: bytes) -> None:
-        if block_id in self.pending_ids or self.repo.has_block(block_id):
+    def _take_block(self, block_id: bytes, data: bytes) -> None:
+        """A block read from a file, in scan order: stored unless the index or this backup has it.
+        Blocks are looked up in batches: one query per block cost more than the lookup itself."""
+        self.stats.bytes_read += len(data)
+        self.progress.advance(nbytes=len(data))
+        if block_id in self.pending_ids:
             return
         self.pending_ids.add(block_id)
+        self.unlooked.append((block_id, data))
+        self.unlooked_bytes += len(data)
+        if len(self.unlooked) >= LOOKUP_BLOCKS or self.unlooked_bytes >= LOOKUP_BYTES:
+            self._look_up_blocks()
+
+    def _look_up_blocks(self) -> None:
+        batch, self.unlooked, self.unlooked_bytes = self.unlooked, [], 0
+        known = self.repo.known_blocks([block_id for block_id, _ in batch])
+        for block_id, data in batch:
+            if block_id in known:
+                self.pending_ids.discard(block_id)
+            else:
+                self._store_block(block_id, data)
+
+    def _store_block(self, block_id: bytes, data: bytes) -> None:
         self.stats.blocks_new += 1
         self.stats.bytes_new_plain += len(data)
         if self.options.dry_run:
@@ -624,7 +759,7 @@ class Backup:
         if not vol.batch:
             return
         batch, vol.batch, vol.batch_bytes = vol.batch, [], 0
-        vol.encoding.append(([block_id for block_id, _ in batch], self.pool.submit(_encode_in_worker, vol.cipher, batch)))
+        vol.encoding.append(([block_id for block_id, _ in batch], self.pool.submit(_encode_in_worker, vol.cipher, batch, self.options.compression)))
         while len(vol.encoding) > self.encode_window:
             vol.take_oldest()
 
@@ -637,15 +772,13 @@ class Backup:
             vol.take_oldest()
         if not vol.entries:
             return
-        data, index_obj = vol.seal(self.repo.keys)
         while len(self.uploads) >= self.options.uploads_in_flight:
             self._record_oldest_upload()
-        fut = self.upload_pool.submit(self.repo.store_volume, vol.name, data, index_obj)
-        self.uploads.append((vol, len(data) + len(index_obj), fut))
+        self.uploads.append((vol, self.upload_pool.submit(vol.seal_and_store, self.repo)))
 
     def _record_oldest_upload(self) -> None:
-        vol, nbytes, fut = self.uploads.popleft()
-        fut.result()
+        vol, fut = self.uploads.popleft()
+        nbytes = fut.result()
         self.repo.record_volume(vol.name, vol.stored_size, vol.entries)
         self.written[vol.name] = vol.stored_size
         self.pending_ids.difference_update(e.id for e in vol.entries)
@@ -657,5 +790,5 @@ class Backup:
             self._record_oldest_upload()
 
     def _abort(self) -> None:
-        for _, _, fut in self.uploads:
+        for _, fut in self.uploads:
             fut.cancel()

@@ -14,6 +14,7 @@ from pyfastcdc.cy import FastCDC
 AVG_SIZE = 768 * 1024
 MIN_SIZE = 256 * 1024
 MAX_SIZE = 4 * 1024 * 1024
+AVG_BLOCK = AVG_SIZE + MIN_SIZE
 # Regions up to this size are read whole and cut in memory: far cheaper per small file than a
 # stream (which allocates its buffers per call), and the cut points are the same.
 WHOLE_READ_LIMIT = 16 * 1024 * 1024

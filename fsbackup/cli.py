@@ -72,6 +72,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def compression_level(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a compression level from 0 (none) to 19")
+    return value
+
+
 # ---- argument parsing -----------------------------------------------------------------------
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -126,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="scan and chunk, but store nothing")
     p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
                    help="close volumes at about this size (default 32M)")
+    p.add_argument("--compression", metavar="LEVEL", type=compression_level, default=None,
+                   help="zstd level for new blocks: 1 (fastest) to 19 (smallest), 0 for none (default 2)")
     v = p.add_argument_group("verify after backup (docs/maintenance.md)")
     v.add_argument("--verify-samples", metavar="N", type=int, default=1,
                    help="download and verify N volumes after the backup, its own first (default 1)")
@@ -420,6 +432,8 @@ def cmd_backup(args, out: Output) -> int:
                             tags=args.tag, dry_run=args.dry_run)
     if args.volume_size:
         options.volume_size = args.volume_size
+    if args.compression is not None:
+        options.compression = args.compression
     repo = open_repo(args, out, sync_index=False)
     job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note)
     verification = []     # verify after backup runs under the backup's lock; reported after its summary

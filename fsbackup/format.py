@@ -30,7 +30,10 @@ FRAME_LEN = struct.Struct("<I")
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
-ZSTD_LEVEL = 3
+# Blocks are compressed at this zstd level unless the backup says otherwise (readers do not care:
+# any zstd frame decodes). Level 2 costs a quarter of level 3's time on poorly compressible data
+# and a fifth less on text, for output 0-5% larger.
+ZSTD_LEVEL = 2
 
 HOLE_ID = bytes(32)                  # extent id of a sparse hole (never a real keyed hash)
 EXTENT = struct.Struct("<32sQ")      # one extent of a file: block id (or HOLE_ID), length
@@ -48,11 +51,18 @@ def check_header(data: bytes, magic: bytes, name: str) -> None:
         raise CorruptObject(name, f"unknown format version {data[4]}")
 
 
-def _zstd_c() -> zstandard.ZstdCompressor:
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-
-
 _per_thread = threading.local()   # zstd (de)compressor objects must not be shared between threads
+
+
+def _zstd_c(level: int = ZSTD_LEVEL) -> zstandard.ZstdCompressor:
+    """This thread's compressor for `level` (building one costs more than compressing a small block)."""
+    compressors = getattr(_per_thread, "compressors", None)
+    if compressors is None:
+        compressors = _per_thread.compressors = {}
+    compressor = compressors.get(level)
+    if compressor is None:
+        compressor = compressors[level] = zstandard.ZstdCompressor(level=level)
+    return compressor
 
 
 def _decompress(data: bytes, plain_len: int | None = None) -> bytes:
@@ -75,9 +85,10 @@ def block_ad(block_id: bytes) -> bytes:
     return b"block\0" + block_id
 
 
-def encode_block(cipher: ObjectCipher, block_id: bytes, data, compressor=None) -> tuple[bytes, int]:
-    """Compress (when it shrinks) and encrypt one block. Returns (stored bytes, plain length)."""
-    compressed = (compressor or _zstd_c()).compress(data)
+def encode_block(cipher: ObjectCipher, block_id: bytes, data, level: int = ZSTD_LEVEL) -> tuple[bytes, int]:
+    """Compress (when it shrinks; never at level 0) and encrypt one block. Returns (stored bytes,
+    plain length)."""
+    compressed = _zstd_c(level).compress(data) if level else data
     if len(compressed) < len(data):
         payload = bytes([CODEC_ZSTD]) + compressed
     else:

@@ -244,11 +244,9 @@ class Prune:
         volumes it emptied."""
         vol, self.writer = self.writer, None
         if vol is not None and vol.entries:
-            data, index_obj = vol.seal(self.repo.keys)
-            self.repo.store_volume(vol.name, data, index_obj)
-            self.repo.record_volume(vol.name, len(data), vol.entries, moved=True)
+            self.stats.bytes_written += vol.seal_and_store(self.repo)
+            self.repo.record_volume(vol.name, vol.stored_size, vol.entries, moved=True)
             self.stats.volumes_written += 1
-            self.stats.bytes_written += len(data) + len(index_obj)
         for use in self.emptied:
             self.repo.delete_volume(use.name)
             self.stats.bytes_deleted += use.size

@@ -491,8 +491,12 @@ class Repository:
         self.backend.delete(index_object(name))
         self.backend.delete(volume_object(name))
 
-    def has_block(self, block_id: bytes) -> bool:
-        return self.index.one("SELECT 1 FROM blocks WHERE hash=?", (block_id,)) is not None
+    def known_blocks(self, block_ids: list[bytes]) -> set[bytes]:
+        """The ones among `block_ids` the index records as stored (at most a few hundred at once)."""
+        if not block_ids:
+            return set()
+        rows = self.index.q(f"SELECT hash FROM blocks WHERE hash IN ({','.join('?' * len(block_ids))})", block_ids)
+        return {row[0] for row in rows}
 
     def block_location(self, block_id: bytes, index: Index | None = None):
         """(volume name, offset, stored length, plain length) of a stored block."""

@@ -55,6 +55,18 @@ def test_compressible_data_is_stored_compressed(env, tmp_path):
     assert r["bytes_added"] < r["bytes_new"] / 5
 
 
+def test_compression_level_zero_stores_blocks_uncompressed_and_they_restore(env, tmp_path):
+    src = tmp_path / "src"
+    text = b"".join(b"2026-11-24 line %d: all is well\n" % i for i in range(200_000))
+    write(src / "log.txt", text)
+    r = json.loads(env.ok("backup", src, "--compression", "0", "--json").out)
+    assert r["bytes_added"] > r["bytes_new"]
+    env.ok("restore", "latest", "--target", tmp_path / "out")
+    assert (tmp_path / "out" / src.relative_to("/") / "log.txt").read_bytes() == text
+    bad = env.run("backup", src, "--compression", "20")
+    assert bad.rc == 2 and "not a compression level" in bad.err
+
+
 def test_backup_of_changed_metadata_only_reuses_blocks(env, tmp_path):
     src = tmp_path / "src"
     f = write(src / "a", pseudo_random(2 << 20, 4))

@@ -32,7 +32,7 @@ from typing import Callable
 import msgpack
 
 from . import format as fmt
-from .chunker import AVG_BLOCK, MIN_SIZE, WHOLE_READ_LIMIT, Chunker
+from .chunker import MIN_SIZE, WINDOW, Chunker
 from .errors import FsbackupError, PathNotFound
 from .locks import repository_lock
 from .progress import Progress
@@ -122,21 +122,6 @@ class Excluder:
         return False
 
 
-class _RangeReader:
-    """A readinto() over [start, end) of a file descriptor, for the chunker."""
-
-    def __init__(self, fd: int, start: int, end: int):
-        self.fd, self.pos, self.end = fd, start, end
-
-    def readinto(self, buf) -> int:
-        want = min(len(buf), self.end - self.pos)
-        if want <= 0:
-            return 0
-        n = os.preadv(self.fd, [memoryview(buf)[:want]], self.pos)
-        self.pos += n
-        return n
-
-
 def data_regions(fd: int, size: int, st: os.stat_result) -> list[tuple[int, int]]:
     """The [start, end) ranges of a file that hold data; the rest are holes (sparse files)."""
     if size == 0:
@@ -195,11 +180,6 @@ def read_xattrs(path: bytes) -> dict[bytes, bytes] | None:
 
 _TYPE_CODES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p",
                stat.S_IFCHR: "c", stat.S_IFBLK: "b"}
-
-def _encode_in_worker(cipher, blocks: list[tuple[bytes, bytes]], level: int) -> list[tuple[bytes, int]]:
-    """Compress and encrypt a batch of (block id, data): one hand-off for many small blocks."""
-    return [fmt.encode_block(cipher, block_id, data, level) for block_id, data in blocks]
-
 
 class _OpenVolume:
     def __init__(self, repo: Repository):
@@ -576,7 +556,8 @@ class Backup:
         elif st.st_size <= MIN_SIZE:
             item.how = "read here"       # one small block: cheaper read here than handed over
         else:
-            item.how, item.ahead = "read", min(st.st_size, STREAM_BLOCKS * AVG_BLOCK)
+            # Its blocks are views into windows of the file: the queue holds at most two windows.
+            item.how, item.ahead = "read", min(st.st_size, 2 * WINDOW)
             item.blocks = queue.Queue(STREAM_BLOCKS)
             item.read = self.read_pool.submit(self._read_in_reader, path, st, item.blocks)
 
@@ -672,12 +653,7 @@ class Backup:
                 if start > pos:
                     extents.append((fmt.HOLE_ID, start - pos))
                     hasher.update(HOLE_MARK + (start - pos).to_bytes(8, "little"))
-                if end - start <= WHOLE_READ_LIMIT:
-                    region = os.pread(fd, end - start, start)
-                    blocks = (bytes(b) for b in chunker.cut(region))
-                else:
-                    blocks = chunker.cut_stream(_RangeReader(fd, start, end))
-                for block in blocks:
+                for block in chunker.cut_file(fd, start, end):
                     block_id = self.repo.keys.block_id(block)
                     hasher.update(block)
                     extents.append((block_id, len(block)))
@@ -759,7 +735,7 @@ class Backup:
         if not vol.batch:
             return
         batch, vol.batch, vol.batch_bytes = vol.batch, [], 0
-        vol.encoding.append(([block_id for block_id, _ in batch], self.pool.submit(_encode_in_worker, vol.cipher, batch, self.options.compression)))
+        vol.encoding.append(([block_id for block_id, _ in batch], self.pool.submit(fmt.encode_blocks, vol.cipher, batch, self.options.compression)))
         while len(vol.encoding) > self.encode_window:
             vol.take_oldest()
 

@@ -6,6 +6,7 @@ stored blocks do not reveal which known files a repository holds.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 from pyfastcdc.cy import FastCDC
@@ -14,10 +15,9 @@ from pyfastcdc.cy import FastCDC
 AVG_SIZE = 768 * 1024
 MIN_SIZE = 256 * 1024
 MAX_SIZE = 4 * 1024 * 1024
-AVG_BLOCK = AVG_SIZE + MIN_SIZE
-# Regions up to this size are read whole and cut in memory: far cheaper per small file than a
-# stream (which allocates its buffers per call), and the cut points are the same.
-WHOLE_READ_LIMIT = 16 * 1024 * 1024
+# Files are read in windows of this size and cut in memory. Blocks are views into their window:
+# no copy, and the window lives as long as one of its blocks does.
+WINDOW = 8 * 1024 * 1024
 
 
 class Chunker:
@@ -32,7 +32,24 @@ class Chunker:
         for chunk in self._fastcdc.cut_buf(data):
             yield chunk.data
 
-    def cut_stream(self, stream) -> Iterator[bytes]:
-        """Cut a binary stream (with readinto or read); yields each block as bytes."""
-        for chunk in self._fastcdc.cut_stream(stream):
-            yield bytes(chunk.data)
+    def cut_file(self, fd: int, start: int, end: int, window: int = WINDOW) -> Iterator[memoryview]:
+        """Cut bytes [start, end) of a file, read `window` bytes at a time; the cut points are
+        those of `cut` over the same bytes. Yields read-only views. A file shorter than `end`
+        yields what it has (the caller sees the lengths do not add up)."""
+        assert window > MAX_SIZE
+        pos = start
+        while pos < end:
+            want = min(window, end - pos)
+            data = os.pread(fd, want, pos)
+            last = len(data) < want or pos + want >= end
+            done = 0
+            for chunk in self._fastcdc.cut_buf(data):
+                # A cut looks at most MAX_SIZE bytes ahead: nearer the window's end than that, the
+                # block is cut again from its start in the next window, which has the bytes after.
+                if not last and len(data) - chunk.offset < MAX_SIZE:
+                    break
+                yield chunk.data
+                done = chunk.offset + chunk.length
+            if last:
+                return
+            pos += done

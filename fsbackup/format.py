@@ -30,6 +30,7 @@ FRAME_LEN = struct.Struct("<I")
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+_RAW_MARK, _ZSTD_MARK = bytes([CODEC_RAW]), bytes([CODEC_ZSTD])
 # Blocks are compressed at this zstd level unless the backup says otherwise (readers do not care:
 # any zstd frame decodes). Level 2 costs a quarter of level 3's time on poorly compressible data
 # and a fifth less on text, for output 0-5% larger.
@@ -88,12 +89,22 @@ def block_ad(block_id: bytes) -> bytes:
 def encode_block(cipher: ObjectCipher, block_id: bytes, data, level: int = ZSTD_LEVEL) -> tuple[bytes, int]:
     """Compress (when it shrinks; never at level 0) and encrypt one block. Returns (stored bytes,
     plain length)."""
-    compressed = _zstd_c(level).compress(data) if level else data
-    if len(compressed) < len(data):
-        payload = bytes([CODEC_ZSTD]) + compressed
+    return encode_blocks(cipher, [(block_id, data)], level)[0]
+
+
+def encode_blocks(cipher: ObjectCipher, blocks: list, level: int = ZSTD_LEVEL) -> list[tuple[bytes, int]]:
+    """encode_block for each (block id, data) of a batch. The batch is compressed in one call:
+    one release of the GIL per batch instead of one per block (backups hand over small files'
+    blocks by the hundred, and every GIL hand-off slows the thread that scans)."""
+    if level and len(blocks) > 1 and all(len(data) for _, data in blocks):
+        compressed = _zstd_c(level).multi_compress_to_buffer([data for _, data in blocks])
     else:
-        payload = bytes([CODEC_RAW]) + data
-    return cipher.seal(block_nonce(block_id), payload, block_ad(block_id)), len(data)
+        compressed = [_zstd_c(level).compress(data) if level else data for _, data in blocks]
+    out = []
+    for (block_id, data), packed in zip(blocks, compressed):
+        payload = _ZSTD_MARK + packed if len(packed) < len(data) else _RAW_MARK + data
+        out.append((cipher.seal(block_nonce(block_id), payload, block_ad(block_id)), len(data)))
+    return out
 
 
 def decode_block(keys: Keys, cipher: ObjectCipher, block_id: bytes, stored: bytes, plain_len: int,

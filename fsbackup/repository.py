@@ -590,46 +590,63 @@ class Repository:
     def record_version(self, name: str, head: dict, entries: Iterable[list],
                        content_ids: dict[bytes, int] | None = None) -> int:
         """Record a stored version and its tree in one transaction. Returns the version's row id.
-        `content_ids` (extents -> row id) remembers contents across calls, for rebuild_index."""
+        `content_ids` (extents -> row id) is every contents row there is, kept across calls by
+        rebuild_index: a content not in it is new, and nothing needs looking up."""
         with self.index.transaction() as db:
             db.execute("INSERT INTO versions(name, time_ns, host, paths, tags, file_count, total_size, bytes_added) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (name, head["time_ns"], head["host"], json.dumps(head["paths"]), json.dumps(head["tags"]),
                         head["file_count"], head["total_size"], head["bytes_added"]))
             version_id = db.last_insert_rowid()
-            find_content = db.cursor()
-            rows = []
-            for node_id, e in enumerate(entries, start=1):
-                content_id = content = e[fmt.E_CONTENT]
-                if content is not None:
-                    content_id = content_ids.get(content[2]) if content_ids is not None else None
-                    if content_id is None:
-                        content_id = self._content_id(db, find_content, content, content_ids)
-                xattrs = msgpack.packb(e[fmt.E_XATTRS]) if e[fmt.E_XATTRS] else None
-                rows.append((version_id, node_id, *e[:fmt.E_XATTRS], xattrs, content_id))
-                if len(rows) >= 5000:
-                    db.executemany(INSERT_NODE, rows)
-                    rows.clear()
-            db.executemany(INSERT_NODE, rows)
+            batch: list[list] = []
+            node_id = 0
+            for e in entries:
+                batch.append(e)
+                if len(batch) >= 5000:
+                    node_id = self._record_nodes(db, version_id, node_id, batch, content_ids)
+                    batch.clear()
+            self._record_nodes(db, version_id, node_id, batch, content_ids)
         return version_id
 
     @staticmethod
-    def _content_id(db, cursor, content, known: dict[bytes, int] | None = None) -> int:
-        """The contents row of `content`, added when new. `known` (rebuild_index) holds every row
-        added so far, so a content not in it is new: no lookup."""
-        content_hash, size, extents = content
-        layout = blake3.blake3(extents).digest()
-        row = cursor.execute("SELECT id FROM contents WHERE layout=?", (layout,)).fetchone() if known is None else None
-        if row:
-            content_id = row[0]
-        else:
-            stored = sum(length for block_id, length in fmt.unpack_extents(extents) if block_id != fmt.HOLE_ID)
-            cursor.execute("INSERT INTO contents(layout, hash, size, stored, extents) VALUES (?, ?, ?, ?, ?)",
-                           (layout, content_hash, size, stored, extents))
-            content_id = db.last_insert_rowid()
-        if known is not None:
-            known[extents] = content_id
-        return content_id
+    def _record_nodes(db, version_id: int, last_node_id: int, entries: list[list],
+                      content_ids: dict[bytes, int] | None) -> int:
+        """Insert a batch of a version's entries (nodes last_node_id+1...) and the contents rows
+        they need; returns the last node id. One query looks a batch's contents up, not one each."""
+        known = content_ids if content_ids is not None else {}
+        new: dict[bytes, list] = {}                       # extents -> content, not yet in the index
+        for e in entries:
+            content = e[fmt.E_CONTENT]
+            if content is not None and content[2] not in known:
+                new[content[2]] = content
+        layouts = {extents: blake3.blake3(extents).digest() for extents in new}
+        if content_ids is None and new:
+            by_layout = {layout: extents for extents, layout in layouts.items()}
+            wanted = list(by_layout)
+            for i in range(0, len(wanted), 500):
+                part = wanted[i:i + 500]
+                for content_id, layout in db.execute(
+                        f"SELECT id, layout FROM contents WHERE layout IN ({','.join('?' * len(part))})", part):
+                    extents = by_layout[layout]
+                    known[extents] = content_id
+                    del new[extents]
+        if new:
+            # Ids are handed out here (the transaction holds the write lock): one executemany.
+            (next_id,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM contents").fetchone()
+            rows = []
+            for content_id, (extents, (content_hash, size, _)) in enumerate(new.items(), start=next_id):
+                known[extents] = content_id
+                rows.append((content_id, layouts[extents], content_hash, size, _stored_bytes(size, extents), extents))
+            db.executemany("INSERT INTO contents(id, layout, hash, size, stored, extents) VALUES (?, ?, ?, ?, ?, ?)",
+                           rows)
+        rows = []
+        for node_id, e in enumerate(entries, start=last_node_id + 1):
+            content = e[fmt.E_CONTENT]
+            xattrs = msgpack.packb(e[fmt.E_XATTRS]) if e[fmt.E_XATTRS] else None
+            rows.append((version_id, node_id, *e[:fmt.E_XATTRS], xattrs,
+                         known[content[2]] if content is not None else None))
+        db.executemany(INSERT_NODE, rows)
+        return last_node_id + len(entries)
 
     def close_index(self) -> None:
         if self._index is not None:
@@ -653,6 +670,13 @@ def _bounded_map(pool, fn, items, window: int = 16):
     while pending:
         first, fut = pending.popleft()
         yield first, fut.result()
+
+
+def _stored_bytes(size: int, extents: bytes) -> int:
+    """Bytes of a content's data extents: its size less its holes."""
+    if fmt.HOLE_ID not in extents:      # (a false match only costs the exact sum)
+        return size
+    return sum(length for block_id, length in fmt.unpack_extents(extents) if block_id != fmt.HOLE_ID)
 
 
 INSERT_NODE = ("INSERT INTO nodes(version, id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, atime_ns, "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
+import os
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -42,10 +42,33 @@ def test_chunks_reassemble_the_input_and_respect_size_limits(data, seed):
 
 
 @settings(max_examples=10, deadline=None)
-@given(st.integers(min_value=0, max_value=2**63 - 1))
-def test_streamed_and_in_memory_chunking_cut_the_same(seed):
-    data = golden_input(5 << 20)
-    assert [len(c) for c in Chunker(seed).cut(data)] == [len(c) for c in Chunker(seed).cut_stream(io.BytesIO(data))]
+@given(st.integers(min_value=0, max_value=2**63 - 1), st.integers(min_value=0, max_value=3 << 20),
+       st.integers(min_value=MAX_SIZE + 1, max_value=3 * MAX_SIZE))
+def test_files_cut_window_by_window_cut_as_in_memory(tmp_path_factory, seed, start, window):
+    """Reading a file in windows (blocks near a window's end are cut again in the next) must
+    not move a single cut point."""
+    data = golden_input(14 << 20)
+    path = tmp_path_factory.mktemp("cut") / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        windowed = [bytes(c) for c in Chunker(seed).cut_file(fd, start, len(data), window)]
+    finally:
+        os.close(fd)
+    assert [len(c) for c in windowed] == [len(c) for c in Chunker(seed).cut(data[start:])]
+    assert b"".join(windowed) == data[start:]
+
+
+def test_a_block_ending_exactly_at_a_window_end_is_not_the_last(tmp_path):
+    """Zeros never match the gear mask: every block is MAX_SIZE, and two fill a window exactly."""
+    path = tmp_path / "zeros"
+    path.write_bytes(bytes(3 * MAX_SIZE + 123))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        lengths = [len(c) for c in Chunker(7).cut_file(fd, 0, 3 * MAX_SIZE + 123, window=2 * MAX_SIZE)]
+    finally:
+        os.close(fd)
+    assert lengths == [MAX_SIZE, MAX_SIZE, MAX_SIZE, 123]
 
 
 def test_golden_chunk_boundaries_do_not_change():
@@ -79,6 +102,14 @@ def test_volume_round_trip_returns_every_block(blocks, level):
     for e in entries:
         stored = volume[e.offset:e.offset + e.stored_length]
         assert fmt.decode_block(KEYS, cipher, e.id, stored, e.plain_length, "v") == by_id[e.id]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=20_000), min_size=1, max_size=8), st.sampled_from([0, 1, 2, 3]))
+def test_a_batch_encodes_as_its_blocks_one_by_one(blocks, level):
+    cipher = KEYS.object_cipher(b"blocks", VOLUME_ID)
+    batch = [(KEYS.block_id(data), data) for data in blocks]
+    assert fmt.encode_blocks(cipher, batch, level) == [fmt.encode_block(cipher, i, d, level) for i, d in batch]
 
 
 @settings(max_examples=30, deadline=None)

@@ -401,7 +401,9 @@ class Backup:
         self.node_count += 1
         return self.node_count
 
-    def _entry(self, name: bytes, path: bytes, st: os.stat_result, type_code: str) -> list:
+    def _entry(self, name: bytes, path: bytes, st: os.stat_result, type_code: str, prev: Node | None = None) -> list:
+        """The entry of one path. `prev`: its node in the previous version, whose xattrs are taken
+        when its change key is the file's (setting or removing an xattr changes the ctime)."""
         e = [None] * len(fmt.ENTRY_FIELDS)
         e[fmt.E_NAME], e[fmt.E_TYPE], e[fmt.E_MODE] = name, type_code, st.st_mode
         e[fmt.E_UID], e[fmt.E_GID] = st.st_uid, st.st_gid
@@ -409,7 +411,11 @@ class Backup:
         e[fmt.E_MTIME], e[fmt.E_ATIME], e[fmt.E_CTIME] = st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns
         e[fmt.E_SIZE] = st.st_size if type_code in "fl" else 0
         e[fmt.E_INO], e[fmt.E_DEV], e[fmt.E_NLINK], e[fmt.E_RDEV] = st.st_ino, st.st_dev, st.st_nlink, st.st_rdev
-        e[fmt.E_XATTRS] = read_xattrs(path)
+        if (prev is not None and prev.type == type_code == "f"
+                and (prev.size, prev.mtime_ns, prev.ctime_ns, prev.ino) == _change_key(st)):
+            e[fmt.E_XATTRS] = prev.xattrs or None
+        else:
+            e[fmt.E_XATTRS] = read_xattrs(path)
         return e
 
     def _enqueue(self, item: _Item) -> None:
@@ -493,7 +499,7 @@ class Backup:
                 self.note(f"{os.fsdecode(path)} is a socket; skipped" if kind == stat.S_IFSOCK
                           else f"{os.fsdecode(path)} has an unsupported type; skipped")
                 continue
-            item = _Item(self._entry(name, path, st, code), parent)
+            item = _Item(self._entry(name, path, st, code, prev_node), parent)
             if code == "d":
                 self._enqueue(item)
                 self.stats.dirs += 1

@@ -25,4 +25,7 @@ if [ ! -f "$stamp" ] || [ "$FSB_ROOT/pyproject.toml" -nt "$stamp" ]; then
     "$FSB_VENV/bin/pip" install -q --disable-pip-version-check -e "$FSB_ROOT[test]" >&2
     touch "$stamp"
 fi
+# An editable install leaves the package uncompiled, and PYTHONDONTWRITEBYTECODE (set on some
+# machines) would make every run compile it again: compile it here (up-to-date files are skipped).
+"$FSB_VENV/bin/python" -m compileall -q "$FSB_ROOT/fsbackup" >/dev/null
 export PATH="$FSB_VENV/bin:$PATH"

@@ -84,3 +84,17 @@ def test_volumes_stay_near_the_volume_size(env, tmp_path):
     sizes = [p.stat().st_size for p in (env.repo / "data").rglob("*") if p.is_file()]
     assert len(sizes) >= 3
     assert max(sizes) <= (4 << 20) + (4 << 20) + 65536     # at most one block past the limit
+
+
+def test_xattrs_of_unchanged_files_carry_over_and_a_changed_xattr_is_seen(env, tmp_path):
+    src = tmp_path / "src"
+    kept, edited = write(src / "kept", b"same"), write(src / "edited", b"same too")
+    os.setxattr(kept, "user.k", b"1")
+    os.setxattr(edited, "user.e", b"1")
+    env.ok("backup", src)
+    os.setxattr(edited, "user.e", b"2")                  # changes the ctime only
+    second = json.loads(env.ok("backup", src, "--json").out)
+    assert second["files_unchanged"] == 1 and second["files_changed"] == 1
+    env.ok("restore", "latest", "--target", tmp_path / "out")
+    out = tmp_path / "out" / src.relative_to("/")
+    assert os.getxattr(out / "kept", "user.k") == b"1" and os.getxattr(out / "edited", "user.e") == b"2"

@@ -2,13 +2,18 @@
 adopted or removed, with a note, and the backup goes on; never a cryptic error."""
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
+
+import pytest
 
 from conftest import pseudo_random, restored_root, snapshot, write
 from fsbackup.backends import open_backend
 from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 from test_crash import backup_killed_at_put, index_path
+from test_faults import FaultyStorage
+from fsbackup import errors
 
 
 def objects(env, folder: str) -> set[str]:
@@ -30,14 +35,15 @@ def test_a_volume_left_without_its_index_object_is_adopted(env, tmp_path):
     log = tmp_path / "puts.log"
     r = backup_killed_at_put(env, src, 2, "after", log)       # the lock, then the first volume, and no more
     assert r.returncode != 0 and log.read_text().split()[1].startswith("data/")
-    [volume] = objects(env, "data")
-    assert objects(env, "index") == set() and objects(env, "versions") == set()
+    volumes = objects(env, "data")      # (the other upload thread may have stored a second one)
+    assert volumes and objects(env, "index") == set() and objects(env, "versions") == set()
     assert "removed the lock of backup on host" in env.ok("unlock").out     # the killed backup's, stale
 
     r = env.ok("backup", src, "--volume-size", "1M")
-    name = volume.rsplit("/", 1)[1]
-    assert f"note: adopted {volume}, left by a backup that stopped before recording it" in r.err
-    assert f"index/{name}" in objects(env, "index") and name in recorded_volumes(env)
+    for volume in volumes:
+        name = volume.rsplit("/", 1)[1]
+        assert f"note: adopted {volume}, left by a backup that stopped before recording it" in r.err
+        assert f"index/{name}" in objects(env, "index") and name in recorded_volumes(env)
     assert "Traceback" not in r.err
     env.ok("restore", "latest", "--target", tmp_path / "out")
     assert snapshot(restored_root(tmp_path / "out", src)) == snapshot(src)
@@ -93,3 +99,34 @@ def test_leftovers_on_b2_are_settled_too(b2_env, tmp_path, monkeypatch):
     assert {n for n, _ in backend.list("index/")} == {"index/" + volume.rsplit("/", 1)[1]}
     env.ok("restore", "latest", "--target", tmp_path / "out")
     assert snapshot(restored_root(tmp_path / "out", src)) == snapshot(src)
+
+
+@pytest.mark.parametrize("after", [1, 3, 6, 10])
+def test_a_backup_on_b2_cut_off_at_any_call_leaves_a_repository_the_next_backup_uses(b2_env, tmp_path,
+                                                                                     monkeypatch, after):
+    """B2 lives in this process, so the storage is cut off instead of the process killed: from
+    the `after`-th call on, every call fails for good. The version before stays exact, and the
+    next backup (the storage back, the stopped run's lock removed) settles what was left."""
+    env = b2_env
+    env.ok("init")
+    src = tmp_path / "src"
+    for i in range(3):
+        write(src / f"f{i}", pseudo_random(150_000, i))
+    env.ok("backup", src, "--volume-size", "256K")
+    before = snapshot(src)
+    for i in range(3, 12):
+        write(src / f"f{i}", pseudo_random(150_000, i))
+    storage = FaultyStorage(monkeypatch)
+    storage.setup = lambda faulty: faulty.go_down(after=after)
+    r = env.run("backup", src, "--volume-size", "256K")
+    assert r.rc == errors.EXIT_BACKEND and "Traceback" not in r.err, r.err
+    storage.setup = lambda faulty: None
+    env.ok("unlock", "--all")
+    versions = [v["id"] for v in json.loads(env.ok("versions", "--json").out)]
+    assert len(versions) == 1
+    env.ok("restore", versions[0], "--target", tmp_path / "old")
+    assert snapshot(restored_root(tmp_path / "old", src)) == before
+    env.ok("backup", src, "--volume-size", "256K")
+    env.ok("restore", "latest", "--target", tmp_path / "new")
+    assert snapshot(restored_root(tmp_path / "new", src)) == snapshot(src)
+    env.ok("check")

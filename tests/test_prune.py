@@ -18,6 +18,7 @@ import pytest
 
 from conftest import pseudo_random, write
 from test_b2_cli import b2_env  # noqa: F401  (fixture)
+from test_faults import FaultyStorage
 from test_crash import (CHECKOUT, assert_index_matches_remote, assert_restores_exactly, child_env, index_path,
                         remote_versions, tree_state)
 from fsbackup import errors
@@ -236,6 +237,36 @@ def test_prune_through_b2(b2_env, tmp_path):  # noqa: F811
     b2_env.ok("restore", "latest", "--target", tmp_path / "out2")
     plan = json.loads(b2_env.ok("--json", "prune", "--max-unused", "0", "--dry-run").out)
     assert (plan["volumes_to_delete"], plan["volumes_to_repack"], plan["orphans"]) == (0, 0, [])
+
+
+@pytest.mark.parametrize("after", [1, 5, 10, 15, 18, 19, 20, 21])   # before, between and after its puts and deletes
+def test_prune_on_b2_cut_off_at_any_call_leaves_every_version_restorable(b2_env, tmp_path, monkeypatch, after):
+    """B2 lives in this process, so the storage is cut off instead of the process killed: at the
+    `after`-th call every put, get, list and delete fails for good. What remains restores exactly,
+    and once the storage is back (and the stopped prune's lock removed) the next prune finishes."""
+    src = tmp_path / "src"
+    b2_env.ok("init")
+    rng = random.Random(after)
+    states = {}
+    for gen in range(4):
+        for i in range(4 if gen < 3 else 2):
+            write(src / f"f{i}", pseudo_random(100_000 + rng.randrange(20_000), rng.getrandbits(32)))
+        b2_env.ok("backup", src, "--volume-size", "1M")
+        states[json.loads(b2_env.ok("versions", "--json").out)[-1]["id"]] = tree_state(src)
+    b2_env.ok("forget", "--keep-last", "1")     # the last backup's volume is half used: repacked
+    kept = {name: state for name, state in states.items()
+            if name in {v["id"] for v in json.loads(b2_env.ok("versions", "--json").out)}}
+    storage = FaultyStorage(monkeypatch)
+    storage.setup = lambda faulty: faulty.go_down(after=after)
+    r = b2_env.run(*PRUNE_ARGS)
+    assert r.rc == errors.EXIT_BACKEND and "Traceback" not in r.err, r.err
+    storage.setup = lambda faulty: None
+    b2_env.ok("unlock", "--all")
+    assert_restores_exactly(b2_env, tmp_path, src, kept)
+    b2_env.ok(*PRUNE_ARGS)
+    assert_restores_exactly(b2_env, tmp_path, src, kept)
+    plan = json.loads(b2_env.ok("--json", "prune", "--max-unused", "0", "--dry-run").out)
+    assert (plan["volumes_to_delete"], plan["volumes_to_repack"], plan["orphans"]) == (0, 0, []), plan
 
 
 # ---- crash safety -----------------------------------------------------------------------------

@@ -203,7 +203,7 @@ class Checker:
         # (contents no version uses any more are left behind by removed versions: skipped)
         for (extents,) in self.repo.index.q("SELECT extents FROM contents WHERE id IN "
                                             "(SELECT content FROM nodes WHERE content IS NOT NULL)"):
-            used.update(block_id for block_id, _ in fmt.unpack_extents(extents))
+            used.update(fmt.extent_ids(extents))
         used.discard(fmt.HOLE_ID)
         used -= blamed
         # A merge of two sorted streams: the used ids, and the blocks table in key order.

@@ -272,58 +272,80 @@ class Repository:
         damaged: list[str] = []
         content_ids: dict[bytes, int] = {}                  # extents -> contents row, shared by versions
         index.db.execute("PRAGMA cache_size=-131072")       # 128 MiB while the b-trees grow
-        with ThreadPoolExecutor(max(4, 2 * self.backend.connections)) as pool, index.transaction() as db:
-            for table in ("nodes", "versions", "contents", "blocks", "volumes", "meta"):
-                db.execute(f"DELETE FROM {table}")
-            # Secondary indexes are built once at the end (one sort each), not row by row.
-            dropped = index.drop_secondary_indexes(("nodes", "blocks"))
-            # Blocks are staged in arrival order, then moved into the keyed table sorted by id (an
-            # append instead of a million random b-tree inserts); (hash, seq) keeps the first place.
-            db.execute("CREATE TEMP TABLE staged_blocks(hash BLOB, volume INTEGER, offset INTEGER, "
-                       "stored_length INTEGER, plain_length INTEGER)")
-            for obj, result in _bounded_map(pool, self._read_index_object, present):
-                if isinstance(result, FsbackupError):
-                    if not keep_going:
-                        raise result
-                    damaged.append(obj)
-                else:
-                    size, entries = result      # (no savepoint per volume: this is one transaction)
-                    db.execute("INSERT OR IGNORE INTO volumes(name, size, block_count) VALUES (?, ?, ?)",
-                               (obj.split("/", 1)[1], size, len(entries)))
-                    vol_id = db.last_insert_rowid()
-                    db.executemany("INSERT INTO temp.staged_blocks VALUES (?, ?, ?, ?, ?)",
-                                   [(e.id, vol_id, e.offset, e.stored_length, e.plain_length) for e in entries])
-                if progress:
-                    progress.advance(items=1)
-            db.execute("INSERT OR IGNORE INTO blocks(hash, volume, offset, stored_length, plain_length) "
-                       "SELECT hash, volume, offset, stored_length, plain_length FROM temp.staged_blocks "
-                       "ORDER BY hash, rowid")
-            db.execute("DROP TABLE temp.staged_blocks")
-            for name, result in _bounded_map(pool, self._read_version, version_names):
-                if isinstance(result, FsbackupError):
-                    if not keep_going:
-                        raise result
-                    damaged.append(version_object(name))
-                else:
-                    self.record_version(name, *result, content_ids=content_ids)
-                if progress:
-                    progress.advance(items=1)
-            for sql in dropped:
-                db.execute(sql)
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('repository_id', ?)", (self.id,))
-        index.db.execute("PRAGMA cache_size=-2000")
+        index.db.execute("PRAGMA temp_store=MEMORY")        # the staged blocks (~60 MiB per million)
+        index.db.execute("PRAGMA threads=2")                # sorts for the indexes built at the end
+        # A rollback journal instead of the WAL: pages added to the file are not journaled, where
+        # the WAL would write the whole new index twice. (Left as it is while another connection,
+        # e.g. a mount, has the index open.)
+        index.db.execute("PRAGMA journal_mode=DELETE")
+        try:
+            with ThreadPoolExecutor(max(4, 2 * self.backend.connections)) as pool, index.transaction() as db:
+                for table in ("nodes", "versions", "contents", "blocks", "volumes", "meta"):
+                    db.execute(f"DELETE FROM {table}")
+                # Secondary indexes are built once at the end (one sort each), not row by row.
+                dropped = index.drop_secondary_indexes(("nodes", "blocks"))
+                # Blocks are staged in arrival order, then moved into the keyed table sorted by id (an
+                # append instead of a million random b-tree inserts); (hash, seq) keeps the first place.
+                db.execute("CREATE TEMP TABLE staged_blocks(hash BLOB, volume INTEGER, offset INTEGER, "
+                           "stored_length INTEGER, plain_length INTEGER)")
+                # Index objects are small: each worker task reads a run of them (one hand-over of the
+                # GIL per run, not per object) and returns the rows to write; volume ids are positions.
+                runs = [(first, present[first:first + INDEX_OBJECTS_PER_TASK])
+                        for first in range(0, len(present), INDEX_OBJECTS_PER_TASK)]
+                for _, results in _bounded_map(pool, self._read_index_objects, runs):
+                    for obj, result in results:
+                        if isinstance(result, FsbackupError):
+                            if not keep_going:
+                                raise result
+                            damaged.append(obj)
+                        else:
+                            volume_row, block_rows = result   # (one transaction: no savepoint per volume)
+                            db.execute("INSERT INTO volumes(id, name, size, block_count) VALUES (?, ?, ?, ?)",
+                                       volume_row)
+                            db.executemany("INSERT INTO temp.staged_blocks VALUES (?, ?, ?, ?, ?)", block_rows)
+                    if progress:
+                        progress.advance(items=len(results))
+                db.execute("INSERT OR IGNORE INTO blocks(hash, volume, offset, stored_length, plain_length) "
+                           "SELECT hash, volume, offset, stored_length, plain_length FROM temp.staged_blocks "
+                           "ORDER BY hash, rowid")
+                db.execute("DROP TABLE temp.staged_blocks")
+                for name, result in _bounded_map(pool, self._read_version, version_names):
+                    if isinstance(result, FsbackupError):
+                        if not keep_going:
+                            raise result
+                        damaged.append(version_object(name))
+                    else:
+                        self.record_version(name, *result, content_ids=content_ids)
+                    if progress:
+                        progress.advance(items=1)
+                for sql in dropped:
+                    db.execute(sql)
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('repository_id', ?)", (self.id,))
+        finally:
+            index.db.execute("PRAGMA cache_size=-2000")
+            index.db.execute("PRAGMA journal_mode=WAL")
         if progress:
             progress.finish()
         return {"volumes": len(present) - sum(1 for d in damaged if d.startswith("index/")),
                 "versions": len(version_names) - sum(1 for d in damaged if d.startswith("versions/")),
                 "skipped": skipped, "damaged": damaged}
 
-    def _read_index_object(self, obj: str):
-        name = obj.split("/", 1)[1]
-        try:
-            return get_checked(self.backend, obj, lambda data: fmt.decode_index(self.keys, bytes.fromhex(name), data, obj))
-        except (CorruptObject, NoSuchObject) as e:
-            return e                      # handed to the writing thread, which decides
+    def _read_index_objects(self, run: tuple[int, list[str]]) -> list[tuple[str, object]]:
+        """(object, result) for a run of index objects, the first becoming volume row first+1: the
+        result is (volumes row, staged block rows), or the error for the writing thread to decide."""
+        first, objs = run
+        results = []
+        for vol_id, obj in enumerate(objs, start=first + 1):
+            name = obj.split("/", 1)[1]
+            try:
+                size, entries = get_checked(self.backend, obj,
+                                            lambda data: fmt.decode_index(self.keys, bytes.fromhex(name), data, obj))
+            except (CorruptObject, NoSuchObject) as e:
+                results.append((obj, e))
+                continue
+            results.append((obj, ((vol_id, name, size, len(entries)),
+                                  [(e.id, vol_id, e.offset, e.stored_length, e.plain_length) for e in entries])))
+        return results
 
     def _read_version(self, name: str):
         try:
@@ -678,6 +700,8 @@ def _stored_bytes(size: int, extents: bytes) -> int:
         return size
     return sum(length for block_id, length in fmt.unpack_extents(extents) if block_id != fmt.HOLE_ID)
 
+
+INDEX_OBJECTS_PER_TASK = 64    # rebuild_index reads index objects in runs of this many
 
 INSERT_NODE = ("INSERT INTO nodes(version, id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, atime_ns, "
                "ctime_ns, size, ino, dev, nlink, rdev, target, xattrs, content) "

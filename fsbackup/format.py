@@ -66,11 +66,16 @@ def _zstd_c(level: int = ZSTD_LEVEL) -> zstandard.ZstdCompressor:
 
 
 def _decompress(data: bytes, plain_len: int | None = None) -> bytes:
-    if plain_len is None:
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    """A zstd frame's plaintext. Without `plain_len`, the frame's own content size is used (our
+    writers record it), or the frame is streamed when it does not say."""
     decompressor = getattr(_per_thread, "decompressor", None)
     if decompressor is None:
         decompressor = _per_thread.decompressor = zstandard.ZstdDecompressor()
+    if plain_len is None:
+        try:
+            return decompressor.decompress(data)
+        except zstandard.ZstdError:
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
     return decompressor.decompress(data, max_output_size=plain_len)
 
 

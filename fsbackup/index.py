@@ -172,6 +172,18 @@ class Index:
         except apsw.Error as e:
             raise _map_errors(e, self.path) from None
 
+    def try_journal_mode(self, mode: str) -> bool:
+        """Switch the journal mode if nothing else has the index open (leaving the WAL needs the
+        only connection); no waiting. Says whether the index now uses `mode`."""
+        self.db.set_busy_timeout(0)
+        try:
+            (now,) = self.db.execute(f"PRAGMA journal_mode={mode}").fetchone()
+        except apsw.BusyError:
+            return False
+        finally:
+            self.db.set_busy_timeout(60_000)
+        return now.lower() == mode.lower()
+
     def q(self, sql: str, args=()) -> list:
         try:
             return self.db.execute(sql, args).fetchall()

@@ -277,7 +277,7 @@ class Repository:
         # A rollback journal instead of the WAL: pages added to the file are not journaled, where
         # the WAL would write the whole new index twice. (Left as it is while another connection,
         # e.g. a mount, has the index open.)
-        index.db.execute("PRAGMA journal_mode=DELETE")
+        left_wal = index.try_journal_mode("DELETE")
         try:
             with ThreadPoolExecutor(max(4, 2 * self.backend.connections)) as pool, index.transaction() as db:
                 for table in ("nodes", "versions", "contents", "blocks", "volumes", "meta"):
@@ -323,7 +323,8 @@ class Repository:
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('repository_id', ?)", (self.id,))
         finally:
             index.db.execute("PRAGMA cache_size=-2000")
-            index.db.execute("PRAGMA journal_mode=WAL")
+            if left_wal:
+                index.db.execute("PRAGMA journal_mode=WAL")
         if progress:
             progress.finish()
         return {"volumes": len(present) - sum(1 for d in damaged if d.startswith("index/")),

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+
+import apsw
 
 from conftest import restored_root, snapshot, write
 from fsbackup import cli
@@ -15,6 +18,7 @@ from fsbackup.check import select_volumes
 from fsbackup.errors import EXIT_CORRUPT
 from fsbackup.repository import index_object, version_object, volume_object
 from test_b2_cli import b2_env  # noqa: F401  (fixture)
+from test_crash import index_path
 from test_corruption import backed, flip, forget_local_index, volume_path  # noqa: F401  (backed: fixture)
 
 
@@ -294,6 +298,26 @@ def test_repair_rebuilds_a_missing_local_index_and_every_version_restores(env, b
     forget_local_index(env)
     assert "2 versions" in env.ok("repair").out
     assert restore_every_version(env, tmp_path / "after", src) == before
+
+
+def test_repair_while_another_connection_has_the_index_open_keeps_the_wal_and_does_not_wait(env, backed, tmp_path):
+    """The rebuild leaves the WAL for a rollback journal only when it is the index's one user
+    (a mount, say, may have it open): otherwise it rebuilds in the WAL, at once."""
+    before = restore_every_version(env, tmp_path / "before", backed.src)
+    other = apsw.Connection(str(index_path(env)))
+    try:
+        other.execute("SELECT count(*) FROM versions").fetchall()
+        started = time.monotonic()
+        env.ok("repair")
+        assert time.monotonic() - started < 30
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        other.close()
+    env.ok("repair")                                   # alone: through the rollback journal, back to the WAL
+    db = apsw.Connection(str(index_path(env)))
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    assert restore_every_version(env, tmp_path / "after", backed.src) == before
 
 
 # ---- on (simulated) B2 -----------------------------------------------------------------------

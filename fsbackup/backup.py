@@ -92,6 +92,13 @@ def _change_key(st: os.stat_result) -> tuple:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
+def _same_file(prev: Node | None, st: os.stat_result) -> bool:
+    """Whether `prev`, a node of the previous version, is a regular file with the change key of
+    `st`: its content and its xattrs (setting or removing one changes the ctime) are taken as they are."""
+    return (prev is not None and prev.type == "f"
+            and (prev.size, prev.mtime_ns, prev.ctime_ns, prev.ino) == _change_key(st))
+
+
 class FileChanged(Exception):
     """The file changed while it was read."""
 
@@ -403,7 +410,7 @@ class Backup:
 
     def _entry(self, name: bytes, path: bytes, st: os.stat_result, type_code: str, prev: Node | None = None) -> list:
         """The entry of one path. `prev`: its node in the previous version, whose xattrs are taken
-        when its change key is the file's (setting or removing an xattr changes the ctime)."""
+        when it is the same file (`_same_file`)."""
         e = [None] * len(fmt.ENTRY_FIELDS)
         e[fmt.E_NAME], e[fmt.E_TYPE], e[fmt.E_MODE] = name, type_code, st.st_mode
         e[fmt.E_UID], e[fmt.E_GID] = st.st_uid, st.st_gid
@@ -411,8 +418,7 @@ class Backup:
         e[fmt.E_MTIME], e[fmt.E_ATIME], e[fmt.E_CTIME] = st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns
         e[fmt.E_SIZE] = st.st_size if type_code in "fl" else 0
         e[fmt.E_INO], e[fmt.E_DEV], e[fmt.E_NLINK], e[fmt.E_RDEV] = st.st_ino, st.st_dev, st.st_nlink, st.st_rdev
-        if (prev is not None and prev.type == type_code == "f"
-                and (prev.size, prev.mtime_ns, prev.ctime_ns, prev.ino) == _change_key(st)):
+        if type_code == "f" and _same_file(prev, st):
             e[fmt.E_XATTRS] = prev.xattrs or None
         else:
             e[fmt.E_XATTRS] = read_xattrs(path)
@@ -536,11 +542,10 @@ class Backup:
     def _plan_file(self, item: _Item, path: bytes, st: os.stat_result, prev: Node | None) -> None:
         """Decide where the file's content comes from: the previous version's without reading
         when nothing changed, another name's (a hard link seen before), or a read: in a reader
-        thread now, or (files too large to hold in memory) by this thread at the file's turn."""
+        thread now, or (one small block) by this thread at the file's turn."""
         item.path, item.st = path, st
         item.prev = prev if prev is not None and prev.type == "f" else None
-        unchanged = (item.prev is not None and prev.content is not None
-                     and (prev.size, prev.mtime_ns, prev.ctime_ns, prev.ino) == _change_key(st))
+        unchanged = _same_file(prev, st) and prev.content is not None
         if item.prev is not None and not unchanged:
             self.prev_contents.pop(prev.content, None)    # not needed: keep the map small
         link_key = (st.st_dev, st.st_ino)
@@ -741,7 +746,8 @@ class Backup:
         if not vol.batch:
             return
         batch, vol.batch, vol.batch_bytes = vol.batch, [], 0
-        vol.encoding.append(([block_id for block_id, _ in batch], self.pool.submit(fmt.encode_blocks, vol.cipher, batch, self.options.compression)))
+        encoded = self.pool.submit(fmt.encode_blocks, vol.cipher, batch, self.options.compression)
+        vol.encoding.append(([block_id for block_id, _ in batch], encoded))
         while len(vol.encoding) > self.encode_window:
             vol.take_oldest()
 

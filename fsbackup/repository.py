@@ -270,7 +270,6 @@ class Repository:
         if progress:
             progress.start("rebuilding index", total_items=len(present) + len(version_names))
         damaged: list[str] = []
-        content_ids: dict[bytes, int] = {}                  # extents -> contents row, shared by versions
         index.db.execute("PRAGMA cache_size=-131072")       # 128 MiB while the b-trees grow
         index.db.execute("PRAGMA temp_store=MEMORY")        # the staged blocks (~60 MiB per million)
         index.db.execute("PRAGMA threads=2")                # sorts for the indexes built at the end
@@ -280,47 +279,7 @@ class Repository:
         left_wal = index.try_journal_mode("DELETE")
         try:
             with ThreadPoolExecutor(max(4, 2 * self.backend.connections)) as pool, index.transaction() as db:
-                for table in ("nodes", "versions", "contents", "blocks", "volumes", "meta"):
-                    db.execute(f"DELETE FROM {table}")
-                # Secondary indexes are built once at the end (one sort each), not row by row.
-                dropped = index.drop_secondary_indexes(("nodes", "blocks"))
-                # Blocks are staged in arrival order, then moved into the keyed table sorted by id (an
-                # append instead of a million random b-tree inserts); (hash, seq) keeps the first place.
-                db.execute("CREATE TEMP TABLE staged_blocks(hash BLOB, volume INTEGER, offset INTEGER, "
-                           "stored_length INTEGER, plain_length INTEGER)")
-                # Index objects are small: each worker task reads a run of them (one hand-over of the
-                # GIL per run, not per object) and returns the rows to write; volume ids are positions.
-                runs = [(first, present[first:first + INDEX_OBJECTS_PER_TASK])
-                        for first in range(0, len(present), INDEX_OBJECTS_PER_TASK)]
-                for _, results in _bounded_map(pool, self._read_index_objects, runs):
-                    for obj, result in results:
-                        if isinstance(result, FsbackupError):
-                            if not keep_going:
-                                raise result
-                            damaged.append(obj)
-                        else:
-                            volume_row, block_rows = result   # (one transaction: no savepoint per volume)
-                            db.execute("INSERT INTO volumes(id, name, size, block_count) VALUES (?, ?, ?, ?)",
-                                       volume_row)
-                            db.executemany("INSERT INTO temp.staged_blocks VALUES (?, ?, ?, ?, ?)", block_rows)
-                    if progress:
-                        progress.advance(items=len(results))
-                db.execute("INSERT OR IGNORE INTO blocks(hash, volume, offset, stored_length, plain_length) "
-                           "SELECT hash, volume, offset, stored_length, plain_length FROM temp.staged_blocks "
-                           "ORDER BY hash, rowid")
-                db.execute("DROP TABLE temp.staged_blocks")
-                for name, result in _bounded_map(pool, self._read_version, version_names):
-                    if isinstance(result, FsbackupError):
-                        if not keep_going:
-                            raise result
-                        damaged.append(version_object(name))
-                    else:
-                        self.record_version(name, *result, content_ids=content_ids)
-                    if progress:
-                        progress.advance(items=1)
-                for sql in dropped:
-                    db.execute(sql)
-                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('repository_id', ?)", (self.id,))
+                self._rebuild_in(db, pool, present, version_names, damaged, keep_going, progress)
         finally:
             index.db.execute("PRAGMA cache_size=-2000")
             if left_wal:
@@ -330,6 +289,52 @@ class Repository:
         return {"volumes": len(present) - sum(1 for d in damaged if d.startswith("index/")),
                 "versions": len(version_names) - sum(1 for d in damaged if d.startswith("versions/")),
                 "skipped": skipped, "damaged": damaged}
+
+    def _rebuild_in(self, db, pool, present: list[str], version_names: list[str], damaged: list[str],
+                    keep_going: bool, progress) -> None:
+        """rebuild_index's writing, inside its one transaction."""
+        def unreadable(obj: str, error: FsbackupError) -> None:
+            if not keep_going:
+                raise error
+            damaged.append(obj)
+
+        for table in ("nodes", "versions", "contents", "blocks", "volumes", "meta"):
+            db.execute(f"DELETE FROM {table}")
+        # Secondary indexes are built once at the end (one sort each), not row by row.
+        dropped = self.index.drop_secondary_indexes(("nodes", "blocks"))
+        # Blocks are staged in arrival order, then moved into the keyed table sorted by id (an
+        # append instead of a million random b-tree inserts); (hash, seq) keeps the first place.
+        db.execute("CREATE TEMP TABLE staged_blocks(hash BLOB, volume INTEGER, offset INTEGER, "
+                   "stored_length INTEGER, plain_length INTEGER)")
+        # Index objects are small: each worker task reads a run of them (one hand-over of the
+        # GIL per run, not per object) and returns the rows to write; volume ids are positions.
+        runs = [(first, present[first:first + INDEX_OBJECTS_PER_TASK])
+                for first in range(0, len(present), INDEX_OBJECTS_PER_TASK)]
+        for _, results in _bounded_map(pool, self._read_index_objects, runs):
+            for obj, result in results:
+                if isinstance(result, FsbackupError):
+                    unreadable(obj, result)
+                    continue
+                volume_row, block_rows = result      # (one transaction: no savepoint per volume)
+                db.execute("INSERT INTO volumes(id, name, size, block_count) VALUES (?, ?, ?, ?)", volume_row)
+                db.executemany("INSERT INTO temp.staged_blocks VALUES (?, ?, ?, ?, ?)", block_rows)
+            if progress:
+                progress.advance(items=len(results))
+        db.execute("INSERT OR IGNORE INTO blocks(hash, volume, offset, stored_length, plain_length) "
+                   "SELECT hash, volume, offset, stored_length, plain_length FROM temp.staged_blocks "
+                   "ORDER BY hash, rowid")
+        db.execute("DROP TABLE temp.staged_blocks")
+        content_ids: dict[bytes, int] = {}                  # extents -> contents row, shared by versions
+        for name, result in _bounded_map(pool, self._read_version, version_names):
+            if isinstance(result, FsbackupError):
+                unreadable(version_object(name), result)
+            else:
+                self.record_version(name, *result, content_ids=content_ids)
+            if progress:
+                progress.advance(items=1)
+        for sql in dropped:
+            db.execute(sql)
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('repository_id', ?)", (self.id,))
 
     def _read_index_objects(self, run: tuple[int, list[str]]) -> list[tuple[str, object]]:
         """(object, result) for a run of index objects, the first becoming volume row first+1: the

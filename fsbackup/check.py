@@ -130,6 +130,8 @@ class Checker:
             self._index_object_missing(name)      # e.g. a backup cut off between its two uploads
         for name in versions_to_read:
             self._check_version(name, known=name in local_versions)
+        repo.refuse_surprising_loss("version objects (versions/)", local_versions,
+                                    local_versions - set(remote_versions))
         for name in local_versions - set(remote_versions):
             repo.unrecord_version(name)           # removed by another run: the index catches up
         self._check_references()

@@ -9,6 +9,7 @@ import argparse
 import datetime
 import getpass
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -97,6 +98,9 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="print only errors")
     g.add_argument("-v", "--verbose", action="count", default=d(0), help="say more (the mount logs each retry)")
     g.add_argument("--json", action="store_true", default=d(False), help="print results as JSON for scripts")
+    g.add_argument("--accept-missing", action="store_true", default=d(False),
+                   help="accept that more than half of the versions or volumes this machine's index knows are "
+                        "gone from the repository (refused otherwise: check the repository's folders first)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,6 +394,7 @@ def open_storage(args) -> Backend:
 def open_repo(args, out: Output, sync_index: bool = True) -> Repository:
     backend = open_storage(args)
     repo = Repository.open(backend, get_passphrase(args), args.index)
+    repo.accept_missing = args.accept_missing
     if sync_index:
         repo.ensure_index(out.progress())
     return repo
@@ -529,6 +534,9 @@ def _forget_named(repo: Repository, specs: list[str], dry_run: bool, out: Output
 def _prune(repo: Repository, args, out: Output, dry_run: bool) -> dict:
     from .prune import DEFAULT_MAX_UNUSED, Prune, plan_prune
     max_unused = DEFAULT_MAX_UNUSED if args.max_unused is None else args.max_unused
+    if not dry_run:
+        for note in repo.settle_leftovers():   # a volume without index object is adopted, never deleted unseen
+            out.note(note)
     plan = plan_prune(repo, max_unused)
     if dry_run:
         out.info(f"prune would delete {len(plan.delete)} unused volume(s) and {len(plan.orphans)} leftover "
@@ -608,8 +616,7 @@ def print_report(out: Output, report) -> None:
 def cmd_check(args, out: Output) -> int:
     from .check import check
     from .locks import repository_lock
-    backend = open_storage(args)
-    repo = Repository.open(backend, get_passphrase(args), args.index)
+    repo = open_repo(args, out, sync_index=False)
     with repository_lock(repo, exclusive=False, command="check"):
         report = check(repo, args.read_data, args.read_data_subset, out.progress())
     repo.close()
@@ -677,9 +684,11 @@ def cmd_restore(args, out: Output) -> int:
     from .restore import Restore
     from .tree import VersionTree, resolve_version
     repo = open_repo(args, out)
-    tree = VersionTree(repo.index, resolve_version(repo.index, args.version))
-    job = Restore(repo, tree, args.target, overwrite=args.overwrite, progress=out.progress(), warn=out.warn)
-    s = job.run(args.paths or None)
+    # One read transaction: a forget or backup running meanwhile cannot change the tree under it.
+    with repo.index.snapshot():
+        tree = VersionTree(repo.index, resolve_version(repo.index, args.version))
+        job = Restore(repo, tree, args.target, overwrite=args.overwrite, progress=out.progress(), warn=out.warn)
+        s = job.run(args.paths or None)
     if out.json:
         out.emit_json({"files": s.files, "dirs": s.dirs, "others": s.others, "bytes_written": s.bytes_written,
                        "duration": round(s.duration, 3), "damaged": s.damaged, "warnings": s.warnings})
@@ -698,8 +707,7 @@ def cmd_restore(args, out: Output) -> int:
 def cmd_repair(args, out: Output) -> int:
     from .locks import repository_lock
     from .repair import repair, summary
-    backend = open_storage(args)
-    repo = Repository.open(backend, get_passphrase(args), args.index)
+    repo = open_repo(args, out, sync_index=False)
     with repository_lock(repo, exclusive=True, command="repair"):
         result, recreated, report, removed = repair(repo, args.read_data, args.read_data_subset,
                                                     args.remove_damaged, out.progress, out.info, out.warn)
@@ -807,9 +815,29 @@ COMMANDS = {"init": cmd_init, "backup": cmd_backup, "forget": cmd_forget, "prune
             "repair": cmd_repair, "mount": cmd_mount, "umount": cmd_umount, "unlock": cmd_unlock, "key": cmd_key}
 
 
+class _WarningLines(logging.Handler):
+    """Warnings of the engine's loggers as 'warning: ...' lines on the stderr of the moment (the
+    mount configures its own log instead)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+        except Exception:  # noqa: BLE001 - a warning that cannot be printed must not stop the command
+            self.handleError(record)
+
+
+def _log_warnings_to_stderr() -> None:
+    logger = logging.getLogger("fsbackup")
+    if not any(isinstance(h, _WarningLines) for h in logger.handlers):
+        handler = _WarningLines(logging.WARNING)
+        logger.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(args)
+    if args.command != "mount":
+        _log_warnings_to_stderr()
     try:
         return COMMANDS[args.command](args, out)
     except FsbackupError as e:

@@ -110,3 +110,9 @@ class Interrupted(FsbackupError):
 class TargetConflict(FsbackupError):
     """A restore would replace existing files and --overwrite was not given."""
     exit_code = EXIT_CONFLICT
+
+
+class ListingContradiction(FsbackupError):
+    """A repository listing lacks much of what the local index knows (a folder moved away or not
+    mounted): nothing is forgotten or deleted on its word unless the user confirms (--accept-missing)."""
+    exit_code = EXIT_CORRUPT

@@ -3,16 +3,31 @@
 The remote is the source of truth; this file can always be rebuilt from the remote's index and
 version objects (`repository.rebuild_index`). Everything is recorded only after the objects it
 describes are durably stored ("publish, then record").
+
+Rows never change meaning under a reader. Version and content row ids are handed out from
+counters that only grow (`_next_id`), so a row id a reader holds (the mount's inode numbers, a
+restore's content ids) never comes to name another version or another file's bytes, even after
+the row is deleted. The one operation that renumbers rows, a rebuild, needs the index to itself:
+every open `Index` holds a shared lock on the file `<index>.lock` (flock: released by the kernel
+when a process dies), and a rebuild converts its own to an exclusive one (`Index.exclusive`),
+which fails at once while any other connection, in this process or another (a mount, a restore,
+ls, check), has the index open.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import logging
 import os
+import time
 from contextlib import contextmanager
 
 import apsw
 
-from .errors import FsbackupError, NoSpace, PermissionDenied
+from .errors import FsbackupError, Locked, NoSpace, PermissionDenied
 from .private import make_private_folder
+
+log = logging.getLogger("fsbackup.index")
 
 # One schema, commented. Each entry of MIGRATIONS takes the schema from user_version i to i+1.
 SCHEMA_V1 = """
@@ -127,30 +142,115 @@ def _map_errors(e: Exception, path: str) -> Exception:
     return FsbackupError(f"local index {path}: {e}")
 
 
+# Errors that mean the file is not a usable SQLite database (garbage, truncated, damaged pages).
+_DAMAGE = (apsw.NotADBError, apsw.CorruptError)
+
+
 class Index:
     """An open local index. Use from one thread at a time (the CLI's main thread, or the mount's
-    worker threads through `connect()` each)."""
+    worker threads with a connection each). Holds the shared local lock while open (see above).
+
+    A file that is not a readable index (garbage, truncated, damaged) is set aside under
+    `<index>.damaged-<time>` and a new, empty one takes its place: the repository is the source
+    of truth, and the caller rebuilds it (`damaged_copy` names what was set aside)."""
 
     def __init__(self, path: str):
         self.path = path
+        self.damaged_copy: str | None = None
         folder = os.path.dirname(os.path.abspath(path))
+        self._lock_fd = -1
+        self.db = None
         try:
             make_private_folder(folder)
-            old_umask = os.umask(0o077)   # the index and its -wal/-shm files: owner only
+            self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self._take_lock(fcntl.LOCK_SH, wait=10.0)
             try:
-                self.db = apsw.Connection(path)
-            finally:
-                os.umask(old_umask)
-            self.db.set_busy_timeout(60_000)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=OFF")
-            self._migrate()
-            os.chmod(path, 0o600)
+                self._open()
+            except _DAMAGE:
+                self._set_aside()
+                self._open()
         except apsw.Error as e:
+            self.close()
             raise _map_errors(e, path) from None
         except PermissionError as e:
+            self.close()
             raise PermissionDenied(f"cannot create the local index at {path}: {e.strerror}; use --index") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        if self.db is not None:
+            self.db.close()
+        old_umask = os.umask(0o077)   # the index and its -wal/-shm files: owner only
+        try:
+            self.db = apsw.Connection(self.path)
+        finally:
+            os.umask(old_umask)
+        self.db.set_busy_timeout(60_000)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=OFF")
+        self._migrate()
+        self.db.execute("SELECT count(*) FROM meta").fetchall()    # reads a page: damage shows here
+        os.chmod(self.path, 0o600)
+
+    def _set_aside(self) -> None:
+        """Move a damaged index (and its -wal/-shm files) out of the way. Only when nothing else has
+        it open: another process may still be using a file that only looks damaged to us."""
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        try:
+            self._take_lock(fcntl.LOCK_EX, wait=0)
+        except Locked:
+            raise FsbackupError(f"the local index {self.path} is damaged, and another fsbackup process on this "
+                                "machine has it open; stop it, then run 'fsbackup repair'") from None
+        aside = f"{self.path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.rename(self.path + suffix, aside + suffix)
+            except FileNotFoundError:
+                pass
+        self.damaged_copy = aside
+        log.warning("the local index %s was damaged; it was set aside as %s and is rebuilt from the repository",
+                    self.path, aside)
+        self._take_lock(fcntl.LOCK_SH, wait=0)
+
+    def _take_lock(self, mode: int, wait: float) -> None:
+        """Take (or convert to) the shared or exclusive local lock, waiting up to `wait` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, mode | fcntl.LOCK_NB)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                    if mode == fcntl.LOCK_SH:
+                        raise Locked(f"the local index {self.path} is being rebuilt by another fsbackup process "
+                                     "(repair); run this again when it has finished") from None
+                    raise Locked(f"the local index {self.path} is in use by another fsbackup process on this "
+                                 "machine (a mount, restore, ls or check); stop it or let it finish, then run "
+                                 "this again") from None
+            time.sleep(0.05)
+
+    @contextmanager
+    def exclusive(self):
+        """Hold the index alone for the `with` block (a rebuild renumbers rows): no other connection,
+        in this process or another, may have it open; raises errors.Locked at once otherwise."""
+        self._take_lock(fcntl.LOCK_EX, wait=0)
+        try:
+            yield self
+        finally:
+            self._take_lock(fcntl.LOCK_SH, wait=0)
+
+    @contextmanager
+    def snapshot(self):
+        """Read everything in the `with` block from one consistent state of the index (an SQLite
+        read transaction: in WAL mode, commits by others stay invisible until it ends)."""
+        with self.transaction() as db:
+            db.execute("SELECT 1 FROM meta LIMIT 1").fetchall()    # the read transaction starts here
+            yield self
 
     def _migrate(self) -> None:
         (version,) = self.db.execute("PRAGMA user_version").fetchone()
@@ -213,5 +313,23 @@ class Index:
     def is_empty(self) -> bool:
         return self.get_meta("repository_id") is None
 
+    def next_id(self, db, table: str) -> int:
+        """A new row id for `table` (versions or contents) that no row ever had: the counter in
+        meta only grows, so a deleted row's id is never handed out again (module docstring).
+        Call inside the transaction that inserts the row."""
+        key = f"last_{table}_id"
+        row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        (top,) = db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()
+        return max(int(row[0]) if row else 0, top) + 1
+
+    def used_ids(self, db, table: str, last: int) -> None:
+        """Record that ids up to `last` of `table` are handed out (after inserting them)."""
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"last_{table}_id", str(last)))
+
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)      # releases the local lock
+            self._lock_fd = -1

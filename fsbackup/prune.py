@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from . import format as fmt
 from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
 from .progress import Progress
-from .errors import FsbackupError
+from .errors import CorruptObject, FsbackupError
 from .repository import Repository, block_runs, index_object
 from .retention import Decision, Policy, Version, apply
 from .tree import VersionInfo
@@ -143,6 +143,11 @@ def _orphans(repo: Repository) -> list[tuple[str, int]]:
 
 
 def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> PrunePlan:
+    """What prune would do. Refused while a version object does not read: its blocks would look
+    unused, and prune would delete the data of a version that may yet be repaired."""
+    for obj in repo.unreadable_versions():
+        raise CorruptObject(obj, "does not read, so prune cannot tell which data it uses; run 'fsbackup check', "
+                                 "then 'fsbackup repair --remove-damaged' before pruning")
     plan = PrunePlan(orphans=_orphans(repo))
     for use in volume_use(repo):
         if use.live_blocks == 0:

@@ -28,8 +28,8 @@ import msgpack
 from . import format as fmt
 from .backends import Backend
 from .crypto import Keys, ObjectCipher, unwrap_master_secret, wrap_master_secret, MASTER_SECRET_LEN
-from .errors import (CorruptObject, FsbackupError, NoSuchObject, RepositoryNotFound, UnsupportedFormat,
-                     UsageError, WrongPassphrase)
+from .errors import (CorruptObject, FsbackupError, ListingContradiction, NoSuchObject, RepositoryNotFound,
+                     UnsupportedFormat, UsageError, WrongPassphrase)
 from .index import Index
 
 T = TypeVar("T")
@@ -42,6 +42,8 @@ log = logging.getLogger("fsbackup.repository")
 
 # Local index meta key: volumes the index knew vanished from the remote since the last backup.
 REREAD_FILES = "reread_files"
+# Local index meta key: JSON list of version objects the last sync could not read (skipped).
+UNREADABLE_VERSIONS = "unreadable_versions"
 
 
 def block_runs(blocks: Iterable[tuple[bytes, tuple]], max_bytes: int, gap: int = 0) -> Iterator[list]:
@@ -148,6 +150,9 @@ class Repository:
         self._index: Index | None = None
         self._ciphers: OrderedDict[str, ObjectCipher] = OrderedDict()
         self._ciphers_lock = threading.Lock()
+        # Set by the user (--accept-missing): objects the local index knows may be missing from
+        # the listings in any number (`refuse_surprising_loss`).
+        self.accept_missing = False
 
     # ---- creation and opening -----------------------------------------------------------
 
@@ -207,27 +212,61 @@ class Repository:
 
     def ensure_index(self, progress=None) -> Index:
         """The local index, brought in step with the remote: rebuilt when missing, else updated
-        with the versions and volumes other runs stored (and versions removed) since it was written."""
+        with the versions and volumes other runs stored (and versions removed) since it was written.
+
+        A version object that does not read is skipped with a warning (the others stay usable) and
+        remembered (UNREADABLE_VERSIONS): prune refuses to run while one is, as it would take that
+        version's data for unused. Listings that drop much of what the index knows are refused
+        (`refuse_surprising_loss`) before anything is forgotten."""
         if not self.index_is_built():
-            self.rebuild_index(progress)
+            result = self.rebuild_index(progress, skip_damaged_versions=True)
+            for obj in result["damaged"]:
+                _warn_skipped_version(obj)
             return self.index
         index = self.index
         known_volumes = {name for (name,) in index.q("SELECT name FROM volumes")}
         remote_indexes = [n for n, _ in self.backend.list("index/")]
+        remote_versions = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
+        local_versions = {name for (name,) in index.q("SELECT name FROM versions")}
+        vanished_volumes = known_volumes - {n.split("/", 1)[1] for n in remote_indexes}
+        self.refuse_surprising_loss("version objects (versions/)", local_versions, local_versions - remote_versions)
+        self.refuse_surprising_loss("index objects (index/)", known_volumes, vanished_volumes)
         # A volume whose index object is gone was deleted by a prune (maybe another machine's), or
         # lost: forget it first, so the blocks a prune moved are then recorded at their new place.
-        self.forget_vanished_volumes(known_volumes - {n.split("/", 1)[1] for n in remote_indexes})
+        self.forget_vanished_volumes(vanished_volumes)
         new_indexes = [n for n in remote_indexes if n.split("/", 1)[1] not in known_volumes]
         if new_indexes:
             self._record_index_objects(new_indexes, dict(self.backend.list("data/")), progress=None)
-        remote_versions = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
-        local_versions = {name for (name,) in index.q("SELECT name FROM versions")}
+        unreadable = []
         for name in sorted(remote_versions - local_versions):
-            head, entries = self.load_version(name)
-            self.record_version(name, head, entries)
+            try:
+                head, entries = self.load_version(name)
+                self.record_version(name, head, entries)
+            except CorruptObject:
+                unreadable.append(version_object(name))
+                _warn_skipped_version(version_object(name))
         for name in local_versions - remote_versions:
             self.unrecord_version(name)
+        index.set_meta(UNREADABLE_VERSIONS, json.dumps(unreadable))
         return index
+
+    def unreadable_versions(self) -> list[str]:
+        """Version objects the last sync of the local index could not read (and skipped)."""
+        return json.loads(self.index.get_meta(UNREADABLE_VERSIONS) or "[]")
+
+    def refuse_surprising_loss(self, what: str, known: set[str], missing: set[str]) -> None:
+        """Raise ListingContradiction when a listing lacks more than half of the objects of a kind
+        the local index knows (all of them, when it knows one): prunes and forgets remove a few at
+        a time, while a folder moved away, a NAS share half mounted or a wrong prefix loses them
+        wholesale. Nothing is forgotten or deleted on such a listing unless the user confirms it
+        (`accept_missing`). A listing that could not be read raises before this (the backends)."""
+        if self.accept_missing or not missing or 2 * len(missing) <= len(known):
+            return
+        raise ListingContradiction(
+            f"the repository lists {len(known) - len(missing)} of the {len(known)} {what} this machine's "
+            f"local index knows: check that the repository's folders are all there and readable (a moved or "
+            f"unmounted folder, a changed prefix); if they were removed on purpose, run the command again "
+            f"with --accept-missing")
 
     def _record_index_objects(self, index_objects: list[str], volume_sizes: dict[str, int], progress) -> list[str]:
         """Record the blocks of each index object whose volume exists; returns those skipped."""
@@ -256,11 +295,13 @@ class Repository:
         with self.index.transaction() as db:
             db.execute("DELETE FROM contents WHERE id NOT IN (SELECT content FROM nodes WHERE content IS NOT NULL)")
 
-    def rebuild_index(self, progress=None, keep_going: bool = False) -> dict:
+    def rebuild_index(self, progress=None, keep_going: bool = False, skip_damaged_versions: bool = False) -> dict:
         """Rebuild the local index from index and version objects alone (no volume is downloaded).
         Objects are downloaded and decrypted in threads (AEAD and zstd release the GIL) while this
         thread writes them in one transaction. An index or version object that does not read stops
-        the rebuild (nothing is recorded), unless `keep_going` (repair): then it is listed in `damaged`."""
+        the rebuild (nothing is recorded), unless `keep_going` (repair): then it is listed in `damaged`.
+        `skip_damaged_versions` lists damaged version objects there too, but not index objects (a
+        volume left out would make restores fail with less telling errors)."""
         index = self.index
         index_names = sorted(n for n, _ in self.backend.list("index/"))
         version_names = sorted(n.split("/", 1)[1] for n, _ in self.backend.list("versions/"))
@@ -276,14 +317,16 @@ class Repository:
         # A rollback journal instead of the WAL: pages added to the file are not journaled, where
         # the WAL would write the whole new index twice. (Left as it is while another connection,
         # e.g. a mount, has the index open.)
-        left_wal = index.try_journal_mode("DELETE")
-        try:
-            with ThreadPoolExecutor(max(4, 2 * self.backend.connections)) as pool, index.transaction() as db:
-                self._rebuild_in(db, pool, present, version_names, damaged, keep_going, progress)
-        finally:
-            index.db.execute("PRAGMA cache_size=-2000")
-            if left_wal:
-                index.db.execute("PRAGMA journal_mode=WAL")
+        with index.exclusive():           # rows are renumbered: nobody else may hold any
+            left_wal = index.try_journal_mode("DELETE")
+            try:
+                with ThreadPoolExecutor(max(4, 2 * self.backend.connections)) as pool, index.transaction() as db:
+                    self._rebuild_in(db, pool, present, version_names, damaged, keep_going, skip_damaged_versions,
+                                 progress)
+            finally:
+                index.db.execute("PRAGMA cache_size=-2000")
+                if left_wal:
+                    index.db.execute("PRAGMA journal_mode=WAL")
         if progress:
             progress.finish()
         return {"volumes": len(present) - sum(1 for d in damaged if d.startswith("index/")),
@@ -291,15 +334,21 @@ class Repository:
                 "skipped": skipped, "damaged": damaged}
 
     def _rebuild_in(self, db, pool, present: list[str], version_names: list[str], damaged: list[str],
-                    keep_going: bool, progress) -> None:
+                    keep_going: bool, skip_damaged_versions: bool, progress) -> None:
         """rebuild_index's writing, inside its one transaction."""
         def unreadable(obj: str, error: FsbackupError) -> None:
-            if not keep_going:
+            if not (keep_going or (skip_damaged_versions and obj.startswith("versions/"))):
                 raise error
             damaged.append(obj)
 
+        # Versions keep their row ids (the mount's inode numbers), and the id counters keep
+        # growing (index.py: a row id never names two things); everything else is renumbered.
+        version_ids = dict(db.execute("SELECT name, id FROM versions"))
+        counters = {table: self.index.next_id(db, table) - 1 for table in ("versions", "contents")}
         for table in ("nodes", "versions", "contents", "blocks", "volumes", "meta"):
             db.execute(f"DELETE FROM {table}")
+        for table, last in counters.items():
+            self.index.used_ids(db, table, last)
         # Secondary indexes are built once at the end (one sort each), not row by row.
         dropped = self.index.drop_secondary_indexes(("nodes", "blocks"))
         # Blocks are staged in arrival order, then moved into the keyed table sorted by id (an
@@ -329,12 +378,14 @@ class Repository:
             if isinstance(result, FsbackupError):
                 unreadable(version_object(name), result)
             else:
-                self.record_version(name, *result, content_ids=content_ids)
+                self.record_version(name, *result, content_ids=content_ids, version_id=version_ids.get(name))
             if progress:
                 progress.advance(items=1)
         for sql in dropped:
             db.execute(sql)
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('repository_id', ?)", (self.id,))
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                   (UNREADABLE_VERSIONS, json.dumps([d for d in damaged if d.startswith("versions/")])))
 
     def _read_index_objects(self, run: tuple[int, list[str]]) -> list[tuple[str, object]]:
         """(object, result) for a run of index objects, the first becoming volume row first+1: the
@@ -381,13 +432,14 @@ class Repository:
             else:
                 notes.append(f"{obj} is not an fsbackup object; left alone")
         index_objs = {obj.split("/", 1)[1] for obj, _ in self.backend.list("index/")}
+        known = {name for (name,) in self.index.q("SELECT name FROM volumes")}
+        gone = known - set(volumes)
+        self.refuse_surprising_loss("volumes (data/)", known, gone)
         for name in sorted(set(volumes) - index_objs):
             notes.append(self._adopt_volume(name, volumes[name]))
         for name in sorted(index_objs - set(volumes)):
             self.backend.delete(index_object(name))
             notes.append(f"removed {index_object(name)}: its volume is missing")
-        known = {name for (name,) in self.index.q("SELECT name FROM volumes")}
-        gone = known - set(volumes)
         self.forget_vanished_volumes(gone)
         if gone:
             notes.append(f"the local index listed {len(gone)} volume(s) the repository no longer holds; "
@@ -616,16 +668,19 @@ class Repository:
                            lambda data: fmt.decode_version(self.keys, bytes.fromhex(name), data, obj))
 
     def record_version(self, name: str, head: dict, entries: Iterable[list],
-                       content_ids: dict[bytes, int] | None = None) -> int:
-        """Record a stored version and its tree in one transaction. Returns the version's row id.
+                       content_ids: dict[bytes, int] | None = None, version_id: int | None = None) -> int:
+        """Record a stored version and its tree in one transaction. Returns the version's row id:
+        `version_id` (a rebuild keeps a version's id) or a new one no version ever had.
         `content_ids` (extents -> row id) is every contents row there is, kept across calls by
         rebuild_index: a content not in it is new, and nothing needs looking up."""
         with self.index.transaction() as db:
-            db.execute("INSERT INTO versions(name, time_ns, host, paths, tags, file_count, total_size, bytes_added) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (name, head["time_ns"], head["host"], json.dumps(head["paths"]), json.dumps(head["tags"]),
-                        head["file_count"], head["total_size"], head["bytes_added"]))
-            version_id = db.last_insert_rowid()
+            if version_id is None:
+                version_id = self.index.next_id(db, "versions")
+                self.index.used_ids(db, "versions", version_id)
+            db.execute("INSERT INTO versions(id, name, time_ns, host, paths, tags, file_count, total_size, "
+                       "bytes_added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (version_id, name, head["time_ns"], head["host"], json.dumps(head["paths"]),
+                        json.dumps(head["tags"]), head["file_count"], head["total_size"], head["bytes_added"]))
             batch: list[list] = []
             node_id = 0
             for e in entries:
@@ -636,8 +691,7 @@ class Repository:
             self._record_nodes(db, version_id, node_id, batch, content_ids)
         return version_id
 
-    @staticmethod
-    def _record_nodes(db, version_id: int, last_node_id: int, entries: list[list],
+    def _record_nodes(self, db, version_id: int, last_node_id: int, entries: list[list],
                       content_ids: dict[bytes, int] | None) -> int:
         """Insert a batch of a version's entries (nodes last_node_id+1...) and the contents rows
         they need; returns the last node id. One query looks a batch's contents up, not one each."""
@@ -660,7 +714,8 @@ class Repository:
                     del new[extents]
         if new:
             # Ids are handed out here (the transaction holds the write lock): one executemany.
-            (next_id,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM contents").fetchone()
+            next_id = self.index.next_id(db, "contents")
+            self.index.used_ids(db, "contents", next_id + len(new) - 1)
             rows = []
             for content_id, (extents, (content_hash, size, _)) in enumerate(new.items(), start=next_id):
                 known[extents] = content_id
@@ -684,6 +739,11 @@ class Repository:
     def close(self) -> None:
         self.close_index()
         self.backend.close()
+
+
+def _warn_skipped_version(obj: str) -> None:
+    log.warning("remote object %s does not read (damaged); that version is skipped, the others are usable "
+                "('fsbackup check' tells more, 'fsbackup repair --remove-damaged' removes it)", obj)
 
 
 def _bounded_map(pool, fn, items, window: int = 16):

@@ -167,3 +167,48 @@ def snapshot(root: Path, with_atime: bool = True) -> dict:
 
 def restored_root(target: Path, source: Path) -> Path:
     return Path(str(target) + str(source.resolve()))
+
+
+class UnprivilegedUser:
+    """A real unprivileged user, created with useradd when missing: for tests of permissions,
+    which root ignores. `run` runs the CLI as that user (through setpriv)."""
+
+    NAME = "fsbackup-test"
+
+    def __init__(self, uid: int, gid: int):
+        self.uid, self.gid = uid, gid
+
+    def own(self, *paths: Path) -> None:
+        for p in paths:
+            os.chown(p, self.uid, self.gid)
+
+    def folder(self) -> Path:
+        """A new folder in the system's temporary folder (which every user can reach), owned by the user."""
+        import tempfile
+        base = Path(tempfile.mkdtemp(prefix="fsb-user-"))
+        base.chmod(0o755)
+        self.own(base)
+        return base
+
+    def run(self, env: "Env", *args: str) -> Result:
+        p = subprocess.run(["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+                            sys.executable, "-m", "fsbackup", *map(str, args)],
+                           env=env.environ(), capture_output=True, text=True, cwd=env.tmp)
+        return Result(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture(scope="session")
+def unprivileged_user() -> UnprivilegedUser:
+    import pwd
+    import shutil
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create an unprivileged user and run commands as it")
+    if not shutil.which("setpriv") or not shutil.which("useradd"):
+        pytest.skip("setpriv or useradd is missing: cannot run commands as an unprivileged user")
+    try:
+        pw = pwd.getpwnam(UnprivilegedUser.NAME)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        UnprivilegedUser.NAME], check=True)
+        pw = pwd.getpwnam(UnprivilegedUser.NAME)
+    return UnprivilegedUser(pw.pw_uid, pw.pw_gid)

@@ -21,7 +21,7 @@ import pytest
 from conftest import TEST_PASSWORD, pseudo_random, restored_root, snapshot, write
 from fsbackup import format as fmt
 from fsbackup.backends.local import LocalBackend
-from fsbackup.errors import EXIT_CORRUPT, EXIT_NO_REPOSITORY, EXIT_WRONG_PASSPHRASE, CorruptObject
+from fsbackup.errors import EXIT_CORRUPT, EXIT_NO_REPOSITORY, EXIT_NOT_FOUND, EXIT_WRONG_PASSPHRASE, CorruptObject
 from fsbackup.repository import Repository, index_object, version_object, volume_object
 
 VOLUME_SIZE = "32K"     # below the smallest block: every block gets a volume of its own
@@ -275,6 +275,20 @@ def test_volume_copied_over_another_volumes_name_is_rejected(env, tmp_path, back
 
 # ---- index objects --------------------------------------------------------------------------
 
+def assert_damaged_version_is_skipped_naming(env, tmp_path: Path, obj: str) -> None:
+    """With no local index, a version object that does not read is skipped with a warning naming
+    it (the other versions stay usable: here there are none); `repair` names it as damaged."""
+    for command in (["ls", "latest"], ["restore", "latest", "--target", tmp_path / "out"]):
+        forget_local_index(env)
+        r = env.run(*command)
+        assert "Traceback" not in r.err and r.rc == EXIT_NOT_FOUND, r.err
+        assert f"{obj} does not read" in r.err and "skipped" in r.err, r.err
+    assert_no_file_written(tmp_path / "out")
+    forget_local_index(env)
+    r = env.run("repair")
+    assert r.rc == EXIT_CORRUPT and f"damaged: {obj}" in r.err, r.err
+
+
 def assert_rebuild_from_remote_fails_naming(env, tmp_path: Path, obj: str) -> None:
     """With no local index, `ls` and `restore` must read `obj`, and each fails naming it; `repair`
     re-creates a damaged index object from its volume, and names a damaged version object."""
@@ -333,7 +347,7 @@ def version_positions(data: bytes) -> dict[str, int]:
 def test_flipped_byte_in_a_version_object_is_named_when_the_local_index_is_rebuilt(env, tmp_path, backed, where):
     path = env.repo / version_object(backed.version)
     flip(path, version_positions(path.read_bytes())[where])
-    assert_rebuild_from_remote_fails_naming(env, tmp_path, version_object(backed.version))
+    assert_damaged_version_is_skipped_naming(env, tmp_path, version_object(backed.version))
 
 
 def test_truncated_version_object_is_named_when_the_local_index_is_rebuilt(env, tmp_path, backed):
@@ -341,7 +355,7 @@ def test_truncated_version_object_is_named_when_the_local_index_is_rebuilt(env, 
     data = path.read_bytes()
     (first_len,) = fmt.FRAME_LEN.unpack_from(data, fmt.HEADER_LEN)
     path.write_bytes(data[:fmt.HEADER_LEN + 4 + first_len])     # only the header frame is left
-    assert_rebuild_from_remote_fails_naming(env, tmp_path, version_object(backed.version))
+    assert_damaged_version_is_skipped_naming(env, tmp_path, version_object(backed.version))
 
 
 def test_version_object_copied_over_another_versions_name_is_rejected(env, tmp_path, backed):
@@ -349,14 +363,38 @@ def test_version_object_copied_over_another_versions_name_is_rejected(env, tmp_p
     env.ok("backup", backed.src, "--volume-size", VOLUME_SIZE)
     (second,) = set(os.listdir(env.repo / "versions")) - {backed.version}
     shutil.copyfile(env.repo / version_object(backed.version), env.repo / version_object(second))
-    assert_rebuild_from_remote_fails_naming(env, tmp_path, version_object(second))
+    forget_local_index(env)
+    r = env.run("versions", "--json")
+    assert r.rc == 0 and f"{version_object(second)} does not read" in r.err, r.err
+    assert [v["id"] for v in json.loads(r.out)] == [backed.version]      # the copy is not taken for it
 
 
-def test_damaged_version_object_found_by_a_process_is_one_error_line_and_exit_12(env, tmp_path, backed):
+def test_damaged_version_object_found_by_a_process_is_a_warning_line(env, tmp_path, backed):
     path = env.repo / version_object(backed.version)
     flip(path, version_positions(path.read_bytes())["tree frame"])
     forget_local_index(env)
-    assert_one_line_error(env.run_process("ls", "latest"), EXIT_CORRUPT, version_object(backed.version))
+    r = env.run_process("ls", "latest")
+    assert "Traceback" not in r.err and r.rc == EXIT_NOT_FOUND           # the only version does not read
+    assert [line for line in r.err.splitlines() if version_object(backed.version) in line], r.err
+
+
+def test_one_damaged_version_object_does_not_block_the_others_on_a_new_machine(env, tmp_path, backed):
+    write(backed.src / "small0", b"changed")
+    env.ok("backup", backed.src, "--volume-size", VOLUME_SIZE)
+    (second,) = set(os.listdir(env.repo / "versions")) - {backed.version}
+    path = env.repo / version_object(backed.version)
+    flip(path, version_positions(path.read_bytes())["tree frame"])
+    forget_local_index(env)                                   # a new machine: the index is built from the remote
+    r = env.run("versions", "--json")
+    assert r.rc == 0 and version_object(backed.version) in r.err, r.err
+    assert [v["id"] for v in json.loads(r.out)] == [second]
+    env.ok("restore", second, "--target", tmp_path / "out")
+    assert (restored_root(tmp_path / "out", backed.src) / "small0").read_bytes() == b"changed"
+    r = env.run("prune")                                       # would take the damaged version's data for unused
+    assert r.rc == EXIT_CORRUPT and "Traceback" not in r.err
+    last = r.err.splitlines()[-1]
+    assert last.startswith("fsbackup: error: ") and version_object(backed.version) in last, r.err
+    assert "repair --remove-damaged" in last
 
 
 # ---- key objects ----------------------------------------------------------------------------

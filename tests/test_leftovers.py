@@ -74,7 +74,9 @@ def test_volumes_the_remote_lost_are_forgotten_so_new_versions_store_their_block
     env.ok("backup", src)
     shutil.rmtree(env.repo / "data")
     shutil.rmtree(env.repo / "index")                               # e.g. pruned from another machine
-    r = env.ok("backup", src)
+    r = env.run("backup", src)                                      # all of them: not taken on trust
+    assert r.rc == 12 and "lists 0 of the 1 index objects" in r.err and "--accept-missing" in r.err
+    r = env.ok("backup", src, "--accept-missing")
     assert "every file is read again" in r.err and "1 unchanged" not in r.out   # though unchanged
     r = env.ok("backup", src)
     assert "every file is read again" not in r.err and "1 unchanged" in r.out      # once

@@ -14,13 +14,24 @@ TMP_PREFIX = ".tmp-"
 
 
 @contextmanager
-def _os_errors(name: str):
-    """Translate OSError into the backend contract's errors."""
+def _os_errors(name: str, listing: bool = False):
+    """Translate OSError into the backend contract's errors. In a `listing`, a folder that
+    vanished or is not a folder fails the listing like any other unreadable folder."""
     try:
         yield
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        if listing:
+            raise BackendError(f"cannot list repository folder {name}: it vanished while listing") from None
         raise NoSuchObject(name) from None
+    except NotADirectoryError:
+        if listing:
+            raise BackendError(f"cannot list repository folder {name}: it is not a folder "
+                               "(check the repository's folders)") from None
+        raise BackendError(f"repository I/O error on {name}: a folder on its path is a file") from None
     except OSError as e:
+        if listing and e.errno in (errno.EACCES, errno.EPERM):
+            raise PermissionDenied(f"cannot list repository folder {name}: {e.strerror}; check the "
+                                   "repository's permissions") from None
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise NoSpace(f"no space left on the repository's disk while writing {name}") from None
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -90,22 +101,41 @@ class LocalBackend(Backend):
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         # Walk only the folder the prefix names, so listing 'versions/' never touches data/.
+        # Every folder must read: callers conclude "deleted" from what a listing lacks, so a
+        # folder that cannot be read (permissions, I/O error, a file in its place) fails the
+        # listing instead of listing as empty. Only a missing top folder is an empty listing
+        # (a new repository has no versions/ yet).
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self._path(folder) if folder else self.root
-        with _os_errors(prefix or "/"):
-            if not os.path.isdir(start):
-                return
-            for dirpath, dirnames, filenames in os.walk(start):
-                rel = os.path.relpath(dirpath, self.root)
-                rel = "" if rel == "." else rel + "/"
-                for fn in filenames:
-                    name = rel + fn
-                    if fn.startswith(TMP_PREFIX) or not name.startswith(prefix):
-                        continue
-                    try:
-                        yield name, os.stat(os.path.join(dirpath, fn)).st_size
-                    except FileNotFoundError:
-                        continue   # deleted while listing
+        try:
+            os.stat(start)
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass                                  # reported by the walk below, with its folder
+        found: list[tuple[str, int]] = []
+        seen: set[tuple[int, int]] = set()        # folders by (dev, ino): a symlink loop is walked once
+        pending = [(start, folder + "/" if folder else "")]
+        while pending:
+            path, rel = pending.pop()
+            with _os_errors(rel or "/", listing=True):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        name = rel + entry.name
+                        if entry.name.startswith(TMP_PREFIX) or not name.startswith(prefix):
+                            continue
+                        try:
+                            if entry.is_dir():
+                                pending.append((entry.path, name + "/"))
+                            elif entry.is_file():
+                                found.append((name, entry.stat().st_size))
+                        except FileNotFoundError:
+                            continue          # an object deleted while listing
+        yield from found
 
     def delete(self, name: str) -> None:
         with _os_errors(name):

@@ -216,3 +216,16 @@ def test_an_unreadable_versions_or_index_folder_stops_prune(unprivileged_user):
         assert run("check", "--read-data").rc == 0
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_unreadable_keys_folder_is_permission_denied_not_corrupt(unprivileged_user):
+    base = unprivileged_user.folder()
+    try:
+        env = Env(base)
+        assert unprivileged_user.run(env, "init").rc == 0
+        (base / "repo" / "keys").chmod(0)
+        r = unprivileged_user.run(env, "versions")
+        assert r.rc == EXIT_PERMISSION and "cannot list repository folder keys/" in r.err, r.err
+        assert len(r.err.splitlines()) == 1
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

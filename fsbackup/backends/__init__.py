@@ -58,7 +58,10 @@ class Backend(abc.ABC):
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         """Yield (name, size) of every stored object whose name starts with `prefix`, in no set order.
 
-        Objects being written (not yet visible per `put`) are not listed.
+        Objects being written (not yet visible per `put`) are not listed. A listing is whole or
+        raises: any part of the store that cannot be read (a folder without permission, an I/O
+        error, a page the server failed to send) raises instead of being left out, because callers
+        conclude from what a listing lacks that objects are gone, and delete accordingly.
         """
 
     @abc.abstractmethod

@@ -248,9 +248,15 @@ class Index:
     def snapshot(self):
         """Read everything in the `with` block from one consistent state of the index (an SQLite
         read transaction: in WAL mode, commits by others stay invisible until it ends)."""
-        with self.transaction() as db:
-            db.execute("SELECT 1 FROM meta LIMIT 1").fetchall()    # the read transaction starts here
+        try:
+            self.db.execute("BEGIN")                              # deferred: takes no write lock
+            self.db.execute("SELECT 1 FROM meta LIMIT 1").fetchall()   # the read transaction starts here
+        except apsw.Error as e:
+            raise _map_errors(e, self.path) from None
+        try:
             yield self
+        finally:
+            self.db.execute("COMMIT")
 
     def _migrate(self) -> None:
         (version,) = self.db.execute("PRAGMA user_version").fetchone()
@@ -266,9 +272,23 @@ class Index:
 
     @contextmanager
     def transaction(self):
+        """A write transaction (nested ones are savepoints). It starts IMMEDIATE, taking the write
+        lock at once: a transaction that read first and then wrote would fail with "database is
+        locked", without waiting, whenever another process committed in between."""
         try:
-            with self.db:
-                yield self.db
+            if not self.db.getautocommit():
+                with self.db:
+                    yield self.db
+                return
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                with self.db:
+                    yield self.db
+            except BaseException:
+                if not self.db.getautocommit():
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
         except apsw.Error as e:
             raise _map_errors(e, self.path) from None
 

@@ -33,6 +33,17 @@ from .errors import CorruptObject, FsbackupError, Locked, NoSuchObject
 REFRESH_INTERVAL = 5 * 60          # seconds between rewrites of a held lock
 STALE_AFTER = 30 * 60              # a lock not rewritten for this long binds no one
 
+# How long a partial upload (what a put that never returned left: Backend.remove_partial_uploads)
+# must have lain unwritten before the holder of the exclusive lock removes it. That lock keeps
+# other backups, prunes and repairs away, but not every put: a process taking a lock may be writing
+# its lock object (it looked before ours was there), `key` takes no lock, and a process whose lock
+# went stale may still be writing (a machine suspended midway). Any folder, `locks/` above all,
+# may hold a put in flight. A put writes, syncs and renames within minutes at most (a big volume
+# synced to a slow disk); a temporary left alone as long as a silent lock takes to go stale
+# belongs to no put that can still finish. One age serves every folder: it is far beyond what a
+# lock put needs, and a killed backup's volumes are removed by the next night's run.
+PARTIAL_UPLOAD_AGE = STALE_AFTER
+
 log = logging.getLogger("fsbackup.locks")
 
 # Locks this process released but could not delete (the storage failed): they bind no one here,

@@ -369,6 +369,8 @@ class Repository:
           its own table gives the index object back, and its blocks serve later backups; one
           whose table does not read is deleted (no version can use it: versions are written last);
         - an index object whose volume is missing is deleted (its blocks are unavailable anyway);
+        - the temporaries of puts a killed run never finished are removed once old enough
+          (`locks.PARTIAL_UPLOAD_AGE`);
         - volumes the local index records but the remote lacks (removed elsewhere, or lost) are
           forgotten (`forget_vanished_volumes`), so that no new version refers to their blocks.
         """
@@ -386,6 +388,10 @@ class Repository:
         for name in sorted(index_objs - set(volumes)):
             self.backend.delete(index_object(name))
             notes.append(f"removed {index_object(name)}: its volume is missing")
+        from .locks import PARTIAL_UPLOAD_AGE     # which temporaries no running put can own (why: there)
+        removed, size = self.backend.remove_partial_uploads(PARTIAL_UPLOAD_AGE)
+        if removed:
+            notes.append(f"removed {removed} partial upload(s) of runs that stopped midway ({size} bytes)")
         known = {name for (name,) in self.index.q("SELECT name FROM volumes")}
         gone = known - set(volumes)
         self.forget_vanished_volumes(gone)

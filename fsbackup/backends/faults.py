@@ -21,7 +21,7 @@ from typing import Iterator
 from ..errors import BackendError
 from . import Backend, WrappingBackend
 
-METHODS = ("put", "get", "size", "list", "delete")
+METHODS = ("put", "get", "size", "list", "delete", "remove_partial_uploads")
 
 
 @dataclass
@@ -163,3 +163,7 @@ class FaultyBackend(WrappingBackend):
     def delete(self, name: str) -> None:
         self._enter("delete", name)
         self.inner.delete(name)
+
+    def remove_partial_uploads(self, older_than_seconds: float) -> tuple[int, int]:
+        self._enter("remove_partial_uploads", "")
+        return self.inner.remove_partial_uploads(older_than_seconds)

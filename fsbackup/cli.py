@@ -541,6 +541,9 @@ def _prune(repo: Repository, args, out: Output, dry_run: bool) -> dict:
     out.info(f"pruned: deleted {s.volumes_deleted} unused volume(s) and {s.orphans_deleted} leftover object(s), "
              f"repacked {s.volumes_repacked} volume(s) into {s.volumes_written} ({s.blocks_moved} blocks moved); "
              f"freed {human_bytes(s.bytes_deleted - s.bytes_written)} in {human_duration(s.duration)}")
+    if s.partial_uploads_deleted:
+        out.info(f"removed {s.partial_uploads_deleted} partial upload(s) of runs that stopped midway "
+                 f"({human_bytes(s.partial_upload_bytes)})")
     return {"dry_run": False, **s.as_json()}
 
 

@@ -8,8 +8,9 @@ Prune's safety rests on one order, whatever point a crash interrupts it at:
   index object) and recorded with the blocks moved to it before the old volume is deleted;
 - only volumes holding no block of a remaining version are deleted, and versions are forgotten
   before: no remaining version can point to deleted data.
-Leftovers of a crash (a volume without index object, a repacked volume not yet deleted, or an
-index object whose volume is gone) are found and cleaned by the next prune.
+Leftovers of a crash (a volume without index object, a repacked volume not yet deleted, an
+index object whose volume is gone, or the temporary of a put that never finished) are found and
+cleaned by the next prune.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from . import format as fmt
 from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
 from .progress import Progress
 from .errors import FsbackupError
+from .locks import PARTIAL_UPLOAD_AGE
 from .repository import Repository, block_runs, index_object
 from .retention import Decision, Policy, Version, apply
 from .tree import VersionInfo
@@ -162,6 +164,8 @@ class PruneStats:
     volumes_repacked: int = 0
     volumes_written: int = 0
     orphans_deleted: int = 0
+    partial_uploads_deleted: int = 0     # temporaries of puts a stopped run never finished
+    partial_upload_bytes: int = 0        # (counted in bytes_deleted too)
     blocks_moved: int = 0
     bytes_deleted: int = 0
     bytes_written: int = 0
@@ -187,6 +191,10 @@ class Prune:
         started = time.monotonic()
         self.progress.start("prune", total_bytes=plan.bytes_to_move or None,
                             total_items=len(plan.orphans) + len(plan.delete) + len(plan.repack))
+        partial, partial_bytes = self.repo.backend.remove_partial_uploads(PARTIAL_UPLOAD_AGE)
+        self.stats.partial_uploads_deleted += partial
+        self.stats.partial_upload_bytes += partial_bytes
+        self.stats.bytes_deleted += partial_bytes
         for obj, size in plan.orphans:
             self.repo.backend.delete(obj)
             self.stats.orphans_deleted += 1

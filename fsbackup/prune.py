@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from . import format as fmt
 from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
-from .progress import Progress
-from .errors import FsbackupError
+from .progress import Progress, human_bytes
+from .errors import FsbackupError, NoSpace
 from .locks import PARTIAL_UPLOAD_AGE
 from .repository import Repository, block_runs, index_object
 from .retention import Decision, Policy, Version, apply
@@ -177,8 +177,10 @@ class PruneStats:
 
 
 class Prune:
-    def __init__(self, repo: Repository, volume_size: int = DEFAULT_VOLUME_SIZE, progress: Progress | None = None):
+    def __init__(self, repo: Repository, volume_size: int = DEFAULT_VOLUME_SIZE, progress: Progress | None = None,
+                 again: str = "fsbackup prune"):
         self.repo = repo
+        self.again = again          # the command that finishes a prune stopped for want of space
         self.volume_size = volume_size
         self.progress = progress or Progress(enabled=False)
         self.stats = PruneStats()
@@ -187,7 +189,9 @@ class Prune:
 
     def run(self, plan: PrunePlan) -> PruneStats:
         """Carry out `plan`, made by `plan_prune` on this repository just before (its marks of the
-        used blocks are read again here)."""
+        used blocks are read again here). Everything that only deletes comes first, repacking
+        (which writes) last: on a full disk the deletions make the room, and a repack that finds
+        none raises NoSpace saying how to go on, with every version intact."""
         started = time.monotonic()
         self.progress.start("prune", total_bytes=plan.bytes_to_move or None,
                             total_items=len(plan.orphans) + len(plan.delete) + len(plan.repack))
@@ -202,10 +206,20 @@ class Prune:
             self.progress.advance(items=1)
         for use in plan.delete:
             self._delete(use)
-        with ThreadPoolExecutor(max(1, self.repo.backend.connections), thread_name_prefix="fsbackup-prune") as pool:
-            for use in plan.repack:
-                self._repack(use, pool)
-        self._flush()
+        try:
+            with ThreadPoolExecutor(max(1, self.repo.backend.connections), thread_name_prefix="fsbackup-prune") as pool:
+                for use in plan.repack:
+                    self._repack(use, pool)
+            self._flush()
+        except NoSpace as e:
+            # What a stopped repack leaves is what a crash would (the module's docstring): the old
+            # volumes still hold their blocks, a new volume stored without its index object is
+            # deleted by the next prune.
+            freed = self.stats.bytes_deleted - self.stats.bytes_written
+            raise NoSpace(f"{e}: prune stopped while repacking; every version is intact, "
+                          f"{human_bytes(max(0, freed))} freed so far; run `{self.again}` again once there is room "
+                          f"(forget more versions first if need be), or `{self.again} --max-unused 100%`, which only "
+                          "deletes and needs no room") from None
         self.progress.finish()
         self.stats.duration = time.monotonic() - started
         return self.stats

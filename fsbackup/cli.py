@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show what would be removed and why the rest stays")
     p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
                    help="prune: size of the volumes repacking writes (default 32M)")
+    _no_lock_option(p)
 
     p = command("prune", "reclaim the space of data no version uses",
                 "Delete volumes that hold no block of any remaining version, and repack volumes whose unused\n"
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
                    help="size of the volumes repacking writes (default 32M)")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted and repacked")
+    _no_lock_option(p)
 
     p = command("versions", "list backup versions", "One line per version: id, time, paths, files, size, bytes added.")
 
@@ -273,6 +275,12 @@ def _keep_options(p: argparse.ArgumentParser, title: str) -> None:
     g.add_argument("--prune", action="store_true", help="prune after forgetting (see 'fsbackup prune')")
     g.add_argument("--max-unused", metavar="PERCENT", type=parse_share, default=None,
                    help="prune: repack volumes with more than this share unused (default 25%%)")
+
+
+def _no_lock_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-lock", action="store_true",
+                   help="write no lock: only to free space on a full repository disk, and only when no other "
+                        "fsbackup process uses the repository (a live lock still stops it; docs/maintenance.md)")
 
 
 def parse_share(text: str) -> float:
@@ -485,11 +493,12 @@ def cmd_backup(args, out: Output) -> int:
 
 # ---- forget and prune ------------------------------------------------------------------------
 
-def maintenance_lock(repo: Repository, command: str):
+def maintenance_lock(repo: Repository, command: str, no_lock: bool = False):
     """The one place where forget, prune and backup's retention step take the repository's
-    exclusive lock: nothing may back up (or prune) while versions and volumes are deleted."""
-    from .locks import repository_lock
-    return repository_lock(repo, exclusive=True, command=command)
+    exclusive lock: nothing may back up (or prune) while versions and volumes are deleted.
+    `no_lock` (--no-lock, for a full repository disk) writes none and only refuses a live one."""
+    from .locks import no_lock_written, repository_lock
+    return no_lock_written(repo) if no_lock else repository_lock(repo, exclusive=True, command=command)
 
 
 def policy_from_args(args):
@@ -544,11 +553,15 @@ def _prune(repo: Repository, args, out: Output, dry_run: bool) -> dict:
                  f"to copy), keep {plan.kept}; about {human_bytes(plan.bytes_freed)} freed")
         return {"dry_run": True, **plan.as_json()}
     from .backup import DEFAULT_VOLUME_SIZE
-    job = Prune(repo, getattr(args, "volume_size", None) or DEFAULT_VOLUME_SIZE, out.progress())
+    again = "fsbackup prune --no-lock" if getattr(args, "no_lock", False) else "fsbackup prune"
+    job = Prune(repo, getattr(args, "volume_size", None) or DEFAULT_VOLUME_SIZE, out.progress(), again)
     s = job.run(plan)
     out.info(f"pruned: deleted {s.volumes_deleted} unused volume(s) and {s.orphans_deleted} leftover object(s), "
              f"repacked {s.volumes_repacked} volume(s) into {s.volumes_written} ({s.blocks_moved} blocks moved); "
              f"freed {human_bytes(s.bytes_deleted - s.bytes_written)} in {human_duration(s.duration)}")
+    if s.partial_uploads_deleted:
+        out.info(f"removed {s.partial_uploads_deleted} partial upload(s) of runs that stopped midway "
+                 f"({human_bytes(s.partial_upload_bytes)})")
     return {"dry_run": False, **s.as_json()}
 
 
@@ -560,7 +573,7 @@ def cmd_forget(args, out: Output) -> int:
         raise UsageError("forget needs at least one keep rule (e.g. --keep-daily 7) or version ids; "
                          "it never removes every version")
     repo = open_repo(args, out)
-    with maintenance_lock(repo, "forget"):
+    with maintenance_lock(repo, "forget", args.no_lock):
         repo.ensure_index()
         if args.versions:
             doc = _forget_named(repo, args.versions, args.dry_run, out)
@@ -579,7 +592,7 @@ def cmd_forget(args, out: Output) -> int:
 
 def cmd_prune(args, out: Output) -> int:
     repo = open_repo(args, out)
-    with maintenance_lock(repo, "prune"):
+    with maintenance_lock(repo, "prune", args.no_lock):
         repo.ensure_index()
         doc = _prune(repo, args, out, args.dry_run)
     if out.json:

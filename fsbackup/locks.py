@@ -14,6 +14,10 @@ the first look), remove ours and fail: of two racers both may fail, never both s
 While held, a daemon thread rewrites the lock every REFRESH_INTERVAL with the time. A lock not
 refreshed for STALE_AFTER, or whose holder ran on this host and whose process is gone, is stale:
 it binds no one, and `fsbackup unlock` removes it.
+
+A full repository disk has no room for a lock object: taking a lock then fails with
+`errors.NoSpace` saying to free space with `forget` or `prune --no-lock`, which hold
+`no_lock_written` instead (the first look only: the user vouches that no other process starts).
 """
 from __future__ import annotations
 
@@ -28,10 +32,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from .errors import CorruptObject, FsbackupError, Locked, NoSuchObject
+from .errors import CorruptObject, FsbackupError, Locked, NoSpace, NoSuchObject
 
 REFRESH_INTERVAL = 5 * 60          # seconds between rewrites of a held lock
 STALE_AFTER = 30 * 60              # a lock not rewritten for this long binds no one
+
+# How long a partial upload (what a put that never returned left: Backend.remove_partial_uploads)
+# must have lain unwritten before the holder of the exclusive lock removes it. That lock keeps
+# other backups, prunes and repairs away, but not every put: a process taking a lock may be writing
+# its lock object (it looked before ours was there), `key` takes no lock, and a process whose lock
+# went stale may still be writing (a machine suspended midway). Any folder, `locks/` above all,
+# may hold a put in flight. A put writes, syncs and renames within minutes at most (a big volume
+# synced to a slow disk); a temporary left alone as long as a silent lock takes to go stale
+# belongs to no put that can still finish. One age serves every folder: it is far beyond what a
+# lock put needs, and a killed backup's volumes are removed by the next night's run.
+PARTIAL_UPLOAD_AGE = STALE_AFTER
 
 log = logging.getLogger("fsbackup.locks")
 
@@ -138,6 +153,38 @@ def remove_all_locks(repo) -> list[LockInfo]:
     return removed
 
 
+def fail_on_conflict(repo, exclusive: bool, own: str | None = None) -> None:
+    """Raise Locked when a live lock (other than `own`, or one this process released) conflicts
+    with a lock of that kind."""
+    for other in list_locks(repo):
+        if other.name == own or other.name in _undeleted:
+            continue
+        if other.conflicts_with(exclusive) and not other.stale():
+            raise Locked(f"repository is locked by {other.describe()}; "
+                         "if that process is gone, run `fsbackup unlock`")
+
+
+def _no_room_for_lock(command: str, error: NoSpace) -> NoSpace:
+    """The error of a lock a full repository disk refused: what to run to free space."""
+    if command == "prune":
+        run = "`fsbackup prune --no-lock`"
+    elif command == "forget":
+        run = "this forget again with --no-lock added (`fsbackup forget ... --no-lock`)"
+    else:
+        run = "`fsbackup forget` with your keep rules and `--prune --no-lock`, or `fsbackup prune --no-lock`"
+    return NoSpace(f"the lock of {command} could not be written: {error}; to free space, run {run}, only while "
+                   "no other fsbackup process uses the repository (docs/maintenance.md)")
+
+
+@contextmanager
+def no_lock_written(repo) -> Iterator[None]:
+    """For `--no-lock` (forget and prune on a full repository disk): write no lock, but fail as an
+    exclusive lock would when a live lock shows another command at work. Nothing keeps another
+    command from starting meanwhile: the user vouches that none will."""
+    fail_on_conflict(repo, exclusive=True)
+    yield
+
+
 class Lock:
     """One lock on `repo`, held between acquire() and release() (or as a context manager)."""
 
@@ -164,7 +211,10 @@ class Lock:
             except FsbackupError:
                 pass
         self._fail_on_conflict()
-        self._write()
+        try:
+            self._write()
+        except NoSpace as e:
+            raise _no_room_for_lock(self.info.command, e) from None
         try:
             self._fail_on_conflict()     # another process may have written its lock since we looked
         except BaseException:
@@ -175,12 +225,7 @@ class Lock:
         return self
 
     def _fail_on_conflict(self) -> None:
-        for other in list_locks(self.repo):
-            if other.name == self.name or other.name in _undeleted:
-                continue
-            if other.conflicts_with(self.info.exclusive) and not other.stale():
-                raise Locked(f"repository is locked by {other.describe()}; "
-                             "if that process is gone, run `fsbackup unlock`")
+        fail_on_conflict(self.repo, self.info.exclusive, own=self.name)
 
     def _write(self) -> None:
         self.info.time_ns = time.time_ns()

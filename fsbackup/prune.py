@@ -8,8 +8,9 @@ Prune's safety rests on one order, whatever point a crash interrupts it at:
   index object) and recorded with the blocks moved to it before the old volume is deleted;
 - only volumes holding no block of a remaining version are deleted, and versions are forgotten
   before: no remaining version can point to deleted data.
-Leftovers of a crash (a volume without index object, a repacked volume not yet deleted, or an
-index object whose volume is gone) are found and cleaned by the next prune.
+Leftovers of a crash (a volume without index object, a repacked volume not yet deleted, an
+index object whose volume is gone, or the temporary of a put that never finished) are found and
+cleaned by the next prune.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 
 from . import format as fmt
 from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
-from .progress import Progress
-from .errors import CorruptObject, FsbackupError
+from .progress import Progress, human_bytes
+from .errors import CorruptObject, FsbackupError, NoSpace
+from .locks import PARTIAL_UPLOAD_AGE
 from .repository import Repository, block_runs, index_object
 from .retention import Decision, Policy, Version, apply
 from .tree import VersionInfo
@@ -167,6 +169,8 @@ class PruneStats:
     volumes_repacked: int = 0
     volumes_written: int = 0
     orphans_deleted: int = 0
+    partial_uploads_deleted: int = 0     # temporaries of puts a stopped run never finished
+    partial_upload_bytes: int = 0        # (counted in bytes_deleted too)
     blocks_moved: int = 0
     bytes_deleted: int = 0
     bytes_written: int = 0
@@ -178,8 +182,10 @@ class PruneStats:
 
 
 class Prune:
-    def __init__(self, repo: Repository, volume_size: int = DEFAULT_VOLUME_SIZE, progress: Progress | None = None):
+    def __init__(self, repo: Repository, volume_size: int = DEFAULT_VOLUME_SIZE, progress: Progress | None = None,
+                 again: str = "fsbackup prune"):
         self.repo = repo
+        self.again = again          # the command that finishes a prune stopped for want of space
         self.volume_size = volume_size
         self.progress = progress or Progress(enabled=False)
         self.stats = PruneStats()
@@ -188,10 +194,16 @@ class Prune:
 
     def run(self, plan: PrunePlan) -> PruneStats:
         """Carry out `plan`, made by `plan_prune` on this repository just before (its marks of the
-        used blocks are read again here)."""
+        used blocks are read again here). Everything that only deletes comes first, repacking
+        (which writes) last: on a full disk the deletions make the room, and a repack that finds
+        none raises NoSpace saying how to go on, with every version intact."""
         started = time.monotonic()
         self.progress.start("prune", total_bytes=plan.bytes_to_move or None,
                             total_items=len(plan.orphans) + len(plan.delete) + len(plan.repack))
+        partial, partial_bytes = self.repo.backend.remove_partial_uploads(PARTIAL_UPLOAD_AGE)
+        self.stats.partial_uploads_deleted += partial
+        self.stats.partial_upload_bytes += partial_bytes
+        self.stats.bytes_deleted += partial_bytes
         for obj, size in plan.orphans:
             self.repo.backend.delete(obj)
             self.stats.orphans_deleted += 1
@@ -199,10 +211,20 @@ class Prune:
             self.progress.advance(items=1)
         for use in plan.delete:
             self._delete(use)
-        with ThreadPoolExecutor(max(1, self.repo.backend.connections), thread_name_prefix="fsbackup-prune") as pool:
-            for use in plan.repack:
-                self._repack(use, pool)
-        self._flush()
+        try:
+            with ThreadPoolExecutor(max(1, self.repo.backend.connections), thread_name_prefix="fsbackup-prune") as pool:
+                for use in plan.repack:
+                    self._repack(use, pool)
+            self._flush()
+        except NoSpace as e:
+            # What a stopped repack leaves is what a crash would (the module's docstring): the old
+            # volumes still hold their blocks, a new volume stored without its index object is
+            # deleted by the next prune.
+            freed = self.stats.bytes_deleted - self.stats.bytes_written
+            raise NoSpace(f"{e}: prune stopped while repacking; every version is intact, "
+                          f"{human_bytes(max(0, freed))} freed so far; run `{self.again}` again once there is room "
+                          f"(forget more versions first if need be), or `{self.again} --max-unused 100%`, which only "
+                          "deletes and needs no room") from None
         self.progress.finish()
         self.stats.duration = time.monotonic() - started
         return self.stats

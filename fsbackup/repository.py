@@ -31,6 +31,7 @@ from .crypto import Keys, ObjectCipher, unwrap_master_secret, wrap_master_secret
 from .errors import (CorruptObject, FsbackupError, ListingContradiction, NoSuchObject, RepositoryNotFound,
                      UnsupportedFormat, UsageError, WrongPassphrase)
 from .index import Index
+from .locks import PARTIAL_UPLOAD_AGE
 
 T = TypeVar("T")
 
@@ -420,6 +421,8 @@ class Repository:
           its own table gives the index object back, and its blocks serve later backups; one
           whose table does not read is deleted (no version can use it: versions are written last);
         - an index object whose volume is missing is deleted (its blocks are unavailable anyway);
+        - the temporaries of puts a killed run never finished are removed once old enough
+          (`locks.PARTIAL_UPLOAD_AGE`);
         - volumes the local index records but the remote lacks (removed elsewhere, or lost) are
           forgotten (`forget_vanished_volumes`), so that no new version refers to their blocks.
         """
@@ -440,6 +443,9 @@ class Repository:
         for name in sorted(index_objs - set(volumes)):
             self.backend.delete(index_object(name))
             notes.append(f"removed {index_object(name)}: its volume is missing")
+        removed, size = self.backend.remove_partial_uploads(PARTIAL_UPLOAD_AGE)   # (why that age: locks.py)
+        if removed:
+            notes.append(f"removed {removed} partial upload(s) of runs that stopped midway ({size} bytes)")
         self.forget_vanished_volumes(gone)
         if gone:
             notes.append(f"the local index listed {len(gone)} volume(s) the repository no longer holds; "

@@ -1,24 +1,44 @@
 """Before a backup, the remote is compared with the local index: what a stopped run left behind is
-adopted or removed, with a note, and the backup goes on; never a cryptic error."""
+adopted or removed, with a note, and the backup goes on; never a cryptic error. Partial uploads
+(temporaries of puts a killed run never finished) are removed once old enough, under the lock."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
+import time
+from pathlib import Path
 
 import pytest
 
 from conftest import pseudo_random, restored_root, snapshot, write
 from fsbackup.backends import open_backend
+from fsbackup.backends.faults import FaultyBackend
+from fsbackup.backends.local import LocalBackend
+from fsbackup.backends.memory import MemoryBackend
+from fsbackup.backends.retry import RetryingBackend
 from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 from test_crash import backup_killed_at_put, index_path
 from test_faults import FaultyStorage
-from fsbackup import errors
+from fsbackup import errors, locks
 
 
 def objects(env, folder: str) -> set[str]:
     root = env.repo / folder
     return {str(p.relative_to(env.repo)) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")}
+
+
+def aged(path: Path, seconds: float) -> Path:
+    """Make `path` look last written `seconds` ago (not following a link)."""
+    then = time.time() - seconds
+    os.utime(path, (then, then), follow_symlinks=False)
+    return path
+
+
+def partial_uploads(root: Path) -> set[Path]:
+    return {p for p in root.rglob(".tmp-*")}
 
 
 def recorded_volumes(env) -> set[str]:
@@ -132,3 +152,56 @@ def test_a_backup_on_b2_cut_off_at_any_call_leaves_a_repository_the_next_backup_
     env.ok("restore", "latest", "--target", tmp_path / "new")
     assert snapshot(restored_root(tmp_path / "new", src)) == snapshot(src)
     env.ok("check")
+
+
+# ---- partial uploads ------------------------------------------------------------------------
+
+def test_the_local_backend_removes_old_partial_uploads_in_every_folder_and_follows_no_link(tmp_path):
+    root = tmp_path / "repo"
+    backend = LocalBackend(str(root))
+    backend.put("config", b"{}")
+    backend.put("data/ab/" + "ab" * 32, b"a volume")
+    old = {".tmp-1": 10, "data/ab/.tmp-2": 2000, "index/.tmp-3": 300, "locks/.tmp-4": 40}
+    for name, size in old.items():
+        aged(write(root / name, b"x" * size), 3600)
+    fresh = write(root / "data" / "ab" / ".tmp-5", b"a put in progress")
+    elsewhere = aged(write(tmp_path / "elsewhere" / ".tmp-6", b"not the repository's"), 3600)
+    os.symlink(elsewhere.parent, root / "data" / "cd")          # a linked folder is not walked
+    os.symlink(elsewhere, root / "index" / ".tmp-7")            # a link is no partial upload
+    aged(root / "index" / ".tmp-7", 3600)
+
+    assert backend.remove_partial_uploads(600) == (len(old), sum(old.values()))
+    assert partial_uploads(root) == {fresh, root / "index" / ".tmp-7"}
+    assert elsewhere.exists() and backend.get("data/ab/" + "ab" * 32) == b"a volume"
+    assert backend.remove_partial_uploads(600) == (0, 0)
+    assert RetryingBackend(FaultyBackend(backend)).remove_partial_uploads(0) == (1, len(b"a put in progress"))
+    assert MemoryBackend().remove_partial_uploads(0) == (0, 0)    # its puts leave nothing behind
+
+
+def test_partial_uploads_of_a_killed_backup_are_removed_by_the_next_backup(env, tmp_path):
+    src = tmp_path / "src"
+    write(src / "big", pseudo_random(3 << 20, 6))
+    log = tmp_path / "puts.log"
+    r = backup_killed_at_put(env, src, 2, "mid", log)      # the first volume written under its temporary name
+    assert r.returncode == -signal.SIGKILL
+    killed = partial_uploads(env.repo / "data")
+    assert killed and all(p.stat().st_size > 0 for p in killed)
+    by_hand = [write(env.repo / name, pseudo_random(1000, i)) for i, name in
+               enumerate([".tmp-config", "index/.tmp-a", "versions/.tmp-b", "keys/.tmp-c", "locks/.tmp-d"])]
+    # the night after: every one of them is older than any put still running could be
+    for path in killed | set(by_hand):
+        aged(path, locks.PARTIAL_UPLOAD_AGE + 60)
+    # a lock being written right now by a process taking its lock (which it will not get), and a
+    # volume upload of a run whose lock went stale while it still ran: too young to be sure
+    young = {aged(write(env.repo / "locks" / ".tmp-young", b"lock"), 5 * 60),
+             aged(write(env.repo / "data" / "ab" / ".tmp-young", b"volume"), 5 * 60)}
+
+    size = sum(p.stat().st_size for p in killed | set(by_hand))
+    r = env.ok("backup", src, "--volume-size", "1M")
+    assert (f"note: removed {len(killed) + len(by_hand)} partial upload(s) of runs that stopped midway "
+            f"({size} bytes)") in r.err
+    assert partial_uploads(env.repo) == young
+    r = env.ok("backup", src, "--volume-size", "1M")
+    assert "partial upload" not in r.err
+    env.ok("restore", "latest", "--target", tmp_path / "out")
+    assert snapshot(restored_root(tmp_path / "out", src)) == snapshot(src)

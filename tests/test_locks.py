@@ -246,3 +246,25 @@ def test_b2_backup_is_refused_while_locked(b2_env, tmp_path, monkeypatch):
         plant_lock(repo, pid=dead_pid())
     env.ok("backup", src.parent)
     assert "removed the lock of backup" in env.ok("unlock").out
+
+
+def test_no_lock_writes_no_lock_but_still_refuses_a_live_one(env, tmp_path, monkeypatch):
+    """forget and prune --no-lock (for a full repository disk) store no lock object, yet stop at
+    once when a live lock shows that another command uses the repository."""
+    src = write(tmp_path / "src" / "f", b"data")
+    env.ok("backup", src.parent)
+    write(src, b"other data")
+    env.ok("backup", src.parent)
+    with opened(env) as repo:
+        with repository_lock(repo, exclusive=True, command="backup"):
+            for command in (["prune", "--no-lock"], ["forget", "--keep-last", "1", "--no-lock"]):
+                r = env.run(*command)
+                assert r.rc == errors.EXIT_LOCKED and "locked by backup on host" in r.err, r.err
+        plant_lock(repo, pid=dead_pid())                        # a stale one binds no one
+        stored = []
+        monkeypatch.setattr(Repository, "store_lock", lambda self, name, doc: stored.append(name))
+        env.ok("forget", "--keep-last", "1", "--no-lock")
+        env.ok("prune", "--no-lock")
+        assert stored == [] and len(list_locks(repo)) == 1
+    r = env.ok("prune", "--help")
+    assert "--no-lock" in r.out and "no other fsbackup process uses the repository" in " ".join(r.out.split())

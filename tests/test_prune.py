@@ -21,7 +21,8 @@ from test_b2_cli import b2_env  # noqa: F401  (fixture)
 from test_faults import FaultyStorage
 from test_crash import (CHECKOUT, assert_index_matches_remote, assert_restores_exactly, child_env, index_path,
                         remote_versions, tree_state)
-from fsbackup import errors
+from test_leftovers import aged, partial_uploads
+from fsbackup import errors, locks
 
 # Runs `fsbackup.cli.main(argv[4:])` with LocalBackend.put and .delete wrapped: each call's kind
 # and object name is appended to the log file argv[3]; the k-th call (argv[1], 0 = never)
@@ -208,6 +209,23 @@ def test_an_index_built_before_another_machines_prune_follows_it(env, tmp_path):
         target = tmp_path / f"other-{name[:8]}"
         env.ok("--index", other, "restore", name, "--target", target)
         assert tree_state(Path(str(target) + str(src))) == state
+
+
+def test_prune_removes_the_partial_uploads_of_stopped_runs(env, tmp_path):
+    src = tmp_path / "src"
+    versions = forget_all_but_last(env, build_history(env, src, random.Random(12)), 2)
+    old = locks.PARTIAL_UPLOAD_AGE + 60
+    killed = {aged(write(env.repo / "data" / "ab" / ".tmp-killed", pseudo_random(70_000, 1)), old),
+              aged(write(env.repo / "locks" / ".tmp-killed", b"a lock"), old)}
+    young = aged(write(env.repo / "locks" / ".tmp-young", b"a lock being taken"), 5 * 60)
+    doc = json.loads(env.ok("--json", "prune", "--max-unused", "100%").out)
+    assert doc["partial_uploads_deleted"] == 2 and doc["bytes_deleted"] >= 70_000 + len(b"a lock")
+    assert partial_uploads(env.repo) == {young}
+    aged(write(env.repo / "index" / ".tmp-killed", pseudo_random(1000, 2)), old)
+    r = env.ok("forget", "--keep-last", "1", "--prune")
+    assert "removed 1 partial upload(s) of runs that stopped midway (1000 B)" in r.out
+    assert partial_uploads(env.repo) == {young}
+    verify(env, tmp_path, src, {name: versions[name] for name in remote_versions(env)})
 
 
 def test_prune_keeps_volumes_below_max_unused(env, tmp_path):

@@ -68,6 +68,17 @@ class Backend(abc.ABC):
     def delete(self, name: str) -> None:
         """Remove the object. Deleting a missing object is not an error."""
 
+    def remove_partial_uploads(self, older_than_seconds: float) -> tuple[int, int]:
+        """Remove what puts that never returned (their process killed midway) left behind, unseen
+        by `list`, once it has not been written to for `older_than_seconds`; return how many such
+        leftovers were removed and their bytes. Visible objects are never touched, nor anything a
+        put of this backend does not make; a leftover gone meanwhile is no error.
+
+        The caller must know that no put still running can be that old: puts in flight are not
+        told from dead ones. A backend whose puts leave nothing behind (the default) removes nothing.
+        """
+        return 0, 0
+
     def exists(self, name: str) -> bool:
         from ..errors import NoSuchObject
         try:

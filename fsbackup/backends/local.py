@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -136,6 +137,35 @@ class LocalBackend(Backend):
                         except FileNotFoundError:
                             continue          # an object deleted while listing
         yield from found
+
+    def remove_partial_uploads(self, older_than_seconds: float) -> tuple[int, int]:
+        """Remove the temporaries of puts (`TMP_PREFIX` files) not written to for `older_than_seconds`,
+        in every folder of the repository. Links are neither followed nor removed: puts make
+        plain files and folders only, so a link is someone else's."""
+        cutoff = time.time() - older_than_seconds
+        removed, size = 0, 0
+        folders = [self.root]
+        with _os_errors("/"):
+            while folders:
+                try:
+                    entries = list(os.scandir(folders.pop()))
+                except FileNotFoundError:
+                    continue        # a folder removed while we walked
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            folders.append(entry.path)
+                            continue
+                        if not (entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False)):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        if st.st_mtime < cutoff:
+                            os.unlink(entry.path)
+                            removed += 1
+                            size += st.st_size
+                    except FileNotFoundError:
+                        continue    # renamed by its put, or removed by another run
+        return removed, size
 
     def delete(self, name: str) -> None:
         with _os_errors(name):

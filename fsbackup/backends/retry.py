@@ -10,7 +10,8 @@ Everything else (missing objects, permission, no space, permanent errors, bugs) 
 
 Every method is safe to repeat: puts replace whole objects, gets and sizes read, deleting a
 missing object is no error, and a listing is gathered whole before it is handed on, so a
-listing that fails midway is started again rather than continued.
+listing that fails midway is started again rather than continued. Removing partial uploads
+is repeated whole too (what a failed attempt removed is then not counted).
 """
 from __future__ import annotations
 
@@ -88,3 +89,6 @@ class RetryingBackend(WrappingBackend):
 
     def delete(self, name: str) -> None:
         self._retry("delete", lambda: self.inner.delete(name))
+
+    def remove_partial_uploads(self, older_than_seconds: float) -> tuple[int, int]:
+        return self._retry("remove_partial_uploads", lambda: self.inner.remove_partial_uploads(older_than_seconds))

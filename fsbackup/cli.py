@@ -543,12 +543,9 @@ def _forget_named(repo: Repository, specs: list[str], dry_run: bool, out: Output
 def _prune(repo: Repository, args, out: Output, dry_run: bool) -> dict:
     from .prune import DEFAULT_MAX_UNUSED, Prune, plan_prune
     max_unused = DEFAULT_MAX_UNUSED if args.max_unused is None else args.max_unused
-    if not dry_run:
-        for note in repo.settle_leftovers():   # a volume without index object is adopted, never deleted unseen
-            out.note(note)
     plan = plan_prune(repo, max_unused)
     if dry_run:
-        out.info(f"prune would delete {len(plan.delete)} unused volume(s) and {len(plan.orphans)} leftover "
+        out.info(f"prune would delete {len(plan.delete)} unused volume(s) and {len(plan.orphans) + len(plan.unindexed)} leftover "
                  f"object(s), repack {len(plan.repack)} volume(s) ({human_bytes(plan.bytes_to_move)} of live data "
                  f"to copy), keep {plan.kept}; about {human_bytes(plan.bytes_freed)} freed")
         return {"dry_run": True, **plan.as_json()}

@@ -23,7 +23,7 @@ from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
 from .progress import Progress, human_bytes
 from .errors import CorruptObject, FsbackupError, NoSpace
 from .locks import PARTIAL_UPLOAD_AGE
-from .repository import Repository, block_runs, index_object
+from .repository import Repository, block_runs, index_object, volume_object
 from .retention import Decision, Policy, Version, apply
 from .tree import VersionInfo
 
@@ -81,6 +81,7 @@ class PrunePlan:
     repack: list[VolumeUse] = field(default_factory=list)     # live blocks copied out, then deleted
     kept: int = 0
     orphans: list[tuple[str, int]] = field(default_factory=list)   # remote leftovers: (object, size)
+    unindexed: list[tuple[str, int]] = field(default_factory=list)  # volumes without index object: (name, size)
 
     @property
     def bytes_to_move(self) -> int:
@@ -95,6 +96,7 @@ class PrunePlan:
     def as_json(self) -> dict:
         return {"volumes_to_delete": len(self.delete), "volumes_to_repack": len(self.repack),
                 "volumes_kept": self.kept, "orphans": [name for name, _ in self.orphans],
+                "volumes_without_index": [volume_object(name) for name, _ in self.unindexed],
                 "bytes_to_move": self.bytes_to_move, "bytes_freed": self.bytes_freed}
 
 
@@ -131,17 +133,21 @@ def volume_use(repo: Repository) -> list[VolumeUse]:
     return [VolumeUse(*row) for row in rows]
 
 
-def _orphans(repo: Repository) -> list[tuple[str, int]]:
-    """Remote objects no reader uses: volumes without index object (a backup or prune that was
-    interrupted between the two), and index objects of volumes that are gone and not recorded.
-    Only safe while no backup is writing (the exclusive lock)."""
-    volumes = {name.rsplit("/", 1)[1]: (name, size) for name, size in repo.backend.list("data/")}
+def _leftovers(repo: Repository) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(orphans, unindexed). Orphans: index objects of volumes that are gone and not recorded.
+    Unindexed: volumes without an index object (a backup or prune interrupted between the two).
+    Only safe while no backup is writing (the exclusive lock).
+
+    An unindexed volume is not deleted on the listing's word (a listing of index/ that lacks it
+    may be what is wrong): `Prune` reads its own table and deletes it only when none of its
+    blocks is used, else adopts it."""
+    volumes = {name.rsplit("/", 1)[1]: size for name, size in repo.backend.list("data/")}
     indexes = {name.split("/", 1)[1]: size for name, size in repo.backend.list("index/")}
     recorded = {name for (name,) in repo.index.q("SELECT name FROM volumes")}
-    out = [(obj, size) for name, (obj, size) in volumes.items() if name not in indexes]
-    out += [(index_object(name), size) for name, size in indexes.items()
-            if name not in volumes and name not in recorded]
-    return sorted(out)
+    orphans = sorted((index_object(name), size) for name, size in indexes.items()
+                     if name not in volumes and name not in recorded)
+    unindexed = sorted((name, size) for name, size in volumes.items() if name not in indexes)
+    return orphans, unindexed
 
 
 def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> PrunePlan:
@@ -150,7 +156,8 @@ def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> Prun
     for obj in repo.unreadable_versions():
         raise CorruptObject(obj, "does not read, so prune cannot tell which data it uses; run 'fsbackup check', "
                                  "then 'fsbackup repair --remove-damaged' before pruning")
-    plan = PrunePlan(orphans=_orphans(repo))
+    orphans, unindexed = _leftovers(repo)
+    plan = PrunePlan(orphans=orphans, unindexed=unindexed)
     for use in volume_use(repo):
         if use.live_blocks == 0:
             plan.delete.append(use)
@@ -199,7 +206,8 @@ class Prune:
         none raises NoSpace saying how to go on, with every version intact."""
         started = time.monotonic()
         self.progress.start("prune", total_bytes=plan.bytes_to_move or None,
-                            total_items=len(plan.orphans) + len(plan.delete) + len(plan.repack))
+                            total_items=len(plan.orphans) + len(plan.unindexed) + len(plan.delete)
+                            + len(plan.repack))
         partial, partial_bytes = self.repo.backend.remove_partial_uploads(PARTIAL_UPLOAD_AGE)
         self.stats.partial_uploads_deleted += partial
         self.stats.partial_upload_bytes += partial_bytes
@@ -211,6 +219,8 @@ class Prune:
             self.progress.advance(items=1)
         for use in plan.delete:
             self._delete(use)
+        for name, size in plan.unindexed:
+            self._settle_unindexed(name, size)
         try:
             with ThreadPoolExecutor(max(1, self.repo.backend.connections), thread_name_prefix="fsbackup-prune") as pool:
                 for use in plan.repack:
@@ -228,6 +238,28 @@ class Prune:
         self.progress.finish()
         self.stats.duration = time.monotonic() - started
         return self.stats
+
+    def _settle_unindexed(self, name: str, size: int) -> None:
+        """A volume without index object, judged by its own table: deleted when no remaining
+        version needs any of its blocks from it (unused, or stored in a recorded volume too: a
+        repack stopped before recording its new volume), else adopted. A volume whose table does
+        not read is deleted, as the next backup would (no block of it can be found without it)."""
+        try:
+            entries = self.repo.read_volume_table(name, size)
+        except CorruptObject:
+            entries = []
+        ids = [e.id for e in entries]
+        needed = ("SELECT 1 FROM temp.used_blocks u WHERE u.hash IN ({}) "
+                  "AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.hash = u.hash) LIMIT 1")
+        live = any(self.repo.index.q(needed.format(",".join("?" * len(part))), part)
+                   for part in (ids[i:i + 500] for i in range(0, len(ids), 500)))
+        if live:
+            self.repo.adopt_volume(name, size, entries)
+        else:
+            self.repo.backend.delete(volume_object(name))
+            self.stats.orphans_deleted += 1
+            self.stats.bytes_deleted += size
+        self.progress.advance(items=1)
 
     def _delete(self, use: VolumeUse) -> None:
         self.repo.delete_volume(use.name)

@@ -463,18 +463,27 @@ class Repository:
 
     def _adopt_volume(self, name: str, size: int) -> str:
         obj = volume_object(name)
-        volume_id = bytes.fromhex(name)
         try:
-            offset, length = get_checked(self.backend, obj, lambda f: fmt.table_place(f, size, obj),
-                                         size - fmt.FOOTER.size, fmt.FOOTER.size)
-            entries = get_checked(self.backend, obj, lambda t: fmt.open_table(self.keys, volume_id, t, obj),
-                                  offset, length)
+            entries = self.read_volume_table(name, size)
         except CorruptObject as e:
             self.backend.delete(obj)
             return f"deleted {obj}, left by a backup that stopped before recording it ({e})"
-        self.backend.put(index_object(name), fmt.encode_index(self.keys, volume_id, size, entries))
-        self.record_volume(name, size, entries)
+        self.adopt_volume(name, size, entries)
         return f"adopted {obj}, left by a backup that stopped before recording it"
+
+    def read_volume_table(self, name: str, size: int) -> list[fmt.BlockEntry]:
+        """A volume's own encrypted table (two small range reads), for a volume whose index object
+        is missing; CorruptObject when it does not read."""
+        obj = volume_object(name)
+        volume_id = bytes.fromhex(name)
+        offset, length = get_checked(self.backend, obj, lambda f: fmt.table_place(f, size, obj),
+                                     size - fmt.FOOTER.size, fmt.FOOTER.size)
+        return get_checked(self.backend, obj, lambda t: fmt.open_table(self.keys, volume_id, t, obj), offset, length)
+
+    def adopt_volume(self, name: str, size: int, entries: list[fmt.BlockEntry]) -> None:
+        """Store a volume's index object again from its table, and record the volume."""
+        self.backend.put(index_object(name), fmt.encode_index(self.keys, bytes.fromhex(name), size, entries))
+        self.record_volume(name, size, entries)
 
     # ---- keys -----------------------------------------------------------------------------
 

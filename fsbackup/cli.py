@@ -9,10 +9,12 @@ import argparse
 import datetime
 import getpass
 import json
+import math
 import os
 import stat
 import subprocess
 import sys
+from typing import Callable
 
 from . import errors
 from .backends import Backend, open_backend
@@ -51,25 +53,75 @@ exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be r
 """
 
 
-def parse_size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = t[-1] if t and t[-1] in units else ""
-    try:
-        value = float(t[:-1] if unit else t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size (e.g. 32M, 1G)") from None
-    return int(value * units[unit])
+# ---- argument types: each refuses a bad value with one line saying what it accepts -----------
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
-def positive_int(text: str) -> int:
+def _size_text(n: int) -> str:
+    """`n` bytes as a size argument is written: the largest unit that divides it (32K, 4G, 0)."""
+    unit = max((u for u, factor in SIZE_UNITS.items() if n % factor == 0), key=SIZE_UNITS.get) if n else ""
+    return f"{n // SIZE_UNITS[unit]}{unit}"
+
+
+def size_type(what: str, minimum: int, maximum: int) -> Callable[[str], int]:
+    """The argument type of a size in bytes from `minimum` to `maximum`: a number (a fraction too)
+    with an optional unit K, M, G, T or P, powers of 1024 (1M = 1MB = 1MiB)."""
+    def parse(text: str) -> int:
+        t = text.strip().upper().removesuffix("IB").removesuffix("B")
+        unit = t[-1] if t and t[-1] in SIZE_UNITS else ""
+        try:
+            value = float(t[:-1] if unit else t) * SIZE_UNITS[unit]
+        except ValueError:
+            value = math.nan
+        if not minimum <= value <= maximum:     # also false for nan
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {what} from {_size_text(minimum)} "
+                                             f"to {_size_text(maximum)} (e.g. 32M, 1G)")
+        return int(value)
+    return parse
+
+
+# Volumes below the smallest block cut from a large file (256K) hold one block each; below 32K
+# the objects and tables cost more than the data. Above 4G the volumes a backup holds in memory
+# (about 2 x (uploads in flight + 1) of them) outgrow any machine's memory.
+volume_size_arg = size_type("volume size", 32 << 10, 4 << 30)
+# 0 turns the mount's block cache off; 1P is beyond any disk it could fill.
+cache_size_arg = size_type("cache size", 0, 1 << 50)
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """The argument type of a whole number of at least `minimum` (a count)."""
+    kind = "positive whole number" if minimum == 1 else "whole number"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {kind} ({minimum} or more)")
+        return value
+    return parse
+
+
+positive_int = whole_number(1)
+count_arg = whole_number(0)
+
+
+def percent_arg(text: str) -> float:
+    """The argument type of a percentage from 0 to 100, with or without '%'."""
     try:
-        value = int(text)
+        value = float(text.strip().removesuffix("%"))
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
+        value = math.nan
+    if not 0 <= value <= 100:                   # also false for nan
+        raise argparse.ArgumentTypeError(f"'{text}' is not a percentage from 0 to 100")
     return value
+
+
+def parse_share(text: str) -> float:
+    """A percentage as a fraction from 0 to 1 (prune's --max-unused)."""
+    return percent_arg(text) / 100
 
 
 def compression_level(text: str) -> int:
@@ -99,8 +151,16 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--json", action="store_true", default=d(False), help="print results as JSON for scripts")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line, like every other error (docs/exit-codes.md), naming the help to
+    read instead of printing the usage. Sub-command parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(errors.EXIT_USAGE, f"{PROG}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Deduplicated, compressed, encrypted backups of directories, browsable as a read-only filesystem.")
     _global_options(parser, suppress=False)
@@ -134,15 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-file-system", action="store_true", help="do not cross file system boundaries")
     p.add_argument("--tag", metavar="TAG", action="append", default=[], help="tag the version (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="scan and chunk, but store nothing")
-    p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
-                   help="close volumes at about this size (default 32M)")
+    p.add_argument("--volume-size", metavar="SIZE", type=volume_size_arg, default=None,
+                   help="close volumes at about this size, 32K to 4G (default 32M)")
     p.add_argument("--compression", metavar="LEVEL", type=compression_level, default=None,
                    help="zstd level for new blocks: 1 (fastest) to 19 (smallest), 0 for none (default 2)")
     v = p.add_argument_group("verify after backup (docs/maintenance.md)")
-    v.add_argument("--verify-samples", metavar="N", type=int, default=1,
-                   help="download and verify N volumes after the backup, its own first (default 1)")
-    v.add_argument("--verify-percent", metavar="P", type=float, default=0.0,
-                   help="verify at least P percent of all volumes instead")
+    v.add_argument("--verify-samples", metavar="N", type=count_arg, default=1,
+                   help="download and verify N volumes after the backup, its own first (default 1; 0 for none)")
+    v.add_argument("--verify-percent", metavar="P", type=percent_arg, default=0.0,
+                   help="verify at least P percent (0 to 100) of all volumes instead")
     v.add_argument("--no-verify", action="store_true", help="skip the verification after the backup")
     _keep_options(p, "after a successful backup, forget the versions these rules do not keep "
                      "(docs/maintenance.md); nothing is forgotten without a keep option")
@@ -158,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("versions", nargs="*", metavar="VERSION", help="remove these versions (ids or id prefixes)")
     _keep_options(p, "keep rules")
     p.add_argument("--dry-run", action="store_true", help="show what would be removed and why the rest stays")
-    p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
-                   help="prune: size of the volumes repacking writes (default 32M)")
+    p.add_argument("--volume-size", metavar="SIZE", type=volume_size_arg, default=None,
+                   help="prune: size of the volumes repacking writes, 32K to 4G (default 32M)")
 
     p = command("prune", "reclaim the space of data no version uses",
                 "Delete volumes that hold no block of any remaining version, and repack volumes whose unused\n"
@@ -167,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "deleted. Safe to interrupt at any point; run it again to finish.")
     p.add_argument("--max-unused", metavar="PERCENT", type=parse_share, default=None,
                    help="repack volumes with more than this share unused (default 25%%)")
-    p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
-                   help="size of the volumes repacking writes (default 32M)")
+    p.add_argument("--volume-size", metavar="SIZE", type=volume_size_arg, default=None,
+                   help="size of the volumes repacking writes, 32K to 4G (default 32M)")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted and repacked")
 
     p = command("versions", "list backup versions", "One line per version: id, time, paths, files, size, bytes added.")
@@ -201,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "/etc/fuse.conf when not root)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where fetched blocks are cached, encrypted (default: next to the local index)")
-    p.add_argument("--cache-size", metavar="SIZE", type=parse_size, default=None,
-                   help="bound of the block cache on disk (default: 1G for remote storage, 0 for a local "
+    p.add_argument("--cache-size", metavar="SIZE", type=cache_size_arg, default=None,
+                   help="bound of the block cache on disk, up to 1P (default: 1G for remote storage, 0 for a local "
                         "directory, which is its own cache)")
 
     p = command("umount", "unmount a mounted repository", "Unmount MOUNTPOINT (same as fusermount3 -u).")
@@ -269,16 +329,6 @@ def _keep_options(p: argparse.ArgumentParser, title: str) -> None:
     g.add_argument("--prune", action="store_true", help="prune after forgetting (see 'fsbackup prune')")
     g.add_argument("--max-unused", metavar="PERCENT", type=parse_share, default=None,
                    help="prune: repack volumes with more than this share unused (default 25%%)")
-
-
-def parse_share(text: str) -> float:
-    try:
-        value = float(text.strip().removesuffix("%"))
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a percentage between 0% and 100%")
-    return value / 100
 
 
 def subset_arg(text: str) -> str:

@@ -376,33 +376,42 @@ class Output:
         sys.stdout.write("\n")
 
 
-def get_passphrase(args, confirm: bool = False) -> bytes:
+def _not_empty(passphrase: bytes) -> bytes:
+    """A new passphrase, refused when empty: an empty one protects nothing."""
+    if not passphrase:
+        raise UsageError("an empty passphrase is not allowed; choose one that protects the repository")
+    return passphrase
+
+
+def get_passphrase(args, new: bool = False) -> bytes:
+    """The passphrase from --password-file, FSBACKUP_PASSWORD, FSBACKUP_PASSWORD_COMMAND or the
+    terminal (asked twice when `new`). A `new` one (init) must not be empty; opening a repository
+    with an empty one is only a wrong passphrase."""
     if args.password_file:
         try:
             with open(args.password_file, "rb") as f:
-                return f.read().rstrip(b"\r\n")
+                passphrase = f.read().rstrip(b"\r\n")
         except OSError as e:
             raise UsageError(f"cannot read password file {args.password_file}: {e.strerror}") from None
-    if "FSBACKUP_PASSWORD" in os.environ:
-        return os.fsencode(os.environ["FSBACKUP_PASSWORD"])
-    if os.environ.get("FSBACKUP_PASSWORD_COMMAND"):
+    elif "FSBACKUP_PASSWORD" in os.environ:
+        passphrase = os.fsencode(os.environ["FSBACKUP_PASSWORD"])
+    elif os.environ.get("FSBACKUP_PASSWORD_COMMAND"):
         cmd = os.environ["FSBACKUP_PASSWORD_COMMAND"]
         res = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE)
         if res.returncode != 0:
             raise UsageError(f"FSBACKUP_PASSWORD_COMMAND failed with exit code {res.returncode}")
-        return res.stdout.rstrip(b"\r\n")
-    if not sys.stdin.isatty():
+        passphrase = res.stdout.rstrip(b"\r\n")
+    elif not sys.stdin.isatty():
         raise UsageError("no passphrase: set FSBACKUP_PASSWORD or FSBACKUP_PASSWORD_COMMAND, or use --password-file")
-    first = getpass.getpass("new passphrase: " if confirm else "passphrase: ")
-    if confirm:
-        if getpass.getpass("repeat passphrase: ") != first:
+    else:
+        passphrase = os.fsencode(getpass.getpass("new passphrase: " if new else "passphrase: "))
+        if new and os.fsencode(getpass.getpass("repeat passphrase: ")) != passphrase:
             raise UsageError("the passphrases do not match")
-        if not first:
-            raise UsageError("an empty passphrase is not allowed")
-    return os.fsencode(first)
+    return _not_empty(passphrase) if new else passphrase
 
 
 def get_new_passphrase(args) -> bytes:
+    """The new passphrase of 'key passwd' and 'key add' (never empty)."""
     if getattr(args, "new_password_file", None):
         try:
             with open(args.new_password_file, "rb") as f:
@@ -417,9 +426,7 @@ def get_new_passphrase(args) -> bytes:
             raise UsageError("the passphrases do not match")
     else:
         raise UsageError("no new passphrase: set FSBACKUP_NEW_PASSWORD or use --new-password-file")
-    if not passphrase:
-        raise UsageError("an empty passphrase is not allowed")
-    return passphrase
+    return _not_empty(passphrase)
 
 
 def repo_url(args) -> str:
@@ -453,7 +460,7 @@ def fmt_time(ns: int) -> str:
 
 def cmd_init(args, out: Output) -> int:
     backend = open_storage(args)
-    repo = Repository.create(backend, get_passphrase(args, confirm=True), args.index)
+    repo = Repository.create(backend, get_passphrase(args, new=True), args.index)
     repo.index.set_meta("repository_id", repo.id)
     if out.json:
         out.emit_json({"repository": backend.url, "id": repo.id})
@@ -857,7 +864,26 @@ COMMANDS = {"init": cmd_init, "backup": cmd_backup, "forget": cmd_forget, "prune
             "repair": cmd_repair, "mount": cmd_mount, "umount": cmd_umount, "unlock": cmd_unlock, "key": cmd_key}
 
 
+def _fill_closed_standard_fds() -> None:
+    """Open /dev/null in place of a closed stdin, stdout or stderr (e.g. `2>&-`). Otherwise Python
+    leaves sys.stderr None, which nothing expects, and the next file opened (the local index, a
+    restored file) takes the free descriptor: what is then written to stderr would land in it."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)   # the lowest free: fd itself
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _fill_closed_standard_fds()
     args = build_parser().parse_args(argv)
     out = Output(args)
     try:

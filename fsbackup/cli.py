@@ -436,9 +436,23 @@ def repo_url(args) -> str:
     return url
 
 
+def _not_a_folder(path: str) -> str | None:
+    """What keeps `path` from being a folder: itself or the nearest existing folder above it, when
+    that is not a folder (a file); None when `path` is a folder or can be created as one."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return None if os.path.isdir(path) else path
+
+
 def open_storage(args) -> Backend:
     """The backend for --repo, with --connections applied when given."""
+    from .backends.local import LocalBackend
     backend = open_backend(repo_url(args))
+    if isinstance(backend.inner, LocalBackend):
+        blocker = _not_a_folder(backend.inner.root)
+        if blocker:
+            raise errors.RepositoryNotFound(f"{blocker} is a file, not a repository folder; check --repo")
     if args.connections:
         backend.connections = args.connections
     return backend
@@ -733,6 +747,11 @@ def cmd_ls(args, out: Output) -> int:
 def cmd_restore(args, out: Output) -> int:
     from .restore import Restore
     from .tree import VersionTree, resolve_version
+    blocker = _not_a_folder(args.target)
+    if blocker:
+        why = "is not a directory" if blocker == os.path.abspath(args.target) else \
+            f"cannot be made: {blocker} is a file, not a directory"
+        raise UsageError(f"restore target {args.target} {why}; choose another --target")
     repo = open_repo(args, out)
     tree = VersionTree(repo.index, resolve_version(repo.index, args.version))
     job = Restore(repo, tree, args.target, overwrite=args.overwrite, progress=out.progress(), warn=out.warn)

@@ -195,3 +195,23 @@ def test_empty_new_passphrases_are_refused_everywhere(blank_env, tmp_path):
     assert len(blank_env.ok("key", "list").out.splitlines()) == 1
     # opening a repository with an empty passphrase is simply a wrong passphrase
     assert_one_line_error(blank_env.run("versions", FSBACKUP_PASSWORD=""), 11, "wrong passphrase")
+
+
+def test_repository_url_naming_a_file(blank_env, tmp_path):
+    f = write(tmp_path / "notes.txt", b"not a repository")
+    for repo in (f, f"file://{f}", f / "sub"):
+        for command in (["versions"], ["init"], ["backup", tmp_path], ["key", "list"], ["check"], ["unlock"]):
+            r = blank_env.run("--repo", repo, *command)
+            assert_one_line_error(r, 10, str(f), "is a file, not a repository folder")
+    assert f.read_bytes() == b"not a repository"
+
+
+def test_restore_target_below_a_file(env, tmp_path):
+    src = tmp_path / "src"
+    write(src / "a", b"a")
+    env.ok("backup", src)
+    f = write(tmp_path / "file", b"")
+    for target in (f / "sub", f / "sub" / "deeper"):
+        assert_one_line_error(env.run("restore", "latest", "--target", target), 2, str(target), str(f),
+                              "not a directory")
+    assert f.read_bytes() == b""

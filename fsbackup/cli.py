@@ -508,10 +508,21 @@ def cmd_backup(args, out: Output) -> int:
     repo = open_repo(args, out, sync_index=False)
     job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note)
     verification = []     # verify after backup runs under the backup's lock; reported after its summary
-    if not args.no_verify:
-        job.after_commit = lambda name: verification.append(verify_backup(
-            repo, name, job.written, args.verify_samples, args.verify_percent, out.progress()))
-    name = job.run_locked(args.paths, out.progress())
+    saved = []            # the new version, once stored: an interruption then leaves it saved
+
+    def after_commit(name: str) -> None:
+        saved.append(name)
+        if not args.no_verify:
+            verification.append(verify_backup(repo, name, job.written, args.verify_samples, args.verify_percent,
+                                              out.progress()))
+    job.after_commit = after_commit
+    try:
+        name = job.run_locked(args.paths, out.progress())
+    except KeyboardInterrupt:
+        if not saved:
+            raise
+        raise errors.Interrupted(f"version {saved[0][:8]} is saved, but verifying it was cut short; "
+                                 "'fsbackup check --read-data' verifies it") from None
     s = job.stats
     summary = {"version": name, "dry_run": args.dry_run, "files_new": s.files_new, "files_changed": s.files_changed,
                "files_unchanged": s.files_unchanged, "dirs": s.dirs, "others": s.others,
@@ -536,11 +547,15 @@ def cmd_backup(args, out: Output) -> int:
         if not verified:                    # never thin out older versions while the new one is in doubt
             out.warn("retention skipped: the new version's data did not verify; no version was forgotten")
         else:
-            with maintenance_lock(repo, "backup"):
-                repo.ensure_index()
-                summary["forget"] = _forget_by_policy(repo, policy, False, Output.silent() if out.json else out)
-                if args.prune:
-                    summary["prune"] = _prune(repo, args, Output.silent() if out.json else out, dry_run=False)
+            try:
+                with maintenance_lock(repo, "backup"):
+                    repo.ensure_index()
+                    summary["forget"] = _forget_by_policy(repo, policy, False, Output.silent() if out.json else out)
+                    if args.prune:
+                        summary["prune"] = _prune(repo, args, Output.silent() if out.json else out, dry_run=False)
+            except (KeyboardInterrupt, errors.Interrupted) as e:
+                left = str(e) or INTERRUPTED["prune" if "forget" in summary else "forget"]
+                raise errors.Interrupted(f"version {name[:8]} is saved; {left}") from None
     if out.json:
         out.emit_json(summary)
     repo.close()
@@ -567,8 +582,32 @@ def policy_from_args(args):
                   tags=tuple(args.keep_tag), frames=frames, frames_text=frames_text)
 
 
+def _short_ids(names: list[str], most: int = 8) -> str:
+    shown = ", ".join(name[:8] for name in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _forget_versions(repo: Repository, names: list[str]) -> None:
+    """Remove the versions `names`. Interrupted, it says which of them are gone, as the
+    repository's listing shows (the version being removed then may be gone or not)."""
+    from .prune import forget_versions
+    try:
+        forget_versions(repo, names)
+    except KeyboardInterrupt:
+        try:
+            stored = {obj.split("/", 1)[1] for obj, _ in repo.backend.list("versions/")}
+        except FsbackupError:
+            raise errors.Interrupted(INTERRUPTED["forget"]) from None
+        gone = [name for name in names if name not in stored]
+        left = [name for name in names if name in stored]
+        raise errors.Interrupted(f"forget removed {len(gone)} of {len(names)} versions"
+                                 + (f" ({_short_ids(gone)})" if gone else "")
+                                 + (f"; not removed: {_short_ids(left)}" if left else "")
+                                 + "; run forget again to finish") from None
+
+
 def _forget_by_policy(repo: Repository, policy, dry_run: bool, out: Output) -> dict:
-    from .prune import forget_versions, plan_forget
+    from .prune import plan_forget
     from .tree import list_versions
     groups = plan_forget(list_versions(repo.index), policy)
     removed = [v.id for g in groups for v in g.decision.remove]
@@ -580,20 +619,19 @@ def _forget_by_policy(repo: Repository, policy, dry_run: bool, out: Output) -> d
         for v in g.decision.remove:
             out.info(f"  remove  {v.id[:8]}  {fmt_time(v.time_ns)}")
     if not dry_run:
-        forget_versions(repo, removed)
+        _forget_versions(repo, removed)
     return {"dry_run": dry_run, "removed": removed,
             "groups": [{"host": g.host, "paths": g.paths, "remove": [v.id for v in g.decision.remove],
                         "keep": [{"id": v.id, "reasons": why} for v, why in g.decision.keep]} for g in groups]}
 
 
 def _forget_named(repo: Repository, specs: list[str], dry_run: bool, out: Output) -> dict:
-    from .prune import forget_versions
     from .tree import resolve_version
     names = list(dict.fromkeys(resolve_version(repo.index, spec).name for spec in specs))
     for name in names:
         out.info(f"{'would remove' if dry_run else 'removing'} {name[:8]}")
     if not dry_run:
-        forget_versions(repo, names)
+        _forget_versions(repo, names)
     return {"dry_run": dry_run, "removed": names}
 
 
@@ -878,6 +916,28 @@ def cmd_umount(args, out: Output) -> int:
     return umount(args.mountpoint)
 
 
+# What an interruption (Ctrl-C) leaves, by command (docs/exit-codes.md). Nothing is ever
+# half-written, but each command stops at a different point; a command that knows more at that
+# moment (which versions forget removed, whether backup saved its version) raises
+# errors.Interrupted saying it instead.
+UNCHANGED = "nothing in the repository was changed"
+INTERRUPTED = {
+    "init": "no repository is made before its config object is stored; if the folder holds only keys/, "
+            "empty it and run 'fsbackup init' again",
+    "backup": "the backup stopped before saving its version (had it been storing it just then, 'fsbackup "
+              "versions' lists it); earlier versions are intact, and the next backup reuses the data already "
+              "uploaded and cleans up the rest",
+    "forget": "the versions removed so far are gone, the others remain ('fsbackup versions' lists them); "
+              "run forget again to finish",
+    "prune": "no version lost data (prune can stop at any point); run 'fsbackup prune' again to finish",
+    "restore": "the files restored so far are complete, and the file being written was not left half-written; "
+               "run the restore again with --overwrite to finish",
+    "repair": "the repairs reported so far are done, and nothing else changed; run 'fsbackup repair' again",
+    "key": "the change was made or not ('key passwd' stores the new key before it deletes the old one, so both "
+           "may remain); 'fsbackup key list' shows the keys",
+    "unlock": "the locks reported removed are gone, the others remain",
+}
+
 COMMANDS = {"init": cmd_init, "backup": cmd_backup, "forget": cmd_forget, "prune": cmd_prune,
             "check": cmd_check, "versions": cmd_versions, "ls": cmd_ls, "restore": cmd_restore,
             "repair": cmd_repair, "mount": cmd_mount, "umount": cmd_umount, "unlock": cmd_unlock, "key": cmd_key}
@@ -907,11 +967,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Output(args)
     try:
         return COMMANDS[args.command](args, out)
+    except errors.Interrupted as e:         # the command said what it leaves
+        print(f"{PROG}: interrupted: {e}", file=sys.stderr)
+        return e.exit_code
     except FsbackupError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the repository is unchanged since the last saved version", file=sys.stderr)
+        print(f"{PROG}: interrupted: {INTERRUPTED.get(args.command, UNCHANGED)}", file=sys.stderr)
         return errors.EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0

@@ -20,7 +20,7 @@ from . import errors
 from .backends import Backend, open_backend
 from .errors import FsbackupError, UsageError
 from .progress import Progress, human_bytes, human_duration
-from .repository import Repository, index_object
+from .repository import Repository, index_object, version_object
 
 PROG = "fsbackup"
 
@@ -588,22 +588,22 @@ def _short_ids(names: list[str], most: int = 8) -> str:
 
 
 def _forget_versions(repo: Repository, names: list[str]) -> None:
-    """Remove the versions `names`. Interrupted, it says which of them are gone, as the
-    repository's listing shows (the version being removed then may be gone or not)."""
+    """Remove the versions `names`. Interrupted, it says which of them are gone and which remain,
+    as the repository lists them then (the local index catches up at the next command)."""
     from .prune import forget_versions
     try:
         forget_versions(repo, names)
     except KeyboardInterrupt:
         try:
-            stored = {obj.split("/", 1)[1] for obj, _ in repo.backend.list("versions/")}
+            stored = {obj for obj, _ in repo.backend.list("versions/")}
         except FsbackupError:
             raise errors.Interrupted(INTERRUPTED["forget"]) from None
-        gone = [name for name in names if name not in stored]
-        left = [name for name in names if name in stored]
-        raise errors.Interrupted(f"forget removed {len(gone)} of {len(names)} versions"
-                                 + (f" ({_short_ids(gone)})" if gone else "")
-                                 + (f"; not removed: {_short_ids(left)}" if left else "")
-                                 + "; run forget again to finish") from None
+        gone = [name for name in names if version_object(name) not in stored]
+        left = [name for name in names if version_object(name) in stored]
+        said = f"forget removed {len(gone)} of {len(names)} versions" + (f" ({_short_ids(gone)})" if gone else "")
+        if left:
+            said += f"; not removed: {_short_ids(left)} (run forget again for them)"
+        raise errors.Interrupted(said) from None
 
 
 def _forget_by_policy(repo: Repository, policy, dry_run: bool, out: Output) -> dict:

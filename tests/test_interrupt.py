@@ -90,7 +90,7 @@ def test_interrupted_forget_says_which_versions_it_removed(env, tmp_path, four_v
     remaining = version_ids(env)
     [gone] = [v for v in four_versions if v not in remaining]
     assert_one_line_error(r, 130, "interrupted", f"forget removed 1 of 3 versions ({gone[:8]})", "not removed",
-                          *[v[:8] for v in remaining if v != kept], "run forget again")
+                          *[v[:8] for v in remaining if v != kept], "run forget again for them")
     env.ok("forget", "--keep-last", "1")
     assert version_ids(env) == [kept]
 

@@ -437,8 +437,8 @@ def repo_url(args) -> str:
 
 
 def _not_a_folder(path: str) -> str | None:
-    """What keeps `path` from being a folder: itself or the nearest existing folder above it, when
-    that is not a folder (a file); None when `path` is a folder or can be created as one."""
+    """What keeps `path` from being a folder: the path itself, or the nearest one above it that
+    exists, when that is not a folder (a file); None when `path` is a folder or can be made one."""
     path = os.path.abspath(path)
     while not os.path.lexists(path):
         path = os.path.dirname(path)
@@ -521,8 +521,9 @@ def cmd_backup(args, out: Output) -> int:
     except KeyboardInterrupt:
         if not saved:
             raise
-        raise errors.Interrupted(f"version {saved[0][:8]} is saved, but verifying it was cut short; "
-                                 "'fsbackup check --read-data' verifies it") from None
+        unverified = "" if args.no_verify else \
+            ", but verifying it was cut short; 'fsbackup check --read-data' verifies it"
+        raise errors.Interrupted(f"version {saved[0][:8]} is saved{unverified}") from None
     s = job.stats
     summary = {"version": name, "dry_run": args.dry_run, "files_new": s.files_new, "files_changed": s.files_changed,
                "files_unchanged": s.files_unchanged, "dirs": s.dirs, "others": s.others,

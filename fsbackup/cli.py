@@ -10,16 +10,18 @@ import datetime
 import getpass
 import json
 import logging
+import math
 import os
 import stat
 import subprocess
 import sys
+from typing import Callable
 
 from . import errors
 from .backends import Backend, open_backend
 from .errors import FsbackupError, UsageError
 from .progress import Progress, human_bytes, human_duration
-from .repository import Repository, index_object
+from .repository import Repository, index_object, version_object
 
 PROG = "fsbackup"
 
@@ -52,25 +54,75 @@ exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be r
 """
 
 
-def parse_size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = t[-1] if t and t[-1] in units else ""
-    try:
-        value = float(t[:-1] if unit else t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size (e.g. 32M, 1G)") from None
-    return int(value * units[unit])
+# ---- argument types: each refuses a bad value with one line saying what it accepts -----------
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
-def positive_int(text: str) -> int:
+def _size_text(n: int) -> str:
+    """`n` bytes as a size argument is written: the largest unit that divides it (32K, 4G, 0)."""
+    unit = max((u for u, factor in SIZE_UNITS.items() if n % factor == 0), key=SIZE_UNITS.get) if n else ""
+    return f"{n // SIZE_UNITS[unit]}{unit}"
+
+
+def size_type(what: str, minimum: int, maximum: int) -> Callable[[str], int]:
+    """The argument type of a size in bytes from `minimum` to `maximum`: a number (a fraction too)
+    with an optional unit K, M, G, T or P, powers of 1024 (1M = 1MB = 1MiB)."""
+    def parse(text: str) -> int:
+        t = text.strip().upper().removesuffix("IB").removesuffix("B")
+        unit = t[-1] if t and t[-1] in SIZE_UNITS else ""
+        try:
+            value = float(t[:-1] if unit else t) * SIZE_UNITS[unit]
+        except ValueError:
+            value = math.nan
+        if not minimum <= value <= maximum:     # also false for nan
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {what} from {_size_text(minimum)} "
+                                             f"to {_size_text(maximum)} (e.g. 32M, 1G)")
+        return int(value)
+    return parse
+
+
+# Volumes below the smallest block cut from a large file (256K) hold one block each; below 32K
+# the objects and tables cost more than the data. Above 4G the volumes a backup holds in memory
+# (about 2 x (uploads in flight + 1) of them) outgrow any machine's memory.
+volume_size_arg = size_type("volume size", 32 << 10, 4 << 30)
+# 0 turns the mount's block cache off; 1P is beyond any disk it could fill.
+cache_size_arg = size_type("cache size", 0, 1 << 50)
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """The argument type of a whole number of at least `minimum` (a count)."""
+    kind = "positive whole number" if minimum == 1 else "whole number"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {kind} ({minimum} or more)")
+        return value
+    return parse
+
+
+positive_int = whole_number(1)
+count_arg = whole_number(0)
+
+
+def percent_arg(text: str) -> float:
+    """The argument type of a percentage from 0 to 100, with or without '%'."""
     try:
-        value = int(text)
+        value = float(text.strip().removesuffix("%"))
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
+        value = math.nan
+    if not 0 <= value <= 100:                   # also false for nan
+        raise argparse.ArgumentTypeError(f"'{text}' is not a percentage from 0 to 100")
     return value
+
+
+def parse_share(text: str) -> float:
+    """A percentage as a fraction from 0 to 1 (prune's --max-unused)."""
+    return percent_arg(text) / 100
 
 
 def compression_level(text: str) -> int:
@@ -103,8 +155,16 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         "gone from the repository (refused otherwise: check the repository's folders first)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line, like every other error (docs/exit-codes.md), naming the help to
+    read instead of printing the usage. Sub-command parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(errors.EXIT_USAGE, f"{PROG}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Deduplicated, compressed, encrypted backups of directories, browsable as a read-only filesystem.")
     _global_options(parser, suppress=False)
@@ -138,15 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-file-system", action="store_true", help="do not cross file system boundaries")
     p.add_argument("--tag", metavar="TAG", action="append", default=[], help="tag the version (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="scan and chunk, but store nothing")
-    p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
-                   help="close volumes at about this size (default 32M)")
+    p.add_argument("--volume-size", metavar="SIZE", type=volume_size_arg, default=None,
+                   help="close volumes at about this size, 32K to 4G (default 32M)")
     p.add_argument("--compression", metavar="LEVEL", type=compression_level, default=None,
                    help="zstd level for new blocks: 1 (fastest) to 19 (smallest), 0 for none (default 2)")
     v = p.add_argument_group("verify after backup (docs/maintenance.md)")
-    v.add_argument("--verify-samples", metavar="N", type=int, default=1,
-                   help="download and verify N volumes after the backup, its own first (default 1)")
-    v.add_argument("--verify-percent", metavar="P", type=float, default=0.0,
-                   help="verify at least P percent of all volumes instead")
+    v.add_argument("--verify-samples", metavar="N", type=count_arg, default=1,
+                   help="download and verify N volumes after the backup, its own first (default 1; 0 for none)")
+    v.add_argument("--verify-percent", metavar="P", type=percent_arg, default=0.0,
+                   help="verify at least P percent (0 to 100) of all volumes instead")
     v.add_argument("--no-verify", action="store_true", help="skip the verification after the backup")
     _keep_options(p, "after a successful backup, forget the versions these rules do not keep "
                      "(docs/maintenance.md); nothing is forgotten without a keep option")
@@ -162,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("versions", nargs="*", metavar="VERSION", help="remove these versions (ids or id prefixes)")
     _keep_options(p, "keep rules")
     p.add_argument("--dry-run", action="store_true", help="show what would be removed and why the rest stays")
-    p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
-                   help="prune: size of the volumes repacking writes (default 32M)")
+    p.add_argument("--volume-size", metavar="SIZE", type=volume_size_arg, default=None,
+                   help="prune: size of the volumes repacking writes, 32K to 4G (default 32M)")
     _no_lock_option(p)
 
     p = command("prune", "reclaim the space of data no version uses",
@@ -172,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "deleted. Safe to interrupt at any point; run it again to finish.")
     p.add_argument("--max-unused", metavar="PERCENT", type=parse_share, default=None,
                    help="repack volumes with more than this share unused (default 25%%)")
-    p.add_argument("--volume-size", metavar="SIZE", type=parse_size, default=None,
-                   help="size of the volumes repacking writes (default 32M)")
+    p.add_argument("--volume-size", metavar="SIZE", type=volume_size_arg, default=None,
+                   help="size of the volumes repacking writes, 32K to 4G (default 32M)")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted and repacked")
     _no_lock_option(p)
 
@@ -207,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "/etc/fuse.conf when not root)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where fetched blocks are cached, encrypted (default: next to the local index)")
-    p.add_argument("--cache-size", metavar="SIZE", type=parse_size, default=None,
-                   help="bound of the block cache on disk (default: 1G for remote storage, 0 for a local "
+    p.add_argument("--cache-size", metavar="SIZE", type=cache_size_arg, default=None,
+                   help="bound of the block cache on disk, up to 1P (default: 1G for remote storage, 0 for a local "
                         "directory, which is its own cache)")
 
     p = command("umount", "unmount a mounted repository", "Unmount MOUNTPOINT (same as fusermount3 -u).")
@@ -283,16 +343,6 @@ def _no_lock_option(p: argparse.ArgumentParser) -> None:
                         "fsbackup process uses the repository (a live lock still stops it; docs/maintenance.md)")
 
 
-def parse_share(text: str) -> float:
-    try:
-        value = float(text.strip().removesuffix("%"))
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a percentage between 0% and 100%")
-    return value / 100
-
-
 def subset_arg(text: str) -> str:
     from .check import parse_subset
     try:
@@ -338,33 +388,42 @@ class Output:
         sys.stdout.write("\n")
 
 
-def get_passphrase(args, confirm: bool = False) -> bytes:
+def _not_empty(passphrase: bytes) -> bytes:
+    """A new passphrase, refused when empty: an empty one protects nothing."""
+    if not passphrase:
+        raise UsageError("an empty passphrase is not allowed; choose one that protects the repository")
+    return passphrase
+
+
+def get_passphrase(args, new: bool = False) -> bytes:
+    """The passphrase from --password-file, FSBACKUP_PASSWORD, FSBACKUP_PASSWORD_COMMAND or the
+    terminal (asked twice when `new`). A `new` one (init) must not be empty; opening a repository
+    with an empty one is only a wrong passphrase."""
     if args.password_file:
         try:
             with open(args.password_file, "rb") as f:
-                return f.read().rstrip(b"\r\n")
+                passphrase = f.read().rstrip(b"\r\n")
         except OSError as e:
             raise UsageError(f"cannot read password file {args.password_file}: {e.strerror}") from None
-    if "FSBACKUP_PASSWORD" in os.environ:
-        return os.fsencode(os.environ["FSBACKUP_PASSWORD"])
-    if os.environ.get("FSBACKUP_PASSWORD_COMMAND"):
+    elif "FSBACKUP_PASSWORD" in os.environ:
+        passphrase = os.fsencode(os.environ["FSBACKUP_PASSWORD"])
+    elif os.environ.get("FSBACKUP_PASSWORD_COMMAND"):
         cmd = os.environ["FSBACKUP_PASSWORD_COMMAND"]
         res = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE)
         if res.returncode != 0:
             raise UsageError(f"FSBACKUP_PASSWORD_COMMAND failed with exit code {res.returncode}")
-        return res.stdout.rstrip(b"\r\n")
-    if not sys.stdin.isatty():
+        passphrase = res.stdout.rstrip(b"\r\n")
+    elif not sys.stdin.isatty():
         raise UsageError("no passphrase: set FSBACKUP_PASSWORD or FSBACKUP_PASSWORD_COMMAND, or use --password-file")
-    first = getpass.getpass("new passphrase: " if confirm else "passphrase: ")
-    if confirm:
-        if getpass.getpass("repeat passphrase: ") != first:
+    else:
+        passphrase = os.fsencode(getpass.getpass("new passphrase: " if new else "passphrase: "))
+        if new and os.fsencode(getpass.getpass("repeat passphrase: ")) != passphrase:
             raise UsageError("the passphrases do not match")
-        if not first:
-            raise UsageError("an empty passphrase is not allowed")
-    return os.fsencode(first)
+    return _not_empty(passphrase) if new else passphrase
 
 
 def get_new_passphrase(args) -> bytes:
+    """The new passphrase of 'key passwd' and 'key add' (never empty)."""
     if getattr(args, "new_password_file", None):
         try:
             with open(args.new_password_file, "rb") as f:
@@ -379,9 +438,7 @@ def get_new_passphrase(args) -> bytes:
             raise UsageError("the passphrases do not match")
     else:
         raise UsageError("no new passphrase: set FSBACKUP_NEW_PASSWORD or use --new-password-file")
-    if not passphrase:
-        raise UsageError("an empty passphrase is not allowed")
-    return passphrase
+    return _not_empty(passphrase)
 
 
 def repo_url(args) -> str:
@@ -391,9 +448,23 @@ def repo_url(args) -> str:
     return url
 
 
+def _not_a_folder(path: str) -> str | None:
+    """What keeps `path` from being a folder: the path itself, or the nearest one above it that
+    exists, when that is not a folder (a file); None when `path` is a folder or can be made one."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return None if os.path.isdir(path) else path
+
+
 def open_storage(args) -> Backend:
     """The backend for --repo, with --connections applied when given."""
+    from .backends.local import LocalBackend
     backend = open_backend(repo_url(args))
+    if isinstance(backend.inner, LocalBackend):
+        blocker = _not_a_folder(backend.inner.root)
+        if blocker:
+            raise errors.RepositoryNotFound(f"{blocker} is a file, not a repository folder; check --repo")
     if args.connections:
         backend.connections = args.connections
     return backend
@@ -416,7 +487,7 @@ def fmt_time(ns: int) -> str:
 
 def cmd_init(args, out: Output) -> int:
     backend = open_storage(args)
-    repo = Repository.create(backend, get_passphrase(args, confirm=True), args.index)
+    repo = Repository.create(backend, get_passphrase(args, new=True), args.index)
     repo.index.set_meta("repository_id", repo.id)
     if out.json:
         out.emit_json({"repository": backend.url, "id": repo.id})
@@ -450,10 +521,22 @@ def cmd_backup(args, out: Output) -> int:
     repo = open_repo(args, out, sync_index=False)
     job = Backup(repo, options, out.progress(), warn=out.warn, note=out.note)
     verification = []     # verify after backup runs under the backup's lock; reported after its summary
-    if not args.no_verify:
-        job.after_commit = lambda name: verification.append(verify_backup(
-            repo, name, job.written, args.verify_samples, args.verify_percent, out.progress()))
-    name = job.run_locked(args.paths, out.progress())
+    saved = []            # the new version, once stored: an interruption then leaves it saved
+
+    def after_commit(name: str) -> None:
+        saved.append(name)
+        if not args.no_verify:
+            verification.append(verify_backup(repo, name, job.written, args.verify_samples, args.verify_percent,
+                                              out.progress()))
+    job.after_commit = after_commit
+    try:
+        name = job.run_locked(args.paths, out.progress())
+    except KeyboardInterrupt:
+        if not saved:
+            raise
+        unverified = "" if args.no_verify else \
+            ", but verifying it was cut short; 'fsbackup check --read-data' verifies it"
+        raise errors.Interrupted(f"version {saved[0][:8]} is saved{unverified}") from None
     s = job.stats
     summary = {"version": name, "dry_run": args.dry_run, "files_new": s.files_new, "files_changed": s.files_changed,
                "files_unchanged": s.files_unchanged, "dirs": s.dirs, "others": s.others,
@@ -478,11 +561,15 @@ def cmd_backup(args, out: Output) -> int:
         if not verified:                    # never thin out older versions while the new one is in doubt
             out.warn("retention skipped: the new version's data did not verify; no version was forgotten")
         else:
-            with maintenance_lock(repo, "backup"):
-                repo.ensure_index()
-                summary["forget"] = _forget_by_policy(repo, policy, False, Output.silent() if out.json else out)
-                if args.prune:
-                    summary["prune"] = _prune(repo, args, Output.silent() if out.json else out, dry_run=False)
+            try:
+                with maintenance_lock(repo, "backup"):
+                    repo.ensure_index()
+                    summary["forget"] = _forget_by_policy(repo, policy, False, Output.silent() if out.json else out)
+                    if args.prune:
+                        summary["prune"] = _prune(repo, args, Output.silent() if out.json else out, dry_run=False)
+            except (KeyboardInterrupt, errors.Interrupted) as e:
+                left = str(e) or INTERRUPTED["prune" if "forget" in summary else "forget"]
+                raise errors.Interrupted(f"version {name[:8]} is saved; {left}") from None
     if out.json:
         out.emit_json(summary)
     repo.close()
@@ -510,8 +597,32 @@ def policy_from_args(args):
                   tags=tuple(args.keep_tag), frames=frames, frames_text=frames_text)
 
 
+def _short_ids(names: list[str], most: int = 8) -> str:
+    shown = ", ".join(name[:8] for name in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _forget_versions(repo: Repository, names: list[str]) -> None:
+    """Remove the versions `names`. Interrupted, it says which of them are gone and which remain,
+    as the repository lists them then (the local index catches up at the next command)."""
+    from .prune import forget_versions
+    try:
+        forget_versions(repo, names)
+    except KeyboardInterrupt:
+        try:
+            stored = {obj for obj, _ in repo.backend.list("versions/")}
+        except FsbackupError:
+            raise errors.Interrupted(INTERRUPTED["forget"]) from None
+        gone = [name for name in names if version_object(name) not in stored]
+        left = [name for name in names if version_object(name) in stored]
+        said = f"forget removed {len(gone)} of {len(names)} versions" + (f" ({_short_ids(gone)})" if gone else "")
+        if left:
+            said += f"; not removed: {_short_ids(left)} (run forget again for them)"
+        raise errors.Interrupted(said) from None
+
+
 def _forget_by_policy(repo: Repository, policy, dry_run: bool, out: Output) -> dict:
-    from .prune import forget_versions, plan_forget
+    from .prune import plan_forget
     from .tree import list_versions
     groups = plan_forget(list_versions(repo.index), policy)
     removed = [v.id for g in groups for v in g.decision.remove]
@@ -523,20 +634,19 @@ def _forget_by_policy(repo: Repository, policy, dry_run: bool, out: Output) -> d
         for v in g.decision.remove:
             out.info(f"  remove  {v.id[:8]}  {fmt_time(v.time_ns)}")
     if not dry_run:
-        forget_versions(repo, removed)
+        _forget_versions(repo, removed)
     return {"dry_run": dry_run, "removed": removed,
             "groups": [{"host": g.host, "paths": g.paths, "remove": [v.id for v in g.decision.remove],
                         "keep": [{"id": v.id, "reasons": why} for v, why in g.decision.keep]} for g in groups]}
 
 
 def _forget_named(repo: Repository, specs: list[str], dry_run: bool, out: Output) -> dict:
-    from .prune import forget_versions
     from .tree import resolve_version
     names = list(dict.fromkeys(resolve_version(repo.index, spec).name for spec in specs))
     for name in names:
         out.info(f"{'would remove' if dry_run else 'removing'} {name[:8]}")
     if not dry_run:
-        forget_versions(repo, names)
+        _forget_versions(repo, names)
     return {"dry_run": dry_run, "removed": names}
 
 
@@ -693,6 +803,11 @@ def cmd_ls(args, out: Output) -> int:
 def cmd_restore(args, out: Output) -> int:
     from .restore import Restore
     from .tree import VersionTree, resolve_version
+    blocker = _not_a_folder(args.target)
+    if blocker:
+        why = "is not a directory" if blocker == os.path.abspath(args.target) else \
+            f"cannot be made: {blocker} is a file, not a directory"
+        raise UsageError(f"restore target {args.target} {why}; choose another --target")
     repo = open_repo(args, out)
     # One read transaction: a forget or backup running meanwhile cannot change the tree under it.
     with repo.index.snapshot():
@@ -820,6 +935,28 @@ def cmd_umount(args, out: Output) -> int:
     return umount(args.mountpoint)
 
 
+# What an interruption (Ctrl-C) leaves, by command (docs/exit-codes.md). Nothing is ever
+# half-written, but each command stops at a different point; a command that knows more at that
+# moment (which versions forget removed, whether backup saved its version) raises
+# errors.Interrupted saying it instead.
+UNCHANGED = "nothing in the repository was changed"
+INTERRUPTED = {
+    "init": "no repository is made before its config object is stored; if the folder holds only keys/, "
+            "empty it and run 'fsbackup init' again",
+    "backup": "the backup stopped before saving its version (had it been storing it just then, 'fsbackup "
+              "versions' lists it); earlier versions are intact, and the next backup reuses the data already "
+              "uploaded and cleans up the rest",
+    "forget": "the versions removed so far are gone, the others remain ('fsbackup versions' lists them); "
+              "run forget again to finish",
+    "prune": "no version lost data (prune can stop at any point); run 'fsbackup prune' again to finish",
+    "restore": "the files restored so far are complete, and the file being written was not left half-written; "
+               "run the restore again with --overwrite to finish",
+    "repair": "the repairs reported so far are done, and nothing else changed; run 'fsbackup repair' again",
+    "key": "the change was made or not ('key passwd' stores the new key before it deletes the old one, so both "
+           "may remain); 'fsbackup key list' shows the keys",
+    "unlock": "the locks reported removed are gone, the others remain",
+}
+
 COMMANDS = {"init": cmd_init, "backup": cmd_backup, "forget": cmd_forget, "prune": cmd_prune,
             "check": cmd_check, "versions": cmd_versions, "ls": cmd_ls, "restore": cmd_restore,
             "repair": cmd_repair, "mount": cmd_mount, "umount": cmd_umount, "unlock": cmd_unlock, "key": cmd_key}
@@ -843,18 +980,40 @@ def _log_warnings_to_stderr() -> None:
         logger.addHandler(handler)
 
 
+def _fill_closed_standard_fds() -> None:
+    """Open /dev/null in place of a closed stdin, stdout or stderr (e.g. `2>&-`). Otherwise Python
+    leaves sys.stderr None, which nothing expects, and the next file opened (the local index, a
+    restored file) takes the free descriptor: what is then written to stderr would land in it."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)   # the lowest free: fd itself
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _fill_closed_standard_fds()
     args = build_parser().parse_args(argv)
     out = Output(args)
     if args.command != "mount":
         _log_warnings_to_stderr()
     try:
         return COMMANDS[args.command](args, out)
+    except errors.Interrupted as e:         # the command said what it leaves
+        print(f"{PROG}: interrupted: {e}", file=sys.stderr)
+        return e.exit_code
     except FsbackupError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the repository is unchanged since the last saved version", file=sys.stderr)
+        print(f"{PROG}: interrupted: {INTERRUPTED.get(args.command, UNCHANGED)}", file=sys.stderr)
         return errors.EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0

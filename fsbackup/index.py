@@ -134,9 +134,31 @@ def _fill_stored(db) -> None:
 MIGRATIONS = [(SCHEMA_V1, None), (SCHEMA_V2, None), (SCHEMA_V3, _fill_stored)]
 
 
+# I/O errors SQLite reports for a failed write, where the cause may be a full disk: a write to
+# the shared-memory file fails as SHMSIZE (not SQLITE_FULL), and fsync or truncation as theirs.
+_WRITE_ERRORS = {apsw.mapping_extended_result_codes[name] for name in (
+    "SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_DIR_FSYNC", "SQLITE_IOERR_TRUNCATE",
+    "SQLITE_IOERR_SHMSIZE", "SQLITE_IOERR_SHMMAP")}
+_ALMOST_FULL = 1 << 20     # fewer free bytes than this, and a failed write is a full disk
+
+
+def _disk_full(path: str) -> bool:
+    """Whether the disk holding `path` is (almost) full, for this user: root may use the blocks
+    the file system reserves for it."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return free * st.f_frsize < _ALMOST_FULL
+
+
 def _map_errors(e: Exception, path: str) -> Exception:
-    if isinstance(e, apsw.FullError):
-        return NoSpace(f"no space left on the disk holding the local index {path}")
+    """The domain error for an SQLite error on the index at `path` (docs/exit-codes.md)."""
+    if isinstance(e, apsw.FullError) or (
+            isinstance(e, apsw.IOError) and getattr(e, "extendedresult", None) in _WRITE_ERRORS and _disk_full(path)):
+        return NoSpace(f"no space left on the disk holding the local index {path}; free space there, "
+                       "or put the index on another disk with --index")
     if isinstance(e, (apsw.CantOpenError, apsw.PermissionsError, apsw.ReadOnlyError)):
         return PermissionDenied(f"cannot open the local index {path}: {e}; check its permissions or use --index")
     return FsbackupError(f"local index {path}: {e}")
@@ -300,6 +322,8 @@ class Index:
             (now,) = self.db.execute(f"PRAGMA journal_mode={mode}").fetchone()
         except apsw.BusyError:
             return False
+        except apsw.Error as e:
+            raise _map_errors(e, self.path) from None
         finally:
             self.db.set_busy_timeout(60_000)
         return now.lower() == mode.lower()

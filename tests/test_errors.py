@@ -125,11 +125,93 @@ def test_disk_full_while_restoring(env, tmp_path, small_disk):
 
 
 def test_disk_full_while_writing_the_index(env, tmp_path, small_disk):
+    """Whichever write meets the full disk (a page of the index, its WAL, the shared-memory file
+    SQLite reports as a "disk I/O error", or a journal mode switch), the error is "no space"."""
     src = tmp_path / "src"
     for i in range(3000):
         write(src / f"dir{i % 50}" / f"file-with-a-long-name-{i:06d}", b"x")
+    for free_kib in (8, 16, 32, 64, 128, 256, 512, 1024):
+        for leftover in small_disk.iterdir():
+            leftover.unlink()
+        with open(small_disk / "filler", "wb") as f:
+            f.write(b"\0" * ((2 << 20) - free_kib * 1024))
+        r = env.run("backup", src, "--index", small_disk / "index.sqlite")
+        assert_one_line_error(r, 15, "no space", "--index")
 
-    with open(small_disk / "filler", "wb") as f:
-        f.write(b"\0" * ((2 << 20) - 256 * 1024))
-    r = env.run("backup", src, "--index", small_disk / "index.sqlite")
-    assert_one_line_error(r, 15, "no space")
+
+
+def run_redirected(env, redirections: str, *args: str, without: tuple[str, ...] = (), **extra_env):
+    """Run the CLI as a process through a shell that applies `redirections` (e.g. '2>&-': stderr
+    closed, which subprocess's DEVNULL is not), with the variables named in `without` unset."""
+    import sys
+    from conftest import Result
+    environ = {k: v for k, v in env.environ(**extra_env).items() if k not in without}
+    p = subprocess.run(["sh", "-c", f'exec "$@" {redirections}', "sh", sys.executable, "-m", "fsbackup",
+                        *map(str, args)], env=environ, capture_output=True, text=True)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+def test_closed_stderr_stdin_and_stdout_are_not_errors(env, tmp_path):
+    src = tmp_path / "src"
+    write(src / "a", b"a")
+    r = run_redirected(env, "2>&-", "backup", src)
+    assert r.rc == 0 and "saved version" in r.out, r
+    r = run_redirected(env, "2>&-", "ls", "latest")
+    assert r.rc == 0 and str(src / "a") in r.out.splitlines(), r
+    r = run_redirected(env, "<&- >&-", "--json", "versions")
+    assert r.rc == 0 and not r.err, r
+    # errors keep their exit code; with stderr closed their line is lost, never written elsewhere
+    r = run_redirected(env, "2>&-", "ls", "latest", "/no/such/path")
+    assert r.rc == 13 and not r.out, r
+    r = run_redirected(env, "<&- 2>&-", "versions", "--repo", tmp_path / "nothing")
+    assert r.rc == 10 and not r.out, r
+
+
+def test_closed_stdin_without_a_passphrase_is_a_usage_error(env):
+    r = run_redirected(env, "<&-", "versions", without=("FSBACKUP_PASSWORD",))
+    assert_one_line_error(r, 2, "no passphrase", "FSBACKUP_PASSWORD")
+    r = run_redirected(env, "<&-", "key", "add", FSBACKUP_NEW_PASSWORD="x", without=("FSBACKUP_PASSWORD",))
+    assert_one_line_error(r, 2, "no passphrase")
+    r = run_redirected(env, "<&-", "key", "add")
+    assert_one_line_error(r, 2, "no new passphrase", "FSBACKUP_NEW_PASSWORD")
+
+
+def test_empty_new_passphrases_are_refused_everywhere(blank_env, tmp_path):
+    empty_file = write(tmp_path / "empty-passphrase", b"")
+    newline_file = write(tmp_path / "newline-passphrase", b"\n")
+    saved = blank_env.vars.pop("FSBACKUP_PASSWORD")
+    try:
+        for options, environ in (([], {"FSBACKUP_PASSWORD": ""}), (["--password-file", empty_file], {}),
+                                 (["--password-file", newline_file], {}), ([], {"FSBACKUP_PASSWORD_COMMAND": "true"})):
+            assert_one_line_error(blank_env.run(*options, "init", **environ), 2, "empty passphrase")
+            assert not blank_env.repo.exists(), (options, environ)
+    finally:
+        blank_env.vars["FSBACKUP_PASSWORD"] = saved
+    blank_env.ok("init")
+    for options, environ in (([], {"FSBACKUP_NEW_PASSWORD": ""}), (["--new-password-file", empty_file], {}),
+                             (["--new-password-file", newline_file], {})):
+        for action in ("add", "passwd"):
+            assert_one_line_error(blank_env.run("key", action, *options, **environ), 2, "empty passphrase")
+    assert len(blank_env.ok("key", "list").out.splitlines()) == 1
+    # opening a repository with an empty passphrase is simply a wrong passphrase
+    assert_one_line_error(blank_env.run("versions", FSBACKUP_PASSWORD=""), 11, "wrong passphrase")
+
+
+def test_repository_url_naming_a_file(blank_env, tmp_path):
+    f = write(tmp_path / "notes.txt", b"not a repository")
+    for repo in (f, f"file://{f}", f / "sub"):
+        for command in (["versions"], ["init"], ["backup", tmp_path], ["key", "list"], ["check"], ["unlock"]):
+            r = blank_env.run("--repo", repo, *command)
+            assert_one_line_error(r, 10, str(f), "is a file, not a repository folder")
+    assert f.read_bytes() == b"not a repository"
+
+
+def test_restore_target_below_a_file(env, tmp_path):
+    src = tmp_path / "src"
+    write(src / "a", b"a")
+    env.ok("backup", src)
+    f = write(tmp_path / "file", b"")
+    for target in (f / "sub", f / "sub" / "deeper"):
+        assert_one_line_error(env.run("restore", "latest", "--target", target), 2, str(target), str(f),
+                              "not a directory")
+    assert f.read_bytes() == b""

@@ -160,12 +160,11 @@ class Restore:
             dest = self.target + path if path != b"/" else self.target
             if self.overwrite:
                 continue
-            exists = dest.rpartition(b"/")[0] not in missing and os.path.lexists(dest)
-            if node.type == "d":
-                if not exists:
-                    missing.add(dest)
-            elif exists:
-                conflicts.append(dest)
+            st = None if dest.rpartition(b"/")[0] in missing else _lstat_or_none(dest)
+            if node.type == "d" and (st is None or not stat.S_ISDIR(st.st_mode)):
+                missing.add(dest)        # (not looked into through a symlink in its place)
+            if st is not None and (node.type != "d" or not stat.S_ISDIR(st.st_mode)):
+                conflicts.append(dest)   # a directory replaces a file or symlink only with --overwrite
         if conflicts:
             raise TargetConflict(f"{len(conflicts)} file(s) already exist in the target, e.g. "
                                  f"{os.fsdecode(conflicts[0])}; use --overwrite to replace them or pick an empty --target")
@@ -407,6 +406,14 @@ class Restore:
                     self.warn(f"cannot set extended attribute {os.fsdecode(name)} on {os.fsdecode(path)}: "
                               f"{e.strerror} (further xattr errors not shown)")
         os.utime(dest, ns=(node.atime_ns, node.mtime_ns), **nofollow)
+
+
+def _lstat_or_none(path: bytes) -> os.stat_result | None:
+    """What stands at `path`, or None where nothing can be found (as for os.path.lexists)."""
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int, path: bytes) -> None:

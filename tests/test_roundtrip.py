@@ -73,6 +73,30 @@ def test_restore_never_touches_existing_files_without_overwrite(env, tmp_path):
     assert existing.read_bytes() == b"original"
 
 
+@pytest.mark.parametrize("what", ["file", "symlink"])
+def test_restore_never_replaces_a_file_or_symlink_in_a_directorys_place_without_overwrite(env, tmp_path, what):
+    src = tmp_path / "src"
+    write(src / "sub" / "f.txt", b"in a directory")
+    env.ok("backup", src)
+    target = tmp_path / "out"
+    in_the_way = restored_root(target, src) / "sub"
+    write(tmp_path / "elsewhere" / "other.txt", b"precious")
+    if what == "file":
+        write(in_the_way, b"precious local file")
+    else:
+        in_the_way.parent.mkdir(parents=True)
+        os.symlink(tmp_path / "elsewhere", in_the_way)
+    r = env.run("restore", "latest", "--target", target)
+    assert r.rc == 4 and str(in_the_way) in r.err and "Traceback" not in r.err, r.err
+    if what == "file":
+        assert in_the_way.read_bytes() == b"precious local file"
+    else:
+        assert os.readlink(in_the_way) == str(tmp_path / "elsewhere")
+    env.ok("restore", "latest", "--target", target, "--overwrite")
+    assert (in_the_way / "f.txt").read_bytes() == b"in a directory" and not in_the_way.is_symlink()
+    assert os.listdir(tmp_path / "elsewhere") == ["other.txt"]     # the symlink was replaced, not followed
+
+
 def test_ls_lists_a_version_tree_and_long_format(env, tmp_path):
     src = make_full_tree(tmp_path / "src")
     env.ok("backup", src)

@@ -97,6 +97,32 @@ def test_restore_never_replaces_a_file_or_symlink_in_a_directorys_place_without_
     assert os.listdir(tmp_path / "elsewhere") == ["other.txt"]     # the symlink was replaced, not followed
 
 
+def test_overwrite_over_a_changed_tree_reproduces_the_version(env, tmp_path):
+    """Every entry type replaced by a rename or made anew over what stands in its place."""
+    src = make_full_tree(tmp_path / "src")
+    before = snapshot(src)
+    env.ok("backup", src)
+    target = tmp_path / "out"
+    env.ok("restore", "latest", "--target", target)
+    root = restored_root(target, src)
+    (root / "text.txt").write_bytes(b"edited")
+    (root / "random.bin").write_bytes(b"edited through both hard links")
+    os.unlink(root / "link-to-text")
+    (root / "link-to-text").mkdir()                     # a directory where a symlink was
+    write(root / "link-to-text" / "inside", b"x")
+    os.unlink(root / "empty")
+    os.symlink("text.txt", root / "empty")              # a symlink where a file was
+    import shutil
+    shutil.rmtree(root / "empty dir")
+    write(root / "empty dir", b"a file where a directory was")
+    env.ok("restore", "latest", "--target", target, "--overwrite")
+    after = snapshot(root)
+    assert after.keys() == before.keys()
+    for rel in before:
+        assert after[rel] == before[rel], rel
+    assert not [n for _, dirs, files in os.walk(target) for n in dirs + files if n.startswith(".fsbackup-restore-")]
+
+
 def test_ls_lists_a_version_tree_and_long_format(env, tmp_path):
     src = make_full_tree(tmp_path / "src")
     env.ok("backup", src)

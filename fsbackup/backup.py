@@ -475,11 +475,14 @@ class Backup:
                     self._walk(path, part, parent, prev_parent)
                 elif path not in known_dirs:
                     prev_node = self.prev.lookup(prev_parent, part) if self.prev and prev_parent else None
+                    # An ancestor holds the entries below it, so it is a directory in the version
+                    # whatever lstat says: a symlinked one is recorded with the metadata and xattrs
+                    # of the directory it resolves to (docs/format.md, "Ancestors").
                     try:
-                        st = os.lstat(path)
+                        st = os.stat(path)
                     except OSError as e:
                         raise PathNotFound(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
-                    item = _Item(self._entry(part, path, st, "d"), parent)
+                    item = _Item(self._entry(part, os.path.realpath(path), st, "d"), parent)
                     self._enqueue(item)
                     self.stats.dirs += 1
                     known_dirs[path] = (item, prev_node.id if prev_node and prev_node.type == "d" else None)

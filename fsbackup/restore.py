@@ -6,21 +6,29 @@ batches: their contents and block locations are looked up in a few queries, thei
 place in their volumes and fetched by worker threads as runs (one range read for many adjacent
 blocks), and the calling thread writes the files in that order while later runs arrive. Writing
 small files on one thread keeps the interpreter lock from bouncing between threads on every system
-call, which cost more than the overlap gained. The calling thread alone uses the local index. A file whose
-data cannot be authenticated, or whose content hash does not match, is removed and reported:
-wrong bytes are never left behind.
+call, which cost more than the overlap gained. The calling thread alone uses the local index.
+
+A file is written under a temporary name in its directory (`.fsbackup-restore-<random>`, mode 0600)
+and renamed to its own name only once its content is complete and matches the hash recorded at
+backup, its owner, mode, xattrs and times already set: a final name never holds a partial file or
+wrong metadata, and a file it replaces (--overwrite) stays whole until then. A file whose data
+cannot be authenticated, or whose content hash does not match, is reported and its temporary
+removed, as on any error or interruption: wrong bytes are never left behind. Only a killed
+process leaves its temporary; the next restore into that directory removes it.
 """
 from __future__ import annotations
 
 import errno
 import os
+import re
+import secrets
 import shutil
 import stat
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TypeVar
 
 from . import format as fmt
 from .backup import HOLE_MARK
@@ -31,6 +39,8 @@ from .progress import Progress
 from .repository import Repository, block_runs
 from .tree import Node, VersionTree
 
+T = TypeVar("T")
+
 FETCH_WINDOW = 16          # blocks fetched ahead of the writer
 CACHE_BYTES = 64 << 20     # recently used blocks: a block shared by many files is fetched once
 SMALL_FILE = 1 << 20       # files up to this size are restored in batches
@@ -39,6 +49,8 @@ SMALL_BATCH_BYTES = 16 << 20   # ... and bytes of them fetched ahead of the writ
 RUN_BYTES = 4 << 20        # a range read covers adjacent blocks up to this many bytes ...
 RUN_GAP = 64 << 10         # ... reading over gaps this small, cheaper than another request
 RESTORE_THREADS = 4
+TEMP_PREFIX = b".fsbackup-restore-"     # + 16 hex digits: a file being written
+TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + rb"[0-9a-f]{16}")
 
 
 @dataclass
@@ -53,11 +65,22 @@ class RestoreStats:
 
 
 class _FileJob:
-    __slots__ = ("path", "node", "fd", "hasher", "expected_hash", "error")
+    """A large file being written: under `temp` (None once renamed or removed), to become `path`."""
+    __slots__ = ("path", "temp", "node", "fd", "hasher", "expected_hash", "error")
 
-    def __init__(self, path: bytes, node: Node, fd: int, hasher, expected_hash: bytes):
-        self.path, self.node, self.fd, self.hasher, self.expected_hash = path, node, fd, hasher, expected_hash
+    def __init__(self, path: bytes, temp: bytes, node: Node, fd: int, hasher, expected_hash: bytes):
+        self.path, self.temp, self.node, self.fd = path, temp, node, fd
+        self.hasher, self.expected_hash = hasher, expected_hash
         self.error: str | None = None
+
+    def discard(self) -> None:
+        """Close and remove the temporary file, if still there (never raises: used on the way out)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.temp is not None:
+            _remove_quietly(self.temp)
+            self.temp = None
 
 
 def _is_root() -> bool:
@@ -75,8 +98,9 @@ class Restore:
         self.warn_cb = warn or (lambda m: None)
         self.stats = RestoreStats()
         self.cache = BlockCache(CACHE_BYTES)
-        self.links: dict[tuple[int, int], bytes] = {}
+        self.links: dict[tuple[int, int], bytes] = {}   # (dev, ino) -> the path restored first for it
         self.queue: deque = deque()
+        self.open_jobs: set[_FileJob] = set()     # large files being written, removed if the restore stops
         self.small_batch: list[tuple[bytes, Node]] = []
         self.small_batch_bytes = 0
         self.small_ready: deque[list] = deque()   # batches looked up and being fetched, oldest first
@@ -113,9 +137,8 @@ class Restore:
             self._flush_small()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
-            for item in self.queue:
-                if item[0] == "end" and item[1].fd >= 0:
-                    os.close(item[1].fd)
+            for job in self.open_jobs:     # stopped by an error or Ctrl-C: no partial file stays
+                job.discard()
         for dest, node in reversed(dirs):   # children first: setting a dir's mtime last keeps it
             self._set_metadata(dest, node, is_link=False)
         self.progress.finish()
@@ -160,12 +183,11 @@ class Restore:
             dest = self.target + path if path != b"/" else self.target
             if self.overwrite:
                 continue
-            exists = dest.rpartition(b"/")[0] not in missing and os.path.lexists(dest)
-            if node.type == "d":
-                if not exists:
-                    missing.add(dest)
-            elif exists:
-                conflicts.append(dest)
+            st = None if dest.rpartition(b"/")[0] in missing else _lstat_or_none(dest)
+            if node.type == "d" and (st is None or not stat.S_ISDIR(st.st_mode)):
+                missing.add(dest)        # (not looked into through a symlink in its place)
+            if st is not None and (node.type != "d" or not stat.S_ISDIR(st.st_mode)):
+                conflicts.append(dest)   # a directory replaces a file or symlink only with --overwrite
         if conflicts:
             raise TargetConflict(f"{len(conflicts)} file(s) already exist in the target, e.g. "
                                  f"{os.fsdecode(conflicts[0])}; use --overwrite to replace them or pick an empty --target")
@@ -173,37 +195,56 @@ class Restore:
 
     # ---- writing ------------------------------------------------------------------------
 
-    def _make_room(self, dest: bytes, want_dir: bool) -> None:
-        if not os.path.lexists(dest):
+    def _make_room(self, dest: bytes, node_type: str) -> None:
+        """Clear what stands at `dest` (with --overwrite; else the conflict check found nothing) in
+        the way of an entry of `node_type`. A directory stays for a directory. A file, or a hard
+        link, replaces anything but a directory by a rename, atomically: what stands there stays
+        whole until then."""
+        try:
+            st = os.lstat(dest)
+        except FileNotFoundError:
             return
-        if want_dir and os.path.isdir(dest) and not os.path.islink(dest):
-            return
-        if os.path.isdir(dest) and not os.path.islink(dest):
-            shutil.rmtree(dest)
-        else:
+        if stat.S_ISDIR(st.st_mode):
+            if node_type != "d":
+                shutil.rmtree(dest)
+        elif node_type != "f":
             os.unlink(dest)
+
+    def _remove_stale_temporaries(self, directory: bytes) -> None:
+        """Remove the temporary files a killed restore left in `directory`, one that existed before.
+        Only a tidy-up: a directory that cannot be listed is left as it is."""
+        try:
+            with os.scandir(directory) as entries:
+                stale = [e.path for e in entries if TEMP_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+        except OSError:
+            return
+        for path in stale:
+            _remove_quietly(path)
 
     def _restore_node(self, dest: bytes, node: Node, dirs: list) -> None:
         in_fresh_dir = dest.rpartition(b"/")[0] in self.fresh_dirs
         if not in_fresh_dir:
-            self._make_room(dest, node.type == "d")
+            self._make_room(dest, node.type)
         if node.type == "d":
             if in_fresh_dir or not os.path.lexists(dest):
                 os.makedirs(dest, mode=0o700, exist_ok=True)
                 self.fresh_dirs.add(dest)
+            else:
+                self._remove_stale_temporaries(dest)
             dirs.append((dest, node))
             self.stats.dirs += 1
             return
-        if node.nlink > 1 and node.type != "d":
-            first = self.links.get((node.dev, node.ino))
-            if first is not None:
-                self._drain(0)   # the first link's content must be complete first
+        if node.nlink > 1:
+            key = (node.dev, node.ino)
+            if key in self.links:
+                self._drain(0)   # the first link's content must be in place first
                 self._flush_small()
-                if os.path.lexists(first):
-                    os.link(first, dest, follow_symlinks=False)
+                first = self.links.get(key)    # dropped if its content could not be restored
+                if first is not None:
+                    self._link(first, dest)
                     self.stats.files += node.type == "f"
                     return
-            self.links[(node.dev, node.ino)] = dest
+            self.links[key] = dest
         if node.type == "f":
             self._restore_file(dest, node)
         elif node.type == "l":
@@ -232,10 +273,11 @@ class Restore:
                     self._write_small_batch(self.small_ready.popleft())
             return
         content = self.tree.content(node.content)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        temp, fd = _create_temporary(dest)
+        job = _FileJob(dest, temp, node, fd, self.repo.keys.content_hasher(), content.hash)
+        self.open_jobs.add(job)
         if content.extents and content.extents[-1][0] == fmt.HOLE_ID:
             os.ftruncate(fd, content.size)   # holes stay holes: we write only data extents
-        job = _FileJob(dest, node, fd, self.repo.keys.content_hasher(), content.hash)
         offset = 0
         for block_id, length in content.extents:
             if block_id == fmt.HOLE_ID:
@@ -321,32 +363,39 @@ class Restore:
             raise PathNotFound(f"content {node.content} is missing from the local index; run 'fsbackup repair'")
         hasher = self.repo.keys.content_hasher()
         written, error, offset = 0, None, 0
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        temp, fd = _create_temporary(dest)
         try:
-            if content.extents and content.extents[-1][0] == fmt.HOLE_ID:
-                os.ftruncate(fd, content.size)
-            for block_id, length in content.extents:
-                if block_id == fmt.HOLE_ID:
-                    hasher.update(HOLE_MARK + length.to_bytes(8, "little"))
-                else:
-                    try:
-                        data = self._block(block_id, sources)
-                    except (CorruptObject, NoSuchObject) as e:
-                        error = str(e)
-                        break
-                    _pwrite_all(fd, data, offset, dest)
-                    hasher.update(data)
-                    written += len(data)
-                offset += length
-            if error is None and hasher.digest() != content.hash:
-                error = "its content does not match the hash recorded at backup"
+            try:
+                if content.extents and content.extents[-1][0] == fmt.HOLE_ID:
+                    os.ftruncate(fd, content.size)
+                for block_id, length in content.extents:
+                    if block_id == fmt.HOLE_ID:
+                        hasher.update(HOLE_MARK + length.to_bytes(8, "little"))
+                    else:
+                        try:
+                            data = self._block(block_id, sources)
+                        except (CorruptObject, NoSuchObject) as e:
+                            error = str(e)
+                            break
+                        _pwrite_all(fd, data, offset, dest)
+                        hasher.update(data)
+                        written += len(data)
+                    offset += length
+                if error is None and hasher.digest() != content.hash:
+                    error = "its content does not match the hash recorded at backup"
+                if error is None:
+                    # Through the open descriptor: no path lookups, and the times are set after the last write.
+                    self._set_metadata(fd, node, is_link=False, path=dest)
+            finally:
+                os.close(fd)
             if error is None:
-                # Through the open descriptor: no path lookups, and the times are set after the last write.
-                self._set_metadata(fd, node, is_link=False, path=dest)
+                os.rename(temp, dest)
+                temp = None
         finally:
-            os.close(fd)
+            if temp is not None:
+                _remove_quietly(temp)
         if error is not None:
-            os.unlink(dest)
+            self._forget_link(node, dest)
         return written, error
 
     def _drain(self, keep: int) -> None:
@@ -374,18 +423,40 @@ class Restore:
                 self._finish_file(job)
 
     def _finish_file(self, job: _FileJob) -> None:
-        os.close(job.fd)
-        job.fd = -1
+        """Rename a complete, checked file into place, its metadata set first; or report it and
+        remove its temporary. Until it is done, the job stays open: if this raises, `run` removes it."""
         if job.error is None and job.hasher.digest() != job.expected_hash:
             job.error = "its content does not match the hash recorded at backup"
         if job.error is not None:
-            os.unlink(job.path)
+            job.discard()
+            self.open_jobs.discard(job)
+            self._forget_link(job.node, job.path)
             self.stats.damaged.append(os.fsdecode(job.path))
             self.warn(f"{os.fsdecode(job.path)} not restored: {job.error}")
             return
-        self._set_metadata(job.path, job.node, is_link=False)
+        self._set_metadata(job.fd, job.node, is_link=False, path=job.path)
+        os.close(job.fd)
+        job.fd = -1
+        os.rename(job.temp, job.path)
+        job.temp = None
+        self.open_jobs.discard(job)
         self.stats.files += 1
         self.progress.advance(files=1)
+
+    def _forget_link(self, node: Node, path: bytes) -> None:
+        """`path` was not restored: its other hard links must not link to it (nor, with
+        --overwrite, to the old file still there); the next one is restored on its own."""
+        if node.nlink > 1 and self.links.get((node.dev, node.ino)) == path:
+            del self.links[(node.dev, node.ino)]
+
+    def _link(self, first: bytes, dest: bytes) -> None:
+        """Make `dest` a hard link to `first`, replacing what stands there by a rename."""
+        temp, _ = _at_temporary_name(dest, lambda temp: os.link(first, temp, follow_symlinks=False))
+        try:
+            os.rename(temp, dest)
+        except BaseException:
+            _remove_quietly(temp)
+            raise
 
     def _set_metadata(self, dest: bytes | int, node: Node, is_link: bool, path: bytes | None = None) -> None:
         """`dest` is a path, or a descriptor open on the file at `path`."""
@@ -407,6 +478,40 @@ class Restore:
                     self.warn(f"cannot set extended attribute {os.fsdecode(name)} on {os.fsdecode(path)}: "
                               f"{e.strerror} (further xattr errors not shown)")
         os.utime(dest, ns=(node.atime_ns, node.mtime_ns), **nofollow)
+
+
+def _at_temporary_name(dest: bytes, create: Callable[[bytes], T]) -> tuple[bytes, T]:
+    """(a new temporary name in the directory of `dest`, what `create` returned making it); a name
+    `create` finds taken (FileExistsError) is replaced by another."""
+    directory = dest.rpartition(b"/")[0]
+    while True:
+        temp = directory + b"/" + TEMP_PREFIX + secrets.token_hex(8).encode()
+        try:
+            return temp, create(temp)
+        except FileExistsError:
+            continue
+
+
+def _create_temporary(dest: bytes) -> tuple[bytes, int]:
+    """A new empty file, mode 0600, under a temporary name next to `dest`: (its path, a descriptor
+    open for writing). O_EXCL and O_NOFOLLOW: never an existing file, nor through a symlink."""
+    return _at_temporary_name(dest, lambda temp: os.open(
+        temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+
+
+def _lstat_or_none(path: bytes) -> os.stat_result | None:
+    """What stands at `path`, or None where nothing can be found (as for os.path.lexists)."""
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _remove_quietly(path: bytes) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int, path: bytes) -> None:

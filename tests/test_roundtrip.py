@@ -73,6 +73,56 @@ def test_restore_never_touches_existing_files_without_overwrite(env, tmp_path):
     assert existing.read_bytes() == b"original"
 
 
+@pytest.mark.parametrize("what", ["file", "symlink"])
+def test_restore_never_replaces_a_file_or_symlink_in_a_directorys_place_without_overwrite(env, tmp_path, what):
+    src = tmp_path / "src"
+    write(src / "sub" / "f.txt", b"in a directory")
+    env.ok("backup", src)
+    target = tmp_path / "out"
+    in_the_way = restored_root(target, src) / "sub"
+    write(tmp_path / "elsewhere" / "other.txt", b"precious")
+    if what == "file":
+        write(in_the_way, b"precious local file")
+    else:
+        in_the_way.parent.mkdir(parents=True)
+        os.symlink(tmp_path / "elsewhere", in_the_way)
+    r = env.run("restore", "latest", "--target", target)
+    assert r.rc == 4 and str(in_the_way) in r.err and "Traceback" not in r.err, r.err
+    if what == "file":
+        assert in_the_way.read_bytes() == b"precious local file"
+    else:
+        assert os.readlink(in_the_way) == str(tmp_path / "elsewhere")
+    env.ok("restore", "latest", "--target", target, "--overwrite")
+    assert (in_the_way / "f.txt").read_bytes() == b"in a directory" and not in_the_way.is_symlink()
+    assert os.listdir(tmp_path / "elsewhere") == ["other.txt"]     # the symlink was replaced, not followed
+
+
+def test_overwrite_over_a_changed_tree_reproduces_the_version(env, tmp_path):
+    """Every entry type replaced by a rename or made anew over what stands in its place."""
+    src = make_full_tree(tmp_path / "src")
+    before = snapshot(src)
+    env.ok("backup", src)
+    target = tmp_path / "out"
+    env.ok("restore", "latest", "--target", target)
+    root = restored_root(target, src)
+    (root / "text.txt").write_bytes(b"edited")
+    (root / "random.bin").write_bytes(b"edited through both hard links")
+    os.unlink(root / "link-to-text")
+    (root / "link-to-text").mkdir()                     # a directory where a symlink was
+    write(root / "link-to-text" / "inside", b"x")
+    os.unlink(root / "empty")
+    os.symlink("text.txt", root / "empty")              # a symlink where a file was
+    import shutil
+    shutil.rmtree(root / "empty dir")
+    write(root / "empty dir", b"a file where a directory was")
+    env.ok("restore", "latest", "--target", target, "--overwrite")
+    after = snapshot(root)
+    assert after.keys() == before.keys()
+    for rel in before:
+        assert after[rel] == before[rel], rel
+    assert not [n for _, dirs, files in os.walk(target) for n in dirs + files if n.startswith(".fsbackup-restore-")]
+
+
 def test_ls_lists_a_version_tree_and_long_format(env, tmp_path):
     src = make_full_tree(tmp_path / "src")
     env.ok("backup", src)

@@ -799,7 +799,7 @@ def cmd_mount(args, out: Output) -> int:
 
 def cmd_umount(args, out: Output) -> int:
     from .mount import umount
-    return umount(args.mountpoint)
+    return umount(args.mountpoint, out)
 
 
 COMMANDS = {"init": cmd_init, "backup": cmd_backup, "forget": cmd_forget, "prune": cmd_prune,

@@ -223,7 +223,9 @@ def _invalidate_top() -> None:
 
 
 async def _stop_on_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Unmount cleanly on Ctrl-C, SIGTERM, and SIGHUP (the terminal the mount runs in was closed):
+    dying of a signal would leave a dead mount ("Transport endpoint is not connected")."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _ in signals:
             pyfuse3.terminate()
             return

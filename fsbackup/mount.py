@@ -1,6 +1,7 @@
 """`fsbackup mount` and `umount`: checks, daemonizing, and the FUSE session's life cycle."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -18,6 +19,29 @@ MOUNT_RETRY_SECONDS = 30.0
 
 class FuseUnavailable(FsbackupError):
     pass
+
+
+def is_dead_mount(path: str) -> bool:
+    """A FUSE mount whose process is gone (killed): every access fails with ENOTCONN."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def clean_dead_mount(path: str, out) -> bool:
+    """Lazily unmount a dead FUSE mount at `path`, with a note; says whether there was one."""
+    if not is_dead_mount(path):
+        return False
+    check_fuse()
+    p = subprocess.run(["fusermount3", "-uz", path], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise FsbackupError(f"{path} is a mount whose process is gone, and it cannot be unmounted: "
+                            f"{p.stderr.strip() or 'fusermount3 failed'}")
+    out.note(f"{path} was a mount whose process had died (killed, or its terminal closed); "
+             "cleaned it up with a lazy unmount")
+    return True
 
 
 def check_mountpoint(path: str) -> str:
@@ -49,6 +73,7 @@ def mount(args, out, open_repo) -> int:
     from .fuse import Operations, serve
     from .vfs import RepositoryView
 
+    clean_dead_mount(os.path.abspath(args.mountpoint), out)
     mountpoint = check_mountpoint(args.mountpoint)
     check_fuse()
     repo = open_repo(args, out)            # rebuilds the local index first when it is missing
@@ -127,8 +152,10 @@ def _daemonize(log_path: str) -> int:
     return write_end
 
 
-def umount(mountpoint: str) -> int:
+def umount(mountpoint: str, out) -> int:
     path = os.path.abspath(mountpoint)
+    if clean_dead_mount(path, out):
+        return 0
     if not os.path.ismount(path):
         raise UsageError(f"{path} is not mounted")
     p = subprocess.run(["fusermount3", "-u", path], capture_output=True, text=True)

@@ -81,6 +81,8 @@ def mount(args, out, open_repo) -> int:
     cache_dir = args.cache_dir or os.path.join(os.path.dirname(repo.index_path), "blocks")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="fsbackup mount: %(message)s")
+    # A retry is a warning line; during an outage every waiting read retries: only with -v.
+    logging.getLogger("fsbackup.backends").setLevel(logging.WARNING if args.verbose else logging.ERROR)
     ready_pipe = None
     if args.daemon:
         repo.close_index()                 # an SQLite connection must not cross a fork

@@ -18,13 +18,15 @@ import logging
 import os
 import stat
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, Hashable
 
 from . import format as fmt
 from .blockcache import BlockCache
 from .diskcache import DiskCache
-from .errors import BackendError, CorruptObject, NoSuchObject, PathNotFound
+from .errors import BackendError, CorruptObject, PathNotFound
 from .index import Index
 from .repository import Repository
 from .tree import ROOT_ID, Content, Node, VersionInfo, VersionTree, list_versions
@@ -82,6 +84,71 @@ class OpenFile:
         self.prefetched_to = 0        # extents below this index have been scheduled
 
 
+class ThrottledLog:
+    """Logs each kind of message (its `key`, e.g. the error's class and object) at most once per
+    `interval` seconds; the next line of that kind says how many were held back meanwhile. A
+    repository that fails every request must not write a line per request. Thread-safe."""
+
+    MAX_KEYS = 1000
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        # key -> [when last logged, lines held back since, level and text of the last one held back]
+        self._seen: dict[Hashable, list] = {}
+
+    def error(self, key: Hashable, message: str, exc_info: BaseException | None = None) -> None:
+        self.log(logging.ERROR, key, message, exc_info)
+
+    def warning(self, key: Hashable, message: str, exc_info: BaseException | None = None) -> None:
+        self.log(logging.WARNING, key, message, exc_info)
+
+    def log(self, level: int, key: Hashable, message: str, exc_info: BaseException | None = None) -> None:
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.interval:
+                seen[1] += 1
+                seen[2] = (level, message)
+                return
+            held_back = (seen[1], now - seen[0]) if seen else (0, 0.0)
+            if len(self._seen) >= self.MAX_KEYS:
+                self._forget_quiet_keys(now)
+            self._seen[key] = [now, 0, None]
+        self.logger.log(level, message + self._held_back_note(*held_back), exc_info=exc_info)
+
+    def flush(self) -> None:
+        """Log the last line held back of each kind (when the mount ends)."""
+        now = self.clock()
+        with self._lock:
+            pending = [(seen[1], now - seen[0], seen[2]) for seen in self._seen.values() if seen[1]]
+            self._seen.clear()
+        for count, span, (level, message) in pending:
+            self.logger.log(level, message + self._held_back_note(count - 1, span))
+
+    def _forget_quiet_keys(self, now: float) -> None:
+        """Drop kinds whose interval is over (their held-back count is lost: the map stays bounded)."""
+        for key in [k for k, seen in self._seen.items() if now - seen[0] >= self.interval]:
+            del self._seen[key]
+        if len(self._seen) >= self.MAX_KEYS:
+            self._seen.clear()
+
+    @staticmethod
+    def _held_back_note(count: int, span: float) -> str:
+        return f" (and {count} more like it in the last {span:.0f} s)" if count else ""
+
+
+def error_kind(e: BaseException) -> tuple:
+    """What makes two errors the same message for `ThrottledLog`: their class and text; for an
+    error the retry layer gave up on, those of the storage's own error (the count of attempts and
+    seconds it adds differs every time)."""
+    if isinstance(e, BackendError) and isinstance(e.__cause__, BackendError):
+        e = e.__cause__
+    return type(e), str(e)
+
+
 def version_dir_names(versions: list[VersionInfo]) -> dict[bytes, VersionInfo]:
     """Directory name of each version: its local time, with _2, _3... when two share a second."""
     names: dict[bytes, VersionInfo] = {}
@@ -96,10 +163,14 @@ def version_dir_names(versions: list[VersionInfo]) -> dict[bytes, VersionInfo]:
 
 
 class RepositoryView:
+    """The repository as a filesystem. `messages`: the mount's throttled log, shared with the FUSE
+    adapter."""
+
     def __init__(self, repo: Repository, cache_dir: str | None = None, cache_size: int = 1 << 30,
                  memory_cache: int = 64 << 20, fetch_threads: int = 16, max_prefetch: int = 16):
         self.repo = repo
         self.index_path = repo.index_path
+        self.messages = ThrottledLog(log)
         self._local = threading.local()
         self.memory = BlockCache(memory_cache)
         self.disk = DiskCache(cache_dir, cache_size) if cache_dir and cache_size > 0 else None
@@ -124,6 +195,7 @@ class RepositoryView:
 
     def close(self) -> None:
         self.fetcher.shutdown(wait=False, cancel_futures=True)
+        self.messages.flush()
 
     def refresh_versions(self) -> bool:
         """Re-read the version list from the local index; True when it changed."""
@@ -327,8 +399,9 @@ class RepositoryView:
         return b"".join(parts)
 
     def read(self, f: OpenFile, offset: int, size: int) -> bytes:
-        """Exactly the bytes [offset, offset+size) of the file (fewer at its end). Raises
-        CorruptObject/NoSuchObject/BackendError when a needed block cannot be had: never wrong bytes."""
+        """Exactly the bytes [offset, offset+size) of the file (fewer at its end). Raises the
+        FsbackupError (CorruptObject, NoSuchObject, BackendError, PermissionDenied...) of a needed
+        block that cannot be had: never wrong bytes. The caller reports it."""
         end = min(offset + size, f.size)
         if offset >= end:
             return b""
@@ -349,11 +422,7 @@ class RepositoryView:
             if block_id == fmt.HOLE_ID:
                 parts.append(bytes(hi - lo))
                 continue
-            try:
-                data = later[i].result() if i in later else self.memory.get(block_id, self._load_block)
-            except (CorruptObject, NoSuchObject, BackendError) as e:
-                log.error("cannot read %s: %s", self.path_of(f.ino), e)
-                raise
+            data = later[i].result() if i in later else self.memory.get(block_id, self._load_block)
             parts.append(data if (lo, hi) == (0, len(data)) else memoryview(data)[lo:hi])
         return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
 

@@ -28,7 +28,7 @@ from .vfs import (LATEST_INODE, LATEST_LINK, ROOT_INODE, VERSIONS_INODE, Attr, F
 WORKER_THREADS = 16
 TOP_TIMEOUT = 1.0            # the root and versions/ change when backups finish
 VERSION_TIMEOUT = 3600.0     # a version's content never changes
-REFRESH_SECONDS = 2.0
+REFRESH_SECONDS = 2.0        # the version list is re-read from the local index this often
 READDIR_PAGE = 32
 
 
@@ -221,7 +221,8 @@ async def serve(view: RepositoryView, on_ready=None) -> None:
 
 
 async def _refresh_versions(view: RepositoryView) -> None:
-    """New versions (from backups while mounted) appear within a few seconds."""
+    """Versions recorded in the local index (by a backup on this machine, or by the view's sync
+    with the repository) appear, and removed ones vanish, within a few seconds."""
     while True:
         await trio.sleep(REFRESH_SECONDS)
         try:
@@ -231,20 +232,23 @@ async def _refresh_versions(view: RepositoryView) -> None:
                                 exc_info=None if isinstance(e, FsbackupError) else e)
             continue
         if changed:
-            await trio.to_thread.run_sync(_invalidate_top)
+            await trio.to_thread.run_sync(_invalidate_top, changed)
 
 
-def _invalidate_top() -> None:
-    """Drop the kernel's cached root, versions/ and latest (may block: runs in a thread)."""
+def _invalidate_top(changed_names: set[bytes]) -> None:
+    """Drop the kernel's cached root, versions/, latest, and the entries of versions that came or
+    went (a vanished version's directory must not stay reachable from the kernel's cache; may
+    block: runs in a thread)."""
     for inode in (ROOT_INODE, VERSIONS_INODE, LATEST_INODE):
         try:
             pyfuse3.invalidate_inode(inode, attr_only=False)
         except OSError:
             pass
-    try:
-        pyfuse3.invalidate_entry(ROOT_INODE, LATEST_LINK)
-    except OSError:
-        pass
+    for parent, name in [(ROOT_INODE, LATEST_LINK), *((VERSIONS_INODE, n) for n in changed_names)]:
+        try:
+            pyfuse3.invalidate_entry(parent, name)
+        except OSError:
+            pass
 
 
 async def _stop_on_signals() -> None:

@@ -15,6 +15,13 @@ DEFAULT_REMOTE_CACHE = 1 << 30
 # How long a read waits out a storage outage before it fails with EIO: a file manager or a copy
 # must get an answer, not hang for the minutes a backup would wait.
 MOUNT_RETRY_SECONDS = 30.0
+# How often the local index is brought in step with the repository (versions and volumes other
+# machines stored or removed; a read whose volume is gone syncs at once). Each sync lists
+# versions/ and index/: on B2 two list calls, billed per 1,000 names, so once a minute; a local
+# directory (or a NAS) lists cheaply.
+SYNC_SECONDS_LOCAL = 30.0
+SYNC_SECONDS_REMOTE = 60.0
+SYNC_SECONDS_VARIABLE = "FSBACKUP_MOUNT_SYNC_SECONDS"   # overrides both; for the test suite, not users
 
 
 class FuseUnavailable(FsbackupError):
@@ -88,11 +95,12 @@ def mount(args, out, open_repo) -> int:
         repo.close_index()                 # an SQLite connection must not cross a fork
         log_path = os.path.join(os.path.dirname(repo.index_path), "mount.log")
         ready_pipe = _daemonize(log_path)  # returns only in the child
+    from .backends.local import LocalBackend
+    local = isinstance(repo.backend.inner, LocalBackend)
     cache_size = args.cache_size
     if cache_size is None:   # a local directory is its own cache: copying it to a cache only costs disk
-        from .backends.local import LocalBackend
-        cache_size = 0 if isinstance(repo.backend.inner, LocalBackend) else DEFAULT_REMOTE_CACHE
-    view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size)
+        cache_size = 0 if local else DEFAULT_REMOTE_CACHE
+    view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size, sync_seconds=_sync_seconds(local))
     options = set(MOUNT_OPTIONS)
     if args.allow_other:
         options.add("allow_other")
@@ -124,6 +132,13 @@ def mount(args, out, open_repo) -> int:
         view.close()
         repo.close()
     return 0
+
+
+def _sync_seconds(local: bool) -> float:
+    value = os.environ.get(SYNC_SECONDS_VARIABLE)
+    if value:
+        return float(value)
+    return SYNC_SECONDS_LOCAL if local else SYNC_SECONDS_REMOTE
 
 
 def _daemonize(log_path: str) -> int:

@@ -1,22 +1,31 @@
-"""A real mount in trouble: its process is killed, the repository's data is unreadable to it. A
-killed mount is cleaned up; each failed request answers the right errno, and the log stays short."""
+"""A real mount while the world changes under it: another machine backs up, forgets and prunes
+(repacking moves blocks to new volumes), the storage fails, the mount's process is killed, the
+repository's data is unreadable to it. The mount follows the repository, answers each request
+with the right errno, logs a bounded number of lines, and a killed mount is cleaned up."""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import pseudo_random, write
+from conftest import TEST_PASSWORD, pseudo_random, write
 from test_mount import FSBACKUP, FUSE_MISSING, Mount, is_dead_mount
+from fsbackup.backends.faults import FaultyBackend
+from fsbackup.backends.local import LocalBackend
 from fsbackup.errors import (AuthenticationFailed, BackendError, CorruptObject, FsbackupError, NoSpace, NoSuchObject,
                              PermissionDenied)
 from fsbackup.fuse import _errno_of
-from fsbackup.vfs import ThrottledLog
+from fsbackup.repository import Repository
+from fsbackup.vfs import IndexSync, ThrottledLog
 
 needs_fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {FUSE_MISSING}")
 
@@ -157,3 +166,153 @@ def test_errors_map_to_the_errno_a_reader_can_act_on():
     for error in (NoSpace("no space"), NoSuchObject("data/ab"), CorruptObject("data/ab"), BackendError("down"),
                   FsbackupError("other"), ValueError("a bug")):
         assert _errno_of(error) == errno.EIO
+
+
+# ---- another machine changes the repository: the mount follows it --------------------------------
+
+def version_count(mountpoint: Path) -> int:
+    return len(os.listdir(mountpoint / "versions"))
+
+
+# Runs `fsbackup.cli.main(argv[2:])` with every listing of the repository failing while the file
+# argv[1] exists: storage that is down for the mount's sync, but still serves reads.
+LISTINGS_FAIL_WHILE_FLAGGED = r"""
+import os, sys
+from fsbackup.backends import local
+from fsbackup.errors import BackendError
+
+flag, argv = sys.argv[1], sys.argv[2:]
+real_list = local.LocalBackend.list
+
+def failing_list(self, prefix=""):
+    if os.path.exists(flag):
+        raise BackendError(f"listing {prefix or '/'} failed: the storage is down")
+    return real_list(self, prefix)
+
+local.LocalBackend.list = failing_list
+from fsbackup.cli import main
+sys.exit(main(argv))
+"""
+
+
+@needs_fuse
+def test_reads_find_blocks_that_another_machines_prune_moved(env, tmp_path, mounts):
+    """Mounted with one local index; forget and prune through another move live blocks into new
+    volumes and delete the old one. Every file still reads exactly, at once, long before the
+    mount's periodic sync: a read whose volume is gone syncs the index and looks again."""
+    src = tmp_path / "src"
+    files = {f"a{i}": pseudo_random(120_000, i) for i in range(6)}      # one block each, one volume
+    files["big"] = pseudo_random(3 << 20, 99)                           # several blocks and volumes
+    for name, data in files.items():
+        write(src / name, data)
+    env.ok("backup", src, "--volume-size", "1M")
+    for i in range(3):                                                  # half of a0..a5's volume dies
+        (src / f"a{i}").unlink()
+        del files[f"a{i}"]
+        files[f"b{i}"] = pseudo_random(110_000, 10 + i)
+        write(src / f"b{i}", files[f"b{i}"])
+    time.sleep(1.1)                                                     # (version names: one per second)
+    env.ok("backup", src, "--volume-size", "1M")
+    other = ("--index", tmp_path / "other-index.sqlite")
+    env.ok(*other, "versions")                                          # the other machine's index
+
+    m = mounts(FSBACKUP_MOUNT_SYNC_SECONDS="3600")                      # no periodic sync in this test
+    assert version_count(m.mountpoint) == 2
+    inside = m.version_dir() / str(src).lstrip("/")
+    assert sorted(os.listdir(inside)) == sorted(files)
+
+    env.ok(*other, "forget", "--keep-last", "1")
+    doc = json.loads(env.ok(*other, "--json", "prune", "--max-unused", "0", "--volume-size", "1M").out)
+    assert doc["volumes_repacked"] >= 1 and doc["blocks_moved"] >= 3, doc
+
+    started = time.monotonic()
+    for name, data in sorted(files.items()):
+        assert (inside / name).read_bytes() == data, name
+    assert time.monotonic() - started < 30
+    wait_for(lambda: version_count(m.mountpoint) == 1, "the forgotten version left versions/")
+    assert "cannot read" not in m.output()
+
+
+@needs_fuse
+def test_versions_another_machine_makes_and_forgets_appear_and_vanish(env, tmp_path, mounts):
+    src = tmp_path / "src"
+    write(src / "a", b"first")
+    env.ok("backup", src)
+    other = ("--index", tmp_path / "other-index.sqlite")
+    m = mounts(FSBACKUP_MOUNT_SYNC_SECONDS="1")
+    assert version_count(m.mountpoint) == 1
+    time.sleep(1.1)
+    write(src / "a", b"second")
+    env.ok(*other, "backup", src)
+    wait_for(lambda: version_count(m.mountpoint) == 2, "the other index's new version appeared")
+    wait_for(lambda: (m.version_dir() / str(src / "a").lstrip("/")).read_bytes() == b"second",
+             "latest moved to the new version")
+    env.ok(*other, "forget", "--keep-last", "1")
+    wait_for(lambda: version_count(m.mountpoint) == 1, "the forgotten version left versions/")
+    assert (m.version_dir() / str(src / "a").lstrip("/")).read_bytes() == b"second"
+
+
+@needs_fuse
+def test_a_failing_sync_is_logged_once_and_the_mount_keeps_serving(env, tmp_path, mounts):
+    src = tmp_path / "src"
+    write(src / "a", pseudo_random(500_000, 1))
+    env.ok("backup", src)
+    storage_down = tmp_path / "storage-down"
+    m = mounts(launcher=(sys.executable, "-c", LISTINGS_FAIL_WHILE_FLAGGED, str(storage_down)),
+               FSBACKUP_MOUNT_SYNC_SECONDS="0.2")
+    a = m.version_dir() / str(src / "a").lstrip("/")
+    storage_down.touch()
+    deadline = time.monotonic() + 4                                     # many syncs fail meanwhile
+    while time.monotonic() < deadline:
+        assert a.read_bytes() == pseudo_random(500_000, 1)
+        assert version_count(m.mountpoint) == 1
+        time.sleep(0.2)
+    log = m.output()
+    assert log.count("the storage is down") == 1, log
+    assert "Traceback" not in log
+    storage_down.unlink()
+    time.sleep(1.1)
+    write(src / "a", b"second")
+    env.ok("--index", tmp_path / "other-index.sqlite", "backup", src)
+    wait_for(lambda: version_count(m.mountpoint) == 2, "the sync worked again once the storage was back")
+
+
+# ---- the sync thread, driven directly ------------------------------------------------------------
+
+def test_readers_asking_for_a_sync_together_share_one_and_a_failed_sync_is_reported(env, tmp_path, monkeypatch,
+                                                                                    caplog):
+    write(tmp_path / "src" / "a", b"a")
+    env.ok("backup", tmp_path / "src")
+    storage = FaultyBackend(LocalBackend(str(env.repo)))
+    repo = Repository.open(storage, TEST_PASSWORD.encode(), str(tmp_path / "index.sqlite"))
+    repo.ensure_index()
+    syncs = []
+    real_ensure_index = Repository.ensure_index
+
+    def counted(self, progress=None):
+        syncs.append(threading.current_thread().name)
+        return real_ensure_index(self, progress)
+    monkeypatch.setattr(Repository, "ensure_index", counted)
+    sync = IndexSync(repo, ThrottledLog(logging.getLogger("fsbackup.mount")), period=None, min_gap=0.3)
+    try:
+        asked = time.monotonic()
+        answers = []
+        readers = [threading.Thread(target=lambda: answers.append(sync.wait_for_sync_after(asked)))
+                   for _ in range(8)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+        assert answers == [True] * 8 and syncs == ["fsbackup-sync"]    # one sync, in its own thread
+        assert sync.wait_for_sync_after(asked) and len(syncs) == 1     # it began after `asked`: no other
+
+        storage.go_down(permanent=True)
+        with caplog.at_level(logging.WARNING, logger="fsbackup.mount"):
+            assert not sync.wait_for_sync_after(time.monotonic())
+            assert not sync.wait_for_sync_after(time.monotonic())
+        lines = [r.getMessage() for r in caplog.records if r.name == "fsbackup.mount"]
+        assert len(lines) == 1 and lines[0].startswith("cannot bring the local index up to date"), lines
+        assert len(syncs) == 3
+    finally:
+        sync.close()
+        repo.close()

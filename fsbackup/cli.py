@@ -932,7 +932,7 @@ def cmd_mount(args, out: Output) -> int:
 
 def cmd_umount(args, out: Output) -> int:
     from .mount import umount
-    return umount(args.mountpoint)
+    return umount(args.mountpoint, out)
 
 
 # What an interruption (Ctrl-C) leaves, by command (docs/exit-codes.md). Nothing is ever

@@ -6,29 +6,29 @@ holds: a few indexed queries or a memory copy, microseconds) run right there; ev
 can take long (reads that need fetching, decryption and decompression, statfs) goes to a worker
 thread through `trio.to_thread.run_sync`,
 bounded by a CapacityLimiter, so one slow read never stalls a listing. Only FUSEError leaves a
-handler: anything else would end the mount.
+handler: anything else would end the mount. A failed request is mapped to its errno here, once
+(`_errno_of`), and logged as one line through the view's throttled log: a repository that fails
+every read writes a line per kind of failure per minute, not one per read; only a bug (an error
+that is no FsbackupError) logs its traceback.
 """
 from __future__ import annotations
 
 import errno
 import functools
-import logging
 import os
 import signal
 
 import pyfuse3
 import trio
 
-from .errors import BackendError, CorruptObject, NoSuchObject, PathNotFound
+from .errors import AuthenticationFailed, FsbackupError, PathNotFound, PermissionDenied
 from .vfs import (LATEST_INODE, LATEST_LINK, ROOT_INODE, VERSIONS_INODE, Attr, FsOpError, OpenFile,
-                  RepositoryView)
-
-log = logging.getLogger("fsbackup.mount")
+                  RepositoryView, error_kind)
 
 WORKER_THREADS = 16
 TOP_TIMEOUT = 1.0            # the root and versions/ change when backups finish
 VERSION_TIMEOUT = 3600.0     # a version's content never changes
-REFRESH_SECONDS = 2.0
+REFRESH_SECONDS = 2.0        # the version list is re-read from the local index this often
 READDIR_PAGE = 32
 
 
@@ -52,14 +52,20 @@ def _entry(attr: Attr) -> pyfuse3.EntryAttributes:
 
 
 def _errno_of(e: BaseException) -> int:
+    """The errno a request answers for `e`: the adapter's one mapping of domain errors."""
     if isinstance(e, FsOpError):
         return e.errno
     if isinstance(e, PathNotFound):
         return errno.ENOENT
-    if isinstance(e, (CorruptObject, NoSuchObject, BackendError)):
-        return errno.EIO
-    log.exception("unexpected error in a filesystem request")
+    if isinstance(e, (PermissionDenied, AuthenticationFailed)):
+        return errno.EACCES
+    # A corrupt or missing object, a storage failure, a full disk, any other error, and bugs.
     return errno.EIO
+
+
+def _is_answer(e: BaseException) -> bool:
+    """An ordinary answer to a request (ENOENT, ENOTDIR...), not a failure worth a log line."""
+    return isinstance(e, (FsOpError, PathNotFound))
 
 
 class Operations(pyfuse3.Operations):
@@ -74,24 +80,42 @@ class Operations(pyfuse3.Operations):
         self.open_files: dict[int, OpenFile] = {}
         self.next_fh = 1
 
-    async def _call(self, fn, *args):
-        """Run a view method in a worker thread; map every failure to a FUSEError."""
+    async def _call(self, fn, *args, what=None):
+        """Run a view method in a worker thread; map every failure to a FUSEError. `what` (a
+        function, called only on failure) names the request in the log line."""
         try:
             return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.limiter)
         except pyfuse3.FUSEError:
             raise
         except Exception as e:   # noqa: BLE001 - the mount must never die of one request
-            raise pyfuse3.FUSEError(_errno_of(e)) from None
+            raise self._failed(e, what() if what else f"answer {fn.__name__}") from None
 
-    @staticmethod
-    def _point(fn, *args):
+    def _point(self, fn, *args):
         """Run a view method that makes only a few primary-key lookups, here on the trio thread:
         tens of microseconds, where a hop to a worker thread costs ten times that (an `ls -l` of a
         big directory makes three such requests per entry)."""
         try:
             return fn(*args)
         except Exception as e:   # noqa: BLE001 - the mount must never die of one request
-            raise pyfuse3.FUSEError(_errno_of(e)) from None
+            raise self._failed(e, f"answer {fn.__name__}") from None
+
+    def _failed(self, e: Exception, what: str) -> pyfuse3.FUSEError:
+        """The FUSEError that answers a request that failed with `e`, logged unless it is an
+        ordinary answer: one line (throttled) for an FsbackupError, a traceback for a bug."""
+        if not _is_answer(e):
+            if isinstance(e, FsbackupError):
+                self.view.messages.error(error_kind(e), f"cannot {what}: {e}")
+            else:
+                self.view.messages.error(error_kind(e), f"unexpected error (please report it) while trying to "
+                                                        f"{what}: {type(e).__name__}: {e}", exc_info=e)
+        return pyfuse3.FUSEError(_errno_of(e))
+
+    def _path_of(self, ino: int) -> str:
+        """The path of `ino` for a log line, or its inode number when it cannot be had."""
+        try:
+            return self.view.path_of(ino)
+        except Exception:   # noqa: BLE001 - only a log line depends on it
+            return f"inode {ino}"
 
     # ---- reading the tree -------------------------------------------------------------------
 
@@ -168,7 +192,7 @@ class Operations(pyfuse3.Operations):
         data = self._point(self.view.read_if_cached, f, off, size)   # read-ahead hits: no thread hop
         if data is not None:
             return data
-        return await self._call(self.view.read, f, off, size)
+        return await self._call(self.view.read, f, off, size, what=lambda: f"read {self._path_of(f.ino)}")
 
     async def release(self, fh):
         self.open_files.pop(fh, None)
@@ -197,33 +221,40 @@ async def serve(view: RepositoryView, on_ready=None) -> None:
 
 
 async def _refresh_versions(view: RepositoryView) -> None:
-    """New versions (from backups while mounted) appear within a few seconds."""
+    """Versions recorded in the local index (by a backup on this machine, or by the view's sync
+    with the repository) appear, and removed ones vanish, within a few seconds."""
     while True:
         await trio.sleep(REFRESH_SECONDS)
         try:
             changed = await trio.to_thread.run_sync(view.refresh_versions)
-        except Exception:  # noqa: BLE001 - keep serving with the list we have
-            log.exception("cannot refresh the version list")
+        except Exception as e:  # noqa: BLE001 - keep serving with the list we have
+            view.messages.error(error_kind(e), f"cannot re-read the version list: {e}",
+                                exc_info=None if isinstance(e, FsbackupError) else e)
             continue
         if changed:
-            await trio.to_thread.run_sync(_invalidate_top)
+            await trio.to_thread.run_sync(_invalidate_top, changed)
 
 
-def _invalidate_top() -> None:
-    """Drop the kernel's cached root, versions/ and latest (may block: runs in a thread)."""
+def _invalidate_top(changed_names: set[bytes]) -> None:
+    """Drop the kernel's cached root, versions/, latest, and the entries of versions that came or
+    went (a vanished version's directory must not stay reachable from the kernel's cache; may
+    block: runs in a thread)."""
     for inode in (ROOT_INODE, VERSIONS_INODE, LATEST_INODE):
         try:
             pyfuse3.invalidate_inode(inode, attr_only=False)
         except OSError:
             pass
-    try:
-        pyfuse3.invalidate_entry(ROOT_INODE, LATEST_LINK)
-    except OSError:
-        pass
+    for parent, name in [(ROOT_INODE, LATEST_LINK), *((VERSIONS_INODE, n) for n in changed_names)]:
+        try:
+            pyfuse3.invalidate_entry(parent, name)
+        except OSError:
+            pass
 
 
 async def _stop_on_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Unmount cleanly on Ctrl-C, SIGTERM, and SIGHUP (the terminal the mount runs in was closed):
+    dying of a signal would leave a dead mount ("Transport endpoint is not connected")."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _ in signals:
             pyfuse3.terminate()
             return

@@ -1,6 +1,7 @@
 """`fsbackup mount` and `umount`: checks, daemonizing, and the FUSE session's life cycle."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -14,10 +15,40 @@ DEFAULT_REMOTE_CACHE = 1 << 30
 # How long a read waits out a storage outage before it fails with EIO: a file manager or a copy
 # must get an answer, not hang for the minutes a backup would wait.
 MOUNT_RETRY_SECONDS = 30.0
+# How often the local index is brought in step with the repository (versions and volumes other
+# machines stored or removed; a read whose volume is gone syncs at once). Each sync lists
+# versions/ and index/: on B2 two list calls, billed per 1,000 names, so once a minute; a local
+# directory (or a NAS) lists cheaply.
+SYNC_SECONDS_LOCAL = 30.0
+SYNC_SECONDS_REMOTE = 60.0
+SYNC_SECONDS_VARIABLE = "FSBACKUP_MOUNT_SYNC_SECONDS"   # overrides both; for the test suite, not users
 
 
 class FuseUnavailable(FsbackupError):
     pass
+
+
+def is_dead_mount(path: str) -> bool:
+    """A FUSE mount whose process is gone (killed): every access fails with ENOTCONN."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def clean_dead_mount(path: str, out) -> bool:
+    """Lazily unmount a dead FUSE mount at `path`, with a note; says whether there was one."""
+    if not is_dead_mount(path):
+        return False
+    check_fuse()
+    p = subprocess.run(["fusermount3", "-uz", path], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise FsbackupError(f"{path} is a mount whose process is gone, and it cannot be unmounted: "
+                            f"{p.stderr.strip() or 'fusermount3 failed'}")
+    out.note(f"{path} was a mount whose process had died (killed, or its terminal closed); "
+             "cleaned it up with a lazy unmount")
+    return True
 
 
 def check_mountpoint(path: str) -> str:
@@ -49,6 +80,7 @@ def mount(args, out, open_repo) -> int:
     from .fuse import Operations, serve
     from .vfs import RepositoryView
 
+    clean_dead_mount(os.path.abspath(args.mountpoint), out)
     mountpoint = check_mountpoint(args.mountpoint)
     check_fuse()
     repo = open_repo(args, out)            # rebuilds the local index first when it is missing
@@ -56,16 +88,19 @@ def mount(args, out, open_repo) -> int:
     cache_dir = args.cache_dir or os.path.join(os.path.dirname(repo.index_path), "blocks")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="fsbackup mount: %(message)s")
+    # A retry is a warning line; during an outage every waiting read retries: only with -v.
+    logging.getLogger("fsbackup.backends").setLevel(logging.WARNING if args.verbose else logging.ERROR)
     ready_pipe = None
     if args.daemon:
         repo.close_index()                 # an SQLite connection must not cross a fork
         log_path = os.path.join(os.path.dirname(repo.index_path), "mount.log")
         ready_pipe = _daemonize(log_path)  # returns only in the child
+    from .backends.local import LocalBackend
+    local = isinstance(repo.backend.inner, LocalBackend)
     cache_size = args.cache_size
     if cache_size is None:   # a local directory is its own cache: copying it to a cache only costs disk
-        from .backends.local import LocalBackend
-        cache_size = 0 if isinstance(repo.backend.inner, LocalBackend) else DEFAULT_REMOTE_CACHE
-    view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size)
+        cache_size = 0 if local else DEFAULT_REMOTE_CACHE
+    view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size, sync_seconds=_sync_seconds(local))
     options = set(MOUNT_OPTIONS)
     if args.allow_other:
         options.add("allow_other")
@@ -99,6 +134,13 @@ def mount(args, out, open_repo) -> int:
     return 0
 
 
+def _sync_seconds(local: bool) -> float:
+    value = os.environ.get(SYNC_SECONDS_VARIABLE)
+    if value:
+        return float(value)
+    return SYNC_SECONDS_LOCAL if local else SYNC_SECONDS_REMOTE
+
+
 def _daemonize(log_path: str) -> int:
     """Fork; the parent waits until the child's mount is ready (or failed) and exits with its status.
     The child's messages go to `log_path`."""
@@ -127,8 +169,10 @@ def _daemonize(log_path: str) -> int:
     return write_end
 
 
-def umount(mountpoint: str) -> int:
+def umount(mountpoint: str, out) -> int:
     path = os.path.abspath(mountpoint)
+    if clean_dead_mount(path, out):
+        return 0
     if not os.path.ismount(path):
         raise UsageError(f"{path} is not mounted")
     p = subprocess.run(["fusermount3", "-u", path], capture_output=True, text=True)

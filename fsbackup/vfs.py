@@ -7,7 +7,9 @@ Plain, synchronous and thread-safe: the FUSE adapter (fuse.py) calls it from wor
 only translates; tests drive it directly, without a kernel. getattr, lookup and readdir are
 answered from the local index alone; read() fetches only the blocks it needs, through a memory
 cache (decoded blocks) and a disk cache (encrypted blocks, authenticated again on every use),
-and prefetches ahead of sequential readers.
+and prefetches ahead of sequential readers. The local index follows the repository (`IndexSync`):
+versions and volumes other machines stored or removed are taken in periodically, and at once when
+a read finds its block's volume gone (another machine's prune moved the block).
 """
 from __future__ import annotations
 
@@ -15,16 +17,19 @@ import bisect
 import datetime
 import errno
 import logging
+import math
 import os
 import stat
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, Hashable
 
 from . import format as fmt
 from .blockcache import BlockCache
 from .diskcache import DiskCache
-from .errors import BackendError, CorruptObject, NoSuchObject, PathNotFound
+from .errors import BackendError, CorruptObject, FsbackupError, NoSuchObject, PathNotFound
 from .index import Index
 from .repository import Repository
 from .tree import ROOT_ID, Content, Node, VersionInfo, VersionTree, list_versions
@@ -39,6 +44,9 @@ NODE_MASK = (1 << NODE_BITS) - 1
 VERSIONS_DIR = b"versions"
 LATEST_LINK = b"latest"
 BLOCK_SIZE = 4096
+# Syncs of the local index begin at least this far apart, however many reads ask for one: a read
+# of data that is really lost must not cost a listing of the repository each time.
+SYNC_MIN_GAP = 2.0
 
 
 class FsOpError(Exception):
@@ -82,6 +90,164 @@ class OpenFile:
         self.prefetched_to = 0        # extents below this index have been scheduled
 
 
+class ThrottledLog:
+    """Logs each kind of message (its `key`, e.g. the error's class and object) at most once per
+    `interval` seconds; the next line of that kind says how many were held back meanwhile. A
+    repository that fails every request must not write a line per request. Thread-safe."""
+
+    MAX_KEYS = 1000
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        # key -> [when last logged, lines held back since, level and text of the last one held back]
+        self._seen: dict[Hashable, list] = {}
+
+    def error(self, key: Hashable, message: str, exc_info: BaseException | None = None) -> None:
+        self.log(logging.ERROR, key, message, exc_info)
+
+    def warning(self, key: Hashable, message: str, exc_info: BaseException | None = None) -> None:
+        self.log(logging.WARNING, key, message, exc_info)
+
+    def log(self, level: int, key: Hashable, message: str, exc_info: BaseException | None = None) -> None:
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.interval:
+                seen[1] += 1
+                seen[2] = (level, message)
+                return
+            held_back = (seen[1], now - seen[0]) if seen else (0, 0.0)
+            if len(self._seen) >= self.MAX_KEYS:
+                self._forget_quiet_keys(now)
+            self._seen[key] = [now, 0, None]
+        self.logger.log(level, message + self._held_back_note(*held_back), exc_info=exc_info)
+
+    def flush(self) -> None:
+        """Log the last line held back of each kind (when the mount ends)."""
+        now = self.clock()
+        with self._lock:
+            pending = [(seen[1], now - seen[0], seen[2]) for seen in self._seen.values() if seen[1]]
+            self._seen.clear()
+        for count, span, (level, message) in pending:
+            self.logger.log(level, message + self._held_back_note(count - 1, span))
+
+    def _forget_quiet_keys(self, now: float) -> None:
+        """Drop kinds whose interval is over (their held-back count is lost: the map stays bounded)."""
+        for key in [k for k, seen in self._seen.items() if now - seen[0] >= self.interval]:
+            del self._seen[key]
+        if len(self._seen) >= self.MAX_KEYS:
+            self._seen.clear()
+
+    @staticmethod
+    def _held_back_note(count: int, span: float) -> str:
+        return f" (and {count} more like it in the last {span:.0f} s)" if count else ""
+
+
+def error_kind(e: BaseException) -> tuple:
+    """What makes two errors the same message for `ThrottledLog`: their class and text; for an
+    error the retry layer gave up on, those of the storage's own error (the count of attempts and
+    seconds it adds differs every time)."""
+    if isinstance(e, BackendError) and isinstance(e.__cause__, BackendError):
+        e = e.__cause__
+    return type(e), str(e)
+
+
+class IndexSync:
+    """Brings the local index in step with the repository (`Repository.ensure_index`: versions
+    and volumes stored or removed by other machines) from a thread of its own, every `period`
+    seconds (None: only when asked) and when a reader asks (`wait_for_sync_after`). Syncs begin
+    at least `min_gap` seconds apart; requests made while one waits to begin share it.
+
+    The sync writes through its own `Repository` over the same backend, keys and index file, whose
+    SQLite connection is opened and closed in that thread (connections stay in their thread). A
+    failed sync is logged (throttled) and does not stop anything: the mount serves what the index
+    holds, and the next turn tries again."""
+
+    def __init__(self, repo: Repository, messages: ThrottledLog, period: float | None,
+                 min_gap: float = SYNC_MIN_GAP):
+        self._source = repo
+        self._messages = messages
+        self.period = period
+        self.min_gap = min_gap
+        self._lock = threading.Condition()
+        self._requested: Future | None = None          # the next sync, asked for and not begun yet
+        done: Future = Future()
+        done.set_result(None)
+        self._latest: tuple[float, Future] = (-math.inf, done)   # when the latest sync began; its outcome
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="fsbackup-sync", daemon=True)
+        self._thread.start()
+
+    def wait_for_sync_after(self, moment: float) -> bool:
+        """Wait for a sync that began at `moment` (a `time.monotonic()` reading) or later: the
+        latest one if it did, else the next. Says whether it succeeded."""
+        with self._lock:
+            began, outcome = self._latest
+            if began < moment:
+                if self._requested is None:
+                    if self._stopping:
+                        return False
+                    self._requested = Future()
+                    self._lock.notify()
+                outcome = self._requested
+        return outcome.exception() is None
+
+    def close(self, wait: float = 5.0) -> None:
+        """Stop the thread, waiting up to `wait` seconds for a sync under way (a daemon thread: a
+        sync stuck on the storage does not keep the process alive)."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        self._thread.join(wait)
+
+    def _next_due(self, last: float) -> float:
+        """When the next sync begins, `last` being when the latest began (inf: when asked)."""
+        due = math.inf
+        if self._requested is not None:
+            due = last + self.min_gap
+        if self.period is not None:
+            due = min(due, last + self.period)
+        return due
+
+    def _run(self) -> None:
+        repo = Repository(self._source.backend, self._source.config, self._source.keys, self._source.index_path)
+        last = time.monotonic()          # the index was brought up to date when the mount began
+        try:
+            while True:
+                with self._lock:
+                    while not self._stopping:
+                        wait = self._next_due(last) - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._lock.wait(None if wait == math.inf else wait)
+                    if self._stopping:
+                        if self._requested is not None:
+                            self._requested.set_exception(FsbackupError("the mount is stopping"))
+                        return
+                    outcome, self._requested = self._requested or Future(), None
+                    last = time.monotonic()
+                    self._latest = (last, outcome)
+                try:
+                    repo.ensure_index()
+                except Exception as e:  # noqa: BLE001 - logged; the mount serves what the index holds
+                    self._report(e)
+                    outcome.set_exception(e)
+                else:
+                    outcome.set_result(None)
+        finally:
+            repo.close_index()
+
+    def _report(self, e: Exception) -> None:
+        message = f"cannot bring the local index up to date with the repository: {e}; serving what it holds"
+        if isinstance(e, FsbackupError):
+            self._messages.warning(("sync", *error_kind(e)), message)
+        else:                                       # a bug: its traceback, still throttled
+            self._messages.error(("sync", *error_kind(e)), message, exc_info=e)
+
+
 def version_dir_names(versions: list[VersionInfo]) -> dict[bytes, VersionInfo]:
     """Directory name of each version: its local time, with _2, _3... when two share a second."""
     names: dict[bytes, VersionInfo] = {}
@@ -96,10 +262,17 @@ def version_dir_names(versions: list[VersionInfo]) -> dict[bytes, VersionInfo]:
 
 
 class RepositoryView:
+    """The repository as a filesystem. `sync_seconds`: how often the local index is brought in step
+    with the repository (None: only when a read finds its block's volume gone). `messages`: the
+    mount's throttled log, shared with the FUSE adapter."""
+
     def __init__(self, repo: Repository, cache_dir: str | None = None, cache_size: int = 1 << 30,
-                 memory_cache: int = 64 << 20, fetch_threads: int = 16, max_prefetch: int = 16):
+                 memory_cache: int = 64 << 20, fetch_threads: int = 16, max_prefetch: int = 16,
+                 sync_seconds: float | None = None):
         self.repo = repo
         self.index_path = repo.index_path
+        self.messages = ThrottledLog(log)
+        self.sync = IndexSync(repo, self.messages, sync_seconds)
         self._local = threading.local()
         self.memory = BlockCache(memory_cache)
         self.disk = DiskCache(cache_dir, cache_size) if cache_dir and cache_size > 0 else None
@@ -124,17 +297,20 @@ class RepositoryView:
 
     def close(self) -> None:
         self.fetcher.shutdown(wait=False, cancel_futures=True)
+        self.sync.close()
+        self.messages.flush()
 
-    def refresh_versions(self) -> bool:
-        """Re-read the version list from the local index; True when it changed."""
+    def refresh_versions(self) -> set[bytes]:
+        """Re-read the version list from the local index; returns the names of the version
+        directories that appeared or vanished (empty when none did)."""
         names = version_dir_names(list_versions(self._index()))
         with self._versions_lock:
-            if names.keys() == self.by_name.keys():
-                return False
-            self.by_name = names
-            self.by_id = {v.id: (name, v) for name, v in names.items()}
-            self.latest = max(names, key=lambda n: (names[n].time_ns, names[n].name)) if names else None
-            return True
+            changed = names.keys() ^ self.by_name.keys()
+            if changed:
+                self.by_name = names
+                self.by_id = {v.id: (name, v) for name, v in names.items()}
+                self.latest = max(names, key=lambda n: (names[n].time_ns, names[n].name)) if names else None
+            return changed
 
     def _version(self, version_id: int) -> tuple[bytes, VersionInfo]:
         with self._versions_lock:
@@ -327,8 +503,9 @@ class RepositoryView:
         return b"".join(parts)
 
     def read(self, f: OpenFile, offset: int, size: int) -> bytes:
-        """Exactly the bytes [offset, offset+size) of the file (fewer at its end). Raises
-        CorruptObject/NoSuchObject/BackendError when a needed block cannot be had: never wrong bytes."""
+        """Exactly the bytes [offset, offset+size) of the file (fewer at its end). Raises the
+        FsbackupError (CorruptObject, NoSuchObject, BackendError, PermissionDenied...) of a needed
+        block that cannot be had: never wrong bytes. The caller reports it."""
         end = min(offset + size, f.size)
         if offset >= end:
             return b""
@@ -349,11 +526,7 @@ class RepositoryView:
             if block_id == fmt.HOLE_ID:
                 parts.append(bytes(hi - lo))
                 continue
-            try:
-                data = later[i].result() if i in later else self.memory.get(block_id, self._load_block)
-            except (CorruptObject, NoSuchObject, BackendError) as e:
-                log.error("cannot read %s: %s", self.path_of(f.ino), e)
-                raise
+            data = later[i].result() if i in later else self.memory.get(block_id, self._load_block)
             parts.append(data if (lo, hi) == (0, len(data)) else memoryview(data)[lo:hi])
         return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
 
@@ -384,8 +557,20 @@ class RepositoryView:
         return self.fetcher.submit(self.memory.get, block_id, self._load_block)
 
     def _load_block(self, block_id: bytes) -> bytes:
-        """Runs in a fetch thread: the disk cache, else one range read (the repository's backend
-        retries temporary failures within the mount's bound, and re-fetches a damaged download)."""
+        """Runs in a fetch thread. A block whose volume is gone (NoSuchObject) may have been moved
+        by another machine's prune: the local index is brought up to date and the block looked
+        up and fetched once more before the error stands."""
+        looked_up = time.monotonic()
+        try:
+            return self._fetch_block(block_id)
+        except NoSuchObject:
+            if not self.sync.wait_for_sync_after(looked_up):
+                raise
+        return self._fetch_block(block_id)
+
+    def _fetch_block(self, block_id: bytes) -> bytes:
+        """The disk cache, else one range read (the repository's backend retries temporary
+        failures within the mount's bound, and re-fetches a damaged download)."""
         location = self.repo.block_location(block_id, self._index())
         if self.disk is not None:
             stored = self.disk.get(block_id)

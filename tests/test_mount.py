@@ -18,15 +18,29 @@ from conftest import make_full_tree, pseudo_random, snapshot, write
 FUSE_MISSING = (not os.path.exists("/dev/fuse") and "/dev/fuse is missing") or \
                (not shutil.which("fusermount3") and "fusermount3 is not installed") or None
 pytestmark = pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {FUSE_MISSING}")
+FSBACKUP = (sys.executable, "-m", "fsbackup")
+
+
+def is_dead_mount(path: Path) -> bool:
+    """A FUSE mount whose process is gone: every access fails with ENOTCONN."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
 
 
 class Mount:
-    def __init__(self, env, mountpoint: Path, *extra: str):
+    """`fsbackup mount` in a process of its own, its output in `log`. `launcher` is the command that
+    runs fsbackup (e.g. behind setpriv, or a script that injects faults); `environ` extends env's."""
+
+    def __init__(self, env, mountpoint: Path, *extra: str, launcher: tuple[str, ...] = FSBACKUP, **environ):
         self.env, self.mountpoint = env, mountpoint
-        mountpoint.mkdir(exist_ok=True)
-        self.log = open(env.tmp / "mount.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "fsbackup", "mount", str(mountpoint), *extra],
-                                     env=env.environ(), stdout=self.log, stderr=subprocess.STDOUT)
+        if not is_dead_mount(mountpoint):           # (a test may mount onto a dead mount)
+            mountpoint.mkdir(exist_ok=True)
+        self.log = open(env.tmp / "mount.log", "a+")
+        self.proc = subprocess.Popen([*launcher, "mount", str(mountpoint), *extra],
+                                     env=env.environ(**environ), stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while not os.path.ismount(mountpoint):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -37,6 +51,11 @@ class Mount:
     def version_dir(self) -> Path:
         return self.mountpoint / os.readlink(self.mountpoint / "latest")
 
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
     def stop(self) -> int:
         if os.path.ismount(self.mountpoint):
             subprocess.run(["fusermount3", "-u", str(self.mountpoint)])
@@ -45,7 +64,7 @@ class Mount:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-            if os.path.ismount(self.mountpoint):
+            if os.path.ismount(self.mountpoint) or is_dead_mount(self.mountpoint):
                 subprocess.run(["fusermount3", "-uz", str(self.mountpoint)])
             self.log.close()
 
@@ -54,8 +73,8 @@ class Mount:
 def mounted(env, tmp_path):
     mounts = []
 
-    def start(*extra):
-        m = Mount(env, tmp_path / "mnt", *extra)
+    def start(*extra, **options):
+        m = Mount(env, tmp_path / "mnt", *extra, **options)
         mounts.append(m)
         return m
     yield start

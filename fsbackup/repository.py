@@ -689,6 +689,11 @@ class Repository:
         `content_ids` (extents -> row id) is every contents row there is, kept across calls by
         rebuild_index: a content not in it is new, and nothing needs looking up."""
         with self.index.transaction() as db:
+            # Another process syncing the same index (a mount, a second command) may have recorded
+            # it meanwhile: the version is the same object, so its rows are too.
+            row = db.execute("SELECT id FROM versions WHERE name=?", (name,)).fetchone()
+            if row:
+                return row[0]
             if version_id is None:
                 version_id = self.index.next_id(db, "versions")
                 self.index.used_ids(db, "versions", version_id)

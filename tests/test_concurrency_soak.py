@@ -162,9 +162,10 @@ def test_concurrent_commands_under_faults_never_lose_a_version_or_return_wrong_b
         p = soak.run("a", "backup", folder, "--volume-size", "64K", "--json", faults=False)
         assert p.returncode == 0, p.stderr
         soak.created[json.loads(p.stdout)["version"]] = str(folder)
-    mount_env = Env(tmp_path)
-    mount_env.vars = dict(env.vars, XDG_CACHE_HOME=str(soak.caches["mount"]))
-    mount = Mount(mount_env, tmp_path / "mnt")
+    # The mount reads through faults too, and follows the others' prunes every few seconds.
+    mount = Mount(env, tmp_path / "mnt", launcher=(sys.executable, FAULTY_CLI),
+                  XDG_CACHE_HOME=str(soak.caches["mount"]), FSBACKUP_TEST_FAULTS=f"{seed}:{FAULTS}",
+                  FSBACKUP_MOUNT_SYNC_SECONDS="3")
     until = time.monotonic() + SECONDS
     actors = [threading.Thread(target=fn, args=(*pre, random.Random(seed * 10 + i), until))
               for i, (fn, pre) in enumerate([(soak.backups, ()), (soak.maintenance, ()), (soak.restores, ()),

@@ -3,18 +3,38 @@ local index knows: prune, backup's settling of leftovers and check refuse, namin
 from __future__ import annotations
 
 import json
-import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from conftest import Env, pseudo_random, restored_root, snapshot, write
-from fsbackup.backends import WrappingBackend
 from fsbackup.backends.faults import FaultyBackend
 from fsbackup.backends.local import LocalBackend
-from fsbackup.errors import (EXIT_BACKEND, EXIT_CORRUPT, EXIT_PERMISSION, BackendError, ListingContradiction,
-                             PermissionDenied)
+from fsbackup.errors import EXIT_BACKEND, EXIT_CORRUPT, EXIT_PERMISSION, BackendError
+
+
+@contextmanager
+def users_repository(user):
+    """(folder, run): a repository in a new folder of the unprivileged `user`, and a runner of
+    the command line as that user; the folder goes afterwards."""
+    base = user.folder()
+    try:
+        env = Env(base)
+        run = lambda *args: user.run(env, *args)                   # noqa: E731
+        assert run("init").rc == 0
+        yield base, run
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def users_files(user, src: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        write(src / name, data)
+        user.own(src / name)
+    user.own(src)
+    return src
 
 
 def objects(repo: Path) -> set[str]:
@@ -134,11 +154,11 @@ def test_a_versions_folder_moved_away_is_refused_until_the_user_accepts_it(env, 
 
 
 def test_accept_missing_lets_a_wholesale_removal_through(env, tmp_path):
-    src = two_versions(env, tmp_path)
+    two_versions(env, tmp_path)
     shutil.rmtree(env.repo / "versions")                            # really removed, on purpose
     assert env.run("prune").rc == EXIT_CORRUPT
     env.ok("prune", "--accept-missing")
-    assert not list((env.repo / "data").rglob("*")) or not [p for p in (env.repo / "data").rglob("*") if p.is_file()]
+    assert not [p for p in (env.repo / "data").rglob("*") if p.is_file()]       # no version uses them
     assert json.loads(env.ok("versions", "--json").out) == []
 
 
@@ -156,15 +176,8 @@ def test_a_few_versions_removed_elsewhere_are_followed_without_asking(env, tmp_p
 def test_an_unreadable_data_folder_during_backup_deletes_nothing(unprivileged_user, tmp_path):
     """Issue: one unreadable data/XX folder made backup delete the index objects of its healthy
     volumes, and the next prune deleted the volumes. Run as a real unprivileged user."""
-    base = unprivileged_user.folder()
-    try:
-        env = Env(base)
-        src = base / "src"
-        for i in range(8):
-            write(src / f"f{i}", pseudo_random(100_000, i))
-        unprivileged_user.own(src, *src.iterdir())
-        run = lambda *a: unprivileged_user.run(env, *a)            # noqa: E731
-        assert run("init").rc == 0
+    with users_repository(unprivileged_user) as (base, run):
+        src = users_files(unprivileged_user, base / "src", {f"f{i}": pseudo_random(100_000, i) for i in range(8)})
         r = run("backup", src, "--volume-size", "128K")
         assert r.rc == 0, r.err
         expected = snapshot(src)
@@ -172,8 +185,7 @@ def test_an_unreadable_data_folder_during_backup_deletes_nothing(unprivileged_us
         assert len(folders) >= 2
         before = objects(base / "repo")
         folders[0].chmod(0)
-        write(src / "new", b"a new file")
-        unprivileged_user.own(src / "new")
+        users_files(unprivileged_user, src, {"new": b"a new file"})
         r = run("backup", src, "--volume-size", "128K")
         assert r.rc == EXIT_PERMISSION and "cannot list repository folder data/" in r.err, r.err
         r = run("prune")
@@ -187,20 +199,12 @@ def test_an_unreadable_data_folder_during_backup_deletes_nothing(unprivileged_us
         assert {k: v["data"] for k, v in restored.items() if k != b"<hardlinks>"} == \
                {k: v["data"] for k, v in expected.items() if k != b"<hardlinks>"}
         assert run("check", "--read-data").rc == 0
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_an_unreadable_versions_or_index_folder_stops_prune(unprivileged_user):
     """Issue: `chmod 000 repo/versions` (or index/) made prune delete every volume, exit 0."""
-    base = unprivileged_user.folder()
-    try:
-        env = Env(base)
-        src = base / "src"
-        write(src / "f", pseudo_random(300_000, 1))
-        unprivileged_user.own(src, src / "f")
-        run = lambda *a: unprivileged_user.run(env, *a)            # noqa: E731
-        assert run("init").rc == 0
+    with users_repository(unprivileged_user) as (base, run):
+        src = users_files(unprivileged_user, base / "src", {"f": pseudo_random(300_000, 1)})
         assert run("backup", src, "--volume-size", "64K").rc == 0
         before = objects(base / "repo")
         for folder in ("versions", "index"):
@@ -212,18 +216,11 @@ def test_an_unreadable_versions_or_index_folder_stops_prune(unprivileged_user):
             (base / "repo" / folder).chmod(0o700)
             assert objects(base / "repo") == before
         assert run("check", "--read-data").rc == 0
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_an_unreadable_keys_folder_is_permission_denied_not_corrupt(unprivileged_user):
-    base = unprivileged_user.folder()
-    try:
-        env = Env(base)
-        assert unprivileged_user.run(env, "init").rc == 0
+    with users_repository(unprivileged_user) as (base, run):
         (base / "repo" / "keys").chmod(0)
-        r = unprivileged_user.run(env, "versions")
+        r = run("versions")
         assert r.rc == EXIT_PERMISSION and "cannot list repository folder keys/" in r.err, r.err
         assert len(r.err.splitlines()) == 1
-    finally:
-        shutil.rmtree(base, ignore_errors=True)

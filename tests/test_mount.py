@@ -13,21 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from fsbackup.mount import is_dead_mount
 from conftest import make_full_tree, pseudo_random, snapshot, write
 
 FUSE_MISSING = (not os.path.exists("/dev/fuse") and "/dev/fuse is missing") or \
                (not shutil.which("fusermount3") and "fusermount3 is not installed") or None
 pytestmark = pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {FUSE_MISSING}")
 FSBACKUP = (sys.executable, "-m", "fsbackup")
-
-
-def is_dead_mount(path: Path) -> bool:
-    """A FUSE mount whose process is gone: every access fails with ENOTCONN."""
-    try:
-        os.stat(path)
-    except OSError as e:
-        return e.errno == errno.ENOTCONN
-    return False
 
 
 class Mount:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TEST_PASSWORD, pseudo_random, write
-from test_mount import FSBACKUP, FUSE_MISSING, Mount, is_dead_mount
+from test_mount import FSBACKUP, FUSE_MISSING, Mount, is_dead_mount, mounted  # noqa: F401 (a fixture)
 from fsbackup.backends.faults import FaultyBackend
 from fsbackup.backends.local import LocalBackend
 from fsbackup.errors import (AuthenticationFailed, BackendError, CorruptObject, FsbackupError, NoSpace, NoSuchObject,
@@ -37,36 +37,23 @@ def wait_for(condition, what: str, seconds: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture
-def mounts(env, tmp_path):
-    started: list[Mount] = []
-
-    def start(*extra, **options) -> Mount:
-        m = Mount(env, tmp_path / "mnt", *extra, **options)
-        started.append(m)
-        return m
-    yield start
-    for m in started:
-        m.stop()
-
-
 # ---- a killed mount ------------------------------------------------------------------------------
 
 @needs_fuse
-def test_sighup_unmounts_like_sigterm(env, tmp_path, mounts):
+def test_sighup_unmounts_like_sigterm(env, tmp_path, mounted):
     """A closed terminal sends SIGHUP: the mount must go away cleanly, not leave a dead mount."""
     write(tmp_path / "src" / "a", b"a")
     env.ok("backup", tmp_path / "src")
-    m = mounts()
+    m = mounted()
     m.proc.send_signal(signal.SIGHUP)
     assert m.proc.wait(timeout=20) == 0
     assert not os.path.ismount(m.mountpoint) and not is_dead_mount(m.mountpoint)
 
 
-def killed_mount(env, tmp_path, mounts) -> Mount:
+def killed_mount(env, tmp_path, mounted) -> Mount:
     write(tmp_path / "src" / "a", b"data")
     env.ok("backup", tmp_path / "src")
-    m = mounts()
+    m = mounted()
     m.proc.kill()
     m.proc.wait(timeout=20)
     # "Transport endpoint is not connected", once the kernel's cached attributes of the root expire
@@ -75,8 +62,8 @@ def killed_mount(env, tmp_path, mounts) -> Mount:
 
 
 @needs_fuse
-def test_umount_cleans_up_after_a_killed_mount(env, tmp_path, mounts):
-    m = killed_mount(env, tmp_path, mounts)
+def test_umount_cleans_up_after_a_killed_mount(env, tmp_path, mounted):
+    m = killed_mount(env, tmp_path, mounted)
     r = env.run_process("umount", m.mountpoint)
     assert r.rc == 0, r.err
     assert "note:" in r.err and "lazy unmount" in r.err and "Traceback" not in r.err
@@ -87,9 +74,9 @@ def test_umount_cleans_up_after_a_killed_mount(env, tmp_path, mounts):
 
 
 @needs_fuse
-def test_mount_onto_a_killed_mount_cleans_it_up_and_mounts(env, tmp_path, mounts):
-    killed = killed_mount(env, tmp_path, mounts)
-    m = mounts()
+def test_mount_onto_a_killed_mount_cleans_it_up_and_mounts(env, tmp_path, mounted):
+    killed = killed_mount(env, tmp_path, mounted)
+    m = mounted()
     assert (m.version_dir() / str(tmp_path / "src" / "a").lstrip("/")).read_bytes() == b"data"
     assert "note:" in m.output() and "lazy unmount" in m.output()
     assert m.stop() == 0 and killed.proc.returncode == -signal.SIGKILL
@@ -108,12 +95,12 @@ def without_file_permission_override() -> tuple[str, ...]:
 
 
 @needs_fuse
-def test_unreadable_data_answers_eacces_with_one_log_line_and_no_traceback(env, tmp_path, mounts):
+def test_unreadable_data_answers_eacces_with_one_log_line_and_no_traceback(env, tmp_path, mounted):
     src = tmp_path / "src"
     write(src / "a", pseudo_random(300_000, 1))
     write(src / "small", b"small")
     env.ok("backup", src)
-    m = mounts(launcher=without_file_permission_override())
+    m = mounted(launcher=without_file_permission_override())
     inside = m.version_dir() / str(src).lstrip("/")
     volumes = [p for p in (env.repo / "data").rglob("*") if p.is_file()]
     try:
@@ -196,7 +183,7 @@ sys.exit(main(argv))
 
 
 @needs_fuse
-def test_reads_find_blocks_that_another_machines_prune_moved(env, tmp_path, mounts):
+def test_reads_find_blocks_that_another_machines_prune_moved(env, tmp_path, mounted):
     """Mounted with one local index; forget and prune through another move live blocks into new
     volumes and delete the old one. Every file still reads exactly, at once, long before the
     mount's periodic sync: a read whose volume is gone syncs the index and looks again."""
@@ -216,7 +203,7 @@ def test_reads_find_blocks_that_another_machines_prune_moved(env, tmp_path, moun
     other = ("--index", tmp_path / "other-index.sqlite")
     env.ok(*other, "versions")                                          # the other machine's index
 
-    m = mounts(FSBACKUP_MOUNT_SYNC_SECONDS="3600")                      # no periodic sync in this test
+    m = mounted(FSBACKUP_MOUNT_SYNC_SECONDS="3600")                      # no periodic sync in this test
     assert version_count(m.mountpoint) == 2
     inside = m.version_dir() / str(src).lstrip("/")
     assert sorted(os.listdir(inside)) == sorted(files)
@@ -234,12 +221,12 @@ def test_reads_find_blocks_that_another_machines_prune_moved(env, tmp_path, moun
 
 
 @needs_fuse
-def test_versions_another_machine_makes_and_forgets_appear_and_vanish(env, tmp_path, mounts):
+def test_versions_another_machine_makes_and_forgets_appear_and_vanish(env, tmp_path, mounted):
     src = tmp_path / "src"
     write(src / "a", b"first")
     env.ok("backup", src)
     other = ("--index", tmp_path / "other-index.sqlite")
-    m = mounts(FSBACKUP_MOUNT_SYNC_SECONDS="1")
+    m = mounted(FSBACKUP_MOUNT_SYNC_SECONDS="1")
     assert version_count(m.mountpoint) == 1
     time.sleep(1.1)
     write(src / "a", b"second")
@@ -253,12 +240,12 @@ def test_versions_another_machine_makes_and_forgets_appear_and_vanish(env, tmp_p
 
 
 @needs_fuse
-def test_a_failing_sync_is_logged_once_and_the_mount_keeps_serving(env, tmp_path, mounts):
+def test_a_failing_sync_is_logged_once_and_the_mount_keeps_serving(env, tmp_path, mounted):
     src = tmp_path / "src"
     write(src / "a", pseudo_random(500_000, 1))
     env.ok("backup", src)
     storage_down = tmp_path / "storage-down"
-    m = mounts(launcher=(sys.executable, "-c", LISTINGS_FAIL_WHILE_FLAGGED, str(storage_down)),
+    m = mounted(launcher=(sys.executable, "-c", LISTINGS_FAIL_WHILE_FLAGGED, str(storage_down)),
                FSBACKUP_MOUNT_SYNC_SECONDS="0.2")
     a = m.version_dir() / str(src / "a").lstrip("/")
     storage_down.touch()

@@ -20,7 +20,7 @@ def _os_errors(name: str, listing: bool = False):
     vanished or is not a folder fails the listing like any other unreadable folder."""
     try:
         yield
-    except FileNotFoundError as e:
+    except FileNotFoundError:
         if listing:
             raise BackendError(f"cannot list repository folder {name}: it vanished while listing") from None
         raise NoSuchObject(name) from None

@@ -381,3 +381,44 @@ def test_b2_backend_works_in_a_forked_child(monkeypatch):
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         b2.stop_simulator()
+
+
+# ---- a listing is whole or raises (callers delete what a listing lacks) ------------------------------
+
+def break_listings_of(kind: str, store, monkeypatch, errno_: int) -> None:
+    """Make the store unable to read part of what it lists, the way each backend meets it: a local
+    folder that cannot be read; B2 pages that fail on the server."""
+    import errno as errnos
+    if kind == "local":
+        real = os.scandir
+
+        def scandir(path):
+            if str(path).endswith(os.path.join("data", "cd")):
+                raise OSError(errno_, os.strerror(errno_), path)
+            return real(path)
+        monkeypatch.setattr(os, "scandir", scandir)
+    else:
+        raw = store.api.session.raw_api
+        error = Unauthorized("no listFiles", "unauthorized") if errno_ == errnos.EACCES \
+            else ServiceError("503 service_unavailable busy")
+
+        def failing(*args, **kwargs):
+            raise error
+        monkeypatch.setattr(raw, "list_file_names", failing)
+        monkeypatch.setattr(raw, "list_file_versions", failing)
+
+
+@pytest.mark.parametrize("kind", ["local", "b2-simulated"])
+@pytest.mark.parametrize("errno_, expected", [(13, PermissionDenied), (5, BackendError)])
+def test_a_listing_that_cannot_be_read_whole_raises(kind, errno_, expected, tmp_path, monkeypatch):
+    store = make_backend(kind, tmp_path, monkeypatch)
+    try:
+        for name in ("data/ab/ab1", "data/cd/cd1", "versions/v"):
+            store.put(name, b"x")
+        break_listings_of(kind, store, monkeypatch, errno_)
+        for prefix in ("data/", ""):
+            with pytest.raises(expected) as e:
+                list(store.list(prefix))
+            assert "\n" not in str(e.value)
+    finally:
+        b2.stop_simulator()

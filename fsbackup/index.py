@@ -5,7 +5,7 @@ version objects (`repository.rebuild_index`). Everything is recorded only after 
 describes are durably stored ("publish, then record").
 
 Rows never change meaning under a reader. Version and content row ids are handed out from
-counters that only grow (`_next_id`), so a row id a reader holds (the mount's inode numbers, a
+counters that only grow (`allocate_ids`), so a row id a reader holds (the mount's inode numbers, a
 restore's content ids) never comes to name another version or another file's bytes, even after
 the row is deleted. The one operation that renumbers rows, a rebuild, needs the index to itself:
 every open `Index` holds a shared lock on the file `<index>.lock` (flock: released by the kernel
@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import time
+import weakref
 from contextlib import contextmanager
 
 import apsw
@@ -130,8 +131,24 @@ def _fill_stored(db) -> None:
                    [(sum(n for bid, n in unpack_extents(extents) if bid != HOLE_ID), cid) for cid, extents in rows])
 
 
+# v4: other places of blocks already recorded elsewhere. A volume recorded while another one holds
+# its blocks (another machine's prune copied them into it and has not yet deleted the old one) adds
+# its places here; when a volume is forgotten, the blocks it held move to a spare place, so they are
+# never left recorded nowhere while a volume still holds them.
+SCHEMA_V4 = """
+CREATE TABLE spare_blocks (
+    hash          BLOB NOT NULL,
+    volume        INTEGER NOT NULL REFERENCES volumes(id),
+    offset        INTEGER NOT NULL,
+    stored_length INTEGER NOT NULL,
+    plain_length  INTEGER NOT NULL,
+    PRIMARY KEY (hash, volume)
+) WITHOUT ROWID;
+CREATE INDEX spare_blocks_by_volume ON spare_blocks(volume);
+"""
+
 # Each step is SQL, or SQL and a function that finishes the step inside the same transaction.
-MIGRATIONS = [(SCHEMA_V1, None), (SCHEMA_V2, None), (SCHEMA_V3, _fill_stored)]
+MIGRATIONS = [(SCHEMA_V1, None), (SCHEMA_V2, None), (SCHEMA_V3, _fill_stored), (SCHEMA_V4, None)]
 
 
 # I/O errors SQLite reports for a failed write, where the cause may be a full disk: a write to
@@ -185,6 +202,9 @@ class Index:
         try:
             make_private_folder(folder)
             self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            # Closed by close(), or when the Index is collected unclosed (the mount's worker threads
+            # come and go with their connections): a leaked descriptor would also keep the lock.
+            self._release_lock = weakref.finalize(self, os.close, self._lock_fd)
             self._take_lock(fcntl.LOCK_SH, wait=10.0)
             try:
                 self._open()
@@ -260,7 +280,13 @@ class Index:
     def exclusive(self):
         """Hold the index alone for the `with` block (a rebuild renumbers rows): no other connection,
         in this process or another, may have it open; raises errors.Locked at once otherwise."""
-        self._take_lock(fcntl.LOCK_EX, wait=0)
+        try:
+            self._take_lock(fcntl.LOCK_EX, wait=0)
+        except Locked:
+            # A failed conversion may have dropped the shared lock (flock converts by unlocking
+            # first): take it back before saying so, or the index stays open without it.
+            self._take_lock(fcntl.LOCK_SH, wait=10.0)
+            raise
         try:
             yield self
         finally:
@@ -274,23 +300,33 @@ class Index:
             self.db.execute("BEGIN")                              # deferred: takes no write lock
             self.db.execute("SELECT 1 FROM meta LIMIT 1").fetchall()   # the read transaction starts here
         except apsw.Error as e:
+            self._roll_back()
             raise _map_errors(e, self.path) from None
         try:
             yield self
         finally:
-            self.db.execute("COMMIT")
+            self._roll_back()                                     # nothing was written: ending is all
 
     def _migrate(self) -> None:
+        """Bring the schema to the newest version, one step per transaction. Each step looks at the
+        version again inside its write transaction: two processes opening a new index at once
+        would otherwise both create the tables."""
         (version,) = self.db.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
-            raise FsbackupError(f"the local index {self.path} is from a newer fsbackup; run 'fsbackup repair'")
-        for n in range(version, len(MIGRATIONS)):
-            sql, finish = MIGRATIONS[n]
-            with self.db:
-                self.db.execute(sql)
+        if version == len(MIGRATIONS):
+            return                       # (the usual case: no write lock taken to find out)
+        while True:
+            with self.transaction() as db:
+                (version,) = db.execute("PRAGMA user_version").fetchone()
+                if version > len(MIGRATIONS):
+                    raise FsbackupError(f"the local index {self.path} is from a newer fsbackup; "
+                                        "run 'fsbackup repair'")
+                if version == len(MIGRATIONS):
+                    return
+                sql, finish = MIGRATIONS[version]
+                db.execute(sql)
                 if finish:
-                    finish(self.db)
-                self.db.execute(f"PRAGMA user_version={n + 1}")
+                    finish(db)
+                db.execute(f"PRAGMA user_version={version + 1}")
 
     @contextmanager
     def transaction(self):
@@ -298,21 +334,28 @@ class Index:
         lock at once: a transaction that read first and then wrote would fail with "database is
         locked", without waiting, whenever another process committed in between."""
         try:
-            if not self.db.getautocommit():
+            if not self.db.getautocommit():          # inside another transaction: a savepoint
                 with self.db:
                     yield self.db
                 return
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                with self.db:
-                    yield self.db
+                yield self.db
+                self.db.execute("COMMIT")
             except BaseException:
-                if not self.db.getautocommit():
-                    self.db.execute("ROLLBACK")
+                self._roll_back()
                 raise
-            self.db.execute("COMMIT")
         except apsw.Error as e:
             raise _map_errors(e, self.path) from None
+
+    def _roll_back(self) -> None:
+        """End the open transaction, if SQLite has not ended it itself (it may, on a full disk or
+        an I/O error); a failure here must not hide the error being raised."""
+        if not self.db.getautocommit():
+            try:
+                self.db.execute("ROLLBACK")
+            except apsw.Error:
+                pass
 
     def try_journal_mode(self, mode: str) -> bool:
         """Switch the journal mode if nothing else has the index open (leaving the WAL needs the
@@ -357,23 +400,25 @@ class Index:
     def is_empty(self) -> bool:
         return self.get_meta("repository_id") is None
 
-    def next_id(self, db, table: str) -> int:
-        """A new row id for `table` (versions or contents) that no row ever had: the counter in
-        meta only grows, so a deleted row's id is never handed out again (module docstring).
-        Call inside the transaction that inserts the row."""
+    def allocate_ids(self, db, table: str, count: int = 1) -> int:
+        """Hand out `count` new row ids for `table` (versions or contents) that no row ever had, and
+        return the first: the counter in meta only grows, so a deleted row's id is never handed
+        out again (module docstring). Call inside the transaction that inserts the rows."""
         key = f"last_{table}_id"
         row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         (top,) = db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()
-        return max(int(row[0]) if row else 0, top) + 1
+        first = max(int(row[0]) if row else 0, top) + 1
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, str(first + count - 1)))
+        return first
 
-    def used_ids(self, db, table: str, last: int) -> None:
-        """Record that ids up to `last` of `table` are handed out (after inserting them)."""
-        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"last_{table}_id", str(last)))
+    def forget_meta(self, db) -> None:
+        """Delete every fact in meta except the id counters, which must outlive a rebuild."""
+        db.execute("DELETE FROM meta WHERE key NOT IN ('last_versions_id', 'last_contents_id')")
 
     def close(self) -> None:
         if self.db is not None:
             self.db.close()
             self.db = None
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)      # releases the local lock
+            self._release_lock()         # closes the descriptor once, releasing the local lock
             self._lock_fd = -1

@@ -120,11 +120,11 @@ def _forget_blocks(repo: Repository, checker: Checker, unavailable: set[bytes]) 
             repo.backend.put(index_object(p.volume), fmt.encode_index(repo.keys, bytes.fromhex(p.volume), size, keep))
         with repo.index.transaction() as db:
             row = db.execute("SELECT id FROM volumes WHERE name=?", (p.volume,)).fetchone()
-            if row:
-                db.executemany("DELETE FROM blocks WHERE hash=? AND volume=?",
-                               [(b, row[0]) for b in p.blocks])
-                if not keep:
-                    db.execute("DELETE FROM volumes WHERE id=?", row)
+            if row and keep:
+                repo.drop_block_places(db, row[0], p.blocks)
+            elif row:
+                repo.drop_block_places(db, row[0])
+                db.execute("DELETE FROM volumes WHERE id=?", row)
 
 
 def summary(report: Report) -> list[str]:

@@ -345,11 +345,9 @@ class Repository:
         # Versions keep their row ids (the mount's inode numbers), and the id counters keep
         # growing (index.py: a row id never names two things); everything else is renumbered.
         version_ids = dict(db.execute("SELECT name, id FROM versions"))
-        counters = {table: self.index.next_id(db, table) - 1 for table in ("versions", "contents")}
-        for table in ("nodes", "versions", "contents", "blocks", "volumes", "meta"):
+        for table in ("nodes", "versions", "contents", "blocks", "spare_blocks", "volumes"):
             db.execute(f"DELETE FROM {table}")
-        for table, last in counters.items():
-            self.index.used_ids(db, table, last)
+        self.index.forget_meta(db)
         # Secondary indexes are built once at the end (one sort each), not row by row.
         dropped = self.index.drop_secondary_indexes(("nodes", "blocks"))
         # Blocks are staged in arrival order, then moved into the keyed table sorted by id (an
@@ -373,6 +371,9 @@ class Repository:
         db.execute("INSERT OR IGNORE INTO blocks(hash, volume, offset, stored_length, plain_length) "
                    "SELECT hash, volume, offset, stored_length, plain_length FROM temp.staged_blocks "
                    "ORDER BY hash, rowid")
+        db.execute("INSERT OR IGNORE INTO spare_blocks(hash, volume, offset, stored_length, plain_length) "
+                   "SELECT s.hash, s.volume, s.offset, s.stored_length, s.plain_length FROM temp.staged_blocks s "
+                   "WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.hash = s.hash AND b.volume = s.volume)")
         db.execute("DROP TABLE temp.staged_blocks")
         content_ids: dict[bytes, int] = {}                  # extents -> contents row, shared by versions
         for name, result in _bounded_map(pool, self._read_version, version_names):
@@ -559,24 +560,59 @@ class Repository:
 
     def record_volume(self, name: str, size: int, entries: Iterable[fmt.BlockEntry], moved: bool = False) -> None:
         """Record a volume whose volume and index objects are durably stored. Blocks already
-        recorded elsewhere keep their place, unless `moved` (prune's repacking) moves them here."""
+        recorded elsewhere keep their place (this one is kept as a spare: index.py, v4), unless
+        `moved` (prune's repacking, which deletes the old volume next) moves them here."""
         entries = list(entries)
-        verb = "INSERT OR REPLACE" if moved else "INSERT OR IGNORE"
+        rows = [(e.id, e.offset, e.stored_length, e.plain_length) for e in entries]
         with self.index.transaction() as db:
             db.execute("INSERT OR IGNORE INTO volumes(name, size, block_count) VALUES (?, ?, ?)",
                        (name, size, len(entries)))
             (vol_id,) = db.execute("SELECT id FROM volumes WHERE name=?", (name,)).fetchone()
-            db.executemany(f"{verb} INTO blocks(hash, volume, offset, stored_length, plain_length) "
-                           "VALUES (?, ?, ?, ?, ?)",
-                           [(e.id, vol_id, e.offset, e.stored_length, e.plain_length) for e in entries])
+            if moved:
+                db.executemany("INSERT OR REPLACE INTO blocks(hash, volume, offset, stored_length, plain_length) "
+                               f"VALUES (?, {vol_id}, ?, ?, ?)", rows)
+                return
+            before = self.index.db.total_changes()
+            db.executemany("INSERT OR IGNORE INTO blocks(hash, volume, offset, stored_length, plain_length) "
+                           f"VALUES (?, {vol_id}, ?, ?, ?)", rows)
+            if self.index.db.total_changes() - before < len(rows):      # some are recorded elsewhere
+                db.executemany("INSERT OR IGNORE INTO spare_blocks(hash, volume, offset, stored_length, "
+                               f"plain_length) SELECT ?, {vol_id}, ?, ?, ? WHERE NOT EXISTS "
+                               f"(SELECT 1 FROM blocks WHERE hash = ?1 AND volume = {vol_id})", rows)
 
     def unrecord_volume(self, name: str) -> None:
         """Forget a volume and the blocks recorded in it (before it is deleted, or once it is gone)."""
         with self.index.transaction() as db:
             row = db.execute("SELECT id FROM volumes WHERE name=?", (name,)).fetchone()
             if row:
-                db.execute("DELETE FROM blocks WHERE volume=?", row)
+                self.drop_block_places(db, row[0])
                 db.execute("DELETE FROM volumes WHERE id=?", row)
+
+    @staticmethod
+    def drop_block_places(db, vol_id: int, block_ids: Iterable[bytes] | None = None) -> None:
+        """Forget where volume `vol_id` holds blocks (all of them, or `block_ids`): a block also held
+        by another volume moves to that spare place instead of being recorded nowhere."""
+        if block_ids is None:
+            db.execute("INSERT OR REPLACE INTO blocks(hash, volume, offset, stored_length, plain_length) "
+                       "SELECT s.hash, s.volume, s.offset, s.stored_length, s.plain_length FROM spare_blocks s "
+                       "JOIN blocks b ON b.hash = s.hash WHERE b.volume = ? AND s.volume != ? GROUP BY s.hash",
+                       (vol_id, vol_id))
+            db.execute("DELETE FROM blocks WHERE volume=?", (vol_id,))
+            db.execute("DELETE FROM spare_blocks WHERE volume=?", (vol_id,))
+        else:
+            for block_id in block_ids:
+                spare = db.execute("SELECT volume, offset, stored_length, plain_length FROM spare_blocks "
+                                   "WHERE hash=? AND volume != ? LIMIT 1", (block_id, vol_id)).fetchone()
+                if spare is not None and db.execute("SELECT 1 FROM blocks WHERE hash=? AND volume=?",
+                                                    (block_id, vol_id)).fetchone():
+                    db.execute("UPDATE blocks SET volume=?, offset=?, stored_length=?, plain_length=? "
+                               "WHERE hash=?", (*spare, block_id))
+                else:
+                    db.execute("DELETE FROM blocks WHERE hash=? AND volume=?", (block_id, vol_id))
+                db.execute("DELETE FROM spare_blocks WHERE hash=? AND volume=?", (block_id, vol_id))
+        # A spare that has just become the block's place is no spare any more.
+        db.execute("DELETE FROM spare_blocks WHERE EXISTS (SELECT 1 FROM blocks b "
+                   "WHERE b.hash = spare_blocks.hash AND b.volume = spare_blocks.volume)")
 
     def delete_volume(self, name: str) -> None:
         """Delete a volume no version needs: unrecorded first (the index never names a block that
@@ -695,8 +731,7 @@ class Repository:
             if row:
                 return row[0]
             if version_id is None:
-                version_id = self.index.next_id(db, "versions")
-                self.index.used_ids(db, "versions", version_id)
+                version_id = self.index.allocate_ids(db, "versions")
             db.execute("INSERT INTO versions(id, name, time_ns, host, paths, tags, file_count, total_size, "
                        "bytes_added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (version_id, name, head["time_ns"], head["host"], json.dumps(head["paths"]),
@@ -734,8 +769,7 @@ class Repository:
                     del new[extents]
         if new:
             # Ids are handed out here (the transaction holds the write lock): one executemany.
-            next_id = self.index.next_id(db, "contents")
-            self.index.used_ids(db, "contents", next_id + len(new) - 1)
+            next_id = self.index.allocate_ids(db, "contents", len(new))
             rows = []
             for content_id, (extents, (content_hash, size, _)) in enumerate(new.items(), start=next_id):
                 known[extents] = content_id

@@ -247,11 +247,15 @@ class FlakyBackend:
 def test_unreachable_storage_retries_for_a_bounded_time_then_fails_and_recovers(env, tmp_path):
     from fsbackup.errors import BackendError
     data = pseudo_random(500_000, 3)
-    view, f = one_file_view(env, tmp_path, data, memory_cache=1)
-    # Below the retry layer, which the mount bounds (here to 0.5 s instead of 30 s).
+    write(tmp_path / "src" / "a", data)
+    env.ok("backup", tmp_path / "src")
+    view = open_view(env, memory_cache=1)
+    # Below the retry layer, which the mount bounds (here to 0.5 s instead of 30 s). Down before
+    # the file is opened: the fetch an open starts must not bring the block in first.
     flaky = FlakyBackend(view.repo.backend.inner)
     view.repo.backend = RetryingBackend(flaky, max_seconds=0.5, base_delay=0.1)
     flaky.down = True
+    f = latest_file(view, tmp_path / "src", "a")
     t = time.monotonic()
     with pytest.raises(BackendError):
         view.read(f, 0, 1000)

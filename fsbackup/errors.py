@@ -116,3 +116,8 @@ class ListingContradiction(FsbackupError):
     """A repository listing lacks much of what the local index knows (a folder moved away or not
     mounted): nothing is forgotten or deleted on its word unless the user confirms (--accept-missing)."""
     exit_code = EXIT_CORRUPT
+
+
+class LocalIndexDamaged(FsbackupError):
+    """The local index (a cache of the repository) is damaged: `repair` sets it aside and rebuilds it."""
+    exit_code = EXIT_CORRUPT

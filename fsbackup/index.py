@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import apsw
 
-from .errors import FsbackupError, Locked, NoSpace, PermissionDenied
+from .errors import FsbackupError, LocalIndexDamaged, Locked, NoSpace, PermissionDenied
 from .private import make_private_folder
 
 log = logging.getLogger("fsbackup.index")
@@ -170,19 +170,22 @@ def _disk_full(path: str) -> bool:
     return free * st.f_frsize < _ALMOST_FULL
 
 
+# Errors that mean the file is not a usable SQLite database (garbage, truncated, damaged pages).
+_DAMAGE = (apsw.NotADBError, apsw.CorruptError)
+
+
 def _map_errors(e: Exception, path: str) -> Exception:
     """The domain error for an SQLite error on the index at `path` (docs/exit-codes.md)."""
     if isinstance(e, apsw.FullError) or (
             isinstance(e, apsw.IOError) and getattr(e, "extendedresult", None) in _WRITE_ERRORS and _disk_full(path)):
         return NoSpace(f"no space left on the disk holding the local index {path}; free space there, "
                        "or put the index on another disk with --index")
+    if isinstance(e, _DAMAGE):
+        return LocalIndexDamaged(f"the local index {path} is damaged ({e}); run 'fsbackup repair', which sets "
+                                 "it aside and rebuilds it from the repository")
     if isinstance(e, (apsw.CantOpenError, apsw.PermissionsError, apsw.ReadOnlyError)):
         return PermissionDenied(f"cannot open the local index {path}: {e}; check its permissions or use --index")
     return FsbackupError(f"local index {path}: {e}")
-
-
-# Errors that mean the file is not a usable SQLite database (garbage, truncated, damaged pages).
-_DAMAGE = (apsw.NotADBError, apsw.CorruptError)
 
 
 class Index:
@@ -237,7 +240,19 @@ class Index:
         self.db.execute("SELECT count(*) FROM meta").fetchall()    # reads a page: damage shows here
         os.chmod(self.path, 0o600)
 
-    def _set_aside(self) -> None:
+    def set_aside_if_damaged(self) -> bool:
+        """Check every page of the index (slow on a big one: repair's business) and set it aside,
+        opening a new empty one, when any is damaged. Call while holding it `exclusive`."""
+        try:
+            ok = self.db.execute("PRAGMA quick_check(1)").fetchone()[0] == "ok"
+        except _DAMAGE:
+            ok = False
+        if not ok:
+            self._set_aside(then=fcntl.LOCK_EX)
+            self._open()
+        return not ok
+
+    def _set_aside(self, then: int = fcntl.LOCK_SH) -> None:
         """Move a damaged index (and its -wal/-shm files) out of the way. Only when nothing else has
         it open: another process may still be using a file that only looks damaged to us."""
         if self.db is not None:
@@ -246,8 +261,8 @@ class Index:
         try:
             self._take_lock(fcntl.LOCK_EX, wait=0)
         except Locked:
-            raise FsbackupError(f"the local index {self.path} is damaged, and another fsbackup process on this "
-                                "machine has it open; stop it, then run 'fsbackup repair'") from None
+            raise LocalIndexDamaged(f"the local index {self.path} is damaged, and another fsbackup process on "
+                                    "this machine has it open; stop it, then run 'fsbackup repair'") from None
         aside = f"{self.path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
         for suffix in ("", "-wal", "-shm"):
             try:
@@ -257,7 +272,7 @@ class Index:
         self.damaged_copy = aside
         log.warning("the local index %s was damaged; it was set aside as %s and is rebuilt from the repository",
                     self.path, aside)
-        self._take_lock(fcntl.LOCK_SH, wait=0)
+        self._take_lock(then, wait=0)
 
     def _take_lock(self, mode: int, wait: float) -> None:
         """Take (or convert to) the shared or exclusive local lock, waiting up to `wait` seconds."""

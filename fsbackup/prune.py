@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from . import format as fmt
 from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
 from .progress import Progress, human_bytes
-from .errors import CorruptObject, FsbackupError, NoSpace
+from .errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
 from .locks import PARTIAL_UPLOAD_AGE
 from .repository import Repository, block_runs, index_object, volume_object
 from .retention import Decision, Policy, Version, apply
@@ -158,6 +158,14 @@ def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> Prun
                                  "then 'fsbackup repair --remove-damaged' before pruning")
     orphans, unindexed = _leftovers(repo)
     plan = PrunePlan(orphans=orphans, unindexed=unindexed)
+    if not repo.accept_missing and not repo.index.one("SELECT 1 FROM versions LIMIT 1") \
+            and repo.index.one("SELECT 1 FROM volumes LIMIT 1"):
+        # Forget never removes the last version: no version at all beside stored data is a listing
+        # to distrust (a versions/ folder moved away, on a machine whose index had nothing to compare).
+        raise ListingContradiction("the repository lists no version objects (versions/) but holds data: prune "
+                                   "would delete all of it; check that the repository's folders are all there "
+                                   "and readable; if every version was removed on purpose, run prune again "
+                                   "with --accept-missing")
     for use in volume_use(repo):
         if use.live_blocks == 0:
             plan.delete.append(use)

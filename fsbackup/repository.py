@@ -225,10 +225,12 @@ class Repository:
                 _warn_skipped_version(obj)
             return self.index
         index = self.index
+        # What this index knows is read before the listings: a version another process records
+        # meanwhile is then neither taken for vanished nor recorded twice.
         known_volumes = {name for (name,) in index.q("SELECT name FROM volumes")}
+        local_versions = {name for (name,) in index.q("SELECT name FROM versions")}
         remote_indexes = [n for n, _ in self.backend.list("index/")]
         remote_versions = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
-        local_versions = {name for (name,) in index.q("SELECT name FROM versions")}
         vanished_volumes = known_volumes - {n.split("/", 1)[1] for n in remote_indexes}
         self.refuse_surprising_loss("version objects (versions/)", local_versions, local_versions - remote_versions)
         self.refuse_surprising_loss("index objects (index/)", known_volumes, vanished_volumes)
@@ -243,6 +245,8 @@ class Repository:
             try:
                 head, entries = self.load_version(name)
                 self.record_version(name, head, entries)
+            except NoSuchObject:
+                continue                  # forgotten by another machine since the listing
             except CorruptObject:
                 unreadable.append(version_object(name))
                 _warn_skipped_version(version_object(name))
@@ -277,9 +281,13 @@ class Repository:
             if volume_object(name) not in volume_sizes:
                 skipped.append(obj)       # its volume is gone (or never arrived): its blocks are not available
             else:
-                size, entries = get_checked(self.backend, obj, lambda data, obj=obj, name=name:
-                                            fmt.decode_index(self.keys, bytes.fromhex(name), data, obj))
-                self.record_volume(name, size, entries)
+                try:
+                    size, entries = get_checked(self.backend, obj, lambda data, obj=obj, name=name:
+                                                fmt.decode_index(self.keys, bytes.fromhex(name), data, obj))
+                except NoSuchObject:
+                    skipped.append(obj)   # deleted since the listing (another machine's prune)
+                else:
+                    self.record_volume(name, size, entries)
             if progress:
                 progress.advance(items=1)
         return skipped
@@ -319,6 +327,7 @@ class Repository:
         # the WAL would write the whole new index twice. (Left as it is while another connection,
         # e.g. a mount, has the index open.)
         with index.exclusive():           # rows are renumbered: nobody else may hold any
+            index.set_aside_if_damaged()      # (a rebuild on damaged pages would fail, or keep them)
             left_wal = index.try_journal_mode("DELETE")
             try:
                 with ThreadPoolExecutor(max(4, 2 * self.backend.connections)) as pool, index.transaction() as db:

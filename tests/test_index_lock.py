@@ -164,3 +164,25 @@ def test_a_damaged_local_index_is_set_aside_and_rebuilt(env, tmp_path):
         assert snapshot(restored_root(tmp_path / f"out-{damage is None}", src)) == expected
         for aside in index.parent.glob("index.sqlite.damaged-*"):
             aside.unlink()
+
+
+def test_a_damaged_page_deep_in_the_local_index_is_named_and_repair_rebuilds_it(env, tmp_path):
+    src = many_files(tmp_path / "src", 400)
+    env.ok("backup", src)
+    expected = snapshot(src)
+    index = index_file(env)
+    db = Index(str(index))
+    db.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (root_page,) = db.one("SELECT rootpage FROM sqlite_master WHERE name='nodes'")
+    (page_size,) = db.one("PRAGMA page_size")
+    db.close()
+    with open(index, "r+b") as f:                          # the root page of the file tree: garbage
+        f.seek((root_page - 1) * page_size)
+        f.write(b"\xff" * page_size)
+    r = env.run("ls", "latest")
+    assert r.rc == 12 and "local index" in r.err and "is damaged" in r.err and "fsbackup repair" in r.err, r.err
+    assert "Traceback" not in r.err and len(r.err.splitlines()) == 1
+    r = env.run("repair")
+    assert r.rc == 0 and "set aside" in r.err, r.err
+    env.ok("restore", "latest", "--target", tmp_path / "out")
+    assert snapshot(restored_root(tmp_path / "out", src)) == expected

@@ -224,3 +224,17 @@ def test_an_unreadable_keys_folder_is_permission_denied_not_corrupt(unprivileged
         r = run("versions")
         assert r.rc == EXIT_PERMISSION and "cannot list repository folder keys/" in r.err, r.err
         assert len(r.err.splitlines()) == 1
+
+
+def test_a_new_machine_never_prunes_a_repository_whose_versions_folder_is_missing(env, tmp_path):
+    """A new local index has nothing to compare a listing with: no version beside stored data is
+    what prune distrusts then."""
+    src = two_versions(env, tmp_path)
+    expected = snapshot(src)
+    before = objects(env.repo)
+    (env.repo / "versions").rename(tmp_path / "moved")
+    r = env.run("prune", XDG_CACHE_HOME=str(tmp_path / "new-machine"))
+    assert r.rc == EXIT_CORRUPT and "lists no version objects" in r.err and "--accept-missing" in r.err, r.err
+    assert objects(env.repo) == {o for o in before if not o.startswith("versions/")}
+    (tmp_path / "moved").rename(env.repo / "versions")
+    assert_every_version_restores(env, tmp_path, src, expected)

@@ -31,7 +31,9 @@ environment:
   B2_APPLICATION_KEY_ID     Backblaze B2 application key id, for b2:// repositories (docs/b2.md)
   B2_APPLICATION_KEY        Backblaze B2 application key
   FSBACKUP_PASSWORD         the passphrase
-  FSBACKUP_PASSWORD_COMMAND a command that prints the passphrase (e.g. 'pass show backup')
+  FSBACKUP_PASSWORD_COMMAND a command that prints the passphrase (e.g. 'pass show backup'), run
+                            through /bin/sh -c with your environment: shell syntax applies, so
+                            quote it as in a shell and set it only from a source you trust
   FSBACKUP_NEW_PASSWORD     the new passphrase, for 'key passwd' and 'key add'
   XDG_CACHE_HOME            where the local index lives (default ~/.cache/fsbackup/<repository id>/)
 
@@ -259,14 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
                 "each version's files at their absolute paths, MOUNTPOINT/latest points to the newest one.\n"
                 "Browse with any file manager; restore with 'cp -a'. Only the bytes you read are fetched and\n"
                 "decrypted. Backups may run while mounted: new versions appear within seconds.\n\n"
-                "Stop with Ctrl-C, 'fsbackup umount MOUNTPOINT' or 'fusermount3 -u MOUNTPOINT'.")
+                "Stop with Ctrl-C, 'fsbackup umount MOUNTPOINT' or 'fusermount3 -u MOUNTPOINT'.\n\n"
+                "Permissions are the backed-up ones, POSIX ACLs included; trusted.* xattrs are shown to root\n"
+                "only. Once the repository is open, the mount removes FSBACKUP_PASSWORD from its environment\n"
+                "(docs/mount.md says what that does and does not clear).")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--daemon", action="store_true", help="go to the background once the mount is ready")
+    p.add_argument("--daemon", action="store_true",
+                   help="go to the background once the mount is ready (messages go to logs/mount.log next to "
+                        "the local index)")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users (and Samba/NFS servers) see the mount (needs user_allow_other in "
                         "/etc/fuse.conf when not root)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="where fetched blocks are cached, encrypted (default: next to the local index)")
+                   help="where fetched blocks are cached, encrypted: a new or empty folder, which fsbackup tags "
+                        "and makes owner-only (default: next to the local index)")
     p.add_argument("--cache-size", metavar="SIZE", type=cache_size_arg, default=None,
                    help="bound of the block cache on disk, up to 1P (default: 1G for remote storage, 0 for a local "
                         "directory, which is its own cache)")
@@ -396,8 +404,9 @@ def _not_empty(passphrase: bytes) -> bytes:
 
 
 def get_passphrase(args, new: bool = False) -> bytes:
-    """The passphrase from --password-file, FSBACKUP_PASSWORD, FSBACKUP_PASSWORD_COMMAND or the
-    terminal (asked twice when `new`). A `new` one (init) must not be empty; opening a repository
+    """The passphrase from --password-file, FSBACKUP_PASSWORD, FSBACKUP_PASSWORD_COMMAND (a shell
+    command line, run by /bin/sh -c; its stdout is the passphrase) or the terminal (asked twice
+    when `new`). A `new` one (init) must not be empty; opening a repository
     with an empty one is only a wrong passphrase."""
     if args.password_file:
         try:

@@ -71,7 +71,9 @@ def _is_answer(e: BaseException) -> bool:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
-    enable_acl = False
+    # The kernel enforces the POSIX ACLs backed up as system.posix_acl_access xattrs (with the
+    # mount's default_permissions): with --allow-other, a user an ACL denies reads nothing.
+    enable_acl = True
 
     def __init__(self, view: RepositoryView):
         super().__init__()
@@ -151,10 +153,10 @@ class Operations(pyfuse3.Operations):
         return None
 
     async def getxattr(self, inode, name, ctx):
-        return self._point(self.view.getxattr, inode, name)
+        return self._point(self.view.getxattr, inode, name, ctx.uid == 0)
 
     async def listxattr(self, inode, ctx):
-        return self._point(self.view.listxattr, inode)
+        return self._point(self.view.listxattr, inode, ctx.uid == 0)
 
     async def statfs(self, ctx):
         info = await self._call(self.view.statfs)

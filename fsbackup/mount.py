@@ -8,7 +8,9 @@ import shutil
 import subprocess
 import sys
 
+from .diskcache import claim_cache_folder
 from .errors import FsbackupError, UsageError
+from .private import forget_passphrase, open_private, open_private_folder
 
 MOUNT_OPTIONS = {"fsname=fsbackup", "subtype=fsbackup", "ro", "default_permissions"}
 DEFAULT_REMOTE_CACHE = 1 << 30
@@ -22,6 +24,8 @@ MOUNT_RETRY_SECONDS = 30.0
 SYNC_SECONDS_LOCAL = 30.0
 SYNC_SECONDS_REMOTE = 60.0
 SYNC_SECONDS_VARIABLE = "FSBACKUP_MOUNT_SYNC_SECONDS"   # overrides both; for the test suite, not users
+LOG_FOLDER = "logs"           # --daemon's messages: LOG_FOLDER/LOG_NAME next to the local index
+LOG_NAME = "mount.log"
 
 
 class FuseUnavailable(FsbackupError):
@@ -84,22 +88,27 @@ def mount(args, out, open_repo) -> int:
     mountpoint = check_mountpoint(args.mountpoint)
     check_fuse()
     repo = open_repo(args, out)            # rebuilds the local index first when it is missing
+    forget_passphrase()                    # the keys are unwrapped; the mount may live for weeks
     repo.backend = RetryingBackend(repo.backend, max_seconds=MOUNT_RETRY_SECONDS)   # from now on: reads
-    cache_dir = args.cache_dir or os.path.join(os.path.dirname(repo.index_path), "blocks")
+    state_folder = os.path.dirname(repo.index_path)
+    from .backends.local import LocalBackend
+    local = isinstance(repo.backend.inner, LocalBackend)
+    cache_size = args.cache_size
+    if cache_size is None:   # a local directory is its own cache: copying it to a cache only costs disk
+        cache_size = 0 if local else DEFAULT_REMOTE_CACHE
+    cache_dir = args.cache_dir or os.path.join(state_folder, "blocks")
+    if cache_size > 0:       # a folder the cache may not use is refused here, before going to the background
+        os.close(claim_cache_folder(cache_dir))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="fsbackup mount: %(message)s")
     # A retry is a warning line; during an outage every waiting read retries: only with -v.
     logging.getLogger("fsbackup.backends").setLevel(logging.WARNING if args.verbose else logging.ERROR)
     ready_pipe = None
     if args.daemon:
+        log_folder = os.path.join(state_folder, LOG_FOLDER)
+        log_fd = _open_log(log_folder)
         repo.close_index()                 # an SQLite connection must not cross a fork
-        log_path = os.path.join(os.path.dirname(repo.index_path), "mount.log")
-        ready_pipe = _daemonize(log_path)  # returns only in the child
-    from .backends.local import LocalBackend
-    local = isinstance(repo.backend.inner, LocalBackend)
-    cache_size = args.cache_size
-    if cache_size is None:   # a local directory is its own cache: copying it to a cache only costs disk
-        cache_size = 0 if local else DEFAULT_REMOTE_CACHE
+        ready_pipe = _daemonize(log_fd, os.path.join(log_folder, LOG_NAME))   # returns only in the child
     view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size, sync_seconds=_sync_seconds(local))
     options = set(MOUNT_OPTIONS)
     if args.allow_other:
@@ -141,9 +150,20 @@ def _sync_seconds(local: bool) -> float:
     return SYNC_SECONDS_LOCAL if local else SYNC_SECONDS_REMOTE
 
 
-def _daemonize(log_path: str) -> int:
+def _open_log(log_folder: str) -> int:
+    """The daemon's log file, opened for appending in `log_folder`, an owner-only folder fsbackup
+    creates (next to the local index, which may be in a folder others can write): never
+    through a symlink someone planted."""
+    folder_fd = open_private_folder(log_folder)
+    try:
+        return open_private(folder_fd, LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    finally:
+        os.close(folder_fd)
+
+
+def _daemonize(log_fd: int, log_path: str) -> int:
     """Fork; the parent waits until the child's mount is ready (or failed) and exits with its status.
-    The child's messages go to `log_path`."""
+    The child's messages go to `log_fd`, the file at `log_path`."""
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -160,7 +180,6 @@ def _daemonize(log_path: str) -> int:
     os.close(read_end)
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(devnull, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)

@@ -47,6 +47,8 @@ BLOCK_SIZE = 4096
 # Syncs of the local index begin at least this far apart, however many reads ask for one: a read
 # of data that is really lost must not cost a listing of the repository each time.
 SYNC_MIN_GAP = 2.0
+# Linux lets only CAP_SYS_ADMIN see trusted.* xattrs: the mount shows them to root alone.
+TRUSTED_PREFIX = b"trusted."
 
 
 class FsOpError(Exception):
@@ -431,19 +433,25 @@ class RepositoryView:
             raise FsOpError(errno.EINVAL)
         return node.target or b""
 
-    def _xattrs(self, ino: int) -> dict[bytes, bytes]:
+    def _xattrs(self, ino: int, privileged: bool) -> dict[bytes, bytes]:
         if ino < (1 << NODE_BITS):
             return {}
-        return self._node(ino >> NODE_BITS, ino & NODE_MASK).xattrs
+        xattrs = self._node(ino >> NODE_BITS, ino & NODE_MASK).xattrs
+        if privileged:
+            return xattrs
+        return {name: value for name, value in xattrs.items() if not name.startswith(TRUSTED_PREFIX)}
 
-    def getxattr(self, ino: int, name: bytes) -> bytes:
-        value = self._xattrs(ino).get(name)
+    def getxattr(self, ino: int, name: bytes, privileged: bool = False) -> bytes:
+        """The value of xattr `name`; ENODATA when the entry has none. trusted.* xattrs exist
+        only for a `privileged` caller (root), as on a local file system."""
+        value = self._xattrs(ino, privileged).get(name)
         if value is None:
             raise FsOpError(errno.ENODATA)
         return value
 
-    def listxattr(self, ino: int) -> list[bytes]:
-        return list(self._xattrs(ino))
+    def listxattr(self, ino: int, privileged: bool = False) -> list[bytes]:
+        """The names of the entry's xattrs; trusted.* ones only for a `privileged` caller (root)."""
+        return list(self._xattrs(ino, privileged))
 
     def statfs(self) -> dict:
         stored, = self._index().one("SELECT coalesce(sum(size), 0) FROM volumes")

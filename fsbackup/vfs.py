@@ -23,6 +23,7 @@ import stat
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
@@ -47,6 +48,7 @@ BLOCK_SIZE = 4096
 # Syncs of the local index begin at least this far apart, however many reads ask for one: a read
 # of data that is really lost must not cost a listing of the repository each time.
 SYNC_MIN_GAP = 2.0
+SYNC_WAIT_SECONDS = 60.0             # the longest a read waits for a sync to find a block's new place
 # Linux lets only CAP_SYS_ADMIN see trusted.* xattrs: the mount shows them to root alone.
 TRUSTED_PREFIX = b"trusted."
 
@@ -195,7 +197,10 @@ class IndexSync:
                     self._requested = Future()
                     self._lock.notify()
                 outcome = self._requested
-        return outcome.exception() is None
+        try:        # bounded: a reader answers EIO rather than wait on a sync stuck in the storage
+            return outcome.exception(timeout=SYNC_WAIT_SECONDS) is None
+        except FutureTimeout:
+            return False
 
     def close(self, wait: float = 5.0) -> None:
         """Stop the thread, waiting up to `wait` seconds for a sync under way (a daemon thread: a
@@ -216,6 +221,7 @@ class IndexSync:
 
     def _run(self) -> None:
         repo = Repository(self._source.backend, self._source.config, self._source.keys, self._source.index_path)
+        repo.accept_missing = self._source.accept_missing
         last = time.monotonic()          # the index was brought up to date when the mount began
         try:
             while True:

@@ -21,6 +21,7 @@ from . import errors
 from .backends import Backend, open_backend
 from .errors import FsbackupError, UsageError
 from .progress import Progress, human_bytes, human_duration
+from .index import Index
 from .repository import Repository, index_object, version_object
 
 PROG = "fsbackup"
@@ -818,11 +819,18 @@ def cmd_restore(args, out: Output) -> int:
             f"cannot be made: {blocker} is a file, not a directory"
         raise UsageError(f"restore target {args.target} {why}; choose another --target")
     repo = open_repo(args, out)
-    # One read transaction: a forget or backup running meanwhile cannot change the tree under it.
-    with repo.index.snapshot():
-        tree = VersionTree(repo.index, resolve_version(repo.index, args.version))
-        job = Restore(repo, tree, args.target, overwrite=args.overwrite, progress=out.progress(), warn=out.warn)
-        s = job.run(args.paths or None)
+    # The tree is read in one read transaction of a connection of its own: a forget or backup
+    # running meanwhile cannot change it under the restore. Where blocks lie is looked up live
+    # (repo.index), so blocks a prune moves meanwhile are found at their new place.
+    tree_index = Index(repo.index_path)
+    try:
+        with tree_index.snapshot():
+            tree = VersionTree(tree_index, resolve_version(tree_index, args.version))
+            job = Restore(repo, tree, args.target, overwrite=args.overwrite, progress=out.progress(),
+                          warn=out.warn)
+            s = job.run(args.paths or None)
+    finally:
+        tree_index.close()
     if out.json:
         out.emit_json({"files": s.files, "dirs": s.dirs, "others": s.others, "bytes_written": s.bytes_written,
                        "duration": round(s.duration, 3), "damaged": s.damaged, "warnings": s.warnings})

@@ -163,9 +163,14 @@ def test_concurrent_commands_under_faults_never_lose_a_version_or_return_wrong_b
         assert p.returncode == 0, p.stderr
         soak.created[json.loads(p.stdout)["version"]] = str(folder)
     # The mount reads through faults too, and follows the others' prunes every few seconds.
-    mount = Mount(env, tmp_path / "mnt", launcher=(sys.executable, FAULTY_CLI),
-                  XDG_CACHE_HOME=str(soak.caches["mount"]), FSBACKUP_TEST_FAULTS=f"{seed}:{FAULTS}",
-                  FSBACKUP_MOUNT_SYNC_SECONDS="3")
+    for attempt in range(5):          # an injected listing fault may stop the mount from starting
+        try:
+            mount = Mount(env, tmp_path / "mnt", launcher=(sys.executable, FAULTY_CLI),
+                          XDG_CACHE_HOME=str(soak.caches["mount"]), FSBACKUP_TEST_FAULTS=f"{seed + attempt}:{FAULTS}",
+                          FSBACKUP_MOUNT_SYNC_SECONDS="3")
+            break
+        except AssertionError as e:
+            assert "simulated outage" in str(e), e
     until = time.monotonic() + SECONDS
     actors = [threading.Thread(target=fn, args=(*pre, random.Random(seed * 10 + i), until))
               for i, (fn, pre) in enumerate([(soak.backups, ()), (soak.maintenance, ()), (soak.restores, ()),

@@ -42,6 +42,7 @@ class Soak:
         self.lock = threading.Lock()
         self.failures: list[str] = []
         self.counts: dict[str, int] = {}
+        self.reasons: dict[str, list[str]] = {}             # the first error line of each kind of failure
         self.snapshots = 0
 
     def run(self, index: str, *args, faults: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -53,6 +54,8 @@ class Soak:
         verb = str(args[0])
         with self.lock:
             self.counts[f"{verb} {p.returncode}"] = self.counts.get(f"{verb} {p.returncode}", 0) + 1
+            if p.returncode:
+                self.reasons.setdefault(f"{verb} {p.returncode}", p.stderr.strip().splitlines()[-1:])
             if "Traceback" in p.stderr or "internal error" in p.stderr or p.returncode not in ALLOWED:
                 self.failures.append(f"{' '.join(map(str, args))} -> {p.returncode}: {p.stderr[-2000:]}")
         return p
@@ -203,3 +206,5 @@ def test_concurrent_commands_under_faults_never_lose_a_version_or_return_wrong_b
     assert not soak.failures, "\n".join(soak.failures)
     print(f"seed {seed}: {len(soak.created)} versions made, {len(soak.named_to_forget)} named to forget; "
           f"commands by exit code: {dict(sorted(soak.counts.items()))}")
+    for kind, line in sorted(soak.reasons.items()):
+        print(f"  {kind}: {line}")

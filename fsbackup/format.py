@@ -429,13 +429,13 @@ def check_head(head, name: str) -> dict:
     if not isinstance(head, dict):
         raise CorruptObject(name, "header is not a map")
     try:
-        texts = [head["host"], *head["paths"], *head["tags"]]
+        paths, tags, host, parent = head["paths"], head["tags"], head["host"], head["parent"]
         numbers = [head[key] for key in ("time_ns", *HEAD_COUNTS)]
-        parent = head["parent"]
     except KeyError as e:
         raise CorruptObject(name, f"header lacks {e.args[0]}") from None
-    except TypeError:
-        raise CorruptObject(name, "header paths or tags are not lists") from None
+    if not isinstance(paths, list) or not isinstance(tags, list):
+        raise CorruptObject(name, "header paths or tags are not lists")
+    texts = [host, *paths, *tags]
     if not all(isinstance(text, str) for text in texts):
         raise CorruptObject(name, "header host, paths or tags are not text")
     if not _is_int(numbers[0], INT64_MIN, INT64_MAX) or not all(_is_int(n, 0, INT64_MAX) for n in numbers[1:]):

@@ -390,7 +390,9 @@ INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 HEAD_COUNTS = ("file_count", "total_size", "bytes_added")
 
 
-def _wire_text(text: str) -> str | bytes:
+def _wire_text(text):
+    if not isinstance(text, str):
+        return text                      # (check_head tells a header with such a value corrupt)
     try:
         text.encode("utf-8")
         return text

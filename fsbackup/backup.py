@@ -330,7 +330,7 @@ class Backup:
         self.upload_pool = ThreadPoolExecutor(self.options.uploads_in_flight, thread_name_prefix="fsbackup-upload")
         spool = tempfile.TemporaryFile(prefix="fsbackup-tree-")
         try:
-            self.spool_packer = msgpack.Packer(unicode_errors="surrogateescape")
+            self.spool_packer = fmt.entry_packer(unicode_errors="surrogateescape")   # (times of any range)
             self.spool = spool
             self.node_count = 0
             self._scan(tops)

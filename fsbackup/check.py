@@ -190,8 +190,10 @@ class Checker:
     def _check_version(self, name: str, known: bool) -> None:
         try:
             head, entries = self.repo.load_version(name)
-            entries = list(entries)                # every entry must parse, not only authenticate
-            if not known:
+            if known:
+                for _ in entries:                  # every entry must parse and check, not only authenticate
+                    pass
+            else:
                 self.repo.record_version(name, head, entries)
         except (CorruptObject, NoSuchObject) as e:
             self.add(Problem(version_object(name), str(e), version=name))

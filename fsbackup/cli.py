@@ -490,7 +490,11 @@ def open_repo(args, out: Output, sync_index: bool = True) -> Repository:
 
 
 def fmt_time(ns: int) -> str:
-    return datetime.datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+    """Local date and time, or "@<seconds since the epoch>" for a time outside years 1-9999."""
+    try:
+        return datetime.datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):
+        return f"@{ns // 1_000_000_000}"
 
 
 # ---- commands -------------------------------------------------------------------------------

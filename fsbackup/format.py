@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, NamedTuple
 import msgpack
 import zstandard
 
+from .chunker import MAX_SIZE
 from .crypto import NONCE_LEN, ZERO_NONCE, Keys, ObjectCipher
 from .errors import CorruptObject
 
@@ -53,6 +54,21 @@ def check_header(data: bytes, magic: bytes, name: str) -> None:
 
 _per_thread = threading.local()   # zstd (de)compressor objects must not be shared between threads
 
+# Decompression bounds (docs/format.md, "Bounds"). python-zstandard allocates whatever size a
+# frame declares, whatever max_output_size says, so the declared size is checked before anything
+# is allocated, and a frame that does not declare one is streamed and cut off at the bound.
+MAX_WINDOW = 8 << 20                 # largest zstd window a reader accepts (writers use up to 4 MiB)
+MAX_BLOCK_LEN = MAX_SIZE             # a block's plaintext: at most the chunker's largest block
+METADATA_FLOOR = 64 << 20            # a table, index object or version frame expands to at most
+METADATA_RATIO = 64                  # max(METADATA_FLOOR, METADATA_RATIO x its compressed length)
+STREAM_CHUNK = 1 << 20               # version frames are decompressed and parsed this much at a time
+
+
+def metadata_limit(compressed_len: int) -> int:
+    """The most plaintext a table, index object or version frame of `compressed_len` bytes may hold:
+    a zstd bomb stops there, while a real one (mostly incompressible block ids) never comes close."""
+    return max(METADATA_FLOOR, METADATA_RATIO * compressed_len)
+
 
 def _zstd_c(level: int = ZSTD_LEVEL) -> zstandard.ZstdCompressor:
     """This thread's compressor for `level` (building one costs more than compressing a small block)."""
@@ -65,18 +81,37 @@ def _zstd_c(level: int = ZSTD_LEVEL) -> zstandard.ZstdCompressor:
     return compressor
 
 
-def _decompress(data: bytes, plain_len: int | None = None) -> bytes:
-    """A zstd frame's plaintext. Without `plain_len`, the frame's own content size is used (our
-    writers record it), or the frame is streamed when it does not say."""
+def _zstd_d() -> zstandard.ZstdDecompressor:
     decompressor = getattr(_per_thread, "decompressor", None)
     if decompressor is None:
-        decompressor = _per_thread.decompressor = zstandard.ZstdDecompressor()
-    if plain_len is None:
-        try:
-            return decompressor.decompress(data)
-        except zstandard.ZstdError:
-            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    return decompressor.decompress(data, max_output_size=plain_len)
+        decompressor = _per_thread.decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    return decompressor
+
+
+def _decompress(data, limit: int) -> bytes:
+    """A zstd frame's plaintext, of at most `limit` bytes; zstandard.ZstdError for anything else
+    (a frame that declares or expands to more, a damaged frame)."""
+    declared = zstandard.get_frame_parameters(data).content_size
+    if declared == zstandard.CONTENTSIZE_UNKNOWN:
+        return b"".join(_decompress_chunks(data, limit))
+    if declared > limit:
+        raise zstandard.ZstdError(f"frame declares {declared} bytes, more than {limit}")
+    return _zstd_d().decompress(data)
+
+
+def _decompress_chunks(data, limit: int) -> Iterator[bytes]:
+    """A zstd frame's plaintext in pieces of at most STREAM_CHUNK bytes; zstandard.ZstdError once
+    it passes `limit` bytes. Memory stays at one piece, whatever the frame holds."""
+    declared = zstandard.get_frame_parameters(data).content_size
+    if declared != zstandard.CONTENTSIZE_UNKNOWN and declared > limit:
+        raise zstandard.ZstdError(f"frame declares {declared} bytes, more than {limit}")
+    reader = _zstd_d().stream_reader(data, read_across_frames=False)
+    total = 0
+    while chunk := reader.read(STREAM_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise zstandard.ZstdError(f"frame expands to more than {limit} bytes")
+        yield chunk
 
 
 # ---- blocks ---------------------------------------------------------------------------------
@@ -114,6 +149,8 @@ def encode_blocks(cipher: ObjectCipher, blocks: list, level: int = ZSTD_LEVEL) -
 def decode_block(keys: Keys, cipher: ObjectCipher, block_id: bytes, stored: bytes, plain_len: int,
                  object_name: str) -> bytes:
     """Authenticate, decompress and check one block against its id. Never returns wrong bytes."""
+    if not 0 <= plain_len <= MAX_BLOCK_LEN:
+        raise CorruptObject(object_name, f"a block is recorded with {plain_len} bytes, more than blocks hold")
     payload = cipher.open(block_nonce(block_id), stored, block_ad(block_id), object_name)
     codec, body = payload[0], memoryview(payload)[1:]
     try:
@@ -179,7 +216,7 @@ def table_place(footer: bytes, volume_size: int, name: str) -> tuple[int, int]:
 def open_table(keys: Keys, volume_id: bytes, table: bytes, name: str) -> list[BlockEntry]:
     raw = keys.object_cipher(b"table", volume_id).open(ZERO_NONCE, table, b"table\0", name)
     try:
-        return _unpack_table(_decompress(raw), name)
+        return _unpack_table(_decompress(raw, metadata_limit(len(raw))), name)
     except zstandard.ZstdError:
         raise CorruptObject(name, "block table does not decompress") from None
 
@@ -195,7 +232,7 @@ def decode_index(keys: Keys, volume_id: bytes, data: bytes, name: str) -> tuple[
     check_header(data, INDEX_MAGIC, name)
     raw = keys.object_cipher(b"index", volume_id).open(ZERO_NONCE, data[HEADER_LEN:], b"index\0", name)
     try:
-        doc = msgpack.unpackb(_decompress(raw))
+        doc = msgpack.unpackb(_decompress(raw, metadata_limit(len(raw))))
         size, blocks = int(doc["size"]), doc["blocks"]
     except (ValueError, TypeError, KeyError, msgpack.UnpackException, zstandard.ZstdError):
         raise CorruptObject(name, "does not parse") from None
@@ -241,7 +278,7 @@ def encode_version(keys: Keys, version_id: bytes, head: dict, entries: Iterable[
     cipher = keys.object_cipher(b"version", version_id)
     compressor = _zstd_c()
     out = bytearray(header(VERSION_MAGIC))
-    pending: list[bytes] = [msgpack.packb(head)]   # frame plaintexts not yet sealed (keep one back)
+    pending: list[bytes] = [msgpack.packb(encode_head(head))]   # frame plaintexts not yet sealed (keep one back)
     frame_no = 0
 
     def seal(plain: bytes, last: bool) -> None:
@@ -251,7 +288,7 @@ def encode_version(keys: Keys, version_id: bytes, head: dict, entries: Iterable[
         out.extend(sealed)
         frame_no += 1
 
-    packer = msgpack.Packer()
+    packer = entry_packer()
     buf = bytearray()
     for entry in entries:
         buf.extend(packer.pack(entry))
@@ -267,8 +304,11 @@ def encode_version(keys: Keys, version_id: bytes, head: dict, entries: Iterable[
     return bytes(out)
 
 
-def decode_version(keys: Keys, version_id: bytes, data: bytes, name: str) -> tuple[dict, Iterator[list]]:
-    """(head, iterator of entries). Raises CorruptObject at once if any frame fails authentication."""
+def decode_version(keys: Keys, version_id: bytes, data: bytes, name: str) -> tuple[dict, Iterator]:
+    """(head, iterator of entries). Raises CorruptObject at once if any frame fails authentication
+    or the header frame does not parse; entries are decompressed and parsed a piece of a frame at
+    a time as they are read (raising CorruptObject then). Neither is checked: `check_head` and
+    `checked_entries` tell whether they make a version."""
     check_header(data, VERSION_MAGIC, name)
     cipher = keys.object_cipher(b"version", version_id)
     frames: list[tuple[int, int]] = []
@@ -288,24 +328,27 @@ def decode_version(keys: Keys, version_id: bytes, data: bytes, name: str) -> tup
     # damaged download can be fetched again); frames are decompressed and parsed as they are read.
     opened = [cipher.open(_frame_nonce(n), data[start:start + length], _frame_ad(n, n == len(frames) - 1), name)
               for n, (start, length) in enumerate(frames)]
-
-    def plain(n: int) -> bytes:
-        try:
-            return _decompress(opened[n])
-        except zstandard.ZstdError:
-            raise CorruptObject(name, "frame does not decompress") from None
-
     try:
-        head = msgpack.unpackb(plain(0))
+        head = decode_head(msgpack.unpackb(_decompress(opened[0], metadata_limit(len(opened[0])))))
+    except zstandard.ZstdError as e:
+        raise CorruptObject(name, f"header frame does not decompress: {e}") from None
     except (ValueError, msgpack.UnpackException):
         raise CorruptObject(name, "header does not parse") from None
 
     def entries() -> Iterator[list]:
-        unpacker = msgpack.Unpacker(raw=False)
-        for n in range(1, len(frames)):
-            unpacker.feed(plain(n))
+        for frame in opened[1:]:
+            limit = metadata_limit(len(frame))
+            unpacker = msgpack.Unpacker(raw=False, max_buffer_size=limit)
+            fed = 0
             try:
-                yield from unpacker
+                for piece in _decompress_chunks(frame, limit):
+                    unpacker.feed(piece)
+                    fed += len(piece)
+                    yield from unpacker
+                if unpacker.tell() != fed:
+                    raise CorruptObject(name, "an entry is cut off at the end of a frame")
+            except zstandard.ZstdError as e:
+                raise CorruptObject(name, f"frame does not decompress: {e}") from None
             except (ValueError, msgpack.UnpackException):
                 raise CorruptObject(name, "entry does not parse") from None
 
@@ -336,3 +379,218 @@ ENTRY_FIELDS = ("parent", "name", "type", "mode", "uid", "gid", "user", "grp", "
 (E_PARENT, E_NAME, E_TYPE, E_MODE, E_UID, E_GID, E_USER, E_GRP, E_MTIME, E_ATIME, E_CTIME, E_SIZE,
  E_INO, E_DEV, E_NLINK, E_RDEV, E_TARGET, E_XATTRS, E_CONTENT) = range(len(ENTRY_FIELDS))
 # content: None, or [content hash (32 bytes), size, packed extents]; xattrs: None or {name: value}.
+
+
+# ---- the version header ---------------------------------------------------------------------
+# In memory, paths, tags and the host are str, non-UTF-8 bytes held as surrogate escapes (as
+# os.fsdecode gives them). In the object, each is a msgpack str when it is valid UTF-8, else bin
+# with its bytes: any path round-trips, and a reader that predates bin still reads every other.
+
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+HEAD_COUNTS = ("file_count", "total_size", "bytes_added")
+
+
+def _wire_text(text):
+    if not isinstance(text, str):
+        return text                      # (check_head tells a header with such a value corrupt)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+
+
+def _memory_text(value):
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def encode_head(head: dict) -> dict:
+    """A version header as stored: paths, tags and host as str or, when not UTF-8, bin."""
+    return _map_texts(head, _wire_text)
+
+
+def decode_head(head) -> dict:
+    """A stored version header as held in memory (paths, tags and host as str); `check_head`
+    tells whether it is one."""
+    return _map_texts(head, _memory_text) if isinstance(head, dict) else head
+
+
+def _map_texts(head: dict, convert) -> dict:
+    out = dict(head)
+    if "host" in out:
+        out["host"] = convert(out["host"])
+    for key in ("paths", "tags"):
+        if isinstance(out.get(key), list):
+            out[key] = [convert(text) for text in out[key]]
+    return out
+
+
+def check_head(head, name: str) -> dict:
+    """`head` when it is a version header the local index can hold, else CorruptObject: a field
+    missing, of another type, or a number out of range. Keys it does not know are allowed."""
+    if not isinstance(head, dict):
+        raise CorruptObject(name, "header is not a map")
+    try:
+        paths, tags, host, parent = head["paths"], head["tags"], head["host"], head["parent"]
+        numbers = [head[key] for key in ("time_ns", *HEAD_COUNTS)]
+    except KeyError as e:
+        raise CorruptObject(name, f"header lacks {e.args[0]}") from None
+    if not isinstance(paths, list) or not isinstance(tags, list):
+        raise CorruptObject(name, "header paths or tags are not lists")
+    texts = [host, *paths, *tags]
+    if not all(isinstance(text, str) for text in texts):
+        raise CorruptObject(name, "header host, paths or tags are not text")
+    if not _is_int(numbers[0], INT64_MIN, INT64_MAX) or not all(_is_int(n, 0, INT64_MAX) for n in numbers[1:]):
+        raise CorruptObject(name, "header time or counts are out of range")
+    if parent is not None and not isinstance(parent, str):
+        raise CorruptObject(name, "header parent is not a version name")
+    return head
+
+
+def _is_int(value, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+# ---- entry timestamps -----------------------------------------------------------------------
+# A time is nanoseconds since the epoch, signed, anywhere in the range of the kernel's times
+# (a signed 64-bit count of seconds and the nanoseconds within it). In an entry it is a msgpack
+# integer when it fits one (int64 or uint64: 1677 to 2554), else a msgpack timestamp (extension
+# type -1), which holds signed 64-bit seconds. Readers take both.
+
+TIME_MIN, TIME_MAX = INT64_MIN * 1_000_000_000, INT64_MAX * 1_000_000_000 + 999_999_999
+
+
+def _wide_time(value):
+    """msgpack calls this for what it cannot pack: in an entry, only a time outside its integers."""
+    if type(value) is int and TIME_MIN <= value <= TIME_MAX:
+        return msgpack.Timestamp.from_unix_nano(value)
+    raise TypeError(f"cannot encode {value!r} in a tree entry")
+
+
+def entry_packer(**options) -> msgpack.Packer:
+    """A msgpack packer for tree entries (and anything holding them): times of any range."""
+    return msgpack.Packer(default=_wide_time, **options)
+
+
+def _time_ns(value) -> int | None:
+    """A stored time as nanoseconds, or None when it is not one."""
+    if type(value) is int:
+        return value if TIME_MIN <= value <= TIME_MAX else None
+    if isinstance(value, msgpack.Timestamp):
+        return value.to_unix_nano()
+    return None
+
+
+# ---- names and tree shape -------------------------------------------------------------------
+# What every reader relies on, so that no entry can name a place outside the tree or make a walk
+# of it loop: checked as a version is read (decode_version) and as it is recorded (record_version).
+
+ENTRY_TYPES = frozenset("fdlpcb")
+_SMALL_INTS = (E_MODE, E_UID, E_GID, E_SIZE, E_INO, E_DEV, E_NLINK, E_RDEV)
+_TIMES = (E_MTIME, E_ATIME, E_CTIME)
+
+
+def bad_name(name) -> str | None:
+    """Why `name` cannot be an entry's name (the root's is empty), or None when it can."""
+    if not isinstance(name, bytes):
+        return "is not bytes"
+    if name in (b"", b".", b".."):
+        return f"is {name.decode()!r}" if name else "is empty"
+    if b"/" in name or b"\0" in name:
+        return "holds '/' or NUL"
+    return None
+
+
+class TreeCheck:
+    """Checks a version's entries in stream order (docs/format.md, "Names and tree shape"); each
+    call returns the entry with its times as int nanoseconds, or raises CorruptObject naming `name`.
+
+    Entry 1 is the root: parent 0, empty name, a directory. Every other entry has a parent that
+    is an earlier entry (so the tree has no cycle) and a directory, and a name that is not empty,
+    `.` or `..` and holds no `/` or NUL. Fields have their types and the ranges the local index
+    holds; the entries of one hard-linked file (nlink > 1, same dev and ino) share one type that
+    is not a directory. Memory: one byte per entry, and one item per hard-linked file."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.types = bytearray(1)                  # entry id -> its type (0: no entry)
+        self.links: dict[tuple[int, int], str] = {}
+
+    def __call__(self, e) -> list:
+        entry_id = len(self.types)
+        why = self._fault(e, entry_id)
+        if why:
+            raise CorruptObject(self.name, f"entry {entry_id} {why}")
+        self.types.append(ord(e[E_TYPE]))
+        return e
+
+    def _fault(self, e, entry_id: int) -> str | None:
+        if not isinstance(e, list) or len(e) < len(ENTRY_FIELDS):
+            return "is not a tree entry"
+        parent, kind = e[E_PARENT], e[E_TYPE]
+        if type(kind) is not str or kind not in ENTRY_TYPES:
+            return "has an unknown type"
+        if entry_id == 1:
+            if parent != 0 or e[E_NAME] != b"" or kind != "d":
+                return "is not a root directory"
+        else:
+            if type(parent) is not int or not 0 < parent < entry_id:
+                return "has a parent that is not an earlier entry"
+            if self.types[parent] != ord("d"):
+                return "has a parent that is not a directory"
+            why = bad_name(e[E_NAME])
+            if why:
+                return f"has a name that {why}"
+        if not all(_is_int(e[i], 0, INT64_MAX) for i in _SMALL_INTS):
+            return "has a number out of range"
+        for i in _TIMES:
+            ns = _time_ns(e[i])
+            if ns is None:
+                return f"has a {ENTRY_FIELDS[i]} that is not a time"
+            e[i] = ns
+        if not all(v is None or isinstance(v, str) for v in (e[E_USER], e[E_GRP])):
+            return "has an owner name that is not text"
+        target, xattrs, content = e[E_TARGET], e[E_XATTRS], e[E_CONTENT]
+        if kind == "l" and not (isinstance(target, bytes) and target and b"\0" not in target):
+            return "is a symlink without a target"
+        if xattrs is not None and not (isinstance(xattrs, dict) and all(
+                isinstance(k, bytes) and k and b"\0" not in k and isinstance(v, bytes) for k, v in xattrs.items())):
+            return "has malformed xattrs"
+        if (content is None) != (kind != "f") or content is not None and not (
+                isinstance(content, list) and len(content) == 3 and isinstance(content[0], bytes)
+                and len(content[0]) == 32 and _is_int(content[1], 0, INT64_MAX)
+                and isinstance(content[2], bytes) and len(content[2]) % EXTENT.size == 0):
+            return "has malformed content"
+        if e[E_NLINK] > 1 and kind != "d":
+            if self.links.setdefault((e[E_DEV], e[E_INO]), kind) != kind:
+                return "is a hard link to an entry of another type"
+        return None
+
+    def finish(self) -> None:
+        if len(self.types) == 1:
+            raise CorruptObject(self.name, "has no root entry")
+
+
+class CheckedEntries:
+    """An iterator of a version's entries that `TreeCheck` passes as they come: CorruptObject
+    from the first bad one, or at the end when there is no entry at all."""
+
+    def __init__(self, entries: Iterable, name: str):
+        self._entries = iter(entries)
+        self._check = TreeCheck(name)
+
+    def __iter__(self) -> "CheckedEntries":
+        return self
+
+    def __next__(self) -> list:
+        try:
+            e = next(self._entries)
+        except StopIteration:
+            self._check.finish()
+            raise
+        return self._check(e)
+
+
+def checked_entries(entries: Iterable, name: str) -> CheckedEntries:
+    """`entries` checked as they are iterated (already checked ones are passed as they are)."""
+    return entries if isinstance(entries, CheckedEntries) else CheckedEntries(entries, name)

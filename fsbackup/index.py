@@ -95,7 +95,7 @@ CREATE TABLE nodes (
     gid      INTEGER NOT NULL,
     user     TEXT,                        -- owner names at backup time (NULL when unknown)
     grp      TEXT,
-    mtime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,            -- times: ns since the epoch (v4: see `index_time`)
     atime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,            -- source ctime: change detection only
     size     INTEGER NOT NULL,
@@ -147,8 +147,31 @@ CREATE TABLE spare_blocks (
 CREATE INDEX spare_blocks_by_volume ON spare_blocks(volume);
 """
 
+# v5: a node's time outside SQLite's integers (before 1677 or after 2262) is stored as a BLOB
+# (`index_time`). No row changes: every time recorded before fitted. The step only keeps an older
+# fsbackup, which would take such a BLOB for a number, from opening the index.
+SCHEMA_V5 = """
+-- nodes.mtime_ns, atime_ns and ctime_ns may hold a BLOB: the time's decimal digits
+"""
+
+
 # Each step is SQL, or SQL and a function that finishes the step inside the same transaction.
-MIGRATIONS = [(SCHEMA_V1, None), (SCHEMA_V2, None), (SCHEMA_V3, _fill_stored), (SCHEMA_V4, None)]
+MIGRATIONS = [(SCHEMA_V1, None), (SCHEMA_V2, None), (SCHEMA_V3, _fill_stored), (SCHEMA_V4, None),
+              (SCHEMA_V5, None)]
+
+_INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
+
+
+def index_time(ns: int) -> int | bytes:
+    """A time (ns since the epoch, any size the kernel can give: signed 64-bit seconds) as the
+    nodes table holds it: an INTEGER when it fits one, else a BLOB of its decimal digits (a
+    BLOB, because SQLite would turn a TEXT too long for an INTEGER column into an inexact REAL)."""
+    return ns if _INT64_MIN <= ns <= _INT64_MAX else str(ns).encode()
+
+
+def node_time(value: int | bytes) -> int:
+    """The time `index_time` stored."""
+    return value if type(value) is int else int(value)
 
 
 # I/O errors SQLite reports for a failed write, where the cause may be a full disk: a write to

@@ -11,6 +11,7 @@ Remote layout (docs/format.md):
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
+import apsw
 import blake3
 import msgpack
 
@@ -30,7 +32,7 @@ from .backends import Backend
 from .crypto import Keys, ObjectCipher, unwrap_master_secret, wrap_master_secret, MASTER_SECRET_LEN
 from .errors import (CorruptObject, FsbackupError, ListingContradiction, NoSuchObject, RepositoryNotFound,
                      UnsupportedFormat, UsageError, WrongPassphrase)
-from .index import Index
+from .index import Index, index_time
 from .locks import PARTIAL_UPLOAD_AGE
 
 T = TypeVar("T")
@@ -389,7 +391,10 @@ class Repository:
             if isinstance(result, FsbackupError):
                 unreadable(version_object(name), result)
             else:
-                self.record_version(name, *result, content_ids=content_ids, version_id=version_ids.get(name))
+                try:
+                    self.record_version(name, *result, content_ids=content_ids, version_id=version_ids.get(name))
+                except CorruptObject as e:              # an entry that does not read or check
+                    unreadable(version_object(name), e)
             if progress:
                 progress.advance(items=1)
         for sql in dropped:
@@ -416,9 +421,10 @@ class Repository:
         return results
 
     def _read_version(self, name: str):
+        """(header, entries) of a version object, authenticated; its entries are decompressed and
+        parsed as the writing thread records them (streamed: memory holds no version's tree)."""
         try:
-            head, entries = self.load_version(name)
-            return head, list(entries)
+            return self.load_version(name)
         except (CorruptObject, NoSuchObject) as e:
             return e
 
@@ -722,43 +728,62 @@ class Repository:
         self.backend.delete(version_object(name))
         self.unrecord_version(name)
 
-    def load_version(self, name: str):
+    def load_version(self, name: str) -> tuple[dict, fmt.CheckedEntries]:
+        """(header, entries) of a version object: authenticated whole, its entries streamed and
+        checked as they are iterated (CorruptObject naming the object, from either)."""
         obj = version_object(name)
-        return get_checked(self.backend, obj,
-                           lambda data: fmt.decode_version(self.keys, bytes.fromhex(name), data, obj))
+
+        def decode(data: bytes) -> tuple[dict, fmt.CheckedEntries]:
+            head, entries = fmt.decode_version(self.keys, bytes.fromhex(name), data, obj)
+            return fmt.check_head(head, obj), fmt.checked_entries(entries, obj)
+        return get_checked(self.backend, obj, decode)
 
     def record_version(self, name: str, head: dict, entries: Iterable[list],
                        content_ids: dict[bytes, int] | None = None, version_id: int | None = None) -> int:
         """Record a stored version and its tree in one transaction. Returns the version's row id:
         `version_id` (a rebuild keeps a version's id) or a new one no version ever had.
         `content_ids` (extents -> row id) is every contents row there is, kept across calls by
-        rebuild_index: a content not in it is new, and nothing needs looking up."""
-        with self.index.transaction() as db:
-            # Another process syncing the same index (a mount, a second command) may have recorded
-            # it meanwhile: the version is the same object, so its rows are too.
-            row = db.execute("SELECT id FROM versions WHERE name=?", (name,)).fetchone()
-            if row:
-                return row[0]
-            if version_id is None:
-                version_id = self.index.allocate_ids(db, "versions")
-            db.execute("INSERT INTO versions(id, name, time_ns, host, paths, tags, file_count, total_size, "
-                       "bytes_added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (version_id, name, head["time_ns"], head["host"], json.dumps(head["paths"]),
-                        json.dumps(head["tags"]), head["file_count"], head["total_size"], head["bytes_added"]))
-            batch: list[list] = []
-            node_id = 0
-            for e in entries:
-                batch.append(e)
-                if len(batch) >= 5000:
-                    node_id = self._record_nodes(db, version_id, node_id, batch, content_ids)
-                    batch.clear()
-            self._record_nodes(db, version_id, node_id, batch, content_ids)
+        rebuild_index: a content not in it is new, and nothing needs looking up.
+
+        The header and every entry are checked as they are recorded (`fmt.TreeCheck`): a version
+        that fails raises CorruptObject naming its object and leaves nothing recorded (nor in
+        `content_ids`)."""
+        obj = version_object(name)
+        head = fmt.check_head(head, obj)
+        entries = fmt.checked_entries(entries, obj)
+        known_contents = len(content_ids) if content_ids is not None else 0
+        try:
+            with self.index.transaction() as db:
+                # Another process syncing the same index (a mount, a second command) may have recorded
+                # it meanwhile: the version is the same object, so its rows are too.
+                row = db.execute("SELECT id FROM versions WHERE name=?", (name,)).fetchone()
+                if row:
+                    return row[0]
+                if version_id is None:
+                    version_id = self.index.allocate_ids(db, "versions")
+                db.execute("INSERT INTO versions(id, name, time_ns, host, paths, tags, file_count, total_size, "
+                           "bytes_added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (version_id, name, head["time_ns"], head["host"], json.dumps(head["paths"]),
+                            json.dumps(head["tags"]), head["file_count"], head["total_size"], head["bytes_added"]))
+                batch: list[list] = []
+                node_id = 0
+                for e in entries:
+                    batch.append(e)
+                    if len(batch) >= 5000:
+                        node_id = self._record_nodes(db, obj, version_id, node_id, batch, content_ids)
+                        batch.clear()
+                self._record_nodes(db, obj, version_id, node_id, batch, content_ids)
+        except CorruptObject:
+            if content_ids is not None:        # the rows they name were rolled back
+                for extents in list(itertools.islice(content_ids, known_contents, None)):
+                    del content_ids[extents]
+            raise
         return version_id
 
-    def _record_nodes(self, db, version_id: int, last_node_id: int, entries: list[list],
+    def _record_nodes(self, db, obj: str, version_id: int, last_node_id: int, entries: list[list],
                       content_ids: dict[bytes, int] | None) -> int:
-        """Insert a batch of a version's entries (nodes last_node_id+1...) and the contents rows
-        they need; returns the last node id. One query looks a batch's contents up, not one each."""
+        """Insert a batch of a version's checked entries (nodes last_node_id+1...) and the contents
+        rows they need; returns the last node id. One query looks a batch's contents up, not one each."""
         known = content_ids if content_ids is not None else {}
         new: dict[bytes, list] = {}                       # extents -> content, not yet in the index
         for e in entries:
@@ -789,9 +814,14 @@ class Repository:
         for node_id, e in enumerate(entries, start=last_node_id + 1):
             content = e[fmt.E_CONTENT]
             xattrs = msgpack.packb(e[fmt.E_XATTRS]) if e[fmt.E_XATTRS] else None
-            rows.append((version_id, node_id, *e[:fmt.E_XATTRS], xattrs,
-                         known[content[2]] if content is not None else None))
-        db.executemany(INSERT_NODE, rows)
+            row = [version_id, node_id, *e[:fmt.E_XATTRS], xattrs, known[content[2]] if content is not None else None]
+            for i in NODE_TIMES:
+                row[i] = index_time(row[i])
+            rows.append(row)
+        try:
+            db.executemany(INSERT_NODE, rows)
+        except apsw.ConstraintError:
+            raise CorruptObject(obj, "two entries of one directory have the same name") from None
         return last_node_id + len(entries)
 
     def close_index(self) -> None:
@@ -832,6 +862,7 @@ def _stored_bytes(size: int, extents: bytes) -> int:
 
 INDEX_OBJECTS_PER_TASK = 64    # rebuild_index reads index objects in runs of this many
 
+NODE_TIMES = tuple(2 + i for i in (fmt.E_MTIME, fmt.E_ATIME, fmt.E_CTIME))   # their places in an INSERT_NODE row
 INSERT_NODE = ("INSERT INTO nodes(version, id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, atime_ns, "
                "ctime_ns, size, ino, dev, nlink, rdev, target, xattrs, content) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")

@@ -14,7 +14,7 @@ import msgpack
 
 from . import format as fmt
 from .errors import PathNotFound, VersionNotFound
-from .index import Index
+from .index import Index, node_time
 
 NODE_COLUMNS = ("id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, atime_ns, ctime_ns, size, "
                 "ino, dev, nlink, rdev, target, xattrs, content, "
@@ -50,6 +50,17 @@ class Node:
     @property
     def xattrs(self) -> dict[bytes, bytes]:
         return msgpack.unpackb(self.xattrs_packed) if self.xattrs_packed else {}
+
+
+_TIMES = slice(9, 12)      # mtime_ns, atime_ns, ctime_ns in a NODE_COLUMNS row
+
+
+def _node(row) -> Node:
+    """A node from a NODE_COLUMNS row; times the index holds as BLOBs (index_time) become ints."""
+    if not all(type(t) is int for t in row[_TIMES]):
+        row = list(row)
+        row[_TIMES] = [node_time(t) for t in row[_TIMES]]
+    return Node(*row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +136,7 @@ class VersionTree:
         row = self.index.one(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
         if row is None:
             raise PathNotFound(f"node {node_id} is not in version {self.version.short_id}")
-        return Node(*row)
+        return _node(row)
 
     @property
     def root(self) -> Node:
@@ -134,7 +145,7 @@ class VersionTree:
     def lookup(self, parent_id: int, name: bytes) -> Node | None:
         row = self.index.one(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name=?",
                              (self.version.id, parent_id, name))
-        return Node(*row) if row else None
+        return _node(row) if row else None
 
     def children(self, parent_id: int, after: bytes | None = None, limit: int = -1) -> list[Node]:
         """Children ordered by name; `after` resumes a listing past that name."""
@@ -144,7 +155,7 @@ class VersionTree:
         else:
             rows = self.index.q(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name>? "
                                 "ORDER BY name LIMIT ?", (self.version.id, parent_id, after, limit))
-        return [Node(*r) for r in rows]
+        return [_node(r) for r in rows]
 
     def resolve(self, path: bytes | str) -> Node:
         """The node at an absolute path inside the version ('/' is the root)."""
@@ -174,7 +185,9 @@ class VersionTree:
             yield path, node
             if node.type == "d":
                 base = path.rstrip(b"/")
-                kids = self.children(node.id)
+                # (a child never has a smaller id than its parent: fmt.TreeCheck; an index recorded
+                # before that was checked must not make a walk loop)
+                kids = [k for k in self.children(node.id) if k.id > node.id]
                 stack.extend((base + b"/" + k.name, k) for k in reversed(kids))
 
     def _content_rows(self, content_ids: list[int]) -> Iterator[tuple]:

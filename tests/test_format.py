@@ -1,6 +1,7 @@
 """The chunker and the object codecs: properties (hypothesis) and golden values that pin the format."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 
@@ -182,3 +183,59 @@ GOLDEN_ENCODING = {
     "version": "33834e659bc87c6c6069ae10725e104e7efdf4616a80a559817e8e8687fd3b65",
     "sizes": [751403, 98, 82],
 }
+
+
+# ---- version headers, timestamps and tree checks ----------------------------------------------
+
+OLD_HEAD = {"time_ns": 1_700_000_000_000_000_000, "host": "h", "paths": ["/src"], "tags": [], "parent": None,
+            "file_count": 1, "total_size": 4, "bytes_added": 100, "fsbackup": "0.1.0"}
+OLD_ENTRIES = [
+    [0, b"", "d", 0o40755, 0, 0, "root", "root", -2_208_988_800_123_456_789, 0, 0, 0, 2, 1, 3, 0, None, None, None],
+    [1, b"f", "f", 0o100644, 0, 0, None, None, 10_413_792_000_987_654_321, 1, 2, 4, 3, 1, 1, 0, None,
+     {b"user.a": b"v"}, [bytes(32), 4, bytes(32) + (4).to_bytes(8, "little")]]]
+# A version object as fsbackup wrote it before times outside int64 nanoseconds were encoded as
+# msgpack timestamps: its 2300 mtime is a msgpack uint64, its 1900 mtime an int64.
+OLD_VERSION = bytes.fromhex(
+    "465342530100000080000000b770e3616a147ba05b4248a467b0cecdb66906dac1777eaacf5e56b732e8e0308e6c703021c7f724972e"
+    "dad5bc42d8a927c2c8a458022a9d9b35a8d72755a5259c5904ae1d871855fc628824189900bc89a71396ac17e84083279d4b2ab60c8d"
+    "1c3f402af0c0d138f77be3e0e2afa9d5d699ce04a6f5e3e619f13d06ea724def8700000013b033b57b8b7fb9a9211624950165f5daac"
+    "2708aa2c916728aca130ed6edb2543f2ea9e2b38e1a9558807e520600afb0ba1ce6356ec7936beb4b83cc428583eba5af890cf1db42e"
+    "21a3d2478b40228c9db47b9aaa089a3066c8b91794ad304214a0500758c5e85380dd2314ce9dfef898e7b6b12acdeeaf33759d5dfd7a"
+    "b0c009188cb14ace5a")
+
+
+def test_golden_version_written_before_wide_times_still_reads_and_is_written_the_same():
+    vid = bytes(range(32))
+    head, entries = fmt.decode_version(KEYS, vid, OLD_VERSION, "s")
+    assert fmt.check_head(head, "s") == OLD_HEAD
+    assert list(fmt.checked_entries(entries, "s")) == OLD_ENTRIES
+    assert fmt.encode_version(KEYS, vid, OLD_HEAD, OLD_ENTRIES) == OLD_VERSION    # what fits is written as before
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=fmt.TIME_MIN, max_value=fmt.TIME_MAX))
+def test_every_time_the_kernel_can_give_round_trips_through_entries_and_the_index(ns):
+    from fsbackup.index import index_time, node_time
+    entries = copy.deepcopy(OLD_ENTRIES)
+    entries[1][fmt.E_MTIME] = entries[1][fmt.E_ATIME] = entries[1][fmt.E_CTIME] = ns
+    data = fmt.encode_version(KEYS, VOLUME_ID, OLD_HEAD, entries)
+    _, got = fmt.decode_version(KEYS, VOLUME_ID, data, "s")
+    assert list(fmt.checked_entries(got, "s")) == entries
+    assert node_time(index_time(ns)) == ns
+    assert type(index_time(ns)) is (int if -2**63 <= ns < 2**63 else bytes)
+
+
+def test_header_paths_of_any_bytes_round_trip_and_utf8_ones_stay_text():
+    paths = [os.fsdecode(b"/caf\xe9-\xff"), "/plain", "/\u00e9t\u00e9"]
+    head = dict(OLD_HEAD, paths=paths, tags=[os.fsdecode(b"t\xff")])
+    data = fmt.encode_version(KEYS, VOLUME_ID, head, OLD_ENTRIES)
+    got, _ = fmt.decode_version(KEYS, VOLUME_ID, data, "s")
+    assert fmt.check_head(got, "s") == head
+    assert fmt.encode_head(head)["paths"] == [b"/caf\xe9-\xff", "/plain", "/\u00e9t\u00e9"]   # bin only when needed
+
+
+@pytest.mark.parametrize("head", [[], {}, dict(OLD_HEAD, time_ns=2**63), dict(OLD_HEAD, paths="/"),
+                                  dict(OLD_HEAD, file_count=-1), dict(OLD_HEAD, host=1)])
+def test_a_header_the_index_cannot_hold_is_corrupt(head):
+    with pytest.raises(CorruptObject, match="remote object s is corrupt"):
+        fmt.check_head(fmt.decode_head(head), "s")

@@ -550,7 +550,8 @@ class Backup:
         entry below is reached relative to its directory's descriptor (fsutil.DirFds), so a
         directory swapped for a symlink meanwhile is never followed out of the tree."""
         try:
-            base_fd = os.open(os.path.dirname(top), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            # O_PATH: the folder need not be readable, only searchable, as for a lookup by path.
+            base_fd = os.open(os.path.dirname(top), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise PathNotFound(f"cannot read {os.fsdecode(os.path.dirname(top))}: {e.strerror}") from None
         dir_fds = DirFds(base_fd, DIR_FDS)

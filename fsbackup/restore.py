@@ -38,10 +38,10 @@ from typing import Callable, TypeVar
 
 from . import format as fmt
 from .backup import HOLE_MARK
-from .fsutil import DirFds, at_path, chmod_at, open_dir, split
 from .blockcache import BlockCache
 from .errors import (CorruptObject, FsbackupError, NoSpace, NoSuchObject, PathNotFound, PermissionDenied,
                      TargetConflict, UsageError)
+from .fsutil import DirFds, at_path, chmod_at, open_dir, split
 from .progress import Progress
 from .repository import Repository, block_runs
 from .tree import Node, VersionTree

@@ -34,6 +34,7 @@ import msgpack
 from . import format as fmt
 from .chunker import MIN_SIZE, WINDOW, Chunker
 from .errors import FsbackupError, PathNotFound
+from .fsutil import DirFds, at_path, open_dir, split
 from .locks import repository_lock
 from .progress import Progress
 from .repository import REREAD_FILES, Repository
@@ -49,6 +50,8 @@ STREAM_BLOCKS = 8            # blocks of one file read ahead of the scan thread,
 READ_AHEAD_ENTRIES = 4096    # entries scanned but not yet spooled, at most
 LOOKUP_BLOCKS = 256          # blocks looked up in the index in one query...
 LOOKUP_BYTES = 8 << 20       # ...or fewer, when they hold this much data
+OPEN_FILES_AHEAD = 256       # source files opened by the scan and not yet spooled, at most
+DIR_FDS = 64                 # directory descriptors the scan keeps open
 
 
 @dataclass
@@ -103,6 +106,10 @@ class FileChanged(Exception):
     """The file changed while it was read."""
 
 
+class FileReplaced(Exception):
+    """What stands at a file's name is no longer the regular file the scan found."""
+
+
 class Excluder:
     """--exclude GLOB: a pattern with a '/' matches the whole path (or a parent of it), else any name."""
 
@@ -116,13 +123,20 @@ class Excluder:
         return (any(fnmatch.fnmatchcase(name, p) for p in self.name_patterns)
                 or any(fnmatch.fnmatchcase(path, p) for p in self.path_patterns))
 
-    def excludes_dir_content(self, path: bytes) -> bool:
+    def excludes_dir_content(self, dir_fd: int) -> bool:
+        """Whether the contents of the directory open as `dir_fd` are left out (its tag files;
+        a CACHEDIR.TAG must be a regular file: it is opened without following or blocking)."""
         for tag in self.if_present:
-            if os.path.lexists(os.path.join(path, tag)):
+            try:
+                os.stat(tag, dir_fd=dir_fd, follow_symlinks=False)
                 return True
+            except OSError:
+                pass
         if self.caches:
             try:
-                with open(os.path.join(path, b"CACHEDIR.TAG"), "rb") as f:
+                fd = os.open(b"CACHEDIR.TAG", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=dir_fd)
+                with open(fd, "rb") as f:
                     return f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
             except OSError:
                 return False
@@ -171,18 +185,45 @@ class _NameCache:
         return self.groups[gid]
 
 
-def read_xattrs(path: bytes) -> dict[bytes, bytes] | None:
+def read_xattrs(entry: bytes | int) -> dict[bytes, bytes] | None:
+    """The xattrs of `entry`: a path (not followed, if a symlink) or an open descriptor."""
+    nofollow = {} if isinstance(entry, int) else {"follow_symlinks": False}
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(entry, **nofollow)
     except OSError:
         return None
     out = {}
     for name in names:
         try:
-            out[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
+            out[os.fsencode(name)] = os.getxattr(entry, name, **nofollow)
         except OSError:
             continue
     return out or None
+
+
+def open_source(name: bytes, dir_fd: int, st: os.stat_result) -> int:
+    """Open the file `name` in the directory `dir_fd` for reading, as the scan found it (`st`).
+    O_NONBLOCK: a FIFO swapped in since the scan must not hang the backup; O_NOFOLLOW: nor a
+    symlink be followed. Raises FileReplaced unless it is the same regular file (dev, ino)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
+        except PermissionError:
+            fd = os.open(name, flags, dir_fd=dir_fd)   # O_NOATIME needs ownership
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO):      # a symlink, a socket
+            raise FileReplaced() from None
+        raise
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise FileReplaced()
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 _TYPE_CODES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p",
@@ -236,7 +277,8 @@ class _Item:
     """An entry between the scan and the spool. Its parent's node id is known by the time it is
     spooled: entries are spooled in scan order, and a directory comes before its children."""
 
-    __slots__ = ("entry", "parent", "node_id", "how", "read", "blocks", "ahead", "path", "st", "prev", "unchanged")
+    __slots__ = ("entry", "parent", "node_id", "how", "read", "blocks", "ahead", "path", "fd", "st", "prev",
+                 "unchanged")
     ROOT_PARENT: "_Item"
 
     def __init__(self, entry: list | None, parent: "_Item | None"):
@@ -246,6 +288,7 @@ class _Item:
         self.read: Future | None = None        # a reader thread's read...
         self.blocks = None                      # ...and the queue of blocks it reads
         self.ahead = 0                  # bytes its read holds until it is spooled
+        self.fd: int | None = None      # files to read: open from the scan until spooled
         self.unchanged = False
 
 
@@ -273,6 +316,7 @@ class Backup:
         self.unlooked_bytes = 0
         self.queue: deque[_Item] = deque()          # entries scanned, not yet spooled (see _enqueue)
         self.ahead_bytes = 0
+        self.open_files = 0                         # files of queued entries open (_Item.fd)
         self.reader_local = threading.local()
         self.stopping = threading.Event()           # set when the backup stops: readers give up
         self.links_seen: set[tuple[int, int]] = set()
@@ -346,6 +390,8 @@ class Backup:
             self.read_pool.shutdown(wait=True, cancel_futures=True)
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.upload_pool.shutdown(wait=True, cancel_futures=True)
+            for item in self.queue:        # stopped midway: the files still open
+                self._close_source(item)
         self.progress.finish()
         head = {"time_ns": start_ns, "host": host, "paths": head_paths, "tags": list(self.options.tags),
                 "parent": parent.name if parent else None, "file_count": self.stats.file_count,
@@ -408,9 +454,10 @@ class Backup:
         self.node_count += 1
         return self.node_count
 
-    def _entry(self, name: bytes, path: bytes, st: os.stat_result, type_code: str, prev: Node | None = None) -> list:
-        """The entry of one path. `prev`: its node in the previous version, whose xattrs are taken
-        when it is the same file (`_same_file`)."""
+    def _entry(self, name: bytes, xattrs_of: bytes | int, st: os.stat_result, type_code: str,
+               prev: Node | None = None) -> list:
+        """The entry of one path. `xattrs_of`: where its xattrs are read (see read_xattrs). `prev`:
+        its node in the previous version, whose xattrs are taken when it is the same file (`_same_file`)."""
         e = [None] * len(fmt.ENTRY_FIELDS)
         e[fmt.E_NAME], e[fmt.E_TYPE], e[fmt.E_MODE] = name, type_code, st.st_mode
         e[fmt.E_UID], e[fmt.E_GID] = st.st_uid, st.st_gid
@@ -421,7 +468,7 @@ class Backup:
         if type_code == "f" and _same_file(prev, st):
             e[fmt.E_XATTRS] = prev.xattrs or None
         else:
-            e[fmt.E_XATTRS] = read_xattrs(path)
+            e[fmt.E_XATTRS] = read_xattrs(xattrs_of)
         return e
 
     def _enqueue(self, item: _Item) -> None:
@@ -433,7 +480,7 @@ class Backup:
         while queue:
             head = queue[0]
             if (head.read is not None and not head.read.done() and self.ahead_bytes <= READ_AHEAD_BYTES
-                    and len(queue) <= READ_AHEAD_ENTRIES):
+                    and len(queue) <= READ_AHEAD_ENTRIES and self.open_files <= OPEN_FILES_AHEAD):
                 return
             self._finish(queue.popleft())
 
@@ -444,10 +491,19 @@ class Backup:
     def _finish(self, item: _Item) -> None:
         """Spool one entry, its file content found first (a file that cannot be read is left out)."""
         self.ahead_bytes -= item.ahead
-        if item.how is not None and not self._find_content(item):
-            return
+        try:
+            if item.how is not None and not self._find_content(item):
+                return
+        finally:
+            self._close_source(item)
         item.entry[fmt.E_PARENT] = item.parent.node_id
         item.node_id = self._emit(item.entry)
+
+    def _close_source(self, item: _Item) -> None:
+        if item.fd is not None:
+            os.close(item.fd)
+            item.fd = None
+            self.open_files -= 1
 
     def _prev_children(self, prev_id: int | None) -> dict[bytes, Node]:
         """A directory's children in the previous version; their contents are fetched along, in
@@ -489,18 +545,43 @@ class Backup:
         self._drain()
 
     def _walk(self, top: bytes, top_name: bytes, parent: _Item, prev_parent: int | None) -> None:
-        """Depth-first over one given path, with an explicit stack (trees can be deep)."""
+        """Depth-first over one given path, with an explicit stack (trees can be deep). The folder
+        holding it is opened by path (its ancestors are followed: the user named them); every
+        entry below is reached relative to its directory's descriptor (fsutil.DirFds), so a
+        directory swapped for a symlink meanwhile is never followed out of the tree."""
+        try:
+            # O_PATH: the folder need not be readable, only searchable, as for a lookup by path.
+            base_fd = os.open(os.path.dirname(top), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise PathNotFound(f"cannot read {os.fsdecode(os.path.dirname(top))}: {e.strerror}") from None
+        dir_fds = DirFds(base_fd, DIR_FDS)
+        try:
+            self._walk_below(dir_fds, top, top_name, parent, prev_parent)
+        finally:
+            dir_fds.close()
+            os.close(base_fd)
+
+    def _walk_below(self, dir_fds: DirFds, top: bytes, top_name: bytes, parent: _Item, prev_parent: int | None):
         prev_top = self.prev.lookup(prev_parent, top_name) if self.prev and prev_parent else None
-        stack = [(top, top_name, parent, prev_top, None)]
+        stack = [(top, parent, prev_top, None)]
+        top_dir = os.path.dirname(top).rstrip(b"/") + b"/"
         while stack:
-            path, name, parent, prev_node, parent_dev = stack.pop()
+            path, parent, prev_node, parent_dev = stack.pop()
+            rel = path[len(top_dir):]           # (relative to the folder holding `top`)
+            parent_rel, name = split(rel)
+            dir_fds.trim()
             try:
-                st = os.lstat(path)
+                parent_fd = dir_fds.get(parent_rel)
+                st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
             except FileNotFoundError:
                 self.warn(f"{os.fsdecode(path)} vanished before it was read; left out")
                 continue
             except OSError as e:
-                self.warn(f"cannot stat {os.fsdecode(path)}: {e.strerror}; left out")
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    self.warn(f"{os.fsdecode(path)}: a directory on its way was replaced while it was backed up; "
+                              "left out")
+                else:
+                    self.warn(f"cannot stat {os.fsdecode(path)}: {e.strerror}; left out")
                 continue
             kind = stat.S_IFMT(st.st_mode)
             code = _TYPE_CODES.get(kind)
@@ -508,16 +589,30 @@ class Backup:
                 self.note(f"{os.fsdecode(path)} is a socket; skipped" if kind == stat.S_IFSOCK
                           else f"{os.fsdecode(path)} has an unsupported type; skipped")
                 continue
-            item = _Item(self._entry(name, path, st, code, prev_node), parent)
             if code == "d":
+                try:
+                    dir_fd = open_dir(name, parent_fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        self.warn(f"{os.fsdecode(path)} was replaced while it was backed up; left out")
+                        continue
+                    dir_fd, list_error = None, e
+                else:
+                    st = os.fstat(dir_fd)     # the directory listed below, whatever happened since
+                    dir_fds.add(rel, dir_fd)
+                item = _Item(self._entry(name, dir_fd if dir_fd is not None else at_path(parent_fd, name),
+                                         st, code, prev_node), parent)
                 self._enqueue(item)
                 self.stats.dirs += 1
                 if self.options.one_file_system and parent_dev is not None and st.st_dev != parent_dev:
                     continue
-                if self.excluder.excludes_dir_content(path):
+                if dir_fd is None:
+                    self.warn(f"cannot list {os.fsdecode(path)}: {list_error.strerror}; its contents are left out")
+                    continue
+                if self.excluder.excludes_dir_content(dir_fd):
                     continue
                 try:
-                    names = sorted(os.listdir(path))
+                    names = sorted(os.fsencode(n) for n in os.listdir(dir_fd))
                 except OSError as e:
                     self.warn(f"cannot list {os.fsdecode(path)}: {e.strerror}; its contents are left out")
                     continue
@@ -526,36 +621,44 @@ class Backup:
                     child_path = os.path.join(path, child)
                     if self.excluder.excludes_path(child_path, child):
                         continue
-                    stack.append((child_path, child, item, prev_kids.get(child), st.st_dev))
+                    stack.append((child_path, item, prev_kids.get(child), st.st_dev))
                 continue
+            item = _Item(self._entry(name, at_path(parent_fd, name), st, code, prev_node), parent)
             if code == "l":
                 try:
-                    item.entry[fmt.E_TARGET] = os.readlink(path)
+                    item.entry[fmt.E_TARGET] = os.readlink(name, dir_fd=parent_fd)
                 except OSError as e:
                     self.warn(f"cannot read symlink {os.fsdecode(path)}: {e.strerror}; left out")
                     continue
             elif code == "f":
-                self._plan_file(item, path, st, prev_node)
+                if not self._plan_file(item, path, st, prev_node, (parent_fd, name)):
+                    continue
             else:
                 self.stats.others += 1
             self._enqueue(item)
 
     # ---- files --------------------------------------------------------------------------
 
-    def _plan_file(self, item: _Item, path: bytes, st: os.stat_result, prev: Node | None) -> None:
+    def _plan_file(self, item: _Item, path: bytes, st: os.stat_result, prev: Node | None,
+                   where: tuple[int, bytes]) -> bool:
         """Decide where the file's content comes from: the previous version's without reading
         when nothing changed, another name's (a hard link seen before), or a read: in a reader
-        thread now, or (one small block) by this thread at the file's turn."""
+        thread now, or (one small block) by this thread at the file's turn. A file to read (or
+        another name of one) is opened now, at `where` (its directory's descriptor, its name).
+        False: it could not be opened, and is left out with a warning."""
         item.path, item.st = path, st
         item.prev = prev if prev is not None and prev.type == "f" else None
         unchanged = _same_file(prev, st) and prev.content is not None
         if item.prev is not None and not unchanged:
             self.prev_contents.pop(prev.content, None)    # not needed: keep the map small
         link_key = (st.st_dev, st.st_ino)
+        if not unchanged or (st.st_nlink > 1 and link_key in self.links_seen):
+            if not self._open_source(item, *where):
+                return False
         if st.st_nlink > 1:
             if link_key in self.links_seen:
                 item.how, item.unchanged = "link", unchanged
-                return
+                return True
             self.links_seen.add(link_key)
         if unchanged:
             content = self.prev_contents.pop(prev.content, None)
@@ -573,7 +676,26 @@ class Backup:
             # Its blocks are views into windows of the file: the queue holds at most two windows.
             item.how, item.ahead = "read", min(st.st_size, 2 * WINDOW)
             item.blocks = queue.Queue(STREAM_BLOCKS)
-            item.read = self.read_pool.submit(self._read_in_reader, path, st, item.blocks)
+            item.read = self.read_pool.submit(self._read_in_reader, item.fd, st, item.blocks)
+        return True
+
+    def _open_source(self, item: _Item, dir_fd: int, name: bytes) -> bool:
+        """Open the file of `item` (open_source); False, with a warning, when it cannot be."""
+        path = item.path
+        try:
+            item.fd = open_source(name, dir_fd, item.st)
+        except FileReplaced:
+            self.warn(f"{os.fsdecode(path)} is no longer the regular file found by the scan (replaced while "
+                      "backed up); left out")
+            return False
+        except FileNotFoundError:
+            self.warn(f"{os.fsdecode(path)} vanished before it was read; left out")
+            return False
+        except OSError as e:
+            self.warn(f"cannot read {os.fsdecode(path)}: {e.strerror}; left out")
+            return False
+        self.open_files += 1
+        return True
 
     def _set_content(self, item: _Item, content: list, kept: Node | None = None) -> None:
         """`kept`: the node whose times to record instead of the file's (its content was kept)."""
@@ -597,7 +719,7 @@ class Backup:
                     content = item.read.result()
                     item.read = item.blocks = None
                 else:       # "read here", or another name of a file whose read failed
-                    content = self._read_file(path, st, self.chunker, self._take_block)
+                    content = self._read_file(item.fd, st, self.chunker, self._take_block)
             except FileChanged:
                 if prev is not None and prev.content is not None:
                     self.warn(f"{os.fsdecode(path)} changed while it was read; kept its previous content")
@@ -626,7 +748,7 @@ class Backup:
         self._set_content(item, content)
         return True
 
-    def _read_in_reader(self, path: bytes, st: os.stat_result, blocks) -> list:
+    def _read_in_reader(self, fd: int, st: os.stat_result, blocks) -> list:
         """A reader thread's read: the file's blocks go to `blocks` (then None), for the scan
         thread to take in order; a large file's few at a time (`blocks` is bounded)."""
         chunker = getattr(self.reader_local, "chunker", None)
@@ -642,46 +764,39 @@ class Backup:
             raise FileChanged()     # the backup stopped: nobody takes the rest
 
         try:
-            return self._read_file(path, st, chunker, lambda block_id, data: hand_over((block_id, data)))
+            return self._read_file(fd, st, chunker, lambda block_id, data: hand_over((block_id, data)))
         finally:
             hand_over(None)
 
-    def _read_file(self, path: bytes, st: os.stat_result, chunker: Chunker,
+    def _read_file(self, fd: int, st: os.stat_result, chunker: Chunker,
                    take_block: Callable[[bytes, bytes], None]) -> list:
-        """Read, cut and hash one file, handing each block to `take_block`; returns its
-        [hash, size, extents]. Raises FileChanged when it changed while read. Thread-safe."""
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags | os.O_NOATIME)
-        except PermissionError:
-            fd = os.open(path, flags)   # O_NOATIME needs ownership
-        try:
-            before = st      # the lstat of the scan: the fstat after reading must match it
-            size = before.st_size
-            if 0 < size <= MIN_SIZE and st.st_blocks * 512 >= size:
-                return self._read_small_file(fd, before, take_block)
-            hasher = self.repo.keys.content_hasher()
-            extents: list[tuple[bytes, int]] = []
-            pos = 0
-            for start, end in data_regions(fd, size, before):
-                if start > pos:
-                    extents.append((fmt.HOLE_ID, start - pos))
-                    hasher.update(HOLE_MARK + (start - pos).to_bytes(8, "little"))
-                for block in chunker.cut_file(fd, start, end):
-                    block_id = self.repo.keys.block_id(block)
-                    hasher.update(block)
-                    extents.append((block_id, len(block)))
-                    take_block(block_id, block)
-                pos = end
-            if pos < size:
-                extents.append((fmt.HOLE_ID, size - pos))
-                hasher.update(HOLE_MARK + (size - pos).to_bytes(8, "little"))
-            after = os.fstat(fd)
-            if (not stat.S_ISREG(after.st_mode) or _change_key(after) != _change_key(before)
-                    or sum(n for _, n in extents) != size):
-                raise FileChanged()
-        finally:
-            os.close(fd)
+        """Read, cut and hash one file open as `fd` (open_source), handing each block to
+        `take_block`; returns its [hash, size, extents]. Raises FileChanged when it changed
+        while read. Thread-safe."""
+        before = st      # the stat of the scan: the fstat after reading must match it
+        size = before.st_size
+        if 0 < size <= MIN_SIZE and st.st_blocks * 512 >= size:
+            return self._read_small_file(fd, before, take_block)
+        hasher = self.repo.keys.content_hasher()
+        extents: list[tuple[bytes, int]] = []
+        pos = 0
+        for start, end in data_regions(fd, size, before):
+            if start > pos:
+                extents.append((fmt.HOLE_ID, start - pos))
+                hasher.update(HOLE_MARK + (start - pos).to_bytes(8, "little"))
+            for block in chunker.cut_file(fd, start, end):
+                block_id = self.repo.keys.block_id(block)
+                hasher.update(block)
+                extents.append((block_id, len(block)))
+                take_block(block_id, block)
+            pos = end
+        if pos < size:
+            extents.append((fmt.HOLE_ID, size - pos))
+            hasher.update(HOLE_MARK + (size - pos).to_bytes(8, "little"))
+        after = os.fstat(fd)
+        if (not stat.S_ISREG(after.st_mode) or _change_key(after) != _change_key(before)
+                or sum(n for _, n in extents) != size):
+            raise FileChanged()
         return [hasher.digest(), size, fmt.pack_extents(extents)]
 
     def _read_small_file(self, fd: int, before: os.stat_result, take_block: Callable[[bytes, bytes], None]) -> list:

@@ -15,6 +15,12 @@ wrong metadata, and a file it replaces (--overwrite) stays whole until then. A f
 cannot be authenticated, or whose content hash does not match, is reported and its temporary
 removed, as on any error or interruption: wrong bytes are never left behind. Only a killed
 process leaves its temporary; the next restore into that directory removes it.
+
+Nothing below the target is reached by path (restore often runs as root in folders other users
+can write): the target is opened once, and every directory below it relative to its parent's
+descriptor with O_NOFOLLOW (`fsutil.DirFds`); every entry is made, replaced, linked and given its
+metadata relative to its directory's descriptor, or through its own. A directory swapped for a
+symlink while the restore runs is never followed: the restore stops with an error naming it.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from .backup import HOLE_MARK
 from .blockcache import BlockCache
 from .errors import (CorruptObject, FsbackupError, NoSpace, NoSuchObject, PathNotFound, PermissionDenied,
                      TargetConflict, UsageError)
+from .fsutil import DirFds, at_path, chmod_at, open_dir, split
 from .progress import Progress
 from .repository import Repository, block_runs
 from .tree import Node, VersionTree
@@ -51,6 +58,7 @@ RUN_GAP = 64 << 10         # ... reading over gaps this small, cheaper than anot
 RESTORE_THREADS = 4
 TEMP_PREFIX = b".fsbackup-restore-"     # + 16 hex digits: a file being written
 TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + rb"[0-9a-f]{16}")
+DIR_FDS = 64               # directory descriptors kept open (the small-file batches' directories)
 
 
 @dataclass
@@ -65,22 +73,30 @@ class RestoreStats:
 
 
 class _FileJob:
-    """A large file being written: under `temp` (None once renamed or removed), to become `path`."""
-    __slots__ = ("path", "temp", "node", "fd", "hasher", "expected_hash", "error")
+    """A large file being written: under `temp` (None once renamed or removed) in the directory
+    open as `dir_fd` (its own descriptor, closed with the job), to become `name` there; `path` is
+    its path, for messages."""
+    __slots__ = ("path", "rel", "dir_fd", "name", "temp", "node", "fd", "hasher", "expected_hash", "error")
 
-    def __init__(self, path: bytes, temp: bytes, node: Node, fd: int, hasher, expected_hash: bytes):
-        self.path, self.temp, self.node, self.fd = path, temp, node, fd
+    def __init__(self, path: bytes, rel: bytes, dir_fd: int, temp: bytes, node: Node, fd: int, hasher,
+                 expected_hash: bytes):
+        self.path, self.rel, self.dir_fd, self.name = path, rel, dir_fd, split(rel)[1]
+        self.temp, self.node, self.fd = temp, node, fd
         self.hasher, self.expected_hash = hasher, expected_hash
         self.error: str | None = None
 
-    def discard(self) -> None:
-        """Close and remove the temporary file, if still there (never raises: used on the way out)."""
+    def close(self) -> None:
+        """Close the file and its directory, and remove the temporary if still there (never
+        raises: used on the way out too)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
         if self.temp is not None:
-            _remove_quietly(self.temp)
+            _remove_quietly(self.temp, self.dir_fd)
             self.temp = None
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
 def _is_root() -> bool:
@@ -98,13 +114,14 @@ class Restore:
         self.warn_cb = warn or (lambda m: None)
         self.stats = RestoreStats()
         self.cache = BlockCache(CACHE_BYTES)
-        self.links: dict[tuple[int, int], bytes] = {}   # (dev, ino) -> the path restored first for it
+        self.links: dict[tuple[int, int], bytes] = {}   # (dev, ino) -> the relative path restored first for it
         self.queue: deque = deque()
         self.open_jobs: set[_FileJob] = set()     # large files being written, removed if the restore stops
-        self.small_batch: list[tuple[bytes, Node]] = []
+        self.small_batch: list[tuple[bytes, Node]] = []   # (relative path, node)
         self.small_batch_bytes = 0
         self.small_ready: deque[list] = deque()   # batches looked up and being fetched, oldest first
-        self.fresh_dirs: set[bytes] = set()       # directories this restore created: nothing to replace in them
+        self.fresh_dirs: set[bytes] = set()       # directories this restore created (relative paths): nothing
+                                                  # to replace in them
         self.warned_xattrs = False
         self.as_root = _is_root()                 # asked once, not for every file
 
@@ -120,30 +137,48 @@ class Restore:
         total = self._check_conflicts(selection)
         try:
             os.makedirs(self.target, exist_ok=True)
+            # The target's own path is followed: it is the user's choice. Nothing below it is.
+            target_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise _os_error(e, self.target) from None
+        self.dir_fds = DirFds(target_fd, DIR_FDS)
+        try:
+            self._restore(selection, total)
+        finally:
+            self.dir_fds.close()
+            os.close(target_fd)
+        self.stats.duration = time.monotonic() - started
+        return self.stats
+
+    def _restore(self, selection, total: int) -> None:
         self.progress.start("restore", total_bytes=total)
         dirs: list[tuple[bytes, Node]] = []
         # I/O-bound (storage reads, file creation): more threads than cores.
         self.pool = ThreadPoolExecutor(RESTORE_THREADS, thread_name_prefix="fsbackup-restore")
         try:
             for path, node in self._items(selection):
-                dest = self.target + path if path != b"/" else self.target
+                rel = path.strip(b"/")
                 try:
-                    self._restore_node(dest, node, dirs)
+                    self._restore_node(rel, node, dirs)
                 except OSError as e:
-                    raise _os_error(e, dest) from None
+                    raise _os_error(e, self._path(rel)) from None
             self._drain(0)
             self._flush_small()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
             for job in self.open_jobs:     # stopped by an error or Ctrl-C: no partial file stays
-                job.discard()
-        for dest, node in reversed(dirs):   # children first: setting a dir's mtime last keeps it
-            self._set_metadata(dest, node, is_link=False)
+                job.close()
+        for rel, node in reversed(dirs):   # children first: setting a dir's mtime last keeps it
+            self.dir_fds.trim()
+            try:
+                self._set_metadata(self.dir_fds.get(rel), node, self._path(rel))
+            except OSError as e:
+                raise _os_error(e, self._path(rel)) from None
         self.progress.finish()
-        self.stats.duration = time.monotonic() - started
-        return self.stats
+
+    def _path(self, rel: bytes) -> bytes:
+        """The path of an entry in the target, for messages only."""
+        return self.target.rstrip(b"/") + b"/" + rel if rel else self.target
 
     # ---- what to restore ----------------------------------------------------------------
 
@@ -177,61 +212,93 @@ class Restore:
         """Refuse before writing anything if the target holds files we would replace; sum the bytes."""
         total, conflicts = 0, []
         missing: set[bytes] = set()     # directories absent from the target: their entries are too
-        for path, node in self._items(selection):
-            if node.type == "f":
-                total += node.size
-            dest = self.target + path if path != b"/" else self.target
-            if self.overwrite:
-                continue
-            st = None if dest.rpartition(b"/")[0] in missing else _lstat_or_none(dest)
-            if node.type == "d" and (st is None or not stat.S_ISDIR(st.st_mode)):
-                missing.add(dest)        # (not looked into through a symlink in its place)
-            if st is not None and (node.type != "d" or not stat.S_ISDIR(st.st_mode)):
-                conflicts.append(dest)   # a directory replaces a file or symlink only with --overwrite
+        try:
+            target_fd = None if self.overwrite else os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            target_fd = None            # an absent target holds nothing to replace
+        except OSError as e:
+            raise _os_error(e, self.target) from None
+        dir_fds = DirFds(target_fd, DIR_FDS) if target_fd is not None else None
+        try:
+            for path, node in self._items(selection):
+                if node.type == "f":
+                    total += node.size
+                rel = path.strip(b"/")
+                if dir_fds is None or not rel:      # (the target itself is a directory)
+                    continue
+                parent, name = split(rel)
+                if parent in missing:
+                    st = None
+                else:
+                    dir_fds.trim()
+                    st = _lstat_or_none(name, dir_fds.get(parent))
+                if node.type == "d" and (st is None or not stat.S_ISDIR(st.st_mode)):
+                    missing.add(rel)         # (not looked into through a symlink in its place)
+                if st is not None and (node.type != "d" or not stat.S_ISDIR(st.st_mode)):
+                    conflicts.append(rel)    # a directory replaces a file or symlink only with --overwrite
+        except OSError as e:
+            raise _os_error(e, self.target) from None
+        finally:
+            if dir_fds is not None:
+                dir_fds.close()
+                os.close(target_fd)
         if conflicts:
             raise TargetConflict(f"{len(conflicts)} file(s) already exist in the target, e.g. "
-                                 f"{os.fsdecode(conflicts[0])}; use --overwrite to replace them or pick an empty --target")
+                                 f"{os.fsdecode(self._path(conflicts[0]))}; use --overwrite to replace them "
+                                 "or pick an empty --target")
         return total
 
     # ---- writing ------------------------------------------------------------------------
 
-    def _make_room(self, dest: bytes, node_type: str) -> None:
-        """Clear what stands at `dest` (with --overwrite; else the conflict check found nothing) in
+    def _make_room(self, dir_fd: int, rel: bytes, node_type: str) -> None:
+        """Clear what stands at `rel` (with --overwrite; else the conflict check found nothing) in
         the way of an entry of `node_type`. A directory stays for a directory. A file, or a hard
         link, replaces anything but a directory by a rename, atomically: what stands there stays
         whole until then."""
-        try:
-            st = os.lstat(dest)
-        except FileNotFoundError:
+        name = split(rel)[1]
+        st = _lstat_or_none(name, dir_fd)
+        if st is None:
             return
         if stat.S_ISDIR(st.st_mode):
             if node_type != "d":
-                shutil.rmtree(dest)
+                self.dir_fds.forget(rel)
+                shutil.rmtree(name, dir_fd=dir_fd)     # by descriptors too: never through a symlink
         elif node_type != "f":
-            os.unlink(dest)
+            os.unlink(name, dir_fd=dir_fd)
 
-    def _remove_stale_temporaries(self, directory: bytes) -> None:
-        """Remove the temporary files a killed restore left in `directory`, one that existed before.
-        Only a tidy-up: a directory that cannot be listed is left as it is."""
+    def _remove_stale_temporaries(self, dir_fd: int) -> None:
+        """Remove the temporary files a killed restore left in the directory open as `dir_fd`, one
+        that existed before. Only a tidy-up: a directory that cannot be listed is left as it is."""
         try:
-            with os.scandir(directory) as entries:
-                stale = [e.path for e in entries if TEMP_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+            with os.scandir(dir_fd) as entries:
+                stale = [os.fsencode(e.name) for e in entries if TEMP_NAME.fullmatch(os.fsencode(e.name))
+                         and e.is_file(follow_symlinks=False)]
         except OSError:
             return
-        for path in stale:
-            _remove_quietly(path)
+        for name in stale:
+            _remove_quietly(name, dir_fd)
 
-    def _restore_node(self, dest: bytes, node: Node, dirs: list) -> None:
-        in_fresh_dir = dest.rpartition(b"/")[0] in self.fresh_dirs
+    def _restore_node(self, rel: bytes, node: Node, dirs: list) -> None:
+        if not rel:                      # the root of the selection: the target itself
+            self._remove_stale_temporaries(self.dir_fds.base_fd)
+            dirs.append((rel, node))
+            self.stats.dirs += 1
+            return
+        self.dir_fds.trim()
+        parent, name = split(rel)
+        parent_fd = self.dir_fds.get(parent)
+        in_fresh_dir = parent in self.fresh_dirs
         if not in_fresh_dir:
-            self._make_room(dest, node.type)
+            self._make_room(parent_fd, rel, node.type)
         if node.type == "d":
-            if in_fresh_dir or not os.path.lexists(dest):
-                os.makedirs(dest, mode=0o700, exist_ok=True)
-                self.fresh_dirs.add(dest)
+            if in_fresh_dir or _lstat_or_none(name, parent_fd) is None:
+                # A name someone made meanwhile is an error here (EEXIST), never a directory to use.
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+                self.dir_fds.add(rel, open_dir(name, parent_fd))
+                self.fresh_dirs.add(rel)
             else:
-                self._remove_stale_temporaries(dest)
-            dirs.append((dest, node))
+                self._remove_stale_temporaries(self.dir_fds.get(rel))
+            dirs.append((rel, node))
             self.stats.dirs += 1
             return
         if node.nlink > 1:
@@ -241,31 +308,31 @@ class Restore:
                 self._flush_small()
                 first = self.links.get(key)    # dropped if its content could not be restored
                 if first is not None:
-                    self._link(first, dest)
+                    self._link(first, rel)
                     self.stats.files += node.type == "f"
                     return
-            self.links[key] = dest
+                parent_fd = self.dir_fds.get(parent)    # (writing the files trimmed the descriptors)
+            self.links[key] = rel
         if node.type == "f":
-            self._restore_file(dest, node)
-        elif node.type == "l":
-            os.symlink(node.target, dest)
-            self._set_metadata(dest, node, is_link=True)
-            self.stats.others += 1
+            self._restore_file(rel, node)
+            return
+        if node.type == "l":
+            os.symlink(node.target, name, dir_fd=parent_fd)
         elif node.type == "p":
-            os.mkfifo(dest, stat.S_IMODE(node.mode))
-            self._set_metadata(dest, node, is_link=False)
-            self.stats.others += 1
+            os.mkfifo(name, 0o600, dir_fd=parent_fd)
         elif node.type in "cb":
             if not self.as_root:
-                self.warn(f"{os.fsdecode(dest)}: device nodes can only be restored as root; skipped")
+                self.warn(f"{os.fsdecode(self._path(rel))}: device nodes can only be restored as root; skipped")
                 return
-            os.mknod(dest, node.mode, node.rdev)
-            self._set_metadata(dest, node, is_link=False)
-            self.stats.others += 1
+            os.mknod(name, stat.S_IFMT(node.mode) | 0o600, node.rdev, dir_fd=parent_fd)
+        else:
+            return
+        self._set_metadata((parent_fd, name), node, self._path(rel))
+        self.stats.others += 1
 
-    def _restore_file(self, dest: bytes, node: Node) -> None:
+    def _restore_file(self, rel: bytes, node: Node) -> None:
         if node.size <= SMALL_FILE:
-            self.small_batch.append((dest, node))
+            self.small_batch.append((rel, node))
             self.small_batch_bytes += node.size
             if len(self.small_batch) >= SMALL_BATCH_FILES or self.small_batch_bytes >= SMALL_BATCH_BYTES:
                 self._start_small_batch()
@@ -273,8 +340,13 @@ class Restore:
                     self._write_small_batch(self.small_ready.popleft())
             return
         content = self.tree.content(node.content)
-        temp, fd = _create_temporary(dest)
-        job = _FileJob(dest, temp, node, fd, self.repo.keys.content_hasher(), content.hash)
+        dir_fd = os.dup(self.dir_fds.get(split(rel)[0]))    # the job's own: it outlives trims
+        try:
+            temp, fd = _create_temporary(dir_fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        job = _FileJob(self._path(rel), rel, dir_fd, temp, node, fd, self.repo.keys.content_hasher(), content.hash)
         self.open_jobs.add(job)
         if content.extents and content.extents[-1][0] == fmt.HOLE_ID:
             os.ftruncate(fd, content.size)   # holes stay holes: we write only data extents
@@ -324,7 +396,7 @@ class Restore:
             loc = locations.get(first)
             return (loc[0], loc[1]) if loc else ("", 0)
         batch.sort(key=place)                      # the order the runs arrive in
-        self.small_ready.append([(dest, node, contents.get(node.content), sources) for dest, node in batch])
+        self.small_ready.append([(rel, node, contents.get(node.content), sources) for rel, node in batch])
 
     def _submit_run(self, run: list, sources: dict) -> None:
         fut = self.pool.submit(self.repo.fetch_run, run)
@@ -332,18 +404,18 @@ class Restore:
             sources[bid] = fut
 
     def _write_small_batch(self, batch: list) -> None:
-        for dest, node, content, sources in batch:
+        for rel, node, content, sources in batch:
             try:
-                written, error = self._write_small(dest, node, content, sources)
+                written, error = self._write_small(rel, node, content, sources)
             except OSError as e:
-                raise _os_error(e, dest) from None
+                raise _os_error(e, self._path(rel)) from None
             self.stats.bytes_written += written
             self.progress.advance(nbytes=written, files=1)
             if error is None:
                 self.stats.files += 1
             else:
-                self.stats.damaged.append(os.fsdecode(dest))
-                self.warn(f"{os.fsdecode(dest)} not restored: {error}")
+                self.stats.damaged.append(os.fsdecode(self._path(rel)))
+                self.warn(f"{os.fsdecode(self._path(rel))} not restored: {error}")
 
     def _block(self, bid: bytes, sources: dict) -> bytes:
         source = sources.get(bid)
@@ -357,13 +429,17 @@ class Restore:
         self.cache.put(bid, data)
         return data
 
-    def _write_small(self, dest: bytes, node: Node, content, sources: dict) -> tuple[int, str | None]:
+    def _write_small(self, rel: bytes, node: Node, content, sources: dict) -> tuple[int, str | None]:
         """One small file, whole. Returns (bytes written, why it was left out or None)."""
         if content is None:
             raise PathNotFound(f"content {node.content} is missing from the local index; run 'fsbackup repair'")
         hasher = self.repo.keys.content_hasher()
         written, error, offset = 0, None, 0
-        temp, fd = _create_temporary(dest)
+        dest = self._path(rel)
+        self.dir_fds.trim()
+        parent, name = split(rel)
+        dir_fd = self.dir_fds.get(parent)      # (valid to the end: nothing here trims)
+        temp, fd = _create_temporary(dir_fd)
         try:
             try:
                 if content.extents and content.extents[-1][0] == fmt.HOLE_ID:
@@ -385,17 +461,17 @@ class Restore:
                     error = "its content does not match the hash recorded at backup"
                 if error is None:
                     # Through the open descriptor: no path lookups, and the times are set after the last write.
-                    self._set_metadata(fd, node, is_link=False, path=dest)
+                    self._set_metadata(fd, node, dest)
             finally:
                 os.close(fd)
             if error is None:
-                os.rename(temp, dest)
+                os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 temp = None
         finally:
             if temp is not None:
-                _remove_quietly(temp)
+                _remove_quietly(temp, dir_fd)
         if error is not None:
-            self._forget_link(node, dest)
+            self._forget_link(node, rel)
         return written, error
 
     def _drain(self, keep: int) -> None:
@@ -428,88 +504,105 @@ class Restore:
         if job.error is None and job.hasher.digest() != job.expected_hash:
             job.error = "its content does not match the hash recorded at backup"
         if job.error is not None:
-            job.discard()
+            job.close()
             self.open_jobs.discard(job)
-            self._forget_link(job.node, job.path)
+            self._forget_link(job.node, job.rel)
             self.stats.damaged.append(os.fsdecode(job.path))
             self.warn(f"{os.fsdecode(job.path)} not restored: {job.error}")
             return
-        self._set_metadata(job.fd, job.node, is_link=False, path=job.path)
+        self._set_metadata(job.fd, job.node, job.path)
         os.close(job.fd)
         job.fd = -1
-        os.rename(job.temp, job.path)
+        os.rename(job.temp, job.name, src_dir_fd=job.dir_fd, dst_dir_fd=job.dir_fd)
         job.temp = None
+        job.close()
         self.open_jobs.discard(job)
         self.stats.files += 1
         self.progress.advance(files=1)
 
-    def _forget_link(self, node: Node, path: bytes) -> None:
-        """`path` was not restored: its other hard links must not link to it (nor, with
+    def _forget_link(self, node: Node, rel: bytes) -> None:
+        """`rel` was not restored: its other hard links must not link to it (nor, with
         --overwrite, to the old file still there); the next one is restored on its own."""
-        if node.nlink > 1 and self.links.get((node.dev, node.ino)) == path:
+        if node.nlink > 1 and self.links.get((node.dev, node.ino)) == rel:
             del self.links[(node.dev, node.ino)]
 
-    def _link(self, first: bytes, dest: bytes) -> None:
-        """Make `dest` a hard link to `first`, replacing what stands there by a rename."""
-        temp, _ = _at_temporary_name(dest, lambda temp: os.link(first, temp, follow_symlinks=False))
+    def _link(self, first: bytes, rel: bytes) -> None:
+        """Make `rel` a hard link to `first` (the entry itself, even a symlink), replacing what
+        stands there by a rename."""
+        (first_parent, first_name), (parent, name) = split(first), split(rel)
+        first_fd, dir_fd = self.dir_fds.get(first_parent), self.dir_fds.get(parent)
+        temp, _ = _at_temporary_name(lambda temp: os.link(first_name, temp, src_dir_fd=first_fd,
+                                                          dst_dir_fd=dir_fd, follow_symlinks=False))
         try:
-            os.rename(temp, dest)
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
-            _remove_quietly(temp)
+            _remove_quietly(temp, dir_fd)
             raise
 
-    def _set_metadata(self, dest: bytes | int, node: Node, is_link: bool, path: bytes | None = None) -> None:
-        """`dest` is a path, or a descriptor open on the file at `path`."""
-        path = dest if path is None else path
-        nofollow = {} if isinstance(dest, int) else {"follow_symlinks": False}  # a descriptor follows nothing
+    def _set_metadata(self, entry: int | tuple[int, bytes], node: Node, path: bytes) -> None:
+        """Give `entry` the owner, mode, xattrs and times of `node`. `entry` is a descriptor open
+        on a file or directory, or (a directory's descriptor, a name in it) for a symlink, FIFO or
+        device, which are never opened: then nothing follows a symlink (a FIFO or device swapped
+        for one meanwhile fails with ELOOP). `path` names it in messages."""
+        if isinstance(entry, int):
+            def chown(): os.chown(entry, node.uid, node.gid)
+            def chmod(): os.chmod(entry, stat.S_IMODE(node.mode))
+            def setxattr(name, value): os.setxattr(entry, name, value)
+            def utime(): os.utime(entry, ns=(node.atime_ns, node.mtime_ns))
+        else:
+            dir_fd, entry_name = entry
+            def chown(): os.chown(entry_name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+            def chmod(): chmod_at(entry_name, stat.S_IMODE(node.mode), dir_fd)
+            def setxattr(name, value): os.setxattr(at_path(dir_fd, entry_name), name, value, follow_symlinks=False)
+            def utime(): os.utime(entry_name, ns=(node.atime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
         if self.as_root:
             try:
-                os.chown(dest, node.uid, node.gid, **nofollow)
+                chown()
             except OSError as e:
                 self.warn(f"cannot set owner of {os.fsdecode(path)}: {e.strerror}")
-        if not is_link:
-            os.chmod(dest, stat.S_IMODE(node.mode))
+        if node.type != "l":
+            chmod()      # after chown, which clears set-user-id bits
         for name, value in node.xattrs.items():
             try:
-                os.setxattr(dest, name, value, **nofollow)
+                setxattr(name, value)
             except OSError as e:
                 if not self.warned_xattrs:
                     self.warned_xattrs = True
                     self.warn(f"cannot set extended attribute {os.fsdecode(name)} on {os.fsdecode(path)}: "
                               f"{e.strerror} (further xattr errors not shown)")
-        os.utime(dest, ns=(node.atime_ns, node.mtime_ns), **nofollow)
+        utime()
 
 
-def _at_temporary_name(dest: bytes, create: Callable[[bytes], T]) -> tuple[bytes, T]:
-    """(a new temporary name in the directory of `dest`, what `create` returned making it); a name
-    `create` finds taken (FileExistsError) is replaced by another."""
-    directory = dest.rpartition(b"/")[0]
+def _at_temporary_name(create: Callable[[bytes], T]) -> tuple[bytes, T]:
+    """(a new temporary name, what `create` returned making it); a name `create` finds taken
+    (FileExistsError) is replaced by another."""
     while True:
-        temp = directory + b"/" + TEMP_PREFIX + secrets.token_hex(8).encode()
+        temp = TEMP_PREFIX + secrets.token_hex(8).encode()
         try:
             return temp, create(temp)
         except FileExistsError:
             continue
 
 
-def _create_temporary(dest: bytes) -> tuple[bytes, int]:
-    """A new empty file, mode 0600, under a temporary name next to `dest`: (its path, a descriptor
-    open for writing). O_EXCL and O_NOFOLLOW: never an existing file, nor through a symlink."""
-    return _at_temporary_name(dest, lambda temp: os.open(
-        temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+def _create_temporary(dir_fd: int) -> tuple[bytes, int]:
+    """A new empty file, mode 0600, under a temporary name in the directory open as `dir_fd`: (its
+    name, a descriptor open for writing). O_EXCL and O_NOFOLLOW: never an existing file, nor
+    through a symlink."""
+    return _at_temporary_name(lambda temp: os.open(
+        temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd))
 
 
-def _lstat_or_none(path: bytes) -> os.stat_result | None:
-    """What stands at `path`, or None where nothing can be found (as for os.path.lexists)."""
+def _lstat_or_none(name: bytes, dir_fd: int) -> os.stat_result | None:
+    """What stands at `name` in `dir_fd` (not followed), or None where nothing can be found."""
     try:
-        return os.lstat(path)
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return None
 
 
-def _remove_quietly(path: bytes) -> None:
+def _remove_quietly(name: bytes, dir_fd: int) -> None:
     try:
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
     except OSError:
         pass
 
@@ -530,4 +623,7 @@ def _os_error(e: OSError, path: bytes) -> FsbackupError:
         return NoSpace(f"no space left on device while restoring {where}; free space or choose another --target")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return PermissionDenied(f"permission denied writing {where}: {e.strerror}")
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        return FsbackupError(f"cannot restore {where}: it or a directory on its way was replaced (by a symlink "
+                             "or another file) while restoring; nothing is followed there")
     return FsbackupError(f"cannot restore {where}: {e.strerror}")

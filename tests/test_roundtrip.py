@@ -269,3 +269,25 @@ def test_an_index_from_an_older_schema_is_migrated(env, tmp_path):
     assert index.one("SELECT stored FROM contents")[0] == 100_000
     index.close()
     env.ok("restore", "latest", "--target", tmp_path / "out")
+
+
+def test_a_tree_deeper_than_the_descriptors_allowed_is_backed_up_and_restored(env, tmp_path):
+    """Backup and restore keep a bounded number of directories open: a chain of directories
+    deeper than the process may open files round-trips."""
+    import resource
+    src = tmp_path / "src"
+    deep = src
+    for i in range(300):
+        deep = deep / f"level{i}"
+        write(deep / "f.txt", b"at level %d" % i)
+    before = snapshot(src)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 200, hard))
+    try:
+        env.ok("backup", src)
+        target = tmp_path / "out"
+        env.ok("restore", "latest", "--target", target)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert snapshot(restored_root(target, src)) == before

@@ -1,0 +1,113 @@
+"""Walking a directory tree by descriptors, never by path (restore and backup's scan).
+
+Restore runs as root in folders other users can write, and backup reads trees other users can
+change. A path such as `target/a/b/f` is resolved again at every use, so a user who replaces
+`a` by a symlink between two uses redirects the second one anywhere. Here, each directory is
+opened once relative to its parent's descriptor with O_NOFOLLOW | O_DIRECTORY, and every entry
+below it is reached relative to that descriptor: a directory replaced by a symlink is never
+followed (its opening fails with ELOOP or ENOTDIR), and one moved away is not looked for again
+by name while its descriptor is open.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from collections import OrderedDict
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir(name: bytes, dir_fd: int) -> int:
+    """The directory `name` in `dir_fd`, opened; a symlink there is not followed (ELOOP)."""
+    return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+
+
+def split(rel: bytes) -> tuple[bytes, bytes]:
+    """(the parent's relative path, the name) of a path relative to a base (b"a/b" -> b"a", b"b")."""
+    parent, _, name = rel.rpartition(b"/")
+    return parent, name
+
+
+def at_path(dir_fd: int, name: bytes) -> bytes:
+    """A path naming `name` in the open directory `dir_fd`, for the calls that take no dir_fd
+    (xattrs): through /proc, the directory is the one open, not one found again by its name.
+    The caller still asks not to follow `name` itself (follow_symlinks=False)."""
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+
+def chmod_at(name: bytes, mode: int, dir_fd: int) -> None:
+    """chmod of the entry `name` in `dir_fd`, never through a symlink: a symlink found there
+    (swapped in meanwhile) raises ELOOP. (fchmodat refuses AT_SYMLINK_NOFOLLOW on a symlink;
+    Python reports that as ValueError.)"""
+    try:
+        os.chmod(name, mode, dir_fd=dir_fd, follow_symlinks=False)
+    except (ValueError, NotImplementedError):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name) from None
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name) from None
+        raise
+
+
+class DirFds:
+    """Open descriptors of the directories below one base directory, by relative path (b"" is
+    the base itself, b"a/b" the directory b inside a).
+
+    A directory not open is opened from its nearest open ancestor, one component at a time with
+    O_NOFOLLOW | O_DIRECTORY. Descriptors stay open for reuse (a restore writes the files of one
+    directory in batches, a scan lists a directory then looks at its entries), but `trim` closes
+    the least recently used beyond `limit`, so deep or wide trees stay within the process's
+    descriptor limit. A descriptor from `get` is valid until the next `trim`, `forget` or `close`.
+    """
+
+    def __init__(self, base_fd: int, limit: int = 64):
+        self.base_fd = base_fd
+        self.limit = limit
+        self.fds: OrderedDict[bytes, int] = OrderedDict()
+
+    def get(self, rel: bytes) -> int:
+        if not rel:
+            return self.base_fd
+        fd = self.fds.get(rel)
+        if fd is not None:
+            self.fds.move_to_end(rel)
+            return fd
+        parts = rel.split(b"/")
+        known = len(parts) - 1              # the nearest open ancestor: parts[:known]
+        while known and b"/".join(parts[:known]) not in self.fds:
+            known -= 1
+        parent, kept = self.get(b"/".join(parts[:known])), True
+        for i in range(known, len(parts)):
+            try:
+                fd = open_dir(parts[i], parent)
+            finally:
+                if not kept:
+                    os.close(parent)
+            # On a long way down, keep only some of the directories passed (descriptors are finite).
+            kept = i == len(parts) - 1 or len(self.fds) < 2 * self.limit
+            if kept:
+                self.add(b"/".join(parts[:i + 1]), fd)
+            parent = fd
+        return parent
+
+    def add(self, rel: bytes, fd: int) -> None:
+        """Take `fd`, the open directory at `rel` (one just made), into the set."""
+        old = self.fds.pop(rel, None)
+        if old is not None:
+            os.close(old)
+        self.fds[rel] = fd
+
+    def trim(self) -> None:
+        """Close the least recently used descriptors beyond the limit."""
+        while len(self.fds) > self.limit:
+            os.close(self.fds.popitem(last=False)[1])
+
+    def forget(self, rel: bytes) -> None:
+        """Close `rel` and everything open below it (it is being removed or replaced)."""
+        below = rel + b"/"
+        for key in [k for k in self.fds if k == rel or k.startswith(below)]:
+            os.close(self.fds.pop(key))
+
+    def close(self) -> None:
+        while self.fds:
+            os.close(self.fds.popitem()[1])

@@ -21,7 +21,6 @@ import queue
 import secrets
 import socket
 import stat
-import tempfile
 import threading
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from .chunker import MIN_SIZE, WINDOW, Chunker
 from .errors import FsbackupError, PathNotFound
 from .fsutil import DirFds, at_path, open_dir, split
 from .locks import repository_lock
+from .private import private_temp_file
 from .progress import Progress
 from .repository import REREAD_FILES, Repository
 from .tree import Node, VersionTree, list_versions
@@ -372,7 +372,8 @@ class Backup:
         self.pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-encode")
         self.read_pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-read")
         self.upload_pool = ThreadPoolExecutor(self.options.uploads_in_flight, thread_name_prefix="fsbackup-upload")
-        spool = tempfile.TemporaryFile(prefix="fsbackup-tree-")
+        # Beside the local index, in an owner-only folder: the tree names every file backed up.
+        spool = private_temp_file(os.path.join(os.path.dirname(self.repo.index_path), "spool"))
         try:
             self.spool_packer = fmt.entry_packer(unicode_errors="surrogateescape")   # (times of any range)
             self.spool = spool

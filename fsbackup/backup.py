@@ -32,7 +32,7 @@ import msgpack
 
 from . import format as fmt
 from .chunker import MIN_SIZE, WINDOW, Chunker
-from .errors import FsbackupError, PathNotFound
+from .errors import FsbackupError, NoSpace, PathNotFound
 from .fsutil import DirFds, at_path, open_dir, split
 from .locks import repository_lock
 from .private import private_temp_file
@@ -295,6 +295,13 @@ class _Item:
 _Item.ROOT_PARENT = _Item(None, None)   # node id 0: the root directory's parent
 
 
+def _raise_no_space(e: BaseException, spool_folder: str) -> None:
+    """The file list's folder (beside the local index) is full: say so, as the index would."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise NoSpace(f"no space left for the backup's file list in {spool_folder} (beside the local index); "
+                      "free space there, or put the index on another disk with --index") from None
+
+
 class Backup:
     def __init__(self, repo: Repository, options: BackupOptions, progress: Progress | None = None,
                  warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None):
@@ -373,7 +380,8 @@ class Backup:
         self.read_pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-read")
         self.upload_pool = ThreadPoolExecutor(self.options.uploads_in_flight, thread_name_prefix="fsbackup-upload")
         # Beside the local index, in an owner-only folder: the tree names every file backed up.
-        spool = private_temp_file(os.path.join(os.path.dirname(self.repo.index_path), "spool"))
+        spool_folder = os.path.join(os.path.dirname(self.repo.index_path), "spool")
+        spool = private_temp_file(spool_folder)
         try:
             self.spool_packer = fmt.entry_packer(unicode_errors="surrogateescape")   # (times of any range)
             self.spool = spool
@@ -382,9 +390,13 @@ class Backup:
             self._look_up_blocks()
             self._seal_volume()
             self._finish_uploads()
-        except BaseException:
+        except BaseException as e:
             self._abort()
-            spool.close()
+            try:
+                spool.close()                  # (what it still buffers is not wanted)
+            except OSError:
+                pass
+            _raise_no_space(e, spool_folder)
             raise
         finally:
             self.stopping.set()
@@ -402,7 +414,11 @@ class Backup:
         with spool:
             if not self.options.dry_run:
                 self.before_commit()
-                spool.seek(0)
+                try:
+                    spool.seek(0)                  # (writes what the spool still buffers)
+                except OSError as e:
+                    _raise_no_space(e, spool_folder)
+                    raise
                 name = self.repo.store_version(head, self._spooled_entries(spool))
                 spool.seek(0)
                 self.repo.record_version(name, head, self._spooled_entries(spool))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -131,8 +132,8 @@ def test_disk_full_while_writing_the_index(env, tmp_path, small_disk):
     for i in range(3000):
         write(src / f"dir{i % 50}" / f"file-with-a-long-name-{i:06d}", b"x")
     for free_kib in (8, 16, 32, 64, 128, 256, 512, 1024):
-        for leftover in small_disk.iterdir():
-            leftover.unlink()
+        for leftover in small_disk.iterdir():       # (the index, and the folder of the backup's file list)
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         with open(small_disk / "filler", "wb") as f:
             f.write(b"\0" * ((2 << 20) - free_kib * 1024))
         r = env.run("backup", src, "--index", small_disk / "index.sqlite")

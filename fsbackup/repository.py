@@ -136,6 +136,24 @@ def read_config(backend: Backend) -> tuple[dict, bytes]:
     return config, raw
 
 
+def _unwrap_key(backend: Backend, name: str, passphrase: bytes, repo_id: str) -> tuple[bytes, bytes | None]:
+    """`unwrap_master_secret` of key object `name`. As `get_checked` does, a key object that does not
+    open is downloaded once more: a byte damaged on its way fails like a wrong passphrase (nothing
+    can tell them apart), so it is tried again when the second download differs, and only then
+    (a wrong passphrase costs no second key derivation)."""
+    first = backend.get(name)
+    try:
+        return unwrap_master_secret(first, passphrase, repo_id, name)
+    except (CorruptObject, WrongPassphrase) as e:
+        failure = e
+    again = backend.get(name)
+    if again == first:
+        raise failure
+    result = unwrap_master_secret(again, passphrase, repo_id, name)     # a second failure is the one reported
+    log.warning("%s when first downloaded; a second download was intact", failure)
+    return result
+
+
 def _key_about() -> dict:
     return {"created": time.time_ns(), "host": socket.gethostname()}
 
@@ -197,8 +215,7 @@ class Repository:
         wrong_passphrase = False
         for name in key_names:          # every key is tried: one damaged key must not hide another
             try:
-                secret, bound_config = get_checked(
-                    backend, name, lambda raw, name=name: unwrap_master_secret(raw, passphrase, config["id"], name))
+                secret, bound_config = _unwrap_key(backend, name, passphrase, config["id"])
             except WrongPassphrase:
                 wrong_passphrase = True
                 continue

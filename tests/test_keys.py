@@ -16,6 +16,8 @@ import pytest
 
 from conftest import TEST_PASSWORD, restored_root, snapshot, write
 from fsbackup import errors
+from fsbackup.backends.memory import MemoryBackend
+from fsbackup.repository import Repository
 from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 
 
@@ -187,3 +189,32 @@ def test_a_weak_kdf_is_refused_outside_tests(blank_env):
     assert r.rc == errors.EXIT_USAGE and len(key_ids(env)) == 1
     env.ok("key", "add", FSBACKUP_NEW_PASSWORD="x")           # the test flag is set (conftest.Env)
     assert sorted(k["kdf"]["memory_kib"] for k in key_ids(env)) == [1024, 131072]
+
+
+class KeyDamagedOnItsWay(MemoryBackend):
+    """Comes back with one character of the first key object's `wrapped` changed, once: the JSON
+    still parses and the AEAD fails, as for a wrong passphrase."""
+
+    def __init__(self):
+        super().__init__()
+        self.damage_next_key = False
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        data = super().get(name, offset, length)
+        if name.startswith("keys/") and self.damage_next_key:
+            self.damage_next_key = False
+            at = data.index(b'"wrapped": "') + 20
+            data = data[:at] + (b"B" if data[at:at + 1] == b"A" else b"A") + data[at + 1:]
+        return data
+
+
+def test_a_key_object_damaged_on_its_way_is_not_a_wrong_passphrase(monkeypatch, tmp_path):
+    monkeypatch.setenv("FSBACKUP_KDF_MEMORY_KIB", "1024")
+    monkeypatch.setenv("FSBACKUP_WEAK_KDF_FOR_TESTS", "1")
+    backend = KeyDamagedOnItsWay()
+    Repository.create(backend, b"secret", str(tmp_path / "a.sqlite")).close_index()
+    backend.damage_next_key = True
+    repo = Repository.open(backend, b"secret", str(tmp_path / "b.sqlite"))
+    assert repo.key_name and not backend.damage_next_key
+    with pytest.raises(errors.WrongPassphrase):
+        Repository.open(backend, b"not the secret", str(tmp_path / "c.sqlite"))

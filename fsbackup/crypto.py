@@ -39,7 +39,7 @@ ZERO_NONCE = bytes(NONCE_LEN)
 # stored with each key object, so they can be raised later without breaking old keys.
 DEFAULT_KDF = {"name": "argon2id", "memory_kib": 65536, "iterations": 3, "lanes": 4}
 # A key object's KDF parameters are read before anything is authenticated, so a hostile storage can
-# set them: no client derives a key above these bounds (at most 1 GiB and a few seconds).
+# set them: no client derives a key above these bounds (1 GiB of memory, ten passes over it).
 MAX_KDF_MEMORY_KIB = 1 << 20
 MAX_KDF_ITERATIONS = 10
 MAX_KDF_LANES = 16

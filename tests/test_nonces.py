@@ -86,12 +86,15 @@ class Session:
 
     def recreate_index_object(self):
         """repair writes a missing index object again from its volume's table."""
-        self.rng.choice(self.objects("index")).unlink()
+        if self.objects("index"):                     # (a prune may have left none)
+            self.rng.choice(self.objects("index")).unlink()
         self.run("repair")
 
     def damage_and_remove(self):
         """repair --remove-damaged writes an index object again without the damaged blocks, and
         the versions that used them again without those files."""
+        if not self.objects("data"):
+            return
         volume = self.rng.choice(self.objects("data"))
         data = bytearray(volume.read_bytes())
         data[fmt.HEADER_LEN + 20] ^= 0xFF            # inside the volume's first block
@@ -140,6 +143,7 @@ def ledger(monkeypatch) -> NonceLedger:
 @example(ops=["backup", "damage_and_remove", "backup"], seed=1)
 @example(ops=["recreate_index_object", "damage_and_remove", "recreate_index_object"], seed=2)
 @example(ops=["refresh_lock", "backup", "prune", "passwd", "add_key", "refresh_lock"], seed=3)
+@example(ops=["damage_and_remove", "prune", "recreate_index_object", "damage_and_remove"], seed=1)
 def test_no_sequence_of_commands_reuses_a_key_and_nonce(ledger, tmp_path_factory, ops, seed):
     session = Session(tmp_path_factory.mktemp("nonces"), random.Random(seed))
     for op in ops:

@@ -56,7 +56,7 @@ class NonceLedger:
         return RecordingAESGCM
 
 
-class Session:
+class Scenario:
     """A repository driven by one sequence of commands, in this process (so every encryption is seen)."""
 
     def __init__(self, tmp: Path, rng: random.Random):
@@ -145,9 +145,9 @@ def ledger(monkeypatch) -> NonceLedger:
 @example(ops=["refresh_lock", "backup", "prune", "passwd", "add_key", "refresh_lock"], seed=3)
 @example(ops=["damage_and_remove", "prune", "recreate_index_object", "damage_and_remove"], seed=1)
 def test_no_sequence_of_commands_reuses_a_key_and_nonce(ledger, tmp_path_factory, ops, seed):
-    session = Session(tmp_path_factory.mktemp("nonces"), random.Random(seed))
+    scenario = Scenario(tmp_path_factory.mktemp("nonces"), random.Random(seed))
     for op in ops:
-        getattr(session, op)()
+        getattr(scenario, op)()
     assert not ledger.reuses, ledger.reuses
     assert ledger.count > 0
 
@@ -155,18 +155,18 @@ def test_no_sequence_of_commands_reuses_a_key_and_nonce(ledger, tmp_path_factory
 def test_repair_rewriting_an_index_object_uses_a_new_nonce(ledger, tmp_path):
     """The case that reused the nonce in format 1: an index object written again with other
     content. Each writing has its own nonce, and the repository still restores."""
-    session = Session(tmp_path, random.Random(7))
-    session.backup()
-    before = {p.name: p.read_bytes() for p in session.objects("index")}
-    session.damage_and_remove()
-    session.recreate_index_object()
-    after = {p.name: p.read_bytes() for p in session.objects("index")}
+    scenario = Scenario(tmp_path, random.Random(7))
+    scenario.backup()
+    before = {p.name: p.read_bytes() for p in scenario.objects("index")}
+    scenario.damage_and_remove()
+    scenario.recreate_index_object()
+    after = {p.name: p.read_bytes() for p in scenario.objects("index")}
     rewritten = [name for name in before.keys() & after.keys() if before[name] != after[name]]
     assert rewritten
     for name in rewritten:
         nonce = slice(fmt.HEADER_LEN, fmt.HEADER_LEN + crypto.NONCE_LEN)
         assert after[name][4] == fmt.FORMAT_VERSION and before[name][nonce] != after[name][nonce]
     assert not ledger.reuses, ledger.reuses
-    session.ok("restore", "latest", "--target", tmp_path / "out")
-    restored = snapshot(restored_root(tmp_path / "out", session.src))
-    assert restored.keys() <= snapshot(session.src).keys()
+    scenario.ok("restore", "latest", "--target", tmp_path / "out")
+    restored = snapshot(restored_root(tmp_path / "out", scenario.src))
+    assert restored.keys() <= snapshot(scenario.src).keys()

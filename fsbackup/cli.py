@@ -908,7 +908,7 @@ def _key_row(repo: Repository, name: str, doc: dict) -> dict:
     kdf = doc.get("kdf") if isinstance(doc.get("kdf"), dict) else {}
     return {"id": _key_id(name), "created_ns": doc.get("created"), "host": doc.get("host"),
             "kdf": {k: v for k, v in kdf.items() if k != "salt"}, "in_use": name == repo.key_name,
-            "damaged": doc.get("damaged")}
+            "version": doc.get("version", 1) if not doc.get("damaged") else None, "damaged": doc.get("damaged")}
 
 
 def _key_line(row: dict) -> str:
@@ -917,7 +917,10 @@ def _key_line(row: dict) -> str:
     kdf = row["kdf"]
     cost = (f"{kdf.get('name')} {kdf.get('memory_kib')} KiB, {kdf.get('iterations')} passes, "
             f"{kdf.get('lanes')} lanes") if kdf else row["damaged"] or "?"
-    return f"{'*' if row['in_use'] else ' '} {row['id'][:8]}  {created}  {row['host'] or '-'}  {cost}"
+    # A version 1 key (format 1) does not bind the config, and shows the storage its host and
+    # time: 'key passwd' replaces it with a version 2 key.
+    old = "  (old key: 'fsbackup key passwd' replaces it)" if row["version"] == 1 else ""
+    return f"{'*' if row['in_use'] else ' '} {row['id'][:8]}  {created}  {row['host'] or '-'}  {cost}{old}"
 
 
 def cmd_key(args, out: Output) -> int:

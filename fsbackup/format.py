@@ -17,7 +17,11 @@ from .chunker import MAX_SIZE
 from .crypto import NONCE_LEN, ZERO_NONCE, Keys, ObjectCipher
 from .errors import CorruptObject
 
-FORMAT_VERSION = 1
+# Written into every object header and new repositories' config. Version 2 seals index objects
+# under a random nonce (they are written again by repair); new repositories also take a whole
+# secret gear table and key objects that bind the config. Version 1 objects are read as they are.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 VOLUME_MAGIC = b"FSBV"
 INDEX_MAGIC = b"FSBI"
@@ -45,11 +49,13 @@ def header(magic: bytes) -> bytes:
     return magic + bytes([FORMAT_VERSION, 0, 0, 0])
 
 
-def check_header(data: bytes, magic: bytes, name: str) -> None:
+def check_header(data: bytes, magic: bytes, name: str) -> int:
+    """The object's format version, one of READABLE_VERSIONS."""
     if len(data) < HEADER_LEN or data[:4] != magic:
         raise CorruptObject(name, "wrong object type or truncated")
-    if data[4] != FORMAT_VERSION:
+    if data[4] not in READABLE_VERSIONS:
         raise CorruptObject(name, f"unknown format version {data[4]}")
+    return data[4]
 
 
 _per_thread = threading.local()   # zstd (de)compressor objects must not be shared between threads
@@ -222,15 +228,20 @@ def open_table(keys: Keys, volume_id: bytes, table: bytes, name: str) -> list[Bl
 
 
 def encode_index(keys: Keys, volume_id: bytes, volume_size: int, entries: Iterable[BlockEntry]) -> bytes:
+    """An index object. Repair and the adoption of a leftover volume write one again under its
+    name, with other content, so each writing takes a random nonce (format 1 used the zero nonce)."""
     doc = {"size": volume_size, "blocks": [e.pack() for e in entries]}
     raw = _zstd_c().compress(msgpack.packb(doc))
-    return header(INDEX_MAGIC) + keys.object_cipher(b"index", volume_id).seal(ZERO_NONCE, raw, b"index\0")
+    return header(INDEX_MAGIC) + keys.object_cipher(b"index", volume_id).seal_random(raw, b"index\0")
 
 
 def decode_index(keys: Keys, volume_id: bytes, data: bytes, name: str) -> tuple[int, list[BlockEntry]]:
-    """An index object's (volume size, block entries)."""
-    check_header(data, INDEX_MAGIC, name)
-    raw = keys.object_cipher(b"index", volume_id).open(ZERO_NONCE, data[HEADER_LEN:], b"index\0", name)
+    """An index object's (volume size, block entries), in format 1 or 2."""
+    cipher = keys.object_cipher(b"index", volume_id)
+    if check_header(data, INDEX_MAGIC, name) == 1:
+        raw = cipher.open(ZERO_NONCE, data[HEADER_LEN:], b"index\0", name)
+    else:
+        raw = cipher.open_random(data[HEADER_LEN:], b"index\0", name)
     try:
         doc = msgpack.unpackb(_decompress(raw, metadata_limit(len(raw))))
         size, blocks = int(doc["size"]), doc["blocks"]

@@ -29,7 +29,8 @@ import msgpack
 
 from . import format as fmt
 from .backends import Backend
-from .crypto import Keys, ObjectCipher, unwrap_master_secret, wrap_master_secret, MASTER_SECRET_LEN
+from .crypto import (MASTER_SECRET_LEN, Keys, ObjectCipher, config_digest, open_about, seal_about,
+                     unwrap_master_secret, wrap_master_secret)
 from .errors import (CorruptObject, FsbackupError, ListingContradiction, NoSuchObject, RepositoryNotFound,
                      UnsupportedFormat, UsageError, WrongPassphrase)
 from .index import Index, index_time
@@ -112,39 +113,65 @@ def get_checked(backend: Backend, name: str, decode: Callable[[bytes], T], offse
     return result
 
 
-def _parse_config(raw: bytes) -> dict:
+def _parse_config(raw: bytes) -> tuple[dict, bytes]:
     try:
         config = json.loads(raw)
-        if "format" in config and "id" in config:
-            return config
+        if isinstance(config, dict) and "format" in config and isinstance(config.get("id"), str):
+            return config, raw
     except (ValueError, TypeError):
         pass
     raise CorruptObject(CONFIG, "not an fsbackup config")
 
 
-def read_config(backend: Backend) -> dict:
+def read_config(backend: Backend) -> tuple[dict, bytes]:
+    """The config object, parsed and as stored (key objects bind its exact bytes)."""
     try:
-        config = get_checked(backend, CONFIG, _parse_config)
+        config, raw = get_checked(backend, CONFIG, _parse_config)
     except NoSuchObject:
         if any(True for _ in backend.list("")):
             raise RepositoryNotFound(f"{backend.url} is not an fsbackup repository (it has no config object)") from None
         raise RepositoryNotFound(f"no repository at {backend.url}; create one with 'fsbackup init'") from None
     fmt_version = config["format"]
-    if fmt_version != fmt.FORMAT_VERSION:
+    if fmt_version not in fmt.READABLE_VERSIONS:
         raise UnsupportedFormat(f"repository format {fmt_version} is not supported by this fsbackup "
-                                f"(it reads format {fmt.FORMAT_VERSION}); upgrade fsbackup")
-    return config
+                                f"(it reads formats {', '.join(map(str, fmt.READABLE_VERSIONS))}); upgrade fsbackup")
+    return config, raw
+
+
+def _unwrap_key(backend: Backend, name: str, passphrase: bytes, repo_id: str) -> tuple[bytes, bytes | None]:
+    """`unwrap_master_secret` of key object `name`. As `get_checked` does, a key object that does not
+    open is downloaded once more: a byte damaged on its way fails like a wrong passphrase (nothing
+    can tell them apart), so it is tried again when the second download differs, and only then
+    (a wrong passphrase costs no second key derivation)."""
+    first = backend.get(name)
+    try:
+        return unwrap_master_secret(first, passphrase, repo_id, name)
+    except (CorruptObject, WrongPassphrase) as e:
+        failure = e
+    again = backend.get(name)
+    if again == first:
+        raise failure
+    result = unwrap_master_secret(again, passphrase, repo_id, name)     # a second failure is the one reported
+    log.warning("%s when first downloaded; a second download was intact", failure)
+    return result
 
 
 def _key_about() -> dict:
     return {"created": time.time_ns(), "host": socket.gethostname()}
 
 
+def _new_key_name() -> tuple[str, bytes]:
+    key_id = secrets.token_bytes(32)
+    return f"keys/{key_id.hex()}", key_id
+
+
 class Repository:
     def __init__(self, backend: Backend, config: dict, keys: Keys, index_path: str | None = None,
-                 master_secret: bytes | None = None, key_name: str | None = None):
+                 master_secret: bytes | None = None, key_name: str | None = None,
+                 config_bytes: bytes | None = None):
         self.backend = backend
         self.config = config
+        self._config_bytes = config_bytes       # as stored: new key objects bind them
         self.id: str = config["id"]
         self.keys = keys
         self._master_secret = master_secret     # kept to wrap it under another passphrase (key commands)
@@ -169,16 +196,20 @@ class Repository:
             if backend.exists(CONFIG):
                 raise UsageError(f"{backend.url} already holds an fsbackup repository")
             raise UsageError(f"{backend.url} is not empty and not an fsbackup repository; choose an empty or new folder")
-        config = {"format": fmt.FORMAT_VERSION, "id": secrets.token_hex(16), "created": time.time_ns()}
+        config = {"format": fmt.FORMAT_VERSION, "id": secrets.token_hex(16)}
+        config_bytes = json.dumps(config, indent=1).encode()
         secret = os.urandom(MASTER_SECRET_LEN)
-        key_name = f"keys/{secrets.token_hex(32)}"
-        backend.put(key_name, wrap_master_secret(secret, passphrase, config["id"], _key_about()))
-        backend.put(CONFIG, json.dumps(config, indent=1).encode())  # last: a half-made repo has no config
-        return cls(backend, config, Keys.from_master_secret(secret), index_path, secret, key_name)
+        keys = Keys.from_master_secret(secret)
+        repo = cls(backend, config, keys, index_path, secret, config_bytes=config_bytes)
+        repo.key_name = repo.add_key(passphrase)
+        backend.put(CONFIG, config_bytes)       # last: a half-made repo has no config
+        return repo
 
     @classmethod
     def open(cls, backend: Backend, passphrase: bytes, index_path: str | None = None) -> "Repository":
-        config = read_config(backend)
+        """Open with the first key object `passphrase` opens. A version 2 key binds the config it
+        was made with: a config changed since (its format, its id) is reported as corrupt at once."""
+        config, config_bytes = read_config(backend)
         key_names = sorted(name for name, _ in backend.list("keys/"))
         if not key_names:
             raise CorruptObject("keys/", "the repository has no key objects")
@@ -186,15 +217,17 @@ class Repository:
         wrong_passphrase = False
         for name in key_names:          # every key is tried: one damaged key must not hide another
             try:
-                secret = get_checked(backend, name,
-                                     lambda raw, name=name: unwrap_master_secret(raw, passphrase, config["id"], name))
+                secret, bound_config = _unwrap_key(backend, name, passphrase, config["id"])
             except WrongPassphrase:
                 wrong_passphrase = True
                 continue
             except CorruptObject as e:
                 damage = damage or e
                 continue
-            return cls(backend, config, Keys.from_master_secret(secret), index_path, secret, name)
+            if bound_config is not None and bound_config != config_digest(config_bytes):
+                raise CorruptObject(CONFIG, f"it is not the config {name} was made with: it was changed")
+            keys = Keys.from_master_secret(secret, legacy_chunker=config["format"] == 1)
+            return cls(backend, config, keys, index_path, secret, name, config_bytes)
         if wrong_passphrase or damage is None:
             raise WrongPassphrase("wrong passphrase for this repository")
         raise damage
@@ -504,22 +537,31 @@ class Repository:
     # ---- keys -----------------------------------------------------------------------------
 
     def key_objects(self) -> list[tuple[str, dict]]:
-        """(name, what its JSON says) of every key object; a damaged one says {"damaged": why}."""
+        """(name, what its JSON says) of every key object, with when and where it was made
+        (`created`, `host`) opened when it says so; a damaged one says {"damaged": why}."""
         out = []
         for name, _ in sorted(self.backend.list("keys/")):
             try:
                 doc = json.loads(self.backend.get(name))
                 if not isinstance(doc, dict):
                     raise ValueError
+                about = doc.pop("about", None)
+                key_id = name.split("/", 1)[1]
+                if about is not None and _is_object_id(key_id):
+                    doc.update(open_about(self.keys, bytes.fromhex(key_id), about, name))
             except ValueError:
                 doc = {"damaged": "not a key object"}
+            except CorruptObject as e:
+                doc = {"damaged": str(e)}
             out.append((name, doc))
         return out
 
     def add_key(self, passphrase: bytes) -> str:
-        """Store the master secret wrapped under another passphrase; returns the new key object's name."""
-        name = f"keys/{secrets.token_hex(32)}"
-        self.backend.put(name, wrap_master_secret(self._master_secret, passphrase, self.id, _key_about()))
+        """Store the master secret wrapped under another passphrase, bound to the config; returns
+        the new key object's name."""
+        name, key_id = _new_key_name()
+        about = seal_about(self.keys, key_id, _key_about())
+        self.backend.put(name, wrap_master_secret(self._master_secret, passphrase, self.id, self._config_bytes, about))
         return name
 
     def change_passphrase(self, passphrase: bytes) -> str:

@@ -72,6 +72,7 @@ def main() -> None:
     args = ap.parse_args()
 
     os.environ.setdefault("FSBACKUP_KDF_MEMORY_KIB", "1024")
+    os.environ.setdefault("FSBACKUP_WEAK_KDF_FOR_TESTS", "1")
     started = time.monotonic()
     repo = Repository.create(LocalBackend(args.repo), args.password.encode())   # (its local index is not used)
     block_ids = [os.urandom(32) for _ in range(args.blocks)]

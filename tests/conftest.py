@@ -30,7 +30,8 @@ class Env:
         self.repo = tmp / "repo"
         self.cache = tmp / "cache"
         self.vars = {"FSBACKUP_REPOSITORY": str(self.repo), "FSBACKUP_PASSWORD": TEST_PASSWORD,
-                     "XDG_CACHE_HOME": str(self.cache), "FSBACKUP_KDF_MEMORY_KIB": "1024"}
+                     "XDG_CACHE_HOME": str(self.cache), "FSBACKUP_KDF_MEMORY_KIB": "1024",
+                     "FSBACKUP_WEAK_KDF_FOR_TESTS": "1"}
 
     def environ(self, **extra) -> dict:
         env = dict(os.environ)

@@ -40,7 +40,7 @@ def test_init_twice_refuses(env):
 
 def test_unknown_format_version(env):
     cfg = env.repo / "config"
-    cfg.write_bytes(cfg.read_bytes().replace(b'"format": 1', b'"format": 99'))
+    cfg.write_bytes(cfg.read_bytes().replace(b'"format": 2', b'"format": 99'))
     assert_one_line_error(env.run("versions"), 10, "format 99")
 
 

@@ -325,6 +325,7 @@ def volume_of_blocks(repo: Repository, n: int) -> tuple[str, list]:
 @pytest.fixture
 def memory_repo(tmp_path, monkeypatch) -> Repository:
     monkeypatch.setenv("FSBACKUP_KDF_MEMORY_KIB", "1024")
+    monkeypatch.setenv("FSBACKUP_WEAK_KDF_FOR_TESTS", "1")
     return Repository.create(MemoryBackend(), TEST_PASSWORD.encode(), str(tmp_path / "index.sqlite"))
 
 

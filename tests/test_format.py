@@ -9,11 +9,16 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fsbackup import format as fmt
-from fsbackup.chunker import MAX_SIZE, MIN_SIZE, Chunker
+from fsbackup import crypto
+from fsbackup.chunker import GEAR_TABLE_LEN, MAX_SIZE, MIN_SIZE, Chunker, reference_cuts
 from fsbackup.crypto import Keys
 from fsbackup.errors import CorruptObject
 
 KEYS = Keys.from_master_secret(bytes(range(64)))
+LEGACY_KEYS = Keys.from_master_secret(bytes(range(64)), legacy_chunker=True)      # a format 1 repository's
+# What seeds a chunker: format 1's 64-bit XOR seed, or a whole gear table.
+SEEDS = st.one_of(st.integers(min_value=0, max_value=2**63 - 1),
+                  st.binary(min_size=GEAR_TABLE_LEN, max_size=GEAR_TABLE_LEN))
 VOLUME_ID = bytes.fromhex("11" * 32)
 INT64 = st.integers(min_value=-2**63, max_value=2**64 - 1)   # what msgpack encodes
 
@@ -32,7 +37,7 @@ def golden_input(n: int = 6 << 20) -> bytes:
 # ---- chunker --------------------------------------------------------------------------------
 
 @settings(max_examples=40, deadline=None)
-@given(st.binary(min_size=0, max_size=3 << 20), st.integers(min_value=0, max_value=2**63 - 1))
+@given(st.binary(min_size=0, max_size=3 << 20), SEEDS)
 def test_chunks_reassemble_the_input_and_respect_size_limits(data, seed):
     chunks = [bytes(c) for c in Chunker(seed).cut(data)]
     assert b"".join(chunks) == data
@@ -43,7 +48,7 @@ def test_chunks_reassemble_the_input_and_respect_size_limits(data, seed):
 
 
 @settings(max_examples=10, deadline=None)
-@given(st.integers(min_value=0, max_value=2**63 - 1), st.integers(min_value=0, max_value=3 << 20),
+@given(SEEDS, st.integers(min_value=0, max_value=3 << 20),
        st.integers(min_value=MAX_SIZE + 1, max_value=3 * MAX_SIZE))
 def test_files_cut_window_by_window_cut_as_in_memory(tmp_path_factory, seed, start, window):
     """Reading a file in windows (blocks near a window's end are cut again in the next) must
@@ -73,9 +78,29 @@ def test_a_block_ending_exactly_at_a_window_end_is_not_the_last(tmp_path):
 
 
 def test_golden_chunk_boundaries_do_not_change():
-    """Changing these cut points breaks deduplication against every existing repository."""
-    lengths = [len(c) for c in Chunker(KEYS.chunker_seed).cut(golden_input())]
-    assert lengths == GOLDEN_LENGTHS
+    """Changing these cut points breaks deduplication against every existing repository: format 1
+    repositories keep their seeded public table, format 2 ones cut with their own whole table."""
+    assert isinstance(LEGACY_KEYS.chunker_seed, int)
+    assert [len(c) for c in Chunker(LEGACY_KEYS.chunker_seed).cut(golden_input())] == GOLDEN_LENGTHS
+    table = KEYS.chunker_seed
+    assert hashlib.sha256(table).hexdigest() == GOLDEN_GEAR_TABLE_SHA256
+    assert [len(c) for c in Chunker(table).cut(golden_input())] == GOLDEN_LENGTHS_GEAR_TABLE
+
+
+def test_the_gear_table_is_the_keyed_xof_of_the_key():
+    """docs/format.md: table = BLAKE3-keyed(derive_key("fsbackup 2026-11 chunker gear table", master
+    secret), empty input) read for 2048 bytes, as 256 little-endian u64."""
+    import blake3
+    table_key = blake3.blake3(bytes(range(64)), derive_key_context="fsbackup 2026-11 chunker gear table").digest()
+    assert KEYS.chunker_seed == blake3.blake3(key=table_key).digest(length=GEAR_TABLE_LEN)
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.binary(min_size=GEAR_TABLE_LEN, max_size=GEAR_TABLE_LEN), st.binary(min_size=0, max_size=1 << 16))
+def test_the_installed_table_cuts_as_pyfastcdc_pure_python_with_that_table(table, tail):
+    """The compiled chunker given a whole table cuts where the reference implementation does."""
+    data = golden_input(3 << 20) + tail
+    assert [len(c) for c in Chunker(table).cut(data)] == reference_cuts(data, table)
 
 
 # ---- block and volume codec -----------------------------------------------------------------
@@ -158,8 +183,10 @@ def test_a_truncated_version_object_is_detected():
 
 # ---- golden encoding ------------------------------------------------------------------------
 
-def test_golden_on_remote_encoding_does_not_change():
-    """Any change to keys, nonces, compression or layout shows here; old repositories must stay readable."""
+def test_golden_on_remote_encoding_does_not_change(monkeypatch):
+    """Any change to keys, nonces, compression or layout shows here; old repositories must stay readable
+    (test_old_format.py reads a repository written in format 1). Random nonces are made fixed here."""
+    monkeypatch.setattr(crypto.os, "urandom", lambda n: bytes(range(n)))
     data = golden_input(1 << 20)
     cipher = KEYS.object_cipher(b"blocks", VOLUME_ID)
     bid = KEYS.block_id(data)
@@ -174,14 +201,17 @@ def test_golden_on_remote_encoding_does_not_change():
     assert got == GOLDEN_ENCODING
 
 
-GOLDEN_LENGTHS = [1330159, 1261612, 1173776, 521210, 1093115, 864373, 47211]
+GOLDEN_LENGTHS = [1330159, 1261612, 1173776, 521210, 1093115, 864373, 47211]          # format 1's seeded table
+GOLDEN_GEAR_TABLE_SHA256 = "c27bb2a4058e0009837364c47f8ef4c7da20580608a4acd6fd63016ee088547d"
+GOLDEN_LENGTHS_GEAR_TABLE = [1564722, 948574, 1252618, 601583, 773169, 1150790]      # format 2's own table
 GOLDEN_ENCODING = {
     "block_id": "45e479658fcb854d6e77d6c51bc4a26daa5d77dfd3d16e0da3eb7a8b42c670b6",
-    # Blocks at zstd level 2 since the default moved from 3 (older volumes decode the same).
-    "volume": "1a5906773a752544f2596d7633cb23c32d5393a9e3e9be530c505c8be8274ebf",
-    "index": "cd7c43330cc1105d39119d0dcd17a074f826503b35ed87b83548919bbbedb109",
-    "version": "33834e659bc87c6c6069ae10725e104e7efdf4616a80a559817e8e8687fd3b65",
-    "sizes": [751403, 98, 82],
+    # Format 2: headers say 2, and the index object has its nonce after the header (format 1's
+    # volume and version objects differed only in that header byte).
+    "volume": "329915e7a5f3ec6f2af66124762a6dde3a720b3fc7c0d5a3714f0c454143f1d2",
+    "index": "e7bbc9e677ca3f2703302431baa0f7cde5442167f6d64f80ada0c5ee7c6ae27d",
+    "version": "cd0bd7fb46c849ed003b0bf4cfc2e78b8ab9fb272d9c887d25b8540673c05ba7",
+    "sizes": [751403, 110, 82],
 }
 
 

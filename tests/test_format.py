@@ -239,7 +239,9 @@ def test_golden_version_written_before_wide_times_still_reads_and_is_written_the
     head, entries = fmt.decode_version(KEYS, vid, OLD_VERSION, "s")
     assert fmt.check_head(head, "s") == OLD_HEAD
     assert list(fmt.checked_entries(entries, "s")) == OLD_ENTRIES
-    assert fmt.encode_version(KEYS, vid, OLD_HEAD, OLD_ENTRIES) == OLD_VERSION    # what fits is written as before
+    written = fmt.encode_version(KEYS, vid, OLD_HEAD, OLD_ENTRIES)     # what fits is written as before,
+    assert written[4] == fmt.FORMAT_VERSION                               # under the current format's header
+    assert written[:4] + written[5:] == OLD_VERSION[:4] + OLD_VERSION[5:]
 
 
 @settings(max_examples=200, deadline=None)

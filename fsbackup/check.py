@@ -115,9 +115,12 @@ class Checker:
             repo.rebuild_index(self.progress, keep_going=True)   # damaged objects are reported below
         self.volume_sizes = {n.rsplit("/", 1)[1]: size for n, size in repo.backend.list("data/")}
         self.index_names = {n.split("/", 1)[1] for n, _ in repo.backend.list("index/")}
-        remote_versions = sorted(n.split("/", 1)[1] for n, _ in repo.backend.list("versions/"))
         local_volumes = {name: size for name, size in index.q("SELECT name, size FROM volumes")}
         local_versions = {name for (name,) in index.q("SELECT name FROM versions")}
+        listed = {n.split("/", 1)[1] for n, _ in repo.backend.list("versions/")}
+        # Versions removed by another run are dropped (those gone without a forget, remembered);
+        # forgotten ones still listed are no versions.
+        remote_versions = sorted(listed - repo.follow_remote_versions(local_versions, listed))
         to_read = sorted(self.index_names - set(local_volumes)) if trusted else sorted(self.index_names)
         versions_to_read = [n for n in remote_versions if not (trusted and n in local_versions)]
         self._start("checking structure", len(to_read) + len(versions_to_read))
@@ -130,10 +133,9 @@ class Checker:
             self._index_object_missing(name)      # e.g. a backup cut off between its two uploads
         for name in versions_to_read:
             self._check_version(name, known=name in local_versions)
-        repo.refuse_surprising_loss("version objects (versions/)", local_versions,
-                                    local_versions - set(remote_versions))
-        for name in local_versions - set(remote_versions):
-            repo.unrecord_version(name)           # removed by another run: the index catches up
+        for name, time_ns in repo.vanished_versions():
+            self.add(Problem(version_object(name), "the version is gone without having been forgotten (deleted "
+                             "outside fsbackup, or lost); if that was meant, accept it with --accept-missing"))
         self._check_references()
         self.report.versions = len(remote_versions)
         self.report.volumes = len(self.volume_sizes)

@@ -27,6 +27,7 @@ VOLUME_MAGIC = b"FSBV"
 INDEX_MAGIC = b"FSBI"
 VERSION_MAGIC = b"FSBS"
 LOCK_MAGIC = b"FSBL"
+FORGOTTEN_MAGIC = b"FSBF"
 HEADER_LEN = 8                       # magic(4) + format version(1) + 3 reserved bytes
 FOOTER = struct.Struct("<QI4s")      # volume footer: table offset, table length, b"FSBT"
 FOOTER_MAGIC = b"FSBT"
@@ -265,6 +266,30 @@ def decode_lock(keys: Keys, lock_id: bytes, data: bytes, name: str) -> dict:
         raise CorruptObject(name, "truncated")
     nonce, sealed = data[HEADER_LEN:HEADER_LEN + NONCE_LEN], data[HEADER_LEN + NONCE_LEN:]
     raw = keys.object_cipher(b"lock", lock_id).open(nonce, sealed, b"lock\0", name)
+    try:
+        doc = msgpack.unpackb(raw)
+        if not isinstance(doc, dict):
+            raise ValueError
+        return doc
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise CorruptObject(name, "does not parse") from None
+
+
+def encode_forgotten(keys: Keys, version_id: bytes, doc: dict) -> bytes:
+    """The record that a version was forgotten (`forgotten/<version name>`), stored before the
+    version object is deleted: a version that vanishes without one was deleted behind fsbackup's
+    back, or lost. Written once, with a random nonce all the same (the nonce rule)."""
+    nonce = os.urandom(NONCE_LEN)
+    return header(FORGOTTEN_MAGIC) + nonce + keys.object_cipher(b"forgotten", version_id).seal(
+        nonce, msgpack.packb(doc), b"forgotten\0")
+
+
+def decode_forgotten(keys: Keys, version_id: bytes, data: bytes, name: str) -> dict:
+    check_header(data, FORGOTTEN_MAGIC, name)
+    if len(data) < HEADER_LEN + NONCE_LEN + 16:
+        raise CorruptObject(name, "truncated")
+    nonce, sealed = data[HEADER_LEN:HEADER_LEN + NONCE_LEN], data[HEADER_LEN + NONCE_LEN:]
+    raw = keys.object_cipher(b"forgotten", version_id).open(nonce, sealed, b"forgotten\0", name)
     try:
         doc = msgpack.unpackb(raw)
         if not isinstance(doc, dict):

@@ -155,9 +155,20 @@ SCHEMA_V5 = """
 """
 
 
+# v6: this machine's memory of versions that vanished from the repository without a record that
+# they were forgotten (forgotten/<name>): deleted behind fsbackup's back, or lost. Kept across
+# rebuilds (a rebuild reads only the remote, which no longer tells), until the user accepts it.
+SCHEMA_V6 = """
+CREATE TABLE vanished_versions (
+    name       TEXT PRIMARY KEY,          -- the version object's name
+    time_ns    INTEGER,                   -- when that version was made (NULL when unknown)
+    noticed_ns INTEGER NOT NULL           -- when this machine noticed
+);
+"""
+
 # Each step is SQL, or SQL and a function that finishes the step inside the same transaction.
 MIGRATIONS = [(SCHEMA_V1, None), (SCHEMA_V2, None), (SCHEMA_V3, _fill_stored), (SCHEMA_V4, None),
-              (SCHEMA_V5, None)]
+              (SCHEMA_V5, None), (SCHEMA_V6, None)]
 
 _INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
 

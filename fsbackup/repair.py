@@ -15,7 +15,7 @@ from typing import Callable
 from . import format as fmt
 from .check import Checker, Report
 from .errors import CorruptObject
-from .repository import Repository, get_checked, index_object, version_object, volume_object
+from .repository import Repository, get_checked, index_object, volume_object
 
 
 def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool, progress: Callable,
@@ -62,8 +62,7 @@ def remove_damaged(repo: Repository, checker: Checker, say: Callable[[str], None
     removed: dict[str, list[str]] = {}
     for p in report.problems:
         if p.version is not None:
-            repo.backend.delete(version_object(p.version))
-            repo.unrecord_version(p.version)
+            repo.delete_version(p.version, why="repair")
             say(f"removed version {p.version[:8]}: its object does not read, so all its files are lost")
             removed[p.version] = ["(the whole version)"]
     unavailable = set().union(*(p.blocks for p in report.problems)) if report.problems else set()
@@ -100,8 +99,7 @@ def rewrite_version(repo: Repository, name: str, drop: set[int]) -> list[str]:
                 repaired_from=name)
     new_name = repo.store_version(head, kept)          # the new object first: a crash keeps both
     repo.record_version(new_name, head, kept)
-    repo.backend.delete(version_object(name))
-    repo.unrecord_version(name)
+    repo.delete_version(name, why="repair")
     return removed
 
 

@@ -81,6 +81,10 @@ def lock_object(name: str) -> str:
     return f"locks/{name}"
 
 
+def forgotten_object(name: str) -> str:
+    return f"forgotten/{name}"
+
+
 def _is_object_id(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
@@ -267,8 +271,8 @@ class Repository:
         remote_indexes = [n for n, _ in self.backend.list("index/")]
         remote_versions = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
         vanished_volumes = known_volumes - {n.split("/", 1)[1] for n in remote_indexes}
-        self.refuse_surprising_loss("version objects (versions/)", local_versions, local_versions - remote_versions)
         self.refuse_surprising_loss("index objects (index/)", known_volumes, vanished_volumes)
+        not_to_record = self.follow_remote_versions(local_versions, remote_versions)
         # A volume whose index object is gone was deleted by a prune (maybe another machine's), or
         # lost: forget it first, so the blocks a prune moved are then recorded at their new place.
         self.forget_vanished_volumes(vanished_volumes)
@@ -276,7 +280,7 @@ class Repository:
         if new_indexes:
             self._record_index_objects(new_indexes, dict(self.backend.list("data/")), progress=None)
         unreadable = []
-        for name in sorted(remote_versions - local_versions):
+        for name in sorted(remote_versions - local_versions - not_to_record):
             try:
                 head, entries = self.load_version(name)
                 self.record_version(name, head, entries)
@@ -285,8 +289,6 @@ class Repository:
             except CorruptObject:
                 unreadable.append(version_object(name))
                 _warn_skipped_version(version_object(name))
-        for name in local_versions - remote_versions:
-            self.unrecord_version(name)
         index.set_meta(UNREADABLE_VERSIONS, json.dumps(unreadable))
         return index
 
@@ -348,7 +350,7 @@ class Repository:
         volume left out would make restores fail with less telling errors)."""
         index = self.index
         index_names = sorted(n for n, _ in self.backend.list("index/"))
-        version_names = sorted(n.split("/", 1)[1] for n, _ in self.backend.list("versions/"))
+        version_names = sorted({n.split("/", 1)[1] for n, _ in self.backend.list("versions/")} - self.forgotten_names())
         volume_sizes = dict(self.backend.list("data/"))
         present = [n for n in index_names if volume_object(n.split("/", 1)[1]) in volume_sizes]
         skipped = sorted(set(index_names) - set(present))   # their volume is gone
@@ -492,6 +494,10 @@ class Repository:
         for name in sorted(index_objs - set(volumes)):
             self.backend.delete(index_object(name))
             notes.append(f"removed {index_object(name)}: its volume is missing")
+        for name in sorted({n.split("/", 1)[1] for n, _ in self.backend.list("versions/")} & self.forgotten_names()):
+            self.backend.delete(version_object(name))     # a forget stopped between its two steps
+            notes.append(f"removed {version_object(name)}: it was forgotten (by a forget that stopped midway, "
+                         "or put back since)")
         removed, size = self.backend.remove_partial_uploads(PARTIAL_UPLOAD_AGE)   # (why that age: locks.py)
         if removed:
             notes.append(f"removed {removed} partial upload(s) of runs that stopped midway ({size} bytes)")
@@ -764,11 +770,51 @@ class Repository:
         self.backend.put(version_object(name), fmt.encode_version(self.keys, bytes.fromhex(name), head, entries))
         return name
 
-    def delete_version(self, name: str) -> None:
-        """Remove a version: its object first (a crash leaves it recorded locally, and the next
-        `ensure_index` drops it), then its rows in the local index."""
+    def delete_version(self, name: str, why: str = "forget") -> None:
+        """Remove a version: first the record that it was forgotten (`forgotten/<name>`: no machine
+        then takes its going for a loss), then its object (a crash between the two leaves an
+        object that every reader ignores and the next backup or prune deletes), then its rows in
+        the local index."""
+        self.backend.put(forgotten_object(name), fmt.encode_forgotten(
+            self.keys, bytes.fromhex(name), {"time_ns": time.time_ns(), "why": why}))
         self.backend.delete(version_object(name))
         self.unrecord_version(name)
+
+    def forgotten_names(self) -> set[str]:
+        """The versions recorded as forgotten (their `forgotten/` objects)."""
+        return {obj.split("/", 1)[1] for obj, _ in self.backend.list("forgotten/")}
+
+    def follow_remote_versions(self, local: set[str], remote: set[str]) -> set[str]:
+        """Bring the local index's versions in step with the listing `remote`: drop the versions it
+        no longer lists, and return the listed ones not to record (recorded as forgotten: a forget
+        interrupted before it deleted the object, or an older copy put back).
+
+        A version gone without a record that it was forgotten was deleted behind fsbackup's back,
+        or lost: it is remembered (vanished_versions), warned about, and reported by `check` until
+        the user accepts it (--accept-missing). More than half of them at once is refused
+        (`refuse_surprising_loss`)."""
+        vanished, new = local - remote, remote - local
+        forgotten = self.forgotten_names() if vanished or new else set()
+        unexplained = vanished - forgotten
+        self.refuse_surprising_loss("version objects (versions/)", local, unexplained)
+        now = time.time_ns()
+        with self.index.transaction() as db:
+            for name in sorted(unexplained):
+                row = db.execute("SELECT time_ns FROM versions WHERE name=?", (name,)).fetchone()
+                db.execute("INSERT OR IGNORE INTO vanished_versions(name, time_ns, noticed_ns) VALUES (?, ?, ?)",
+                           (name, row[0] if row else None, now))
+                log.warning("version %s is gone from the repository without having been forgotten (deleted "
+                            "outside fsbackup, or lost); 'fsbackup check' reports it until you accept it with "
+                            "--accept-missing", name[:8])
+            if self.accept_missing:
+                db.execute("DELETE FROM vanished_versions")
+        for name in vanished:
+            self.unrecord_version(name)
+        return new & forgotten
+
+    def vanished_versions(self) -> list[tuple[str, int | None]]:
+        """(name, time_ns) of the versions this machine saw vanish without a forget (not yet accepted)."""
+        return self.index.q("SELECT name, time_ns FROM vanished_versions ORDER BY time_ns, name")
 
     def load_version(self, name: str) -> tuple[dict, fmt.CheckedEntries]:
         """(header, entries) of a version object: authenticated whole, its entries streamed and

@@ -1,0 +1,64 @@
+"""Versions gone without a forget are noticed and reported; forgotten ones put back stay forgotten;
+forgets made on another machine are followed without a word (each leaves a forgotten/ record)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import pseudo_random, write
+from fsbackup.errors import EXIT_CORRUPT
+
+
+@pytest.fixture
+def three_versions(env, tmp_path):
+    src = tmp_path / "src"
+    for i in range(3):
+        write(src / "f", pseudo_random(20_000, i))
+        env.ok("backup", src)
+    return [v["id"] for v in json.loads(env.ok("versions", "--json").out)]
+
+
+def other_machine(env, tmp_path):
+    cache = str(tmp_path / "other-machine")
+    return (lambda *a: env.ok(*a, XDG_CACHE_HOME=cache)), (lambda *a: env.run(*a, XDG_CACHE_HOME=cache))
+
+
+def test_a_version_deleted_behind_fsbackups_back_is_reported_until_accepted(env, three_versions):
+    newest = three_versions[-1]
+    (env.repo / "versions" / newest).unlink()                       # not through forget
+    r = env.ok("versions", "--json")
+    assert [v["id"] for v in json.loads(r.out)] == three_versions[:-1]
+    assert f"version {newest[:8]} is gone from the repository without having been forgotten" in r.err
+    r = env.run("check")
+    assert r.rc == EXIT_CORRUPT and f"versions/{newest}" in r.err and "without having been forgotten" in r.err
+    r = env.run("repair")                                           # remembered across a rebuild
+    assert r.rc == EXIT_CORRUPT and f"versions/{newest}" in r.err, r.err
+    env.ok("check", "--accept-missing")                             # the user says it was meant
+    env.ok("check")
+
+
+def test_forgets_on_another_machine_are_followed_silently_even_most_versions(env, tmp_path, three_versions):
+    b_ok, b_run = other_machine(env, tmp_path)
+    b_ok("versions")                                                # B knows all three
+    env.ok("forget", "--keep-last", "1")                            # A forgets two of three
+    r = b_ok("versions", "--json")
+    assert [v["id"] for v in json.loads(r.out)] == three_versions[-1:] and "warning" not in r.err
+    b_ok("check")
+    b_ok("prune")
+
+
+def test_a_forgotten_version_put_back_stays_forgotten_and_goes_again(env, tmp_path, three_versions):
+    oldest = three_versions[0]
+    kept = tmp_path / "copy-of-oldest"
+    shutil.copyfile(env.repo / "versions" / oldest, kept)
+    env.ok("forget", oldest)
+    shutil.copyfile(kept, env.repo / "versions" / oldest)           # an older copy of the repository put back
+    assert [v["id"] for v in json.loads(env.ok("versions", "--json").out)] == three_versions[1:]
+    b_ok, _ = other_machine(env, tmp_path)                           # a new index does not take it either
+    assert [v["id"] for v in json.loads(b_ok("versions", "--json").out)] == three_versions[1:]
+    env.ok("check")
+    r = env.ok("backup", tmp_path / "src")
+    assert f"removed versions/{oldest}: it was forgotten" in r.err
+    assert not (env.repo / "versions" / oldest).exists()

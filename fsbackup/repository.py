@@ -31,7 +31,7 @@ from . import format as fmt
 from .backends import Backend
 from .crypto import (MASTER_SECRET_LEN, Keys, ObjectCipher, config_digest, open_about, seal_about,
                      unwrap_master_secret, wrap_master_secret)
-from .errors import (CorruptObject, FsbackupError, ListingContradiction, NoSuchObject, RepositoryNotFound,
+from .errors import (CorruptObject, FsbackupError, ListingContradiction, NoSpace, NoSuchObject, RepositoryNotFound,
                      UnsupportedFormat, UsageError, WrongPassphrase)
 from .index import Index, index_time
 from .locks import PARTIAL_UPLOAD_AGE
@@ -350,7 +350,8 @@ class Repository:
         volume left out would make restores fail with less telling errors)."""
         index = self.index
         index_names = sorted(n for n, _ in self.backend.list("index/"))
-        version_names = sorted({n.split("/", 1)[1] for n, _ in self.backend.list("versions/")} - self.forgotten_names())
+        listed = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
+        version_names = sorted(listed - self.forgotten_names(listed))
         volume_sizes = dict(self.backend.list("data/"))
         present = [n for n in index_names if volume_object(n.split("/", 1)[1]) in volume_sizes]
         skipped = sorted(set(index_names) - set(present))   # their volume is gone
@@ -494,7 +495,8 @@ class Repository:
         for name in sorted(index_objs - set(volumes)):
             self.backend.delete(index_object(name))
             notes.append(f"removed {index_object(name)}: its volume is missing")
-        for name in sorted({n.split("/", 1)[1] for n, _ in self.backend.list("versions/")} & self.forgotten_names()):
+        listed = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
+        for name in sorted(listed & self.forgotten_names(listed)):
             self.backend.delete(version_object(name))     # a forget stopped between its two steps
             notes.append(f"removed {version_object(name)}: it was forgotten (by a forget that stopped midway, "
                          "or put back since)")
@@ -775,14 +777,37 @@ class Repository:
         then takes its going for a loss), then its object (a crash between the two leaves an
         object that every reader ignores and the next backup or prune deletes), then its rows in
         the local index."""
-        self.backend.put(forgotten_object(name), fmt.encode_forgotten(
-            self.keys, bytes.fromhex(name), {"time_ns": time.time_ns(), "why": why}))
-        self.backend.delete(version_object(name))
+        record = fmt.encode_forgotten(self.keys, bytes.fromhex(name), {"time_ns": time.time_ns(), "why": why})
+        try:
+            self.backend.put(forgotten_object(name), record)
+        except NoSpace:
+            # A full repository disk (forget --no-lock is how space is freed): the version object
+            # goes first, and the record takes a little of the room that freed.
+            self.backend.delete(version_object(name))
+            try:
+                self.backend.put(forgotten_object(name), record)
+            except NoSpace:
+                log.warning("the disk is full: no record that version %s was forgotten could be stored; other "
+                            "machines will report it as gone without a forget", name[:8])
+        else:
+            self.backend.delete(version_object(name))
         self.unrecord_version(name)
 
-    def forgotten_names(self) -> set[str]:
-        """The versions recorded as forgotten (their `forgotten/` objects)."""
-        return {obj.split("/", 1)[1] for obj, _ in self.backend.list("forgotten/")}
+    def forgotten_names(self, acted_on: set[str] = frozenset()) -> set[str]:
+        """The versions recorded as forgotten (their `forgotten/` objects). Those in `acted_on`
+        (versions still listed, which a reader then hides and a writer deletes, or just vanished,
+        whose going the record explains) count only when their record authenticates: a record is
+        no more trusted for its name than any other object."""
+        names = {obj.split("/", 1)[1] for obj, _ in self.backend.list("forgotten/")}
+        for name in sorted(names & acted_on):
+            obj = forgotten_object(name)
+            try:
+                get_checked(self.backend, obj, lambda data, obj=obj, name=name:
+                            fmt.decode_forgotten(self.keys, bytes.fromhex(name), data, obj))
+            except (CorruptObject, NoSuchObject) as e:
+                names.discard(name)
+                log.warning("%s; version %s is not taken for forgotten", e, name[:8])
+        return names
 
     def follow_remote_versions(self, local: set[str], remote: set[str]) -> set[str]:
         """Bring the local index's versions in step with the listing `remote`: drop the versions it
@@ -794,7 +819,7 @@ class Repository:
         the user accepts it (--accept-missing). More than half of them at once is refused
         (`refuse_surprising_loss`)."""
         vanished, new = local - remote, remote - local
-        forgotten = self.forgotten_names() if vanished or new else set()
+        forgotten = self.forgotten_names(new | vanished) if vanished or new else set()
         unexplained = vanished - forgotten
         self.refuse_surprising_loss("version objects (versions/)", local, unexplained)
         now = time.time_ns()

@@ -262,6 +262,7 @@ def test_an_index_from_an_older_schema_is_migrated(env, tmp_path):
     db.execute("DROP TABLE contents")
     db.execute("ALTER TABLE c2 RENAME TO contents")
     db.execute("DROP TABLE spare_blocks")                   # (v4)
+    db.execute("DROP TABLE vanished_versions")              # (v6)
     db.execute("PRAGMA user_version=2")
     db.close()
     index = Index(str(path))

@@ -62,3 +62,24 @@ def test_a_forgotten_version_put_back_stays_forgotten_and_goes_again(env, tmp_pa
     r = env.ok("backup", tmp_path / "src")
     assert f"removed versions/{oldest}: it was forgotten" in r.err
     assert not (env.repo / "versions" / oldest).exists()
+
+
+def test_a_forged_forgotten_record_neither_hides_nor_deletes_a_version(env, tmp_path, three_versions):
+    oldest = three_versions[0]
+    (env.repo / "forgotten").mkdir(exist_ok=True)
+    (env.repo / "forgotten" / oldest).write_bytes(b"FSBF\x02\x00\x00\x00" + bytes(40))   # not made with the key
+    b_ok, _ = other_machine(env, tmp_path)                           # a new index reads every listed version
+    r = b_ok("versions", "--json")
+    assert [v["id"] for v in json.loads(r.out)] == three_versions and f"forgotten/{oldest}" in r.err
+    env.ok("backup", tmp_path / "src")
+    assert (env.repo / "versions" / oldest).exists()
+
+
+def test_a_version_deleted_with_a_forged_record_is_still_reported(env, three_versions):
+    newest = three_versions[-1]
+    (env.repo / "versions" / newest).unlink()
+    (env.repo / "forgotten").mkdir(exist_ok=True)
+    (env.repo / "forgotten" / newest).write_bytes(b"FSBF\x02\x00\x00\x00" + bytes(40))
+    r = env.ok("versions")
+    assert f"version {newest[:8]} is gone from the repository without having been forgotten" in r.err
+    assert env.run("check").rc == EXIT_CORRUPT

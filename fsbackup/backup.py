@@ -539,6 +539,12 @@ class Backup:
         self.stats.dirs += 1
         known_dirs: dict[bytes, tuple[_Item, int | None]] = {b"/": (root, 1 if self.prev else None)}
         for top in tops:
+            if top == b"/":          # the root's own entry is made above: its children are the tops
+                root_dev = os.lstat(b"/").st_dev
+                for child in sorted(os.fsencode(n) for n in os.listdir(b"/")):
+                    if not self.excluder.excludes_path(b"/" + child, child):
+                        self._walk(b"/" + child, child, root, known_dirs[b"/"][1], parent_dev=root_dev)
+                continue
             parts = [p for p in top.split(b"/") if p]
             path = b"/"
             for i, part in enumerate(parts):
@@ -561,7 +567,8 @@ class Backup:
                     known_dirs[path] = (item, prev_node.id if prev_node and prev_node.type == "d" else None)
         self._drain()
 
-    def _walk(self, top: bytes, top_name: bytes, parent: _Item, prev_parent: int | None) -> None:
+    def _walk(self, top: bytes, top_name: bytes, parent: _Item, prev_parent: int | None,
+              parent_dev: int | None = None) -> None:
         """Depth-first over one given path, with an explicit stack (trees can be deep). The folder
         holding it is opened by path (its ancestors are followed: the user named them); every
         entry below is reached relative to its directory's descriptor (fsutil.DirFds), so a
@@ -573,14 +580,15 @@ class Backup:
             raise PathNotFound(f"cannot read {os.fsdecode(os.path.dirname(top))}: {e.strerror}") from None
         dir_fds = DirFds(base_fd, DIR_FDS)
         try:
-            self._walk_below(dir_fds, top, top_name, parent, prev_parent)
+            self._walk_below(dir_fds, top, top_name, parent, prev_parent, parent_dev)
         finally:
             dir_fds.close()
             os.close(base_fd)
 
-    def _walk_below(self, dir_fds: DirFds, top: bytes, top_name: bytes, parent: _Item, prev_parent: int | None):
+    def _walk_below(self, dir_fds: DirFds, top: bytes, top_name: bytes, parent: _Item, prev_parent: int | None,
+                    parent_dev: int | None):
         prev_top = self.prev.lookup(prev_parent, top_name) if self.prev and prev_parent else None
-        stack = [(top, parent, prev_top, None)]
+        stack = [(top, parent, prev_top, parent_dev)]
         top_dir = os.path.dirname(top).rstrip(b"/") + b"/"
         while stack:
             path, parent, prev_node, parent_dev = stack.pop()

@@ -292,3 +292,21 @@ def test_a_tree_deeper_than_the_descriptors_allowed_is_backed_up_and_restored(en
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert snapshot(restored_root(target, src)) == before
+
+
+def test_backing_up_the_root_folder_backs_up_what_is_below_it(env, tmp_path):
+    """`backup /` must walk the whole tree (it recorded the root alone). Everything but the test's
+    own folder is excluded, level by level, to keep it small."""
+    src = tmp_path / "src"
+    write(src / "deep" / "file", b"below the root")
+    excludes = []
+    for keep in [*reversed(src.parents[:-1]), src]:        # /tmp, ..., tmp_path, src
+        folder = keep.parent
+        for name in os.listdir(folder):
+            if folder / name != keep:
+                excludes += ["--exclude", str(folder / name)]
+    env.ok("backup", "/", *excludes)
+    listing = env.ok("ls", "latest").out.splitlines()
+    assert str(src / "deep" / "file") in listing
+    env.ok("restore", "latest", str(src), "--target", tmp_path / "out")
+    assert (restored_root(tmp_path / "out", src) / "deep" / "file").read_bytes() == b"below the root"

@@ -334,6 +334,13 @@ class Backup:
         self.written: dict[str, int] = {}           # volumes this backup stored: name -> size (for verify)
         self.encode_window = 2 * options.workers + 2
 
+    def _warn_unread(self, path: bytes, e: OSError) -> None:
+        """A file that could not be read is left out of the version, with a warning (exit 3)."""
+        if isinstance(e, FileNotFoundError):
+            self.warn(f"{os.fsdecode(path)} vanished before it was read; left out")
+        else:
+            self.warn(f"cannot read {os.fsdecode(path)}: {e.strerror}; left out")
+
     def warn(self, msg: str) -> None:
         self.stats.warnings.append(msg)
         self.warn_cb(msg)
@@ -713,11 +720,8 @@ class Backup:
             self.warn(f"{os.fsdecode(path)} is no longer the regular file found by the scan (replaced while "
                       "backed up); left out")
             return False
-        except FileNotFoundError:
-            self.warn(f"{os.fsdecode(path)} vanished before it was read; left out")
-            return False
         except OSError as e:
-            self.warn(f"cannot read {os.fsdecode(path)}: {e.strerror}; left out")
+            self._warn_unread(path, e)
             return False
         self.open_files += 1
         return True
@@ -755,11 +759,8 @@ class Backup:
                     return True
                 self.warn(f"{os.fsdecode(path)} changed while it was read; left out")
                 return False
-            except FileNotFoundError:
-                self.warn(f"{os.fsdecode(path)} vanished before it was read; left out")
-                return False
             except OSError as e:
-                self.warn(f"cannot read {os.fsdecode(path)}: {e.strerror}; left out")
+                self._warn_unread(path, e)
                 return False
             self.progress.advance(files=1)
             if st.st_nlink > 1:

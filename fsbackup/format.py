@@ -251,21 +251,24 @@ def decode_index(keys: Keys, volume_id: bytes, data: bytes, name: str) -> tuple[
     return size, _table_entries(blocks, name)
 
 
-# ---- lock objects --------------------------------------------------------------------------
+# ---- small objects: locks and forgotten records ---------------------------------------------
+#
+# A small map, msgpack-encoded (not compressed), sealed under the object's key for `purpose` with
+# a random nonce stored after the header: a lock is rewritten under its name at every refresh, a
+# forgotten record when its version is forgotten again.
 
-def encode_lock(keys: Keys, lock_id: bytes, doc: dict) -> bytes:
-    """A lock object. A lock is rewritten under its name when refreshed, so each writing takes a
-    random nonce (stored in front of the ciphertext) rather than a fixed one."""
+def _seal_map(keys: Keys, magic: bytes, purpose: bytes, object_id: bytes, doc: dict) -> bytes:
     nonce = os.urandom(NONCE_LEN)
-    return header(LOCK_MAGIC) + nonce + keys.object_cipher(b"lock", lock_id).seal(nonce, msgpack.packb(doc), b"lock\0")
+    return header(magic) + nonce + keys.object_cipher(purpose, object_id).seal(nonce, msgpack.packb(doc),
+                                                                                purpose + b"\0")
 
 
-def decode_lock(keys: Keys, lock_id: bytes, data: bytes, name: str) -> dict:
-    check_header(data, LOCK_MAGIC, name)
+def _open_map(keys: Keys, magic: bytes, purpose: bytes, object_id: bytes, data: bytes, name: str) -> dict:
+    check_header(data, magic, name)
     if len(data) < HEADER_LEN + NONCE_LEN + 16:
         raise CorruptObject(name, "truncated")
     nonce, sealed = data[HEADER_LEN:HEADER_LEN + NONCE_LEN], data[HEADER_LEN + NONCE_LEN:]
-    raw = keys.object_cipher(b"lock", lock_id).open(nonce, sealed, b"lock\0", name)
+    raw = keys.object_cipher(purpose, object_id).open(nonce, sealed, purpose + b"\0", name)
     try:
         doc = msgpack.unpackb(raw)
         if not isinstance(doc, dict):
@@ -273,30 +276,26 @@ def decode_lock(keys: Keys, lock_id: bytes, data: bytes, name: str) -> dict:
         return doc
     except (ValueError, TypeError, msgpack.UnpackException):
         raise CorruptObject(name, "does not parse") from None
+
+
+def encode_lock(keys: Keys, lock_id: bytes, doc: dict) -> bytes:
+    """A lock object (locks.py says what `doc` holds)."""
+    return _seal_map(keys, LOCK_MAGIC, b"lock", lock_id, doc)
+
+
+def decode_lock(keys: Keys, lock_id: bytes, data: bytes, name: str) -> dict:
+    return _open_map(keys, LOCK_MAGIC, b"lock", lock_id, data, name)
 
 
 def encode_forgotten(keys: Keys, version_id: bytes, doc: dict) -> bytes:
     """The record that a version was forgotten (`forgotten/<version name>`), stored before the
     version object is deleted: a version that vanishes without one was deleted behind fsbackup's
-    back, or lost. Written once, with a random nonce all the same (the nonce rule)."""
-    nonce = os.urandom(NONCE_LEN)
-    return header(FORGOTTEN_MAGIC) + nonce + keys.object_cipher(b"forgotten", version_id).seal(
-        nonce, msgpack.packb(doc), b"forgotten\0")
+    back, or lost."""
+    return _seal_map(keys, FORGOTTEN_MAGIC, b"forgotten", version_id, doc)
 
 
 def decode_forgotten(keys: Keys, version_id: bytes, data: bytes, name: str) -> dict:
-    check_header(data, FORGOTTEN_MAGIC, name)
-    if len(data) < HEADER_LEN + NONCE_LEN + 16:
-        raise CorruptObject(name, "truncated")
-    nonce, sealed = data[HEADER_LEN:HEADER_LEN + NONCE_LEN], data[HEADER_LEN + NONCE_LEN:]
-    raw = keys.object_cipher(b"forgotten", version_id).open(nonce, sealed, b"forgotten\0", name)
-    try:
-        doc = msgpack.unpackb(raw)
-        if not isinstance(doc, dict):
-            raise ValueError
-        return doc
-    except (ValueError, TypeError, msgpack.UnpackException):
-        raise CorruptObject(name, "does not parse") from None
+    return _open_map(keys, FORGOTTEN_MAGIC, b"forgotten", version_id, data, name)
 
 
 # ---- version objects: a header and a stream of tree entries, in authenticated frames --------

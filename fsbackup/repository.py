@@ -271,14 +271,17 @@ class Repository:
         remote_indexes = [n for n, _ in self.backend.list("index/")]
         remote_versions = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
         vanished_volumes = known_volumes - {n.split("/", 1)[1] for n in remote_indexes}
-        self.refuse_surprising_loss("index objects (index/)", known_volumes, vanished_volumes)
         not_to_record = self.follow_remote_versions(local_versions, remote_versions)
-        # A volume whose index object is gone was deleted by a prune (maybe another machine's), or
-        # lost: forget it first, so the blocks a prune moved are then recorded at their new place.
-        self.forget_vanished_volumes(vanished_volumes)
+        # New volumes first: blocks another machine's prune moved into them are then recorded there
+        # too (as spares), and a volume whose index object is gone is judged by what still needs it.
         new_indexes = [n for n in remote_indexes if n.split("/", 1)[1] not in known_volumes]
         if new_indexes:
             self._record_index_objects(new_indexes, dict(self.backend.list("data/")), progress=None)
+        self.refuse_surprising_loss("index objects (index/)", known_volumes, vanished_volumes,
+                                    still_needed=self._only_place_of_needed_blocks)
+        # A volume whose index object is gone was deleted by a prune (maybe another machine's), or
+        # lost: forgotten, its blocks moving to their spare places.
+        self.forget_vanished_volumes(vanished_volumes)
         unreadable = []
         for name in sorted(remote_versions - local_versions - not_to_record):
             try:
@@ -292,11 +295,29 @@ class Repository:
         index.set_meta(UNREADABLE_VERSIONS, json.dumps(unreadable))
         return index
 
+    def _only_place_of_needed_blocks(self, volumes: set[str]) -> bool:
+        """Whether `volumes` hold a block that a recorded version's file uses and no other volume
+        holds: what a prune (which deletes only volumes no version needs, or whose live blocks it
+        stored elsewhere first) never deletes. A full pass over the files' layouts: only run when
+        many volumes vanished at once."""
+        sole: set[bytes] = set()
+        for part in _batches(sorted(volumes), QUERY_BATCH):
+            sole.update(h for (h,) in self.index.q(
+                "SELECT b.hash FROM blocks b JOIN volumes v ON v.id = b.volume "
+                f"WHERE v.name IN ({','.join('?' * len(part))}) AND NOT EXISTS "
+                "(SELECT 1 FROM spare_blocks s WHERE s.hash = b.hash AND s.volume != b.volume)", part))
+        if not sole:
+            return False
+        rows = self.index.db.cursor().execute(
+            "SELECT extents FROM contents WHERE id IN (SELECT content FROM nodes WHERE content IS NOT NULL)")
+        return any(block_id in sole for (extents,) in rows for block_id, _ in fmt.EXTENT.iter_unpack(extents))
+
     def unreadable_versions(self) -> list[str]:
         """Version objects the last sync of the local index could not read (and skipped)."""
         return json.loads(self.index.get_meta(UNREADABLE_VERSIONS) or "[]")
 
-    def refuse_surprising_loss(self, what: str, known: set[str], missing: set[str]) -> None:
+    def refuse_surprising_loss(self, what: str, known: set[str], missing: set[str],
+                               still_needed: Callable[[set[str]], bool] | None = None) -> None:
         """Raise ListingContradiction when a listing lacks more than half of the objects of a kind
         the local index knows (all of them, when it knows one): prunes and forgets remove a few at
         a time, while a folder moved away, a NAS share half mounted or a wrong prefix loses them
@@ -304,6 +325,8 @@ class Repository:
         (`accept_missing`). A listing that could not be read raises before this (the backends)."""
         if self.accept_missing or not missing or 2 * len(missing) <= len(known):
             return
+        if still_needed is not None and not still_needed(missing):
+            return                        # nothing that remains needs them: a prune's work, not a loss
         raise ListingContradiction(
             f"the repository lists {len(known) - len(missing)} of the {len(known)} {what} this machine's "
             f"local index knows: check that the repository's folders are all there and readable (a moved or "
@@ -945,6 +968,11 @@ class Repository:
     def close(self) -> None:
         self.close_index()
         self.backend.close()
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _warn_skipped_version(obj: str) -> None:

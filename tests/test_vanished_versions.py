@@ -83,3 +83,21 @@ def test_a_version_deleted_with_a_forged_record_is_still_reported(env, three_ver
     r = env.ok("versions")
     assert f"version {newest[:8]} is gone from the repository without having been forgotten" in r.err
     assert env.run("check").rc == EXIT_CORRUPT
+
+
+def test_a_large_prune_on_another_machine_is_followed_without_asking(env, tmp_path):
+    """Most volumes go at once, but none that a remaining version needs: a prune's work."""
+    src = tmp_path / "src"
+    for i in range(6):
+        write(src / "f", pseudo_random(150_000, i))                # each version its own data
+        env.ok("backup", src, "--volume-size", "64K")
+    b_ok, _ = other_machine(env, tmp_path)
+    b_ok("versions")                                                # B knows every volume
+    env.ok("forget", "--keep-last", "1", "--prune")                 # A deletes most of them
+    r = b_ok("versions", "--json")
+    assert len(json.loads(r.out)) == 1 and "warning" not in r.err, r.err
+    b_ok("restore", "latest", "--target", tmp_path / "out")
+    shutil.rmtree(env.repo / "index")                               # but losing what remains is refused
+    _, b_run = other_machine(env, tmp_path)
+    r = b_run("versions")
+    assert r.rc == EXIT_CORRUPT and "index objects (index/)" in r.err, r.err

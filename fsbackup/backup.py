@@ -387,7 +387,7 @@ class Backup:
         self.read_pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-read")
         self.upload_pool = ThreadPoolExecutor(self.options.uploads_in_flight, thread_name_prefix="fsbackup-upload")
         # Beside the local index, in an owner-only folder: the tree names every file backed up.
-        spool_folder = os.path.join(os.path.dirname(self.repo.index_path), "spool")
+        self.spool_folder = spool_folder = os.path.join(os.path.dirname(self.repo.index_path), "spool")
         spool = private_temp_file(spool_folder)
         try:
             self.spool_packer = fmt.entry_packer(unicode_errors="surrogateescape")   # (times of any range)
@@ -397,13 +397,12 @@ class Backup:
             self._look_up_blocks()
             self._seal_volume()
             self._finish_uploads()
-        except BaseException as e:
+        except BaseException:
             self._abort()
             try:
                 spool.close()                  # (what it still buffers is not wanted)
             except OSError:
                 pass
-            _raise_no_space(e, spool_folder)
             raise
         finally:
             self.stopping.set()
@@ -474,7 +473,11 @@ class Backup:
     # node ids, and the order in which blocks reach the volumes, never depend on thread timing.
 
     def _emit(self, entry: list) -> int:
-        self.spool.write(self.spool_packer.pack(entry))
+        try:
+            self.spool.write(self.spool_packer.pack(entry))
+        except OSError as e:
+            _raise_no_space(e, self.spool_folder)
+            raise
         self.node_count += 1
         return self.node_count
 
@@ -541,16 +544,16 @@ class Backup:
         return {n.name: n for n in kids}
 
     def _scan(self, tops: list[bytes]) -> None:
-        root = _Item(self._entry(b"", b"/", os.lstat(b"/"), "d"), _Item.ROOT_PARENT)
+        root_st = os.lstat(b"/")
+        root = _Item(self._entry(b"", b"/", root_st, "d"), _Item.ROOT_PARENT)
         self._enqueue(root)
         self.stats.dirs += 1
         known_dirs: dict[bytes, tuple[_Item, int | None]] = {b"/": (root, 1 if self.prev else None)}
         for top in tops:
             if top == b"/":          # the root's own entry is made above: its children are the tops
-                root_dev = os.lstat(b"/").st_dev
-                for child in sorted(os.fsencode(n) for n in os.listdir(b"/")):
+                for child in sorted(os.listdir(b"/")):
                     if not self.excluder.excludes_path(b"/" + child, child):
-                        self._walk(b"/" + child, child, root, known_dirs[b"/"][1], parent_dev=root_dev)
+                        self._walk(b"/" + child, child, root, known_dirs[b"/"][1], parent_dev=root_st.st_dev)
                 continue
             parts = [p for p in top.split(b"/") if p]
             path = b"/"

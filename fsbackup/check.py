@@ -133,7 +133,7 @@ class Checker:
             self._index_object_missing(name)      # e.g. a backup cut off between its two uploads
         for name in versions_to_read:
             self._check_version(name, known=name in local_versions)
-        for name, time_ns in repo.vanished_versions():
+        for name, _ in repo.vanished_versions():
             self.add(Problem(version_object(name), "the version is gone without having been forgotten (deleted "
                              "outside fsbackup, or lost); if that was meant, accept it with --accept-missing"))
         self._check_references()

@@ -5,7 +5,6 @@ this module turns blocks, tables and trees into authenticated ciphertext and bac
 """
 from __future__ import annotations
 
-import os
 import struct
 import threading
 from typing import Iterable, Iterator, NamedTuple
@@ -14,7 +13,7 @@ import msgpack
 import zstandard
 
 from .chunker import MAX_SIZE
-from .crypto import NONCE_LEN, ZERO_NONCE, Keys, ObjectCipher
+from .crypto import ZERO_NONCE, Keys, ObjectCipher
 from .errors import CorruptObject
 
 # Written into every object header and new repositories' config. Version 2 seals index objects
@@ -258,17 +257,12 @@ def decode_index(keys: Keys, volume_id: bytes, data: bytes, name: str) -> tuple[
 # forgotten record when its version is forgotten again.
 
 def _seal_map(keys: Keys, magic: bytes, purpose: bytes, object_id: bytes, doc: dict) -> bytes:
-    nonce = os.urandom(NONCE_LEN)
-    return header(magic) + nonce + keys.object_cipher(purpose, object_id).seal(nonce, msgpack.packb(doc),
-                                                                                purpose + b"\0")
+    return header(magic) + keys.object_cipher(purpose, object_id).seal_random(msgpack.packb(doc), purpose + b"\0")
 
 
 def _open_map(keys: Keys, magic: bytes, purpose: bytes, object_id: bytes, data: bytes, name: str) -> dict:
     check_header(data, magic, name)
-    if len(data) < HEADER_LEN + NONCE_LEN + 16:
-        raise CorruptObject(name, "truncated")
-    nonce, sealed = data[HEADER_LEN:HEADER_LEN + NONCE_LEN], data[HEADER_LEN + NONCE_LEN:]
-    raw = keys.object_cipher(purpose, object_id).open(nonce, sealed, purpose + b"\0", name)
+    raw = keys.object_cipher(purpose, object_id).open_random(data[HEADER_LEN:], purpose + b"\0", name)
     try:
         doc = msgpack.unpackb(raw)
         if not isinstance(doc, dict):

@@ -228,11 +228,10 @@ class Index:
 
     A file that is not a readable index (garbage, truncated, damaged) is set aside under
     `<index>.damaged-<time>` and a new, empty one takes its place: the repository is the source
-    of truth, and the caller rebuilds it (`damaged_copy` names what was set aside)."""
+    of truth, and the caller rebuilds it."""
 
     def __init__(self, path: str):
         self.path = path
-        self.damaged_copy: str | None = None
         folder = os.path.dirname(os.path.abspath(path))
         self._lock_fd = -1
         self.db = None
@@ -303,7 +302,6 @@ class Index:
                 os.rename(self.path + suffix, aside + suffix)
             except FileNotFoundError:
                 pass
-        self.damaged_copy = aside
         log.warning("the local index %s was damaged; it was set aside as %s and is rebuilt from the repository",
                     self.path, aside)
         self._take_lock(then, wait=0)

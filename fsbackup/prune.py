@@ -23,7 +23,7 @@ from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
 from .progress import Progress, human_bytes
 from .errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
 from .locks import PARTIAL_UPLOAD_AGE
-from .repository import Repository, block_runs, index_object, volume_object
+from .repository import QUERY_BATCH, Repository, batches, block_runs, index_object, volume_object
 from .retention import Decision, Policy, Version, apply
 from .tree import VersionInfo
 
@@ -260,7 +260,7 @@ class Prune:
         needed = ("SELECT 1 FROM temp.used_blocks u WHERE u.hash IN ({}) "
                   "AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.hash = u.hash) LIMIT 1")
         live = any(self.repo.index.q(needed.format(",".join("?" * len(part))), part)
-                   for part in (ids[i:i + 500] for i in range(0, len(ids), 500)))
+                   for part in batches(ids, QUERY_BATCH))
         if live:
             self.repo.adopt_volume(name, size, entries)
         else:

@@ -51,8 +51,7 @@ def recreate_index_object(repo: Repository, name: str) -> None:
     volume_id = bytes.fromhex(name)
     size, entries = get_checked(repo.backend, obj, lambda data: (
         len(data), fmt.open_volume_table(repo.keys, volume_id, data, obj)))
-    repo.backend.put(index_object(name), fmt.encode_index(repo.keys, volume_id, size, entries))
-    repo.record_volume(name, size, entries)
+    repo.adopt_volume(name, size, entries)
 
 
 def remove_damaged(repo: Repository, checker: Checker, say: Callable[[str], None]) -> dict[str, list[str]]:
@@ -116,13 +115,13 @@ def _forget_blocks(repo: Repository, checker: Checker, unavailable: set[bytes]) 
             size, entries = checker.decode_index(p.volume)
             keep = [e for e in entries if e.id not in unavailable]
             repo.backend.put(index_object(p.volume), fmt.encode_index(repo.keys, bytes.fromhex(p.volume), size, keep))
+        if not keep:
+            repo.unrecord_volume(p.volume)
+            continue
         with repo.index.transaction() as db:
             row = db.execute("SELECT id FROM volumes WHERE name=?", (p.volume,)).fetchone()
-            if row and keep:
+            if row:
                 repo.drop_block_places(db, row[0], p.blocks)
-            elif row:
-                repo.drop_block_places(db, row[0])
-                db.execute("DELETE FROM volumes WHERE id=?", row)
 
 
 def summary(report: Report) -> list[str]:

@@ -292,7 +292,8 @@ class Repository:
             except CorruptObject:
                 unreadable.append(version_object(name))
                 _warn_skipped_version(version_object(name))
-        index.set_meta(UNREADABLE_VERSIONS, json.dumps(unreadable))
+        if json.dumps(unreadable) != (index.get_meta(UNREADABLE_VERSIONS) or "[]"):
+            index.set_meta(UNREADABLE_VERSIONS, json.dumps(unreadable))
         return index
 
     def _only_place_of_needed_blocks(self, volumes: set[str]) -> bool:
@@ -301,7 +302,7 @@ class Repository:
         stored elsewhere first) never deletes. A full pass over the files' layouts: only run when
         many volumes vanished at once."""
         sole: set[bytes] = set()
-        for part in _batches(sorted(volumes), QUERY_BATCH):
+        for part in batches(sorted(volumes), QUERY_BATCH):
             sole.update(h for (h,) in self.index.q(
                 "SELECT b.hash FROM blocks b JOIN volumes v ON v.id = b.volume "
                 f"WHERE v.name IN ({','.join('?' * len(part))}) AND NOT EXISTS "
@@ -385,8 +386,8 @@ class Repository:
         index.db.execute("PRAGMA temp_store=MEMORY")        # the staged blocks (~60 MiB per million)
         index.db.execute("PRAGMA threads=2")                # sorts for the indexes built at the end
         # A rollback journal instead of the WAL: pages added to the file are not journaled, where
-        # the WAL would write the whole new index twice. (Left as it is while another connection,
-        # e.g. a mount, has the index open.)
+        # the WAL would write the whole new index twice. (Left as it is if a connection that is
+        # not fsbackup's, which takes no local lock, has the index open.)
         with index.exclusive():           # rows are renumbered: nobody else may hold any
             index.set_aside_if_damaged()      # (a rebuild on damaged pages would fail, or keep them)
             left_wal = index.try_journal_mode("DELETE")
@@ -816,7 +817,7 @@ class Repository:
             self.backend.delete(version_object(name))
         self.unrecord_version(name)
 
-    def forgotten_names(self, acted_on: set[str] = frozenset()) -> set[str]:
+    def forgotten_names(self, acted_on: set[str]) -> set[str]:
         """The versions recorded as forgotten (their `forgotten/` objects). Those in `acted_on`
         (versions still listed, which a reader then hides and a writer deletes, or just vanished,
         whose going the record explains) count only when their record authenticates: a record is
@@ -845,6 +846,13 @@ class Repository:
         forgotten = self.forgotten_names(new | vanished) if vanished or new else set()
         unexplained = vanished - forgotten
         self.refuse_surprising_loss("version objects (versions/)", local, unexplained)
+        if unexplained or self.accept_missing:     # (a sync that changes nothing writes nothing)
+            self._remember_vanished(unexplained)
+        for name in vanished:
+            self.unrecord_version(name)
+        return new & forgotten
+
+    def _remember_vanished(self, unexplained: set[str]) -> None:
         now = time.time_ns()
         with self.index.transaction() as db:
             for name in sorted(unexplained):
@@ -856,9 +864,6 @@ class Repository:
                             "--accept-missing", name[:8])
             if self.accept_missing:
                 db.execute("DELETE FROM vanished_versions")
-        for name in vanished:
-            self.unrecord_version(name)
-        return new & forgotten
 
     def vanished_versions(self) -> list[tuple[str, int | None]]:
         """(name, time_ns) of the versions this machine saw vanish without a forget (not yet accepted)."""
@@ -970,7 +975,8 @@ class Repository:
         self.backend.close()
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
+def batches(items: list, size: int) -> Iterator[list]:
+    """`items` in consecutive lists of at most `size` (ids bound in one `IN (...)` query)."""
     for i in range(0, len(items), size):
         yield items[i:i + size]
 

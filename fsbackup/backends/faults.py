@@ -164,7 +164,3 @@ class FaultyBackend(WrappingBackend):
         self._enter("delete", name)
         self.inner.delete(name)
 
-    def remove_partial_uploads(self, older_than_seconds: float) -> tuple[int, int]:
-        # Passed through, neither counted nor failed: a no-op on most backends, it must not move
-        # the call at which a script of faults strikes.
-        return self.inner.remove_partial_uploads(older_than_seconds)

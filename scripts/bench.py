@@ -174,10 +174,17 @@ class Tool:
 
     `label` names a backup; tools that can address "the newest version" directly ignore it.
     The mount methods say how to serve the repository as a filesystem in the foreground
-    (until unmounted) and where its versions appear.
+    (until unmounted) and where its versions appear. A mount_only tool takes part in the
+    mount scenario alone: its backups are made untimed, and measures() leaves out the
+    metrics that would mean nothing for it.
     """
     name = ""
     executable = ""
+    mount_only = False
+
+    def measures(self, key: str) -> bool:
+        """Whether this tool's numbers for the metric are reported."""
+        return True
 
     def installed(self) -> bool:
         return shutil.which(self.executable) is not None
@@ -321,7 +328,57 @@ class BorgTool(Tool):
         return [label for label in labels if label in names]
 
 
-ALL_TOOLS: list[Tool] = [FsBackupTool(), ResticTool(), BorgTool()]
+FLOORFS = Path(__file__).with_name("floorfs.py")
+
+
+class FloorTool(Tool):
+    """The floor: scripts/floorfs.py serves the same versions from memory through pyfuse3
+    alone, the lower bound of a Python FUSE mount. Its "backups" are tar snapshots, so it has
+    no backup, restore or repository numbers; nor a meaningful mount RSS, since it holds every
+    snapshot in memory by design."""
+    name = "floor"
+    executable = "tar"
+    mount_only = True
+
+    def installed(self) -> bool:
+        from importlib.util import find_spec
+        return (super().installed() and FLOORFS.exists()
+                and all(find_spec(m) is not None for m in ("pyfuse3", "trio")))
+
+    def version(self) -> str:
+        from importlib import metadata
+        try:
+            return (f"floorfs.py on pyfuse3 {metadata.version('pyfuse3')}, "
+                    f"trio {metadata.version('trio')}")
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    def measures(self, key: str) -> bool:
+        return key != "mount_rss_mib" and any(m.key == key and m.group == "mount" for m in METRICS)
+
+    def environment(self, box: Sandbox) -> dict[str, str]:
+        return {}
+
+    def init(self, box: Sandbox) -> Command:
+        return Command(["mkdir", str(box.repo)])
+
+    def backup(self, box: Sandbox, source: Path, label: str) -> Command:
+        # POSIX tar keeps times to the nanosecond; the member names are the source's absolute
+        # path without its leading slash, which floorfs shows below the label, as borg does.
+        return Command([self.executable, "--format=posix", "-cf", str(box.repo / f"{label}.tar"),
+                        "-C", "/", str(source.relative_to("/"))])
+
+    def restore(self, box: Sandbox, label: str) -> Command:
+        raise NotImplementedError("the floor takes part in the mount scenario only")
+
+    def mount(self, box: Sandbox, mountpoint: Path, cache_dir: Path) -> Command:
+        return Command([sys.executable, str(FLOORFS), str(box.repo), str(mountpoint)])
+
+    versions_dir = BorgTool.versions_dir  # one directory per snapshot, named by its label
+    order_versions = BorgTool.order_versions
+
+
+ALL_TOOLS: list[Tool] = [FsBackupTool(), ResticTool(), BorgTool(), FloorTool()]
 SUBJECT = "fsbackup"  # the tool the ratio columns divide by its peers
 
 
@@ -1128,15 +1185,18 @@ def benchmark(tools: list[Tool], dataset: Dataset, edits: Edits, work: Path, run
         # machine lands on every tool in turn, not always on the first.
         shift = (run - 1) % len(results)
         for result in results[shift:] + results[:shift]:
+            # A mount-only tool makes the backups the mount scenario needs, untimed.
+            steps = [backups_only if s is backup_restore_cycle and result.tool.mount_only else s
+                     for s in scenarios]
             # A scenario that failed once would most likely fail again: it and the ones after
             # it (which need its repository) are skipped; the ones before still run.
-            if scenarios[0].__name__ in result.errors:
+            if steps[0].__name__ in result.errors:
                 continue
             ctx = RunContext(result.tool, Sandbox(work / f"{result.tool.name}-run{run}"),
                              dataset, edits, mount_plan)
             ctx.box.root.mkdir()
             try:
-                for scenario in scenarios:
+                for scenario in steps:
                     if scenario.__name__ in result.errors:
                         break
                     try:
@@ -1147,6 +1207,7 @@ def benchmark(tools: list[Tool], dataset: Dataset, edits: Edits, work: Path, run
                         break
             finally:
                 # Partial numbers still count: a failed restore says nothing about backups.
+                ctx.samples = {k: v for k, v in ctx.samples.items() if result.tool.measures(k)}
                 for key, value in ctx.samples.items():
                     result.samples.setdefault(key, []).append(value)
                 unmount_all_under(ctx.box.root)  # rmtree must not walk into a mount
@@ -1205,6 +1266,8 @@ def report_data(machine: dict, dataset: Dataset, dataset_files: int, dataset_byt
                                 "status": "failed" if r.error else "ok",
                                 "error": r.error or None,
                                 "median": {m.key: r.median(m.key) for m in metrics},
+                                "not_applicable": [m.key for m in metrics
+                                                   if not r.tool.measures(m.key)],
                                 "samples": r.samples} for r in results},
         "ratios": {f"{SUBJECT}/{p.tool.name}": {m.key: ratio(subject, p, m.key) for m in metrics}
                    for p in peers},
@@ -1241,8 +1304,13 @@ def print_table(data: dict) -> None:
     for metric in (m for m in METRICS if m.key in shown):
         row = [f"{metric.label} ({metric.unit})", metric.better]
         for name in names:
-            value = data["tools"][name]["median"][metric.key]
-            row.append("failed" if value is None else f"{value:,.{metric.digits}f}")
+            tool = data["tools"][name]
+            value = tool["median"][metric.key]
+            if value is not None:
+                row.append(f"{value:,.{metric.digits}f}")
+            else:  # "-": not applicable to the tool, or not measurable here (no root, no gio...)
+                applies = metric.key not in tool["not_applicable"]
+                row.append("failed" if tool["error"] and applies else "-")
         for name in ratio_names:
             value = data["ratios"][name][metric.key]
             row.append("-" if value is None else f"{value:.2f}x")
@@ -1253,6 +1321,14 @@ def print_table(data: dict) -> None:
         print("  ".join(cells).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    if ratio_names:
+        print(f"\n{SUBJECT}/peer: {SUBJECT}'s median divided by the peer's. Where lower is better "
+              f"(s, ms, MiB), below 1x means {SUBJECT} is better;\nwhere higher is better "
+              f"(MB/s, files/s), above 1x means {SUBJECT} is better.")
+    if "floor" in data["tools"]:
+        print(f"floor: the same versions served from memory by pyfuse3 alone (scripts/floorfs.py), "
+              f"the lower bound of a Python FUSE mount;\n{SUBJECT}/floor says how far {SUBJECT}'s "
+              f"mount is above it. The floor makes no real backups: '-' in those rows.")
     for name, tool in data["tools"].items():
         if tool["error"]:
             print(f"\n{name} failed: {tool['error']}")
@@ -1411,11 +1487,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print_remote_like(data)
         return 0
-    tools = [t for t in ALL_TOOLS if t.name == SUBJECT or t.installed()]
-    skipped = [t.name for t in ALL_TOOLS if t not in tools]
-    if skipped:
-        log(f"bench: not installed, skipped: {', '.join(skipped)}")
-
     if args.no_mount:
         run_mount = False
     elif reason := mount_unavailable():
@@ -1426,6 +1497,13 @@ def main(argv: list[str] | None = None) -> int:
         run_mount = False
     else:
         run_mount = True
+    tools = [t for t in ALL_TOOLS if t.name == SUBJECT or t.installed()]
+    skipped = [t.name for t in ALL_TOOLS if t not in tools]
+    if skipped:
+        log(f"bench: not installed, skipped: {', '.join(skipped)}")
+    if not run_mount and any(t.mount_only for t in tools):
+        log(f"bench: no mount scenario, so no {', '.join(t.name for t in tools if t.mount_only)}")
+        tools = [t for t in tools if not t.mount_only]
     if args.mount_only:
         scenarios = [backups_only, mount_scenario]
     else:

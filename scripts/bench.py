@@ -56,6 +56,11 @@ INSERT_SIZE = 100  # bytes inserted in the middle of the largest file before the
 # waiting this long after writing data keeps that effect out of every tool's timings.
 SETTLE_SECONDS = 1.1
 CLEANUP_SETTLE_SECONDS = 20.0
+# Files in the two directories of small files the fourth backup adds: ls -l reads one through
+# the mount, GNOME's gio (what file managers use) lists the other with sniffed content types.
+WIDE_LS_FILES = 10_000
+WIDE_GIO_FILES = 5_000
+GIO_ATTRIBUTES = "standard::content-type,standard::size"
 
 
 def log(message: str) -> None:
@@ -527,6 +532,74 @@ def _write_large_file(path: Path, size: int, rng: random.Random, earlier: list[b
             written += len(region)
 
 
+# Common binary formats by their magic numbers: file managers sniff the first bytes of a file
+# whose name says nothing. An empty extension is a file without one (executables, downloads).
+BINARY_HEADERS = [
+    ("png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), ("", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"),
+    ("", b"\x7fELF\x02\x01\x01\x00"), ("so", b"\x7fELF\x02\x01\x01\x00"),
+    ("jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"), ("", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"),
+    ("gz", b"\x1f\x8b\x08\x00"), ("pdf", b"%PDF-1.5\n%\xe2\xe3\xcf\xd3\n"),
+    ("", b"%PDF-1.5\n%\xe2\xe3\xcf\xd3\n"), ("zip", b"PK\x03\x04\x14\x00\x00\x00"),
+]
+
+
+def _wide_file(rng: random.Random, code_pool: list[str], log_pool: list[str]) -> tuple[str, bytes]:
+    """(extension, content) of one file of a few hundred bytes to a few KiB: source code,
+    prose, JSON, logs, a shell script, or a binary format's header and random bytes."""
+    size = min(max(int(rng.lognormvariate(7.0, 0.8)), 200), 8192)  # median about 1.1 KiB
+    kind = rng.choices(["py", "c", "js", "prose", "json", "log", "script", "binary"],
+                       weights=[20, 10, 10, 15, 8, 8, 5, 24])[0]
+    if kind == "binary":
+        ext, header = rng.choice(BINARY_HEADERS)
+        return ext, header + rng.randbytes(size - len(header))
+    words = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
+    if kind == "py":
+        ext, line = "py", lambda: rng.choice(code_pool)
+    elif kind == "c":
+        ext = rng.choice(["c", "h"])
+        line = lambda: rng.choice([  # noqa: E731
+            f"#include <{rng.choice(WORDS)}.h>\n",
+            f"static int {rng.choice(WORDS)}_{rng.choice(WORDS)}(struct {rng.choice(WORDS)} *p) "
+            f"{{ return p->{rng.choice(WORDS)} + {rng.randint(0, 999)}; }}\n",
+            f"/* {words(6)} */\n", "}\n"])
+    elif kind == "js":
+        ext = "js"
+        line = lambda: rng.choice([  # noqa: E731
+            f"const {rng.choice(WORDS)} = require('./{rng.choice(WORDS)}');\n",
+            f"function {rng.choice(WORDS)}({rng.choice(WORDS)}) {{ return {rng.randint(0, 99)}; }}\n",
+            f"// {words(5)}\n"])
+    elif kind == "prose":  # notes and READMEs, often without an extension
+        ext = rng.choice(["md", "txt", "", ""])
+        line = lambda: f"{words(rng.randint(5, 14)).capitalize()}.\n"  # noqa: E731
+    elif kind == "json":
+        ext = "json"
+        line = lambda: f'  "{rng.choice(WORDS)}_{rng.randint(0, 99)}": "{words(2)}",\n'  # noqa: E731
+    elif kind == "log":
+        ext = rng.choice(["log", ""])
+        line = lambda: rng.choice(log_pool).format(  # noqa: E731
+            id=rng.randint(0, 99999), n=rng.randint(0, 999), ms=rng.randint(0, 3000)) + "\n"
+    else:
+        ext, line = rng.choice(["sh", ""]), lambda: f"{rng.choice(WORDS)} --{words(2).replace(' ', '-')}\n"
+    out = ["#!/bin/sh\n" if kind == "script" else "{\n" if kind == "json" else ""]
+    length = len(out[0])
+    while length < size:
+        out.append(line())
+        length += len(out[-1])
+    return ext, "".join(out).encode()[:size]
+
+
+def write_wide_dir(path: Path, count: int, rng: random.Random) -> None:
+    """One directory of count small files of varied kinds (see _wide_file), as a downloads
+    folder or a flat project: what ls -l and a file manager list."""
+    path.mkdir(parents=True)
+    code_pool = [_code_line(rng) for _ in range(2000)]
+    log_pool = [_log_message(rng) for _ in range(200)]
+    for i in range(count):
+        ext, data = _wide_file(rng, code_pool, log_pool)
+        name = f"{rng.choice(WORDS)}_{i:05d}" + (f".{ext}" if ext else "")
+        (path / name).write_bytes(data)
+
+
 def generate_dataset(root: Path, size_mb: int, seed: int) -> Dataset:
     """The same files for the same (size, seed): about 30% small text, 70% large binary."""
     rng = random.Random(seed)
@@ -656,6 +729,7 @@ class Metric:
     better: str  # "lower" or "higher": how to read the ratio columns
     digits: int = 2
     group: str = "backup"  # the scenario that measures it: "backup" or "mount"
+    compared: bool = True  # False for a baseline that does not depend on the tool: no ratios
 
 
 METRICS = [
@@ -677,6 +751,15 @@ METRICS = [
            1, group="mount"),
     Metric("mount_find_s", "mount: find over a version", "s", "lower", group="mount"),
     Metric("mount_cp_mbps", "mount: cp -a of a version", "MB/s", "higher", 1, group="mount"),
+    Metric("mount_cp_s", "mount: cp -a of a version", "s", "lower", group="mount"),
+    Metric("mount_small_files_fps", "mount: find | xargs cat of a version's files, fresh mount",
+           "files/s", "higher", 0, group="mount"),
+    Metric("mount_ls_wide_s", f"mount: ls -l of a {WIDE_LS_FILES:,}-file directory, fresh mount",
+           "s", "lower", group="mount"),
+    Metric("mount_gio_s", f"mount: gio list of a {WIDE_GIO_FILES:,}-file directory, fresh mount",
+           "s", "lower", group="mount"),
+    Metric("gio_original_s", "gio list of that directory, original (not mounted)", "s", "lower",
+           group="mount", compared=False),
     Metric("mount_cat_cold_mbps", "mount: cat big file, cold", "MB/s", "higher", 1,
            group="mount"),
     Metric("mount_cat_warm_mbps", "mount: cat big file, warm", "MB/s", "higher", 1,
@@ -690,8 +773,12 @@ METRICS = [
 class MountPlan:
     """What the mount scenario needs besides the three backups."""
     big_file: Path  # generated outside the dataset; moved into it for the fourth backup only
-    big_dir_name: str  # the directory of the dataset that holds it during that backup
+    # Directories of many small files (WIDE_LS_FILES, WIDE_GIO_FILES files), likewise.
+    wide_ls_dir: Path
+    wide_gio_dir: Path
+    holder_name: str  # the directory of the dataset that holds all three during that backup
     first_byte_file: Path  # relative to the dataset root: read in the oldest version
+    gio: str | None  # GNOME's gio, or None when it is missing (its metrics are skipped)
 
 
 @dataclass
@@ -806,7 +893,7 @@ MOUNT_SESSION_TIMEOUT = 3600.0  # a mount still up after this is stuck: killed, 
 CLIENT_TIMEOUT = 1800.0  # find, cp -a, cat
 POLL_SECONDS = 0.005  # resolution of the "start to listing" times
 BROWSED_LABEL = "edited"  # find and cp -a walk the version the restore step restored
-BIG_LABEL = "big"  # the fourth backup: the dataset plus the big file
+BIG_LABEL = "big"  # the fourth backup: the dataset plus the big file and the wide directories
 
 
 def mount_unavailable() -> str:
@@ -1026,29 +1113,32 @@ def count_entries(root: Path) -> int:
 
 
 def back_up_big_file(ctx: RunContext) -> None:
-    """The fourth backup: the dataset plus the big file, which is moved in for it only, so
-    that the other scenarios (and the other tools' runs) see the dataset unchanged."""
+    """The fourth backup: the dataset plus the big file and the two wide directories, which
+    are moved in for it only, so that the other scenarios (and the other tools' runs) see the
+    dataset unchanged."""
     plan = ctx.mount_plan
     assert plan is not None
     root = ctx.dataset.root
     root_stat = root.stat()
-    holder = root / plan.big_dir_name
-    inside = holder / plan.big_file.name
+    holder = root / plan.holder_name
+    moved: list[tuple[Path, Path]] = []  # (outside, inside)
     holder.mkdir()
     try:
-        os.rename(plan.big_file, inside)
-        try:
-            ctx.backup("big file backup", BIG_LABEL)
-        finally:
-            os.rename(inside, plan.big_file)
+        for outside in (plan.big_file, plan.wide_ls_dir, plan.wide_gio_dir):
+            os.rename(outside, holder / outside.name)
+            moved.append((outside, holder / outside.name))
+        ctx.backup("big file backup", BIG_LABEL)
     finally:
+        for outside, inside in moved:
+            os.rename(inside, outside)
         holder.rmdir()
         os.utime(root, ns=(root_stat.st_atime_ns, root_stat.st_mtime_ns))
 
 
 def mount_scenario(ctx: RunContext) -> None:
-    """Two fresh mounts of the repository holding the three backups plus a fourth with the
-    big file: the first for the listings, first byte, find and cp -a, the second for cat."""
+    """Fresh mounts of the repository holding the three backups plus a fourth with the big
+    file and the wide directories: the first for the listings, first byte, find and cp -a,
+    then one each for find | xargs cat, ls -l, gio list (when gio is there) and cat."""
     plan, tool, logs = ctx.mount_plan, ctx.tool, ctx.box.logs
     assert plan is not None
     if ctx.edited_totals is None:
@@ -1111,13 +1201,65 @@ def mount_scenario(ctx: RunContext) -> None:
             raise StepFailed(f"mount: cp -a copied {copied[0]} files / {copied[1]} bytes, "
                              f"expected {files} / {size}")
         ctx.samples["mount_cp_mbps"] = size / MB / seconds
+        ctx.samples["mount_cp_s"] = seconds
     if m.peak_rss_bytes is not None:
         rss.append(m.peak_rss_bytes)
+
+    # Every file of the version read once, in find's order, as a backup of the mount or a
+    # grep would: the cost per file (open, read, release) more than the bytes.
+    with MountSession(ctx, "files") as m:
+        m.wait_for_versions(labels)
+        browsed = m.version_root(labels, BROWSED_LABEL)
+        drop_page_cache()
+        step = "mount find-cat"
+        seconds = run_client(["sh", "-c", 'find "$1" -type f -print0 | xargs -0 cat > /dev/null',
+                              "sh", str(browsed)], logs, step)
+        # The pipeline's status is xargs's: a failure of find shows only on stderr.
+        if complaint := last_line(logs / f"{step.replace(' ', '-')}.err"):
+            raise StepFailed(f"{step}: {complaint}")
+        ctx.samples["mount_small_files_fps"] = files / seconds
+    if m.peak_rss_bytes is not None:
+        rss.append(m.peak_rss_bytes)
+
+    with MountSession(ctx, "ls") as m:
+        m.wait_for_versions(labels)
+        holder = m.version_root(labels, BIG_LABEL) / rel / plan.holder_name
+        listing = logs / "mount-ls-wide.out"
+        drop_page_cache()
+        seconds = run_client(["ls", "-l", str(holder / plan.wide_ls_dir.name)], logs,
+                             "mount ls wide", listing)
+        with open(listing, "rb") as f:
+            lines = sum(1 for _ in f)
+        if lines != WIDE_LS_FILES + 1:  # one line per file and "total"
+            raise StepFailed(f"mount: ls -l printed {lines} lines, expected {WIDE_LS_FILES + 1}")
+        ctx.samples["mount_ls_wide_s"] = seconds
+    if m.peak_rss_bytes is not None:
+        rss.append(m.peak_rss_bytes)
+
+    if plan.gio:
+        def gio_list(directory: Path, step: str) -> float:
+            out = logs / f"{step.replace(' ', '-')}.out"
+            drop_page_cache()
+            seconds = run_client([plan.gio, "list", "-a", GIO_ATTRIBUTES, str(directory)], logs,
+                                 step, out)
+            with open(out, "rb") as f:
+                lines = sum(1 for _ in f)
+            if lines != WIDE_GIO_FILES:
+                raise StepFailed(f"{step}: printed {lines} lines, expected {WIDE_GIO_FILES}")
+            return seconds
+
+        with MountSession(ctx, "gio") as m:
+            m.wait_for_versions(labels)
+            holder = m.version_root(labels, BIG_LABEL) / rel / plan.holder_name
+            ctx.samples["mount_gio_s"] = gio_list(holder / plan.wide_gio_dir.name, "mount gio")
+        if m.peak_rss_bytes is not None:
+            rss.append(m.peak_rss_bytes)
+        ctx.samples["gio_original_s"] = gio_list(plan.wide_gio_dir, "gio original")
 
     big_size = plan.big_file.stat().st_size
     with MountSession(ctx, "cat") as m:
         m.wait_for_versions(labels)
-        big = m.version_root(labels, BIG_LABEL) / rel / plan.big_dir_name / plan.big_file.name
+        big = m.version_root(labels, BIG_LABEL) / rel / plan.holder_name / plan.big_file.name
         drop_page_cache()
         cold = run_client(["cat", str(big)], logs, "mount cat cold")
         warm = run_client(["cat", str(big)], logs, "mount cat warm")  # same mount, cached
@@ -1368,19 +1510,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def make_mount_plan(dataset: Dataset, work: Path, size_mb: int, seed: int) -> MountPlan:
-    """Generates the big file (reproducibly, from the seed) outside the dataset, and picks
-    the file whose first byte is read in the oldest version."""
+    """Generates the big file and the wide directories (reproducibly, from the seed) outside
+    the dataset, and picks the file whose first byte is read in the oldest version."""
     big_dir = work / "big"
     big_dir.mkdir()
     big_file = big_dir / "big.img"
     _write_large_file(big_file, size_mb * MIB, random.Random(seed + 2), [])
+    rng = random.Random(seed + 3)
+    wide_ls_dir, wide_gio_dir = big_dir / f"wide{WIDE_LS_FILES}", big_dir / f"wide{WIDE_GIO_FILES}"
+    write_wide_dir(wide_ls_dir, WIDE_LS_FILES, rng)
+    write_wide_dir(wide_gio_dir, WIDE_GIO_FILES, rng)
     name, n = "bench-big-file", 1
     while (dataset.root / name).exists():  # --data might hold that name
         n += 1
         name = f"bench-big-file-{n}"
     candidates = sorted(dataset.small_files or dataset.large_files)
     first = candidates[len(candidates) // 2].relative_to(dataset.root) if candidates else None
-    return MountPlan(big_file, name, first)
+    gio = shutil.which("gio")
+    if gio is None:
+        log("bench: gio is missing (Debian packages libglib2.0-bin, shared-mime-info): "
+            "the gio list metrics are skipped")
+    return MountPlan(big_file, wide_ls_dir, wide_gio_dir, name, first, gio)
 
 
 REMOTE_LIKE = Path(__file__).with_name("remote_like.py")

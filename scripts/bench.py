@@ -1,4 +1,4 @@
-"""Benchmark fsbackup against restic and borg on the same data, in the same run.
+"""Benchmark fsbackup against restic and borg (and its mount against a floor) on the same data.
 
 Run it through scripts/bench, which installs the tools first. Every tool goes through the
 same cycle on a fresh repository, --runs times, and the table reports medians:
@@ -11,16 +11,27 @@ Each timed backup starts with the dataset read once (a warm page cache, the same
 whatever the machine evicted meanwhile); the cold first backup measures reading from the disk.
 
 then, where FUSE is available (/dev/fuse and fusermount3), the mount scenario on the same
-repository: a fourth backup adds one big file (--big-file-mb), then two fresh mounts
-(fsbackup mount / restic mount / borg mount -f) measure the time from starting the mount to
-the first listings, the first byte of a file in the oldest version, find and cp -a over the
-third version (the one the restore step restored), cat of the big file with cold and warm
-caches, and the mount process's peak RSS. "Cold" means a fresh mount, an empty fsbackup
---cache-dir and, when the benchmark may (as root), the kernel's page cache dropped after
-sync before each measured step. --mount-only still makes the backups (untimed); --no-mount
-skips the mount scenario.
+repository: a fourth backup adds one big file (--big-file-mb) and two directories of 10,000
+and 5,000 small files (a few hundred bytes to a few KiB: source code, text, logs, binary
+formats' magic numbers, some names without an extension). Then fresh mounts (fsbackup mount /
+restic mount / borg mount -f / floorfs) measure: the time from starting the mount to the first
+listings, the first byte of a file in the oldest version, find and cp -a over the third version
+(the one the restore step restored; MB/s and seconds, to set against the restore), and on a
+mount of their own each: find | xargs cat of every file of that version (files/s), ls -l of the
+10,000-file directory, GNOME's `gio list` with content types (as a file manager lists) of the
+5,000-file one, with gio on the original directory as the baseline, and cat of the big file
+with cold and warm caches; and the mount processes' peak RSS. "Cold" means a fresh mount, an
+empty fsbackup --cache-dir and, when the benchmark may (as root), the kernel's page cache
+dropped after sync before each measured step. --mount-only still makes the backups (untimed);
+--no-mount skips the mount scenario.
 
-Tools are interleaved run by run (fsbackup, restic, borg, fsbackup, ...) so that a slow
+The floor is scripts/floorfs.py: the same versions (tar snapshots, made untimed) served from
+memory by pyfuse3 on trio alone, what a Python FUSE mount costs on this machine at the least.
+It takes part in the mount scenario only. The ratio columns divide fsbackup's median by each
+peer's (the floor included): where lower is better, below 1x means fsbackup is better; where
+higher is better, above 1x does.
+
+Tools are interleaved run by run (fsbackup, restic, borg, floor, fsbackup, ...) so that a slow
 phase of the machine does not land on one tool only. Everything happens below one
 temporary directory that is removed at the end. Only the standard library is used.
 """
@@ -1395,6 +1406,12 @@ def report_data(machine: dict, dataset: Dataset, dataset_files: int, dataset_byt
                 mount: dict | None) -> dict:
     subject = next((r for r in results if r.tool.name == SUBJECT), None)
     peers = [r for r in results if r.tool.name != SUBJECT]
+    def per_tool(numerator: str, denominator: str) -> dict[str, float | None]:
+        quotients = {}
+        for r in results:
+            a, b = r.median(numerator), r.median(denominator)
+            quotients[r.tool.name] = a / b if a is not None and b else None
+        return quotients
     return {
         "machine": machine,
         "dataset": {"description": dataset.description, "files": dataset_files,
@@ -1411,8 +1428,14 @@ def report_data(machine: dict, dataset: Dataset, dataset_files: int, dataset_byt
                                 "not_applicable": [m.key for m in metrics
                                                    if not r.tool.measures(m.key)],
                                 "samples": r.samples} for r in results},
-        "ratios": {f"{SUBJECT}/{p.tool.name}": {m.key: ratio(subject, p, m.key) for m in metrics}
+        "ratios": {f"{SUBJECT}/{p.tool.name}": {m.key: ratio(subject, p, m.key) if m.compared
+                                                 else None for m in metrics}
                    for p in peers},
+        # Each tool against itself: gio through its mount / on the original directory (how
+        # much slower a file manager lists through the mount), and cp -a through its mount /
+        # its own restore, in MB/s (above 1: cp -a is the faster way to get a version back).
+        "gio_mount_over_original": per_tool("mount_gio_s", "gio_original_s"),
+        "cp_over_restore_mbps": per_tool("mount_cp_mbps", "restore_mbps"),
     }
 
 
@@ -1433,9 +1456,10 @@ def print_table(data: dict) -> None:
                 "fresh mount, empty fsbackup --cache-dir (page cache NOT dropped: needs root)")
         first = (f"first byte of {mo['first_byte_file']} in the oldest version; "
                  if mo["first_byte_file"] else "")
-        print(f"mount: find and cp -a over the third backup's version; {first}"
-              f"cat of a {mo['big_file_bytes'] / MIB:,.0f} MiB file added by a fourth backup; "
-              f"cold = {cold}")
+        print(f"mount: find, cp -a and find | xargs cat over the third backup's version; {first}"
+              f"cat of a {mo['big_file_bytes'] / MIB:,.0f} MiB file, ls -l of "
+              f"{WIDE_LS_FILES:,} and gio list of {WIDE_GIO_FILES:,} small files, all added by "
+              f"a fourth backup; cold = {cold}")
     print(f"runs: {data['runs']} per tool, values are medians\n")
 
     names = list(data["tools"])
@@ -1470,7 +1494,17 @@ def print_table(data: dict) -> None:
     if "floor" in data["tools"]:
         print(f"floor: the same versions served from memory by pyfuse3 alone (scripts/floorfs.py), "
               f"the lower bound of a Python FUSE mount;\n{SUBJECT}/floor says how far {SUBJECT}'s "
-              f"mount is above it. The floor makes no real backups: '-' in those rows.")
+              f"mount is above it. Its start times include loading every snapshot into memory; "
+              f"it makes no real backups: '-' in those rows.")
+    gio = {name: q for name, q in data.get("gio_mount_over_original", {}).items() if q is not None}
+    if gio:
+        print(f"gio list through the mount / on the original directory: "
+              + ", ".join(f"{name} {q:.2f}x" for name, q in gio.items()))
+    tool = data["tools"].get(SUBJECT)
+    if tool and tool["median"].get("mount_cp_mbps") and tool["median"].get("restore_mbps"):
+        cp, restore = tool["median"]["mount_cp_mbps"], tool["median"]["restore_mbps"]
+        print(f"{SUBJECT}: cp -a through the mount {cp:,.1f} MB/s, its restore {restore:,.1f} MB/s: "
+              f"cp -a / restore = {cp / restore:.2f}x (above 1x: cp -a is faster)")
     for name, tool in data["tools"].items():
         if tool["error"]:
             print(f"\n{name} failed: {tool['error']}")

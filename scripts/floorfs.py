@@ -48,6 +48,11 @@ FILE_TYPES = {tarfile.REGTYPE: stat.S_IFREG, tarfile.AREGTYPE: stat.S_IFREG,
               tarfile.BLKTYPE: stat.S_IFBLK, tarfile.FIFOTYPE: stat.S_IFIFO}
 
 
+def components(name: str) -> list[str]:
+    """A member's path as its components: no empty ones, no "."."""
+    return [p for p in name.split("/") if p not in ("", ".")]
+
+
 def nanoseconds(member: tarfile.TarInfo, key: str) -> int:
     """A time of the member to the nanosecond (POSIX tar's extended header), else mtime."""
     text = member.pax_headers.get(key)
@@ -102,7 +107,7 @@ class Tree:
         by_name: dict[str, int] = {}  # member name -> inode, for hard links
         with tarfile.open(snapshot) as tar:
             for m in tar:
-                parts = [p for p in m.name.split("/") if p not in ("", ".")]
+                parts = components(m.name)
                 if not parts:
                     continue
                 parent = version
@@ -110,7 +115,7 @@ class Tree:
                     parent = self.directory(parent, os.fsencode(part), when)
                 name = os.fsencode(parts[-1])
                 if m.islnk():  # a hard link: one more name for an earlier member's inode
-                    ino = by_name[m.linkname.strip("/")]
+                    ino = by_name["/".join(components(m.linkname))]
                     self.attrs[ino].st_nlink += 1
                     self.link(parent, name, ino)
                     continue

@@ -1406,12 +1406,14 @@ def report_data(machine: dict, dataset: Dataset, dataset_files: int, dataset_byt
                 mount: dict | None) -> dict:
     subject = next((r for r in results if r.tool.name == SUBJECT), None)
     peers = [r for r in results if r.tool.name != SUBJECT]
+
     def per_tool(numerator: str, denominator: str) -> dict[str, float | None]:
         quotients = {}
         for r in results:
             a, b = r.median(numerator), r.median(denominator)
             quotients[r.tool.name] = a / b if a is not None and b else None
         return quotients
+
     return {
         "machine": machine,
         "dataset": {"description": dataset.description, "files": dataset_files,
@@ -1493,8 +1495,8 @@ def print_table(data: dict) -> None:
               f"(MB/s, files/s), above 1x means {SUBJECT} is better.")
     if "floor" in data["tools"]:
         print(f"floor: the same versions served from memory by pyfuse3 alone (scripts/floorfs.py), "
-              f"the lower bound of a Python FUSE mount;\n{SUBJECT}/floor says how far {SUBJECT}'s "
-              f"mount is above it. Its start times include loading every snapshot into memory; "
+              f"the lower bound\nof a Python FUSE mount; {SUBJECT}/floor says how far {SUBJECT}'s "
+              f"mount is above it. Its start times\ninclude loading every snapshot into memory; "
               f"it makes no real backups: '-' in those rows.")
     gio = {name: q for name, q in data.get("gio_mount_over_original", {}).items() if q is not None}
     if gio:

@@ -1500,7 +1500,7 @@ def print_table(data: dict) -> None:
               f"it makes no real backups: '-' in those rows.")
     gio = {name: q for name, q in data.get("gio_mount_over_original", {}).items() if q is not None}
     if gio:
-        print(f"gio list through the mount / on the original directory: "
+        print("gio list through the mount / on the original directory: "
               + ", ".join(f"{name} {q:.2f}x" for name, q in gio.items()))
     tool = data["tools"].get(SUBJECT)
     if tool and tool["median"].get("mount_cp_mbps") and tool["median"].get("restore_mbps"):

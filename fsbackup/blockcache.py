@@ -1,4 +1,11 @@
-"""A bounded in-memory cache of decoded blocks where concurrent requests for one block load it once."""
+"""A bounded in-memory cache of decoded blocks where concurrent requests for one block load it once.
+
+A block is cached (its bytes), being loaded (a Future every requester shares), or unknown. Whoever
+finds it unknown through `source` becomes its loader and must settle it exactly once: `loaded`,
+`failed`, or `abandoned` (a speculative load, such as a neighbour fetched along with a block that
+was asked for, that did not work out: its waiters get None and ask again, loading it themselves).
+Waiters never depend on the cache holding the bytes afterwards: the Future carries them.
+"""
 from __future__ import annotations
 
 import threading
@@ -16,34 +23,65 @@ class BlockCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, block_id: bytes, load: Callable[[bytes], bytes]) -> bytes:
-        """The block's bytes, from the cache or from `load(block_id)`. Errors from `load` reach every
-        caller waiting on that block, and nothing is cached for it."""
+    def source(self, block_id: bytes) -> tuple[bytes | Future, bool]:
+        """(the block's bytes, or the Future of its load; whether the caller is now its loader,
+        who must settle it)."""
         with self._lock:
             data = self._blocks.get(block_id)
             if data is not None:
                 self._blocks.move_to_end(block_id)
                 self.hits += 1
-                return data
+                return data, False
             fut = self._loading.get(block_id)
-            owner = fut is None
-            if owner:
-                fut = self._loading[block_id] = Future()
-                self.misses += 1
-        if not owner:
-            return fut.result()
-        try:
-            data = load(block_id)
-        except BaseException as e:
-            with self._lock:
-                del self._loading[block_id]
-            fut.set_exception(e)
-            raise
+            if fut is not None:
+                return fut, False
+            fut = self._loading[block_id] = Future()
+            self.misses += 1
+            return fut, True
+
+    def claim(self, block_id: bytes) -> bool:
+        """Become the block's loader if it is neither cached nor being loaded; says whether."""
         with self._lock:
-            del self._loading[block_id]
+            if block_id in self._blocks or block_id in self._loading:
+                return False
+            self._loading[block_id] = Future()
+            return True
+
+    def loaded(self, block_id: bytes, data: bytes) -> None:
+        with self._lock:
+            fut = self._loading.pop(block_id)
             self._insert(block_id, data)
         fut.set_result(data)
-        return data
+
+    def failed(self, block_id: bytes, error: BaseException) -> None:
+        with self._lock:
+            fut = self._loading.pop(block_id)
+        fut.set_exception(error)
+
+    def abandoned(self, block_id: bytes) -> None:
+        with self._lock:
+            fut = self._loading.pop(block_id)
+        fut.set_result(None)
+
+    def get(self, block_id: bytes, load: Callable[[bytes], bytes]) -> bytes:
+        """The block's bytes, from the cache or from `load(block_id)`. Errors from `load` reach every
+        caller waiting on that block, and nothing is cached for it."""
+        while True:
+            source, owner = self.source(block_id)
+            if isinstance(source, bytes):
+                return source
+            if not owner:
+                data = source.result()
+                if data is not None:
+                    return data
+                continue                 # abandoned by its loader: load it here
+            try:
+                data = load(block_id)
+            except BaseException as e:
+                self.failed(block_id, e)
+                raise
+            self.loaded(block_id, data)
+            return data
 
     def put(self, block_id: bytes, data: bytes) -> None:
         """Keep a block its caller loaded itself."""

@@ -273,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-other", action="store_true",
                    help="let other users (and Samba/NFS servers) see the mount (needs user_allow_other in "
                         "/etc/fuse.conf when not root)")
+    p.add_argument("--xattrs", choices=("auto", "on", "off"), default="auto",
+                   help="whether the mount answers requests for extended attributes and ACLs. 'on': always. "
+                        "'off': never; the kernel then stops asking, which makes 'ls -l' of a big directory "
+                        "several times faster, but no version shows its xattrs, and ACLs are not enforced "
+                        "(refused with --allow-other). 'auto' (default): 'off' when no version holds any xattr "
+                        "as the mount starts and the mount is not --allow-other, else 'on'")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where fetched blocks are cached, encrypted: a new or empty folder, which fsbackup tags "
                         "and makes owner-only (default: next to the local index)")

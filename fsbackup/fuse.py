@@ -1,12 +1,13 @@
 """The FUSE adapter: translates kernel requests into RepositoryView calls. A protocol adapter only.
 
-Threading rule: handlers run on the trio thread. Point lookups (lookup, getattr, readlink,
-getxattr, listxattr, open, pages of 32 directory entries, reads of blocks read-ahead already
-holds: a few indexed queries or a memory copy, microseconds) run right there; everything that
-can take long (reads that need fetching, decryption and decompression, statfs) goes to a worker
-thread through `trio.to_thread.run_sync`,
-bounded by a CapacityLimiter, so one slow read never stalls a listing. Only FUSEError leaves a
-handler: anything else would end the mount. A failed request is mapped to its errno here, once
+Threading rule: handlers run on the trio thread and never hop to another thread for a request
+that can be answered from memory or the local index. Point lookups (lookup, getattr, readlink,
+getxattr, listxattr, open, pages of 128 directory entries: a few indexed queries, microseconds)
+and reads of blocks in memory run right there. A read whose blocks are not in memory starts their
+loads in the view's fetch threads and awaits their Futures without a thread of its own
+(`_settled`), so a slow fetch never stalls a listing. Only statfs goes to a worker thread
+(`trio.to_thread.run_sync`, bounded by a CapacityLimiter). Only FUSEError leaves a handler:
+anything else would end the mount. A failed request is mapped to its errno here, once
 (`_errno_of`), and logged as one line through the view's throttled log: a repository that fails
 every read writes a line per kind of failure per minute, not one per read; only a bug (an error
 that is no FsbackupError) logs its traceback.
@@ -17,19 +18,21 @@ import errno
 import functools
 import os
 import signal
+from collections import deque
+from concurrent.futures import Future
 
 import pyfuse3
 import trio
 
-from .errors import AuthenticationFailed, FsbackupError, PathNotFound, PermissionDenied
-from .vfs import (LATEST_INODE, LATEST_LINK, ROOT_INODE, VERSIONS_INODE, Attr, FsOpError, OpenFile,
-                  RepositoryView, error_kind)
+from .errors import AuthenticationFailed, BackendError, FsbackupError, PathNotFound, PermissionDenied
+from .vfs import (LATEST_INODE, LATEST_LINK, READ_ATTEMPTS, ROOT_INODE, VERSIONS_INODE, Attr, FsOpError,
+                  OpenFile, PendingRead, RepositoryView, error_kind)
 
 WORKER_THREADS = 16
 TOP_TIMEOUT = 1.0            # the root and versions/ change when backups finish
 VERSION_TIMEOUT = 3600.0     # a version's content never changes
 REFRESH_SECONDS = 2.0        # the version list is re-read from the local index this often
-READDIR_PAGE = 32
+READDIR_PAGE = 128
 
 
 def _entry(attr: Attr) -> pyfuse3.EntryAttributes:
@@ -68,6 +71,16 @@ def _is_answer(e: BaseException) -> bool:
     return isinstance(e, (FsOpError, PathNotFound))
 
 
+class Listing:
+    """An open directory: where its listing is, and the entries read but not yet sent."""
+
+    def __init__(self, ino: int):
+        self.ino = ino
+        self.offset = 0
+        self.entries: deque = deque()
+        self.complete = False                  # the last page came back short: nothing after `entries`
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -75,11 +88,13 @@ class Operations(pyfuse3.Operations):
     # mount's default_permissions): with --allow-other, a user an ACL denies reads nothing.
     enable_acl = True
 
-    def __init__(self, view: RepositoryView):
+    def __init__(self, view: RepositoryView, xattrs: bool = True):
         super().__init__()
         self.view = view
+        self.xattrs = xattrs         # False: xattr requests answer ENOSYS, and the kernel stops making them
         self.limiter = trio.CapacityLimiter(WORKER_THREADS)
         self.open_files: dict[int, OpenFile] = {}
+        self.listings: dict[int, Listing] = {}
         self.next_fh = 1
 
     async def _call(self, fn, *args, what=None):
@@ -92,14 +107,15 @@ class Operations(pyfuse3.Operations):
         except Exception as e:   # noqa: BLE001 - the mount must never die of one request
             raise self._failed(e, what() if what else f"answer {fn.__name__}") from None
 
-    def _point(self, fn, *args):
-        """Run a view method that makes only a few primary-key lookups, here on the trio thread:
-        tens of microseconds, where a hop to a worker thread costs ten times that (an `ls -l` of a
-        big directory makes three such requests per entry)."""
+    def _point(self, fn, *args, what=None):
+        """Run a view method that makes only a few primary-key lookups or copies bytes in memory,
+        here on the trio thread: tens of microseconds, where a hop to a worker thread costs ten
+        times that (an `ls -l` of a big directory makes three such requests per entry). `what`
+        (a function, called only on failure) names the request in the log line."""
         try:
             return fn(*args)
         except Exception as e:   # noqa: BLE001 - the mount must never die of one request
-            raise self._failed(e, f"answer {fn.__name__}") from None
+            raise self._failed(e, what() if what else f"answer {fn.__name__}") from None
 
     def _failed(self, e: Exception, what: str) -> pyfuse3.FUSEError:
         """The FUSEError that answers a request that failed with `e`, logged unless it is an
@@ -134,28 +150,45 @@ class Operations(pyfuse3.Operations):
         attr = self._point(self.view.getattr, inode)
         if not attr.mode & 0o040000:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return inode
+        fh = self.next_fh
+        self.next_fh += 1
+        self.listings[fh] = Listing(inode)
+        return fh
 
     async def readdir(self, fh, start_id, token):
-        # The kernel's buffer takes a dozen or so entries with attributes per call: small pages,
-        # each a bounded indexed range query, are answered here without a thread hop.
-        offset = start_id
+        # Pages are bounded indexed range queries, answered here without a thread hop. The kernel's
+        # buffer takes a few dozen entries with attributes per call: what did not fit waits in the
+        # listing for the next call, which asks for it by its offset.
+        listing = self.listings[fh]
+        if start_id != listing.offset:            # seekdir or rewinddir: start over from there
+            listing.entries.clear()
+            listing.offset, listing.complete = start_id, False
         while True:
-            page = self._point(self.view.readdir, fh, offset, READDIR_PAGE)
-            if not page:
-                return
-            for name, attr, next_offset in page:
-                if not pyfuse3.readdir_reply(token, name, _entry(attr), next_offset):
+            if not listing.entries:
+                if listing.complete:
                     return
-                offset = next_offset
+                page = self._point(self.view.readdir, listing.ino, listing.offset, READDIR_PAGE)
+                listing.complete = len(page) < READDIR_PAGE
+                listing.entries.extend(page)
+                if not page:
+                    return
+            name, attr, next_offset = listing.entries[0]
+            if not pyfuse3.readdir_reply(token, name, _entry(attr), next_offset):
+                return
+            listing.entries.popleft()
+            listing.offset = next_offset
 
     async def releasedir(self, fh):
-        return None
+        self.listings.pop(fh, None)
 
     async def getxattr(self, inode, name, ctx):
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         return self._point(self.view.getxattr, inode, name, ctx.uid == 0)
 
     async def listxattr(self, inode, ctx):
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         return self._point(self.view.listxattr, inode, ctx.uid == 0)
 
     async def statfs(self, ctx):
@@ -181,7 +214,7 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
-        f = self._point(self.view.open, inode)     # two indexed queries; the first block is fetched in the background
+        f = self._point(self.view.open, inode)     # one indexed query; the first block's load begins
         fh = self.next_fh
         self.next_fh += 1
         self.open_files[fh] = f
@@ -191,10 +224,17 @@ class Operations(pyfuse3.Operations):
         f = self.open_files.get(fh)
         if f is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        data = self._point(self.view.read_if_cached, f, off, size)   # read-ahead hits: no thread hop
-        if data is not None:
-            return data
-        return await self._call(self.view.read, f, off, size, what=lambda: f"read {self._path_of(f.ino)}")
+        what = lambda: f"read {self._path_of(f.ino)}"     # noqa: E731 - named only on failure
+        for _ in range(READ_ATTEMPTS):
+            started = self._point(self.view.start_read, f, off, size, what=what)
+            if not isinstance(started, PendingRead):
+                return started                             # in memory: no thread, no wait
+            for fut in started.waiting():
+                await _settled(fut)
+            data = self._point(started.assemble, what=what)
+            if data is not None:
+                return data
+        raise self._failed(BackendError(f"its blocks were abandoned by {READ_ATTEMPTS} loads in a row"), what())
 
     async def release(self, fh):
         self.open_files.pop(fh, None)
@@ -206,15 +246,33 @@ class Operations(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only
     create = write = setxattr = removexattr = fsync = fsyncdir = _read_only
+    # No `flush`: pyfuse3 then answers ENOSYS, and the kernel stops sending a FLUSH with every
+    # close (a request per file read, for nothing to do on a read-only file system).
 
-    async def flush(self, fh):
-        return None
+
+async def _settled(fut: Future) -> None:
+    """Wait until a fetch thread's Future is done, without a worker thread: its callback wakes the
+    trio thread (a thread hop costs hundreds of microseconds; most reads of a small file find the
+    block on its way, started by the open or by the file before it)."""
+    if fut.done():
+        return
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+
+    def wake(_: Future) -> None:
+        try:
+            token.run_sync_soon(done.set)
+        except trio.RunFinishedError:
+            pass                       # the mount ended meanwhile: no one waits any more
+    fut.add_done_callback(wake)
+    await done.wait()
 
 
-async def serve(view: RepositoryView, on_ready=None) -> None:
-    """Run the FUSE loop (pyfuse3.init must have been called) until unmounted or signalled."""
+async def serve(operations: Operations, on_ready=None) -> None:
+    """Run the FUSE loop (pyfuse3.init must have been called with `operations`) until unmounted or signalled."""
+    view = operations.view
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_refresh_versions, view)
+        nursery.start_soon(_refresh_versions, view, operations.xattrs)
         nursery.start_soon(_stop_on_signals)
         if on_ready:
             on_ready()
@@ -222,9 +280,10 @@ async def serve(view: RepositoryView, on_ready=None) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _refresh_versions(view: RepositoryView) -> None:
+async def _refresh_versions(view: RepositoryView, xattrs: bool) -> None:
     """Versions recorded in the local index (by a backup on this machine, or by the view's sync
-    with the repository) appear, and removed ones vanish, within a few seconds."""
+    with the repository) appear, and removed ones vanish, within a few seconds. (`xattrs`: whether
+    the mount answers xattr requests; if not, a new version that has some is named in the log.)"""
     while True:
         await trio.sleep(REFRESH_SECONDS)
         try:
@@ -235,6 +294,8 @@ async def _refresh_versions(view: RepositoryView) -> None:
             continue
         if changed:
             await trio.to_thread.run_sync(_invalidate_top, changed)
+            if not xattrs:
+                await trio.to_thread.run_sync(view.warn_of_hidden_xattrs, changed)
 
 
 def _invalidate_top(changed_names: set[bytes]) -> None:

@@ -84,6 +84,9 @@ def mount(args, out, open_repo) -> int:
     from .fuse import Operations, serve
     from .vfs import RepositoryView
 
+    if args.xattrs == "off" and args.allow_other:
+        raise UsageError("--xattrs off with --allow-other would let other users read files that ACLs deny them; "
+                         "drop one of the two")
     clean_dead_mount(os.path.abspath(args.mountpoint), out)
     mountpoint = check_mountpoint(args.mountpoint)
     check_fuse()
@@ -110,11 +113,15 @@ def mount(args, out, open_repo) -> int:
         repo.close_index()                 # an SQLite connection must not cross a fork
         ready_pipe = _daemonize(log_fd, os.path.join(log_folder, LOG_NAME))   # returns only in the child
     view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size, sync_seconds=_sync_seconds(local))
+    # An xattr request the mount answers ENOSYS once is never made again: `ls -l` then makes no
+    # request per entry for SELinux labels and ACLs. Only where that hides nothing, unless asked.
+    xattrs = args.xattrs == "on" or (args.xattrs == "auto" and (args.allow_other or view.any_xattrs()))
     options = set(MOUNT_OPTIONS)
     if args.allow_other:
         options.add("allow_other")
     try:
-        pyfuse3.init(Operations(view), mountpoint, options)
+        operations = Operations(view, xattrs)
+        pyfuse3.init(operations, mountpoint, options)
     except RuntimeError as e:
         msg = f"cannot mount at {mountpoint}: {e}"
         if ready_pipe is not None:
@@ -132,7 +139,7 @@ def mount(args, out, open_repo) -> int:
             sys.stdout.flush()
 
     try:
-        trio.run(serve, view, ready)
+        trio.run(serve, operations, ready)
     finally:
         try:
             pyfuse3.close(unmount=True)

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 import apsw
 import blake3
@@ -63,6 +63,13 @@ def block_runs(blocks: Iterable[tuple[bytes, tuple]], max_bytes: int, gap: int =
         run.append((block_id, loc))
     if run:
         yield run
+
+
+class FetchedBlock(NamedTuple):
+    """One block of a run (`Repository.iter_run`)."""
+    block_id: bytes
+    data: bytes | FsbackupError        # the block, or the error that stands for it
+    stored: bytes | memoryview | None  # its stored bytes as authenticated, for a cache (None on error)
 
 
 def volume_object(name: str) -> str:
@@ -741,9 +748,15 @@ class Repository:
 
     def fetch_run(self, blocks: list[tuple[bytes, tuple]]) -> dict[bytes, bytes | FsbackupError]:
         """Blocks lying close together in one volume (`blocks`: (block id, location) by offset),
-        fetched with one range read and each authenticated on its own. A block that does not decode
-        is downloaded alone once more, as `get_checked` does, so damage costs only the files that use
-        it: it maps to the CorruptObject (or NoSuchObject) found. Thread-safe, like `fetch_block`."""
+        fetched with one range read: each block's bytes, or the error that stands for it
+        (`iter_run`). Thread-safe, like `fetch_block`."""
+        return {fetched.block_id: fetched.data for fetched in self.iter_run(blocks)}
+
+    def iter_run(self, blocks: list[tuple[bytes, tuple]]) -> Iterator[FetchedBlock]:
+        """`fetch_run` one block at a time, in the order given, as each is authenticated: a caller
+        can hand out the first before the last is decoded. A block that does not decode is
+        downloaded alone once more, as `get_checked` does, so damage costs only the files that use
+        it: its `data` is the CorruptObject (or NoSuchObject) found."""
         volume = blocks[0][1][0]
         name = volume_object(volume)
         start = blocks[0][1][1]
@@ -751,25 +764,26 @@ class Repository:
         try:
             raw = self.backend.get(name, start, end - start)
         except NoSuchObject as e:
-            return {block_id: e for block_id, _ in blocks}
+            for block_id, _ in blocks:
+                yield FetchedBlock(block_id, e, None)
+            return
         view = memoryview(raw)
-        result: dict[bytes, bytes | FsbackupError] = {}
         for block_id, loc in blocks:
             stored = view[loc[1] - start:loc[1] - start + loc[2]]
             try:
                 if len(stored) != loc[2]:
                     raise CorruptObject(name, "truncated")
-                result[block_id] = self.decode_block(block_id, loc, stored)
+                yield FetchedBlock(block_id, self.decode_block(block_id, loc, stored), stored)
                 continue
             except CorruptObject as e:
                 damage = e
             try:
-                result[block_id] = self.download_block(block_id, loc, retry=False)[0]
+                data, stored = self.download_block(block_id, loc, retry=False)
             except (CorruptObject, NoSuchObject) as e:
-                result[block_id] = e
+                yield FetchedBlock(block_id, e, None)
             else:
                 log.warning("%s when first downloaded; a second download was intact", damage)
-        return result
+                yield FetchedBlock(block_id, data, stored)
 
     def fetch_block(self, block_id: bytes, location) -> bytes:
         """Fetch one block with one range read, authenticate, decompress and check it against its id.

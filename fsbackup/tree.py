@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import msgpack
 
@@ -16,9 +16,11 @@ from . import format as fmt
 from .errors import PathNotFound, VersionNotFound
 from .index import Index, node_time
 
-NODE_COLUMNS = ("id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, atime_ns, ctime_ns, size, "
-                "ino, dev, nlink, rdev, target, xattrs, content, "
-                "(SELECT stored FROM contents WHERE contents.id = nodes.content)")
+NODE_FIELDS = ("id", "parent", "name", "type", "mode", "uid", "gid", "user", "grp", "mtime_ns", "atime_ns",
+               "ctime_ns", "size", "ino", "dev", "nlink", "rdev", "target", "xattrs", "content")
+NODE_COLUMNS = ", ".join(NODE_FIELDS) + ", (SELECT stored FROM contents WHERE contents.id = nodes.content)"
+# NODE_COLUMNS then the content's hash, size and extents, over nodes LEFT JOIN contents c
+NODE_AND_CONTENT_COLUMNS = ", ".join(f"nodes.{f}" for f in NODE_FIELDS) + ", c.stored, c.hash, c.size, c.extents"
 ROOT_ID = 1
 CONTENT_BATCH = 500        # ids bound in one `IN (...)` query
 
@@ -69,6 +71,30 @@ class Content:
     hash: bytes
     size: int
     extents: list[tuple[bytes, int]]   # (block id or HOLE_ID, length)
+
+
+class Listed(NamedTuple):
+    """A child in a listing, with its content's row (`ContentRow`) when it is a file."""
+    node: Node
+    content: ContentRow | None
+
+
+class ContentRow(NamedTuple):
+    """A content as its row holds it: the extents still packed (unpacked only when needed)."""
+    id: int
+    hash: bytes
+    size: int
+    packed_extents: bytes
+
+    def unpack(self) -> Content:
+        return Content(self.id, self.hash, self.size, fmt.unpack_extents(self.packed_extents))
+
+
+@dataclass(frozen=True, slots=True)
+class FileOfNode:
+    """What opening a node needs: its type, and its content when it is a regular file."""
+    type: str
+    content: Content | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,15 +173,24 @@ class VersionTree:
                              (self.version.id, parent_id, name))
         return _node(row) if row else None
 
-    def children(self, parent_id: int, after: bytes | None = None, limit: int = -1) -> list[Node]:
-        """Children ordered by name; `after` resumes a listing past that name."""
+    def children(self, parent_id: int, after: int | None = None, limit: int = -1) -> list[Node]:
+        """Children ordered by name; `after` (a child's node id) resumes a listing past its name."""
+        return [_node(r) for r in self._children_rows(NODE_COLUMNS, parent_id, after, limit)]
+
+    def children_with_contents(self, parent_id: int, after: int | None = None, limit: int = -1) -> list[Listed]:
+        """`children`, each with its content (files only), in the same one query."""
+        rows = self._children_rows(NODE_AND_CONTENT_COLUMNS, parent_id, after, limit,
+                                   "LEFT JOIN contents c ON c.id = nodes.content")
+        return [Listed(_node(r[:-3]), ContentRow(r[19], r[-3], r[-2], r[-1]) if r[19] is not None else None)
+                for r in rows]
+
+    def _children_rows(self, columns: str, parent_id: int, after: int | None, limit: int, join: str = "") -> list:
         if after is None:
-            rows = self.index.q(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? ORDER BY name LIMIT ?",
-                                (self.version.id, parent_id, limit))
-        else:
-            rows = self.index.q(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name>? "
-                                "ORDER BY name LIMIT ?", (self.version.id, parent_id, after, limit))
-        return [_node(r) for r in rows]
+            return self.index.q(f"SELECT {columns} FROM nodes {join} WHERE version=? AND parent=? "
+                                "ORDER BY name LIMIT ?", (self.version.id, parent_id, limit))
+        return self.index.q(f"SELECT {columns} FROM nodes {join} WHERE version=? AND parent=? AND "
+                            "name > (SELECT name FROM nodes WHERE version=? AND id=?) ORDER BY name LIMIT ?",
+                            (self.version.id, parent_id, self.version.id, after, limit))
 
     def resolve(self, path: bytes | str) -> Node:
         """The node at an absolute path inside the version ('/' is the root)."""
@@ -204,6 +239,29 @@ class VersionTree:
     def content_entries(self, content_ids: list[int]) -> dict[int, list]:
         """Many contents by id as a version entry holds them: [hash, size, packed extents]."""
         return {r[0]: [r[1], r[2], r[3]] for r in self._content_rows(content_ids)}
+
+    def file(self, node_id: int) -> FileOfNode | None:
+        """The node's type and content, in one query (what the mount's open needs); None when the
+        version has no such node."""
+        row = self.index.one("SELECT n.type, c.id, c.hash, c.size, c.extents FROM nodes n "
+                             "LEFT JOIN contents c ON c.id = n.content WHERE n.version=? AND n.id=?",
+                             (self.version.id, node_id))
+        if row is None:
+            return None
+        content = Content(row[1], row[2], row[3], fmt.unpack_extents(row[4])) if row[1] is not None else None
+        return FileOfNode(row[0], content)
+
+    def has_xattrs(self) -> bool:
+        """Whether any node of the version has an xattr (the index `nodes_with_xattrs` answers)."""
+        return self.index.one("SELECT EXISTS (SELECT 1 FROM nodes WHERE version=? AND xattrs IS NOT NULL)",
+                              (self.version.id,))[0] == 1
+
+    def xattrs(self, node_id: int) -> dict[bytes, bytes] | None:
+        """The node's xattrs; None when the version has no such node."""
+        row = self.index.one("SELECT xattrs FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
+        if row is None:
+            return None
+        return msgpack.unpackb(row[0]) if row[0] else {}
 
     def content(self, content_id: int, index: Index | None = None) -> Content:
         """A file's content; another thread passes its own `index` connection."""

@@ -22,6 +22,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ from .blockcache import BlockCache
 from .diskcache import DiskCache
 from .errors import BackendError, CorruptObject, FsbackupError, NoSuchObject, PathNotFound
 from .index import Index
-from .repository import Repository
-from .tree import ROOT_ID, Content, Node, VersionInfo, VersionTree, list_versions
+from .repository import FetchedBlock, Repository
+from .tree import ROOT_ID, Content, ContentRow, Listed, Node, VersionInfo, VersionTree, list_versions
 
 log = logging.getLogger("fsbackup.mount")
 
@@ -45,6 +46,15 @@ NODE_MASK = (1 << NODE_BITS) - 1
 VERSIONS_DIR = b"versions"
 LATEST_LINK = b"latest"
 BLOCK_SIZE = 4096
+# A read that misses loads its block with the blocks after it in its volume, up to this many bytes
+# and blocks, in one range read (the next files of the directory, in the order people read them).
+RUN_BYTES = 1 << 20
+RUN_BLOCKS = 256
+KEPT_CONTENTS = 1 << 15             # contents of listed files kept for their open (a few MiB) ...
+KEPT_CONTENT_MAX_SIZE = 8 << 20      # ... for files of a few extents
+RUN_AHEAD_MIN_BLOCKS = 16           # a reader halfway through a run this long starts the next one
+RUN_AHEAD_KEPT = 1024
+READ_ATTEMPTS = 4                    # loads of one read abandoned in a row before it fails (EIO)
 # Syncs of the local index begin at least this far apart, however many reads ask for one: a read
 # of data that is really lost must not cost a listing of the repository each time.
 SYNC_MIN_GAP = 2.0
@@ -292,6 +302,12 @@ class RepositoryView:
         self.by_name: dict[bytes, VersionInfo] = {}
         self.by_id: dict[int, tuple[bytes, VersionInfo]] = {}
         self.latest: bytes | None = None
+        self._versions_with_xattrs: dict[int, bool] = {}     # version id -> whether any node has xattrs
+        self._run_ahead_lock = threading.Lock()
+        # block id -> (block id, location) of the last block of the run it lies halfway through
+        self._run_ahead: OrderedDict[bytes, tuple[bytes, tuple]] = OrderedDict()
+        self._contents_lock = threading.Lock()
+        self._contents: OrderedDict[int, ContentRow] = OrderedDict()   # inode -> content, of files listed lately
         self.refresh_versions()
 
     # ---- plumbing -----------------------------------------------------------------------
@@ -401,8 +417,10 @@ class RepositoryView:
             return self._node_attr(v.id, self._node(v.id, ROOT_ID))
         if parent == LATEST_INODE:
             raise FsOpError(errno.ENOTDIR)
-        version_id, node = self._dir_node(parent)
-        child = self._tree(version_id).lookup(node.id, name)
+        # (no query for the parent: the kernel looks names up only in directories, and no other
+        # node has children)
+        version_id = parent >> NODE_BITS
+        child = self._tree(version_id).lookup(parent & NODE_MASK, name)
         if child is None:
             raise FsOpError(errno.ENOENT)
         return self._node_attr(version_id, child)
@@ -421,11 +439,26 @@ class RepositoryView:
             page = items[offset:offset + limit]
             return [(name, self._node_attr(v.id, self._node(v.id, ROOT_ID)), offset + i + 1)
                     for i, (name, v) in enumerate(page)]
-        version_id, node = self._dir_node(ino)
-        # The offset is the node id of the last entry returned: resume after its name.
-        after = self._node(version_id, offset).name if offset else None
-        return [(child.name, self._node_attr(version_id, child), child.id)
-                for child in self._tree(version_id).children(node.id, after, limit)]
+        # `ino` is a directory: opendir checked (any other node lists nothing). The offset is the
+        # node id of the last entry returned: resume after its name.
+        version_id = ino >> NODE_BITS
+        listed = self._tree(version_id).children_with_contents(ino & NODE_MASK, offset or None, limit)
+        self._keep_contents(version_id, listed)
+        return [(child.name, self._node_attr(version_id, child), child.id) for child, _ in listed]
+
+    def _keep_contents(self, version_id: int, listed: list[Listed]) -> None:
+        """Keep the contents of the files just listed (the listing's query brought them along), so
+        that opening them needs no query: a listing is how nearly every reader (cp, a file manager,
+        find) finds the files it opens next. Files of many extents are left to their open's query."""
+        files = [(node.id, content) for node, content in listed
+                 if content is not None and node.type == "f" and content.size <= KEPT_CONTENT_MAX_SIZE]
+        if not files:
+            return
+        with self._contents_lock:
+            for node_id, content in files:
+                self._contents[(version_id << NODE_BITS) | node_id] = content
+            while len(self._contents) > KEPT_CONTENTS:
+                self._contents.popitem(last=False)
 
     def readlink(self, ino: int) -> bytes:
         if ino == LATEST_INODE:
@@ -442,10 +475,37 @@ class RepositoryView:
     def _xattrs(self, ino: int, privileged: bool) -> dict[bytes, bytes]:
         if ino < (1 << NODE_BITS):
             return {}
-        xattrs = self._node(ino >> NODE_BITS, ino & NODE_MASK).xattrs
+        version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
+        if not self._has_xattrs(version_id):
+            return {}                  # no query: `ls -l` asks twice per entry, and most versions hold none
+        xattrs = self._tree(version_id).xattrs(node_id)
+        if xattrs is None:
+            raise FsOpError(errno.ENOENT)
         if privileged:
             return xattrs
         return {name: value for name, value in xattrs.items() if not name.startswith(TRUSTED_PREFIX)}
+
+    def any_xattrs(self) -> bool:
+        """Whether any node of any version has an xattr."""
+        return self._index().one("SELECT EXISTS (SELECT 1 FROM nodes WHERE xattrs IS NOT NULL)")[0] == 1
+
+    def warn_of_hidden_xattrs(self, names: set[bytes]) -> None:
+        """For a mount that answers no xattr request: a line for each of the versions `names` (just
+        appeared) that has xattrs it does not show."""
+        with self._versions_lock:
+            new = [(name, self.by_name[name]) for name in names if name in self.by_name]
+        for name, v in new:
+            if self._has_xattrs(v.id):
+                self.messages.warning(("hidden xattrs", name), f"version {os.fsdecode(name)} holds extended "
+                                      "attributes or ACLs, which this mount does not show (it began with none, "
+                                      "and told the kernel not to ask); mount again to see them")
+
+    def _has_xattrs(self, version_id: int) -> bool:
+        """Whether any node of the version has an xattr: asked once per version (a version never changes)."""
+        known = self._versions_with_xattrs.get(version_id)
+        if known is None:
+            known = self._versions_with_xattrs[version_id] = self._tree(version_id).has_xattrs()
+        return known
 
     def getxattr(self, ino: int, name: bytes, privileged: bool = False) -> bytes:
         """The value of xattr `name`; ENODATA when the entry has none. trusted.* xattrs exist
@@ -477,49 +537,37 @@ class RepositoryView:
     # ---- reading ------------------------------------------------------------------------
 
     def open(self, ino: int) -> OpenFile:
+        """The file, as its directory's listing kept it, else found with one indexed query. The
+        load of its first block begins, so the read that follows finds it on its way (with the
+        blocks after it in its volume: the next files)."""
         if ino < (1 << NODE_BITS):
             raise FsOpError(errno.EISDIR)
-        version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
-        self._version(version_id)
-        node = self._node(version_id, node_id)
-        if node.type == "d":
-            raise FsOpError(errno.EISDIR)
-        if node.type != "f" or node.content is None:
-            raise FsOpError(errno.EINVAL)
-        f = OpenFile(ino, self._tree(version_id).content(node.content))
-        # Start fetching the first block now: the read that follows an open finds it on its way.
+        with self._contents_lock:
+            listed = self._contents.get(ino)
+        if listed is None:
+            version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
+            found = self._tree(version_id).file(node_id)
+            if found is None:
+                raise FsOpError(errno.ENOENT)
+            if found.type == "d":
+                raise FsOpError(errno.EISDIR)
+            if found.type != "f" or found.content is None:
+                raise FsOpError(errno.EINVAL)
+            content = found.content
+        else:
+            self._version(ino >> NODE_BITS)           # a version forgotten since: ENOENT
+            content = listed.unpack()
+        f = OpenFile(ino, content)
         first = next((bid for bid, _ in f.extents[:1] if bid != fmt.HOLE_ID), None)
         if first is not None:
-            self._block_future(first)
+            self._block_source(first, with_run=len(f.extents) == 1)
         return f
 
-    def read_if_cached(self, f: OpenFile, offset: int, size: int) -> bytes | None:
-        """The bytes, when every block they need is already in memory (read-ahead put it there);
-        else None. Never blocks: the FUSE adapter answers such reads without a thread hop."""
-        end = min(offset + size, f.size)
-        if offset >= end:
-            return b""
-        first = bisect.bisect_right(f.starts, offset) - 1
-        parts = []
-        i = first
-        while i < len(f.extents) and f.starts[i] < end:
-            block_id, length = f.extents[i]
-            lo, hi = max(offset - f.starts[i], 0), min(end - f.starts[i], length)
-            if block_id == fmt.HOLE_ID:
-                parts.append(bytes(hi - lo))
-            else:
-                data = self.memory.peek(block_id)
-                if data is None:
-                    return None
-                parts.append(memoryview(data)[lo:hi])
-            i += 1
-        self._read_ahead(f, offset, end, i - 1)
-        return b"".join(parts)
-
-    def read(self, f: OpenFile, offset: int, size: int) -> bytes:
-        """Exactly the bytes [offset, offset+size) of the file (fewer at its end). Raises the
-        FsbackupError (CorruptObject, NoSuchObject, BackendError, PermissionDenied...) of a needed
-        block that cannot be had: never wrong bytes. The caller reports it."""
+    def start_read(self, f: OpenFile, offset: int, size: int) -> bytes | PendingRead:
+        """The bytes [offset, offset+size) of the file (fewer at its end) when every block they need
+        is in memory; else a PendingRead whose blocks are on their way (their loads started here).
+        Never blocks: the FUSE adapter answers the first kind on its own thread and awaits the
+        second without a thread of its own."""
         end = min(offset + size, f.size)
         if offset >= end:
             return b""
@@ -527,25 +575,32 @@ class RepositoryView:
         last = first
         while last + 1 < len(f.extents) and f.starts[last + 1] < end:
             last += 1
-        # Blocks after the first are fetched concurrently; the first is loaded in this thread
-        # (most reads need one block: no hand-off to a fetch thread).
-        later = {i: self._block_future(f.extents[i][0]) for i in range(first + 1, last + 1)
-                 if f.extents[i][0] != fmt.HOLE_ID}
+        small = len(f.extents) == 1
+        sources = {i: self._block_source(f.extents[i][0], small) for i in range(first, last + 1)
+                   if f.extents[i][0] != fmt.HOLE_ID}
         self._read_ahead(f, offset, end, last)
-        parts = []
-        for i in range(first, last + 1):
-            block_id, length = f.extents[i]
-            lo = max(offset - f.starts[i], 0)
-            hi = min(end - f.starts[i], length)
-            if block_id == fmt.HOLE_ID:
-                parts.append(bytes(hi - lo))
-                continue
-            data = later[i].result() if i in later else self.memory.get(block_id, self._load_block)
-            parts.append(data if (lo, hi) == (0, len(data)) else memoryview(data)[lo:hi])
-        return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+        read = PendingRead(f, offset, end, first, last, sources)
+        if read.waiting():
+            return read
+        return read.assemble()
+
+    def read(self, f: OpenFile, offset: int, size: int) -> bytes:
+        """Exactly the bytes [offset, offset+size) of the file (fewer at its end), waiting for them.
+        Raises the FsbackupError (CorruptObject, NoSuchObject, BackendError, PermissionDenied...) of a
+        needed block that cannot be had: never wrong bytes. The caller reports it."""
+        for _ in range(READ_ATTEMPTS):
+            started = self.start_read(f, offset, size)
+            if not isinstance(started, PendingRead):
+                return started
+            for fut in started.waiting():
+                fut.exception()                  # waits; assemble() raises what it holds
+            data = started.assemble()
+            if data is not None:
+                return data
+        raise BackendError(f"a block of {self.path_of(f.ino)} was abandoned by {READ_ATTEMPTS} loads in a row")
 
     def _read_ahead(self, f: OpenFile, offset: int, end: int, last: int) -> None:
-        """On sequential reads, schedule the next blocks (more the longer the run), bounded."""
+        """On sequential reads, start loading the next blocks (more the longer the run), bounded."""
         if offset == f.next_offset:
             f.sequential_run += 1
         else:
@@ -559,33 +614,110 @@ class RepositoryView:
         stop = min(len(f.extents), last + 1 + window)
         for i in range(start, stop):
             if f.extents[i][0] != fmt.HOLE_ID:
-                self._block_future(f.extents[i][0])
+                self._block_source(f.extents[i][0], False)
         f.prefetched_to = max(f.prefetched_to, stop)
 
-    def _block_future(self, block_id: bytes) -> Future:
-        data = self.memory.peek(block_id)
-        if data is not None:
-            fut: Future = Future()
-            fut.set_result(data)
-            return fut
-        return self.fetcher.submit(self.memory.get, block_id, self._load_block)
+    def _block_source(self, block_id: bytes, with_run: bool) -> bytes | Future:
+        """The block's bytes, or the Future of its load: the one under way, or one started here.
+        `with_run`: the block is a small file's, and a load started here brings the blocks after it
+        (the next files); a large file's blocks are loaded one by one, in parallel (read-ahead)."""
+        source, mine = self.memory.source(block_id)
+        if mine:
+            self.fetcher.submit(self._load_run if with_run else self._load_alone, block_id)
+        elif self._run_ahead:
+            with self._run_ahead_lock:
+                after = self._run_ahead.pop(block_id, None)
+            if after is not None:
+                self.fetcher.submit(self._load_run_after, *after)
+        return source
 
-    def _load_block(self, block_id: bytes) -> bytes:
-        """Runs in a fetch thread. A block whose volume is gone (NoSuchObject) may have been moved
-        by another machine's prune: the local index is brought up to date and the block looked
-        up and fetched once more before the error stands."""
+    def _load_alone(self, block_id: bytes) -> None:
+        self._load_run(block_id, with_run=False)
+
+    def _load_run(self, block_id: bytes, with_run: bool = True) -> None:
+        """Runs in a fetch thread: loads `block_id` (whose load the caller claimed) and settles it,
+        then, `with_run`, brings along the blocks after it in its volume (`_load_run_after`): backup stores a
+        directory's files side by side, and people read them in that order, so the next files'
+        opens and reads find their blocks in memory. The block asked for comes alone first: its
+        reader waits for it, not for the run."""
+        claims = Claims(self.memory, block_id)
         looked_up = time.monotonic()
         try:
-            return self._fetch_block(block_id)
-        except NoSuchObject:
-            if not self.sync.wait_for_sync_after(looked_up):
+            try:
+                location = self.repo.block_location(block_id, self._index())
+                data = self._fetch_block(block_id, location)
+            except NoSuchObject as e:     # recorded nowhere, or its volume gone: moved by another machine?
+                location = None
+                data = self._after_sync(block_id, e, looked_up)
+            claims.settle(block_id, data)
+        except BaseException as e:
+            claims.settle_rest(e)
+            if not isinstance(e, Exception):
                 raise
-        return self._fetch_block(block_id)
+            return
+        if with_run and location is not None:
+            self._load_run_after(block_id, location)
 
-    def _fetch_block(self, block_id: bytes) -> bytes:
+    def _load_run_after(self, block_id: bytes, location: tuple) -> None:
+        """Runs in a fetch thread: the blocks after `block_id` (at `location`) in its volume, up to
+        RUN_BYTES, with one range read, each settled as it decodes. When the run is long, a reader
+        halfway through it starts the next one (`_block_source`), so that a reader going through a
+        directory does not wait at the end of each run. Every block is speculative: one that fails
+        is abandoned, left to its own reader to load and report."""
+        claims = Claims(self.memory)
+        try:
+            run = self._claim_neighbours(block_id, location, self._index())
+            claims.add(bid for bid, _ in run)
+            if len(run) >= RUN_AHEAD_MIN_BLOCKS:
+                with self._run_ahead_lock:
+                    self._run_ahead[run[len(run) // 2][0]] = run[-1]
+                    while len(self._run_ahead) > RUN_AHEAD_KEPT:
+                        self._run_ahead.popitem(last=False)
+            for fetched in self.repo.iter_run(run) if run else ():
+                if isinstance(fetched.data, FsbackupError):
+                    claims.settle(fetched.block_id, None)
+                else:
+                    self._to_disk_cache(fetched)
+                    claims.settle(fetched.block_id, fetched.data)
+        except BaseException as e:
+            claims.settle_rest(e)
+            if not isinstance(e, Exception):
+                raise
+
+    def _claim_neighbours(self, block_id: bytes, location: tuple, index: Index) -> list[tuple[bytes, tuple]]:
+        """The blocks after `block_id` in its volume that one range read should bring along, each
+        claimed for this load: none for a block of RUN_BYTES or more (a large file's read-ahead
+        fetches those in parallel); else those neither cached nor being loaded, up to RUN_BYTES."""
+        volume, offset, stored_length, _ = location
+        if stored_length >= RUN_BYTES // 2:
+            return []
+        run = []
+        for bid, where, length, plain in index.q(
+                "SELECT hash, offset, stored_length, plain_length FROM blocks "
+                "WHERE volume = (SELECT volume FROM blocks WHERE hash=?) AND offset > ? AND offset < ? "
+                "ORDER BY offset LIMIT ?", (block_id, offset, offset + RUN_BYTES, RUN_BLOCKS)):
+            if where + length > offset + RUN_BYTES:
+                break
+            if self.memory.claim(bid):
+                run.append((bid, (volume, where, length, plain)))
+        return run
+
+    def _to_disk_cache(self, fetched: FetchedBlock) -> None:
+        if self.disk is not None and fetched.stored is not None:
+            self.disk.put(fetched.block_id, bytes(fetched.stored))     # only bytes that authenticated
+
+    def _after_sync(self, block_id: bytes, gone: NoSuchObject, looked_up: float) -> bytes:
+        """A block found gone (`gone`: recorded nowhere, or its volume missing) after its location was
+        looked up at `looked_up` (a `time.monotonic()` reading). Another machine's prune may have
+        moved it: the local index is brought up to date, and the block looked up and fetched once
+        more before the error stands."""
+        if not self.sync.wait_for_sync_after(looked_up):
+            raise gone
+        return self._fetch_block(block_id, self.repo.block_location(block_id, self._index()))
+
+    def _fetch_block(self, block_id: bytes, location: tuple) -> bytes:
         """The disk cache, else one range read (the repository's backend retries temporary
         failures within the mount's bound, and re-fetches a damaged download)."""
-        location = self.repo.block_location(block_id, self._index())
         if self.disk is not None:
             stored = self.disk.get(block_id)
             if stored is not None:
@@ -597,3 +729,61 @@ class RepositoryView:
         if self.disk is not None:
             self.disk.put(block_id, stored)       # only bytes that authenticated
         return data
+
+
+class Claims:
+    """Blocks whose loads a fetch thread claimed in the block cache: each is settled once, whatever
+    happens (a waiter must never wait forever). `asked`: the block a reader asked for, whose
+    failure is its reader's error; the others are neighbours brought along, abandoned on failure
+    (their own readers then load them and report)."""
+
+    def __init__(self, memory: BlockCache, asked: bytes | None = None):
+        self.memory = memory
+        self.asked = asked
+        self.unsettled: dict[bytes, None] = dict.fromkeys([asked] if asked is not None else [])
+
+    def add(self, block_ids) -> None:
+        self.unsettled.update(dict.fromkeys(block_ids))
+
+    def settle(self, block_id: bytes, outcome: bytes | BaseException | None) -> None:
+        del self.unsettled[block_id]
+        if outcome is None:
+            self.memory.abandoned(block_id)
+        elif isinstance(outcome, BaseException):
+            self.memory.failed(block_id, outcome)
+        else:
+            self.memory.loaded(block_id, outcome)
+
+    def settle_rest(self, error: BaseException) -> None:
+        for block_id in list(self.unsettled):
+            self.settle(block_id, error if block_id == self.asked else None)
+
+
+class PendingRead:
+    """A read whose blocks are on their way (`RepositoryView.start_read`)."""
+
+    def __init__(self, f: OpenFile, offset: int, end: int, first: int, last: int,
+                 sources: dict[int, bytes | Future]):
+        self.f, self.offset, self.end, self.first, self.last = f, offset, end, first, last
+        self.sources = sources           # extent number -> its block's bytes, or the Future of its load
+
+    def waiting(self) -> list[Future]:
+        return [s for s in self.sources.values() if isinstance(s, Future) and not s.done()]
+
+    def assemble(self) -> bytes | None:
+        """The bytes, once every block is loaded; None when a load was abandoned (ask again).
+        Raises the error of a block that failed."""
+        f, parts = self.f, []
+        for i in range(self.first, self.last + 1):
+            block_id, length = f.extents[i]
+            lo, hi = max(self.offset - f.starts[i], 0), min(self.end - f.starts[i], length)
+            if block_id == fmt.HOLE_ID:
+                parts.append(bytes(hi - lo))
+                continue
+            data = self.sources[i]
+            if isinstance(data, Future):
+                data = data.result()
+                if data is None:
+                    return None
+            parts.append(data if (lo, hi) == (0, len(data)) else memoryview(data)[lo:hi])
+        return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)

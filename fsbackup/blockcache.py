@@ -19,7 +19,9 @@ class BlockCache:
         self.max_bytes = max_bytes
         self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
         self._bytes = 0
-        self._loading: dict[bytes, Future] = {}
+        # block id -> the Future of its load; None until someone waits for a block claimed without
+        # one (`claim`: a run's neighbours, most of them cached before anyone asks)
+        self._loading: dict[bytes, Future | None] = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
@@ -32,36 +34,40 @@ class BlockCache:
                 self._blocks.move_to_end(block_id)
                 self.hits += 1
                 return data, False
-            fut = self._loading.get(block_id)
-            if fut is not None:
+            if block_id in self._loading:
+                fut = self._loading[block_id]
+                if fut is None:
+                    fut = self._loading[block_id] = Future()
                 return fut, False
             fut = self._loading[block_id] = Future()
             self.misses += 1
             return fut, True
 
-    def claim(self, block_id: bytes) -> bool:
-        """Become the block's loader if it is neither cached nor being loaded; says whether."""
+    def claim(self, block_ids: list[bytes]) -> set[bytes]:
+        """Become the loader of those of `block_ids` neither cached nor being loaded; returns them."""
         with self._lock:
-            if block_id in self._blocks or block_id in self._loading:
-                return False
-            self._loading[block_id] = Future()
-            return True
+            claimed = {bid for bid in block_ids if bid not in self._blocks and bid not in self._loading}
+            self._loading.update(dict.fromkeys(claimed))
+        return claimed
 
     def loaded(self, block_id: bytes, data: bytes) -> None:
         with self._lock:
             fut = self._loading.pop(block_id)
             self._insert(block_id, data)
-        fut.set_result(data)
+        if fut is not None:
+            fut.set_result(data)
 
     def failed(self, block_id: bytes, error: BaseException) -> None:
         with self._lock:
             fut = self._loading.pop(block_id)
-        fut.set_exception(error)
+        if fut is not None:
+            fut.set_exception(error)
 
     def abandoned(self, block_id: bytes) -> None:
         with self._lock:
             fut = self._loading.pop(block_id)
-        fut.set_result(None)
+        if fut is not None:
+            fut.set_result(None)
 
     def get(self, block_id: bytes, load: Callable[[bytes], bytes]) -> bytes:
         """The block's bytes, from the cache or from `load(block_id)`. Errors from `load` reach every

@@ -66,7 +66,7 @@ def block_runs(blocks: Iterable[tuple[bytes, tuple]], max_bytes: int, gap: int =
 
 
 class FetchedBlock(NamedTuple):
-    """One block of a run (`Repository.iter_run`)."""
+    """One block of a run (`Repository.fetch_run_blocks`)."""
     block_id: bytes
     data: bytes | FsbackupError        # the block, or the error that stands for it
     stored: bytes | memoryview | None  # its stored bytes as authenticated, for a cache (None on error)
@@ -747,16 +747,15 @@ class Repository:
         return found
 
     def fetch_run(self, blocks: list[tuple[bytes, tuple]]) -> dict[bytes, bytes | FsbackupError]:
-        """Blocks lying close together in one volume (`blocks`: (block id, location) by offset),
-        fetched with one range read: each block's bytes, or the error that stands for it
-        (`iter_run`). Thread-safe, like `fetch_block`."""
-        return {fetched.block_id: fetched.data for fetched in self.iter_run(blocks)}
+        """Each block's bytes, or the error that stands for it (`fetch_run_blocks`)."""
+        return {fetched.block_id: fetched.data for fetched in self.fetch_run_blocks(blocks)}
 
-    def iter_run(self, blocks: list[tuple[bytes, tuple]]) -> Iterator[FetchedBlock]:
-        """`fetch_run` one block at a time, in the order given, as each is authenticated: a caller
-        can hand out the first before the last is decoded. A block that does not decode is
-        downloaded alone once more, as `get_checked` does, so damage costs only the files that use
-        it: its `data` is the CorruptObject (or NoSuchObject) found."""
+    def fetch_run_blocks(self, blocks: list[tuple[bytes, tuple]]) -> list[FetchedBlock]:
+        """Blocks lying close together in one volume (`blocks`: (block id, location) by offset),
+        fetched with one range read and decoded together (`fmt.decode_blocks`), in the order given.
+        A block that does not decode is downloaded alone once more, as `get_checked` does, so
+        damage costs only the files that use it: its `data` is the CorruptObject (or NoSuchObject)
+        found. Thread-safe, like `fetch_block`."""
         volume = blocks[0][1][0]
         name = volume_object(volume)
         start = blocks[0][1][1]
@@ -764,26 +763,25 @@ class Repository:
         try:
             raw = self.backend.get(name, start, end - start)
         except NoSuchObject as e:
-            for block_id, _ in blocks:
-                yield FetchedBlock(block_id, e, None)
-            return
+            return [FetchedBlock(block_id, e, None) for block_id, _ in blocks]
         view = memoryview(raw)
-        for block_id, loc in blocks:
-            stored = view[loc[1] - start:loc[1] - start + loc[2]]
-            try:
-                if len(stored) != loc[2]:
-                    raise CorruptObject(name, "truncated")
-                yield FetchedBlock(block_id, self.decode_block(block_id, loc, stored), stored)
+        stored = [view[loc[1] - start:loc[1] - start + loc[2]] for _, loc in blocks]
+        decoded = fmt.decode_blocks(self.keys, self.block_cipher(volume),
+                                    [(block_id, s, loc[3]) for (block_id, loc), s in zip(blocks, stored)], name)
+        fetched = []
+        for (block_id, loc), data, raw_block in zip(blocks, decoded, stored):
+            if not isinstance(data, CorruptObject):
+                fetched.append(FetchedBlock(block_id, data, raw_block))
                 continue
-            except CorruptObject as e:
-                damage = e
+            damage = data
             try:
-                data, stored = self.download_block(block_id, loc, retry=False)
+                data, raw_block = self.download_block(block_id, loc, retry=False)
             except (CorruptObject, NoSuchObject) as e:
-                yield FetchedBlock(block_id, e, None)
+                fetched.append(FetchedBlock(block_id, e, None))
             else:
                 log.warning("%s when first downloaded; a second download was intact", damage)
-                yield FetchedBlock(block_id, data, stored)
+                fetched.append(FetchedBlock(block_id, data, raw_block))
+        return fetched
 
     def fetch_block(self, block_id: bytes, location) -> bytes:
         """Fetch one block with one range read, authenticate, decompress and check it against its id.

@@ -337,8 +337,7 @@ class RepositoryView:
             return changed
 
     def _version(self, version_id: int) -> tuple[bytes, VersionInfo]:
-        with self._versions_lock:
-            found = self.by_id.get(version_id)
+        found = self.by_id.get(version_id)      # (replaced whole by refresh_versions: no lock needed)
         if found is None:
             raise FsOpError(errno.ENOENT)       # a version removed since the kernel learned its inode
         return found
@@ -542,8 +541,7 @@ class RepositoryView:
         blocks after it in its volume: the next files)."""
         if ino < (1 << NODE_BITS):
             raise FsOpError(errno.EISDIR)
-        with self._contents_lock:
-            listed = self._contents.get(ino)
+        listed = self._contents.get(ino)        # (one operation on the dict: no lock needed)
         if listed is None:
             version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
             found = self._tree(version_id).file(node_id)
@@ -571,6 +569,10 @@ class RepositoryView:
         end = min(offset + size, f.size)
         if offset >= end:
             return b""
+        if len(f.extents) == 1:                # a small file: one block, most often in memory
+            source = self._block_source(f.extents[0][0], True) if f.extents[0][0] != fmt.HOLE_ID else None
+            if isinstance(source, bytes):
+                return source if (offset, end) == (0, len(source)) else source[offset:end]
         first = bisect.bisect_right(f.starts, offset) - 1
         last = first
         while last + 1 < len(f.extents) and f.starts[last + 1] < end:
@@ -673,7 +675,7 @@ class RepositoryView:
                     self._run_ahead[run[len(run) // 2][0]] = run[-1]
                     while len(self._run_ahead) > RUN_AHEAD_KEPT:
                         self._run_ahead.popitem(last=False)
-            for fetched in self.repo.iter_run(run) if run else ():
+            for fetched in self.repo.fetch_run_blocks(run) if run else ():
                 if isinstance(fetched.data, FsbackupError):
                     claims.settle(fetched.block_id, None)
                 else:
@@ -691,16 +693,16 @@ class RepositoryView:
         volume, offset, stored_length, _ = location
         if stored_length >= RUN_BYTES // 2:
             return []
-        run = []
+        candidates = []
         for bid, where, length, plain in index.q(
                 "SELECT hash, offset, stored_length, plain_length FROM blocks "
                 "WHERE volume = (SELECT volume FROM blocks WHERE hash=?) AND offset > ? AND offset < ? "
                 "ORDER BY offset LIMIT ?", (block_id, offset, offset + RUN_BYTES, RUN_BLOCKS)):
             if where + length > offset + RUN_BYTES:
                 break
-            if self.memory.claim(bid):
-                run.append((bid, (volume, where, length, plain)))
-        return run
+            candidates.append((bid, (volume, where, length, plain)))
+        claimed = self.memory.claim([bid for bid, _ in candidates])
+        return [candidate for candidate in candidates if candidate[0] in claimed]
 
     def _to_disk_cache(self, fetched: FetchedBlock) -> None:
         if self.disk is not None and fetched.stored is not None:

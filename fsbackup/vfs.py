@@ -391,14 +391,6 @@ class RepositoryView:
         self._version(version_id)
         return self._node_attr(version_id, self._node(version_id, node_id))
 
-    def _dir_node(self, ino: int) -> tuple[int, Node]:
-        version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
-        self._version(version_id)
-        node = self._node(version_id, node_id)
-        if node.type != "d":
-            raise FsOpError(errno.ENOTDIR)
-        return version_id, node
-
     # ---- names --------------------------------------------------------------------------
 
     def lookup(self, parent: int, name: bytes) -> Attr:

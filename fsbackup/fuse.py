@@ -97,15 +97,14 @@ class Operations(pyfuse3.Operations):
         self.listings: dict[int, Listing] = {}
         self.next_fh = 1
 
-    async def _call(self, fn, *args, what=None):
-        """Run a view method in a worker thread; map every failure to a FUSEError. `what` (a
-        function, called only on failure) names the request in the log line."""
+    async def _call(self, fn, *args):
+        """Run a view method in a worker thread; map every failure to a FUSEError."""
         try:
             return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.limiter)
         except pyfuse3.FUSEError:
             raise
         except Exception as e:   # noqa: BLE001 - the mount must never die of one request
-            raise self._failed(e, what() if what else f"answer {fn.__name__}") from None
+            raise self._failed(e, f"answer {fn.__name__}") from None
 
     def _point(self, fn, *args, what=None):
         """Run a view method that makes only a few primary-key lookups or copies bytes in memory,

@@ -617,7 +617,7 @@ class RepositoryView:
         (the next files); a large file's blocks are loaded one by one, in parallel (read-ahead)."""
         source, mine = self.memory.source(block_id)
         if mine:
-            self.fetcher.submit(self._load_run if with_run else self._load_alone, block_id)
+            self.fetcher.submit(self._load_run, block_id, with_run)
         elif self._run_ahead:
             with self._run_ahead_lock:
                 after = self._run_ahead.pop(block_id, None)
@@ -625,10 +625,7 @@ class RepositoryView:
                 self.fetcher.submit(self._load_run_after, *after)
         return source
 
-    def _load_alone(self, block_id: bytes) -> None:
-        self._load_run(block_id, with_run=False)
-
-    def _load_run(self, block_id: bytes, with_run: bool = True) -> None:
+    def _load_run(self, block_id: bytes, with_run: bool) -> None:
         """Runs in a fetch thread: loads `block_id` (whose load the caller claimed) and settles it,
         then, `with_run`, brings along the blocks after it in its volume (`_load_run_after`): backup stores a
         directory's files side by side, and people read them in that order, so the next files'

@@ -219,8 +219,25 @@ class Repository:
     @classmethod
     def open(cls, backend: Backend, passphrase: bytes, index_path: str | None = None) -> "Repository":
         """Open with the first key object `passphrase` opens. A version 2 key binds the config it
-        was made with: a config changed since (its format, its id) is reported as corrupt at once."""
-        config, config_bytes = read_config(backend)
+        was made with: a config changed since (its format, its id) is reported as corrupt. The
+        config is checked only against the keys, so one garbled on its way reads as a config that
+        matches none: it is downloaded once more, as `get_checked` does, and tried again when the
+        second download differs."""
+        config = read_config(backend)
+        try:
+            return cls._open_with(backend, passphrase, index_path, config)
+        except CorruptObject as e:
+            again = read_config(backend)
+            if again[1] == config[1]:
+                raise
+            repo = cls._open_with(backend, passphrase, index_path, again)
+            log.warning("%s when first downloaded; a second download was intact", e)
+            return repo
+
+    @classmethod
+    def _open_with(cls, backend: Backend, passphrase: bytes, index_path: str | None,
+                   config_read: tuple[dict, bytes]) -> "Repository":
+        config, config_bytes = config_read
         key_names = sorted(name for name, _ in backend.list("keys/"))
         if not key_names:
             raise CorruptObject("keys/", "the repository has no key objects")

@@ -25,8 +25,10 @@ ROOT_ID = 1
 CONTENT_BATCH = 500        # ids bound in one `IN (...)` query
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
+class Node(NamedTuple):
+    """One entry of a version's tree, as its `nodes` row holds it. (A NamedTuple, not a frozen
+    dataclass: a listing makes one per entry, and a frozen dataclass costs six times as much to
+    build, a large share of what `find` and `ls -l` cost through the mount.)"""
     id: int
     parent: int
     name: bytes
@@ -62,11 +64,10 @@ def _node(row) -> Node:
     if not all(type(t) is int for t in row[_TIMES]):
         row = list(row)
         row[_TIMES] = [node_time(t) for t in row[_TIMES]]
-    return Node(*row)
+    return Node._make(row)
 
 
-@dataclass(frozen=True, slots=True)
-class Content:
+class Content(NamedTuple):
     id: int
     hash: bytes
     size: int
@@ -90,8 +91,7 @@ class ContentRow(NamedTuple):
         return Content(self.id, self.hash, self.size, fmt.unpack_extents(self.packed_extents))
 
 
-@dataclass(frozen=True, slots=True)
-class FileOfNode:
+class FileOfNode(NamedTuple):
     """What opening a node needs: its type, and its content when it is a regular file."""
     type: str
     content: Content | None

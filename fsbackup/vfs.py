@@ -556,7 +556,7 @@ class RepositoryView:
             self._block_source(first, with_run=len(f.extents) == 1)
         return f
 
-    def start_read(self, f: OpenFile, offset: int, size: int) -> bytes | PendingRead:
+    def start_read(self, f: OpenFile, offset: int, size: int) -> bytes | memoryview | PendingRead:
         """The bytes [offset, offset+size) of the file (fewer at its end) when every block they need
         is in memory; else a PendingRead whose blocks are on their way (their loads started here).
         Never blocks: the FUSE adapter answers the first kind on its own thread and awaits the
@@ -588,12 +588,12 @@ class RepositoryView:
         for _ in range(READ_ATTEMPTS):
             started = self.start_read(f, offset, size)
             if not isinstance(started, PendingRead):
-                return started
+                return bytes(started)
             for fut in started.waiting():
                 fut.exception()                  # waits; assemble() raises what it holds
             data = started.assemble()
             if data is not None:
-                return data
+                return bytes(data)
         raise BackendError(f"a block of {self.path_of(f.ino)} was abandoned by {READ_ATTEMPTS} loads in a row")
 
     def _read_ahead(self, f: OpenFile, offset: int, end: int, last: int) -> None:
@@ -787,7 +787,7 @@ class PendingRead:
     def waiting(self) -> list[Future]:
         return [s for s in self.sources.values() if isinstance(s, Future) and not s.done()]
 
-    def assemble(self) -> bytes | None:
+    def assemble(self) -> bytes | memoryview | None:
         """The bytes, once every block is loaded; None when a load was abandoned (ask again).
         Raises the error of a block that failed."""
         f, parts = self.f, []
@@ -803,4 +803,6 @@ class PendingRead:
                 if data is None:
                     return None
             parts.append(data if (lo, hi) == (0, len(data)) else memoryview(data)[lo:hi])
-        return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+        # One block's part goes out as it is, a view of the cached block (the kernel copies it
+        # anyway: a copy here would be a second one, under the GIL, per 128 KiB read).
+        return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -25,8 +25,8 @@ import pyfuse3
 import trio
 
 from .errors import AuthenticationFailed, BackendError, FsbackupError, PathNotFound, PermissionDenied
-from .vfs import (LATEST_INODE, LATEST_LINK, READ_ATTEMPTS, ROOT_INODE, VERSIONS_INODE, Attr, FsOpError,
-                  OpenFile, PendingRead, RepositoryView, error_kind)
+from .namespace import Attr, FsOpError, Invalidations
+from .vfs import READ_ATTEMPTS, OpenFile, PendingRead, RepositoryView, error_kind
 
 WORKER_THREADS = 16
 TOP_TIMEOUT = 1.0            # the root and versions/ change when backups finish
@@ -291,21 +291,19 @@ async def _refresh_versions(view: RepositoryView, xattrs: bool) -> None:
                                 exc_info=None if isinstance(e, FsbackupError) else e)
             continue
         if changed:
-            await trio.to_thread.run_sync(_invalidate_top, changed)
+            await trio.to_thread.run_sync(_invalidate, view.invalidations(changed))
             if not xattrs:
                 await trio.to_thread.run_sync(view.warn_of_hidden_xattrs, changed)
 
 
-def _invalidate_top(changed_names: set[bytes]) -> None:
-    """Drop the kernel's cached root, versions/, latest, and the entries of versions that came or
-    went (a vanished version's directory must not stay reachable from the kernel's cache; may
-    block: runs in a thread)."""
-    for inode in (ROOT_INODE, VERSIONS_INODE, LATEST_INODE):
+def _invalidate(stale: Invalidations) -> None:
+    """Make the kernel forget what the view says is stale (may block: runs in a thread)."""
+    for inode in stale.inodes:
         try:
             pyfuse3.invalidate_inode(inode, attr_only=False)
         except OSError:
             pass
-    for parent, name in [(ROOT_INODE, LATEST_LINK), *((VERSIONS_INODE, n) for n in changed_names)]:
+    for parent, name in stale.entries:
         try:
             pyfuse3.invalidate_entry(parent, name)
         except OSError:

@@ -14,18 +14,16 @@ a read finds its block's volume gone (another machine's prune moved the block).
 from __future__ import annotations
 
 import bisect
-import datetime
 import errno
 import logging
 import math
 import os
-import stat
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable, Hashable, NamedTuple
+from typing import Callable, Hashable
 
 from . import format as fmt
 from .blockcache import BlockCache
@@ -33,17 +31,11 @@ from .diskcache import DiskCache
 from .errors import BackendError, CorruptObject, FsbackupError, NoSuchObject, PathNotFound
 from .index import Index
 from .repository import FetchedBlock, Repository
+from .namespace import NODE_BITS, NODE_MASK, Attr, FsOpError, Invalidations, Namespace, Versions, in_version
 from .tree import ROOT_ID, Content, ContentRow, Listed, Node, VersionInfo, VersionTree, list_versions
 
 log = logging.getLogger("fsbackup.mount")
 
-ROOT_INODE = 1
-VERSIONS_INODE = 2
-LATEST_INODE = 3
-NODE_BITS = 36                       # inode = version row id << 36 | node id: stable across mounts
-NODE_MASK = (1 << NODE_BITS) - 1
-VERSIONS_DIR = b"versions"
-LATEST_LINK = b"latest"
 BLOCK_SIZE = 4096
 # A read that misses loads its block with the blocks after it in its volume, up to this many bytes
 # and blocks, in one range read (the next files of the directory, in the order people read them).
@@ -63,30 +55,6 @@ SYNC_WAIT_SECONDS = 60.0             # the longest a read waits for a sync to fi
 INDEX_READ_IN_MAX = 512 << 20
 # Linux lets only CAP_SYS_ADMIN see trusted.* xattrs: the mount shows them to root alone.
 TRUSTED_PREFIX = b"trusted."
-
-
-class FsOpError(Exception):
-    """A POSIX error for one request (ENOENT, ENOTDIR, ENODATA...)."""
-
-    def __init__(self, err: int):
-        super().__init__(os.strerror(err))
-        self.errno = err
-
-
-class Attr(NamedTuple):
-    """An entry's attributes, as the kernel is told them (a NamedTuple: one is made per entry listed)."""
-    ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    rdev: int
-    size: int
-    blocks: int                      # 512-byte units actually stored: sparse holes count for nothing
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    immutable: bool                  # a version's content never changes: the kernel may cache it long
 
 
 class OpenFile:
@@ -268,19 +236,6 @@ class IndexSync:
             self._messages.error(("sync", *error_kind(e)), message, exc_info=e)
 
 
-def version_dir_names(versions: list[VersionInfo]) -> dict[bytes, VersionInfo]:
-    """Directory name of each version: its local time, with _2, _3... when two share a second."""
-    names: dict[bytes, VersionInfo] = {}
-    for v in versions:
-        base = datetime.datetime.fromtimestamp(v.time_ns / 1e9).strftime("%Y-%m-%d_%H-%M-%S").encode()
-        name, n = base, 1
-        while name in names:
-            n += 1
-            name = base + b"_%d" % n
-        names[name] = v
-    return names
-
-
 class RepositoryView:
     """The repository as a filesystem. `sync_seconds`: how often the local index is brought in step
     with the repository (None: only when a read finds its block's volume gone). `messages`: the
@@ -300,10 +255,8 @@ class RepositoryView:
         # a whole window in flight on a remote store (8 halved cold reads at 30 ms latency).
         self.fetcher = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fsbackup-fetch")
         self.max_prefetch = max_prefetch
-        self._versions_lock = threading.Lock()
-        self.by_name: dict[bytes, VersionInfo] = {}
-        self.by_id: dict[int, tuple[bytes, VersionInfo]] = {}
-        self.latest: bytes | None = None
+        self.versions = Versions.of([])
+        self.namespace = Namespace(lambda v: self._node_attr(v.id, self._node(v.id, ROOT_ID)))
         self._versions_with_xattrs: dict[int, bool] = {}     # version id -> whether any node has xattrs
         self._run_ahead_lock = threading.Lock()
         # block id -> (block id, location) of the last block of the run it lies halfway through
@@ -329,17 +282,28 @@ class RepositoryView:
     def refresh_versions(self) -> set[bytes]:
         """Re-read the version list from the local index; returns the names of the version
         directories that appeared or vanished (empty when none did)."""
-        names = version_dir_names(list_versions(self._index()))
-        with self._versions_lock:
-            changed = names.keys() ^ self.by_name.keys()
-            if changed:
-                self.by_name = names
-                self.by_id = {v.id: (name, v) for name, v in names.items()}
-                self.latest = max(names, key=lambda n: (names[n].time_ns, names[n].name)) if names else None
-            return changed
+        versions = Versions.of(list_versions(self._index()))
+        changed = versions.by_name.keys() ^ self.versions.by_name.keys()
+        if changed:
+            self.versions = versions         # replaced whole: readers need no lock
+        return changed
+
+    @property
+    def latest(self) -> bytes | None:
+        """The newest version's directory name."""
+        return self.versions.latest
+
+    @property
+    def by_name(self) -> dict[bytes, VersionInfo]:
+        """The versions by directory name."""
+        return self.versions.by_name
+
+    def invalidations(self, changed: set[bytes]) -> Invalidations:
+        """What the kernel must forget once the versions named `changed` came or went."""
+        return self.namespace.invalidations(changed)
 
     def _version(self, version_id: int) -> tuple[bytes, VersionInfo]:
-        found = self.by_id.get(version_id)      # (replaced whole by refresh_versions: no lock needed)
+        found = self.versions.by_id.get(version_id)
         if found is None:
             raise FsOpError(errno.ENOENT)       # a version removed since the kernel learned its inode
         return found
@@ -355,16 +319,6 @@ class RepositoryView:
             raise FsOpError(errno.ENOENT) from None
 
     # ---- attributes ---------------------------------------------------------------------
-
-    def _top_attr(self, ino: int) -> Attr:
-        with self._versions_lock:
-            newest = self.by_name[self.latest].time_ns if self.latest else 0
-            latest = self.latest
-        if ino == LATEST_INODE:
-            target = VERSIONS_DIR + b"/" + (latest or b"")
-            return Attr(ino, stat.S_IFLNK | 0o777, 1, os.getuid(), os.getgid(), 0, len(target), 0,
-                        newest, newest, newest, False)
-        return Attr(ino, stat.S_IFDIR | 0o555, 2, os.getuid(), os.getgid(), 0, 0, 0, newest, newest, newest, False)
 
     def _canonical(self, version_id: int, node: Node) -> tuple[int, int]:
         """(node id that names the inode, link count inside the version) of a possibly hard-linked node."""
@@ -387,8 +341,9 @@ class RepositoryView:
                     node.atime_ns, mtime, mtime, True)
 
     def getattr(self, ino: int) -> Attr:
-        if ino in (ROOT_INODE, VERSIONS_INODE, LATEST_INODE):
-            return self._top_attr(ino)
+        top = self.namespace.get(ino)
+        if top is not None:
+            return top.attr(self.versions)
         version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
         self._version(version_id)
         return self._node_attr(version_id, self._node(version_id, node_id))
@@ -396,21 +351,12 @@ class RepositoryView:
     # ---- names --------------------------------------------------------------------------
 
     def lookup(self, parent: int, name: bytes) -> Attr:
-        if parent == ROOT_INODE:
-            if name == VERSIONS_DIR:
-                return self._top_attr(VERSIONS_INODE)
-            if name == LATEST_LINK and self.latest:
-                return self._top_attr(LATEST_INODE)
-            raise FsOpError(errno.ENOENT)
-        if parent == VERSIONS_INODE:
-            with self._versions_lock:
-                v = self.by_name.get(name)
-            if v is None:
-                raise FsOpError(errno.ENOENT)
-            self.fetcher.submit(_read_index_in, self.index_path)
-            return self._node_attr(v.id, self._node(v.id, ROOT_ID))
-        if parent == LATEST_INODE:
-            raise FsOpError(errno.ENOTDIR)
+        top = self.namespace.get(parent)
+        if top is not None:
+            attr = top.lookup(self.versions, name)
+            if in_version(attr.ino):         # a version's root: its tree is read next
+                self.fetcher.submit(_read_index_in, self.index_path)
+            return attr
         # (no query for the parent: the kernel looks names up only in directories, and no other
         # node has children)
         version_id = parent >> NODE_BITS
@@ -422,17 +368,10 @@ class RepositoryView:
     def readdir(self, ino: int, offset: int, limit: int = 1000) -> list[tuple[bytes, Attr, int]]:
         """Up to `limit` (name, attributes, next offset) entries after `offset` (0 = from the start).
         Offsets are stable: a listing resumes by name, so 100 000 entries stream in pages."""
-        if ino == ROOT_INODE:
-            entries = [(VERSIONS_DIR, self._top_attr(VERSIONS_INODE))]
-            if self.latest:
-                entries.append((LATEST_LINK, self._top_attr(LATEST_INODE)))
-            return [(n, a, i + 1) for i, (n, a) in enumerate(entries)][offset:offset + limit]
-        if ino == VERSIONS_INODE:
-            with self._versions_lock:
-                items = sorted(self.by_name.items())
-            page = items[offset:offset + limit]
-            return [(name, self._node_attr(v.id, self._node(v.id, ROOT_ID)), offset + i + 1)
-                    for i, (name, v) in enumerate(page)]
+        top = self.namespace.get(ino)
+        if top is not None:
+            entries = top.entries(self.versions)
+            return [(name, attr, offset + i + 1) for i, (name, attr) in enumerate(entries[offset:offset + limit])]
         # `ino` is a directory: opendir checked (any other node lists nothing). The offset is the
         # node id of the last entry returned: resume after its name.
         version_id = ino >> NODE_BITS
@@ -455,19 +394,16 @@ class RepositoryView:
                 self._contents.popitem(last=False)
 
     def readlink(self, ino: int) -> bytes:
-        if ino == LATEST_INODE:
-            if not self.latest:
-                raise FsOpError(errno.ENOENT)
-            return VERSIONS_DIR + b"/" + self.latest
-        if ino < (1 << NODE_BITS):
-            raise FsOpError(errno.EINVAL)
+        top = self.namespace.get(ino)
+        if top is not None:
+            return top.readlink(self.versions)
         node = self._node(ino >> NODE_BITS, ino & NODE_MASK)
         if node.type != "l":
             raise FsOpError(errno.EINVAL)
         return node.target or b""
 
     def _xattrs(self, ino: int, privileged: bool) -> dict[bytes, bytes]:
-        if ino < (1 << NODE_BITS):
+        if not in_version(ino):
             return {}
         version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
         if not self._has_xattrs(version_id):
@@ -486,8 +422,8 @@ class RepositoryView:
     def warn_of_hidden_xattrs(self, names: set[bytes]) -> None:
         """For a mount that answers no xattr request: a line for each of the versions `names` (just
         appeared) that has xattrs it does not show."""
-        with self._versions_lock:
-            new = [(name, self.by_name[name]) for name in names if name in self.by_name]
+        by_name = self.versions.by_name
+        new = [(name, by_name[name]) for name in names if name in by_name]
         for name, v in new:
             if self._has_xattrs(v.id):
                 self.messages.warning(("hidden xattrs", name), f"version {os.fsdecode(name)} holds extended "
@@ -521,7 +457,7 @@ class RepositoryView:
 
     def path_of(self, ino: int) -> str:
         """A readable path for log messages."""
-        if ino < (1 << NODE_BITS):
+        if not in_version(ino):
             return "/"
         version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
         name, _ = self._version(version_id)
@@ -534,7 +470,7 @@ class RepositoryView:
         """The file, as its directory's listing kept it, else found with one indexed query. The
         load of its first block begins, so the read that follows finds it on its way (with the
         blocks after it in its volume: the next files)."""
-        if ino < (1 << NODE_BITS):
+        if not in_version(ino):
             raise FsOpError(errno.EISDIR)
         listed = self._contents.get(ino)        # (one operation on the dict: no lock needed)
         if listed is None:

@@ -31,7 +31,8 @@ from fsbackup.backends.retry import RetryingBackend
 from fsbackup.errors import EXIT_BACKEND, EXIT_CORRUPT, BackendError, CorruptObject, NoSpace, NoSuchObject, PermissionDenied
 from fsbackup.fuse import _errno_of
 from fsbackup.repository import Repository, volume_object
-from fsbackup.vfs import ROOT_INODE, RepositoryView
+from fsbackup.namespace import ROOT_INODE
+from fsbackup.vfs import RepositoryView
 
 
 # ---- RetryingBackend, on a clock of its own -------------------------------------------------------

@@ -13,7 +13,8 @@ from conftest import TEST_PASSWORD, make_full_tree, pseudo_random, write
 from fsbackup.backends import open_backend
 from fsbackup.backends.retry import RetryingBackend
 from fsbackup.repository import Repository
-from fsbackup.vfs import LATEST_INODE, ROOT_INODE, VERSIONS_INODE, FsOpError, RepositoryView
+from fsbackup.namespace import LATEST_INODE, ROOT_INODE, VERSIONS_INODE, FsOpError
+from fsbackup.vfs import RepositoryView
 
 
 def open_view(env, **kwargs) -> RepositoryView:
@@ -293,3 +294,23 @@ def test_entering_a_version_asks_the_kernel_to_read_the_index_in(env, tmp_path, 
         view.close()
     size = os.path.getsize(view.index_path)
     assert advised == [(os.path.realpath(view.index_path), 0, size, os.POSIX_FADV_WILLNEED)]
+
+
+def test_versions_coming_or_going_make_the_top_level_and_their_entries_stale(env, tmp_path):
+    src = tmp_path / "src"
+    write(src / "a", b"x")
+    env.ok("backup", src)
+    view = open_view(env)
+    try:
+        first = view.latest
+        env.ok("backup", src)
+        changed = view.refresh_versions()
+        assert first not in changed and len(changed) == 1
+        stale = view.invalidations(changed)
+        assert sorted(stale.inodes) == [ROOT_INODE, VERSIONS_INODE, LATEST_INODE]
+        assert sorted(stale.entries) == sorted([(ROOT_INODE, b"latest"), (VERSIONS_INODE, view.latest)])
+        with pytest.raises(FsOpError) as e:
+            view.lookup(LATEST_INODE, b"x")
+        assert e.value.errno == errno.ENOTDIR
+    finally:
+        view.close()

@@ -74,7 +74,7 @@ def main() -> int:
     cli.open_backend = lambda url: RemoteLikeBackend(open_backend(url), opts.latency_ms / 1000,
                                                      opts.bandwidth_mbps * 1_000_000)
     if opts.no_read_ahead:
-        from fsbackup import vfs
+        from fsbackup.mount import view as vfs
         init = vfs.RepositoryView.__init__
 
         def without_read_ahead(self, *a, **kw):

@@ -29,10 +29,10 @@ from fsbackup.backends.local import LocalBackend
 from fsbackup.backends.memory import MemoryBackend
 from fsbackup.backends.retry import RetryingBackend
 from fsbackup.errors import EXIT_BACKEND, EXIT_CORRUPT, BackendError, CorruptObject, NoSpace, NoSuchObject, PermissionDenied
-from fsbackup.fuse import _errno_of
+from fsbackup.mount.fuse import _errno_of
 from fsbackup.repository import Repository, volume_object
-from fsbackup.namespace import ROOT_INODE
-from fsbackup.vfs import RepositoryView
+from fsbackup.mount.namespace import ROOT_INODE
+from fsbackup.mount.view import RepositoryView
 
 
 # ---- RetryingBackend, on a clock of its own -------------------------------------------------------

@@ -23,9 +23,9 @@ from fsbackup.backends.faults import FaultyBackend
 from fsbackup.backends.local import LocalBackend
 from fsbackup.errors import (AuthenticationFailed, BackendError, CorruptObject, FsbackupError, NoSpace, NoSuchObject,
                              PermissionDenied)
-from fsbackup.fuse import _errno_of
+from fsbackup.mount.fuse import _errno_of
 from fsbackup.repository import Repository
-from fsbackup.vfs import IndexSync, ThrottledLog
+from fsbackup.mount.view import IndexSync, ThrottledLog
 
 needs_fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {FUSE_MISSING}")
 

@@ -15,8 +15,8 @@ from conftest import make_full_tree, pseudo_random, write
 from fsbackup.errors import CorruptObject
 from test_mount import FUSE_MISSING, mounted  # noqa: F401 - a fixture
 from test_vfs import open_view, resolve
-from fsbackup.namespace import FsOpError
-from fsbackup.vfs import RUN_BYTES
+from fsbackup.mount.namespace import FsOpError
+from fsbackup.mount.view import RUN_BYTES
 
 
 class CountingGets:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fsbackup.diskcache import CACHE_TAG, DiskCache
+from fsbackup.mount.diskcache import CACHE_TAG, DiskCache
 from fsbackup.errors import PermissionDenied, UsageError
 from fsbackup.private import open_private, open_private_folder, private_temp_file
 from conftest import write

@@ -13,8 +13,8 @@ from conftest import TEST_PASSWORD, make_full_tree, pseudo_random, write
 from fsbackup.backends import open_backend
 from fsbackup.backends.retry import RetryingBackend
 from fsbackup.repository import Repository
-from fsbackup.namespace import LATEST_INODE, ROOT_INODE, VERSIONS_INODE, FsOpError
-from fsbackup.vfs import RepositoryView
+from fsbackup.mount.namespace import LATEST_INODE, ROOT_INODE, VERSIONS_INODE, FsOpError
+from fsbackup.mount.view import RepositoryView
 
 
 def open_view(env, **kwargs) -> RepositoryView:

@@ -24,9 +24,9 @@ from concurrent.futures import Future
 import pyfuse3
 import trio
 
-from .errors import AuthenticationFailed, BackendError, FsbackupError, PathNotFound, PermissionDenied
+from ..errors import AuthenticationFailed, BackendError, FsbackupError, PathNotFound, PermissionDenied
 from .namespace import Attr, FsOpError, Invalidations
-from .vfs import READ_ATTEMPTS, OpenFile, PendingRead, RepositoryView, error_kind
+from .view import READ_ATTEMPTS, OpenFile, PendingRead, RepositoryView, error_kind
 
 WORKER_THREADS = 16
 TOP_TIMEOUT = 1.0            # the root and versions/ change when backups finish

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 import sys
 
+from ..errors import FsbackupError, UsageError
+from ..private import forget_passphrase, open_private, open_private_folder
 from .diskcache import claim_cache_folder
-from .errors import FsbackupError, UsageError
-from .private import forget_passphrase, open_private, open_private_folder
 
 MOUNT_OPTIONS = {"fsname=fsbackup", "subtype=fsbackup", "ro", "default_permissions"}
 DEFAULT_REMOTE_CACHE = 1 << 30
@@ -80,9 +80,9 @@ def mount(args, out, open_repo) -> int:
     import pyfuse3
     import trio
 
-    from .backends.retry import RetryingBackend
+    from ..backends.retry import RetryingBackend
     from .fuse import Operations, serve
-    from .vfs import RepositoryView
+    from .view import RepositoryView
 
     if args.xattrs == "off" and args.allow_other:
         raise UsageError("--xattrs off with --allow-other would let other users read files that ACLs deny them; "
@@ -94,7 +94,7 @@ def mount(args, out, open_repo) -> int:
     forget_passphrase()                    # the keys are unwrapped; the mount may live for weeks
     repo.backend = RetryingBackend(repo.backend, max_seconds=MOUNT_RETRY_SECONDS)   # from now on: reads
     state_folder = os.path.dirname(repo.index_path)
-    from .backends.local import LocalBackend
+    from ..backends.local import LocalBackend
     local = isinstance(repo.backend.inner, LocalBackend)
     cache_size = args.cache_size
     if cache_size is None:   # a local directory is its own cache: copying it to a cache only costs disk

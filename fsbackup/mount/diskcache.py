@@ -21,8 +21,8 @@ import threading
 import weakref
 from collections import OrderedDict
 
-from .errors import UsageError
-from .private import open_owned_folder, open_private
+from ..errors import UsageError
+from ..private import open_owned_folder, open_private
 
 TAG_NAME = "CACHEDIR.TAG"
 CACHE_TAG = (b"Signature: 8a477f597d28d172789f06886806bc55\n"

@@ -1,15 +1,14 @@
-"""What the repository looks like as a filesystem: the model behind `fsbackup mount`.
+"""A version's tree and its files as a filesystem: the model behind `fsbackup mount` (the top
+level above the versions, and inode numbering: namespace.py).
 
-    /versions/<YYYY-MM-DD_HH-MM-SS>/...   one directory per version, holding the backed-up paths
-    /latest -> versions/<newest>
-
-Plain, synchronous and thread-safe: the FUSE adapter (fuse.py) calls it from worker threads and
+Plain, synchronous and thread-safe: the FUSE adapter (fuse.py) calls it on the trio thread and
 only translates; tests drive it directly, without a kernel. getattr, lookup and readdir are
 answered from the local index alone; read() fetches only the blocks it needs, through a memory
 cache (decoded blocks) and a disk cache (encrypted blocks, authenticated again on every use),
-and prefetches ahead of sequential readers. The local index follows the repository (`IndexSync`):
-versions and volumes other machines stored or removed are taken in periodically, and at once when
-a read finds its block's volume gone (another machine's prune moved the block).
+in fetch threads of its own, and prefetches ahead of sequential readers. The local index follows
+the repository (`IndexSync`): versions and volumes other machines stored or removed are taken in
+periodically, and at once when a read finds its block's volume gone (another machine's prune
+moved the block).
 """
 from __future__ import annotations
 
@@ -25,14 +24,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Hashable
 
-from . import format as fmt
-from .blockcache import BlockCache
+from .. import format as fmt
+from ..blockcache import BlockCache
+from ..errors import BackendError, CorruptObject, FsbackupError, NoSuchObject, PathNotFound
+from ..index import Index
+from ..repository import FetchedBlock, Repository
+from ..tree import ROOT_ID, Content, ContentRow, Listed, Node, VersionInfo, VersionTree, list_versions
 from .diskcache import DiskCache
-from .errors import BackendError, CorruptObject, FsbackupError, NoSuchObject, PathNotFound
-from .index import Index
-from .repository import FetchedBlock, Repository
 from .namespace import NODE_BITS, NODE_MASK, Attr, FsOpError, Invalidations, Namespace, Versions, in_version
-from .tree import ROOT_ID, Content, ContentRow, Listed, Node, VersionInfo, VersionTree, list_versions
 
 log = logging.getLogger("fsbackup.mount")
 

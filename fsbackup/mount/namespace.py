@@ -2,7 +2,7 @@
 
     /                        RootDir
     /versions/               VersionsDir: one directory per version, named by its local time
-    /versions/<time>/...     a version's tree (the view answers for it: vfs.RepositoryView)
+    /versions/<time>/...     a version's tree (the view answers for it: view.RepositoryView)
     /latest -> versions/<newest>    LatestLink
 
 Each top-level entry is a small node class that answers lookup, readdir, getattr and readlink for
@@ -21,7 +21,7 @@ import os
 import stat
 from typing import Callable, NamedTuple
 
-from .tree import VersionInfo
+from ..tree import VersionInfo
 
 ROOT_INODE = 1
 VERSIONS_INODE = 2

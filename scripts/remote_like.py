@@ -79,7 +79,7 @@ def main() -> int:
 
         def without_read_ahead(self, *a, **kw):
             init(self, *a, **kw)
-            self.max_prefetch = 0
+            self.loader.max_prefetch = 0
         vfs.RepositoryView.__init__ = without_read_ahead
     return cli.main(args)
 

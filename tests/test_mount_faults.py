@@ -25,7 +25,8 @@ from fsbackup.errors import (AuthenticationFailed, BackendError, CorruptObject, 
                              PermissionDenied)
 from fsbackup.mount.fuse import _errno_of
 from fsbackup.repository import Repository
-from fsbackup.mount.view import IndexSync, ThrottledLog
+from fsbackup.mount.log import ThrottledLog
+from fsbackup.mount.sync import IndexSync
 
 needs_fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {FUSE_MISSING}")
 

@@ -16,7 +16,7 @@ from fsbackup.errors import CorruptObject
 from test_mount import FUSE_MISSING, mounted  # noqa: F401 - a fixture
 from test_vfs import open_view, resolve
 from fsbackup.mount.namespace import FsOpError
-from fsbackup.mount.view import RUN_BYTES
+from fsbackup.mount.reading import RUN_BYTES
 
 
 class CountingGets:

@@ -25,8 +25,10 @@ import pyfuse3
 import trio
 
 from ..errors import AuthenticationFailed, BackendError, FsbackupError, PathNotFound, PermissionDenied
+from .log import error_kind
 from .namespace import Attr, FsOpError, Invalidations
-from .view import READ_ATTEMPTS, OpenFile, PendingRead, RepositoryView, error_kind
+from .reading import READ_ATTEMPTS, OpenFile, PendingRead
+from .view import RepositoryView
 
 WORKER_THREADS = 16
 TOP_TIMEOUT = 1.0            # the root and versions/ change when backups finish

@@ -309,7 +309,7 @@ class Backup:
         self.before_commit: Callable[[], None] = lambda: None    # run_locked: checks the lock is still ours
         self.after_commit: Callable[[str], None] = lambda name: None   # run_locked: verify, still under the lock
         if options.uploads_in_flight is None:
-            options = replace(options, uploads_in_flight=max(1, repo.backend.connections))
+            options = replace(options, uploads_in_flight=max(1, repo.connections))
         self.options = options
         self.progress = progress or Progress(enabled=False)
         self.warn_cb = warn or (lambda msg: None)

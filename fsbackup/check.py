@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import format as fmt
 from .errors import CorruptObject, NoSuchObject
-from .repository import Repository, get_checked, index_object, version_object, volume_object
+from .repository import Kind, Repository, index_object, version_object, volume_object
 
 PATHS_SHOWN = 20          # paths listed per damaged object and version; the rest are counted
 
@@ -113,11 +113,11 @@ class Checker:
         repo, index = self.repo, self.repo.index
         if not repo.index_is_built():
             repo.rebuild_index(self.progress, keep_going=True)   # damaged objects are reported below
-        self.volume_sizes = {n.rsplit("/", 1)[1]: size for n, size in repo.backend.list("data/")}
-        self.index_names = {n.split("/", 1)[1] for n, _ in repo.backend.list("index/")}
+        self.volume_sizes = repo.list_objects(Kind.VOLUME)
+        self.index_names = set(repo.list_objects(Kind.INDEX))
         local_volumes = {name: size for name, size in index.q("SELECT name, size FROM volumes")}
         local_versions = {name for (name,) in index.q("SELECT name FROM versions")}
-        listed = {n.split("/", 1)[1] for n, _ in repo.backend.list("versions/")}
+        listed = set(repo.list_objects(Kind.VERSION))
         # Versions removed by another run are dropped (those gone without a forget, remembered);
         # forgotten ones still listed are no versions.
         remote_versions = sorted(listed - repo.follow_remote_versions(local_versions, listed))
@@ -161,7 +161,7 @@ class Checker:
             except (CorruptObject, NoSuchObject) as e:
                 return name, None, e
 
-        with ThreadPoolExecutor(max(2, self.repo.backend.connections)) as pool:
+        with ThreadPoolExecutor(max(2, self.repo.connections)) as pool:
             for name, decoded, error in pool.map(decode, names):
                 self._advance()
                 if error is not None:
@@ -222,7 +222,7 @@ class Checker:
             if current != block_id:
                 missing.add(block_id)
         if missing:
-            self.add(Problem("index/", f"{len(missing)} block(s) used by versions are in no index object "
+            self.add(Problem(Kind.INDEX.folder, f"{len(missing)} block(s) used by versions are in no index object "
                              f"of a stored volume", missing))
 
     def _local_blocks(self, volume: str) -> list[bytes]:
@@ -235,9 +235,7 @@ class Checker:
         return self.index_entries[name]
 
     def decode_index(self, name: str) -> tuple[int, list[fmt.BlockEntry]]:
-        obj = index_object(name)
-        return get_checked(self.repo.backend, obj,
-                           lambda data: fmt.decode_index(self.repo.keys, bytes.fromhex(name), data, obj))
+        return self.repo.load_index_object(name)
 
     # ---- read data ----
 
@@ -255,7 +253,7 @@ class Checker:
         total = sum(self.volume_sizes[n] for n in chosen)
         if self.progress:
             self.progress.start("reading data", total_bytes=total, total_items=len(chosen))
-        with ThreadPoolExecutor(max(2, self.repo.backend.connections)) as pool:
+        with ThreadPoolExecutor(max(2, self.repo.connections)) as pool:
             for problems in pool.map(self.verify_volume, chosen):
                 for p in problems:
                     self.add(p)
@@ -278,7 +276,7 @@ class Checker:
                 raise CorruptObject(obj, found[0].what)   # so get_checked downloads it once more
 
         try:
-            get_checked(self.repo.backend, obj, decode)
+            self.repo.read_checked(Kind.VOLUME, name, decode)
         except NoSuchObject:
             found[:] = [Problem(obj, "volume is missing", {e.id for e in expected}, volume=name)]
         except CorruptObject:
@@ -396,8 +394,8 @@ def verify_backup(repo: Repository, version: str, new_volumes: dict[str, int], s
     written, the new version object reads, and `samples` volumes (or `percent` of all, if more) are
     downloaded and verified, this backup's own first, then random older ones."""
     checker = Checker(repo, progress)
-    checker.volume_sizes = {n.rsplit("/", 1)[1]: size for n, size in repo.backend.list("data/")}
-    checker.index_names = {n.split("/", 1)[1] for n, _ in repo.backend.list("index/")}
+    checker.volume_sizes = repo.list_objects(Kind.VOLUME)
+    checker.index_names = set(repo.list_objects(Kind.INDEX))
     for name, size in new_volumes.items():
         listed = checker.volume_sizes.get(name)
         if listed is None:

@@ -17,12 +17,11 @@ import subprocess
 import sys
 from typing import Callable
 
-from . import errors
-from .backends import Backend, open_backend
+from . import errors, repository
 from .errors import FsbackupError, UsageError
 from .progress import Progress, human_bytes, human_duration
 from .index import Index
-from .repository import Repository, index_object, version_object
+from .repository import Kind, Repository, index_object, parse_object_name
 
 PROG = "fsbackup"
 
@@ -473,17 +472,9 @@ def _not_a_folder(path: str) -> str | None:
     return None if os.path.isdir(path) else path
 
 
-def open_storage(args) -> Backend:
-    """The backend for --repo, with --connections applied when given."""
-    from .backends.local import LocalBackend
-    backend = open_backend(repo_url(args))
-    if isinstance(backend.inner, LocalBackend):
-        blocker = _not_a_folder(backend.inner.root)
-        if blocker:
-            raise errors.RepositoryNotFound(f"{blocker} is a file, not a repository folder; check --repo")
-    if args.connections:
-        backend.connections = args.connections
-    return backend
+def open_storage(args):
+    """The storage for --repo, with --connections applied when given."""
+    return repository.open_storage(repo_url(args), args.connections)
 
 
 def open_repo(args, out: Output, sync_index: bool = True) -> Repository:
@@ -510,9 +501,9 @@ def cmd_init(args, out: Output) -> int:
     repo = Repository.create(backend, get_passphrase(args, new=True), args.index)
     repo.index.set_meta("repository_id", repo.id)
     if out.json:
-        out.emit_json({"repository": backend.url, "id": repo.id})
+        out.emit_json({"repository": repo.storage_url, "id": repo.id})
     else:
-        out.info(f"created repository {repo.id[:8]} at {backend.url}")
+        out.info(f"created repository {repo.id[:8]} at {repo.storage_url}")
         out.info("keep the passphrase safe: without it the backups cannot be read")
     repo.close()
     return 0
@@ -630,11 +621,11 @@ def _forget_versions(repo: Repository, names: list[str]) -> None:
         forget_versions(repo, names)
     except KeyboardInterrupt:
         try:
-            stored = {obj for obj, _ in repo.backend.list("versions/")}
+            stored = repo.list_objects(Kind.VERSION)
         except FsbackupError:
             raise errors.Interrupted(INTERRUPTED["forget"]) from None
-        gone = [name for name in names if version_object(name) not in stored]
-        left = [name for name in names if version_object(name) in stored]
+        gone = [name for name in names if name not in stored]
+        left = [name for name in names if name in stored]
         said = f"forget removed {len(gone)} of {len(names)} versions" + (f" ({_short_ids(gone)})" if gone else "")
         if left:
             said += f"; not removed: {_short_ids(left)} (run forget again for them)"
@@ -898,7 +889,7 @@ def cmd_unlock(args, out: Output) -> int:
 
 
 def _key_id(name: str) -> str:
-    return name.split("/", 1)[1]
+    return parse_object_name(name)[1]
 
 
 def _find_key(repo: Repository, prefix: str) -> str:

@@ -22,8 +22,8 @@ from . import format as fmt
 from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
 from .progress import Progress, human_bytes
 from .errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
-from .locks import PARTIAL_UPLOAD_AGE
-from .repository import QUERY_BATCH, Repository, batches, block_runs, index_object, volume_object
+from .repository import (QUERY_BATCH, Kind, Repository, batches, block_runs, index_object, parse_object_name,
+                         volume_object)
 from .retention import Decision, Policy, Version, apply
 from .tree import VersionInfo
 
@@ -141,8 +141,8 @@ def _leftovers(repo: Repository) -> tuple[list[tuple[str, int]], list[tuple[str,
     An unindexed volume is not deleted on the listing's word (a listing of index/ that lacks it
     may be what is wrong): `Prune` reads its own table and deletes it only when none of its
     blocks is used, else adopts it."""
-    volumes = {name.rsplit("/", 1)[1]: size for name, size in repo.backend.list("data/")}
-    indexes = {name.split("/", 1)[1]: size for name, size in repo.backend.list("index/")}
+    volumes = repo.list_objects(Kind.VOLUME)
+    indexes = repo.list_objects(Kind.INDEX)
     recorded = {name for (name,) in repo.index.q("SELECT name FROM volumes")}
     orphans = sorted((index_object(name), size) for name, size in indexes.items()
                      if name not in volumes and name not in recorded)
@@ -216,12 +216,12 @@ class Prune:
         self.progress.start("prune", total_bytes=plan.bytes_to_move or None,
                             total_items=len(plan.orphans) + len(plan.unindexed) + len(plan.delete)
                             + len(plan.repack))
-        partial, partial_bytes = self.repo.backend.remove_partial_uploads(PARTIAL_UPLOAD_AGE)
+        partial, partial_bytes = self.repo.remove_partial_uploads()
         self.stats.partial_uploads_deleted += partial
         self.stats.partial_upload_bytes += partial_bytes
         self.stats.bytes_deleted += partial_bytes
         for obj, size in plan.orphans:
-            self.repo.backend.delete(obj)
+            self.repo.delete_object(*parse_object_name(obj))
             self.stats.orphans_deleted += 1
             self.stats.bytes_deleted += size
             self.progress.advance(items=1)
@@ -230,7 +230,7 @@ class Prune:
         for name, size in plan.unindexed:
             self._settle_unindexed(name, size)
         try:
-            with ThreadPoolExecutor(max(1, self.repo.backend.connections), thread_name_prefix="fsbackup-prune") as pool:
+            with ThreadPoolExecutor(max(1, self.repo.connections), thread_name_prefix="fsbackup-prune") as pool:
                 for use in plan.repack:
                     self._repack(use, pool)
             self._flush()
@@ -264,7 +264,7 @@ class Prune:
         if live:
             self.repo.adopt_volume(name, size, entries)
         else:
-            self.repo.backend.delete(volume_object(name))
+            self.repo.delete_object(Kind.VOLUME, name)
             self.stats.orphans_deleted += 1
             self.stats.bytes_deleted += size
         self.progress.advance(items=1)
@@ -322,5 +322,5 @@ class Prune:
 
 def repository_size(repo: Repository) -> int:
     """Bytes of every object on the remote (for summaries and tests)."""
-    return sum(size for _, size in repo.backend.list(""))
+    return repo.stored_bytes()
 

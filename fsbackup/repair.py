@@ -15,7 +15,7 @@ from typing import Callable
 from . import format as fmt
 from .check import Checker, Report
 from .errors import CorruptObject
-from .repository import Repository, get_checked, index_object, volume_object
+from .repository import Kind, Repository, index_object, volume_object
 
 
 def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool, progress: Callable,
@@ -27,7 +27,7 @@ def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool, 
     checker = Checker(repo, progress())
     checker.structure(trusted=True)      # the objects the rebuild just read are not read again
     recreated = []
-    for name in [p.volume for p in checker.report.problems if p.repairable and p.object.startswith("index/")]:
+    for name in [p.volume for p in checker.report.problems if p.repairable and p.object.startswith(Kind.INDEX.folder)]:
         try:
             recreate_index_object(repo, name)
         except CorruptObject as e:       # its table is damaged too: the index object stays reported
@@ -49,7 +49,7 @@ def recreate_index_object(repo: Repository, name: str) -> None:
     """Write index/<name> again from volume <name>'s own table, and record the volume."""
     obj = volume_object(name)
     volume_id = bytes.fromhex(name)
-    size, entries = get_checked(repo.backend, obj, lambda data: (
+    size, entries = repo.read_checked(Kind.VOLUME, name, lambda data: (
         len(data), fmt.open_volume_table(repo.keys, volume_id, data, obj)))
     repo.adopt_volume(name, size, entries)
 
@@ -109,12 +109,12 @@ def _forget_blocks(repo: Repository, checker: Checker, unavailable: set[bytes]) 
         if p.volume is None or not p.blocks:
             continue
         if p.volume not in checker.volume_sizes:      # the volume is gone: so goes its index object
-            repo.backend.delete(index_object(p.volume))
+            repo.delete_object(Kind.INDEX, p.volume)
             keep: list[fmt.BlockEntry] = []
         else:
             size, entries = checker.decode_index(p.volume)
             keep = [e for e in entries if e.id not in unavailable]
-            repo.backend.put(index_object(p.volume), fmt.encode_index(repo.keys, bytes.fromhex(p.volume), size, keep))
+            repo.store_index_object(p.volume, size, keep)
         if not keep:
             repo.unrecord_volume(p.volume)
             continue

@@ -1,5 +1,7 @@
 """The repository: the only door to a backend. Names objects, encrypts them, and keeps the
-local index in step with what is durably stored.
+local index in step with what is durably stored. The layers above reach the storage through
+named methods (`list_objects`, `delete_object`, `read_checked`, ...) and `open_storage`, never
+through a `Backend`; names are built and parsed by `names.py` alone.
 
 Remote layout (docs/format.md):
   config                 plain JSON: format version and repository id
@@ -8,6 +10,7 @@ Remote layout (docs/format.md):
   index/<hex>            one per volume: its block table
   versions/<hex>         one per backup version: header and file tree
   locks/<hex>            one per running command that locks the repository (locks.py)
+  forgotten/<hex>        the record that the version of that name was forgotten
 """
 from __future__ import annotations
 
@@ -28,17 +31,19 @@ import blake3
 import msgpack
 
 from . import format as fmt
-from .backends import Backend
+from .backends import Backend, Latency, open_backend
+from .backends.retry import RetryingBackend
 from .crypto import (MASTER_SECRET_LEN, Keys, ObjectCipher, config_digest, open_about, seal_about,
                      unwrap_master_secret, wrap_master_secret)
 from .errors import (CorruptObject, FsbackupError, ListingContradiction, NoSpace, NoSuchObject, RepositoryNotFound,
                      UnsupportedFormat, UsageError, WrongPassphrase)
 from .index import Index, index_time
 from .locks import PARTIAL_UPLOAD_AGE
+from .names import (CONFIG, Kind, forgotten_object, index_object, is_object_id, key_object, lock_object,
+                    object_name, parse_object_name, version_object, volume_object)
 
 T = TypeVar("T")
 
-CONFIG = "config"
 QUERY_BATCH = 500          # ids bound in one `IN (...)` query
 
 log = logging.getLogger("fsbackup.repository")
@@ -72,28 +77,33 @@ class FetchedBlock(NamedTuple):
     stored: bytes | memoryview | None  # its stored bytes as authenticated, for a cache (None on error)
 
 
-def volume_object(name: str) -> str:
-    return f"data/{name[:2]}/{name}"
+__all__ = ["CONFIG", "Kind", "forgotten_object", "index_object", "lock_object", "object_name", "parse_object_name",
+           "version_object", "volume_object"]      # (names.py's, as the layers above know them from here)
 
 
-def index_object(name: str) -> str:
-    return f"index/{name}"
+def open_storage(url: str, connections: int | None = None) -> Backend:
+    """The storage of a repository URL (`backends.open_backend`: a path, file://PATH or
+    b2://BUCKET/PREFIX), retrying temporary failures; `connections` overrides its own hint."""
+    backend = open_backend(url)
+    if connections:
+        backend.connections = connections
+    return backend
 
 
-def version_object(name: str) -> str:
-    return f"versions/{name}"
-
-
-def lock_object(name: str) -> str:
-    return f"locks/{name}"
-
-
-def forgotten_object(name: str) -> str:
-    return f"forgotten/{name}"
-
-
-def _is_object_id(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+def list_objects(backend: Backend, kind: Kind, strays: list[str] | None = None) -> dict[str, int]:
+    """{id: size} of the stored objects of `kind`. Names in its folder that are no object's
+    (`parse_object_name`) are left out, and appended to `strays` when given."""
+    objects = {}
+    for name, size in backend.list(kind.folder):
+        try:
+            found, object_id = parse_object_name(name)
+        except ValueError:
+            found = None
+        if found is kind:
+            objects[object_id] = size
+        elif strays is not None:
+            strays.append(name)
+    return objects
 
 
 def default_index_path(repo_id: str) -> str:
@@ -173,7 +183,7 @@ def _key_about() -> dict:
 
 def _new_key_name() -> tuple[str, bytes]:
     key_id = secrets.token_bytes(32)
-    return f"keys/{key_id.hex()}", key_id
+    return key_object(key_id.hex()), key_id
 
 
 class Repository:
@@ -238,9 +248,9 @@ class Repository:
     def _open_with(cls, backend: Backend, passphrase: bytes, index_path: str | None,
                    config_read: tuple[dict, bytes]) -> "Repository":
         config, config_bytes = config_read
-        key_names = sorted(name for name, _ in backend.list("keys/"))
+        key_names = sorted(key_object(key_id) for key_id in list_objects(backend, Kind.KEY))
         if not key_names:
-            raise CorruptObject("keys/", "the repository has no key objects")
+            raise CorruptObject(Kind.KEY.folder, "the repository has no key objects")
         damage: CorruptObject | None = None
         wrong_passphrase = False
         for name in key_names:          # every key is tried: one damaged key must not hide another
@@ -259,6 +269,53 @@ class Repository:
         if wrong_passphrase or damage is None:
             raise WrongPassphrase("wrong passphrase for this repository")
         raise damage
+
+    # ---- the storage, by kind and id (for the layers above) ---------------------------------
+
+    @property
+    def connections(self) -> int:
+        """How many storage requests suit the storage at once (`Backend.connections`)."""
+        return self.backend.connections
+
+    @property
+    def storage_is_local(self) -> bool:
+        """Whether the storage declares itself local (`BackendTraits.latency`): a request costs
+        about a system call, so copying objects into a cache on this machine gains nothing."""
+        return self.backend.traits.latency is Latency.LOCAL
+
+    @property
+    def storage_url(self) -> str:
+        return self.backend.url
+
+    def bound_retries(self, max_seconds: float) -> None:
+        """From now on, retry a storage call that fails temporarily for at most `max_seconds`."""
+        self.backend = RetryingBackend(self.backend, max_seconds=max_seconds)
+
+    def list_objects(self, kind: Kind) -> dict[str, int]:
+        """{id: size} of the stored objects of `kind` (foreign names in its folder left out).
+        Whole or raising, as every listing (`Backend.list`)."""
+        return list_objects(self.backend, kind)
+
+    def stored_bytes(self) -> int:
+        """Bytes of every object on the storage, fsbackup's or not (for summaries and tests)."""
+        return sum(size for _, size in self.backend.list(""))
+
+    def delete_object(self, kind: Kind, object_id: str) -> None:
+        """Delete the object of `kind` and `object_id` (no error when it is gone already). The
+        caller keeps the order of docs/design.md ("Crash safety") and holds an exclusive lock."""
+        self.backend.delete(object_name(kind, object_id))
+
+    def read_checked(self, kind: Kind, object_id: str, decode: Callable[[bytes], T], offset: int = 0,
+                     length: int | None = None) -> T:
+        """`get_checked` of the object of `kind` and `object_id`: decoded, downloaded once more
+        when the first download is short or does not decode."""
+        return get_checked(self.backend, object_name(kind, object_id), decode, offset, length)
+
+    def remove_partial_uploads(self) -> tuple[int, int]:
+        """Remove what puts of killed runs left unseen on the storage, once older than
+        `locks.PARTIAL_UPLOAD_AGE` (why that age: locks.py); (how many, bytes). Under an
+        exclusive lock."""
+        return self.backend.remove_partial_uploads(PARTIAL_UPLOAD_AGE)
 
     # ---- the local index ----------------------------------------------------------------
 
@@ -292,15 +349,15 @@ class Repository:
         # meanwhile is then neither taken for vanished nor recorded twice.
         known_volumes = {name for (name,) in index.q("SELECT name FROM volumes")}
         local_versions = {name for (name,) in index.q("SELECT name FROM versions")}
-        remote_indexes = [n for n, _ in self.backend.list("index/")]
-        remote_versions = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
-        vanished_volumes = known_volumes - {n.split("/", 1)[1] for n in remote_indexes}
+        remote_indexes = set(self.list_objects(Kind.INDEX))
+        remote_versions = set(self.list_objects(Kind.VERSION))
+        vanished_volumes = known_volumes - remote_indexes
         not_to_record = self.follow_remote_versions(local_versions, remote_versions)
         # New volumes first: blocks another machine's prune moved into them are then recorded there
         # too (as spares), and a volume whose index object is gone is judged by what still needs it.
-        new_indexes = [n for n in remote_indexes if n.split("/", 1)[1] not in known_volumes]
+        new_indexes = sorted(remote_indexes - known_volumes)
         if new_indexes:
-            self._record_index_objects(new_indexes, dict(self.backend.list("data/")), progress=None)
+            self._record_index_objects(new_indexes, self.list_objects(Kind.VOLUME), progress=None)
         self.refuse_surprising_loss("index objects (index/)", known_volumes, vanished_volumes,
                                     still_needed=self._only_place_of_needed_blocks)
         # A volume whose index object is gone was deleted by a prune (maybe another machine's), or
@@ -358,17 +415,17 @@ class Repository:
             f"unmounted folder, a changed prefix); if they were removed on purpose, run the command again "
             f"with --accept-missing")
 
-    def _record_index_objects(self, index_objects: list[str], volume_sizes: dict[str, int], progress) -> list[str]:
-        """Record the blocks of each index object whose volume exists; returns those skipped."""
+    def _record_index_objects(self, names: list[str], volume_sizes: dict[str, int], progress) -> list[str]:
+        """Record the blocks of the index objects of volumes `names` whose volume exists (in
+        `volume_sizes`, by id); returns the index objects skipped."""
         skipped = []
-        for obj in index_objects:
-            name = obj.split("/", 1)[1]
-            if volume_object(name) not in volume_sizes:
+        for name in names:
+            obj = index_object(name)
+            if name not in volume_sizes:
                 skipped.append(obj)       # its volume is gone (or never arrived): its blocks are not available
             else:
                 try:
-                    size, entries = get_checked(self.backend, obj, lambda data, obj=obj, name=name:
-                                                fmt.decode_index(self.keys, bytes.fromhex(name), data, obj))
+                    size, entries = self.load_index_object(name)
                 except NoSuchObject:
                     skipped.append(obj)   # deleted since the listing (another machine's prune)
                 else:
@@ -397,12 +454,12 @@ class Repository:
         `skip_damaged_versions` lists damaged version objects there too, but not index objects (a
         volume left out would make restores fail with less telling errors)."""
         index = self.index
-        index_names = sorted(n for n, _ in self.backend.list("index/"))
-        listed = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
+        index_names = sorted(self.list_objects(Kind.INDEX))
+        listed = set(self.list_objects(Kind.VERSION))
         version_names = sorted(listed - self.forgotten_names(listed))
-        volume_sizes = dict(self.backend.list("data/"))
-        present = [n for n in index_names if volume_object(n.split("/", 1)[1]) in volume_sizes]
-        skipped = sorted(set(index_names) - set(present))   # their volume is gone
+        volume_sizes = self.list_objects(Kind.VOLUME)
+        present = [n for n in index_names if n in volume_sizes]
+        skipped = sorted(index_object(n) for n in set(index_names) - set(present))   # their volume is gone
         if progress:
             progress.start("rebuilding index", total_items=len(present) + len(version_names))
         damaged: list[str] = []
@@ -416,7 +473,7 @@ class Repository:
             index.set_aside_if_damaged()      # (a rebuild on damaged pages would fail, or keep them)
             left_wal = index.try_journal_mode("DELETE")
             try:
-                with ThreadPoolExecutor(max(4, 2 * self.backend.connections)) as pool, index.transaction() as db:
+                with ThreadPoolExecutor(max(4, 2 * self.connections)) as pool, index.transaction() as db:
                     self._rebuild_in(db, pool, present, version_names, damaged, keep_going, skip_damaged_versions,
                                  progress)
             finally:
@@ -425,15 +482,15 @@ class Repository:
                     index.db.execute("PRAGMA journal_mode=WAL")
         if progress:
             progress.finish()
-        return {"volumes": len(present) - sum(1 for d in damaged if d.startswith("index/")),
-                "versions": len(version_names) - sum(1 for d in damaged if d.startswith("versions/")),
+        return {"volumes": len(present) - sum(1 for d in damaged if d.startswith(Kind.INDEX.folder)),
+                "versions": len(version_names) - sum(1 for d in damaged if d.startswith(Kind.VERSION.folder)),
                 "skipped": skipped, "damaged": damaged}
 
     def _rebuild_in(self, db, pool, present: list[str], version_names: list[str], damaged: list[str],
                     keep_going: bool, skip_damaged_versions: bool, progress) -> None:
         """rebuild_index's writing, inside its one transaction."""
         def unreadable(obj: str, error: FsbackupError) -> None:
-            if not (keep_going or (skip_damaged_versions and obj.startswith("versions/"))):
+            if not (keep_going or (skip_damaged_versions and obj.startswith(Kind.VERSION.folder))):
                 raise error
             damaged.append(obj)
 
@@ -485,18 +542,18 @@ class Repository:
             db.execute(sql)
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('repository_id', ?)", (self.id,))
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                   (UNREADABLE_VERSIONS, json.dumps([d for d in damaged if d.startswith("versions/")])))
+                   (UNREADABLE_VERSIONS, json.dumps([d for d in damaged if d.startswith(Kind.VERSION.folder)])))
 
     def _read_index_objects(self, run: tuple[int, list[str]]) -> list[tuple[str, object]]:
-        """(object, result) for a run of index objects, the first becoming volume row first+1: the
-        result is (volumes row, staged block rows), or the error for the writing thread to decide."""
-        first, objs = run
+        """(object, result) for the index objects of a run of volumes, the first becoming volume row
+        first+1: the result is (volumes row, staged block rows), or the error for the writing
+        thread to decide."""
+        first, names = run
         results = []
-        for vol_id, obj in enumerate(objs, start=first + 1):
-            name = obj.split("/", 1)[1]
+        for vol_id, name in enumerate(names, start=first + 1):
+            obj = index_object(name)
             try:
-                size, entries = get_checked(self.backend, obj,
-                                            lambda data: fmt.decode_index(self.keys, bytes.fromhex(name), data, obj))
+                size, entries = self.load_index_object(name)
             except (CorruptObject, NoSuchObject) as e:
                 results.append((obj, e))
                 continue
@@ -527,28 +584,24 @@ class Repository:
           forgotten (`forget_vanished_volumes`), so that no new version refers to their blocks.
         """
         notes = []
-        volumes = {}
-        for obj, size in self.backend.list("data/"):
-            name = obj.rsplit("/", 1)[-1]
-            if _is_object_id(name) and obj == volume_object(name):
-                volumes[name] = size
-            else:
-                notes.append(f"{obj} is not an fsbackup object; left alone")
-        index_objs = {obj.split("/", 1)[1] for obj, _ in self.backend.list("index/")}
+        strays: list[str] = []
+        volumes = list_objects(self.backend, Kind.VOLUME, strays)
+        notes += [f"{obj} is not an fsbackup object; left alone" for obj in strays]
+        index_objs = set(self.list_objects(Kind.INDEX))
         known = {name for (name,) in self.index.q("SELECT name FROM volumes")}
         gone = known - set(volumes)
         self.refuse_surprising_loss("volumes (data/)", known, gone)
         for name in sorted(set(volumes) - index_objs):
             notes.append(self._adopt_volume(name, volumes[name]))
         for name in sorted(index_objs - set(volumes)):
-            self.backend.delete(index_object(name))
+            self.delete_object(Kind.INDEX, name)
             notes.append(f"removed {index_object(name)}: its volume is missing")
-        listed = {n.split("/", 1)[1] for n, _ in self.backend.list("versions/")}
+        listed = set(self.list_objects(Kind.VERSION))
         for name in sorted(listed & self.forgotten_names(listed)):
-            self.backend.delete(version_object(name))     # a forget stopped between its two steps
+            self.delete_object(Kind.VERSION, name)     # a forget stopped between its two steps
             notes.append(f"removed {version_object(name)}: it was forgotten (by a forget that stopped midway, "
                          "or put back since)")
-        removed, size = self.backend.remove_partial_uploads(PARTIAL_UPLOAD_AGE)   # (why that age: locks.py)
+        removed, size = self.remove_partial_uploads()
         if removed:
             notes.append(f"removed {removed} partial upload(s) of runs that stopped midway ({size} bytes)")
         self.forget_vanished_volumes(gone)
@@ -571,7 +624,7 @@ class Repository:
         try:
             entries = self.read_volume_table(name, size)
         except CorruptObject as e:
-            self.backend.delete(obj)
+            self.delete_object(Kind.VOLUME, name)
             return f"deleted {obj}, left by a backup that stopped before recording it ({e})"
         self.adopt_volume(name, size, entries)
         return f"adopted {obj}, left by a backup that stopped before recording it"
@@ -581,14 +634,25 @@ class Repository:
         is missing; CorruptObject when it does not read."""
         obj = volume_object(name)
         volume_id = bytes.fromhex(name)
-        offset, length = get_checked(self.backend, obj, lambda f: fmt.table_place(f, size, obj),
-                                     size - fmt.FOOTER.size, fmt.FOOTER.size)
-        return get_checked(self.backend, obj, lambda t: fmt.open_table(self.keys, volume_id, t, obj), offset, length)
+        offset, length = self.read_checked(Kind.VOLUME, name, lambda f: fmt.table_place(f, size, obj),
+                                           size - fmt.FOOTER.size, fmt.FOOTER.size)
+        return self.read_checked(Kind.VOLUME, name, lambda t: fmt.open_table(self.keys, volume_id, t, obj),
+                                 offset, length)
 
     def adopt_volume(self, name: str, size: int, entries: list[fmt.BlockEntry]) -> None:
         """Store a volume's index object again from its table, and record the volume."""
-        self.backend.put(index_object(name), fmt.encode_index(self.keys, bytes.fromhex(name), size, entries))
+        self.store_index_object(name, size, entries)
         self.record_volume(name, size, entries)
+
+    def store_index_object(self, name: str, size: int, entries: list[fmt.BlockEntry]) -> None:
+        """Store (or replace whole) the index object of volume `name`, of `size` bytes, listing `entries`."""
+        self.backend.put(index_object(name), fmt.encode_index(self.keys, bytes.fromhex(name), size, entries))
+
+    def load_index_object(self, name: str) -> tuple[int, list[fmt.BlockEntry]]:
+        """(volume size, block entries) of volume `name`'s index object, authenticated."""
+        obj = index_object(name)
+        return self.read_checked(Kind.INDEX, name, lambda data: fmt.decode_index(self.keys, bytes.fromhex(name),
+                                                                                 data, obj))
 
     # ---- keys -----------------------------------------------------------------------------
 
@@ -596,14 +660,14 @@ class Repository:
         """(name, what its JSON says) of every key object, with when and where it was made
         (`created`, `host`) opened when it says so; a damaged one says {"damaged": why}."""
         out = []
-        for name, _ in sorted(self.backend.list("keys/")):
+        for key_id in sorted(self.list_objects(Kind.KEY)):
+            name = key_object(key_id)
             try:
                 doc = json.loads(self.backend.get(name))
                 if not isinstance(doc, dict):
                     raise ValueError
                 about = doc.pop("about", None)
-                key_id = name.split("/", 1)[1]
-                if about is not None and _is_object_id(key_id):
+                if about is not None:
                     doc.update(open_about(self.keys, bytes.fromhex(key_id), about, name))
             except ValueError:
                 doc = {"damaged": "not a key object"}
@@ -630,7 +694,7 @@ class Repository:
     def remove_key(self, name: str) -> None:
         if name == self.key_name:
             raise UsageError("that is the key in use; open the repository with another passphrase to remove it")
-        names = [n for n, _ in self.backend.list("keys/")]
+        names = [key_object(key_id) for key_id in self.list_objects(Kind.KEY)]
         if name not in names:
             raise NoSuchObject(name)
         if len(names) < 2:
@@ -640,20 +704,17 @@ class Repository:
     # ---- locks (locks.py decides who may hold them) -------------------------------------------
 
     def lock_names(self) -> list[str]:
-        return [obj.split("/", 1)[1] for obj, _ in self.backend.list("locks/")]
+        return sorted(self.list_objects(Kind.LOCK))
 
     def store_lock(self, name: str, doc: dict) -> None:
         self.backend.put(lock_object(name), fmt.encode_lock(self.keys, bytes.fromhex(name), doc))
 
     def load_lock(self, name: str) -> dict:
         obj = lock_object(name)
-        if not _is_object_id(name):
-            raise CorruptObject(obj, "not a lock name")
-        return get_checked(self.backend, obj,
-                           lambda data: fmt.decode_lock(self.keys, bytes.fromhex(name), data, obj))
+        return self.read_checked(Kind.LOCK, name, lambda data: fmt.decode_lock(self.keys, bytes.fromhex(name), data, obj))
 
     def delete_lock(self, name: str) -> None:
-        self.backend.delete(lock_object(name))
+        self.delete_object(Kind.LOCK, name)
 
     # ---- volumes and blocks -------------------------------------------------------------
 
@@ -732,8 +793,8 @@ class Repository:
         may be gone), then its index object (from then on no reader records it again), then the
         volume. A crash in between leaves a volume without index object, which prune deletes."""
         self.unrecord_volume(name)
-        self.backend.delete(index_object(name))
-        self.backend.delete(volume_object(name))
+        self.delete_object(Kind.INDEX, name)
+        self.delete_object(Kind.VOLUME, name)
 
     def known_blocks(self, block_ids: list[bytes]) -> set[bytes]:
         """The ones among `block_ids` the index records as stored (at most a few hundred at once)."""
@@ -836,14 +897,14 @@ class Repository:
         except NoSpace:
             # A full repository disk (forget --no-lock is how space is freed): the version object
             # goes first, and the record takes a little of the room that freed.
-            self.backend.delete(version_object(name))
+            self.delete_object(Kind.VERSION, name)
             try:
                 self.backend.put(forgotten_object(name), record)
             except NoSpace:
                 log.warning("the disk is full: no record that version %s was forgotten could be stored; other "
                             "machines will report it as gone without a forget", name[:8])
         else:
-            self.backend.delete(version_object(name))
+            self.delete_object(Kind.VERSION, name)
         self.unrecord_version(name)
 
     def forgotten_names(self, acted_on: set[str]) -> set[str]:
@@ -851,12 +912,12 @@ class Repository:
         (versions still listed, which a reader then hides and a writer deletes, or just vanished,
         whose going the record explains) count only when their record authenticates: a record is
         no more trusted for its name than any other object."""
-        names = {obj.split("/", 1)[1] for obj, _ in self.backend.list("forgotten/")}
+        names = set(self.list_objects(Kind.FORGOTTEN))
         for name in sorted(names & acted_on):
             obj = forgotten_object(name)
             try:
-                get_checked(self.backend, obj, lambda data, obj=obj, name=name:
-                            fmt.decode_forgotten(self.keys, bytes.fromhex(name), data, obj))
+                self.read_checked(Kind.FORGOTTEN, name, lambda data, obj=obj, name=name:
+                                  fmt.decode_forgotten(self.keys, bytes.fromhex(name), data, obj))
             except (CorruptObject, NoSuchObject) as e:
                 names.discard(name)
                 log.warning("%s; version %s is not taken for forgotten", e, name[:8])

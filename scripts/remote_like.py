@@ -12,17 +12,23 @@ block at a time (the baseline the read-ahead is measured against). For benchmark
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 import time
 
-from fsbackup import cli
-from fsbackup.backends import WrappingBackend
+from fsbackup import backends, cli
+from fsbackup.backends import Backend, BackendTraits, Latency, WrappingBackend
 
 
 class RemoteLikeBackend(WrappingBackend):
     """A backend behind a link with a fixed round-trip `latency` (seconds) and a `bandwidth`
-    (bytes/s, 0 = unlimited) that the bytes of all requests share."""
+    (bytes/s, 0 = unlimited) that the bytes of all requests share. It is remote: the mount caches
+    and syncs as it does for B2."""
+
+    @property
+    def traits(self) -> BackendTraits:
+        return dataclasses.replace(self.inner.traits, latency=Latency.REMOTE)
 
     def __init__(self, inner: Backend, latency: float, bandwidth: float):
         super().__init__(inner)
@@ -70,9 +76,8 @@ def main() -> int:
     parser.add_argument("args", nargs=argparse.REMAINDER)
     opts = parser.parse_args()
     args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
-    open_backend = cli.open_backend
-    cli.open_backend = lambda url: RemoteLikeBackend(open_backend(url), opts.latency_ms / 1000,
-                                                     opts.bandwidth_mbps * 1_000_000)
+    local = backends.register_scheme("file", lambda url: RemoteLikeBackend(local(url), opts.latency_ms / 1000,
+                                                                           opts.bandwidth_mbps * 1_000_000))
     if opts.no_read_ahead:
         from fsbackup.mount import view as vfs
         init = vfs.RepositoryView.__init__

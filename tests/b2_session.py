@@ -13,12 +13,12 @@ import os
 import shlex
 import sys
 
-from fsbackup.backends import b2
+from doubles import b2sim
 from fsbackup.cli import main as cli_main
 
 
 def run(bucket: str, commands: list[str]) -> int:
-    simulated = b2.use_simulator()
+    simulated = b2sim.use_simulator()
     simulated.create_bucket(bucket)
     os.environ.update(simulated.environ())
     rc = 0

@@ -83,6 +83,28 @@ def blank_env(tmp_path: Path) -> Env:
     return Env(tmp_path)
 
 
+@pytest.fixture
+def wrap_storage():
+    """`wrap_storage(wrap, scheme="file")`: backends opened afterwards for that scheme's URLs (by
+    `open_backend`, so by the command line in this process) are `wrap(the plain backend)`, inside
+    the retry layer. Returns a function that undoes it; whatever is left is undone after the test."""
+    from fsbackup import backends
+    undo: list = []
+
+    def wrap_scheme(wrap, scheme: str = "file"):
+        plain = backends.register_scheme(scheme, lambda url: wrap(plain(url)))
+
+        def restore() -> None:
+            if restore in undo:
+                undo.remove(restore)
+                backends.register_scheme(scheme, plain)
+        undo.append(restore)
+        return restore
+    yield wrap_scheme
+    for restore in reversed(list(undo)):
+        restore()
+
+
 def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

@@ -1,7 +1,8 @@
 """The fsbackup command line over a backend with injected faults, for tests that run commands as
 separate processes: FSBACKUP_TEST_FAULTS="SEED:LIST_FAILURES:DAMAGED_READS" makes that share of
 listings fail (permanently: the command must stop, deleting nothing) and that share of downloads
-come back with one byte flipped (authentication must catch it). Test-only; never shipped."""
+come back with one byte flipped (authentication must catch it): the `file` scheme (local
+repositories) is registered again to open the faulty backend around the local one."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ import random
 import sys
 
 import fsbackup.backends as backends
-from fsbackup.backends.faults import FaultyBackend
+from doubles.faults import FaultyBackend
 from fsbackup.cli import main
 
 
@@ -35,12 +36,9 @@ def _install() -> None:
     if not spec:
         return
     seed, list_failures, damaged_reads = spec.split(":")
-    plain = backends._plain_backend
     seed_for_process = int(seed) * 1000 + os.getpid() % 1000
-
-    def faulty(url: str):
-        return RandomlyFaultyBackend(plain(url), seed_for_process, float(list_failures), float(damaged_reads))
-    backends._plain_backend = faulty
+    plain = backends.register_scheme("file", lambda url: RandomlyFaultyBackend(
+        plain(url), seed_for_process, float(list_failures), float(damaged_reads)))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import Env, make_full_tree, restored_root, snapshot
 from fsbackup import errors
-from fsbackup.backends import b2
+from doubles import b2sim
 from fsbackup.backup import Backup
 
 BUCKET = "fsbackup-cli"
@@ -15,13 +15,13 @@ BUCKET = "fsbackup-cli"
 
 @pytest.fixture
 def b2_env(tmp_path):
-    sim = b2.use_simulator()
+    sim = b2sim.use_simulator()
     sim.create_bucket(BUCKET)
     env = Env(tmp_path)
     env.vars["FSBACKUP_REPOSITORY"] = f"b2://{BUCKET}/repo-{secrets.token_hex(6)}"
     env.vars.update(sim.environ())
     yield env
-    b2.stop_simulator()
+    b2sim.stop_simulator()
 
 
 def uploads_in_flight_seen(monkeypatch) -> list[int]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import apsw
 
 from conftest import restored_root, snapshot, write
-from fsbackup import cli
 from fsbackup import format as fmt
 from fsbackup.backends import WrappingBackend, open_backend
 from fsbackup.check import select_volumes
@@ -177,13 +176,13 @@ class FlipOnPut(WrappingBackend):
         self.inner.delete(name)
 
 
-def test_backup_verifies_and_reports_a_volume_damaged_on_upload(env, tmp_path, monkeypatch):
+def test_backup_verifies_and_reports_a_volume_damaged_on_upload(env, tmp_path, wrap_storage):
     src = tmp_path / "src"
     write(src / "a", os.urandom(300_000))
     r = env.ok("backup", src)
     assert "1 volume(s) downloaded and verified" in r.out
     write(src / "b", os.urandom(300_000))
-    monkeypatch.setattr(cli, "open_backend", lambda url: FlipOnPut(open_backend(url)))
+    wrap_storage(FlipOnPut)
     r = env.run("backup", src)
     assert r.rc == EXIT_CORRUPT, r.err
     damaged = [line for line in r.err.splitlines() if line.startswith("damaged: data/")]
@@ -199,22 +198,22 @@ def test_verify_percent_reads_at_least_that_part_of_all_volumes(env, backed, tmp
     assert f"{volumes + 1} volume(s) downloaded and verified" in r.out, r.out
 
 
-def test_retention_is_skipped_when_the_new_version_does_not_verify(env, tmp_path, monkeypatch):
+def test_retention_is_skipped_when_the_new_version_does_not_verify(env, tmp_path, wrap_storage):
     src = tmp_path / "src"
     for i in range(3):
         write(src / f"f{i}", os.urandom(100_000))
         env.ok("backup", src)
-    monkeypatch.setattr(cli, "open_backend", lambda url: FlipOnPut(open_backend(url)))
+    wrap_storage(FlipOnPut)
     write(src / "new", os.urandom(100_000))
     r = env.run("backup", src, "--keep-last", "1")
     assert r.rc == EXIT_CORRUPT and "retention skipped" in r.err, r.err
     assert len(versions_of(env)) == 4
 
 
-def test_no_verify_skips_the_verification(env, tmp_path, monkeypatch):
+def test_no_verify_skips_the_verification(env, tmp_path, wrap_storage):
     src = tmp_path / "src"
     write(src / "a", os.urandom(300_000))
-    monkeypatch.setattr(cli, "open_backend", lambda url: FlipOnPut(open_backend(url)))
+    wrap_storage(FlipOnPut)
     r = env.ok("backup", src, "--no-verify")
     assert "verified" not in r.out
 

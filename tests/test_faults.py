@@ -5,7 +5,7 @@ is reported as corruption); the mount model fails reads with EIO while the stora
 serves them again when it comes back.
 
 Faults come from `FaultyBackend` (seeded) placed under the real retry layer; the CLI runs in this
-process with `open_backend` swapped for one that puts a FaultyBackend inside the RetryingBackend.
+process with the `file` scheme registered to open a FaultyBackend around the local one.
 """
 from __future__ import annotations
 
@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TEST_PASSWORD, pseudo_random, restored_root, snapshot, write
-from fsbackup import cli
+from doubles.faults import FaultyBackend
+from doubles.memory import MemoryBackend
 from fsbackup import format as fmt
-from fsbackup.backends import open_backend
-from fsbackup.backends.faults import FaultyBackend
+from fsbackup.backends import Backend, open_backend, retry
 from fsbackup.backends.local import LocalBackend
-from fsbackup.backends.memory import MemoryBackend
 from fsbackup.backends.retry import RetryingBackend
 from fsbackup.errors import EXIT_BACKEND, EXIT_CORRUPT, BackendError, CorruptObject, NoSpace, NoSuchObject, PermissionDenied
 from fsbackup.mount.fuse import _errno_of
@@ -157,16 +156,19 @@ class FaultyStorage:
     """Makes the CLI open its repository as FaultyBackend(the real backend) under quick retries.
     `setup` scripts the faults of each FaultyBackend as it is made; `opened` keeps them."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, wrap_storage, monkeypatch):
         self.opened: list[FaultyBackend] = []
         self.setup = lambda faulty: None
-        monkeypatch.setattr(cli, "open_backend", self._open)
+        for scheme in ("file", "b2"):
+            wrap_storage(self._wrap, scheme)
+        for bound, quick in (("BACKUP_RETRY_SECONDS", 20), ("BASE_DELAY", 0.001), ("MAX_DELAY", 0.02)):
+            monkeypatch.setattr(retry, bound, quick)
 
-    def _open(self, url: str) -> RetryingBackend:
-        faulty = FaultyBackend(open_backend(url).inner, seed=len(self.opened) + 1)
+    def _wrap(self, plain: Backend) -> FaultyBackend:
+        faulty = FaultyBackend(plain, seed=len(self.opened) + 1)
         self.setup(faulty)
         self.opened.append(faulty)
-        return RetryingBackend(faulty, max_seconds=20, base_delay=0.001, max_delay=0.02)
+        return faulty
 
     @property
     def last(self) -> FaultyBackend:
@@ -174,8 +176,8 @@ class FaultyStorage:
 
 
 @pytest.fixture
-def storage(env, monkeypatch) -> FaultyStorage:
-    return FaultyStorage(monkeypatch)
+def storage(env, wrap_storage, monkeypatch) -> FaultyStorage:
+    return FaultyStorage(wrap_storage, monkeypatch)
 
 
 def make_tree(src: Path, files: int = 300, seed: int = 0) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import TEST_PASSWORD, restored_root, snapshot, write
 from fsbackup import errors
-from fsbackup.backends.memory import MemoryBackend
+from doubles.memory import MemoryBackend
 from fsbackup.repository import Repository
 from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 

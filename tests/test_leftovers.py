@@ -15,9 +15,9 @@ import pytest
 
 from conftest import pseudo_random, restored_root, snapshot, write
 from fsbackup.backends import open_backend
-from fsbackup.backends.faults import FaultyBackend
+from doubles.faults import FaultyBackend
 from fsbackup.backends.local import LocalBackend
-from fsbackup.backends.memory import MemoryBackend
+from doubles.memory import MemoryBackend
 from fsbackup.backends.retry import RetryingBackend
 from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 from test_crash import backup_killed_at_put, index_path
@@ -128,7 +128,7 @@ def test_leftovers_on_b2_are_settled_too(b2_env, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("after", [1, 3, 6, 10])
 def test_a_backup_on_b2_cut_off_at_any_call_leaves_a_repository_the_next_backup_uses(b2_env, tmp_path,
-                                                                                     monkeypatch, after):
+                                                                                     wrap_storage, monkeypatch, after):
     """B2 lives in this process, so the storage is cut off instead of the process killed: from
     the `after`-th call on, every call fails for good. The version before stays exact, and the
     next backup (the storage back, the stopped run's lock removed) settles what was left."""
@@ -141,7 +141,7 @@ def test_a_backup_on_b2_cut_off_at_any_call_leaves_a_repository_the_next_backup_
     before = snapshot(src)
     for i in range(3, 12):
         write(src / f"f{i}", pseudo_random(150_000, i))
-    storage = FaultyStorage(monkeypatch)
+    storage = FaultyStorage(wrap_storage, monkeypatch)
     storage.setup = lambda faulty: faulty.go_down(after=after)
     r = env.run("backup", src, "--volume-size", "256K")
     assert r.rc == errors.EXIT_BACKEND and "Traceback" not in r.err, r.err

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Env, pseudo_random, restored_root, snapshot, write
-from fsbackup.backends.faults import FaultyBackend
+from doubles.faults import FaultyBackend
 from fsbackup.backends.local import LocalBackend
 from fsbackup.errors import EXIT_BACKEND, EXIT_CORRUPT, EXIT_PERMISSION, BackendError
 
@@ -99,22 +99,20 @@ def test_local_listing_of_an_unreadable_folder_fails(unprivileged_user, tmp_path
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_a_listing_failure_of_any_backend_stops_prune_before_it_deletes(env, tmp_path, monkeypatch):
+def test_a_listing_failure_of_any_backend_stops_prune_before_it_deletes(env, tmp_path, wrap_storage):
     """Through the fault-injecting backend, around whatever backend: the listing is what fails."""
     src = two_versions(env, tmp_path)
     env.ok("forget", "--keep-last", "1")
     before = objects(env.repo)
-    import fsbackup.backends as backends
-    real = backends._plain_backend
 
-    def failing_listings(url):
-        store = FaultyBackend(real(url))
+    def failing_listings(plain):
+        store = FaultyBackend(plain)
         store.go_down(method="list", permanent=True)
         return store
-    monkeypatch.setattr(backends, "_plain_backend", failing_listings)
+    unwrap = wrap_storage(failing_listings)
     r = env.run("prune")
     assert r.rc == EXIT_BACKEND and "Traceback" not in r.err, r.err
-    monkeypatch.setattr(backends, "_plain_backend", real)
+    unwrap()
     assert objects(env.repo) == before
     env.ok("prune")
     assert_every_version_restores(env, tmp_path, src, snapshot(src))

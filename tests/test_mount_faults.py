@@ -19,7 +19,7 @@ import pytest
 
 from conftest import TEST_PASSWORD, pseudo_random, write
 from test_mount import FSBACKUP, FUSE_MISSING, Mount, is_dead_mount, mounted  # noqa: F401 (a fixture)
-from fsbackup.backends.faults import FaultyBackend
+from doubles.faults import FaultyBackend
 from fsbackup.backends.local import LocalBackend
 from fsbackup.errors import (AuthenticationFailed, BackendError, CorruptObject, FsbackupError, NoSpace, NoSuchObject,
                              PermissionDenied)

@@ -258,7 +258,7 @@ def test_prune_through_b2(b2_env, tmp_path):  # noqa: F811
 
 
 @pytest.mark.parametrize("after", [1, 5, 10, 15, 18, 19, 20, 21])   # before, between and after its puts and deletes
-def test_prune_on_b2_cut_off_at_any_call_leaves_every_version_restorable(b2_env, tmp_path, monkeypatch, after):
+def test_prune_on_b2_cut_off_at_any_call_leaves_every_version_restorable(b2_env, tmp_path, wrap_storage, monkeypatch, after):
     """B2 lives in this process, so the storage is cut off instead of the process killed: at the
     `after`-th call every put, get, list and delete fails for good. What remains restores exactly,
     and once the storage is back (and the stopped prune's lock removed) the next prune finishes."""
@@ -274,7 +274,7 @@ def test_prune_on_b2_cut_off_at_any_call_leaves_every_version_restorable(b2_env,
     b2_env.ok("forget", "--keep-last", "1")     # the last backup's volume is half used: repacked
     kept = {name: state for name, state in states.items()
             if name in {v["id"] for v in json.loads(b2_env.ok("versions", "--json").out)}}
-    storage = FaultyStorage(monkeypatch)
+    storage = FaultyStorage(wrap_storage, monkeypatch)
     storage.setup = lambda faulty: faulty.go_down(after=after)
     r = b2_env.run(*PRUNE_ARGS)
     assert r.rc == errors.EXIT_BACKEND and "Traceback" not in r.err, r.err

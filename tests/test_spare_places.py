@@ -7,8 +7,7 @@ import json
 import pytest
 
 from conftest import pseudo_random, restored_root, snapshot, write
-import fsbackup.backends as backends
-from fsbackup.backends.faults import FaultyBackend
+from doubles.faults import FaultyBackend
 from fsbackup.errors import BackendError
 
 
@@ -20,7 +19,7 @@ def two_machines(env, tmp_path):
         (lambda *args: env.run(*args, XDG_CACHE_HOME=str(other)))
 
 
-def test_a_sync_between_a_prunes_copy_and_its_deletion_loses_no_block(two_machines, tmp_path, monkeypatch):
+def test_a_sync_between_a_prunes_copy_and_its_deletion_loses_no_block(two_machines, tmp_path, wrap_storage):
     env, b_ok, b_run = two_machines
     src = tmp_path / "src"
     for i in range(12):                       # in name order, kept and dropped files alternate: every
@@ -35,7 +34,6 @@ def test_a_sync_between_a_prunes_copy_and_its_deletion_loses_no_block(two_machin
     env.ok("forget", first)
 
     # A's prune copies the live blocks into new volumes, then fails to delete the old ones.
-    real = backends._plain_backend
 
     class NoDeletesOnceANewVolumeIsStored(FaultyBackend):
         stored = False
@@ -48,9 +46,9 @@ def test_a_sync_between_a_prunes_copy_and_its_deletion_loses_no_block(two_machin
             if self.stored:
                 raise BackendError(f"refused to delete {name}")
             super().delete(name)
-    monkeypatch.setattr(backends, "_plain_backend", lambda url: NoDeletesOnceANewVolumeIsStored(real(url)))
+    unwrap = wrap_storage(NoDeletesOnceANewVolumeIsStored)
     assert env.run("prune", "--max-unused", "0", "--volume-size", "128K").rc != 0
-    monkeypatch.setattr(backends, "_plain_backend", real)
+    unwrap()
     b_ok("versions")                  # B records the new volumes while the old ones still hold the blocks
     env.ok("prune", "--max-unused", "0", "--volume-size", "128K")      # now the old volumes go
     r = b_run("restore", "latest", "--target", tmp_path / "out", "--accept-missing")

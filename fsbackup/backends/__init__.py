@@ -1,21 +1,50 @@
 """Storage backends: where repository objects live.
 
-One interface, `Backend`, whose docstrings are the contract; every backend passes the same
-contract suite (tests/test_backend_contract.py). Only the repository layer talks to backends.
-`open_backend(url)` turns a repository URL into a backend.
+One interface, `Backend`, whose docstrings are the contract, and whose `traits` declare what a
+backend guarantees beyond it; every backend passes the same contract suite
+(tests/backend_contract.py). Only the repository layer talks to backends.
+
+`open_backend(url)` turns a repository URL into a backend: the URL's scheme is looked up in a
+table (`register_scheme`), so a new backend is one registration. A plain path is `file`.
 """
 from __future__ import annotations
 
 import abc
-from typing import Iterator
+import enum
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 from ..errors import RepositoryNotFound, UsageError
+
+
+class Latency(enum.Enum):
+    """How far a store is from this process: callers cache and read ahead by it."""
+    LOCAL = "local"       # a directory on this machine or a NAS: a request costs about a system call
+    REMOTE = "remote"     # over a network: a request costs a round trip
+
+
+@dataclass(frozen=True)
+class BackendTraits:
+    """What a backend guarantees beyond the `Backend` contract; callers decide by these, never
+    by a backend's class or URL.
+
+    atomic_replace     a put over an existing name replaces it whole: readers see the old object
+                       or the new one, never a mix, nor (once put returns) the old one again
+    immediate_listing  an object is listed as soon as its put returns, and not once its delete
+                       returns (locks rely on it: a lock written is seen by the next taker)
+    latency            `Latency.LOCAL` or `Latency.REMOTE`
+    """
+    atomic_replace: bool = True
+    immediate_listing: bool = True
+    latency: Latency = Latency.LOCAL
 
 
 class Backend(abc.ABC):
     """A flat store of named, immutable objects.
 
-    Names are '/'-separated relative paths made of [A-Za-z0-9._-] parts, e.g. 'data/ab/ab12...'.
+    Names are '/'-separated relative paths made of [A-Za-z0-9._-] parts, e.g. 'data/ab/ab12...';
+    no part is '.' or '..' or starts with '.tmp-' (a backend may keep its own files so), and no
+    name is the folder of another (as 'a' of 'a/b'). The repository's names (names.py) are such.
     Objects are written once under a fresh name; writing an existing name replaces it whole.
 
     Failures raise `errors.BackendError` (with `.temporary` telling whether a retry may help),
@@ -28,11 +57,13 @@ class Backend(abc.ABC):
     `retry.RetryingBackend`, which `open_backend` puts around every backend, does.
 
     `connections` is a hint to callers: how many requests (uploads, downloads) suit the store at
-    once. Callers may set it (`--connections`).
+    once. Callers may set it (`--connections`). `traits` (`BackendTraits`) declares what else
+    callers may rely on; the contract suite checks each declared trait it can.
     """
 
     url: str
     connections: int = 2
+    traits: BackendTraits = BackendTraits()
 
     @abc.abstractmethod
     def put(self, name: str, data: bytes) -> None:
@@ -93,7 +124,7 @@ class Backend(abc.ABC):
 
 class WrappingBackend(Backend):
     """A backend that adds behaviour (retries, faults, latency) around another, `inner`: it has
-    the inner backend's URL and concurrency, and closing it closes the inner one."""
+    the inner backend's URL, concurrency and traits, and closing it closes the inner one."""
 
     def __init__(self, inner: Backend):
         self.inner = inner
@@ -101,6 +132,10 @@ class WrappingBackend(Backend):
     @property
     def url(self) -> str:
         return self.inner.url
+
+    @property
+    def traits(self) -> BackendTraits:
+        return self.inner.traits
 
     @property
     def connections(self) -> int:
@@ -119,6 +154,26 @@ class WrappingBackend(Backend):
         self.inner.close()
 
 
+Opener = Callable[[str], Backend]
+"""Makes the backend for a repository URL of its scheme (the whole URL; for `file`, maybe a plain
+path). Raises a one-line `FsbackupError` (UsageError, RepositoryNotFound, ...) on a bad URL."""
+
+_OPENERS: dict[str, Opener] = {}
+
+
+def register_scheme(scheme: str, opener: Opener) -> Opener | None:
+    """Make `scheme://...` URLs open with `opener`; returns the opener it replaces (None if new),
+    for a caller that wraps it or puts it back."""
+    previous = _OPENERS.get(scheme)
+    _OPENERS[scheme] = opener
+    return previous
+
+
+def unregister_scheme(scheme: str) -> None:
+    """Forget `scheme` (a caller putting back what `register_scheme` replaced with None)."""
+    _OPENERS.pop(scheme, None)
+
+
 def open_backend(url: str) -> Backend:
     """The backend for a repository URL, wrapped so that temporary failures are retried
     (`retry.RetryingBackend`, with the bound for batch work; the mount sets a shorter one)."""
@@ -127,19 +182,26 @@ def open_backend(url: str) -> Backend:
 
 
 def _plain_backend(url: str) -> Backend:
-    """Make the backend for a repository URL: a plain path (or file://PATH) is a local directory,
-    b2://BUCKET/PREFIX a Backblaze B2 bucket."""
+    """Make the backend for a repository URL by its scheme's opener; a URL without '://' is a path."""
     if not url:
         raise UsageError("no repository given: use --repo URL or set FSBACKUP_REPOSITORY")
-    if url.startswith("memory://"):
-        from .memory import MemoryBackend
-        return MemoryBackend.named(url)
-    if url.startswith("b2://"):
-        from .b2 import B2Backend
-        return B2Backend(url)
-    if "://" in url and not url.startswith("file://"):
-        scheme = url.split("://", 1)[0]
+    scheme, separator, _ = url.partition("://")
+    opener = _OPENERS.get(scheme if separator else "file")
+    if opener is None:
         raise RepositoryNotFound(f"unknown repository URL scheme '{scheme}://' "
                                  f"(use a directory path or b2://BUCKET/PREFIX)")
-    from .local import LocalBackend
-    return LocalBackend(url.removeprefix("file://"))
+    return opener(url)
+
+
+def _open_local(url: str) -> Backend:
+    from .local import open_local
+    return open_local(url)
+
+
+def _open_b2(url: str) -> Backend:
+    from .b2 import B2Backend          # (b2sdk is imported only for b2:// repositories)
+    return B2Backend(url)
+
+
+register_scheme("file", _open_local)
+register_scheme("b2", _open_b2)

@@ -8,7 +8,8 @@ retryable (connection errors, timeouts, 5xx, 429/503 after the server's Retry-Af
 tokens after re-authorizing) a few times; what escapes becomes a `BackendError` whose `temporary`
 flag and `retry_after` tell the layers above whether waiting and trying again may help.
 
-Tests run against b2sdk's in-memory B2 (`RawSimulator`) after `use_simulator()`.
+The B2 API that `B2Backend` talks to is b2sdk's configuration `api_config` (the real service by
+default); tests pass one that reaches b2sdk's in-memory simulator instead.
 """
 from __future__ import annotations
 
@@ -17,13 +18,12 @@ import os
 import re
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator
 
 import requests
-from b2sdk.v2 import DEFAULT_HTTP_API_CONFIG, B2Api, B2HttpApiConfig, InMemoryAccountInfo, InMemoryCache, RawSimulator
+from b2sdk.v2 import DEFAULT_HTTP_API_CONFIG, B2Api, B2HttpApiConfig, InMemoryAccountInfo, InMemoryCache
 from b2sdk.v2.exception import (
-    AccessDenied, B2Error, BrokenPipe, BucketIdNotFound, ConnectionReset, DuplicateBucketName, FileNotPresent,
+    AccessDenied, B2Error, BrokenPipe, BucketIdNotFound, ConnectionReset, FileNotPresent,
     InvalidAuthToken, InvalidRange, MaxRetriesExceeded, NonExistentBucket, NotAllowedByAppKeyError, RestrictedBucket,
     RestrictedBucketMissing, StorageCapExceeded, TransactionCapExceeded, Unauthorized, UnknownHost,
     UnsatisfiableRange,
@@ -33,7 +33,7 @@ from ..errors import (
     AuthenticationFailed, BackendError, FsbackupError, NoSpace, NoSuchObject, PermissionDenied, RepositoryNotFound,
     UsageError,
 )
-from . import Backend
+from . import Backend, BackendTraits, Latency
 
 ENV_KEY_ID = "B2_APPLICATION_KEY_ID"
 ENV_KEY = "B2_APPLICATION_KEY"
@@ -95,71 +95,14 @@ def _b2_errors(what: str, name: str | None = None):
         raise BackendError(f"B2 {what} failed: {_one_line(e) or type(e).__name__}", temporary=True) from None
 
 
-# ---- the offline simulator for tests ----------------------------------------------------------
+# ---- the backend --------------------------------------------------------------------------------
 
-@dataclass
-class SimulatedB2:
-    """The process's simulated B2 account (b2sdk's RawSimulator): its master key and its buckets."""
-    raw: RawSimulator
-    key_id: str
-    key: str
-
-    def environ(self) -> dict[str, str]:
-        """The credential variables a B2Backend reads, for this simulated account."""
-        return {ENV_KEY_ID: self.key_id, ENV_KEY: self.key}
-
-    def create_bucket(self, name: str) -> None:
-        """Create a private bucket (no error if it exists)."""
-        api = _new_api(_simulator_config(self.raw))
-        api.authorize_account(REALM, self.key_id, self.key)
-        try:
-            api.create_bucket(name, "allPrivate")
-        except DuplicateBucketName:
-            pass
-
-
-_simulated: SimulatedB2 | None = None     # made once per process, kept across use/stop
-_simulating = False
-_simulator_lock = threading.Lock()
-
-
-def use_simulator() -> SimulatedB2:
-    """Make every B2Backend created afterwards in this process talk to one in-memory simulated B2.
-
-    For tests: like memory://, several `open_backend("b2://bucket/x")` calls then see the same
-    objects. Returns the simulated account: create buckets with it and put `environ()` into
-    os.environ. `stop_simulator()` switches back to the real B2.
-    """
-    global _simulated, _simulating
-    with _simulator_lock:
-        if _simulated is None:
-            raw = RawSimulator()
-            key_id, key = raw.create_account()
-            _simulated = SimulatedB2(raw, key_id, key)
-        _simulating = True
-        return _simulated
-
-
-def stop_simulator() -> None:
-    """B2Backends created afterwards talk to the real B2 again (the simulated objects are kept)."""
-    global _simulating
-    with _simulator_lock:
-        _simulating = False
-
-
-def _simulator_config(raw: RawSimulator) -> B2HttpApiConfig:
-    # b2sdk builds its raw API as `raw_api_class(b2_http)`; a factory returning the one shared
-    # simulator lets several B2Api objects (each with its own authorization) see the same buckets.
-    return B2HttpApiConfig(_raw_api_class=lambda _b2_http: raw)
-
-
-def _new_api(config: B2HttpApiConfig) -> B2Api:
+def new_api(config: B2HttpApiConfig = DEFAULT_HTTP_API_CONFIG) -> B2Api:
+    """A new, unauthorized B2Api speaking to the B2 that `config` reaches."""
     # In-memory account info: nothing is written to ~/.b2_account_info. It keeps the key, so b2sdk
     # re-authorizes by itself when the token expires (after 24 hours).
     return B2Api(InMemoryAccountInfo(), cache=InMemoryCache(), api_config=config)
 
-
-# ---- the backend --------------------------------------------------------------------------------
 
 def parse_url(url: str) -> tuple[str, str]:
     """'b2://BUCKET/PREFIX' -> (bucket, prefix without surrounding slashes; '' when absent)."""
@@ -186,23 +129,26 @@ class B2Backend(Backend):
     a name; `put` deletes the older versions of the name it wrote and `delete` deletes all of them,
     so exactly one version of each object remains.
 
+    B2 lists a file as soon as its upload returns, and no longer once its versions are deleted.
+
     Thread-safe: one B2Api serves every thread (b2sdk's uploads and downloads are thread-safe);
     the mount and the backup call it from worker threads.
     """
 
-    def __init__(self, url: str):
+    traits = BackendTraits(atomic_replace=True, immediate_listing=True, latency=Latency.REMOTE)
+
+    def __init__(self, url: str, api_config: B2HttpApiConfig = DEFAULT_HTTP_API_CONFIG):
         self.url = url
         self.bucket_name, self.prefix = parse_url(url)
         self._key_id, self._secret = _credentials()
-        with _simulator_lock:
-            self._config = _simulator_config(_simulated.raw) if _simulating else DEFAULT_HTTP_API_CONFIG
+        self._config = api_config
         self._connections = DEFAULT_CONNECTIONS
         self._reconnect_lock = threading.Lock()
         self._connect()
 
     def _connect(self) -> None:
         """Authorize and open the bucket with a new B2Api of this process."""
-        api = _new_api(self._config)
+        api = new_api(self._config)
         try:
             api.authorize_account(REALM, self._key_id, self._secret)
         except (InvalidAuthToken, Unauthorized) as e:

@@ -33,15 +33,17 @@ T = TypeVar("T")
 
 
 class RetryingBackend(WrappingBackend):
-    def __init__(self, inner: Backend, max_seconds: float = BACKUP_RETRY_SECONDS, base_delay: float = BASE_DELAY,
-                 max_delay: float = MAX_DELAY, sleep: Callable[[float], None] = time.sleep,
+    def __init__(self, inner: Backend, max_seconds: float | None = None, base_delay: float | None = None,
+                 max_delay: float | None = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
+        """Bounds left out are the module's (BACKUP_RETRY_SECONDS, BASE_DELAY, MAX_DELAY), read
+        when the wrapper is made, so tests can shorten every retry of the command line at once."""
         # Wrapping a RetryingBackend re-bounds it instead of nesting: nested loops would multiply
         # the attempts and the time a caller waits.
         super().__init__(inner.inner if isinstance(inner, RetryingBackend) else inner)
-        self.max_seconds = max_seconds
-        self.base_delay = base_delay
-        self.max_delay = max_delay
+        self.max_seconds = BACKUP_RETRY_SECONDS if max_seconds is None else max_seconds
+        self.base_delay = BASE_DELAY if base_delay is None else base_delay
+        self.max_delay = MAX_DELAY if max_delay is None else max_delay
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()

@@ -80,7 +80,6 @@ def mount(args, out, open_repo) -> int:
     import pyfuse3
     import trio
 
-    from ..backends.retry import RetryingBackend
     from .fuse import Operations, serve
     from .view import RepositoryView
 
@@ -92,10 +91,9 @@ def mount(args, out, open_repo) -> int:
     check_fuse()
     repo = open_repo(args, out)            # rebuilds the local index first when it is missing
     forget_passphrase()                    # the keys are unwrapped; the mount may live for weeks
-    repo.backend = RetryingBackend(repo.backend, max_seconds=MOUNT_RETRY_SECONDS)   # from now on: reads
+    repo.bound_retries(MOUNT_RETRY_SECONDS)   # from now on: reads
     state_folder = os.path.dirname(repo.index_path)
-    from ..backends.local import LocalBackend
-    local = isinstance(repo.backend.inner, LocalBackend)
+    local = repo.storage_is_local
     cache_size = args.cache_size
     if cache_size is None:   # a local directory is its own cache: copying it to a cache only costs disk
         cache_size = 0 if local else DEFAULT_REMOTE_CACHE

@@ -1,5 +1,5 @@
-"""Test-only: a backend wrapper that injects failures, so tests can drive the failure paths of the
-layers above (retries, re-fetches, clean stops) against real code. fsbackup never uses it.
+"""A backend wrapper that injects failures, so tests can drive the failure paths of the layers
+above (retries, re-fetches, clean stops) against real code.
 
     faulty = FaultyBackend(LocalBackend(path), seed=7, fail_rate=0.1)   # 10% of calls fail, temporarily
     faulty.fail_call(3, "put")               # the 3rd put from now fails (once)
@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..errors import BackendError
-from . import Backend, WrappingBackend
+from fsbackup.backends import Backend, WrappingBackend
+from fsbackup.errors import BackendError
 
 METHODS = ("put", "get", "size", "list", "delete")
 

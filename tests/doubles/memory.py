@@ -1,16 +1,30 @@
-"""An in-memory backend for tests; `memory://NAME` URLs share one store per name in a process."""
+"""An in-memory backend for tests. After `register()`, `memory://NAME` URLs open one shared store
+per name in this process (until `unregister()`); fsbackup itself knows no such URL."""
 from __future__ import annotations
 
 import threading
 from typing import Iterator
 
-from ..errors import NoSuchObject
-from . import Backend
+from fsbackup import backends
+from fsbackup.backends import Backend
+from fsbackup.errors import NoSuchObject
 
+SCHEME = "memory"
 _STORES: dict[str, dict[str, bytes]] = {}
 
 
+def register() -> None:
+    backends.register_scheme(SCHEME, MemoryBackend.named)
+
+
+def unregister() -> None:
+    backends.unregister_scheme(SCHEME)
+
+
 class MemoryBackend(Backend):
+    """Objects in a dict. Puts, deletes and listings are atomic under one lock; its traits are the
+    default ones (atomic replace, immediate listing, local)."""
+
     def __init__(self, objects: dict[str, bytes] | None = None, url: str = "memory://"):
         self.objects = {} if objects is None else objects
         self.url = url

@@ -195,6 +195,10 @@ class Repository:
         # the listings in any number (`refuse_surprising_loss`).
         self.accept_missing = False
 
+    def as_json(self) -> dict:
+        """Which repository this is: where it is stored, and its id."""
+        return {"repository": self.backend.url, "id": self.id}
+
     # ---- creation and opening -----------------------------------------------------------
 
     @classmethod

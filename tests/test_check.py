@@ -12,7 +12,7 @@ from pathlib import Path
 import apsw
 
 from conftest import restored_root, snapshot, write
-from fsbackup import cli
+from fsbackup.cli import repo as cli_repo
 from fsbackup import format as fmt
 from fsbackup.backends import WrappingBackend, open_backend
 from fsbackup.check import select_volumes
@@ -183,7 +183,7 @@ def test_backup_verifies_and_reports_a_volume_damaged_on_upload(env, tmp_path, m
     r = env.ok("backup", src)
     assert "1 volume(s) downloaded and verified" in r.out
     write(src / "b", os.urandom(300_000))
-    monkeypatch.setattr(cli, "open_backend", lambda url: FlipOnPut(open_backend(url)))
+    monkeypatch.setattr(cli_repo, "open_backend", lambda url: FlipOnPut(open_backend(url)))
     r = env.run("backup", src)
     assert r.rc == EXIT_CORRUPT, r.err
     damaged = [line for line in r.err.splitlines() if line.startswith("damaged: data/")]
@@ -204,7 +204,7 @@ def test_retention_is_skipped_when_the_new_version_does_not_verify(env, tmp_path
     for i in range(3):
         write(src / f"f{i}", os.urandom(100_000))
         env.ok("backup", src)
-    monkeypatch.setattr(cli, "open_backend", lambda url: FlipOnPut(open_backend(url)))
+    monkeypatch.setattr(cli_repo, "open_backend", lambda url: FlipOnPut(open_backend(url)))
     write(src / "new", os.urandom(100_000))
     r = env.run("backup", src, "--keep-last", "1")
     assert r.rc == EXIT_CORRUPT and "retention skipped" in r.err, r.err
@@ -214,7 +214,7 @@ def test_retention_is_skipped_when_the_new_version_does_not_verify(env, tmp_path
 def test_no_verify_skips_the_verification(env, tmp_path, monkeypatch):
     src = tmp_path / "src"
     write(src / "a", os.urandom(300_000))
-    monkeypatch.setattr(cli, "open_backend", lambda url: FlipOnPut(open_backend(url)))
+    monkeypatch.setattr(cli_repo, "open_backend", lambda url: FlipOnPut(open_backend(url)))
     r = env.ok("backup", src, "--no-verify")
     assert "verified" not in r.out
 

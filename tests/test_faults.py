@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TEST_PASSWORD, pseudo_random, restored_root, snapshot, write
-from fsbackup import cli
+from fsbackup.cli import repo as cli_repo
 from fsbackup import format as fmt
 from fsbackup.backends import open_backend
 from fsbackup.backends.faults import FaultyBackend
@@ -159,7 +159,7 @@ class FaultyStorage:
     def __init__(self, monkeypatch):
         self.opened: list[FaultyBackend] = []
         self.setup = lambda faulty: None
-        monkeypatch.setattr(cli, "open_backend", self._open)
+        monkeypatch.setattr(cli_repo, "open_backend", self._open)
 
     def _open(self, url: str) -> RetryingBackend:
         faulty = FaultyBackend(open_backend(url).inner, seed=len(self.opened) + 1)

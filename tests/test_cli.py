@@ -123,20 +123,17 @@ def test_lock_modes_that_do_not_exist_are_refused(env, mode, no_lock):
             pass
 
 
-def test_opened_releases_its_lock_and_closes_the_repository_however_the_block_ends(env):
-    args = build_parser().parse_args(["--repo", str(env.repo), "check"])
-    os.environ.update(env.vars)
-    try:
-        with pytest.raises(errors.CorruptObject), cli_opened(args, Output(args), lock="shared") as repo:
-            with open_repo(env) as other:
-                assert [(lock.command, lock.exclusive) for lock in locks.list_locks(other)] == [("check", False)]
-            raise errors.CorruptObject("data/00", "a test")
-        assert repo._index is None                        # closed
+def test_opened_releases_its_lock_and_closes_the_repository_however_the_block_ends(env, monkeypatch):
+    for name, value in env.vars.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["check"])
+    with pytest.raises(errors.CorruptObject), cli_opened(args, Output(args), lock="shared") as repo:
         with open_repo(env) as other:
-            assert locks.list_locks(other) == []
-    finally:
-        for name in env.vars:
-            os.environ.pop(name, None)
+            assert [(lock.command, lock.exclusive) for lock in locks.list_locks(other)] == [("check", False)]
+        raise errors.CorruptObject("data/00", "a test")
+    assert repo._index is None                        # closed
+    with open_repo(env) as other:
+        assert locks.list_locks(other) == []
 
 
 def test_a_command_holding_a_lock_is_refused_beside_a_conflicting_one(env, tmp_path):

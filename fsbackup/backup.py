@@ -34,9 +34,9 @@ from . import format as fmt
 from .chunker import MIN_SIZE, WINDOW, Chunker
 from .errors import FsbackupError, NoSpace, PathNotFound
 from .fsutil import DirFds, at_path, open_dir, split
-from .locks import repository_lock
+from .locks import Lock, repository_lock
 from .private import private_temp_file
-from .progress import Progress
+from .progress import SILENT, Reporter
 from .repository import REREAD_FILES, Repository
 from .tree import Node, VersionTree, list_versions
 
@@ -88,6 +88,13 @@ class BackupStats:
     @property
     def file_count(self) -> int:
         return self.files_new + self.files_changed + self.files_unchanged + self.others
+
+    def as_json(self) -> dict:
+        return {"files_new": self.files_new, "files_changed": self.files_changed,
+                "files_unchanged": self.files_unchanged, "dirs": self.dirs, "others": self.others,
+                "bytes_read": self.bytes_read, "total_size": self.total_size, "blocks_new": self.blocks_new,
+                "bytes_new": self.bytes_new_plain, "bytes_added": self.bytes_added, "volumes": self.volumes,
+                "duration": round(self.duration, 3), "warnings": self.warnings}
 
 
 def _change_key(st: os.stat_result) -> tuple:
@@ -303,17 +310,15 @@ def _raise_no_space(e: BaseException, spool_folder: str) -> None:
 
 
 class Backup:
-    def __init__(self, repo: Repository, options: BackupOptions, progress: Progress | None = None,
-                 warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None):
+    def __init__(self, repo: Repository, options: BackupOptions, reporter: Reporter | None = None):
         self.repo = repo
         self.before_commit: Callable[[], None] = lambda: None    # run_locked: checks the lock is still ours
         self.after_commit: Callable[[str], None] = lambda name: None   # run_locked: verify, still under the lock
         if options.uploads_in_flight is None:
             options = replace(options, uploads_in_flight=max(1, repo.connections))
         self.options = options
-        self.progress = progress or Progress(enabled=False)
-        self.warn_cb = warn or (lambda msg: None)
-        self.note = note or (lambda msg: None)
+        self.reporter = reporter or SILENT
+        self.progress = self.reporter.progress()
         self.stats = BackupStats()
         self.chunker = Chunker(repo.keys.chunker_seed)
         self.excluder = Excluder(options)
@@ -342,33 +347,41 @@ class Backup:
             self.warn(f"cannot read {os.fsdecode(path)}: {e.strerror}; left out")
 
     def warn(self, msg: str) -> None:
+        """A file left out of the version (or kept as it was): counted for exit code 3, and told."""
         self.stats.warnings.append(msg)
-        self.warn_cb(msg)
+        self.reporter.warn(msg)
 
     # ---- entry point --------------------------------------------------------------------
 
-    def run_locked(self, paths: list[str], progress: Progress | None = None) -> str | None:
+    def run_locked(self, paths: list[str], lock: Lock | None = None) -> str | None:
         """`run` as the `backup` command does it: under an exclusive repository lock, with the local
         index brought in step and what stopped runs left settled first (a dry run, which stores
-        nothing, takes no lock and settles nothing). `progress` shows the index update. `after_commit`
-        (verify after backup) runs on the new version before the lock is released."""
+        nothing, needs no lock and settles nothing). `lock` is the exclusive lock the caller holds
+        on this repository (the command line takes it); without one, the backup takes its own for
+        the run. The lock is checked to be still held (`Lock.ensure_held`) just before the version
+        is stored. `after_commit` (verify after backup) runs on the new version before the lock is
+        released."""
         if self.options.dry_run:
-            self.repo.ensure_index(progress)
+            self.repo.ensure_index(self.reporter.progress())
             return self.run(paths)
-        with repository_lock(self.repo, exclusive=True, command="backup") as lock:
-            self.repo.ensure_index(progress)
-            for note in self.repo.settle_leftovers():
-                self.note(note)
-            index = self.repo.index
-            if index.get_meta(REREAD_FILES):
-                self.options = replace(self.options, trust_unchanged=False)
-                self.note("every file is read again: data this machine's index knew of is gone from "
-                          "the repository (pruned from another machine, or lost)")
-            self.before_commit = lock.ensure_held
-            name = self.run(paths)
-            index.set_meta(REREAD_FILES, "")
-            self.after_commit(name)
-            return name
+        if lock is None:
+            with repository_lock(self.repo, exclusive=True, command="backup") as own:
+                return self.run_locked(paths, own)
+        if lock.repo is not self.repo or not lock.info.exclusive:
+            raise ValueError("a backup needs an exclusive lock on its own repository")   # a caller's bug
+        self.repo.ensure_index(self.reporter.progress())
+        for note in self.repo.settle_leftovers():
+            self.reporter.note(note)
+        index = self.repo.index
+        if index.get_meta(REREAD_FILES):
+            self.options = replace(self.options, trust_unchanged=False)
+            self.reporter.note("every file is read again: data this machine's index knew of is gone from "
+                               "the repository (pruned from another machine, or lost)")
+        self.before_commit = lock.ensure_held
+        name = self.run(paths)
+        index.set_meta(REREAD_FILES, "")
+        self.after_commit(name)
+        return name
 
     def run(self, paths: list[str]) -> str | None:
         """Back up `paths` as one new version; returns its name (None for a dry run)."""
@@ -621,8 +634,8 @@ class Backup:
             kind = stat.S_IFMT(st.st_mode)
             code = _TYPE_CODES.get(kind)
             if code is None:
-                self.note(f"{os.fsdecode(path)} is a socket; skipped" if kind == stat.S_IFSOCK
-                          else f"{os.fsdecode(path)} has an unsupported type; skipped")
+                self.reporter.note(f"{os.fsdecode(path)} is a socket; skipped" if kind == stat.S_IFSOCK
+                                   else f"{os.fsdecode(path)} has an unsupported type; skipped")
                 continue
             if code == "d":
                 try:

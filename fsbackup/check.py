@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from . import format as fmt
 from .errors import CorruptObject, NoSuchObject
+from .progress import SILENT, Reporter
 from .repository import Kind, Repository, index_object, version_object, volume_object
 
 PATHS_SHOWN = 20          # paths listed per damaged object and version; the rest are counted
@@ -93,9 +94,9 @@ def select_volumes(names: list[str], subset: str | None, rng: random.Random | No
 # ---- the checker ----------------------------------------------------------------------------
 
 class Checker:
-    def __init__(self, repo: Repository, progress=None):
+    def __init__(self, repo: Repository, reporter: Reporter | None = None):
         self.repo = repo
-        self.progress = progress
+        self.progress = (reporter or SILENT).progress()
         self.report = Report()
         self.index_entries: dict[str, list[fmt.BlockEntry]] = {}   # decoded index objects, by volume
         self.volume_sizes: dict[str, int] = {}                     # remote listing, by volume name
@@ -251,8 +252,7 @@ class Checker:
             random.shuffle(rest)
             chosen = (first + rest)[:count]
         total = sum(self.volume_sizes[n] for n in chosen)
-        if self.progress:
-            self.progress.start("reading data", total_bytes=total, total_items=len(chosen))
+        self.progress.start("reading data", total_bytes=total, total_items=len(chosen))
         with ThreadPoolExecutor(max(2, self.repo.connections)) as pool:
             for problems in pool.map(self.verify_volume, chosen):
                 for p in problems:
@@ -281,8 +281,7 @@ class Checker:
             found[:] = [Problem(obj, "volume is missing", {e.id for e in expected}, volume=name)]
         except CorruptObject:
             pass
-        if self.progress:
-            self.progress.advance(items=1, nbytes=self.volume_sizes.get(name, 0))
+        self.progress.advance(items=1, nbytes=self.volume_sizes.get(name, 0))
         return found
 
     def _volume_problems(self, name: str, data: bytes, expected: list[fmt.BlockEntry]) -> list[Problem]:
@@ -368,20 +367,18 @@ class Checker:
     # ---- progress ----
 
     def _start(self, label: str, total: int) -> None:
-        if self.progress:
-            self.progress.start(label, total_items=total)
+        self.progress.start(label, total_items=total)
 
     def _advance(self) -> None:
-        if self.progress:
-            self.progress.advance(items=1)
+        self.progress.advance(items=1)
 
     def _finish(self) -> None:
-        if self.progress:
-            self.progress.finish()
+        self.progress.finish()
 
 
-def check(repo: Repository, read_data: bool = False, subset: str | None = None, progress=None) -> Report:
-    checker = Checker(repo, progress)
+def check(repo: Repository, read_data: bool = False, subset: str | None = None,
+          reporter: Reporter | None = None) -> Report:
+    checker = Checker(repo, reporter)
     checker.structure()
     if read_data or subset:
         checker.read_data(subset)
@@ -389,11 +386,11 @@ def check(repo: Repository, read_data: bool = False, subset: str | None = None, 
 
 
 def verify_backup(repo: Repository, version: str, new_volumes: dict[str, int], samples: int = 1,
-                  percent: float = 0.0, progress=None) -> Report:
+                  percent: float = 0.0, reporter: Reporter | None = None) -> Report:
     """Verify after backup: the new volumes and their index objects are listed with the sizes
     written, the new version object reads, and `samples` volumes (or `percent` of all, if more) are
     downloaded and verified, this backup's own first, then random older ones."""
-    checker = Checker(repo, progress)
+    checker = Checker(repo, reporter)
     checker.volume_sizes = repo.list_objects(Kind.VOLUME)
     checker.index_names = set(repo.list_objects(Kind.INDEX))
     for name, size in new_volumes.items():

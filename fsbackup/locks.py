@@ -275,3 +275,36 @@ def repository_lock(repo, exclusive: bool, command: str) -> Iterator[Lock]:
     time) or shared (only other shared locks). Raises errors.Locked at once on a conflict."""
     with Lock(repo, exclusive, command) as lock:
         yield lock
+
+
+# The lock a command holds, by mode name (the command line chooses one where a command opens the
+# repository: cli/repo.py `opened`).
+LOCK_MODES = ("none", "shared", "append", "exclusive")
+
+
+@contextmanager
+def hold_lock(repo, mode: str, command: str, no_lock: bool = False) -> Iterator[Lock | None]:
+    """Hold the lock of `mode` on `repo` for the `with` block, released however it ends; yields
+    the Lock (None when none is written).
+
+      none       readers (restore, mount, ls, versions): objects they use are deleted only under
+                 an exclusive lock, and a backup adds its version last.
+      shared     check: keeps exclusive lock holders (deleters) away, not other readers.
+      append     backup: adds objects it records later. For now an exclusive lock, as backup
+                 always held; a later change makes it one shared by appenders only.
+      exclusive  forget, prune, repairs, backup's retention step: they delete objects.
+
+    `no_lock` (--no-lock of forget and prune, for a full repository disk) writes no lock in place
+    of an exclusive one, and only fails when a live lock shows another command at work."""
+    if mode not in LOCK_MODES:
+        raise ValueError(f"no lock mode {mode!r}")
+    if mode == "none":
+        yield None
+    elif no_lock:
+        if mode != "exclusive":
+            raise ValueError("only an exclusive lock can be left unwritten (--no-lock)")
+        with no_lock_written(repo):
+            yield None
+    else:
+        with repository_lock(repo, exclusive=mode != "shared", command=command) as lock:
+            yield lock

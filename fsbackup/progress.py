@@ -1,9 +1,11 @@
-"""Progress bars on a terminal: files, bytes, rate and ETA, redrawn at most ten times a second."""
+"""What a long task tells its user: the Reporter an engine is handed, and the progress bar
+(files, bytes, rate and ETA on a terminal, redrawn at most ten times a second)."""
 from __future__ import annotations
 
 import sys
 import threading
 import time
+from typing import Protocol
 
 
 def human_bytes(n: float) -> str:
@@ -79,3 +81,40 @@ class Progress:
             self._draw()
             self.stream.write("\n")
             self.stream.flush()
+
+
+class Reporter(Protocol):
+    """Where an engine (backup, restore, check, prune, repair) tells the user what happens. The
+    command line's output object is one (it decides what is printed where, and what --quiet or
+    --json silence); `SILENT` tells nobody. Each call gets one line of text, without a prefix."""
+
+    def info(self, text: str) -> None:
+        """A step done, for the user to read (e.g. "re-created index/... from its volume")."""
+
+    def warn(self, text: str) -> None:
+        """Something left undone that the user must know of (a file not read, not restored)."""
+
+    def note(self, text: str) -> None:
+        """Something the command did on its way that the user may want to know of."""
+
+    def progress(self) -> Progress:
+        """A new progress display for one stage of the work (silent when nobody watches)."""
+
+
+class _Silent:
+    """The Reporter of library callers that pass none: says nothing, shows no progress."""
+
+    def info(self, text: str) -> None:
+        pass
+
+    def warn(self, text: str) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+    def progress(self) -> Progress:
+        return Progress(enabled=False)
+
+
+SILENT: Reporter = _Silent()

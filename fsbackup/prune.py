@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from . import format as fmt
 from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
-from .progress import Progress, human_bytes
+from .progress import SILENT, Reporter, human_bytes
 from .errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
 from .repository import (QUERY_BATCH, Kind, Repository, batches, block_runs, index_object, parse_object_name,
                          volume_object)
@@ -39,6 +39,10 @@ class ForgetGroup:
     host: str
     paths: list[str]
     decision: Decision
+
+    def as_json(self) -> dict:
+        return {"host": self.host, "paths": self.paths, "remove": [v.id for v in self.decision.remove],
+                "keep": [{"id": v.id, "reasons": why} for v, why in self.decision.keep]}
 
 
 def plan_forget(versions: list[VersionInfo], policy: Policy, now_ns: int | None = None) -> list[ForgetGroup]:
@@ -197,12 +201,12 @@ class PruneStats:
 
 
 class Prune:
-    def __init__(self, repo: Repository, volume_size: int = DEFAULT_VOLUME_SIZE, progress: Progress | None = None,
+    def __init__(self, repo: Repository, volume_size: int = DEFAULT_VOLUME_SIZE, reporter: Reporter | None = None,
                  again: str = "fsbackup prune"):
         self.repo = repo
         self.again = again          # the command that finishes a prune stopped for want of space
         self.volume_size = volume_size
-        self.progress = progress or Progress(enabled=False)
+        self.progress = (reporter or SILENT).progress()
         self.stats = PruneStats()
         self.writer: _OpenVolume | None = None
         self.emptied: list[VolumeUse] = []     # repacked volumes whose live blocks are all in `writer` or stored

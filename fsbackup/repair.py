@@ -6,43 +6,56 @@
                              without those files (the new object first, then the old one is deleted);
                              the damaged blocks leave their volume's index object so that the next
                              backup stores them again; an index object whose volume is gone is deleted.
-Nothing is removed silently: every removed path is passed to `say`.
+Nothing is removed silently: every removed path is told to the reporter.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
 
 from . import format as fmt
 from .check import Checker, Report
 from .errors import CorruptObject
+from .progress import SILENT, Reporter
 from .repository import Kind, Repository, index_object, volume_object
 
 
-def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool, progress: Callable,
-           say: Callable[[str], None], warn: Callable[[str], None]):
-    """What `fsbackup repair` does, under its exclusive lock: (rebuild result, index objects
-    re-created, report, {version: removed paths})."""
-    result = repo.rebuild_index(progress(), keep_going=True)
-    say(f"rebuilt the local index: {result['versions']} versions, {result['volumes']} volumes")
-    checker = Checker(repo, progress())
+@dataclass
+class RepairResult:
+    rebuilt: dict                       # what the rebuild of the local index found (Repository.rebuild_index)
+    recreated: list[str]                # volumes whose index object was written again
+    report: Report                      # the damage found after that (and left, unless removed)
+    removed: dict[str, list[str]]       # version -> paths removed from it (--remove-damaged)
+
+    def as_json(self) -> dict:
+        return {**self.rebuilt, "recreated_index_objects": [index_object(n) for n in self.recreated],
+                "report": self.report.as_json(), "removed": self.removed}
+
+
+def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool,
+           reporter: Reporter | None = None) -> RepairResult:
+    """What `fsbackup repair` does, under its exclusive lock."""
+    reporter = reporter or SILENT
+    result = repo.rebuild_index(reporter.progress(), keep_going=True)
+    reporter.info(f"rebuilt the local index: {result['versions']} versions, {result['volumes']} volumes")
+    checker = Checker(repo, reporter)
     checker.structure(trusted=True)      # the objects the rebuild just read are not read again
     recreated = []
     for name in [p.volume for p in checker.report.problems if p.repairable and p.object.startswith(Kind.INDEX.folder)]:
         try:
             recreate_index_object(repo, name)
         except CorruptObject as e:       # its table is damaged too: the index object stays reported
-            warn(f"cannot re-create {index_object(name)} from its volume: {e}")
+            reporter.warn(f"cannot re-create {index_object(name)} from its volume: {e}")
             continue
         recreated.append(name)
-        say(f"re-created {index_object(name)} from its volume")
+        reporter.info(f"re-created {index_object(name)} from its volume")
     if recreated:                        # look again, now that those volumes are recorded
-        checker = Checker(repo, progress())
+        checker = Checker(repo, reporter)
         checker.structure(trusted=True)
     if read_data or subset:
         checker.read_data(subset)
     report = checker.explain()
-    removed = remove_damaged(repo, checker, say) if remove else {}
-    return result, recreated, report, removed
+    removed = remove_damaged(repo, checker, reporter) if remove else {}
+    return RepairResult(result, recreated, report, removed)
 
 
 def recreate_index_object(repo: Repository, name: str) -> None:
@@ -54,7 +67,7 @@ def recreate_index_object(repo: Repository, name: str) -> None:
     repo.adopt_volume(name, size, entries)
 
 
-def remove_damaged(repo: Repository, checker: Checker, say: Callable[[str], None]) -> dict[str, list[str]]:
+def remove_damaged(repo: Repository, checker: Checker, reporter: Reporter) -> dict[str, list[str]]:
     """Remove every file using an unavailable block from the versions holding it, and unreadable
     version objects. Returns {old version name: removed paths}."""
     report = checker.report
@@ -62,7 +75,7 @@ def remove_damaged(repo: Repository, checker: Checker, say: Callable[[str], None
     for p in report.problems:
         if p.version is not None:
             repo.delete_version(p.version, why="repair")
-            say(f"removed version {p.version[:8]}: its object does not read, so all its files are lost")
+            reporter.info(f"removed version {p.version[:8]}: its object does not read, so all its files are lost")
             removed[p.version] = ["(the whole version)"]
     unavailable = set().union(*(p.blocks for p in report.problems)) if report.problems else set()
     if not unavailable:
@@ -72,7 +85,7 @@ def remove_damaged(repo: Repository, checker: Checker, say: Callable[[str], None
         name = versions[vid]
         removed[name] = rewrite_version(repo, name, set(node_ids))
         for path in removed[name]:
-            say(f"removed from version {name[:8]}: {path}")
+            reporter.info(f"removed from version {name[:8]}: {path}")
     _forget_blocks(repo, checker, unavailable)
     return removed
 

@@ -39,7 +39,7 @@ from .errors import (CorruptObject, FsbackupError, ListingContradiction, NoSpace
                      UnsupportedFormat, UsageError, WrongPassphrase)
 from .index import Index, index_time
 from .locks import PARTIAL_UPLOAD_AGE
-from .names import (CONFIG, Kind, forgotten_object, index_object, is_object_id, key_object, lock_object,
+from .names import (CONFIG, Kind, forgotten_object, index_object, key_object, lock_object,
                     object_name, parse_object_name, version_object, volume_object)
 
 T = TypeVar("T")
@@ -204,6 +204,10 @@ class Repository:
         # Set by the user (--accept-missing): objects the local index knows may be missing from
         # the listings in any number (`refuse_surprising_loss`).
         self.accept_missing = False
+
+    def as_json(self) -> dict:
+        """Which repository this is: where it is stored, and its id."""
+        return {"repository": self.storage_url, "id": self.id}
 
     # ---- creation and opening -----------------------------------------------------------
 

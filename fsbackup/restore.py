@@ -42,7 +42,7 @@ from .blockcache import BlockCache
 from .errors import (CorruptObject, FsbackupError, NoSpace, NoSuchObject, PathNotFound, PermissionDenied,
                      TargetConflict, UsageError)
 from .fsutil import DirFds, at_path, chmod_at, open_dir, split
-from .progress import Progress
+from .progress import SILENT, Reporter
 from .repository import Repository, block_runs
 from .tree import Node, VersionTree
 
@@ -70,6 +70,10 @@ class RestoreStats:
     duration: float = 0.0
     damaged: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"files": self.files, "dirs": self.dirs, "others": self.others, "bytes_written": self.bytes_written,
+                "duration": round(self.duration, 3), "damaged": self.damaged, "warnings": self.warnings}
 
 
 class _FileJob:
@@ -105,13 +109,13 @@ def _is_root() -> bool:
 
 class Restore:
     def __init__(self, repo: Repository, tree: VersionTree, target: str, overwrite: bool = False,
-                 progress: Progress | None = None, warn: Callable[[str], None] | None = None):
+                 reporter: Reporter | None = None):
         self.repo = repo
         self.tree = tree
         self.target = os.path.abspath(os.fsencode(target))
         self.overwrite = overwrite
-        self.progress = progress or Progress(enabled=False)
-        self.warn_cb = warn or (lambda m: None)
+        self.reporter = reporter or SILENT
+        self.progress = self.reporter.progress()
         self.stats = RestoreStats()
         self.cache = BlockCache(CACHE_BYTES)
         self.links: dict[tuple[int, int], bytes] = {}   # (dev, ino) -> the relative path restored first for it
@@ -127,7 +131,7 @@ class Restore:
 
     def warn(self, msg: str) -> None:
         self.stats.warnings.append(msg)
-        self.warn_cb(msg)
+        self.reporter.warn(msg)
 
     def run(self, paths: list[str] | None = None) -> RestoreStats:
         started = time.monotonic()

@@ -55,6 +55,12 @@ class Node(NamedTuple):
     def xattrs(self) -> dict[bytes, bytes]:
         return msgpack.unpackb(self.xattrs_packed) if self.xattrs_packed else {}
 
+    def as_json(self, path: str) -> dict:
+        """The node as `ls --json` lists it, at `path` (a node knows only its own name)."""
+        return {"path": path, "type": self.type, "mode": self.mode, "uid": self.uid, "gid": self.gid,
+                "user": self.user, "group": self.grp, "size": self.size, "mtime_ns": self.mtime_ns,
+                "target": os.fsdecode(self.target) if self.target is not None else None}
+
 
 _TIMES = slice(9, 12)      # mtime_ns, atime_ns, ctime_ns in a NODE_COLUMNS row
 

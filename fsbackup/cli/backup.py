@@ -1,0 +1,152 @@
+"""`fsbackup backup`: back up paths as a new version, verify it, and apply keep rules."""
+from __future__ import annotations
+
+import sys
+
+from .. import errors
+from ..errors import UsageError
+from ..locks import hold_lock
+from ..progress import human_bytes, human_duration
+from . import forget, prune
+from .options import (PROG, Command, compression_level, count_arg, keep_options, percent_arg,
+                      volume_size_arg)
+from .output import Output, print_report
+from .repo import opened
+
+INTERRUPTED = ("the backup stopped before saving its version (had it been storing it just then, 'fsbackup "
+               "versions' lists it); earlier versions are intact, and the next backup reuses the data already "
+               "uploaded and cleans up the rest")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--exclude", metavar="GLOB", action="append", default=[],
+                   help="leave out matching paths; a GLOB with '/' matches whole paths, else names (repeatable)")
+    p.add_argument("--exclude-file", metavar="FILE", action="append", default=[],
+                   help="read --exclude patterns from FILE, one per line ('#' comments)")
+    p.add_argument("--exclude-if-present", metavar="NAME", action="append", default=[],
+                   help="leave out the contents of directories holding a file NAME (repeatable)")
+    p.add_argument("--exclude-caches", action="store_true",
+                   help="leave out the contents of directories with a valid CACHEDIR.TAG")
+    p.add_argument("--one-file-system", action="store_true", help="do not cross file system boundaries")
+    p.add_argument("--tag", metavar="TAG", action="append", default=[], help="tag the version (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="scan and chunk, but store nothing")
+    p.add_argument("--volume-size", metavar="SIZE", type=volume_size_arg, default=None,
+                   help="close volumes at about this size, 32K to 4G (default 32M)")
+    p.add_argument("--compression", metavar="LEVEL", type=compression_level, default=None,
+                   help="zstd level for new blocks: 1 (fastest) to 19 (smallest), 0 for none (default 2)")
+    v = p.add_argument_group("verify after backup (docs/maintenance.md)")
+    v.add_argument("--verify-samples", metavar="N", type=count_arg, default=1,
+                   help="download and verify N volumes after the backup, its own first (default 1; 0 for none)")
+    v.add_argument("--verify-percent", metavar="P", type=percent_arg, default=0.0,
+                   help="verify at least P percent (0 to 100) of all volumes instead")
+    v.add_argument("--no-verify", action="store_true", help="skip the verification after the backup")
+    keep_options(p, "after a successful backup, forget the versions these rules do not keep "
+                    "(docs/maintenance.md); nothing is forgotten without a keep option")
+
+
+def _excludes(args) -> list[str]:
+    """--exclude patterns, and those of every --exclude-file."""
+    excludes = list(args.exclude)
+    for path in args.exclude_file:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                excludes += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as e:
+            raise UsageError(f"cannot read exclude file {path}: {e.strerror}") from None
+    return excludes
+
+
+def _report_verification(out: Output, name: str, written: dict[str, int], report) -> bool:
+    if report.ok:
+        out.info(f"verified: {len(written)} new volume(s) listed with their sizes, "
+                 f"{report.volumes_read} volume(s) downloaded and verified")
+        return True
+    print_report(report)
+    print(f"{PROG}: error: verification after backup found damage (listed above); version {name[:8]} is saved, "
+          f"but the objects named are damaged: run 'fsbackup check --read-data', then 'fsbackup repair'",
+          file=sys.stderr)
+    return False
+
+
+def run(args, out: Output) -> int:
+    from ..backup import Backup, BackupOptions
+    from ..check import verify_backup
+    excludes = _excludes(args)
+    policy = forget.policy_from_args(args)
+    if args.prune and policy.is_empty():
+        raise UsageError("backup --prune needs at least one keep rule (e.g. --keep-daily 7)")
+    options = BackupOptions(excludes=excludes, exclude_if_present=args.exclude_if_present,
+                            exclude_caches=args.exclude_caches, one_file_system=args.one_file_system,
+                            tags=args.tag, dry_run=args.dry_run)
+    if args.volume_size:
+        options.volume_size = args.volume_size
+    if args.compression is not None:
+        options.compression = args.compression
+    # Two locks in turn: the backup's own (a dry run stores nothing and needs none), then, for the
+    # keep rules, an exclusive one, as forget takes.
+    with opened(args, out, sync_index=False) as repo:
+        job = Backup(repo, options, out)
+        verification = []     # verify after backup runs under the backup's lock; reported after its summary
+        saved = []            # the new version, once stored: an interruption then leaves it saved
+
+        def after_commit(name: str) -> None:
+            saved.append(name)
+            if not args.no_verify:
+                verification.append(verify_backup(repo, name, job.written, args.verify_samples,
+                                                  args.verify_percent, out))
+        job.after_commit = after_commit
+        try:
+            with hold_lock(repo, "none" if args.dry_run else "append", "backup") as lock:
+                name = job.run_locked(args.paths, lock)
+        except KeyboardInterrupt:
+            if not saved:
+                raise
+            unverified = "" if args.no_verify else \
+                ", but verifying it was cut short; 'fsbackup check --read-data' verifies it"
+            raise errors.Interrupted(f"version {saved[0][:8]} is saved{unverified}") from None
+        s = job.stats
+        summary = {"version": name, "dry_run": args.dry_run, **s.as_json()}
+        if not out.json:
+            out.info(f"files: {s.files_new} new, {s.files_changed} changed, {s.files_unchanged} unchanged"
+                     f" ({s.dirs} dirs, {s.others} other)")
+            out.info(f"read {human_bytes(s.bytes_read)} of {human_bytes(s.total_size)}; "
+                     f"new data {human_bytes(s.bytes_new_plain)}, added {human_bytes(s.bytes_added)} "
+                     f"after dedup and compression, in {human_duration(s.duration)} ({s.duration:.1f} s)")
+            if name:
+                out.info(f"saved version {name[:8]}")
+            else:
+                out.info("dry run: nothing was stored")
+            if s.warnings:
+                out.warn(f"{len(s.warnings)} file(s) could not be read and are missing from this version "
+                         "(listed above)")
+        verified = _report_verification(out, name, job.written, verification[0]) if verification else True
+        summary["verified"] = verified
+        if name and not policy.is_empty():      # retention only after a version was saved
+            if not verified:                    # never thin out older versions while the new one is in doubt
+                out.warn("retention skipped: the new version's data did not verify; no version was forgotten")
+            else:
+                quiet = Output.silent() if out.json else out
+                try:
+                    with hold_lock(repo, "exclusive", "backup"):
+                        repo.ensure_index()
+                        summary["forget"] = forget.forget_by_policy(repo, policy, False, quiet)
+                        if args.prune:
+                            summary["prune"] = prune.prune_now(repo, args, quiet, dry_run=False)
+                except (KeyboardInterrupt, errors.Interrupted) as e:
+                    left = str(e) or (prune.INTERRUPTED if "forget" in summary else forget.INTERRUPTED)
+                    raise errors.Interrupted(f"version {name[:8]} is saved; {left}") from None
+        if out.json:
+            out.emit_json(summary)
+    if not verified:
+        return errors.EXIT_CORRUPT
+    return errors.EXIT_PARTIAL if s.warnings else 0
+
+
+COMMAND = Command(
+    "backup", "back up paths as a new version",
+    "Back up one or more paths as one new version. Unchanged files (same size, mtime, ctime and inode\n"
+    "as in the previous version of the same paths) are not read again; new data is cut into blocks,\n"
+    "and only blocks the repository lacks are compressed, encrypted and uploaded.\n\n"
+    "Exit code 3: the version was saved, but some files could not be read (they are listed).",
+    add_arguments, run, INTERRUPTED)

@@ -1,0 +1,125 @@
+"""Opening the repository for a command: the passphrase, the storage, the lock it holds."""
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from .. import repository
+from ..errors import UsageError
+from ..locks import hold_lock
+from ..repository import Repository
+from .output import Output
+
+
+def _not_empty(passphrase: bytes) -> bytes:
+    """A new passphrase, refused when empty: an empty one protects nothing."""
+    if not passphrase:
+        raise UsageError("an empty passphrase is not allowed; choose one that protects the repository")
+    return passphrase
+
+
+def _read_passphrase_file(path: str) -> bytes:
+    """The passphrase in file `path` (--password-file, --new-password-file): its first line."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().rstrip(b"\r\n")
+    except OSError as e:
+        raise UsageError(f"cannot read password file {path}: {e.strerror}") from None
+
+
+def _ask_twice(prompt: str, again: str) -> bytes:
+    passphrase = os.fsencode(getpass.getpass(prompt))
+    if os.fsencode(getpass.getpass(again)) != passphrase:
+        raise UsageError("the passphrases do not match")
+    return passphrase
+
+
+def get_passphrase(args, new: bool = False) -> bytes:
+    """The passphrase from --password-file, FSBACKUP_PASSWORD, FSBACKUP_PASSWORD_COMMAND (a shell
+    command line, run by /bin/sh -c; its stdout is the passphrase) or the terminal (asked twice
+    when `new`). A `new` one (init) must not be empty; opening a repository
+    with an empty one is only a wrong passphrase."""
+    if args.password_file:
+        passphrase = _read_passphrase_file(args.password_file)
+    elif "FSBACKUP_PASSWORD" in os.environ:
+        passphrase = os.fsencode(os.environ["FSBACKUP_PASSWORD"])
+    elif os.environ.get("FSBACKUP_PASSWORD_COMMAND"):
+        cmd = os.environ["FSBACKUP_PASSWORD_COMMAND"]
+        res = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE)
+        if res.returncode != 0:
+            raise UsageError(f"FSBACKUP_PASSWORD_COMMAND failed with exit code {res.returncode}")
+        passphrase = res.stdout.rstrip(b"\r\n")
+    elif not sys.stdin.isatty():
+        raise UsageError("no passphrase: set FSBACKUP_PASSWORD or FSBACKUP_PASSWORD_COMMAND, or use --password-file")
+    elif new:
+        passphrase = _ask_twice("new passphrase: ", "repeat passphrase: ")
+    else:
+        passphrase = os.fsencode(getpass.getpass("passphrase: "))
+    return _not_empty(passphrase) if new else passphrase
+
+
+def get_new_passphrase(args) -> bytes:
+    """The new passphrase of 'key passwd' and 'key add' (never empty)."""
+    if getattr(args, "new_password_file", None):
+        passphrase = _read_passphrase_file(args.new_password_file)
+    elif "FSBACKUP_NEW_PASSWORD" in os.environ:
+        passphrase = os.fsencode(os.environ["FSBACKUP_NEW_PASSWORD"])
+    elif sys.stdin.isatty():
+        passphrase = _ask_twice("new passphrase: ", "repeat new passphrase: ")
+    else:
+        raise UsageError("no new passphrase: set FSBACKUP_NEW_PASSWORD or use --new-password-file")
+    return _not_empty(passphrase)
+
+
+def repo_url(args) -> str:
+    url = args.repo or os.environ.get("FSBACKUP_REPOSITORY")
+    if not url:
+        raise UsageError("no repository given: use --repo URL or set FSBACKUP_REPOSITORY")
+    return url
+
+
+def not_a_folder(path: str) -> str | None:
+    """What keeps `path` from being a folder: the path itself, or the nearest one above it that
+    exists, when that is not a folder (a file); None when `path` is a folder or can be made one."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return None if os.path.isdir(path) else path
+
+
+def open_storage(args):
+    """The storage for --repo, with --connections applied when given."""
+    return repository.open_storage(repo_url(args), args.connections)
+
+
+def open_repo(args, out: Output, sync_index: bool = True) -> Repository:
+    """The repository of --repo, opened with the passphrase; the caller closes it (the mount, whose
+    life cycle is its own). `sync_index`: bring the local index in step with the repository."""
+    backend = open_storage(args)
+    repo = Repository.open(backend, get_passphrase(args), args.index)
+    repo.accept_missing = args.accept_missing
+    if sync_index:
+        repo.ensure_index(out.progress())
+    return repo
+
+
+@contextmanager
+def opened(args, out: Output, lock: str = "none", sync_index: bool = True,
+           no_lock: bool = False) -> Iterator[Repository]:
+    """The repository of --repo for the `with` block, holding the lock `lock` ("none", "shared",
+    "append" or "exclusive": locks.hold_lock says which command holds which) in the name of
+    args.command; the lock is released and the repository closed however the block ends. This is
+    where a command chooses its lock: the engines take none of their own.
+    `sync_index` brings the local index in step first, before the lock is taken. `no_lock`:
+    --no-lock (forget and prune). A command that holds two locks in turn (backup, then its
+    retention step) opens with "none" and takes each with locks.hold_lock."""
+    repo = open_repo(args, out, sync_index)
+    try:
+        with hold_lock(repo, lock, args.command, no_lock):
+            yield repo
+    finally:
+        repo.close()

@@ -1,0 +1,63 @@
+"""`fsbackup restore`: restore files from a version."""
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import errors
+from ..errors import UsageError
+from ..index import Index
+from ..progress import human_bytes
+from .options import PROG, Command
+from .output import Output
+from .repo import not_a_folder, opened
+
+INTERRUPTED = ("the files restored so far are complete, and the file being written was not left half-written; "
+               "run the restore again with --overwrite to finish")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--target", required=True, metavar="DIR", help="where to restore (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace files that exist in the target")
+
+
+def run(args, out: Output) -> int:
+    from ..restore import Restore
+    from ..tree import VersionTree, resolve_version
+    blocker = not_a_folder(args.target)
+    if blocker:
+        why = "is not a directory" if blocker == os.path.abspath(args.target) else \
+            f"cannot be made: {blocker} is a file, not a directory"
+        raise UsageError(f"restore target {args.target} {why}; choose another --target")
+    with opened(args, out) as repo:
+        # The tree is read in one read transaction of a connection of its own: a forget or backup
+        # running meanwhile cannot change it under the restore. Where blocks lie is looked up live
+        # (repo.index), so blocks a prune moves meanwhile are found at their new place.
+        tree_index = Index(repo.index_path)
+        try:
+            with tree_index.snapshot():
+                tree = VersionTree(tree_index, resolve_version(tree_index, args.version))
+                s = Restore(repo, tree, args.target, overwrite=args.overwrite, reporter=out).run(args.paths or None)
+        finally:
+            tree_index.close()
+    if out.json:
+        out.emit_json(s.as_json())
+    else:
+        rate = s.bytes_written / s.duration if s.duration else 0
+        out.info(f"restored {s.files} files, {s.dirs} dirs, {s.others} other; {human_bytes(s.bytes_written)} "
+                 f"in {s.duration:.1f} s ({human_bytes(rate)}/s) to {args.target}")
+    if s.damaged:
+        print(f"{PROG}: error: {len(s.damaged)} file(s) could not be restored because their data is damaged "
+              f"(listed above)", file=sys.stderr)
+        return errors.EXIT_CORRUPT
+    return 0
+
+
+COMMAND = Command(
+    "restore", "restore files from a version",
+    "Restore all of a version, or the given paths, below --target (paths keep their absolute\n"
+    "place: /home/a/f restores to TARGET/home/a/f). Existing files are never touched unless\n"
+    "--overwrite is given. Every block is authenticated and every file's content hash checked.",
+    add_arguments, run, INTERRUPTED)

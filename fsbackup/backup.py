@@ -18,7 +18,6 @@ import grp
 import os
 import pwd
 import queue
-import secrets
 import socket
 import stat
 import threading
@@ -32,17 +31,16 @@ import msgpack
 
 from . import format as fmt
 from .chunker import MIN_SIZE, WINDOW, Chunker
-from .errors import FsbackupError, NoSpace, PathNotFound
+from .errors import NoSpace, PathNotFound
 from .fsutil import DirFds, at_path, open_dir, split
 from .locks import Lock, repository_lock
 from .private import private_temp_file
 from .progress import SILENT, Reporter
 from .repository import REREAD_FILES, Repository
 from .tree import Node, VersionTree, list_versions
+from .volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
 
-DEFAULT_VOLUME_SIZE = 32 * 1024 * 1024
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
-HOLE_MARK = b"\0fsbackup-hole\0"
 BATCH_BYTES = 1 << 20       # hand blocks to the encoders in batches of about this many bytes
 BATCH_BLOCKS = 256
 READ_AHEAD_BYTES = 64 << 20  # file data the reader threads may hold ahead of the scan
@@ -236,50 +234,6 @@ def open_source(name: bytes, dir_fd: int, st: os.stat_result) -> int:
 _TYPE_CODES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p",
                stat.S_IFCHR: "c", stat.S_IFBLK: "b"}
 
-class _OpenVolume:
-    def __init__(self, repo: Repository):
-        self.name = secrets.token_hex(32)
-        self.cipher = repo.block_cipher(self.name)
-        self.parts: list[bytes] = [fmt.header(fmt.VOLUME_MAGIC)]
-        self.offset = fmt.HEADER_LEN
-        self.entries: list[fmt.BlockEntry] = []
-        self.encoding: deque[tuple[list[bytes], Future]] = deque()   # batches being encoded, in order
-        self.batch: list[tuple[bytes, bytes]] = []                  # small blocks not yet handed off
-        self.batch_bytes = 0
-        self.plain_encoding = 0
-        self.stored_size = 0
-
-    def take_oldest(self) -> None:
-        block_ids, fut = self.encoding.popleft()
-        for block_id, (stored, plain_len) in zip(block_ids, fut.result()):
-            self.plain_encoding -= plain_len
-            self.add(block_id, stored, plain_len)
-
-    def add(self, block_id: bytes, stored: bytes, plain_len: int) -> None:
-        """Append one block, encoded under this volume's cipher."""
-        self.entries.append(fmt.BlockEntry(block_id, self.offset, len(stored), plain_len))
-        self.parts.append(stored)
-        self.offset += len(stored)
-
-    def seal(self, keys) -> tuple[bytes, bytes]:
-        """(the volume, its index object): the table and footer appended, read back to verify."""
-        self.parts.append(fmt.seal_table(keys, bytes.fromhex(self.name), self.entries, self.offset))
-        data = b"".join(self.parts)
-        self.parts = []
-        self.stored_size = len(data)
-        # Verify what we wrote: re-read our own table before it leaves the machine.
-        if fmt.open_volume_table(keys, bytes.fromhex(self.name), data, self.name) != self.entries:
-            raise FsbackupError(f"internal error: volume {self.name} does not read back as written")
-        return data, fmt.encode_index(keys, bytes.fromhex(self.name), len(data), self.entries)
-
-    def seal_and_store(self, repo: Repository) -> int:
-        """Seal, then upload the volume and its index object; returns the bytes uploaded.
-        Thread-safe: backups run it in their upload threads."""
-        data, index_obj = self.seal(repo.keys)
-        repo.store_volume(self.name, data, index_obj)
-        return len(data) + len(index_obj)
-
-
 class _Item:
     """An entry between the scan and the spool. Its parent's node id is known by the time it is
     spooled: entries are spooled in scan order, and a directory comes before its children."""
@@ -334,8 +288,8 @@ class Backup:
         self.links_seen: set[tuple[int, int]] = set()
         self.hardlinks: dict[tuple[int, int], list] = {}
         self.prev_contents: dict[int, list] = {}     # see _prev_children
-        self.volume: _OpenVolume | None = None
-        self.uploads: deque[tuple[_OpenVolume, Future]] = deque()
+        self.volume: VolumeWriter | None = None
+        self.uploads: deque[tuple[VolumeWriter, Future]] = deque()
         self.written: dict[str, int] = {}           # volumes this backup stored: name -> size (for verify)
         self.encode_window = 2 * options.workers + 2
 
@@ -825,16 +779,16 @@ class Backup:
         for start, end in data_regions(fd, size, before):
             if start > pos:
                 extents.append((fmt.HOLE_ID, start - pos))
-                hasher.update(HOLE_MARK + (start - pos).to_bytes(8, "little"))
+                hasher.hole(start - pos)
             for block in chunker.cut_file(fd, start, end):
                 block_id = self.repo.keys.block_id(block)
-                hasher.update(block)
+                hasher.data(block)
                 extents.append((block_id, len(block)))
                 take_block(block_id, block)
             pos = end
         if pos < size:
             extents.append((fmt.HOLE_ID, size - pos))
-            hasher.update(HOLE_MARK + (size - pos).to_bytes(8, "little"))
+            hasher.hole(size - pos)
         after = os.fstat(fd)
         if (not stat.S_ISREG(after.st_mode) or _change_key(after) != _change_key(before)
                 or sum(n for _, n in extents) != size):
@@ -885,7 +839,7 @@ class Backup:
             return
         vol = self.volume
         if vol is None:
-            vol = self.volume = _OpenVolume(self.repo)
+            vol = self.volume = VolumeWriter(self.repo)
         # Small blocks travel to the workers in batches: one hand-off per block would cost
         # more (GIL hand-offs) than encoding them.
         vol.batch.append((block_id, data))
@@ -902,7 +856,7 @@ class Backup:
             if vol.offset >= self.options.volume_size - fmt.HEADER_LEN:
                 self._seal_volume()
 
-    def _hand_off(self, vol: _OpenVolume) -> None:
+    def _hand_off(self, vol: VolumeWriter) -> None:
         if not vol.batch:
             return
         batch, vol.batch, vol.batch_bytes = vol.batch, [], 0

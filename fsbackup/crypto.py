@@ -34,6 +34,7 @@ MASTER_SECRET_LEN = 64
 TAG_LEN = 16
 NONCE_LEN = 12
 ZERO_NONCE = bytes(NONCE_LEN)
+HOLE_MARK = b"\0fsbackup-hole\0"    # a hole in a content hash (ContentHasher)
 
 # Argon2id cost for new keys. 64 MiB and 3 passes take about 0.2 s here; the parameters are
 # stored with each key object, so they can be raised later without breaking old keys.
@@ -196,15 +197,35 @@ class Keys:
         """The keyed id of a block's plaintext (32 bytes)."""
         return blake3.blake3(data, key=self.id_key, max_threads=1).digest()
 
-    def content_hasher(self):
+    def content_hasher(self) -> ContentHasher:
         """An incremental keyed hash of a whole file's content, to check a restore end to end.
         Same key as block ids: a one-block file's content hash is its block id."""
-        return blake3.blake3(key=self.id_key)
+        return ContentHasher(self.id_key)
 
     def object_cipher(self, purpose: bytes, object_id: bytes) -> "ObjectCipher":
         """The cipher of one remote object and one purpose (e.g. b'blocks', b'table')."""
         key = blake3.blake3(purpose + b"\0" + object_id, key=self.object_root).digest()
         return ObjectCipher(AESGCM(key))
+
+
+class ContentHasher:
+    """The keyed hash of a whole file's content (docs/format.md): its data in order, and each hole
+    (a run of zeros the file does not store) as HOLE_MARK and its length, 8 bytes little-endian.
+    Backup makes it and restore checks it: one rule for both."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, key: bytes):
+        self._hash = blake3.blake3(key=key)
+
+    def data(self, data) -> None:
+        self._hash.update(data)
+
+    def hole(self, length: int) -> None:
+        self._hash.update(HOLE_MARK + length.to_bytes(8, "little"))
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
 
 
 class ObjectCipher:

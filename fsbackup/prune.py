@@ -19,13 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import format as fmt
-from .backup import DEFAULT_VOLUME_SIZE, _OpenVolume
 from .progress import SILENT, Reporter, human_bytes
 from .errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
 from .repository import (QUERY_BATCH, Kind, Repository, batches, block_runs, index_object, parse_object_name,
                          volume_object)
 from .retention import Decision, Policy, Version, apply
 from .tree import VersionInfo
+from .volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
 
 DEFAULT_MAX_UNUSED = 0.25
 MAX_RUN_BYTES = 8 << 20     # live blocks lying back to back are fetched together, up to this much
@@ -208,7 +208,7 @@ class Prune:
         self.volume_size = volume_size
         self.progress = (reporter or SILENT).progress()
         self.stats = PruneStats()
-        self.writer: _OpenVolume | None = None
+        self.writer: VolumeWriter | None = None
         self.emptied: list[VolumeUse] = []     # repacked volumes whose live blocks are all in `writer` or stored
 
     def run(self, plan: PrunePlan) -> PruneStats:
@@ -290,7 +290,7 @@ class Prune:
         fetched = pool.map(self._fetch_run, block_runs(live, MAX_RUN_BYTES))
         for block_id, data in (block for run in fetched for block in run):
             if self.writer is None:
-                self.writer = _OpenVolume(self.repo)
+                self.writer = VolumeWriter(self.repo)
             stored, plain_len = fmt.encode_block(self.writer.cipher, block_id, data)
             self.writer.add(block_id, stored, plain_len)
             self.stats.blocks_moved += 1

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 from . import format as fmt
-from .backup import HOLE_MARK
 from .blockcache import BlockCache
 from .errors import (CorruptObject, FsbackupError, NoSpace, NoSuchObject, PathNotFound, PermissionDenied,
                      TargetConflict, UsageError)
@@ -450,7 +449,7 @@ class Restore:
                     os.ftruncate(fd, content.size)
                 for block_id, length in content.extents:
                     if block_id == fmt.HOLE_ID:
-                        hasher.update(HOLE_MARK + length.to_bytes(8, "little"))
+                        hasher.hole(length)
                     else:
                         try:
                             data = self._block(block_id, sources)
@@ -458,7 +457,7 @@ class Restore:
                             error = str(e)
                             break
                         _pwrite_all(fd, data, offset, dest)
-                        hasher.update(data)
+                        hasher.data(data)
                         written += len(data)
                     offset += length
                 if error is None and hasher.digest() != content.hash:
@@ -492,11 +491,11 @@ class Restore:
                     continue
                 if job.error is None:
                     _pwrite_all(job.fd, data, item[2], job.path)
-                    job.hasher.update(data)
+                    job.hasher.data(data)
                     self.stats.bytes_written += len(data)
                     self.progress.advance(nbytes=len(data))
             elif kind == "hole":
-                job.hasher.update(HOLE_MARK + item[2].to_bytes(8, "little"))
+                job.hasher.hole(item[2])
             elif kind == "fail":
                 job.error = job.error or item[2]
             else:

@@ -31,7 +31,7 @@ def prune_now(repo: Repository, args, out: Output, dry_run: bool) -> dict:
                  f"object(s), repack {len(plan.repack)} volume(s) ({human_bytes(plan.bytes_to_move)} of live data "
                  f"to copy), keep {plan.kept}; about {human_bytes(plan.bytes_freed)} freed")
         return {"dry_run": True, **plan.as_json()}
-    from ..backup import DEFAULT_VOLUME_SIZE
+    from ..volumes import DEFAULT_VOLUME_SIZE
     again = "fsbackup prune --no-lock" if getattr(args, "no_lock", False) else "fsbackup prune"
     job = Prune(repo, getattr(args, "volume_size", None) or DEFAULT_VOLUME_SIZE, out, again)
     s = job.run(plan)

@@ -95,6 +95,30 @@ def test_a_damaged_neighbour_is_left_to_its_reader_and_never_returned(env, tmp_p
     view.close()
 
 
+def test_a_load_abandoned_before_the_read_looks_makes_the_read_ask_again_not_answer_nothing(env, tmp_path):
+    """A read can find a neighbour's load under way and see it abandoned (the neighbour failed)
+    before it checks what it waits for: it must come back as a read to ask again, never as None
+    (which the FUSE adapter would hand the kernel as the file's bytes)."""
+    from concurrent.futures import Future
+    src = tmp_path / "src"
+    files = small_files(src, 3)
+    env.ok("backup", src)
+    view = open_view(env)
+    try:
+        f = view.open(resolve(view, version_dir(view, src) + "/dir/f0001.txt").ino)
+        real_source = view.loader.source
+        abandoned: Future = Future()
+        abandoned.set_result(None)
+        view.loader.source = lambda block_id, with_run: abandoned
+        started = view.start_read(f, 0, 1 << 20)
+        assert started is not None and not isinstance(started, (bytes, memoryview))
+        assert started.waiting() == [] and started.assemble() is None
+        view.loader.source = real_source
+        assert view.read(f, 0, 1 << 20) == files["f0001.txt"]
+    finally:
+        view.close()
+
+
 def test_a_file_opened_after_its_listing_needs_no_query_and_a_forgotten_version_is_enoent(env, tmp_path):
     src = tmp_path / "src"
     small_files(src, 3)

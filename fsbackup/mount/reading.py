@@ -104,7 +104,10 @@ class BlockLoader:
         read = PendingRead(f, offset, end, first, last, sources)
         if read.waiting():
             return read
-        return read.assemble()
+        data = read.assemble()
+        # None: a load this read found under way was abandoned meanwhile (a neighbour that failed):
+        # the caller asks again, as for any abandoned load.
+        return read if data is None else data
 
     def _read_ahead(self, f: OpenFile, offset: int, end: int, last: int) -> None:
         """On sequential reads, start loading the next blocks (more the longer the run), bounded."""

@@ -31,6 +31,8 @@ from typing import Callable
 import msgpack
 
 from . import format as fmt
+from .catalog.tree import Node, VersionTree
+from .catalog.versions import list_versions
 from .chunker import MIN_SIZE, WINDOW, Chunker
 from .errors import FsbackupError, NoSpace, PathNotFound
 from .fsutil import DirFds, at_path, open_dir, split
@@ -38,7 +40,6 @@ from .locks import repository_lock
 from .private import private_temp_file
 from .progress import Progress
 from .repository import REREAD_FILES, Repository
-from .tree import Node, VersionTree, list_versions
 
 DEFAULT_VOLUME_SIZE = 32 * 1024 * 1024
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"

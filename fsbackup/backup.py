@@ -30,6 +30,8 @@ from typing import Callable
 import msgpack
 
 from . import format as fmt
+from .catalog.tree import Node, VersionTree
+from .catalog.versions import list_versions
 from .chunker import MIN_SIZE, WINDOW, Chunker
 from .errors import NoSpace, PathNotFound
 from .fsutil import DirFds, at_path, open_dir, split
@@ -37,7 +39,6 @@ from .locks import Lock, repository_lock
 from .private import private_temp_file
 from .progress import SILENT, Reporter
 from .repository import REREAD_FILES, Repository
-from .tree import Node, VersionTree, list_versions
 from .volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
 
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"

@@ -17,6 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import format as fmt
+from .catalog.blocks import block_ids_in_order, blocks_in_volume, volume_holding, volume_sizes
+from .catalog.tree import node_path
+from .catalog.usage import content_extents, nodes_using, used_extents
+from .catalog.versions import version_names, version_names_by_id
 from .errors import CorruptObject, NoSuchObject
 from .progress import SILENT, Reporter
 from .repository import Kind, Repository, index_object, version_object, volume_object
@@ -116,8 +120,8 @@ class Checker:
             repo.rebuild_index(self.progress, keep_going=True)   # damaged objects are reported below
         self.volume_sizes = repo.list_objects(Kind.VOLUME)
         self.index_names = set(repo.list_objects(Kind.INDEX))
-        local_volumes = {name: size for name, size in index.q("SELECT name, size FROM volumes")}
-        local_versions = {name for (name,) in index.q("SELECT name FROM versions")}
+        local_volumes = volume_sizes(index)
+        local_versions = version_names(index)
         listed = set(repo.list_objects(Kind.VERSION))
         # Versions removed by another run are dropped (those gone without a forget, remembered);
         # forgotten ones still listed are no versions.
@@ -208,18 +212,17 @@ class Checker:
         blamed = set().union(*(p.blocks for p in self.report.problems)) if self.report.problems else set()
         used: set[bytes] = set()
         # (contents no version uses any more are left behind by removed versions: skipped)
-        for (extents,) in self.repo.index.q("SELECT extents FROM contents WHERE id IN "
-                                            "(SELECT content FROM nodes WHERE content IS NOT NULL)"):
+        for extents in used_extents(self.repo.index):
             used.update(fmt.extent_ids(extents))
         used.discard(fmt.HOLE_ID)
         used -= blamed
         # A merge of two sorted streams: the used ids, and the blocks table in key order.
         missing: set[bytes] = set()
-        stored = iter(self.repo.index.db.execute("SELECT hash FROM blocks ORDER BY hash"))
-        current = next(stored, (None,))[0]
+        stored = block_ids_in_order(self.repo.index)
+        current = next(stored, None)
         for block_id in sorted(used):
             while current is not None and current < block_id:
-                current = next(stored, (None,))[0]
+                current = next(stored, None)
             if current != block_id:
                 missing.add(block_id)
         if missing:
@@ -227,8 +230,7 @@ class Checker:
                              f"of a stored volume", missing))
 
     def _local_blocks(self, volume: str) -> list[bytes]:
-        return [h for (h,) in self.repo.index.q(
-            "SELECT b.hash FROM blocks b JOIN volumes v ON v.id = b.volume WHERE v.name=?", (volume,))]
+        return blocks_in_volume(self.repo.index, volume)
 
     def entries_of(self, name: str) -> list[fmt.BlockEntry]:
         if name not in self.index_entries:
@@ -311,7 +313,7 @@ class Checker:
 
     def explain(self) -> Report:
         """Fill in each problem's affected versions and paths from the local index."""
-        versions = {vid: name for vid, name in self.repo.index.q("SELECT id, name FROM versions")}
+        versions = version_names_by_id(self.repo.index)
         for p in self.report.problems:
             if p.volume is not None and p.blocks:
                 p.blocks = self._stored_only_there(p.blocks, p.volume)
@@ -324,12 +326,10 @@ class Checker:
 
     def _stored_only_there(self, blocks: set[bytes], volume: str) -> set[bytes]:
         """Of `blocks` in a damaged `volume`, those the index does not place in another volume."""
-        db = self.repo.index.db
         elsewhere = set()
         for block_id in blocks:
-            row = db.execute("SELECT v.name FROM blocks b JOIN volumes v ON v.id = b.volume WHERE b.hash=?",
-                             (block_id,)).fetchone()
-            if row is not None and row[0] != volume:
+            holder = volume_holding(self.repo.index, block_id)
+            if holder is not None and holder != volume:
                 elsewhere.add(block_id)
         return blocks - elsewhere
 
@@ -337,32 +337,15 @@ class Checker:
         """Ids of the contents with an extent in `blocks`: one pass over the packed extents."""
         if not blocks:
             return []
-        return [cid for cid, extents in self.repo.index.q("SELECT id, extents FROM contents")
+        return [cid for cid, extents in content_extents(self.repo.index)
                 if any(block_id in blocks for block_id, _ in fmt.unpack_extents(extents))]
 
     def nodes_using(self, content_ids: list[int]) -> dict[int, list[int]]:
         """version id -> node ids of the files whose content is one of `content_ids`."""
-        out: dict[int, list[int]] = {}
-        if not content_ids:
-            return out
-        db = self.repo.index.db
-        with self.repo.index.transaction():
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS hit(id INTEGER PRIMARY KEY)")
-            db.execute("DELETE FROM temp.hit")
-            db.executemany("INSERT OR IGNORE INTO temp.hit(id) VALUES (?)", [(c,) for c in content_ids])
-            for vid, nid in db.execute("SELECT n.version, n.id FROM nodes n JOIN temp.hit h ON n.content = h.id "
-                                       "ORDER BY n.version, n.id"):
-                out.setdefault(vid, []).append(nid)
-        return out
+        return nodes_using(self.repo.index, content_ids)
 
     def path_of(self, version_id: int, node_id: int) -> str:
-        parts = []
-        db = self.repo.index.db
-        while node_id > 1:
-            node_id, name = db.execute("SELECT parent, name FROM nodes WHERE version=? AND id=?",
-                                       (version_id, node_id)).fetchone()
-            parts.append(bytes(name))
-        return (b"/" + b"/".join(reversed(parts))).decode("utf-8", "surrogateescape")
+        return node_path(self.repo.index, version_id, node_id).decode("utf-8", "surrogateescape")
 
     # ---- progress ----
 

@@ -19,12 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import format as fmt
+from .catalog.blocks import any_volume, volume_names
+from .catalog.usage import any_needed_unrecorded, live_blocks, mark_used_blocks, volume_usage
+from .catalog.versions import VersionInfo, any_version
 from .progress import SILENT, Reporter, human_bytes
 from .errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
-from .repository import (QUERY_BATCH, Kind, Repository, batches, block_runs, index_object, parse_object_name,
-                         volume_object)
+from .repository import Kind, Repository, block_runs, index_object, parse_object_name, volume_object
 from .retention import Decision, Policy, Version, apply
-from .tree import VersionInfo
 from .volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
 
 DEFAULT_MAX_UNUSED = 0.25
@@ -104,36 +105,11 @@ class PrunePlan:
                 "bytes_to_move": self.bytes_to_move, "bytes_freed": self.bytes_freed}
 
 
-# A block is live when a remaining version's file uses it (used_blocks is filled by _mark_used_blocks).
-LIVE = "EXISTS (SELECT 1 FROM temp.used_blocks u WHERE u.hash = b.hash)"
-
-
-def _mark_used_blocks(repo: Repository) -> None:
-    """Fill the temporary table used_blocks with every block a remaining version's file uses:
-    one pass over the distinct contents that nodes refer to (each content once, however many
-    versions and hard links share it). Ids are appended as found and indexed once at the end,
-    which is about twice as fast as keeping a unique key while inserting; a block shared by
-    several contents is listed more than once, hence EXISTS (never a join) in the queries."""
-    index = repo.index
-    with index.transaction() as db:
-        db.execute("DROP TABLE IF EXISTS temp.used_blocks")
-        db.execute("CREATE TEMP TABLE used_blocks(hash BLOB NOT NULL)")
-        contents = db.cursor().execute(
-            "SELECT extents FROM contents WHERE id IN (SELECT content FROM nodes WHERE content IS NOT NULL)")
-        db.cursor().executemany("INSERT INTO temp.used_blocks(hash) VALUES (?)",
-                                ((block_id,) for (extents,) in contents
-                                 for block_id, _ in fmt.EXTENT.iter_unpack(extents) if block_id != fmt.HOLE_ID))
-        db.execute("CREATE INDEX temp.used_blocks_by_hash ON used_blocks(hash)")
-
-
 def volume_use(repo: Repository) -> list[VolumeUse]:
-    _mark_used_blocks(repo)
-    rows = repo.index.q(
-        "SELECT v.name, v.size, coalesce(sum(b.live), 0), "
-        "       coalesce(sum(CASE WHEN b.live THEN b.stored_length END), 0), "
-        "       coalesce(sum(CASE WHEN NOT b.live THEN b.stored_length END), 0) "
-        f"FROM volumes v LEFT JOIN (SELECT b.volume, b.stored_length, {LIVE} AS live FROM blocks b) b "
-        "ON b.volume = v.id GROUP BY v.id ORDER BY v.name")
+    """How much of each recorded volume the remaining versions use: every block they use is
+    marked first (`catalog.usage.mark_used_blocks`), in one pass over the distinct contents."""
+    mark_used_blocks(repo.index)
+    rows = volume_usage(repo.index)
     return [VolumeUse(*row) for row in rows]
 
 
@@ -147,7 +123,7 @@ def _leftovers(repo: Repository) -> tuple[list[tuple[str, int]], list[tuple[str,
     blocks is used, else adopts it."""
     volumes = repo.list_objects(Kind.VOLUME)
     indexes = repo.list_objects(Kind.INDEX)
-    recorded = {name for (name,) in repo.index.q("SELECT name FROM volumes")}
+    recorded = volume_names(repo.index)
     orphans = sorted((index_object(name), size) for name, size in indexes.items()
                      if name not in volumes and name not in recorded)
     unindexed = sorted((name, size) for name, size in volumes.items() if name not in indexes)
@@ -162,8 +138,7 @@ def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> Prun
                                  "then 'fsbackup repair --remove-damaged' before pruning")
     orphans, unindexed = _leftovers(repo)
     plan = PrunePlan(orphans=orphans, unindexed=unindexed)
-    if not repo.accept_missing and not repo.index.one("SELECT 1 FROM versions LIMIT 1") \
-            and repo.index.one("SELECT 1 FROM volumes LIMIT 1"):
+    if not repo.accept_missing and not any_version(repo.index) and any_volume(repo.index):
         # Forget never removes the last version: no version at all beside stored data is a listing
         # to distrust (a versions/ folder moved away, on a machine whose index had nothing to compare).
         raise ListingContradiction("the repository lists no version objects (versions/) but holds data: prune "
@@ -261,10 +236,7 @@ class Prune:
         except CorruptObject:
             entries = []
         ids = [e.id for e in entries]
-        needed = ("SELECT 1 FROM temp.used_blocks u WHERE u.hash IN ({}) "
-                  "AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.hash = u.hash) LIMIT 1")
-        live = any(self.repo.index.q(needed.format(",".join("?" * len(part))), part)
-                   for part in batches(ids, QUERY_BATCH))
+        live = any_needed_unrecorded(self.repo.index, ids)
         if live:
             self.repo.adopt_volume(name, size, entries)
         else:
@@ -284,9 +256,7 @@ class Prune:
         every block it gave is stored and recorded in a new volume. Each block is fetched with
         one range read, authenticated and checked against its id, then encoded anew under the
         new volume's key. Memory: this volume's live blocks and the one new volume."""
-        live = [(block_id, (use.name, *place)) for block_id, *place in self.repo.index.q(
-            "SELECT b.hash, b.offset, b.stored_length, b.plain_length FROM blocks b "
-            f"JOIN volumes v ON v.id = b.volume WHERE v.name = ? AND {LIVE} ORDER BY b.offset", (use.name,))]
+        live = live_blocks(self.repo.index, use.name)
         fetched = pool.map(self._fetch_run, block_runs(live, MAX_RUN_BYTES))
         for block_id, data in (block for run in fetched for block in run):
             if self.writer is None:

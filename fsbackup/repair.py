@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import format as fmt
+from .catalog.blocks import forget_places
+from .catalog.versions import version_names_by_id
 from .check import Checker, Report
 from .errors import CorruptObject
 from .progress import SILENT, Reporter
@@ -80,7 +82,7 @@ def remove_damaged(repo: Repository, checker: Checker, reporter: Reporter) -> di
     unavailable = set().union(*(p.blocks for p in report.problems)) if report.problems else set()
     if not unavailable:
         return removed
-    versions = {vid: name for vid, name in repo.index.q("SELECT id, name FROM versions")}
+    versions = version_names_by_id(repo.index)
     for vid, node_ids in checker.nodes_using(checker.contents_using(unavailable)).items():
         name = versions[vid]
         removed[name] = rewrite_version(repo, name, set(node_ids))
@@ -131,10 +133,7 @@ def _forget_blocks(repo: Repository, checker: Checker, unavailable: set[bytes]) 
         if not keep:
             repo.unrecord_volume(p.volume)
             continue
-        with repo.index.transaction() as db:
-            row = db.execute("SELECT id FROM volumes WHERE name=?", (p.volume,)).fetchone()
-            if row:
-                repo.drop_block_places(db, row[0], p.blocks)
+        forget_places(repo.index, p.volume, p.blocks)
 
 
 def summary(report: Report) -> list[str]:

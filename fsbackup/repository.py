@@ -14,7 +14,6 @@ Remote layout (docs/format.md):
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -26,10 +25,6 @@ from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
-import apsw
-import blake3
-import msgpack
-
 from . import format as fmt
 from .backends import Backend, Latency, open_backend
 from .backends.retry import RetryingBackend
@@ -37,14 +32,15 @@ from .crypto import (MASTER_SECRET_LEN, Keys, ObjectCipher, config_digest, open_
                      unwrap_master_secret, wrap_master_secret)
 from .errors import (CorruptObject, FsbackupError, ListingContradiction, NoSpace, NoSuchObject, RepositoryNotFound,
                      UnsupportedFormat, UsageError, WrongPassphrase)
-from .index import Index, index_time
+from .catalog import Index, blocks as catalog_blocks, versions as catalog_versions
+from .catalog.blocks import BlockLocation
+from .catalog.rebuild import Refill
+from .catalog.usage import blocks_only_in, used_extents
 from .locks import PARTIAL_UPLOAD_AGE
 from .names import (CONFIG, Kind, forgotten_object, index_object, key_object, lock_object,
                     object_name, parse_object_name, version_object, volume_object)
 
 T = TypeVar("T")
-
-QUERY_BATCH = 500          # ids bound in one `IN (...)` query
 
 log = logging.getLogger("fsbackup.repository")
 
@@ -55,16 +51,18 @@ REREAD_FILES = "reread_files"
 UNREADABLE_VERSIONS = "unreadable_versions"
 
 
-def block_runs(blocks: Iterable[tuple[bytes, tuple]], max_bytes: int, gap: int = 0) -> Iterator[list]:
+def block_runs(blocks: Iterable[tuple[bytes, BlockLocation]], max_bytes: int, gap: int = 0) -> Iterator[list]:
     """Group (block id, location) pairs, in (volume, offset) order, into runs that one range read
     fetches (`Repository.fetch_run`): one volume, at most `gap` bytes between neighbours, at most
     `max_bytes` in all (a larger block is a run of its own)."""
     run: list = []
     for block_id, loc in blocks:
-        if run and (loc[0] != run[0][1][0] or loc[1] > run[-1][1][1] + run[-1][1][2] + gap
-                    or loc[1] + loc[2] - run[0][1][1] > max_bytes):
-            yield run
-            run = []
+        if run:
+            first, last = run[0][1], run[-1][1]
+            if (loc.volume != first.volume or loc.offset > last.offset + last.stored_length + gap
+                    or loc.offset + loc.stored_length - first.offset > max_bytes):
+                yield run
+                run = []
         run.append((block_id, loc))
     if run:
         yield run
@@ -325,6 +323,8 @@ class Repository:
 
     @property
     def index(self) -> Index:
+        """The local index (the catalog's connection, `fsbackup.catalog`), opened on first use; a
+        file that belongs to another repository is refused."""
         if self._index is None:
             self._index = Index(self.index_path)
             repo_id = self._index.get_meta("repository_id")
@@ -351,8 +351,8 @@ class Repository:
         index = self.index
         # What this index knows is read before the listings: a version another process records
         # meanwhile is then neither taken for vanished nor recorded twice.
-        known_volumes = {name for (name,) in index.q("SELECT name FROM volumes")}
-        local_versions = {name for (name,) in index.q("SELECT name FROM versions")}
+        known_volumes = catalog_blocks.volume_names(index)
+        local_versions = catalog_versions.version_names(index)
         remote_indexes = set(self.list_objects(Kind.INDEX))
         remote_versions = set(self.list_objects(Kind.VERSION))
         vanished_volumes = known_volumes - remote_indexes
@@ -386,17 +386,11 @@ class Repository:
         holds: what a prune (which deletes only volumes no version needs, or whose live blocks it
         stored elsewhere first) never deletes. A full pass over the files' layouts: only run when
         many volumes vanished at once."""
-        sole: set[bytes] = set()
-        for part in batches(sorted(volumes), QUERY_BATCH):
-            sole.update(h for (h,) in self.index.q(
-                "SELECT b.hash FROM blocks b JOIN volumes v ON v.id = b.volume "
-                f"WHERE v.name IN ({','.join('?' * len(part))}) AND NOT EXISTS "
-                "(SELECT 1 FROM spare_blocks s WHERE s.hash = b.hash AND s.volume != b.volume)", part))
+        sole = blocks_only_in(self.index, volumes)
         if not sole:
             return False
-        rows = self.index.db.cursor().execute(
-            "SELECT extents FROM contents WHERE id IN (SELECT content FROM nodes WHERE content IS NOT NULL)")
-        return any(block_id in sole for (extents,) in rows for block_id, _ in fmt.EXTENT.iter_unpack(extents))
+        return any(block_id in sole for extents in used_extents(self.index)
+                   for block_id, _ in fmt.EXTENT.iter_unpack(extents))
 
     def unreadable_versions(self) -> list[str]:
         """Version objects the last sync of the local index could not read (and skipped)."""
@@ -439,16 +433,12 @@ class Repository:
         return skipped
 
     def unrecord_version(self, name: str) -> None:
-        with self.index.transaction() as db:
-            row = db.execute("SELECT id FROM versions WHERE name=?", (name,)).fetchone()
-            if row:
-                db.execute("DELETE FROM nodes WHERE version=?", row)
-                db.execute("DELETE FROM versions WHERE id=?", row)
+        """Forget version `name` and its tree in the local index (`catalog.versions.unrecord_version`)."""
+        catalog_versions.unrecord_version(self.index, name)
 
     def drop_unused_contents(self) -> None:
         """Forget file contents no recorded version refers to any more (after versions are removed)."""
-        with self.index.transaction() as db:
-            db.execute("DELETE FROM contents WHERE id NOT IN (SELECT content FROM nodes WHERE content IS NOT NULL)")
+        catalog_versions.drop_unused_contents(self.index)
 
     def rebuild_index(self, progress=None, keep_going: bool = False, skip_damaged_versions: bool = False) -> dict:
         """Rebuild the local index from index and version objects alone (no volume is downloaded).
@@ -467,49 +457,27 @@ class Repository:
         if progress:
             progress.start("rebuilding index", total_items=len(present) + len(version_names))
         damaged: list[str] = []
-        index.db.execute("PRAGMA cache_size=-131072")       # 128 MiB while the b-trees grow
-        index.db.execute("PRAGMA temp_store=MEMORY")        # the staged blocks (~60 MiB per million)
-        index.db.execute("PRAGMA threads=2")                # sorts for the indexes built at the end
-        # A rollback journal instead of the WAL: pages added to the file are not journaled, where
-        # the WAL would write the whole new index twice. (Left as it is if a connection that is
-        # not fsbackup's, which takes no local lock, has the index open.)
-        with index.exclusive():           # rows are renumbered: nobody else may hold any
-            index.set_aside_if_damaged()      # (a rebuild on damaged pages would fail, or keep them)
-            left_wal = index.try_journal_mode("DELETE")
-            try:
-                with ThreadPoolExecutor(max(4, 2 * self.connections)) as pool, index.transaction() as db:
-                    self._rebuild_in(db, pool, present, version_names, damaged, keep_going, skip_damaged_versions,
-                                 progress)
-            finally:
-                index.db.execute("PRAGMA cache_size=-2000")
-                if left_wal:
-                    index.db.execute("PRAGMA journal_mode=WAL")
+        # Alone with the index (rows are renumbered), tuned for one bulk load (`Index.rebuilding`).
+        with index.rebuilding():
+            with ThreadPoolExecutor(max(4, 2 * self.connections)) as pool, index.transaction() as db:
+                self._rebuild_in(Refill(index, db), pool, present, version_names, damaged, keep_going,
+                                 skip_damaged_versions, progress)
         if progress:
             progress.finish()
         return {"volumes": len(present) - sum(1 for d in damaged if d.startswith(Kind.INDEX.folder)),
                 "versions": len(version_names) - sum(1 for d in damaged if d.startswith(Kind.VERSION.folder)),
                 "skipped": skipped, "damaged": damaged}
 
-    def _rebuild_in(self, db, pool, present: list[str], version_names: list[str], damaged: list[str],
+    def _rebuild_in(self, refill: Refill, pool, present: list[str], version_names: list[str], damaged: list[str],
                     keep_going: bool, skip_damaged_versions: bool, progress) -> None:
-        """rebuild_index's writing, inside its one transaction."""
+        """rebuild_index's writing, inside its one transaction (`refill`'s)."""
         def unreadable(obj: str, error: FsbackupError) -> None:
             if not (keep_going or (skip_damaged_versions and obj.startswith(Kind.VERSION.folder))):
                 raise error
             damaged.append(obj)
 
-        # Versions keep their row ids (the mount's inode numbers), and the id counters keep
-        # growing (index.py: a row id never names two things); everything else is renumbered.
-        version_ids = dict(db.execute("SELECT name, id FROM versions"))
-        for table in ("nodes", "versions", "contents", "blocks", "spare_blocks", "volumes"):
-            db.execute(f"DELETE FROM {table}")
-        self.index.forget_meta(db)
-        # Secondary indexes are built once at the end (one sort each), not row by row.
-        dropped = self.index.drop_secondary_indexes(("nodes", "blocks"))
-        # Blocks are staged in arrival order, then moved into the keyed table sorted by id (an
-        # append instead of a million random b-tree inserts); (hash, seq) keeps the first place.
-        db.execute("CREATE TEMP TABLE staged_blocks(hash BLOB, volume INTEGER, offset INTEGER, "
-                   "stored_length INTEGER, plain_length INTEGER)")
+        # Versions keep their row ids (the mount's inode numbers); everything else is renumbered.
+        version_ids = refill.start()
         # Index objects are small: each worker task reads a run of them (one hand-over of the
         # GIL per run, not per object) and returns the rows to write; volume ids are positions.
         runs = [(first, present[first:first + INDEX_OBJECTS_PER_TASK])
@@ -519,18 +487,10 @@ class Repository:
                 if isinstance(result, FsbackupError):
                     unreadable(obj, result)
                     continue
-                volume_row, block_rows = result      # (one transaction: no savepoint per volume)
-                db.execute("INSERT INTO volumes(id, name, size, block_count) VALUES (?, ?, ?, ?)", volume_row)
-                db.executemany("INSERT INTO temp.staged_blocks VALUES (?, ?, ?, ?, ?)", block_rows)
+                refill.add_volume(*result)           # (one transaction: no savepoint per volume)
             if progress:
                 progress.advance(items=len(results))
-        db.execute("INSERT OR IGNORE INTO blocks(hash, volume, offset, stored_length, plain_length) "
-                   "SELECT hash, volume, offset, stored_length, plain_length FROM temp.staged_blocks "
-                   "ORDER BY hash, rowid")
-        db.execute("INSERT OR IGNORE INTO spare_blocks(hash, volume, offset, stored_length, plain_length) "
-                   "SELECT s.hash, s.volume, s.offset, s.stored_length, s.plain_length FROM temp.staged_blocks s "
-                   "WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.hash = s.hash AND b.volume = s.volume)")
-        db.execute("DROP TABLE temp.staged_blocks")
+        refill.place_blocks()
         content_ids: dict[bytes, int] = {}                  # extents -> contents row, shared by versions
         for name, result in _bounded_map(pool, self._read_version, version_names):
             if isinstance(result, FsbackupError):
@@ -542,11 +502,8 @@ class Repository:
                     unreadable(version_object(name), e)
             if progress:
                 progress.advance(items=1)
-        for sql in dropped:
-            db.execute(sql)
-        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('repository_id', ?)", (self.id,))
-        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                   (UNREADABLE_VERSIONS, json.dumps([d for d in damaged if d.startswith(Kind.VERSION.folder)])))
+        refill.finish({"repository_id": self.id,
+                       UNREADABLE_VERSIONS: json.dumps([d for d in damaged if d.startswith(Kind.VERSION.folder)])})
 
     def _read_index_objects(self, run: tuple[int, list[str]]) -> list[tuple[str, object]]:
         """(object, result) for the index objects of a run of volumes, the first becoming volume row
@@ -592,7 +549,7 @@ class Repository:
         volumes = list_objects(self.backend, Kind.VOLUME, strays)
         notes += [f"{obj} is not an fsbackup object; left alone" for obj in strays]
         index_objs = set(self.list_objects(Kind.INDEX))
-        known = {name for (name,) in self.index.q("SELECT name FROM volumes")}
+        known = catalog_blocks.volume_names(self.index)
         gone = known - set(volumes)
         self.refuse_surprising_loss("volumes (data/)", known, gone)
         for name in sorted(set(volumes) - index_objs):
@@ -738,59 +695,13 @@ class Repository:
 
     def record_volume(self, name: str, size: int, entries: Iterable[fmt.BlockEntry], moved: bool = False) -> None:
         """Record a volume whose volume and index objects are durably stored. Blocks already
-        recorded elsewhere keep their place (this one is kept as a spare: index.py, v4), unless
-        `moved` (prune's repacking, which deletes the old volume next) moves them here."""
-        entries = list(entries)
-        rows = [(e.id, e.offset, e.stored_length, e.plain_length) for e in entries]
-        with self.index.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO volumes(name, size, block_count) VALUES (?, ?, ?)",
-                       (name, size, len(entries)))
-            (vol_id,) = db.execute("SELECT id FROM volumes WHERE name=?", (name,)).fetchone()
-            if moved:
-                db.executemany("INSERT OR REPLACE INTO blocks(hash, volume, offset, stored_length, plain_length) "
-                               f"VALUES (?, {vol_id}, ?, ?, ?)", rows)
-                return
-            before = self.index.db.total_changes()
-            db.executemany("INSERT OR IGNORE INTO blocks(hash, volume, offset, stored_length, plain_length) "
-                           f"VALUES (?, {vol_id}, ?, ?, ?)", rows)
-            if self.index.db.total_changes() - before < len(rows):      # some are recorded elsewhere
-                db.executemany("INSERT OR IGNORE INTO spare_blocks(hash, volume, offset, stored_length, "
-                               f"plain_length) SELECT ?, {vol_id}, ?, ?, ? WHERE NOT EXISTS "
-                               f"(SELECT 1 FROM blocks WHERE hash = ?1 AND volume = {vol_id})", rows)
+        recorded elsewhere keep their place (this one is kept as a spare: catalog/schema.py, v4),
+        unless `moved` (prune's repacking, which deletes the old volume next) moves them here."""
+        catalog_blocks.record_volume(self.index, name, size, list(entries), moved)
 
     def unrecord_volume(self, name: str) -> None:
         """Forget a volume and the blocks recorded in it (before it is deleted, or once it is gone)."""
-        with self.index.transaction() as db:
-            row = db.execute("SELECT id FROM volumes WHERE name=?", (name,)).fetchone()
-            if row:
-                self.drop_block_places(db, row[0])
-                db.execute("DELETE FROM volumes WHERE id=?", row)
-
-    @staticmethod
-    def drop_block_places(db, vol_id: int, block_ids: Iterable[bytes] | None = None) -> None:
-        """Forget where volume `vol_id` holds blocks (all of them, or `block_ids`): a block also held
-        by another volume moves to that spare place instead of being recorded nowhere."""
-        if block_ids is None:
-            db.execute("INSERT OR REPLACE INTO blocks(hash, volume, offset, stored_length, plain_length) "
-                       "SELECT s.hash, s.volume, s.offset, s.stored_length, s.plain_length FROM spare_blocks s "
-                       "JOIN blocks b ON b.hash = s.hash WHERE b.volume = ? AND s.volume != ? GROUP BY s.hash",
-                       (vol_id, vol_id))
-            db.execute("DELETE FROM blocks WHERE volume=?", (vol_id,))
-            db.execute("DELETE FROM spare_blocks WHERE volume=?", (vol_id,))
-        else:
-            for block_id in block_ids:
-                spare = db.execute("SELECT volume, offset, stored_length, plain_length FROM spare_blocks "
-                                   "WHERE hash=? AND volume != ? LIMIT 1", (block_id, vol_id)).fetchone()
-                if spare is not None and db.execute("SELECT 1 FROM blocks WHERE hash=? AND volume=?",
-                                                    (block_id, vol_id)).fetchone():
-                    db.execute("UPDATE blocks SET volume=?, offset=?, stored_length=?, plain_length=? "
-                               "WHERE hash=?", (*spare, block_id))
-                else:
-                    db.execute("DELETE FROM blocks WHERE hash=? AND volume=?", (block_id, vol_id))
-                db.execute("DELETE FROM spare_blocks WHERE hash=? AND volume=?", (block_id, vol_id))
-        # A spare that has just become the block's place is no spare any more.
-        db.execute("DELETE FROM spare_blocks WHERE EXISTS (SELECT 1 FROM blocks b "
-                   "WHERE b.hash = spare_blocks.hash AND b.volume = spare_blocks.volume)")
+        catalog_blocks.unrecord_volume(self.index, name)
 
     def delete_volume(self, name: str) -> None:
         """Delete a volume no version needs: unrecorded first (the index never names a block that
@@ -802,54 +713,40 @@ class Repository:
 
     def known_blocks(self, block_ids: list[bytes]) -> set[bytes]:
         """The ones among `block_ids` the index records as stored (at most a few hundred at once)."""
-        if not block_ids:
-            return set()
-        rows = self.index.q(f"SELECT hash FROM blocks WHERE hash IN ({','.join('?' * len(block_ids))})", block_ids)
-        return {row[0] for row in rows}
+        return catalog_blocks.known_blocks(self.index, block_ids)
 
-    def block_location(self, block_id: bytes, index: Index | None = None):
-        """(volume name, offset, stored length, plain length) of a stored block."""
-        row = (index or self.index).one(
-            "SELECT v.name, b.offset, b.stored_length, b.plain_length FROM blocks b "
-            "JOIN volumes v ON v.id = b.volume WHERE b.hash=?", (block_id,))
-        if row is None:
-            raise NoSuchObject(f"block {block_id.hex()[:16]} (not in any stored volume)")
-        return row
+    def block_location(self, block_id: bytes, index: Index | None = None) -> BlockLocation:
+        """Where a stored block lies, read through `index` (another thread's own connection) or the
+        repository's; NoSuchObject when no stored volume holds it."""
+        return catalog_blocks.block_location(index or self.index, block_id)
 
-    def block_locations(self, block_ids: Iterable[bytes]) -> dict[bytes, tuple]:
+    def block_locations(self, block_ids: Iterable[bytes]) -> dict[bytes, BlockLocation]:
         """`block_location` of many blocks in few queries; a block in no stored volume is left out."""
-        ids = list(block_ids)
-        found: dict[bytes, tuple] = {}
-        for i in range(0, len(ids), QUERY_BATCH):
-            part = ids[i:i + QUERY_BATCH]
-            for row in self.index.q(
-                    "SELECT b.hash, v.name, b.offset, b.stored_length, b.plain_length FROM blocks b "
-                    f"JOIN volumes v ON v.id = b.volume WHERE b.hash IN ({','.join('?' * len(part))})", part):
-                found[row[0]] = row[1:]
-        return found
+        return catalog_blocks.block_locations(self.index, block_ids)
 
-    def fetch_run(self, blocks: list[tuple[bytes, tuple]]) -> dict[bytes, bytes | FsbackupError]:
+    def fetch_run(self, blocks: list[tuple[bytes, BlockLocation]]) -> dict[bytes, bytes | FsbackupError]:
         """Each block's bytes, or the error that stands for it (`fetch_run_blocks`)."""
         return {fetched.block_id: fetched.data for fetched in self.fetch_run_blocks(blocks)}
 
-    def fetch_run_blocks(self, blocks: list[tuple[bytes, tuple]]) -> list[FetchedBlock]:
+    def fetch_run_blocks(self, blocks: list[tuple[bytes, BlockLocation]]) -> list[FetchedBlock]:
         """Blocks lying close together in one volume (`blocks`: (block id, location) by offset),
         fetched with one range read and decoded together (`fmt.decode_blocks`), in the order given.
         A block that does not decode is downloaded alone once more, as `get_checked` does, so
         damage costs only the files that use it: its `data` is the CorruptObject (or NoSuchObject)
         found. Thread-safe, like `fetch_block`."""
-        volume = blocks[0][1][0]
+        volume = blocks[0][1].volume
         name = volume_object(volume)
-        start = blocks[0][1][1]
-        end = max(loc[1] + loc[2] for _, loc in blocks)
+        start = blocks[0][1].offset
+        end = max(loc.offset + loc.stored_length for _, loc in blocks)
         try:
             raw = self.backend.get(name, start, end - start)
         except NoSuchObject as e:
             return [FetchedBlock(block_id, e, None) for block_id, _ in blocks]
         view = memoryview(raw)
-        stored = [view[loc[1] - start:loc[1] - start + loc[2]] for _, loc in blocks]
+        stored = [view[loc.offset - start:loc.offset - start + loc.stored_length] for _, loc in blocks]
         decoded = fmt.decode_blocks(self.keys, self.block_cipher(volume),
-                                    [(block_id, s, loc[3]) for (block_id, loc), s in zip(blocks, stored)], name)
+                                    [(block_id, s, loc.plain_length) for (block_id, loc), s in zip(blocks, stored)],
+                                    name)
         fetched = []
         for (block_id, loc), data, raw_block in zip(blocks, decoded, stored):
             if not isinstance(data, CorruptObject):
@@ -865,23 +762,21 @@ class Repository:
                 fetched.append(FetchedBlock(block_id, data, raw_block))
         return fetched
 
-    def fetch_block(self, block_id: bytes, location) -> bytes:
+    def fetch_block(self, block_id: bytes, location: BlockLocation) -> bytes:
         """Fetch one block with one range read, authenticate, decompress and check it against its id.
         Thread-safe: needs no index (`location` comes from `block_location`)."""
         return self.download_block(block_id, location)[0]
 
-    def download_block(self, block_id: bytes, location, retry: bool = True) -> tuple[bytes, bytes]:
+    def download_block(self, block_id: bytes, location: BlockLocation, retry: bool = True) -> tuple[bytes, bytes]:
         """(the block, its stored bytes as downloaded and authenticated), for callers that cache them.
         `retry=False` downloads once (for a caller whose first download already failed)."""
-        volume, offset, stored_length, _ = location
-        return get_checked(self.backend, volume_object(volume),
+        return get_checked(self.backend, volume_object(location.volume),
                            lambda stored: (self.decode_block(block_id, location, stored), stored),
-                           offset, stored_length, retry)
+                           location.offset, location.stored_length, retry)
 
-    def decode_block(self, block_id: bytes, location, stored: bytes) -> bytes:
-        volume, _, _, plain_length = location
-        return fmt.decode_block(self.keys, self.block_cipher(volume), block_id, stored, plain_length,
-                                volume_object(volume))
+    def decode_block(self, block_id: bytes, location: BlockLocation, stored: bytes) -> bytes:
+        return fmt.decode_block(self.keys, self.block_cipher(location.volume), block_id, stored,
+                                location.plain_length, volume_object(location.volume))
 
     # ---- versions -----------------------------------------------------------------------
 
@@ -947,21 +842,16 @@ class Repository:
         return new & forgotten
 
     def _remember_vanished(self, unexplained: set[str]) -> None:
-        now = time.time_ns()
-        with self.index.transaction() as db:
-            for name in sorted(unexplained):
-                row = db.execute("SELECT time_ns FROM versions WHERE name=?", (name,)).fetchone()
-                db.execute("INSERT OR IGNORE INTO vanished_versions(name, time_ns, noticed_ns) VALUES (?, ?, ?)",
-                           (name, row[0] if row else None, now))
-                log.warning("version %s is gone from the repository without having been forgotten (deleted "
-                            "outside fsbackup, or lost); 'fsbackup check' reports it until you accept it with "
-                            "--accept-missing", name[:8])
-            if self.accept_missing:
-                db.execute("DELETE FROM vanished_versions")
+        names = sorted(unexplained)
+        catalog_versions.remember_vanished(self.index, names, time.time_ns(), accept_all=self.accept_missing)
+        for name in names:
+            log.warning("version %s is gone from the repository without having been forgotten (deleted "
+                        "outside fsbackup, or lost); 'fsbackup check' reports it until you accept it with "
+                        "--accept-missing", name[:8])
 
-    def vanished_versions(self) -> list[tuple[str, int | None]]:
-        """(name, time_ns) of the versions this machine saw vanish without a forget (not yet accepted)."""
-        return self.index.q("SELECT name, time_ns FROM vanished_versions ORDER BY time_ns, name")
+    def vanished_versions(self) -> list[catalog_versions.VanishedVersion]:
+        """The versions this machine saw vanish without a forget (not yet accepted)."""
+        return catalog_versions.vanished_versions(self.index)
 
     def load_version(self, name: str) -> tuple[dict, fmt.CheckedEntries]:
         """(header, entries) of a version object: authenticated whole, its entries streamed and
@@ -975,89 +865,10 @@ class Repository:
 
     def record_version(self, name: str, head: dict, entries: Iterable[list],
                        content_ids: dict[bytes, int] | None = None, version_id: int | None = None) -> int:
-        """Record a stored version and its tree in one transaction. Returns the version's row id:
-        `version_id` (a rebuild keeps a version's id) or a new one no version ever had.
-        `content_ids` (extents -> row id) is every contents row there is, kept across calls by
-        rebuild_index: a content not in it is new, and nothing needs looking up.
-
-        The header and every entry are checked as they are recorded (`fmt.TreeCheck`): a version
-        that fails raises CorruptObject naming its object and leaves nothing recorded (nor in
-        `content_ids`)."""
-        obj = version_object(name)
-        head = fmt.check_head(head, obj)
-        entries = fmt.checked_entries(entries, obj)
-        known_contents = len(content_ids) if content_ids is not None else 0
-        try:
-            with self.index.transaction() as db:
-                # Another process syncing the same index (a mount, a second command) may have recorded
-                # it meanwhile: the version is the same object, so its rows are too.
-                row = db.execute("SELECT id FROM versions WHERE name=?", (name,)).fetchone()
-                if row:
-                    return row[0]
-                if version_id is None:
-                    version_id = self.index.allocate_ids(db, "versions")
-                db.execute("INSERT INTO versions(id, name, time_ns, host, paths, tags, file_count, total_size, "
-                           "bytes_added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (version_id, name, head["time_ns"], head["host"], json.dumps(head["paths"]),
-                            json.dumps(head["tags"]), head["file_count"], head["total_size"], head["bytes_added"]))
-                batch: list[list] = []
-                node_id = 0
-                for e in entries:
-                    batch.append(e)
-                    if len(batch) >= 5000:
-                        node_id = self._record_nodes(db, obj, version_id, node_id, batch, content_ids)
-                        batch.clear()
-                self._record_nodes(db, obj, version_id, node_id, batch, content_ids)
-        except CorruptObject:
-            if content_ids is not None:        # the rows they name were rolled back
-                for extents in list(itertools.islice(content_ids, known_contents, None)):
-                    del content_ids[extents]
-            raise
-        return version_id
-
-    def _record_nodes(self, db, obj: str, version_id: int, last_node_id: int, entries: list[list],
-                      content_ids: dict[bytes, int] | None) -> int:
-        """Insert a batch of a version's checked entries (nodes last_node_id+1...) and the contents
-        rows they need; returns the last node id. One query looks a batch's contents up, not one each."""
-        known = content_ids if content_ids is not None else {}
-        new: dict[bytes, list] = {}                       # extents -> content, not yet in the index
-        for e in entries:
-            content = e[fmt.E_CONTENT]
-            if content is not None and content[2] not in known:
-                new[content[2]] = content
-        layouts = {extents: blake3.blake3(extents).digest() for extents in new}
-        if content_ids is None and new:
-            by_layout = {layout: extents for extents, layout in layouts.items()}
-            wanted = list(by_layout)
-            for i in range(0, len(wanted), 500):
-                part = wanted[i:i + 500]
-                for content_id, layout in db.execute(
-                        f"SELECT id, layout FROM contents WHERE layout IN ({','.join('?' * len(part))})", part):
-                    extents = by_layout[layout]
-                    known[extents] = content_id
-                    del new[extents]
-        if new:
-            # Ids are handed out here (the transaction holds the write lock): one executemany.
-            next_id = self.index.allocate_ids(db, "contents", len(new))
-            rows = []
-            for content_id, (extents, (content_hash, size, _)) in enumerate(new.items(), start=next_id):
-                known[extents] = content_id
-                rows.append((content_id, layouts[extents], content_hash, size, _stored_bytes(size, extents), extents))
-            db.executemany("INSERT INTO contents(id, layout, hash, size, stored, extents) VALUES (?, ?, ?, ?, ?, ?)",
-                           rows)
-        rows = []
-        for node_id, e in enumerate(entries, start=last_node_id + 1):
-            content = e[fmt.E_CONTENT]
-            xattrs = msgpack.packb(e[fmt.E_XATTRS]) if e[fmt.E_XATTRS] else None
-            row = [version_id, node_id, *e[:fmt.E_XATTRS], xattrs, known[content[2]] if content is not None else None]
-            for i in NODE_TIMES:
-                row[i] = index_time(row[i])
-            rows.append(row)
-        try:
-            db.executemany(INSERT_NODE, rows)
-        except apsw.ConstraintError:
-            raise CorruptObject(obj, "two entries of one directory have the same name") from None
-        return last_node_id + len(entries)
+        """Record a stored version and its tree in the local index, checked as it is recorded
+        (`catalog.versions.record_version`: CorruptObject leaves nothing recorded). Returns the
+        version's row id: `version_id` (a rebuild keeps a version's id) or a new one."""
+        return catalog_versions.record_version(self.index, name, head, entries, content_ids, version_id)
 
     def close_index(self) -> None:
         if self._index is not None:
@@ -1067,12 +878,6 @@ class Repository:
     def close(self) -> None:
         self.close_index()
         self.backend.close()
-
-
-def batches(items: list, size: int) -> Iterator[list]:
-    """`items` in consecutive lists of at most `size` (ids bound in one `IN (...)` query)."""
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
 
 
 def _warn_skipped_version(obj: str) -> None:
@@ -1094,16 +899,4 @@ def _bounded_map(pool, fn, items, window: int = 16):
         yield first, fut.result()
 
 
-def _stored_bytes(size: int, extents: bytes) -> int:
-    """Bytes of a content's data extents: its size less its holes."""
-    if fmt.HOLE_ID not in extents:      # (a false match only costs the exact sum)
-        return size
-    return sum(length for block_id, length in fmt.unpack_extents(extents) if block_id != fmt.HOLE_ID)
-
-
 INDEX_OBJECTS_PER_TASK = 64    # rebuild_index reads index objects in runs of this many
-
-NODE_TIMES = tuple(2 + i for i in (fmt.E_MTIME, fmt.E_ATIME, fmt.E_CTIME))   # their places in an INSERT_NODE row
-INSERT_NODE = ("INSERT INTO nodes(version, id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, atime_ns, "
-               "ctime_ns, size, ino, dev, nlink, rdev, target, xattrs, content) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")

@@ -38,12 +38,12 @@ from typing import Callable, TypeVar
 
 from . import format as fmt
 from .blockcache import BlockCache
+from .catalog.tree import Node, VersionTree
 from .errors import (CorruptObject, FsbackupError, NoSpace, NoSuchObject, PathNotFound, PermissionDenied,
                      TargetConflict, UsageError)
 from .fsutil import DirFds, at_path, chmod_at, open_dir, split
 from .progress import SILENT, Reporter
 from .repository import Repository, block_runs
-from .tree import Node, VersionTree
 
 T = TypeVar("T")
 
@@ -389,7 +389,7 @@ class Restore:
             if data is not None:
                 sources[bid] = data
         locations = self.repo.block_locations(bid for bid in block_ids if bid not in sources)
-        by_place = sorted(locations.items(), key=lambda item: (item[1][0], item[1][1]))
+        by_place = sorted(locations.items(), key=lambda item: (item[1].volume, item[1].offset))
         for run in block_runs(by_place, RUN_BYTES, RUN_GAP):
             self._submit_run(run, sources)
 
@@ -397,7 +397,7 @@ class Restore:
             content = contents.get(item[1].content)
             first = next((bid for bid, _ in content.extents if bid != fmt.HOLE_ID), None) if content else None
             loc = locations.get(first)
-            return (loc[0], loc[1]) if loc else ("", 0)
+            return (loc.volume, loc.offset) if loc else ("", 0)
         batch.sort(key=place)                      # the order the runs arrive in
         self.small_ready.append([(rel, node, contents.get(node.content), sources) for rel, node in batch])
 

@@ -27,6 +27,7 @@ from fsbackup import format as fmt
 from fsbackup.backends import Backend, open_backend, retry
 from fsbackup.backends.local import LocalBackend
 from fsbackup.backends.retry import RetryingBackend
+from fsbackup.catalog import BlockLocation
 from fsbackup.errors import EXIT_BACKEND, EXIT_CORRUPT, BackendError, CorruptObject, NoSpace, NoSuchObject, PermissionDenied
 from fsbackup.mount.fuse import _errno_of
 from fsbackup.repository import Repository, volume_object
@@ -319,7 +320,7 @@ def volume_of_blocks(repo: Repository, n: int) -> tuple[str, list]:
         data = pseudo_random(3000, i)
         block_id = repo.keys.block_id(data)
         stored, plain_length = fmt.encode_block(cipher, block_id, data)
-        run.append((block_id, (name, len(body), len(stored), plain_length)))
+        run.append((block_id, BlockLocation(name, len(body), len(stored), plain_length)))
         body += stored
     repo.backend.put(volume_object(name), bytes(body))
     return name, run

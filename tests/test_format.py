@@ -247,7 +247,7 @@ def test_golden_version_written_before_wide_times_still_reads_and_is_written_the
 @settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=fmt.TIME_MIN, max_value=fmt.TIME_MAX))
 def test_every_time_the_kernel_can_give_round_trips_through_entries_and_the_index(ns):
-    from fsbackup.index import index_time, node_time
+    from fsbackup.catalog.schema import index_time, node_time
     entries = copy.deepcopy(OLD_ENTRIES)
     entries[1][fmt.E_MTIME] = entries[1][fmt.E_ATIME] = entries[1][fmt.E_CTIME] = ns
     data = fmt.encode_version(KEYS, VOLUME_ID, OLD_HEAD, entries)

@@ -128,8 +128,8 @@ def test_a_file_opened_after_its_listing_needs_no_query_and_a_forgotten_version_
     (_, attr, _), *_ = view.readdir(directory.ino, 0, 10)
     index = view._index()
     queries = []
-    original = index.q
-    index.q = lambda sql, args=(): queries.append(sql) or original(sql, args)
+    original = index.rows
+    index.rows = lambda sql, args=(): queries.append(sql) or original(sql, args)
     view.open(attr.ino)
     assert queries == []
     env.ok("forget", view.by_name[view.latest].name)

@@ -385,9 +385,11 @@ def test_prune_killed_at_random_times_leaves_every_version_restorable(env, tmp_p
 
 
 def test_back_to_back_live_blocks_are_fetched_in_one_range_read():
+    from fsbackup.catalog import BlockLocation
     from fsbackup.repository import block_runs
-    rows = [(b"a", ("v", 8, 10, 9)), (b"b", ("v", 18, 5, 4)), (b"c", ("v", 40, 10, 9)), (b"d", ("v", 50, 10, 9)),
-            (b"e", ("v", 60, 10, 9))]
+    rows = [(b"a", BlockLocation("v", 8, 10, 9)), (b"b", BlockLocation("v", 18, 5, 4)),
+            (b"c", BlockLocation("v", 40, 10, 9)), (b"d", BlockLocation("v", 50, 10, 9)),
+            (b"e", BlockLocation("v", 60, 10, 9))]
     assert [[r[0] for r in run] for run in block_runs(rows, 25)] == [[b"a", b"b"], [b"c", b"d"], [b"e"]]
     assert [len(run) for run in block_runs(rows[:1], 1)] == [1]
 

@@ -253,7 +253,8 @@ def test_an_index_in_a_shared_folder_leaves_the_folder_alone(env, tmp_path):
 def test_an_index_from_an_older_schema_is_migrated(env, tmp_path):
     """An index written before `contents.stored` existed (schema v2) is brought up to date in place."""
     import apsw
-    from fsbackup.index import MIGRATIONS, Index
+    from fsbackup.catalog import Index
+    from fsbackup.catalog.schema import MIGRATIONS
     write(tmp_path / "src" / "a", pseudo_random(100_000, 1))
     env.ok("backup", tmp_path / "src")
     (path,) = env.cache.rglob("index.sqlite")
@@ -269,8 +270,8 @@ def test_an_index_from_an_older_schema_is_migrated(env, tmp_path):
     db.execute("PRAGMA user_version=2")
     db.close()
     index = Index(str(path))
-    assert index.one("PRAGMA user_version")[0] == len(MIGRATIONS)
-    assert index.one("SELECT stored FROM contents")[0] == 100_000
+    assert index.row("PRAGMA user_version")[0] == len(MIGRATIONS)
+    assert index.row("SELECT stored FROM contents")[0] == 100_000
     index.close()
     env.ok("restore", "latest", "--target", tmp_path / "out")
 

@@ -60,7 +60,7 @@ def forget_by_policy(repo: Repository, policy, dry_run: bool, out: Output) -> di
     """Remove the versions `policy` does not keep (or only say which, `dry_run`), under the
     caller's exclusive lock; returns what --json prints."""
     from ..prune import plan_forget
-    from ..tree import list_versions
+    from ..catalog.versions import list_versions
     groups = plan_forget(list_versions(repo.index), policy)
     removed = [v.id for g in groups for v in g.decision.remove]
     for g in groups:
@@ -76,7 +76,7 @@ def forget_by_policy(repo: Repository, policy, dry_run: bool, out: Output) -> di
 
 
 def _forget_named(repo: Repository, specs: list[str], dry_run: bool, out: Output) -> dict:
-    from ..tree import resolve_version
+    from ..catalog.versions import resolve_version
     names = list(dict.fromkeys(resolve_version(repo.index, spec).name for spec in specs))
     for name in names:
         out.info(f"{'would remove' if dry_run else 'removing'} {name[:8]}")

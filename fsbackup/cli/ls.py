@@ -16,7 +16,8 @@ def add_arguments(p) -> None:
 
 
 def run(args, out: Output) -> int:
-    from ..tree import VersionTree, resolve_version
+    from ..catalog.tree import VersionTree
+    from ..catalog.versions import resolve_version
     with opened(args, out) as repo:
         tree = VersionTree(repo.index, resolve_version(repo.index, args.version))
         top = tree.resolve(args.path)

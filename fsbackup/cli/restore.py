@@ -6,7 +6,7 @@ import sys
 
 from .. import errors
 from ..errors import UsageError
-from ..index import Index
+from ..catalog.index import Index
 from ..progress import human_bytes
 from .options import PROG, Command
 from .output import Output
@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
 
 def run(args, out: Output) -> int:
     from ..restore import Restore
-    from ..tree import VersionTree, resolve_version
+    from ..catalog.tree import VersionTree
+    from ..catalog.versions import resolve_version
     blocker = not_a_folder(args.target)
     if blocker:
         why = "is not a directory" if blocker == os.path.abspath(args.target) else \

@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
 
 
 def run(args, out: Output) -> int:
-    from ..tree import list_versions
+    from ..catalog.versions import list_versions
     with opened(args, out) as repo:
         versions = list_versions(repo.index)
     if out.json:

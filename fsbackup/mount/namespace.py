@@ -21,7 +21,7 @@ import os
 import stat
 from typing import Callable, NamedTuple
 
-from ..tree import VersionInfo
+from ..catalog.versions import VersionInfo
 
 ROOT_INODE = 1
 VERSIONS_INODE = 2

@@ -17,10 +17,11 @@ from typing import Callable
 
 from .. import format as fmt
 from ..blockcache import BlockCache
+from ..catalog import BlockLocation, Index
+from ..catalog.blocks import blocks_after
+from ..catalog.tree import Content
 from ..errors import CorruptObject, FsbackupError, NoSuchObject
-from ..index import Index
 from ..repository import FetchedBlock, Repository
-from ..tree import Content
 from .diskcache import DiskCache
 from .sync import IndexSync
 
@@ -69,7 +70,7 @@ class BlockLoader:
         self.max_prefetch = max_prefetch
         self._run_ahead_lock = threading.Lock()
         # block id -> (block id, location) of the last block of the run it lies halfway through
-        self._run_ahead: OrderedDict[bytes, tuple[bytes, tuple]] = OrderedDict()
+        self._run_ahead: OrderedDict[bytes, tuple[bytes, BlockLocation]] = OrderedDict()
 
     def close(self) -> None:
         self.fetcher.shutdown(wait=False, cancel_futures=True)
@@ -165,7 +166,7 @@ class BlockLoader:
         if with_run and location is not None:
             self._load_run_after(block_id, location)
 
-    def _load_run_after(self, block_id: bytes, location: tuple) -> None:
+    def _load_run_after(self, block_id: bytes, location: BlockLocation) -> None:
         """Runs in a fetch thread: the blocks after `block_id` (at `location`) in its volume, up to
         RUN_BYTES, with one range read, each settled as it decodes. When the run is long, a reader
         halfway through it starts the next one (`_block_source`), so that a reader going through a
@@ -191,21 +192,14 @@ class BlockLoader:
             if not isinstance(e, Exception):
                 raise
 
-    def _claim_neighbours(self, block_id: bytes, location: tuple, index: Index) -> list[tuple[bytes, tuple]]:
+    def _claim_neighbours(self, block_id: bytes, location: BlockLocation,
+                          index: Index) -> list[tuple[bytes, BlockLocation]]:
         """The blocks after `block_id` in its volume that one range read should bring along, each
         claimed for this load: none for a block of RUN_BYTES or more (a large file's read-ahead
         fetches those in parallel); else those neither cached nor being loaded, up to RUN_BYTES."""
-        volume, offset, stored_length, _ = location
-        if stored_length >= RUN_BYTES // 2:
+        if location.stored_length >= RUN_BYTES // 2:
             return []
-        candidates = []
-        for bid, where, length, plain in index.q(
-                "SELECT hash, offset, stored_length, plain_length FROM blocks "
-                "WHERE volume = (SELECT volume FROM blocks WHERE hash=?) AND offset > ? AND offset < ? "
-                "ORDER BY offset LIMIT ?", (block_id, offset, offset + RUN_BYTES, RUN_BLOCKS)):
-            if where + length > offset + RUN_BYTES:
-                break
-            candidates.append((bid, (volume, where, length, plain)))
+        candidates = blocks_after(index, block_id, location, RUN_BYTES, RUN_BLOCKS)
         claimed = self.memory.claim([bid for bid, _ in candidates])
         return [candidate for candidate in candidates if candidate[0] in claimed]
 
@@ -222,7 +216,7 @@ class BlockLoader:
             raise gone
         return self._fetch_block(block_id, self.repo.block_location(block_id, self._index()))
 
-    def _fetch_block(self, block_id: bytes, location: tuple) -> bytes:
+    def _fetch_block(self, block_id: bytes, location: BlockLocation) -> bytes:
         """The disk cache, else one range read (the repository's backend retries temporary
         failures within the mount's bound, and re-fetches a damaged download)."""
         if self.disk is not None:

@@ -15,10 +15,12 @@ import os
 import threading
 from collections import OrderedDict
 
+from ..catalog import Index
+from ..catalog.blocks import stored_volume_bytes
+from ..catalog.tree import ROOT_ID, ContentRow, Listed, Node, VersionTree, any_xattrs, link_group, node_count
+from ..catalog.versions import VersionInfo, list_versions
 from ..errors import BackendError, PathNotFound
-from ..index import Index
 from ..repository import Repository
-from ..tree import ROOT_ID, ContentRow, Listed, Node, VersionInfo, VersionTree, list_versions
 from .diskcache import DiskCache
 from .log import ThrottledLog, log
 from .namespace import NODE_BITS, NODE_MASK, Attr, FsOpError, Invalidations, Namespace, Versions, in_version
@@ -117,10 +119,7 @@ class RepositoryView:
         """(node id that names the inode, link count inside the version) of a possibly hard-linked node."""
         if node.nlink <= 1 or node.type == "d":
             return node.id, 1
-        first, count = self._index().one(
-            "SELECT min(id), count(*) FROM nodes WHERE version=? AND dev=? AND ino=? AND nlink>1",
-            (version_id, node.dev, node.ino))
-        return first, count
+        return link_group(self._index(), version_id, node.dev, node.ino)
 
     def _node_attr(self, version_id: int, node: Node) -> Attr:
         canonical, nlink = self._canonical(version_id, node)
@@ -210,7 +209,7 @@ class RepositoryView:
 
     def any_xattrs(self) -> bool:
         """Whether any node of any version has an xattr."""
-        return self._index().one("SELECT EXISTS (SELECT 1 FROM nodes WHERE xattrs IS NOT NULL)")[0] == 1
+        return any_xattrs(self._index())
 
     def warn_of_hidden_xattrs(self, names: set[bytes]) -> None:
         """For a mount that answers no xattr request: a line for each of the versions `names` (just
@@ -243,8 +242,8 @@ class RepositoryView:
         return list(self._xattrs(ino, privileged))
 
     def statfs(self) -> dict:
-        stored, = self._index().one("SELECT coalesce(sum(size), 0) FROM volumes")
-        files, = self._index().one("SELECT count(*) FROM nodes")
+        stored = stored_volume_bytes(self._index())
+        files = node_count(self._index())
         return {"bsize": BLOCK_SIZE, "blocks": (stored + BLOCK_SIZE - 1) // BLOCK_SIZE, "bfree": 0,
                 "files": files + 3, "ffree": 0, "namemax": 255}
 

@@ -1,20 +1,20 @@
-"""Read-only views of versions and their file trees, answered from the local index.
-
-This is the model the CLI (`ls`, `restore`) and the mount stand on: lookups of a name in a
-directory, ordered resumable directory listings and a file's extents are each one indexed query.
+"""A version's file tree, read from the catalog: the model the CLI (`ls`, `restore`) and the
+mount stand on. Lookups of a name in a directory, ordered resumable directory listings and a
+file's extents are each one indexed query; so are the mount's questions about the whole index
+(a hard-linked file's inode, whether any node has xattrs, how many nodes there are).
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 import msgpack
 
-from . import format as fmt
-from .errors import PathNotFound, VersionNotFound
-from .index import Index, node_time
+from .. import format as fmt
+from ..errors import PathNotFound
+from .index import Index
+from .schema import node_time
+from .versions import VersionInfo
 
 NODE_FIELDS = ("id", "parent", "name", "type", "mode", "uid", "gid", "user", "grp", "mtime_ns", "atime_ns",
                "ctime_ns", "size", "ino", "dev", "nlink", "rdev", "target", "xattrs", "content")
@@ -103,60 +103,6 @@ class FileOfNode(NamedTuple):
     content: Content | None
 
 
-@dataclass(frozen=True, slots=True)
-class VersionInfo:
-    id: int
-    name: str
-    time_ns: int
-    host: str
-    paths: list[str]
-    tags: list[str]
-    file_count: int
-    total_size: int
-    bytes_added: int
-
-    @property
-    def short_id(self) -> str:
-        return self.name[:8]
-
-    def as_json(self) -> dict:
-        return {"id": self.name, "short_id": self.short_id, "time_ns": self.time_ns, "host": self.host,
-                "paths": self.paths, "tags": self.tags, "file_count": self.file_count,
-                "total_size": self.total_size, "bytes_added": self.bytes_added}
-
-
-VERSION_COLUMNS = "id, name, time_ns, host, paths, tags, file_count, total_size, bytes_added"
-
-
-def _version(row) -> VersionInfo:
-    vid, name, time_ns, host, paths, tags, files, size, added = row
-    return VersionInfo(vid, name, time_ns, host, json.loads(paths), json.loads(tags), files, size, added)
-
-
-def list_versions(index: Index) -> list[VersionInfo]:
-    """Every version, oldest first."""
-    return [_version(r) for r in index.q(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY time_ns, name")]
-
-
-def resolve_version(index: Index, spec: str) -> VersionInfo:
-    """A version by full id, unambiguous id prefix, or 'latest'."""
-    if spec == "latest":
-        row = index.one(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY time_ns DESC, name DESC LIMIT 1")
-        if row is None:
-            raise VersionNotFound("the repository has no versions yet; run 'fsbackup backup PATH' first")
-        return _version(row)
-    spec_l = spec.lower()
-    if not spec_l or any(c not in "0123456789abcdef" for c in spec_l):
-        raise VersionNotFound(f"'{spec}' is not a version id; see 'fsbackup versions'")
-    rows = index.q(f"SELECT {VERSION_COLUMNS} FROM versions WHERE name >= ? AND name < ? ORDER BY name LIMIT 2",
-                   (spec_l, spec_l + "g"))
-    if not rows:
-        raise VersionNotFound(f"no version with id {spec}; see 'fsbackup versions'")
-    if len(rows) > 1:
-        raise VersionNotFound(f"version id {spec} is ambiguous; give more digits (see 'fsbackup versions')")
-    return _version(rows[0])
-
-
 class VersionTree:
     """One version's file tree."""
 
@@ -165,7 +111,7 @@ class VersionTree:
         self.version = version
 
     def node(self, node_id: int) -> Node:
-        row = self.index.one(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
+        row = self.index.row(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
         if row is None:
             raise PathNotFound(f"node {node_id} is not in version {self.version.short_id}")
         return _node(row)
@@ -175,7 +121,7 @@ class VersionTree:
         return self.node(ROOT_ID)
 
     def lookup(self, parent_id: int, name: bytes) -> Node | None:
-        row = self.index.one(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name=?",
+        row = self.index.row(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name=?",
                              (self.version.id, parent_id, name))
         return _node(row) if row else None
 
@@ -192,9 +138,9 @@ class VersionTree:
 
     def _children_rows(self, columns: str, parent_id: int, after: int | None, limit: int, join: str = "") -> list:
         if after is None:
-            return self.index.q(f"SELECT {columns} FROM nodes {join} WHERE version=? AND parent=? "
+            return self.index.rows(f"SELECT {columns} FROM nodes {join} WHERE version=? AND parent=? "
                                 "ORDER BY name LIMIT ?", (self.version.id, parent_id, limit))
-        return self.index.q(f"SELECT {columns} FROM nodes {join} WHERE version=? AND parent=? AND "
+        return self.index.rows(f"SELECT {columns} FROM nodes {join} WHERE version=? AND parent=? AND "
                             "name > (SELECT name FROM nodes WHERE version=? AND id=?) ORDER BY name LIMIT ?",
                             (self.version.id, parent_id, self.version.id, after, limit))
 
@@ -212,11 +158,10 @@ class VersionTree:
         return node
 
     def path_of(self, node: Node) -> bytes:
-        parts = []
-        while node.id != ROOT_ID:
-            parts.append(node.name)
-            node = self.node(node.parent)
-        return b"/" + b"/".join(reversed(parts))
+        """The node's absolute path inside the version (`node_path`)."""
+        if node.id == ROOT_ID:
+            return b"/"
+        return node_path(self.index, self.version.id, node.parent).rstrip(b"/") + b"/" + node.name
 
     def walk(self, top: Node, top_path: bytes) -> Iterator[tuple[bytes, Node]]:
         """(path, node) for `top` and everything below it, parents before children, by name."""
@@ -235,7 +180,7 @@ class VersionTree:
         """(id, hash, size, packed extents) of many contents, in few queries (missing ids left out)."""
         for i in range(0, len(content_ids), CONTENT_BATCH):
             part = content_ids[i:i + CONTENT_BATCH]
-            yield from self.index.q("SELECT id, hash, size, extents FROM contents "
+            yield from self.index.rows("SELECT id, hash, size, extents FROM contents "
                                     f"WHERE id IN ({','.join('?' * len(part))})", part)
 
     def contents(self, content_ids: list[int]) -> dict[int, Content]:
@@ -249,7 +194,7 @@ class VersionTree:
     def file(self, node_id: int) -> FileOfNode | None:
         """The node's type and content, in one query (what the mount's open needs); None when the
         version has no such node."""
-        row = self.index.one("SELECT n.type, c.id, c.hash, c.size, c.extents FROM nodes n "
+        row = self.index.row("SELECT n.type, c.id, c.hash, c.size, c.extents FROM nodes n "
                              "LEFT JOIN contents c ON c.id = n.content WHERE n.version=? AND n.id=?",
                              (self.version.id, node_id))
         if row is None:
@@ -259,19 +204,56 @@ class VersionTree:
 
     def has_xattrs(self) -> bool:
         """Whether any node of the version has an xattr (the index `nodes_with_xattrs` answers)."""
-        return self.index.one("SELECT EXISTS (SELECT 1 FROM nodes WHERE version=? AND xattrs IS NOT NULL)",
+        return self.index.row("SELECT EXISTS (SELECT 1 FROM nodes WHERE version=? AND xattrs IS NOT NULL)",
                               (self.version.id,))[0] == 1
 
     def xattrs(self, node_id: int) -> dict[bytes, bytes] | None:
         """The node's xattrs; None when the version has no such node."""
-        row = self.index.one("SELECT xattrs FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
+        row = self.index.row("SELECT xattrs FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
         if row is None:
             return None
         return msgpack.unpackb(row[0]) if row[0] else {}
 
     def content(self, content_id: int, index: Index | None = None) -> Content:
         """A file's content; another thread passes its own `index` connection."""
-        row = (index or self.index).one("SELECT id, hash, size, extents FROM contents WHERE id=?", (content_id,))
+        row = (index or self.index).row("SELECT id, hash, size, extents FROM contents WHERE id=?", (content_id,))
         if row is None:
             raise PathNotFound(f"content {content_id} is missing from the local index; run 'fsbackup repair'")
         return Content(row[0], row[1], row[2], fmt.unpack_extents(row[3]))
+
+
+def node_path(index: Index, version_id: int, node_id: int) -> bytes:
+    """The absolute path of node `node_id` of version `version_id` ('/' for the root), one query
+    per directory up; PathNotFound when a node on the way is missing."""
+    parts = []
+    while node_id > ROOT_ID:
+        row = index.row("SELECT parent, name FROM nodes WHERE version=? AND id=?", (version_id, node_id))
+        if row is None:
+            raise PathNotFound(f"node {node_id} is not in version id {version_id} of the local index")
+        node_id, name = row
+        parts.append(bytes(name))
+    return b"/" + b"/".join(reversed(parts))
+
+
+class LinkGroup(NamedTuple):
+    """The names of one hard-linked file inside a version: the smallest node id among them (the
+    mount's inode) and how many there are (its link count)."""
+    first: int
+    count: int
+
+
+def link_group(index: Index, version_id: int, dev: int, ino: int) -> LinkGroup:
+    """The hard-link group of source inode (`dev`, `ino`) in the version (`nodes_by_source_inode`)."""
+    return LinkGroup._make(index.row(
+        "SELECT min(id), count(*) FROM nodes WHERE version=? AND dev=? AND ino=? AND nlink>1",
+        (version_id, dev, ino)))
+
+
+def any_xattrs(index: Index) -> bool:
+    """Whether any node of any version has an xattr."""
+    return index.row("SELECT EXISTS (SELECT 1 FROM nodes WHERE xattrs IS NOT NULL)")[0] == 1
+
+
+def node_count(index: Index) -> int:
+    """Nodes of every version together (the mount's statfs)."""
+    return index.row("SELECT count(*) FROM nodes")[0]

@@ -835,7 +835,8 @@ def backup_restore_cycle(ctx: RunContext) -> None:
     _, data_bytes = tree_totals(ctx.dataset.root)
     ctx.run("init", ctx.tool.init(ctx.box))
     if drop_page_cache():
-        ctx.samples["cold_backup_s"] = ctx.run("cold backup", ctx.tool.backup(ctx.box, ctx.dataset.root, "cold")).seconds
+        cold = ctx.run("cold backup", ctx.tool.backup(ctx.box, ctx.dataset.root, "cold"))
+        ctx.samples["cold_backup_s"] = cold.seconds
         for path in [ctx.box.repo, ctx.box.cache, *ctx.box.root.glob(ctx.box.index.name + "*")]:
             if path.is_dir():
                 shutil.rmtree(path)
@@ -1150,7 +1151,7 @@ def mount_scenario(ctx: RunContext) -> None:
     """Fresh mounts of the repository holding the three backups plus a fourth with the big
     file and the wide directories: the first for the listings, first byte, find and cp -a,
     then one each for find | xargs cat, ls -l, gio list (when gio is there) and cat."""
-    plan, tool, logs = ctx.mount_plan, ctx.tool, ctx.box.logs
+    plan, logs = ctx.mount_plan, ctx.box.logs
     assert plan is not None
     if ctx.edited_totals is None:
         raise StepFailed("mount: the third backup was not made")

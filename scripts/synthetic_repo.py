@@ -22,9 +22,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fsbackup import format as fmt                                          # noqa: E402
-from fsbackup.backends.local import LocalBackend                           # noqa: E402
-from fsbackup.repository import Repository, index_object, volume_object   # noqa: E402
+from fsbackup.backends.local import LocalBackend  # noqa: E402
+from fsbackup.codec import format as fmt  # noqa: E402
+from fsbackup.repository import Repository, index_object, volume_object  # noqa: E402
 
 BLOCK = 1 << 20
 DIR_SIZE = 1000

@@ -14,6 +14,7 @@ import shlex
 import sys
 
 from doubles import b2sim
+
 from fsbackup.cli import main as cli_main
 
 

@@ -9,8 +9,9 @@ import os
 import random
 import sys
 
-import fsbackup.backends as backends
 from doubles.faults import FaultyBackend
+
+import fsbackup.backends as backends
 from fsbackup.cli import main
 
 

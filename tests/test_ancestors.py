@@ -9,7 +9,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from conftest import write
 from test_mount import FUSE_MISSING, mounted  # noqa: F401  (mounted: fixture)
 

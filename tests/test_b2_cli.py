@@ -4,11 +4,11 @@ from __future__ import annotations
 import secrets
 
 import pytest
-
 from conftest import Env, make_full_tree, restored_root, snapshot
-from fsbackup import errors
 from doubles import b2sim
-from fsbackup.backup import Backup
+
+from fsbackup import errors
+from fsbackup.engine.backup import Backup
 
 BUCKET = "fsbackup-cli"
 

@@ -9,15 +9,30 @@ import secrets
 import pytest
 from b2sdk.v2 import RawSimulator
 from b2sdk.v2.exception import (
-    B2ConnectionError, B2RequestTimeout, BadRequest, FileNotPresent, InvalidAuthToken, MaxRetriesExceeded,
-    NonExistentBucket, ServiceError, StorageCapExceeded, TooManyRequests, Unauthorized,
+    B2ConnectionError,
+    B2RequestTimeout,
+    BadRequest,
+    FileNotPresent,
+    InvalidAuthToken,
+    MaxRetriesExceeded,
+    NonExistentBucket,
+    ServiceError,
+    StorageCapExceeded,
+    TooManyRequests,
+    Unauthorized,
 )
-
 from backend_contract import BackendContract
 from doubles import b2sim
+
 from fsbackup.backends import Latency, b2, open_backend
 from fsbackup.errors import (
-    EXIT_PERMISSION, AuthenticationFailed, BackendError, NoSpace, NoSuchObject, PermissionDenied, RepositoryNotFound,
+    EXIT_PERMISSION,
+    AuthenticationFailed,
+    BackendError,
+    NoSpace,
+    NoSuchObject,
+    PermissionDenied,
+    RepositoryNotFound,
     UsageError,
 )
 

@@ -10,8 +10,8 @@ import sys
 import tempfile
 
 import pytest
-
 from backend_contract import BackendContract
+
 from fsbackup.backends import Latency, open_backend
 from fsbackup.backends.local import LocalBackend
 from fsbackup.errors import BackendError, PermissionDenied
@@ -65,7 +65,8 @@ def test_local_permission_denied_is_reported(tmp_path):
             prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
         code = (f"from fsbackup.backends.local import LocalBackend\n"
                 f"from fsbackup.errors import PermissionDenied\n"
-                f"try:\n    LocalBackend({root!r}).put('x', b'x')\nexcept PermissionDenied as e:\n    print('denied:', e)\n")
+                f"try:\n    LocalBackend({root!r}).put('x', b'x')\n"
+                "except PermissionDenied as e:\n    print('denied:', e)\n")
         p = subprocess.run(prefix + [sys.executable, "-c", code], capture_output=True, text=True)
         assert p.returncode == 0 and p.stdout.startswith("denied: permission denied"), (p.stdout, p.stderr)
     finally:

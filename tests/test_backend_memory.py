@@ -3,11 +3,11 @@ test what a real backend would do; `memory://` is a URL only once test code regi
 from __future__ import annotations
 
 import pytest
-
 from backend_contract import BackendContract
 from conftest import Env
 from doubles import memory
 from doubles.memory import MemoryBackend
+
 from fsbackup.backends import BackendTraits, Latency, open_backend
 from fsbackup.backends.retry import RetryingBackend
 from fsbackup.errors import RepositoryNotFound

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from backend_contract import BackendContract
 from doubles.faults import FaultyBackend
+
 from fsbackup.backends.local import LocalBackend
 from fsbackup.backends.retry import RetryingBackend
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import pseudo_random, restored_root, write
 
 ATTEMPTS = 6
@@ -70,7 +69,7 @@ def test_a_directory_swapped_for_a_symlink_during_backup_records_nothing_from_ou
 # open of it would never return. The swap happens right after the scan looked at the file.
 FIFO_SWAP = textwrap.dedent("""
     import os, sys
-    import fsbackup.backup as backup
+    import fsbackup.engine.backup as backup
     from fsbackup.cli import main
 
     class SwappingOs:

@@ -10,16 +10,16 @@ import time
 from pathlib import Path
 
 import apsw
-
 from conftest import restored_root, snapshot, write
-from fsbackup import format as fmt
+from test_b2_cli import b2_env  # noqa: F401  (fixture)
+from test_corruption import backed, flip, forget_local_index, volume_path  # noqa: F401  (backed: fixture)
+from test_crash import index_path
+
 from fsbackup.backends import WrappingBackend, open_backend
-from fsbackup.check import select_volumes
+from fsbackup.codec import format as fmt
+from fsbackup.engine.check import select_volumes
 from fsbackup.errors import EXIT_CORRUPT
 from fsbackup.repository import index_object, version_object, volume_object
-from test_b2_cli import b2_env  # noqa: F401  (fixture)
-from test_crash import index_path
-from test_corruption import backed, flip, forget_local_index, volume_path  # noqa: F401  (backed: fixture)
 
 
 def versions_of(env) -> list[str]:

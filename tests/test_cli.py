@@ -13,18 +13,18 @@ import sys
 from contextlib import contextmanager
 
 import pytest
-
 from conftest import TEST_PASSWORD, write
+from test_errors import assert_one_line_error
+from test_locks import plant_lock
+
 from fsbackup import errors, locks
 from fsbackup.backends import open_backend
-from fsbackup.backup import Backup, BackupOptions
 from fsbackup.cli import build_parser, main
 from fsbackup.cli.output import Output
 from fsbackup.cli.repo import opened as cli_opened
+from fsbackup.engine.backup import Backup, BackupOptions
 from fsbackup.progress import Progress
 from fsbackup.repository import Repository
-from test_errors import assert_one_line_error
-from test_locks import plant_lock
 
 
 @contextmanager
@@ -177,10 +177,10 @@ def test_backup_uses_the_lock_it_is_handed_and_takes_its_own_without_one(env, tm
 # ---- one reporter ------------------------------------------------------------------------------
 
 def test_the_engines_tell_the_user_through_one_reporter(env, tmp_path):
-    from fsbackup.repair import repair
-    from fsbackup.restore import Restore
     from fsbackup.catalog.tree import VersionTree
     from fsbackup.catalog.versions import resolve_version
+    from fsbackup.engine.repair import repair
+    from fsbackup.engine.restore import Restore
     src = tmp_path / "src"
     write(src / "f", b"data")
     with socket.socket(socket.AF_UNIX) as sock, open_repo(env) as repo:

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Env, pseudo_random, write
 from test_mount import FUSE_MISSING, Mount
 

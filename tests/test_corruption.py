@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import TEST_PASSWORD, pseudo_random, restored_root, snapshot, write
-from fsbackup import format as fmt
+
 from fsbackup.backends.local import LocalBackend
+from fsbackup.codec import format as fmt
 from fsbackup.errors import EXIT_CORRUPT, EXIT_NO_REPOSITORY, EXIT_NOT_FOUND, EXIT_WRONG_PASSPHRASE, CorruptObject
 from fsbackup.repository import Repository, index_object, version_object, volume_object
 

@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import pseudo_random, restored_root, snapshot, write
-from fsbackup import format as fmt
+
+from fsbackup.codec import format as fmt
 
 CHECKOUT = Path(__file__).resolve().parent.parent   # the child processes import this checkout's fsbackup
 
@@ -285,7 +285,8 @@ def test_backup_killed_at_every_object_upload_leaves_every_committed_version_res
         write_generation(src, rng)
         before = remote_versions(env)
         p = backup_killed_at_put(env, src, k, mode, log)
-        assert p.returncode == -signal.SIGKILL, f"kill at put {k} ({mode}) did not happen: rc {p.returncode}\n{p.stderr}"
+        assert p.returncode == -signal.SIGKILL, \
+            f"kill at put {k} ({mode}) did not happen: rc {p.returncode}\n{p.stderr}"
         tried = log.read_text().split()
         assert_publishing_order(tried, complete=False)
         hit = tried[k - 1]

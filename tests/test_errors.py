@@ -6,7 +6,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import pseudo_random, write
 
 
@@ -145,6 +144,7 @@ def run_redirected(env, redirections: str, *args: str, without: tuple[str, ...] 
     """Run the CLI as a process through a shell that applies `redirections` (e.g. '2>&-': stderr
     closed, which subprocess's DEVNULL is not), with the variables named in `without` unset."""
     import sys
+
     from conftest import Result
     environ = {k: v for k, v in env.environ(**extra_env).items() if k not in without}
     p = subprocess.run(["sh", "-c", f'exec "$@" {redirections}', "sh", sys.executable, "-m", "fsbackup",

@@ -19,21 +19,28 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TEST_PASSWORD, pseudo_random, restored_root, snapshot, write
 from doubles.faults import FaultyBackend
 from doubles.memory import MemoryBackend
-from fsbackup import format as fmt
+
 from fsbackup.backends import Backend, open_backend, retry
 from fsbackup.backends.local import LocalBackend
 from fsbackup.backends.retry import RetryingBackend
 from fsbackup.catalog import BlockLocation
-from fsbackup.errors import EXIT_BACKEND, EXIT_CORRUPT, BackendError, CorruptObject, NoSpace, NoSuchObject, PermissionDenied
+from fsbackup.codec import format as fmt
+from fsbackup.errors import (
+    EXIT_BACKEND,
+    EXIT_CORRUPT,
+    BackendError,
+    CorruptObject,
+    NoSpace,
+    NoSuchObject,
+    PermissionDenied,
+)
 from fsbackup.mount.fuse import _errno_of
-from fsbackup.repository import Repository, volume_object
 from fsbackup.mount.namespace import ROOT_INODE
 from fsbackup.mount.view import RepositoryView
-
+from fsbackup.repository import Repository, volume_object
 
 # ---- RetryingBackend, on a clock of its own -------------------------------------------------------
 

@@ -6,12 +6,13 @@ import hashlib
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fsbackup import format as fmt
-from fsbackup import crypto
-from fsbackup.chunker import GEAR_TABLE_LEN, MAX_SIZE, MIN_SIZE, Chunker, reference_cuts
-from fsbackup.crypto import Keys
+from fsbackup.codec import crypto
+from fsbackup.codec import format as fmt
+from fsbackup.codec.chunker import GEAR_TABLE_LEN, MAX_SIZE, MIN_SIZE, Chunker, reference_cuts
+from fsbackup.codec.crypto import Keys
 from fsbackup.errors import CorruptObject
 
 KEYS = Keys.from_master_secret(bytes(range(64)))
@@ -192,7 +193,8 @@ def test_golden_on_remote_encoding_does_not_change(monkeypatch):
     bid = KEYS.block_id(data)
     stored, _ = fmt.encode_block(cipher, bid, data)
     entries = [fmt.BlockEntry(bid, fmt.HEADER_LEN, len(stored), len(data))]
-    volume = fmt.header(fmt.VOLUME_MAGIC) + stored + fmt.seal_table(KEYS, VOLUME_ID, entries, fmt.HEADER_LEN + len(stored))
+    table = fmt.seal_table(KEYS, VOLUME_ID, entries, fmt.HEADER_LEN + len(stored))
+    volume = fmt.header(fmt.VOLUME_MAGIC) + stored + table
     index = fmt.encode_index(KEYS, VOLUME_ID, len(volume), entries)
     version = fmt.encode_version(KEYS, VOLUME_ID, {"time_ns": 1}, [[0, b"", "d"]])
     got = {"block_id": bid.hex(), "volume": hashlib.sha256(volume).hexdigest(),

@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from conftest import Env, pseudo_random, restored_root, snapshot, write
 from test_crash import CHECKOUT, child_env
 from test_prune import KILL_AT_CALL
+
 from fsbackup import errors
 
 DISK_SIZE = 8 << 20

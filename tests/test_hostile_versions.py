@@ -8,7 +8,6 @@ much memory, and `repair --remove-damaged` must remove it.
 from __future__ import annotations
 
 import copy
-import os
 import secrets
 import subprocess
 import sys
@@ -17,10 +16,10 @@ from pathlib import Path
 import msgpack
 import pytest
 import zstandard
-
 from conftest import TEST_PASSWORD, write
-from fsbackup import format as fmt
+
 from fsbackup.backends.local import LocalBackend
+from fsbackup.codec import format as fmt
 from fsbackup.errors import EXIT_CORRUPT, CorruptObject
 from fsbackup.repository import Repository, version_object
 

@@ -1,5 +1,5 @@
 """Rows of the local index never change meaning under a reader: a rebuild (repair) needs the index
-to itself, and version and content ids are never handed out twice (fsbackup/index.py)."""
+to itself, and version and content ids are never handed out twice (fsbackup/catalog/index.py)."""
 from __future__ import annotations
 
 import fcntl
@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Env, pseudo_random, restored_root, snapshot, write
-from fsbackup.errors import EXIT_LOCKED
-from fsbackup.catalog import Index
-
 from test_mount import FUSE_MISSING, Mount
+
+from fsbackup.catalog import Index
+from fsbackup.errors import EXIT_LOCKED
 
 
 def index_file(env: Env) -> Path:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import pseudo_random, write
 from test_crash import CHECKOUT, child_env
 from test_errors import assert_one_line_error

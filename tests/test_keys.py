@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TEST_PASSWORD, restored_root, snapshot, write
-from fsbackup import errors
 from doubles.memory import MemoryBackend
-from fsbackup.repository import Repository
 from test_b2_cli import b2_env  # noqa: F401  (a fixture)
+
+from fsbackup import errors
+from fsbackup.repository import Repository
 
 
 def listing(repo: Path, folder: str) -> dict[str, bytes]:

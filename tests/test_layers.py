@@ -6,7 +6,6 @@ its own package). Add a rule as a layer boundary is drawn.
 from __future__ import annotations
 
 import ast
-import fnmatch
 import re
 from pathlib import Path
 
@@ -14,11 +13,28 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fsbackup"
 
-# (imported modules, importers allowed besides that package itself, why)
-RULES = [
-    ("fsbackup.backends*", {"fsbackup.repository", "fsbackup.locks"},
-     "only the repository layer talks to a Backend"),
-]
+# Modules every layer may use: no I/O of their own, or only the local machine's.
+SHARED = {"fsbackup.errors", "fsbackup.progress", "fsbackup.fsutil", "fsbackup.private", "fsbackup.retention"}
+# Each layer of docs/design.md and the fsbackup packages it may import besides itself and SHARED:
+# dependencies point one way, and only the repository talks to the storage.
+LAYERS = {
+    "fsbackup.cli": {"fsbackup.engine", "fsbackup.mount", "fsbackup.repository", "fsbackup.catalog", "fsbackup.codec"},
+    "fsbackup.mount": {"fsbackup.repository", "fsbackup.catalog", "fsbackup.codec"},
+    "fsbackup.engine": {"fsbackup.repository", "fsbackup.catalog", "fsbackup.codec"},
+    "fsbackup.repository": {"fsbackup.backends", "fsbackup.catalog", "fsbackup.codec"},
+    "fsbackup.catalog": {"fsbackup.codec"},
+    "fsbackup.codec": set(),
+    "fsbackup.backends": set(),
+}
+# The FUSE adapter translates requests for the mount's view: it knows nothing below it.
+FUSE_ADAPTER = "fsbackup.mount.fuse"
+FUSE_MAY_IMPORT = {"fsbackup.mount.view", "fsbackup.mount.namespace", "fsbackup.mount.reading", "fsbackup.mount.log",
+                   "fsbackup.errors"}
+
+
+def layer_of(module: str) -> str | None:
+    """The layer (a package of LAYERS) a module belongs to; None for the package's top modules."""
+    return next((layer for layer in LAYERS if module == layer or module.startswith(layer + ".")), None)
 
 
 def module_name(path: Path) -> str:
@@ -50,38 +66,73 @@ def modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
-def breaches(rule) -> list[str]:
-    pattern, allowed, _ = rule
-    own_package = pattern.rstrip("*")
+def fsbackup_imports(path: Path) -> set[str]:
+    """The fsbackup modules (and names in them) `path` imports."""
+    return {name for name in imports_of(path) if name == "fsbackup" or name.startswith("fsbackup.")}
+
+
+def layer_breaches() -> list[str]:
+    """Every import that goes against LAYERS, as 'importer imports imported'."""
     out = []
     for path in modules():
         importer = module_name(path)
-        if importer in allowed or importer.startswith(own_package):
+        layer = layer_of(importer)
+        if layer is None:
             continue
-        for imported in sorted(imports_of(path)):
-            if fnmatch.fnmatch(imported, pattern):
+        allowed = LAYERS[layer] | {layer}
+        for imported in sorted(fsbackup_imports(path)):
+            target = layer_of(imported)
+            if imported == "fsbackup" or imported.startswith("fsbackup.__") or any(
+                    imported == m or imported.startswith(m + ".") for m in SHARED):
+                continue
+            if target is None or target not in allowed:
                 out.append(f"{importer} imports {imported}")
     return out
 
 
-@pytest.mark.parametrize("rule", RULES, ids=[rule[0] for rule in RULES])
-def test_layers_import_only_what_they_may(rule):
-    assert breaches(rule) == [], rule[2]
+def test_each_layer_imports_only_the_layers_below_it():
+    assert layer_breaches() == []
+
+
+def test_engine_modules_do_not_import_each_other():
+    """Use cases share nothing but what lies below them (a shared piece moves down a layer)."""
+    engines = [p for p in modules() if module_name(p).startswith("fsbackup.engine.")]
+    crossing = [f"{module_name(p)} imports {name}" for p in engines for name in sorted(fsbackup_imports(p))
+                if name.startswith("fsbackup.engine.") and not name.startswith(module_name(p))]
+    assert crossing == []
+
+
+def test_the_fuse_adapter_imports_only_the_mount_view():
+    adapter = PACKAGE / "mount" / "fuse.py"
+    beyond = sorted(name for name in fsbackup_imports(adapter)
+                    if not any(name == m or name.startswith(m + ".") for m in FUSE_MAY_IMPORT))
+    assert beyond == [], f"{FUSE_ADAPTER} is a protocol adapter over the view"
+
+
+def test_nothing_in_the_package_imports_test_code():
+    test_code = [f"{module_name(p)} imports {name}" for p in modules() for name in sorted(imports_of(p))
+                 if name.split(".")[0] in {"tests", "conftest", "doubles", "backend_contract", "pytest"}]
+    assert test_code == []
 
 
 def test_the_rules_see_imports_in_every_form(tmp_path, monkeypatch):
     """The checker itself: absolute, relative, nested and `from . import` forms are all seen."""
     fake = tmp_path / "fsbackup"
-    (fake / "backends").mkdir(parents=True)
+    for package in ("backends", "engine", "repository"):
+        (fake / package).mkdir(parents=True)
+        (fake / package / "__init__.py").write_text("")
     (fake / "__init__.py").write_text("")
-    (fake / "backends" / "__init__.py").write_text("")
-    (fake / "a.py").write_text("from .backends import open_backend\n")
-    (fake / "b.py").write_text("def f():\n    import fsbackup.backends.local\n")
-    (fake / "c.py").write_text("from . import backends\n")
-    (fake / "repository.py").write_text("from .backends import Backend\n")
+    (fake / "engine" / "a.py").write_text("from ..backends import open_backend\n")
+    (fake / "engine" / "b.py").write_text("def f():\n    import fsbackup.backends.local\n")
+    (fake / "engine" / "c.py").write_text("from .. import backends\nfrom . import a\n")
+    (fake / "repository" / "r.py").write_text("from ..backends import Backend\n")
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
-    assert breaches(RULES[0]) == ["fsbackup.a imports fsbackup.backends", "fsbackup.a imports fsbackup.backends.open_backend",
-                                  "fsbackup.b imports fsbackup.backends.local", "fsbackup.c imports fsbackup.backends"]
+    assert layer_breaches() == ["fsbackup.engine.a imports fsbackup.backends",
+                                "fsbackup.engine.a imports fsbackup.backends.open_backend",
+                                "fsbackup.engine.b imports fsbackup.backends.local",
+                                "fsbackup.engine.c imports fsbackup.backends"]
+    with pytest.raises(AssertionError):
+        test_engine_modules_do_not_import_each_other()
 
 
 # ---- the catalog: SQL and SQLite stay in fsbackup/catalog/ -----------------------------------

@@ -12,17 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import pseudo_random, restored_root, snapshot, write
-from fsbackup.backends import open_backend
 from doubles.faults import FaultyBackend
-from fsbackup.backends.local import LocalBackend
 from doubles.memory import MemoryBackend
-from fsbackup.backends.retry import RetryingBackend
 from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 from test_crash import backup_killed_at_put, index_path
 from test_faults import FaultyStorage
+
 from fsbackup import errors, locks
+from fsbackup.backends import open_backend
+from fsbackup.backends.local import LocalBackend
+from fsbackup.backends.retry import RetryingBackend
 
 
 def objects(env, folder: str) -> set[str]:

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from conftest import Env, pseudo_random, restored_root, snapshot, write
 from doubles.faults import FaultyBackend
+
 from fsbackup.backends.local import LocalBackend
 from fsbackup.errors import EXIT_BACKEND, EXIT_CORRUPT, EXIT_PERMISSION, BackendError
 

@@ -11,13 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from conftest import TEST_PASSWORD, make_full_tree, restored_root, snapshot, write
+from test_b2_cli import b2_env  # noqa: F401  (a fixture)
+
 from fsbackup import errors, locks
 from fsbackup.backends import open_backend
-from fsbackup.locks import Lock, LockInfo, list_locks, repository_lock
 from fsbackup.repository import Repository
-from test_b2_cli import b2_env  # noqa: F401  (a fixture)
+from fsbackup.repository.locks import Lock, LockInfo, list_locks, repository_lock
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_full_tree, pseudo_random, snapshot, write
 
 from fsbackup.mount import is_dead_mount
-from conftest import make_full_tree, pseudo_random, snapshot, write
 
 FUSE_MISSING = (not os.path.exists("/dev/fuse") and "/dev/fuse is missing") or \
                (not shutil.which("fusermount3") and "fusermount3 is not installed") or None

@@ -16,17 +16,24 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TEST_PASSWORD, pseudo_random, write
-from test_mount import FSBACKUP, FUSE_MISSING, Mount, is_dead_mount, mounted  # noqa: F401 (a fixture)
 from doubles.faults import FaultyBackend
+from test_mount import FSBACKUP, FUSE_MISSING, Mount, is_dead_mount, mounted  # noqa: F401 (a fixture)
+
 from fsbackup.backends.local import LocalBackend
-from fsbackup.errors import (AuthenticationFailed, BackendError, CorruptObject, FsbackupError, NoSpace, NoSuchObject,
-                             PermissionDenied)
+from fsbackup.errors import (
+    AuthenticationFailed,
+    BackendError,
+    CorruptObject,
+    FsbackupError,
+    NoSpace,
+    NoSuchObject,
+    PermissionDenied,
+)
 from fsbackup.mount.fuse import _errno_of
-from fsbackup.repository import Repository
 from fsbackup.mount.log import ThrottledLog
 from fsbackup.mount.sync import IndexSync
+from fsbackup.repository import Repository
 
 needs_fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {FUSE_MISSING}")
 

@@ -10,11 +10,11 @@ import threading
 import time
 
 import pytest
-
 from conftest import make_full_tree, pseudo_random, write
-from fsbackup.errors import CorruptObject
 from test_mount import FUSE_MISSING, mounted  # noqa: F401 - a fixture
 from test_vfs import open_view, resolve
+
+from fsbackup.errors import CorruptObject
 from fsbackup.mount.namespace import FsOpError
 from fsbackup.mount.reading import RUN_BYTES
 

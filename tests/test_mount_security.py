@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TEST_PASSWORD, pseudo_random, write
 from test_mount import FUSE_MISSING, Mount
 

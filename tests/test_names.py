@@ -1,9 +1,9 @@
-"""Object names, both ways (fsbackup/names.py): every kind round-trips, anything else is refused."""
+"""Object names, both ways (fsbackup/codec/names.py): every kind round-trips, anything else is refused."""
 from __future__ import annotations
 
 import pytest
 
-from fsbackup.names import CONFIG, Kind, object_name, parse_object_name
+from fsbackup.codec.names import CONFIG, Kind, object_name, parse_object_name
 
 ID = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"
 

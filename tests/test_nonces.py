@@ -10,10 +10,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from conftest import TEST_PASSWORD, Env, restored_root, snapshot, write
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from conftest import Env, TEST_PASSWORD, restored_root, snapshot, write
-from fsbackup import crypto, errors, format as fmt, locks
+from fsbackup import crypto, errors, locks
+from fsbackup import format as fmt
 from fsbackup.backends import open_backend
 from fsbackup.repository import Repository
 

@@ -10,9 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import Env, restored_root, snapshot, write
-from fsbackup import errors, format as fmt
+
+from fsbackup import errors
+from fsbackup import format as fmt
 from fsbackup.backends import open_backend
 from fsbackup.repository import Repository
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import pseudo_random, write
 from test_errors import assert_one_line_error
 

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from fsbackup.mount.diskcache import CACHE_TAG, DiskCache
-from fsbackup.errors import PermissionDenied, UsageError
-from fsbackup.private import open_private, open_private_folder, private_temp_file
 from conftest import write
+
+from fsbackup.errors import PermissionDenied, UsageError
+from fsbackup.mount.diskcache import CACHE_TAG, DiskCache
+from fsbackup.private import open_private, open_private_folder, private_temp_file
 
 BLOCK = bytes(range(32))
 

@@ -15,13 +15,20 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import pseudo_random, write
 from test_b2_cli import b2_env  # noqa: F401  (fixture)
+from test_crash import (
+    CHECKOUT,
+    assert_index_matches_remote,
+    assert_restores_exactly,
+    child_env,
+    index_path,
+    remote_versions,
+    tree_state,
+)
 from test_faults import FaultyStorage
-from test_crash import (CHECKOUT, assert_index_matches_remote, assert_restores_exactly, child_env, index_path,
-                        remote_versions, tree_state)
 from test_leftovers import aged, partial_uploads
+
 from fsbackup import errors, locks
 
 # Runs `fsbackup.cli.main(argv[4:])` with LocalBackend.put and .delete wrapped: each call's kind
@@ -221,6 +228,7 @@ def test_prune_removes_the_partial_uploads_of_stopped_runs(env, tmp_path):
     doc = json.loads(env.ok("--json", "prune", "--max-unused", "100%").out)
     assert doc["partial_uploads_deleted"] == 2 and doc["bytes_deleted"] >= 70_000 + len(b"a lock")
     assert partial_uploads(env.repo) == {young}
+    assert not any(path.exists() for path in killed)
     aged(write(env.repo / "index" / ".tmp-killed", pseudo_random(1000, 2)), old)
     r = env.ok("forget", "--keep-last", "1", "--prune")
     assert "removed 1 partial upload(s) of runs that stopped midway (1000 B)" in r.out
@@ -258,7 +266,8 @@ def test_prune_through_b2(b2_env, tmp_path):  # noqa: F811
 
 
 @pytest.mark.parametrize("after", [1, 5, 10, 15, 18, 19, 20, 21])   # before, between and after its puts and deletes
-def test_prune_on_b2_cut_off_at_any_call_leaves_every_version_restorable(b2_env, tmp_path, wrap_storage, monkeypatch, after):
+def test_prune_on_b2_cut_off_at_any_call_leaves_every_version_restorable(b2_env, tmp_path, wrap_storage, monkeypatch,
+                                                                         after):
     """B2 lives in this process, so the storage is cut off instead of the process killed: at the
     `after`-th call every put, get, list and delete fails for good. What remains restores exactly,
     and once the storage is back (and the stopped prune's lock removed) the next prune finishes."""

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import pseudo_random, restored_root, snapshot, write
 from test_corruption import flip, read_layout, volume_path
 from test_crash import CHECKOUT, child_env
 from test_errors import small_disk  # noqa: F401  (a fixture)
+
 from fsbackup.errors import EXIT_CORRUPT, EXIT_INTERRUPTED, EXIT_NO_SPACE
 
 TEMP_PREFIX = ".fsbackup-restore-"

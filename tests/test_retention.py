@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fsbackup.errors import UsageError
 from fsbackup.retention import Policy, Version, apply, parse_retention_policy, parse_within

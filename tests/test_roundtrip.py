@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import make_full_tree, pseudo_random, restored_root, snapshot, write
 
 
@@ -175,6 +174,7 @@ def test_unreadable_file_gives_exit_3_and_the_version_is_saved_without_it(tmp_pa
     import subprocess
     import sys
     import tempfile
+
     from conftest import Env
     prefix: list[str] = []
     base = Path(tempfile.mkdtemp(prefix="fsb-unreadable-"))
@@ -253,6 +253,7 @@ def test_an_index_in_a_shared_folder_leaves_the_folder_alone(env, tmp_path):
 def test_an_index_from_an_older_schema_is_migrated(env, tmp_path):
     """An index written before `contents.stored` existed (schema v2) is brought up to date in place."""
     import apsw
+
     from fsbackup.catalog import Index
     from fsbackup.catalog.schema import MIGRATIONS
     write(tmp_path / "src" / "a", pseudo_random(100_000, 1))

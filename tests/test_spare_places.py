@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import pseudo_random, restored_root, snapshot, write
 from doubles.faults import FaultyBackend
+
 from fsbackup.errors import BackendError
 
 

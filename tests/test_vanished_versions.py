@@ -6,8 +6,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import pseudo_random, write
+
 from fsbackup.errors import EXIT_CORRUPT
 
 

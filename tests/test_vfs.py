@@ -8,13 +8,13 @@ import threading
 import time
 
 import pytest
-
 from conftest import TEST_PASSWORD, make_full_tree, pseudo_random, write
+
 from fsbackup.backends import open_backend
 from fsbackup.backends.retry import RetryingBackend
-from fsbackup.repository import Repository
 from fsbackup.mount.namespace import LATEST_INODE, ROOT_INODE, VERSIONS_INODE, FsOpError
 from fsbackup.mount.view import RepositoryView
+from fsbackup.repository import Repository
 
 
 def open_view(env, **kwargs) -> RepositoryView:

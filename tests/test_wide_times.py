@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import restored_root, snapshot, write
 from test_mount import FUSE_MISSING, Mount
 

@@ -199,7 +199,7 @@ def _open_local(url: str) -> Backend:
 
 
 def _open_b2(url: str) -> Backend:
-    from .b2 import B2Backend          # (b2sdk is imported only for b2:// repositories)
+    from .b2 import B2Backend  # (b2sdk is imported only for b2:// repositories)
     return B2Backend(url)
 
 

@@ -23,14 +23,34 @@ from typing import Iterator
 import requests
 from b2sdk.v2 import DEFAULT_HTTP_API_CONFIG, B2Api, B2HttpApiConfig, InMemoryAccountInfo, InMemoryCache
 from b2sdk.v2.exception import (
-    AccessDenied, B2Error, BrokenPipe, BucketIdNotFound, ConnectionReset, FileNotPresent,
-    InvalidAuthToken, InvalidRange, MaxRetriesExceeded, NonExistentBucket, NotAllowedByAppKeyError, RestrictedBucket,
-    RestrictedBucketMissing, StorageCapExceeded, TransactionCapExceeded, Unauthorized, UnknownHost,
+    AccessDenied,
+    B2Error,
+    BrokenPipe,
+    BucketIdNotFound,
+    ConnectionReset,
+    FileNotPresent,
+    InvalidAuthToken,
+    InvalidRange,
+    MaxRetriesExceeded,
+    NonExistentBucket,
+    NotAllowedByAppKeyError,
+    RestrictedBucket,
+    RestrictedBucketMissing,
+    StorageCapExceeded,
+    TransactionCapExceeded,
+    Unauthorized,
+    UnknownHost,
     UnsatisfiableRange,
 )
 
 from ..errors import (
-    AuthenticationFailed, BackendError, FsbackupError, NoSpace, NoSuchObject, PermissionDenied, RepositoryNotFound,
+    AuthenticationFailed,
+    BackendError,
+    FsbackupError,
+    NoSpace,
+    NoSuchObject,
+    PermissionDenied,
+    RepositoryNotFound,
     UsageError,
 )
 from . import Backend, BackendTraits, Latency

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, NamedTuple
 
-from .. import format as fmt
+from ..codec import format as fmt
 from ..errors import NoSuchObject
 from .index import Index
 

@@ -97,7 +97,7 @@ ALTER TABLE contents ADD COLUMN stored INTEGER NOT NULL DEFAULT -1;
 
 
 def _fill_stored(db) -> None:
-    from ..format import HOLE_ID, unpack_extents
+    from ..codec.format import HOLE_ID, unpack_extents
     rows = db.execute("SELECT id, extents FROM contents WHERE stored = -1").fetchall()
     db.executemany("UPDATE contents SET stored=? WHERE id=?",
                    [(sum(n for bid, n in unpack_extents(extents) if bid != HOLE_ID), cid) for cid, extents in rows])

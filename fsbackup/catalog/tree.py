@@ -10,7 +10,7 @@ from typing import Iterator, NamedTuple
 
 import msgpack
 
-from .. import format as fmt
+from ..codec import format as fmt
 from ..errors import PathNotFound
 from .index import Index
 from .schema import node_time

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Iterator, NamedTuple
 
-from .. import format as fmt
+from ..codec import format as fmt
 from .blocks import BlockLocation, batches
 from .index import Index
 

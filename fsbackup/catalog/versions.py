@@ -12,9 +12,9 @@ import apsw
 import blake3
 import msgpack
 
-from .. import format as fmt
+from ..codec import format as fmt
+from ..codec.names import version_object
 from ..errors import CorruptObject, VersionNotFound
-from ..names import version_object
 from .index import Index
 from .schema import index_time
 

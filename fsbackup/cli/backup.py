@@ -5,11 +5,10 @@ import sys
 
 from .. import errors
 from ..errors import UsageError
-from ..locks import hold_lock
 from ..progress import human_bytes, human_duration
+from ..repository.locks import hold_lock
 from . import forget, prune
-from .options import (PROG, Command, compression_level, count_arg, keep_options, percent_arg,
-                      volume_size_arg)
+from .options import PROG, Command, compression_level, count_arg, keep_options, percent_arg, volume_size_arg
 from .output import Output, print_report
 from .repo import opened
 
@@ -70,8 +69,8 @@ def _report_verification(out: Output, name: str, written: dict[str, int], report
 
 
 def run(args, out: Output) -> int:
-    from ..backup import Backup, BackupOptions
-    from ..check import verify_backup
+    from ..engine.backup import Backup, BackupOptions
+    from ..engine.check import verify_backup
     excludes = _excludes(args)
     policy = forget.policy_from_args(args)
     if args.prune and policy.is_empty():

@@ -15,13 +15,14 @@ def add_arguments(p) -> None:
 
 
 def run(args, out: Output) -> int:
-    from ..check import check
+    from ..engine.check import check
     with opened(args, out, lock="shared", sync_index=False) as repo:
         report = check(repo, args.read_data, args.read_data_subset, out)
     if out.json:
         out.emit_json(report.as_json())
     elif report.ok:
-        read = f"; read {report.volumes_read} volume(s), {human_bytes(report.bytes_read)}" if report.volumes_read else ""
+        read = (f"; read {report.volumes_read} volume(s), {human_bytes(report.bytes_read)}"
+                if report.volumes_read else "")
         out.info(f"no damage found: {report.versions} versions, {report.volumes} volumes{read}")
     if not report.ok:
         if not out.json:

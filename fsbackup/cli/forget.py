@@ -40,7 +40,7 @@ def _short_ids(names: list[str], most: int = 8) -> str:
 def _forget_versions(repo: Repository, names: list[str]) -> None:
     """Remove the versions `names`. Interrupted, it says which of them are gone and which remain,
     as the repository lists them then (the local index catches up at the next command)."""
-    from ..prune import forget_versions
+    from ..engine.prune import forget_versions
     try:
         forget_versions(repo, names)
     except KeyboardInterrupt:
@@ -59,8 +59,8 @@ def _forget_versions(repo: Repository, names: list[str]) -> None:
 def forget_by_policy(repo: Repository, policy, dry_run: bool, out: Output) -> dict:
     """Remove the versions `policy` does not keep (or only say which, `dry_run`), under the
     caller's exclusive lock; returns what --json prints."""
-    from ..prune import plan_forget
     from ..catalog.versions import list_versions
+    from ..engine.prune import plan_forget
     groups = plan_forget(list_versions(repo.index), policy)
     removed = [v.id for g in groups for v in g.decision.remove]
     for g in groups:

@@ -111,7 +111,7 @@ def compression_level(text: str) -> int:
 
 def subset_arg(text: str) -> str:
     """The argument type of --read-data-subset: n/m or a percentage (check.parse_subset)."""
-    from ..check import parse_subset
+    from ..engine.check import parse_subset
     try:
         parse_subset(text)
     except ValueError:

@@ -23,15 +23,16 @@ def add_arguments(p) -> None:
 def prune_now(repo: Repository, args, out: Output, dry_run: bool) -> dict:
     """Plan a prune and carry it out (or only say what it would do), under the caller's exclusive
     lock; returns what --json prints. `args` gives --max-unused, --volume-size and --no-lock."""
-    from ..prune import DEFAULT_MAX_UNUSED, Prune, plan_prune
+    from ..engine.prune import DEFAULT_MAX_UNUSED, Prune, plan_prune
     max_unused = DEFAULT_MAX_UNUSED if args.max_unused is None else args.max_unused
     plan = plan_prune(repo, max_unused)
     if dry_run:
-        out.info(f"prune would delete {len(plan.delete)} unused volume(s) and {len(plan.orphans) + len(plan.unindexed)} leftover "
+        leftovers = len(plan.orphans) + len(plan.unindexed)
+        out.info(f"prune would delete {len(plan.delete)} unused volume(s) and {leftovers} leftover "
                  f"object(s), repack {len(plan.repack)} volume(s) ({human_bytes(plan.bytes_to_move)} of live data "
                  f"to copy), keep {plan.kept}; about {human_bytes(plan.bytes_freed)} freed")
         return {"dry_run": True, **plan.as_json()}
-    from ..volumes import DEFAULT_VOLUME_SIZE
+    from ..repository.volumes import DEFAULT_VOLUME_SIZE
     again = "fsbackup prune --no-lock" if getattr(args, "no_lock", False) else "fsbackup prune"
     job = Prune(repo, getattr(args, "volume_size", None) or DEFAULT_VOLUME_SIZE, out, again)
     s = job.run(plan)

@@ -10,8 +10,8 @@ from typing import Iterator
 
 from .. import repository
 from ..errors import UsageError
-from ..locks import hold_lock
 from ..repository import Repository
+from ..repository.locks import hold_lock
 from .output import Output
 
 

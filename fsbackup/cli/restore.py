@@ -5,8 +5,8 @@ import os
 import sys
 
 from .. import errors
-from ..errors import UsageError
 from ..catalog.index import Index
+from ..errors import UsageError
 from ..progress import human_bytes
 from .options import PROG, Command
 from .output import Output
@@ -24,9 +24,9 @@ def add_arguments(p) -> None:
 
 
 def run(args, out: Output) -> int:
-    from ..restore import Restore
     from ..catalog.tree import VersionTree
     from ..catalog.versions import resolve_version
+    from ..engine.restore import Restore
     blocker = not_a_folder(args.target)
     if blocker:
         why = "is not a directory" if blocker == os.path.abspath(args.target) else \

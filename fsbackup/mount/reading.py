@@ -15,13 +15,13 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-from .. import format as fmt
-from ..blockcache import BlockCache
 from ..catalog import BlockLocation, Index
 from ..catalog.blocks import blocks_after
 from ..catalog.tree import Content
+from ..codec import format as fmt
 from ..errors import CorruptObject, FsbackupError, NoSuchObject
 from ..repository import FetchedBlock, Repository
+from ..repository.blockcache import BlockCache
 from .diskcache import DiskCache
 from .sync import IndexSync
 

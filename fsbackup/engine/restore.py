@@ -36,14 +36,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
-from . import format as fmt
-from .blockcache import BlockCache
-from .catalog.tree import Node, VersionTree
-from .errors import (CorruptObject, FsbackupError, NoSpace, NoSuchObject, PathNotFound, PermissionDenied,
-                     TargetConflict, UsageError)
-from .fsutil import DirFds, at_path, chmod_at, open_dir, split
-from .progress import SILENT, Reporter
-from .repository import Repository, block_runs
+from ..catalog.tree import Node, VersionTree
+from ..codec import format as fmt
+from ..errors import (
+    CorruptObject,
+    FsbackupError,
+    NoSpace,
+    NoSuchObject,
+    PathNotFound,
+    PermissionDenied,
+    TargetConflict,
+    UsageError,
+)
+from ..fsutil import DirFds, at_path, chmod_at, open_dir, split
+from ..progress import SILENT, Reporter
+from ..repository import Repository, block_runs
+from ..repository.blockcache import BlockCache
 
 T = TypeVar("T")
 

@@ -29,17 +29,17 @@ from typing import Callable
 
 import msgpack
 
-from . import format as fmt
-from .catalog.tree import Node, VersionTree
-from .catalog.versions import list_versions
-from .chunker import MIN_SIZE, WINDOW, Chunker
-from .errors import NoSpace, PathNotFound
-from .fsutil import DirFds, at_path, open_dir, split
-from .locks import Lock, repository_lock
-from .private import private_temp_file
-from .progress import SILENT, Reporter
-from .repository import REREAD_FILES, Repository
-from .volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
+from ..catalog.tree import Node, VersionTree
+from ..catalog.versions import list_versions
+from ..codec import format as fmt
+from ..codec.chunker import MIN_SIZE, WINDOW, Chunker
+from ..errors import NoSpace, PathNotFound
+from ..fsutil import DirFds, at_path, open_dir, split
+from ..private import private_temp_file
+from ..progress import SILENT, Reporter
+from ..repository import REREAD_FILES, Repository
+from ..repository.locks import Lock, repository_lock
+from ..repository.volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
 
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 BATCH_BYTES = 1 << 20       # hand blocks to the encoders in batches of about this many bytes

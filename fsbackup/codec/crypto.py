@@ -27,8 +27,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from ..errors import CorruptObject, UsageError, WrongPassphrase
 from .chunker import GEAR_TABLE_LEN, ChunkerSeed
-from .errors import CorruptObject, UsageError, WrongPassphrase
 
 MASTER_SECRET_LEN = 64
 TAG_LEN = 16

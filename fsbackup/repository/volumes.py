@@ -5,8 +5,8 @@ import secrets
 from collections import deque
 from concurrent.futures import Future
 
-from . import format as fmt
-from .errors import FsbackupError
+from ..codec import format as fmt
+from ..errors import FsbackupError
 from .repository import Repository
 
 DEFAULT_VOLUME_SIZE = 32 * 1024 * 1024

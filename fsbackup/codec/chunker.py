@@ -20,7 +20,7 @@ from pyfastcdc.cy import FastCDC
 from pyfastcdc.py import constants as public_tables
 from pyfastcdc.py.fastcdc import FastCDC as ReferenceFastCDC
 
-from .errors import FsbackupError
+from ..errors import FsbackupError
 
 # Format version 1 parameters. pyfastcdc's average is avg_size + min_size, so blocks average ~1 MiB.
 AVG_SIZE = 768 * 1024

@@ -18,15 +18,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import format as fmt
-from .catalog.blocks import any_volume, volume_names
-from .catalog.usage import any_needed_unrecorded, live_blocks, mark_used_blocks, volume_usage
-from .catalog.versions import VersionInfo, any_version
-from .progress import SILENT, Reporter, human_bytes
-from .errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
-from .repository import Kind, Repository, block_runs, index_object, parse_object_name, volume_object
-from .retention import Decision, Policy, Version, apply
-from .volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
+from ..catalog.blocks import any_volume, volume_names
+from ..catalog.usage import any_needed_unrecorded, live_blocks, mark_used_blocks, volume_usage
+from ..catalog.versions import VersionInfo, any_version
+from ..codec import format as fmt
+from ..errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
+from ..progress import SILENT, Reporter, human_bytes
+from ..repository import Kind, Repository, block_runs, index_object, parse_object_name, volume_object
+from ..repository.volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
+from ..retention import Decision, Policy, Version, apply
 
 DEFAULT_MAX_UNUSED = 0.25
 MAX_RUN_BYTES = 8 << 20     # live blocks lying back to back are fetched together, up to this much

@@ -12,9 +12,9 @@ from typing import Iterable, Iterator, NamedTuple
 import msgpack
 import zstandard
 
+from ..errors import CorruptObject
 from .chunker import MAX_SIZE
 from .crypto import ZERO_NONCE, Keys, ObjectCipher
-from .errors import CorruptObject
 
 # Written into every object header and new repositories' config. Version 2 seals index objects
 # under a random nonce (they are written again by repair); new repositories also take a whole

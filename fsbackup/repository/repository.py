@@ -25,20 +25,49 @@ from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
-from . import format as fmt
-from .backends import Backend, Latency, open_backend
-from .backends.retry import RetryingBackend
-from .crypto import (MASTER_SECRET_LEN, Keys, ObjectCipher, config_digest, open_about, seal_about,
-                     unwrap_master_secret, wrap_master_secret)
-from .errors import (CorruptObject, FsbackupError, ListingContradiction, NoSpace, NoSuchObject, RepositoryNotFound,
-                     UnsupportedFormat, UsageError, WrongPassphrase)
-from .catalog import Index, blocks as catalog_blocks, versions as catalog_versions
-from .catalog.blocks import BlockLocation
-from .catalog.rebuild import Refill
-from .catalog.usage import blocks_only_in, used_extents
+from ..backends import Backend, Latency, open_backend
+from ..backends.retry import RetryingBackend
+from ..catalog import Index
+from ..catalog import blocks as catalog_blocks
+from ..catalog import versions as catalog_versions
+from ..catalog.blocks import BlockLocation
+from ..catalog.rebuild import Refill
+from ..catalog.usage import blocks_only_in, used_extents
+from ..codec import format as fmt
+from ..codec.crypto import (
+    MASTER_SECRET_LEN,
+    Keys,
+    ObjectCipher,
+    config_digest,
+    open_about,
+    seal_about,
+    unwrap_master_secret,
+    wrap_master_secret,
+)
+from ..codec.names import (
+    CONFIG,
+    Kind,
+    forgotten_object,
+    index_object,
+    key_object,
+    lock_object,
+    object_name,
+    parse_object_name,
+    version_object,
+    volume_object,
+)
+from ..errors import (
+    CorruptObject,
+    FsbackupError,
+    ListingContradiction,
+    NoSpace,
+    NoSuchObject,
+    RepositoryNotFound,
+    UnsupportedFormat,
+    UsageError,
+    WrongPassphrase,
+)
 from .locks import PARTIAL_UPLOAD_AGE
-from .names import (CONFIG, Kind, forgotten_object, index_object, key_object, lock_object,
-                    object_name, parse_object_name, version_object, volume_object)
 
 T = TypeVar("T")
 
@@ -218,7 +247,8 @@ class Repository:
         if existing is not None:
             if backend.exists(CONFIG):
                 raise UsageError(f"{backend.url} already holds an fsbackup repository")
-            raise UsageError(f"{backend.url} is not empty and not an fsbackup repository; choose an empty or new folder")
+            raise UsageError(f"{backend.url} is not empty and not an fsbackup repository; "
+                             "choose an empty or new folder")
         config = {"format": fmt.FORMAT_VERSION, "id": secrets.token_hex(16)}
         config_bytes = json.dumps(config, indent=1).encode()
         secret = os.urandom(MASTER_SECRET_LEN)
@@ -329,7 +359,8 @@ class Repository:
             self._index = Index(self.index_path)
             repo_id = self._index.get_meta("repository_id")
             if repo_id is not None and repo_id != self.id:
-                raise UsageError(f"the local index {self.index_path} belongs to another repository; use another --index")
+                raise UsageError(f"the local index {self.index_path} belongs to another repository; "
+                                 "use another --index")
         return self._index
 
     def index_is_built(self) -> bool:
@@ -672,7 +703,8 @@ class Repository:
 
     def load_lock(self, name: str) -> dict:
         obj = lock_object(name)
-        return self.read_checked(Kind.LOCK, name, lambda data: fmt.decode_lock(self.keys, bytes.fromhex(name), data, obj))
+        return self.read_checked(Kind.LOCK, name,
+                                 lambda data: fmt.decode_lock(self.keys, bytes.fromhex(name), data, obj))
 
     def delete_lock(self, name: str) -> None:
         self.delete_object(Kind.LOCK, name)

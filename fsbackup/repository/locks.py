@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from .errors import CorruptObject, FsbackupError, Locked, NoSpace, NoSuchObject
+from ..errors import CorruptObject, FsbackupError, Locked, NoSpace, NoSuchObject
 
 REFRESH_INTERVAL = 5 * 60          # seconds between rewrites of a held lock
 STALE_AFTER = 30 * 60              # a lock not rewritten for this long binds no one

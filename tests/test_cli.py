@@ -179,7 +179,7 @@ def test_backup_uses_the_lock_it_is_handed_and_takes_its_own_without_one(env, tm
 def test_the_engines_tell_the_user_through_one_reporter(env, tmp_path):
     from fsbackup.catalog.tree import VersionTree
     from fsbackup.catalog.versions import resolve_version
-    from fsbackup.engine.repair import repair
+    from fsbackup.engine.check import repair
     from fsbackup.engine.restore import Restore
     src = tmp_path / "src"
     write(src / "f", b"data")

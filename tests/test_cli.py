@@ -17,14 +17,14 @@ from conftest import TEST_PASSWORD, write
 from test_errors import assert_one_line_error
 from test_locks import plant_lock
 
-from fsbackup import errors, locks
+from fsbackup import errors
 from fsbackup.backends import open_backend
 from fsbackup.cli import build_parser, main
 from fsbackup.cli.output import Output
 from fsbackup.cli.repo import opened as cli_opened
 from fsbackup.engine.backup import Backup, BackupOptions
 from fsbackup.progress import Progress
-from fsbackup.repository import Repository
+from fsbackup.repository import Repository, locks
 
 
 @contextmanager

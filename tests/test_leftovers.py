@@ -19,10 +19,11 @@ from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 from test_crash import backup_killed_at_put, index_path
 from test_faults import FaultyStorage
 
-from fsbackup import errors, locks
+from fsbackup import errors
 from fsbackup.backends import open_backend
 from fsbackup.backends.local import LocalBackend
 from fsbackup.backends.retry import RetryingBackend
+from fsbackup.repository import locks
 
 
 def objects(env, folder: str) -> set[str]:

@@ -14,9 +14,9 @@ import pytest
 from conftest import TEST_PASSWORD, make_full_tree, restored_root, snapshot, write
 from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 
-from fsbackup import errors, locks
+from fsbackup import errors
 from fsbackup.backends import open_backend
-from fsbackup.repository import Repository
+from fsbackup.repository import Repository, locks
 from fsbackup.repository.locks import Lock, LockInfo, list_locks, repository_lock
 
 CHECKOUT = Path(__file__).resolve().parent.parent

@@ -14,10 +14,11 @@ from conftest import TEST_PASSWORD, Env, restored_root, snapshot, write
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fsbackup import crypto, errors, locks
+from fsbackup import errors
 from fsbackup import format as fmt
 from fsbackup.backends import open_backend
-from fsbackup.repository import Repository
+from fsbackup.codec import crypto
+from fsbackup.repository import Repository, locks
 
 RealAESGCM = crypto.AESGCM
 

@@ -29,7 +29,8 @@ from test_crash import (
 from test_faults import FaultyStorage
 from test_leftovers import aged, partial_uploads
 
-from fsbackup import errors, locks
+from fsbackup import errors
+from fsbackup.repository import locks
 
 # Runs `fsbackup.cli.main(argv[4:])` with LocalBackend.put and .delete wrapped: each call's kind
 # and object name is appended to the log file argv[3]; the k-th call (argv[1], 0 = never)

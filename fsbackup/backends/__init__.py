@@ -129,12 +129,13 @@ class WrappingBackend(Backend):
     def __init__(self, inner: Backend):
         self.inner = inner
 
+    # (read-only views of the inner backend's attributes: a wrapper has no URL or traits of its own)
     @property
-    def url(self) -> str:
+    def url(self) -> str:  # type: ignore[override]
         return self.inner.url
 
     @property
-    def traits(self) -> BackendTraits:
+    def traits(self) -> BackendTraits:  # type: ignore[override]
         return self.inner.traits
 
     @property

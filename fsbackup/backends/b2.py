@@ -64,7 +64,7 @@ BUCKET_NAME = re.compile(r"[A-Za-z0-9-]{6,63}")
 
 # ---- error translation ----------------------------------------------------------------------
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

@@ -239,7 +239,7 @@ class LinkGroup(NamedTuple):
     """The names of one hard-linked file inside a version: the smallest node id among them (the
     mount's inode) and how many there are (its link count)."""
     first: int
-    count: int
+    links: int
 
 
 def link_group(index: Index, version_id: int, dev: int, ino: int) -> LinkGroup:

@@ -119,7 +119,7 @@ def run(args, out: Output) -> int:
             if s.warnings:
                 out.warn(f"{len(s.warnings)} file(s) could not be read and are missing from this version "
                          "(listed above)")
-        verified = _report_verification(out, name, job.written, verification[0]) if verification else True
+        verified = _report_verification(out, name, job.written, verification[0]) if verification and name else True
         summary["verified"] = verified
         if name and not policy.is_empty():      # retention only after a version was saved
             if not verified:                    # never thin out older versions while the new one is in doubt

@@ -46,7 +46,8 @@ class KeyInfo:
 
     @classmethod
     def of(cls, repo: Repository, name: str, doc: dict) -> "KeyInfo":
-        kdf = doc.get("kdf") if isinstance(doc.get("kdf"), dict) else {}
+        kdf_doc = doc.get("kdf")
+        kdf = kdf_doc if isinstance(kdf_doc, dict) else {}
         return cls(_key_id(name), doc.get("created"), doc.get("host"), {k: v for k, v in kdf.items() if k != "salt"},
                    name == repo.key_name, doc.get("version", 1) if not doc.get("damaged") else None,
                    doc.get("damaged"))

@@ -28,7 +28,7 @@ def run(args, out: Output) -> int:
                 rows.append(node.as_json(name))
             elif args.long:
                 owner = f"{node.user or node.uid}/{node.grp or node.gid}"
-                link = f" -> {os.fsdecode(node.target)}" if node.type == "l" else ""
+                link = f" -> {os.fsdecode(node.target or b'')}" if node.type == "l" else ""
                 print(f"{stat.filemode(node.mode)} {owner:>17} {node.size:>12} {fmt_time(node.mtime_ns)} {name}{link}")
             else:
                 print(name)

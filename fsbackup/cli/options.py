@@ -35,7 +35,7 @@ SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P"
 
 def _size_text(n: int) -> str:
     """`n` bytes as a size argument is written: the largest unit that divides it (32K, 4G, 0)."""
-    unit = max((u for u, factor in SIZE_UNITS.items() if n % factor == 0), key=SIZE_UNITS.get) if n else ""
+    unit = max((u for u, factor in SIZE_UNITS.items() if n % factor == 0), key=lambda u: SIZE_UNITS[u]) if n else ""
     return f"{n // SIZE_UNITS[unit]}{unit}"
 
 

@@ -2,7 +2,6 @@
 
     backup.py    scan -> blocks -> dedup -> volumes -> upload -> version, then verify and retention
     restore.py   a version (or part of it) back onto disk, checked end to end
-    check.py     finding damage: structure, and with --read-data every block
-    repair.py    rebuilding the catalog and fixing what check found
+    check.py     finding damage (structure, and with --read-data every block), and repairing it
     prune.py     forgetting versions by policy, and deleting or repacking what no version uses
 """

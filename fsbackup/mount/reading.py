@@ -274,7 +274,7 @@ class PendingRead:
     def assemble(self) -> bytes | memoryview | None:
         """The bytes, once every block is loaded; None when a load was abandoned (ask again).
         Raises the error of a block that failed."""
-        f, parts = self.f, []
+        f, parts = self.f, []  # type: tuple[OpenFile, list[bytes | memoryview]]
         for i in range(self.first, self.last + 1):
             block_id, length = f.extents[i]
             lo, hi = max(self.offset - f.starts[i], 0), min(self.end - f.starts[i], length)

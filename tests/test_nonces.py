@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fsbackup import errors
-from fsbackup import format as fmt
 from fsbackup.backends import open_backend
 from fsbackup.codec import crypto
+from fsbackup.codec import format as fmt
 from fsbackup.repository import Repository, locks
 
 RealAESGCM = crypto.AESGCM

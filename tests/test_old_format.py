@@ -13,8 +13,8 @@ import pytest
 from conftest import Env, restored_root, snapshot, write
 
 from fsbackup import errors
-from fsbackup import format as fmt
 from fsbackup.backends import open_backend
+from fsbackup.codec import format as fmt
 from fsbackup.repository import Repository
 
 GOLDEN = Path(__file__).parent / "data" / "format1-repo"

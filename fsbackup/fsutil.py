@@ -17,6 +17,15 @@ from collections import OrderedDict
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def not_a_folder(path: str) -> str | None:
+    """What keeps `path` from being a folder: the path itself, or the nearest one above it that
+    exists, when that is not a folder (a file); None when `path` is a folder or can be made one."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return None if os.path.isdir(path) else path
+
+
 def open_dir(name: bytes, dir_fd: int) -> int:
     """The directory `name` in `dir_fd`, opened; a symlink there is not followed (ELOOP)."""
     return os.open(name, DIR_FLAGS, dir_fd=dir_fd)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from ..errors import BackendError, NoSpace, NoSuchObject, PermissionDenied, RepositoryNotFound
+from ..fsutil import not_a_folder
 from . import Backend, BackendTraits, Latency
 
 TMP_PREFIX = ".tmp-"
@@ -41,20 +42,11 @@ def _os_errors(name: str, listing: bool = False):
                            temporary=e.errno in (errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR)) from None
 
 
-def _not_a_folder(path: str) -> str | None:
-    """What keeps `path` from being a folder: the path itself, or the nearest one above it that
-    exists, when that is not a folder (a file); None when `path` is a folder or can be made one."""
-    path = os.path.abspath(path)
-    while not os.path.lexists(path):
-        path = os.path.dirname(path)
-    return None if os.path.isdir(path) else path
-
-
 def open_local(url: str) -> "LocalBackend":
     """The backend for a `file://PATH` URL or a plain path; RepositoryNotFound when a file stands
     where the repository's folder (or one above it) should be."""
     root = url.removeprefix("file://")
-    blocker = _not_a_folder(root)
+    blocker = not_a_folder(root)
     if blocker:
         raise RepositoryNotFound(f"{blocker} is a file, not a repository folder; check --repo")
     return LocalBackend(root)

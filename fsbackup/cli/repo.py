@@ -82,15 +82,6 @@ def repo_url(args) -> str:
     return url
 
 
-def not_a_folder(path: str) -> str | None:
-    """What keeps `path` from being a folder: the path itself, or the nearest one above it that
-    exists, when that is not a folder (a file); None when `path` is a folder or can be made one."""
-    path = os.path.abspath(path)
-    while not os.path.lexists(path):
-        path = os.path.dirname(path)
-    return None if os.path.isdir(path) else path
-
-
 def open_storage(args):
     """The storage for --repo, with --connections applied when given."""
     return repository.open_storage(repo_url(args), args.connections)

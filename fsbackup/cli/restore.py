@@ -7,10 +7,11 @@ import sys
 from .. import errors
 from ..catalog.index import Index
 from ..errors import UsageError
+from ..fsutil import not_a_folder
 from ..progress import human_bytes
 from .options import PROG, Command
 from .output import Output
-from .repo import not_a_folder, opened
+from .repo import opened
 
 INTERRUPTED = ("the files restored so far are complete, and the file being written was not left half-written; "
                "run the restore again with --overwrite to finish")

@@ -429,7 +429,8 @@ def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool,
     recreated = []
     for name in [p.volume for p in checker.report.problems if p.repairable and p.object.startswith(Kind.INDEX.folder)]:
         try:
-            recreate_index_object(repo, name)
+            repo.adopt_volume(name, checker.volume_sizes[name],
+                              repo.read_volume_table(name, checker.volume_sizes[name]))
         except CorruptObject as e:       # its table is damaged too: the index object stays reported
             reporter.warn(f"cannot re-create {index_object(name)} from its volume: {e}")
             continue
@@ -443,15 +444,6 @@ def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool,
     report = checker.explain()
     removed = remove_damaged(repo, checker, reporter) if remove else {}
     return RepairResult(result, recreated, report, removed)
-
-
-def recreate_index_object(repo: Repository, name: str) -> None:
-    """Write index/<name> again from volume <name>'s own table, and record the volume."""
-    obj = volume_object(name)
-    volume_id = bytes.fromhex(name)
-    size, entries = repo.read_checked(Kind.VOLUME, name, lambda data: (
-        len(data), fmt.open_volume_table(repo.keys, volume_id, data, obj)))
-    repo.adopt_volume(name, size, entries)
 
 
 def remove_damaged(repo: Repository, checker: Checker, reporter: Reporter) -> dict[str, list[str]]:

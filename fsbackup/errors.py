@@ -3,6 +3,7 @@
 They are raised where a problem is found and mapped once: to an exit code in the CLI
 (`cli.main`) and to an errno in the FUSE adapter. The message is one line a user can act on.
 """
+import errno
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -121,3 +122,13 @@ class ListingContradiction(FsbackupError):
 class LocalIndexDamaged(FsbackupError):
     """The local index (a cache of the repository) is damaged: `repair` sets it aside and rebuilds it."""
     exit_code = EXIT_CORRUPT
+
+
+def os_error_kind(e: OSError) -> type[FsbackupError] | None:
+    """The domain error an OSError is, wherever it is met: PermissionDenied (EACCES, EPERM, EROFS),
+    NoSpace (ENOSPC, EDQUOT), or None for the rest (each caller words its own message)."""
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace
+    return None

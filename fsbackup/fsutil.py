@@ -26,6 +26,13 @@ def not_a_folder(path: str) -> str | None:
     return None if os.path.isdir(path) else path
 
 
+def outermost(paths) -> list[bytes]:
+    """The paths (absolute, bytes) that lie inside no other of them: a path inside another given
+    path is already covered by it. Sorted."""
+    paths = sorted(set(paths))
+    return [p for p in paths if not any(p != o and p.startswith(o.rstrip(b"/") + b"/") for o in paths)]
+
+
 def open_dir(name: bytes, dir_fd: int) -> int:
     """The directory `name` in `dir_fd`, opened; a symlink there is not followed (ELOOP)."""
     return os.open(name, DIR_FLAGS, dir_fd=dir_fd)

@@ -15,7 +15,7 @@ import secrets
 import stat
 from typing import BinaryIO
 
-from .errors import FsbackupError, NoSpace, PermissionDenied
+from .errors import FsbackupError, PermissionDenied, os_error_kind
 
 PASSPHRASE_VARIABLE = "FSBACKUP_PASSWORD"
 
@@ -31,11 +31,7 @@ def make_private_folder(folder: str) -> None:
 
 def _os_error(e: OSError, what: str) -> FsbackupError:
     """The domain error for an OSError met on `what` (a folder or file of the local state)."""
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDenied(f"cannot use {what}: {e.strerror}")
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpace(f"cannot use {what}: {e.strerror}")
-    return FsbackupError(f"cannot use {what}: {e.strerror}")
+    return (os_error_kind(e) or FsbackupError)(f"cannot use {what}: {e.strerror}")
 
 
 def open_owned_folder(folder: str) -> int:

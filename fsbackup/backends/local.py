@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..errors import BackendError, NoSpace, NoSuchObject, PermissionDenied, RepositoryNotFound
+from ..errors import BackendError, NoSpace, NoSuchObject, PermissionDenied, RepositoryNotFound, os_error_kind
 from ..fsutil import not_a_folder
 from . import Backend, BackendTraits, Latency
 
@@ -34,9 +34,10 @@ def _os_errors(name: str, listing: bool = False):
         if listing and e.errno in (errno.EACCES, errno.EPERM):
             raise PermissionDenied(f"cannot list repository folder {name}: {e.strerror}; check the "
                                    "repository's permissions") from None
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        kind = os_error_kind(e)
+        if kind is NoSpace:
             raise NoSpace(f"no space left on the repository's disk while writing {name}") from None
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if kind is PermissionDenied:
             raise PermissionDenied(f"permission denied on repository object {name}: {e.strerror}") from None
         raise BackendError(f"repository I/O error on {name}: {e.strerror or e}",
                            temporary=e.errno in (errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR)) from None

@@ -33,8 +33,8 @@ from ..catalog.tree import Node, VersionTree
 from ..catalog.versions import list_versions
 from ..codec import format as fmt
 from ..codec.chunker import MIN_SIZE, WINDOW, Chunker
-from ..errors import NoSpace, PathNotFound
-from ..fsutil import DirFds, at_path, open_dir, split
+from ..errors import NoSpace, PathNotFound, os_error_kind
+from ..fsutil import DirFds, at_path, open_dir, outermost, split
 from ..private import private_temp_file
 from ..progress import SILENT, Reporter
 from ..repository import REREAD_FILES, Repository
@@ -259,7 +259,7 @@ _Item.ROOT_PARENT = _Item(None, None)   # node id 0: the root directory's parent
 
 def _raise_no_space(e: BaseException, spool_folder: str) -> None:
     """The file list's folder (beside the local index) is full: say so, as the index would."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(e, OSError) and os_error_kind(e) is NoSpace:
         raise NoSpace(f"no space left for the backup's file list in {spool_folder} (beside the local index); "
                       "free space there, or put the index on another disk with --index") from None
 
@@ -410,9 +410,7 @@ class Backup:
             if not os.path.lexists(ap):
                 raise PathNotFound(f"source path {p} does not exist")
             tops.append(ap)
-        tops = sorted(set(tops))
-        # A path inside another given path is already covered by it.
-        return [t for t in tops if not any(t != o and t.startswith(o.rstrip(b"/") + b"/") for o in tops)]
+        return outermost(tops)
 
     def _parent_version(self, host: str, paths: list[str]):
         """The newest version of the same paths from this host: unchanged files are taken from it."""

@@ -47,8 +47,9 @@ from ..errors import (
     PermissionDenied,
     TargetConflict,
     UsageError,
+    os_error_kind,
 )
-from ..fsutil import DirFds, at_path, chmod_at, open_dir, split
+from ..fsutil import DirFds, at_path, chmod_at, open_dir, outermost, split
 from ..progress import SILENT, Reporter
 from ..repository import Repository, block_runs
 from ..repository.blockcache import BlockCache
@@ -199,9 +200,7 @@ class Restore:
         for p in paths:
             node = self.tree.resolve(p)
             tops[self.tree.path_of(node)] = node
-        # A path inside another selected path is covered by it.
-        tops = {p: n for p, n in tops.items()
-                if not any(p != o and p.startswith(o.rstrip(b"/") + b"/") for o in tops)}
+        tops = {p: tops[p] for p in outermost(tops)}
         ancestors: dict[bytes, Node] = {}
         for path in tops:
             parts = [x for x in path.split(b"/") if x][:-1]
@@ -630,9 +629,10 @@ def _pwrite_all(fd: int, data: bytes, offset: int, path: bytes) -> None:
 
 def _os_error(e: OSError, path: bytes) -> FsbackupError:
     where = os.fsdecode(path)
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    kind = os_error_kind(e)
+    if kind is NoSpace:
         return NoSpace(f"no space left on device while restoring {where}; free space or choose another --target")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if kind is PermissionDenied:
         return PermissionDenied(f"permission denied writing {where}: {e.strerror}")
     if e.errno in (errno.ELOOP, errno.ENOTDIR):
         return FsbackupError(f"cannot restore {where}: it or a directory on its way was replaced (by a symlink "

@@ -32,9 +32,9 @@ import shutil
 import stat
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import Callable, NamedTuple, TypeVar
 
 from ..catalog.tree import Node, VersionTree
 from ..codec import format as fmt
@@ -111,6 +111,31 @@ class _FileJob:
             self.dir_fd = -1
 
 
+# The pieces of a large file in the writer's queue, in file order.
+class _Data(NamedTuple):
+    """A block on its way (`fetched`), written at `offset` once it arrives."""
+    job: _FileJob
+    offset: int
+    fetched: Future
+
+
+class _Hole(NamedTuple):
+    """A run of zeros the file does not store: only hashed."""
+    job: _FileJob
+    length: int
+
+
+class _Failed(NamedTuple):
+    """A block that cannot be had: the file is reported, not restored."""
+    job: _FileJob
+    why: str
+
+
+class _End(NamedTuple):
+    """The file's last piece was queued: check it and put it in place."""
+    job: _FileJob
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 
@@ -127,7 +152,7 @@ class Restore:
         self.stats = RestoreStats()
         self.cache = BlockCache(CACHE_BYTES)
         self.links: dict[tuple[int, int], bytes] = {}   # (dev, ino) -> the relative path restored first for it
-        self.queue: deque = deque()
+        self.queue: deque[_Data | _Hole | _Failed | _End] = deque()   # a large file's pieces, in file order
         self.open_jobs: set[_FileJob] = set()     # large files being written, removed if the restore stops
         self.small_batch: list[tuple[bytes, Node]] = []   # (relative path, node)
         self.small_batch_bytes = 0
@@ -363,19 +388,19 @@ class Restore:
         offset = 0
         for block_id, length in content.extents:
             if block_id == fmt.HOLE_ID:
-                self.queue.append(("hole", job, length))
+                self.queue.append(_Hole(job, length))
             else:
                 try:
                     location = self.repo.block_location(block_id)
                 except NoSuchObject as e:
-                    self.queue.append(("fail", job, str(e)))
+                    self.queue.append(_Failed(job, str(e)))
                 else:
                     fut = self.pool.submit(self.cache.get, block_id,
                                            lambda bid, loc=location: self.repo.fetch_block(bid, loc))
-                    self.queue.append(("data", job, offset, fut))
+                    self.queue.append(_Data(job, offset, fut))
                     self._drain(FETCH_WINDOW)
             offset += length
-        self.queue.append(("end", job))
+        self.queue.append(_End(job))
         self._drain(FETCH_WINDOW)
 
     def _flush_small(self) -> None:
@@ -486,25 +511,25 @@ class Restore:
 
     def _drain(self, keep: int) -> None:
         """Write finished items in order until at most `keep` fetches are in flight."""
-        while self.queue and (len(self.queue) > keep or self.queue[0][0] in ("hole", "end", "fail")
-                              or self.queue[0][-1].done()):
+        while self.queue and (len(self.queue) > keep or not isinstance(self.queue[0], _Data)
+                              or self.queue[0].fetched.done()):
             item = self.queue.popleft()
-            kind, job = item[0], item[1]
-            if kind == "data":
+            job = item.job
+            if isinstance(item, _Data):
                 try:
-                    data = item[3].result()
+                    data = item.fetched.result()
                 except (CorruptObject, NoSuchObject) as e:
                     job.error = job.error or str(e)
                     continue
                 if job.error is None:
-                    _pwrite_all(job.fd, data, item[2], job.path)
+                    _pwrite_all(job.fd, data, item.offset, job.path)
                     job.hasher.data(data)
                     self.stats.bytes_written += len(data)
                     self.progress.advance(nbytes=len(data))
-            elif kind == "hole":
-                job.hasher.hole(item[2])
-            elif kind == "fail":
-                job.error = job.error or item[2]
+            elif isinstance(item, _Hole):
+                job.hasher.hole(item.length)
+            elif isinstance(item, _Failed):
+                job.error = job.error or item.why
             else:
                 self._finish_file(job)
 

@@ -273,29 +273,6 @@ def test_disk_cache_stays_within_its_size(env, tmp_path):
     assert sum(p.stat().st_size for p in cache.iterdir()) <= 3 << 20
 
 
-def test_entering_a_version_asks_the_kernel_to_read_the_index_in(env, tmp_path, monkeypatch):
-    # A cold listing reads the index page by page; the kernel is asked to read it in one sweep.
-    src = tmp_path / "src"
-    write(src / "a", b"x")
-    env.ok("backup", src)
-    view = open_view(env)
-    advised = []
-    real = os.posix_fadvise
-
-    def spy(fd, offset, length, advice):
-        advised.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length, advice))
-        return real(fd, offset, length, advice)
-    monkeypatch.setattr(os, "posix_fadvise", spy)
-    try:
-        view.lookup(VERSIONS_INODE, view.latest)
-        view.fetcher.submit(lambda: None).result()     # the read-in runs in a fetch thread
-        view.fetcher.shutdown(wait=True)
-    finally:
-        view.close()
-    size = os.path.getsize(view.index_path)
-    assert advised == [(os.path.realpath(view.index_path), 0, size, os.POSIX_FADV_WILLNEED)]
-
-
 def test_versions_coming_or_going_make_the_top_level_and_their_entries_stale(env, tmp_path):
     src = tmp_path / "src"
     write(src / "a", b"x")

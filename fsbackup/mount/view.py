@@ -30,9 +30,6 @@ from .sync import IndexSync
 BLOCK_SIZE = 4096
 KEPT_CONTENTS = 1 << 15             # contents of listed files kept for their open (a few MiB) ...
 KEPT_CONTENT_MAX_SIZE = 8 << 20      # ... for files of a few extents
-# Entering a version asks the kernel to read the local index in, when it is no larger than this
-# (and than 1/16 of the memory): see `_read_index_in`.
-INDEX_READ_IN_MAX = 512 << 20
 # Linux lets only CAP_SYS_ADMIN see trusted.* xattrs: the mount shows them to root alone.
 TRUSTED_PREFIX = b"trusted."
 
@@ -146,8 +143,6 @@ class RepositoryView:
         top = self.namespace.get(parent)
         if top is not None:
             attr = top.lookup(self.versions, name)
-            if in_version(attr.ino):         # a version's root: its tree is read next
-                self.fetcher.submit(_read_index_in, self.index_path)
             return attr
         # (no query for the parent: the kernel looks names up only in directories, and no other
         # node has children)
@@ -300,27 +295,3 @@ class RepositoryView:
             if data is not None:
                 return bytes(data)
         raise BackendError(f"a block of {self.path_of(f.ino)} was abandoned by {READ_ATTEMPTS} loads in a row")
-
-def _read_index_in(index_path: str) -> None:
-    """Ask the kernel to read the local index into the page cache (in the background), when it is
-    small enough to keep there. Runs when a version is entered: the kernel looks a version's
-    directory up again only after it forgot it (an hour, or memory needed elsewhere, as after a
-    reboot), when it has most likely forgotten the index's pages too. A listing then reads the index
-    page by page at random places, each a wait for the disk (a third of a cold `find`); read in
-    ahead, the pages arrive in one sweep. Pages already cached cost nothing. Only a hint: errors are
-    ignored."""
-    try:
-        fd = os.open(index_path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        size = os.fstat(fd).st_size
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        if size <= min(INDEX_READ_IN_MAX, memory // 16):
-            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
-    except (OSError, ValueError):
-        pass
-    finally:
-        os.close(fd)
-
-

@@ -82,7 +82,7 @@ class Index:
         self.path = path
         folder = os.path.dirname(os.path.abspath(path))
         self._lock_fd = -1
-        self.db = None
+        self._db: apsw.Connection | None = None      # None until opened, and once closed
         try:
             make_private_folder(folder)
             self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -105,12 +105,26 @@ class Index:
             self.close()
             raise
 
+    @property
+    def db(self) -> apsw.Connection:
+        """The SQLite connection (a use after close is a bug, and says so)."""
+        if self._db is None:
+            raise FsbackupError(f"internal error: the local index {self.path} was used after it was closed")
+        return self._db
+
+    def _pragma(self, statement: str):
+        """The value a PRAGMA statement returns (these return one row of one value)."""
+        row = self.db.execute(statement).fetchone()
+        if row is None:
+            raise FsbackupError(f"internal error: {statement} returned nothing on the local index {self.path}")
+        return row[0]
+
     def _open(self) -> None:
-        if self.db is not None:
-            self.db.close()
+        if self._db is not None:
+            self._db.close()
         old_umask = os.umask(0o077)   # the index and its -wal/-shm files: owner only
         try:
-            self.db = apsw.Connection(self.path)
+            self._db = apsw.Connection(self.path)
         finally:
             os.umask(old_umask)
         self.db.set_busy_timeout(60_000)
@@ -125,7 +139,7 @@ class Index:
         """Check every page of the index (slow on a big one: repair's business) and set it aside,
         opening a new empty one, when any is damaged. Call while holding it `exclusive`."""
         try:
-            ok = self.db.execute("PRAGMA quick_check(1)").fetchone()[0] == "ok"
+            ok = self._pragma("PRAGMA quick_check(1)") == "ok"
         except _DAMAGE:
             ok = False
         if not ok:
@@ -136,9 +150,9 @@ class Index:
     def _set_aside(self, then: int = fcntl.LOCK_SH) -> None:
         """Move a damaged index (and its -wal/-shm files) out of the way. Only when nothing else has
         it open: another process may still be using a file that only looks damaged to us."""
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
         try:
             self._take_lock(fcntl.LOCK_EX, wait=0)
         except Locked:
@@ -206,7 +220,7 @@ class Index:
         """Bring the schema to the newest version, one step per transaction. Each step looks at the
         version again inside its write transaction: two processes opening a new index at once
         would otherwise both create the tables."""
-        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        version = self._pragma("PRAGMA user_version")
         if version == len(MIGRATIONS):
             return                       # (the usual case: no write lock taken to find out)
         while True:
@@ -257,7 +271,7 @@ class Index:
         only connection); no waiting. Says whether the index now uses `mode`."""
         self.db.set_busy_timeout(0)
         try:
-            (now,) = self.db.execute(f"PRAGMA journal_mode={mode}").fetchone()
+            now = self._pragma(f"PRAGMA journal_mode={mode}")
         except apsw.BusyError:
             return False
         except apsw.Error as e:
@@ -339,9 +353,9 @@ class Index:
         db.execute("DELETE FROM meta WHERE key NOT IN ('last_versions_id', 'last_contents_id')")
 
     def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
         if self._lock_fd >= 0:
             self._release_lock()         # closes the descriptor once, releasing the local lock
             self._lock_fd = -1

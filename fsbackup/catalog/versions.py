@@ -158,12 +158,13 @@ def _record_nodes(index: Index, db, obj: str, version_id: int, last_node_id: int
     if new:
         # Ids are handed out here (the transaction holds the write lock): one executemany.
         next_id = index.allocate_ids(db, "contents", len(new))
-        rows = []
+        content_rows = []
         for content_id, (extents, (content_hash, size, _)) in enumerate(new.items(), start=next_id):
             known[extents] = content_id
-            rows.append((content_id, layouts[extents], content_hash, size, _stored_bytes(size, extents), extents))
+            content_rows.append((content_id, layouts[extents], content_hash, size, _stored_bytes(size, extents),
+                                 extents))
         db.executemany("INSERT INTO contents(id, layout, hash, size, stored, extents) VALUES (?, ?, ?, ?, ?, ?)",
-                       rows)
+                       content_rows)
     rows = []
     for node_id, e in enumerate(entries, start=last_node_id + 1):
         content = e[fmt.E_CONTENT]

@@ -85,7 +85,7 @@ def reference_cuts(data: bytes, table: bytes, avg: int = AVG_SIZE, low: int = MI
                    high: int = MAX_SIZE) -> list[int]:
     """Block lengths by pyfastcdc's pure-Python FastCDC, given the whole table: slow, for checks."""
     reference = ReferenceFastCDC(avg, min_size=low, max_size=high, normalized_chunking=1)
-    reference.config.gear, reference.config.gear_ls = _gear_arrays(table)
+    reference.config.gear, reference.config.gear_ls = _gear_arrays(table)  # type: ignore[assignment]  # lists serve as well as arrays
     return [chunk.length for chunk in reference.cut_buf(data)]
 
 

@@ -21,6 +21,7 @@ import base64
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
 from cryptography.exceptions import InvalidTag
@@ -38,7 +39,7 @@ HOLE_MARK = b"\0fsbackup-hole\0"    # a hole in a content hash (ContentHasher)
 
 # Argon2id cost for new keys. 64 MiB and 3 passes take about 0.2 s here; the parameters are
 # stored with each key object, so they can be raised later without breaking old keys.
-DEFAULT_KDF = {"name": "argon2id", "memory_kib": 65536, "iterations": 3, "lanes": 4}
+DEFAULT_KDF: dict[str, Any] = {"name": "argon2id", "memory_kib": 65536, "iterations": 3, "lanes": 4}
 # A key object's KDF parameters are read before anything is authenticated, so a hostile storage can
 # set them: no client derives a key above these bounds (1 GiB of memory, ten passes over it).
 MAX_KDF_MEMORY_KIB = 1 << 20

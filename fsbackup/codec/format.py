@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import msgpack
 import zstandard
@@ -142,7 +142,7 @@ def encode_blocks(cipher: ObjectCipher, blocks: list, level: int = ZSTD_LEVEL) -
     one release of the GIL per batch instead of one per block (backups hand over small files'
     blocks by the hundred, and every GIL hand-off slows the thread that scans)."""
     if level and len(blocks) > 1 and all(len(data) for _, data in blocks):
-        compressed = _zstd_c(level).multi_compress_to_buffer([data for _, data in blocks])
+        compressed: Any = _zstd_c(level).multi_compress_to_buffer([data for _, data in blocks])
     else:
         compressed = [_zstd_c(level).compress(data) if level else data for _, data in blocks]
     out = []
@@ -176,7 +176,8 @@ def decode_blocks(keys: Keys, cipher: ObjectCipher, blocks: list[tuple[bytes, by
     released once for the run instead of held block by block: a mount's trio thread, which
     answers every request, waits on the GIL less while a run decodes in a fetch thread."""
     out: list = [None] * len(blocks)
-    frames, framed = [], []                 # zstd frames, and the index in `blocks` of each
+    frames: list[bytes | bytearray | memoryview] = []     # zstd frames...
+    framed: list[int] = []                                 # ...and the index in `blocks` of each
     for i, (block_id, stored, plain_len) in enumerate(blocks):
         if not 0 <= plain_len <= MAX_BLOCK_LEN:
             out[i] = CorruptObject(object_name, f"a block is recorded with {plain_len} bytes, more than blocks hold")

@@ -51,6 +51,12 @@ class CorruptObject(FsbackupError):
         self.name = name
 
 
+class DamageFound(FsbackupError):
+    """A command finished and found damaged data, listed above its one-line summary (check, repair,
+    restore): what the command itself did is complete."""
+    exit_code = EXIT_CORRUPT
+
+
 class NoSuchObject(FsbackupError):
     """A remote object that should exist does not."""
     exit_code = EXIT_CORRUPT

@@ -1,11 +1,9 @@
 """`fsbackup check`: verify the repository."""
 from __future__ import annotations
 
-import sys
-
 from .. import errors
 from ..progress import human_bytes
-from .options import PROG, Command, read_data_options
+from .options import Command, read_data_options
 from .output import Output, print_report
 from .repo import opened
 
@@ -27,9 +25,8 @@ def run(args, out: Output) -> int:
     if not report.ok:
         if not out.json:
             print_report(report)
-        print(f"{PROG}: error: {len(report.problems)} damaged or missing object(s) (listed above); "
-              f"see 'fsbackup repair' (docs/maintenance.md)", file=sys.stderr)
-        return errors.EXIT_CORRUPT
+        raise errors.DamageFound(f"{len(report.problems)} damaged or missing object(s) (listed above); "
+                                 "see 'fsbackup repair' (docs/maintenance.md)")
     return 0
 
 

@@ -1,10 +1,8 @@
 """`fsbackup repair`: rebuild the local index, re-create index objects, remove damaged files."""
 from __future__ import annotations
 
-import sys
-
 from .. import errors
-from .options import PROG, Command, read_data_options
+from .options import Command, read_data_options
 from .output import Output, print_report
 from .repo import opened
 
@@ -33,9 +31,8 @@ def run(args, out: Output) -> int:
         return 0
     if not out.json:
         print_report(report)
-    print(f"{PROG}: error: {len(report.problems)} damaged or missing object(s) (listed above); "
-          f"'fsbackup repair --remove-damaged' removes the affected files from their versions", file=sys.stderr)
-    return errors.EXIT_CORRUPT
+    raise errors.DamageFound(f"{len(report.problems)} damaged or missing object(s) (listed above); "
+                             "'fsbackup repair --remove-damaged' removes the affected files from their versions")
 
 
 COMMAND = Command(

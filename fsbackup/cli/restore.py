@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from .. import errors
 from ..catalog.index import Index
 from ..errors import UsageError
 from ..fsutil import not_a_folder
 from ..progress import human_bytes
-from .options import PROG, Command
+from .options import Command
 from .output import Output
 from .repo import opened
 
@@ -51,9 +50,8 @@ def run(args, out: Output) -> int:
         out.info(f"restored {s.files} files, {s.dirs} dirs, {s.others} other; {human_bytes(s.bytes_written)} "
                  f"in {s.duration:.1f} s ({human_bytes(rate)}/s) to {args.target}")
     if s.damaged:
-        print(f"{PROG}: error: {len(s.damaged)} file(s) could not be restored because their data is damaged "
-              f"(listed above)", file=sys.stderr)
-        return errors.EXIT_CORRUPT
+        raise errors.DamageFound(f"{len(s.damaged)} file(s) could not be restored because their data is "
+                                 "damaged (listed above)")
     return 0
 
 

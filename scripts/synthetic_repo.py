@@ -23,7 +23,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fsbackup.backends.local import LocalBackend  # noqa: E402
-from fsbackup.codec import format as fmt  # noqa: E402
+from fsbackup.codec import wire  # noqa: E402
 from fsbackup.repository import Repository, index_object, volume_object  # noqa: E402
 
 BLOCK = 1 << 20
@@ -33,16 +33,16 @@ DIR_SIZE = 1000
 def write_volumes(repo: Repository, root: str, block_ids: list[bytes], per_volume: int) -> None:
     for start in range(0, len(block_ids), per_volume):
         name = secrets.token_hex(32)
-        entries, offset = [], fmt.HEADER_LEN
+        entries, offset = [], wire.HEADER_LEN
         for block_id in block_ids[start:start + per_volume]:
-            entries.append(fmt.BlockEntry(block_id, offset, BLOCK + 29, BLOCK))
+            entries.append(wire.BlockEntry(block_id, offset, BLOCK + 29, BLOCK))
             offset += BLOCK + 29
-        size = offset + 4096 + fmt.FOOTER.size           # a table of about this size ends a real one
+        size = offset + 4096 + wire.FOOTER.size           # a table of about this size ends a real one
         path = os.path.join(root, volume_object(name))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.truncate(size)                              # sparse: no disk space, the right size
-        repo.backend.put(index_object(name), fmt.encode_index(repo.keys, bytes.fromhex(name), size, entries))
+        repo.backend.put(index_object(name), wire.encode_index(repo.keys, bytes.fromhex(name), size, entries))
 
 
 def version_entries(first_file: int, files: int, contents: list[list]) -> list[list]:
@@ -78,7 +78,7 @@ def main() -> None:
     block_ids = [os.urandom(32) for _ in range(args.blocks)]
     write_volumes(repo, args.repo, block_ids, args.blocks_per_volume)
     k = args.blocks_per_file
-    contents = [[os.urandom(32), BLOCK * k, fmt.pack_extents((b, BLOCK) for b in block_ids[i:i + k])]
+    contents = [[os.urandom(32), BLOCK * k, wire.pack_extents((b, BLOCK) for b in block_ids[i:i + k])]
                 for i in range(0, len(block_ids), k)]
     step = max(1, (len(contents) - args.files) // max(1, args.versions - 1))
     for v in range(args.versions):

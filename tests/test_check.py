@@ -16,7 +16,7 @@ from test_corruption import backed, flip, forget_local_index, volume_path  # noq
 from test_crash import index_path
 
 from fsbackup.backends import WrappingBackend, open_backend
-from fsbackup.codec import format as fmt
+from fsbackup.codec import wire
 from fsbackup.engine.check import select_volumes
 from fsbackup.errors import EXIT_CORRUPT
 from fsbackup.repository import index_object, version_object, volume_object
@@ -69,7 +69,7 @@ def test_damaged_block_is_found_by_read_data_with_its_files(env, backed):
 def test_damaged_volume_table_is_found_and_affects_no_file(env, backed):
     volume = backed.layout.volumes_of(b"small1")[0]
     path = volume_path(env, volume)
-    flip(path, path.stat().st_size - fmt.FOOTER.size - 3)
+    flip(path, path.stat().st_size - wire.FOOTER.size - 3)
     r = env.run("check", "--read-data")
     assert_damage_reported(r, volume_object(volume))
     assert "table is damaged" in r.err and "version " not in r.err
@@ -77,7 +77,7 @@ def test_damaged_volume_table_is_found_and_affects_no_file(env, backed):
 
 def test_damaged_index_object_is_found_with_its_files(env, backed):
     volume = backed.layout.volumes_of(b"small2")[0]
-    flip(env.repo / index_object(volume), fmt.HEADER_LEN + 2)
+    flip(env.repo / index_object(volume), wire.HEADER_LEN + 2)
     assert_damage_reported(env.run("check"), index_object(volume), {backed.version: [b"small2"]})
 
 
@@ -127,7 +127,7 @@ def test_damage_report_as_json_names_object_versions_and_paths(env, backed):
 def test_check_without_a_local_index_rebuilds_it_and_reports_every_damaged_object(env, backed):
     small2 = backed.layout.volumes_of(b"small2")[0]
     nested = backed.layout.volumes_of(b"sub/nested")[0]
-    flip(env.repo / index_object(small2), fmt.HEADER_LEN + 2)
+    flip(env.repo / index_object(small2), wire.HEADER_LEN + 2)
     volume_path(env, nested).unlink()
     forget_local_index(env)
     r = env.run("check")
@@ -241,7 +241,7 @@ def test_repair_recreates_a_missing_index_object(env, backed):
 
 def test_repair_recreates_a_damaged_index_object(env, backed):
     volume = backed.layout.volumes_of(b"small2")[0]
-    flip(env.repo / index_object(volume), fmt.HEADER_LEN + 2)
+    flip(env.repo / index_object(volume), wire.HEADER_LEN + 2)
     assert f"re-created {index_object(volume)}" in env.ok("repair").out
     env.ok("check", "--read-data")
 
@@ -250,7 +250,7 @@ def test_repair_cannot_recreate_an_index_object_whose_volume_table_is_damaged(en
     volume = backed.layout.volumes_of(b"small2")[0]
     (env.repo / index_object(volume)).unlink()
     path = volume_path(env, volume)
-    flip(path, path.stat().st_size - fmt.FOOTER.size - 3)
+    flip(path, path.stat().st_size - wire.FOOTER.size - 3)
     r = env.run("repair")
     assert r.rc == EXIT_CORRUPT and f"cannot re-create {index_object(volume)}" in r.err, r.err
     assert_damage_reported(r, index_object(volume))

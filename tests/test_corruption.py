@@ -20,7 +20,7 @@ import pytest
 from conftest import TEST_PASSWORD, pseudo_random, restored_root, snapshot, write
 
 from fsbackup.backends.local import LocalBackend
-from fsbackup.codec import format as fmt
+from fsbackup.codec import wire
 from fsbackup.errors import EXIT_CORRUPT, EXIT_NO_REPOSITORY, EXIT_NOT_FOUND, EXIT_WRONG_PASSPHRASE, CorruptObject
 from fsbackup.repository import Repository, index_object, version_object, volume_object
 
@@ -64,17 +64,17 @@ def read_layout(env, src: Path, version: str) -> Layout:
         blocks = {}
         for obj, _ in repo.backend.list("index/"):
             name = obj.split("/", 1)[1]
-            _, entries = fmt.decode_index(repo.keys, bytes.fromhex(name), repo.backend.get(obj), obj)
+            _, entries = wire.decode_index(repo.keys, bytes.fromhex(name), repo.backend.get(obj), obj)
             blocks.update({e.id: (name, e.offset, e.stored_length) for e in entries})
         _, entries = repo.load_version(version)
         paths, files = {}, {}
         prefix = os.fsencode(src) + b"/"
         for node_id, e in enumerate(entries, start=1):
-            parent = paths.get(e[fmt.E_PARENT], b"")
-            paths[node_id] = path = b"/" if node_id == 1 else parent.rstrip(b"/") + b"/" + e[fmt.E_NAME]
-            if e[fmt.E_CONTENT] is not None and path.startswith(prefix):
-                extents = fmt.unpack_extents(e[fmt.E_CONTENT][2])
-                files[path[len(prefix):]] = [b for b, _ in extents if b != fmt.HOLE_ID]
+            parent = paths.get(e[wire.E_PARENT], b"")
+            paths[node_id] = path = b"/" if node_id == 1 else parent.rstrip(b"/") + b"/" + e[wire.E_NAME]
+            if e[wire.E_CONTENT] is not None and path.startswith(prefix):
+                extents = wire.unpack_extents(e[wire.E_CONTENT][2])
+                files[path[len(prefix):]] = [b for b, _ in extents if b != wire.HOLE_ID]
         return Layout(files, blocks, repo.keys)
     finally:
         repo.close()
@@ -203,8 +203,8 @@ def test_restoring_only_a_damaged_file_fails_and_writes_nothing_for_it(env, tmp_
 # ---- volumes: table, footer, header (redundant for a restore, which reads blocks by range) ----
 
 def volume_positions(data: bytes) -> dict[str, int]:
-    table_offset, table_length, _ = fmt.FOOTER.unpack_from(data, len(data) - fmt.FOOTER.size)
-    footer = len(data) - fmt.FOOTER.size
+    table_offset, table_length, _ = wire.FOOTER.unpack_from(data, len(data) - wire.FOOTER.size)
+    footer = len(data) - wire.FOOTER.size
     return {"table": table_offset + table_length // 2, "table tag": table_offset + table_length - 1,
             "footer table offset": footer, "footer table length": footer + 8, "footer magic": footer + 12,
             "header magic": 0, "header format version": 4}
@@ -226,7 +226,7 @@ def test_flipped_byte_outside_the_blocks_of_a_volume_never_yields_wrong_bytes_an
         assert_restore_leaves_out_exactly(r, target, backed, backed.layout.files_using(volume), volume_object(volume))
     # Reading the volume whole (what a check or an index re-creation does) detects the damage.
     with pytest.raises(CorruptObject) as caught:
-        fmt.open_volume_table(backed.layout.keys, bytes.fromhex(volume), path.read_bytes(), volume_object(volume))
+        wire.open_volume_table(backed.layout.keys, bytes.fromhex(volume), path.read_bytes(), volume_object(volume))
     assert caught.value.name == volume_object(volume)
 
 
@@ -310,7 +310,7 @@ def assert_rebuild_from_remote_fails_naming(env, tmp_path: Path, obj: str) -> No
 def test_flipped_byte_in_an_index_object_is_named_when_the_local_index_is_rebuilt(env, tmp_path, backed, where):
     volume = backed.layout.volumes_of(b"small0")[0]
     path = env.repo / index_object(volume)
-    flip(path, {"magic": 0, "format version": 4, "ciphertext": fmt.HEADER_LEN + 1,
+    flip(path, {"magic": 0, "format version": 4, "ciphertext": wire.HEADER_LEN + 1,
                 "tag": path.stat().st_size - 1}[where])
     assert_rebuild_from_remote_fails_naming(env, tmp_path, index_object(volume))
 
@@ -331,11 +331,11 @@ def test_index_object_copied_over_another_index_objects_name_is_rejected(env, tm
 # ---- version objects ------------------------------------------------------------------------
 
 def version_positions(data: bytes) -> dict[str, int]:
-    frames, pos = [], fmt.HEADER_LEN
+    frames, pos = [], wire.HEADER_LEN
     while pos < len(data):
-        (length,) = fmt.FRAME_LEN.unpack_from(data, pos)
+        (length,) = wire.FRAME_LEN.unpack_from(data, pos)
         frames.append((pos, length))
-        pos += fmt.FRAME_LEN.size + length
+        pos += wire.FRAME_LEN.size + length
     assert len(frames) >= 2
     (first, first_len), (last, last_len) = frames[0], frames[-1]
     return {"magic": 0, "format version": 4, "frame length": first, "header frame": first + 4 + first_len // 2,
@@ -353,8 +353,8 @@ def test_flipped_byte_in_a_version_object_is_named_when_the_local_index_is_rebui
 def test_truncated_version_object_is_named_when_the_local_index_is_rebuilt(env, tmp_path, backed):
     path = env.repo / version_object(backed.version)
     data = path.read_bytes()
-    (first_len,) = fmt.FRAME_LEN.unpack_from(data, fmt.HEADER_LEN)
-    path.write_bytes(data[:fmt.HEADER_LEN + 4 + first_len])     # only the header frame is left
+    (first_len,) = wire.FRAME_LEN.unpack_from(data, wire.HEADER_LEN)
+    path.write_bytes(data[:wire.HEADER_LEN + 4 + first_len])     # only the header frame is left
     assert_damaged_version_is_skipped_naming(env, tmp_path, version_object(backed.version))
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from conftest import pseudo_random, restored_root, snapshot, write
 
-from fsbackup.codec import format as fmt
+from fsbackup.codec import wire
 
 CHECKOUT = Path(__file__).resolve().parent.parent   # the child processes import this checkout's fsbackup
 
@@ -172,8 +172,8 @@ def assert_index_matches_remote(env) -> None:
                           "JOIN contents c ON c.id = n.content")
         checked_volumes: dict[str, int] = {}
         for version, extents in rows:
-            for block_id, length in fmt.unpack_extents(extents):
-                if block_id == fmt.HOLE_ID:
+            for block_id, length in wire.unpack_extents(extents):
+                if block_id == wire.HOLE_ID:
                     continue
                 row = db.execute("SELECT v.name, v.size, b.offset, b.stored_length, b.plain_length FROM blocks b "
                                  "JOIN volumes v ON v.id = b.volume WHERE b.hash = ?", (block_id,)).fetchone()

@@ -27,7 +27,7 @@ from fsbackup.backends import Backend, open_backend, retry
 from fsbackup.backends.local import LocalBackend
 from fsbackup.backends.retry import RetryingBackend
 from fsbackup.catalog import BlockLocation
-from fsbackup.codec import format as fmt
+from fsbackup.codec import wire
 from fsbackup.errors import (
     EXIT_BACKEND,
     EXIT_CORRUPT,
@@ -290,7 +290,7 @@ def test_mount_reads_fail_with_eio_after_bounded_retries_and_work_again_when_sto
     faulty = FaultyBackend(LocalBackend(str(env.repo)))
     backend = RetryingBackend(faulty, max_seconds=0.5, base_delay=0.05, max_delay=0.2)
     repo = Repository.open(backend, TEST_PASSWORD.encode(), str(tmp_path / "mount-index.sqlite"))
-    repo.ensure_index()
+    repo.sync_catalog()
     view = RepositoryView(repo, memory_cache=1)                    # nothing cached: every read fetches
     try:
         attr = view.getattr(ROOT_INODE)
@@ -322,11 +322,11 @@ def volume_of_blocks(repo: Repository, n: int) -> tuple[str, list]:
     """A volume object of `n` blocks stored on `repo`'s backend; [(block id, location)] by offset."""
     name = os.urandom(32).hex()
     cipher = repo.block_cipher(name)
-    body, run = bytearray(fmt.header(fmt.VOLUME_MAGIC)), []
+    body, run = bytearray(wire.header(wire.VOLUME_MAGIC)), []
     for i in range(n):
         data = pseudo_random(3000, i)
         block_id = repo.keys.block_id(data)
-        stored, plain_length = fmt.encode_block(cipher, block_id, data)
+        stored, plain_length = wire.encode_block(cipher, block_id, data)
         run.append((block_id, BlockLocation(name, len(body), len(stored), plain_length)))
         body += stored
     repo.backend.put(volume_object(name), bytes(body))

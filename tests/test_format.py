@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsbackup.codec import crypto
-from fsbackup.codec import format as fmt
+from fsbackup.codec import crypto, wire
 from fsbackup.codec.chunker import GEAR_TABLE_LEN, MAX_SIZE, MIN_SIZE, Chunker, reference_cuts
 from fsbackup.codec.crypto import Keys
 from fsbackup.errors import CorruptObject
@@ -111,24 +110,24 @@ def test_the_installed_table_cuts_as_pyfastcdc_pure_python_with_that_table(table
 def test_volume_round_trip_returns_every_block(blocks, level):
     """Whatever level a backup compressed at (`--compression`), the same reader decodes it."""
     cipher = KEYS.object_cipher(b"blocks", VOLUME_ID)
-    parts, entries, offset = [fmt.header(fmt.VOLUME_MAGIC)], [], fmt.HEADER_LEN
+    parts, entries, offset = [wire.header(wire.VOLUME_MAGIC)], [], wire.HEADER_LEN
     seen = set()
     for data in blocks:
         bid = KEYS.block_id(data)
         if bid in seen:
             continue
         seen.add(bid)
-        stored, plain = fmt.encode_block(cipher, bid, data, level)
-        entries.append(fmt.BlockEntry(bid, offset, len(stored), plain))
+        stored, plain = wire.encode_block(cipher, bid, data, level)
+        entries.append(wire.BlockEntry(bid, offset, len(stored), plain))
         parts.append(stored)
         offset += len(stored)
-    parts.append(fmt.seal_table(KEYS, VOLUME_ID, entries, offset))
+    parts.append(wire.seal_table(KEYS, VOLUME_ID, entries, offset))
     volume = b"".join(parts)
-    assert fmt.open_volume_table(KEYS, VOLUME_ID, volume, "v") == entries
+    assert wire.open_volume_table(KEYS, VOLUME_ID, volume, "v") == entries
     by_id = {KEYS.block_id(d): d for d in blocks}
     for e in entries:
         stored = volume[e.offset:e.offset + e.stored_length]
-        assert fmt.decode_block(KEYS, cipher, e.id, stored, e.plain_length, "v") == by_id[e.id]
+        assert wire.decode_block(KEYS, cipher, e.id, stored, e.plain_length, "v") == by_id[e.id]
 
 
 @settings(max_examples=30, deadline=None)
@@ -136,7 +135,7 @@ def test_volume_round_trip_returns_every_block(blocks, level):
 def test_a_batch_encodes_as_its_blocks_one_by_one(blocks, level):
     cipher = KEYS.object_cipher(b"blocks", VOLUME_ID)
     batch = [(KEYS.block_id(data), data) for data in blocks]
-    assert fmt.encode_blocks(cipher, batch, level) == [fmt.encode_block(cipher, i, d, level) for i, d in batch]
+    assert wire.encode_blocks(cipher, batch, level) == [wire.encode_block(cipher, i, d, level) for i, d in batch]
 
 
 @settings(max_examples=30, deadline=None)
@@ -144,22 +143,22 @@ def test_a_batch_encodes_as_its_blocks_one_by_one(blocks, level):
 def test_any_flipped_byte_in_a_block_is_detected(data, draw):
     cipher = KEYS.object_cipher(b"blocks", VOLUME_ID)
     bid = KEYS.block_id(data)
-    stored = bytearray(fmt.encode_block(cipher, bid, data)[0])
+    stored = bytearray(wire.encode_block(cipher, bid, data)[0])
     i = draw.draw(st.integers(0, len(stored) - 1))
     stored[i] ^= draw.draw(st.integers(1, 255))
     with pytest.raises(CorruptObject):
-        fmt.decode_block(KEYS, cipher, bid, bytes(stored), len(data), "v")
+        wire.decode_block(KEYS, cipher, bid, bytes(stored), len(data), "v")
 
 
 def test_a_block_moved_to_another_volume_or_id_is_rejected():
     data = b"some block"
     bid = KEYS.block_id(data)
-    stored, _ = fmt.encode_block(KEYS.object_cipher(b"blocks", VOLUME_ID), bid, data)
+    stored, _ = wire.encode_block(KEYS.object_cipher(b"blocks", VOLUME_ID), bid, data)
     other_volume = KEYS.object_cipher(b"blocks", bytes(32))
     with pytest.raises(CorruptObject):
-        fmt.decode_block(KEYS, other_volume, bid, stored, len(data), "v")
+        wire.decode_block(KEYS, other_volume, bid, stored, len(data), "v")
     with pytest.raises(CorruptObject):
-        fmt.decode_block(KEYS, KEYS.object_cipher(b"blocks", VOLUME_ID), KEYS.block_id(b"x"), stored, len(data), "v")
+        wire.decode_block(KEYS, KEYS.object_cipher(b"blocks", VOLUME_ID), KEYS.block_id(b"x"), stored, len(data), "v")
 
 
 @settings(max_examples=30, deadline=None)
@@ -167,18 +166,18 @@ def test_a_block_moved_to_another_volume_or_id_is_rejected():
        st.dictionaries(st.text(max_size=5), INT64, max_size=4))
 def test_version_object_round_trip(entries, head):
     vid = bytes(range(32))
-    data = fmt.encode_version(KEYS, vid, head, entries)
-    got_head, got_entries = fmt.decode_version(KEYS, vid, data, "s")
+    data = wire.encode_version(KEYS, vid, head, entries)
+    got_head, got_entries = wire.decode_version(KEYS, vid, data, "s")
     assert got_head == head and list(got_entries) == entries
 
 
 def test_a_truncated_version_object_is_detected():
     vid = bytes(range(32))
     entries = [[i, b"x" * 100] for i in range(30000)]          # several frames
-    data = fmt.encode_version(KEYS, vid, {"a": 1}, entries)
-    frame_end = fmt.HEADER_LEN + 4 + int.from_bytes(data[fmt.HEADER_LEN:fmt.HEADER_LEN + 4], "little")
+    data = wire.encode_version(KEYS, vid, {"a": 1}, entries)
+    frame_end = wire.HEADER_LEN + 4 + int.from_bytes(data[wire.HEADER_LEN:wire.HEADER_LEN + 4], "little")
     with pytest.raises(CorruptObject):   # cut after a whole frame: only the "last frame" mark tells
-        _, it = fmt.decode_version(KEYS, vid, data[:frame_end], "s")
+        _, it = wire.decode_version(KEYS, vid, data[:frame_end], "s")
         list(it)
 
 
@@ -191,12 +190,12 @@ def test_golden_on_remote_encoding_does_not_change(monkeypatch):
     data = golden_input(1 << 20)
     cipher = KEYS.object_cipher(b"blocks", VOLUME_ID)
     bid = KEYS.block_id(data)
-    stored, _ = fmt.encode_block(cipher, bid, data)
-    entries = [fmt.BlockEntry(bid, fmt.HEADER_LEN, len(stored), len(data))]
-    table = fmt.seal_table(KEYS, VOLUME_ID, entries, fmt.HEADER_LEN + len(stored))
-    volume = fmt.header(fmt.VOLUME_MAGIC) + stored + table
-    index = fmt.encode_index(KEYS, VOLUME_ID, len(volume), entries)
-    version = fmt.encode_version(KEYS, VOLUME_ID, {"time_ns": 1}, [[0, b"", "d"]])
+    stored, _ = wire.encode_block(cipher, bid, data)
+    entries = [wire.BlockEntry(bid, wire.HEADER_LEN, len(stored), len(data))]
+    table = wire.seal_table(KEYS, VOLUME_ID, entries, wire.HEADER_LEN + len(stored))
+    volume = wire.header(wire.VOLUME_MAGIC) + stored + table
+    index = wire.encode_index(KEYS, VOLUME_ID, len(volume), entries)
+    version = wire.encode_version(KEYS, VOLUME_ID, {"time_ns": 1}, [[0, b"", "d"]])
     got = {"block_id": bid.hex(), "volume": hashlib.sha256(volume).hexdigest(),
            "index": hashlib.sha256(index).hexdigest(), "version": hashlib.sha256(version).hexdigest(),
            "sizes": [len(volume), len(index), len(version)]}
@@ -238,38 +237,38 @@ OLD_VERSION = bytes.fromhex(
 
 def test_golden_version_written_before_wide_times_still_reads_and_is_written_the_same():
     vid = bytes(range(32))
-    head, entries = fmt.decode_version(KEYS, vid, OLD_VERSION, "s")
-    assert fmt.check_head(head, "s") == OLD_HEAD
-    assert list(fmt.checked_entries(entries, "s")) == OLD_ENTRIES
-    written = fmt.encode_version(KEYS, vid, OLD_HEAD, OLD_ENTRIES)     # what fits is written as before,
-    assert written[4] == fmt.FORMAT_VERSION                               # under the current format's header
+    head, entries = wire.decode_version(KEYS, vid, OLD_VERSION, "s")
+    assert wire.check_head(head, "s") == OLD_HEAD
+    assert list(wire.checked_entries(entries, "s")) == OLD_ENTRIES
+    written = wire.encode_version(KEYS, vid, OLD_HEAD, OLD_ENTRIES)     # what fits is written as before,
+    assert written[4] == wire.FORMAT_VERSION                               # under the current format's header
     assert written[:4] + written[5:] == OLD_VERSION[:4] + OLD_VERSION[5:]
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(min_value=fmt.TIME_MIN, max_value=fmt.TIME_MAX))
+@given(st.integers(min_value=wire.TIME_MIN, max_value=wire.TIME_MAX))
 def test_every_time_the_kernel_can_give_round_trips_through_entries_and_the_index(ns):
-    from fsbackup.catalog.schema import index_time, node_time
+    from fsbackup.catalog.schema import catalog_time, node_time
     entries = copy.deepcopy(OLD_ENTRIES)
-    entries[1][fmt.E_MTIME] = entries[1][fmt.E_ATIME] = entries[1][fmt.E_CTIME] = ns
-    data = fmt.encode_version(KEYS, VOLUME_ID, OLD_HEAD, entries)
-    _, got = fmt.decode_version(KEYS, VOLUME_ID, data, "s")
-    assert list(fmt.checked_entries(got, "s")) == entries
-    assert node_time(index_time(ns)) == ns
-    assert type(index_time(ns)) is (int if -2**63 <= ns < 2**63 else bytes)
+    entries[1][wire.E_MTIME] = entries[1][wire.E_ATIME] = entries[1][wire.E_CTIME] = ns
+    data = wire.encode_version(KEYS, VOLUME_ID, OLD_HEAD, entries)
+    _, got = wire.decode_version(KEYS, VOLUME_ID, data, "s")
+    assert list(wire.checked_entries(got, "s")) == entries
+    assert node_time(catalog_time(ns)) == ns
+    assert type(catalog_time(ns)) is (int if -2**63 <= ns < 2**63 else bytes)
 
 
 def test_header_paths_of_any_bytes_round_trip_and_utf8_ones_stay_text():
     paths = [os.fsdecode(b"/caf\xe9-\xff"), "/plain", "/\u00e9t\u00e9"]
     head = dict(OLD_HEAD, paths=paths, tags=[os.fsdecode(b"t\xff")])
-    data = fmt.encode_version(KEYS, VOLUME_ID, head, OLD_ENTRIES)
-    got, _ = fmt.decode_version(KEYS, VOLUME_ID, data, "s")
-    assert fmt.check_head(got, "s") == head
-    assert fmt.encode_head(head)["paths"] == [b"/caf\xe9-\xff", "/plain", "/\u00e9t\u00e9"]   # bin only when needed
+    data = wire.encode_version(KEYS, VOLUME_ID, head, OLD_ENTRIES)
+    got, _ = wire.decode_version(KEYS, VOLUME_ID, data, "s")
+    assert wire.check_head(got, "s") == head
+    assert wire.encode_head(head)["paths"] == [b"/caf\xe9-\xff", "/plain", "/\u00e9t\u00e9"]   # bin only when needed
 
 
 @pytest.mark.parametrize("head", [[], {}, dict(OLD_HEAD, time_ns=2**63), dict(OLD_HEAD, paths="/"),
                                   dict(OLD_HEAD, file_count=-1), dict(OLD_HEAD, host=1)])
 def test_a_header_the_index_cannot_hold_is_corrupt(head):
     with pytest.raises(CorruptObject, match="remote object s is corrupt"):
-        fmt.check_head(fmt.decode_head(head), "s")
+        wire.check_head(wire.decode_head(head), "s")

@@ -19,7 +19,7 @@ import zstandard
 from conftest import TEST_PASSWORD, write
 
 from fsbackup.backends.local import LocalBackend
-from fsbackup.codec import format as fmt
+from fsbackup.codec import wire
 from fsbackup.errors import EXIT_CORRUPT, CorruptObject
 from fsbackup.repository import Repository, version_object
 
@@ -56,7 +56,8 @@ def store_crafted(env, head: dict, entries: list) -> str:
     repo = open_repository(env)
     try:
         name = secrets.token_hex(32)
-        repo.backend.put(version_object(name), fmt.encode_version(repo.keys, bytes.fromhex(name), newer(head), entries))
+        sealed = wire.encode_version(repo.keys, bytes.fromhex(name), newer(head), entries)
+        repo.backend.put(version_object(name), sealed)
         return version_object(name)
     finally:
         repo.close()
@@ -69,10 +70,10 @@ def store_frames(env, frames: list[bytes]) -> str:
     try:
         name = secrets.token_hex(32)
         cipher = repo.keys.object_cipher(b"version", bytes.fromhex(name))
-        data = bytearray(fmt.header(fmt.VERSION_MAGIC))
+        data = bytearray(wire.header(wire.VERSION_MAGIC))
         for n, frame in enumerate(frames):
-            sealed = cipher.seal(fmt._frame_nonce(n), frame, fmt._frame_ad(n, n == len(frames) - 1))
-            data += fmt.FRAME_LEN.pack(len(sealed)) + sealed
+            sealed = cipher.seal(wire._frame_nonce(n), frame, wire._frame_ad(n, n == len(frames) - 1))
+            data += wire.FRAME_LEN.pack(len(sealed)) + sealed
         repo.backend.put(version_object(name), bytes(data))
         return version_object(name)
     finally:
@@ -113,34 +114,34 @@ def assert_reported_corrupt(env, tmp_path: Path, obj: str) -> None:
 
 def named(entries: list, index: int, name: bytes) -> list:
     entries = copy.deepcopy(entries)
-    entries[index][fmt.E_NAME] = name
+    entries[index][wire.E_NAME] = name
     return entries
 
 
 def parented(entries: list, index: int, parent: int) -> list:
     entries = copy.deepcopy(entries)
-    entries[index][fmt.E_PARENT] = parent
+    entries[index][wire.E_PARENT] = parent
     return entries
 
 
 def climbing(entries: list, name: bytes) -> list:
     """The tree with one more directory, named `name`, under the root, holding a file `escaped`."""
     entries = copy.deepcopy(entries)
-    directory = next(e for e in entries if e[fmt.E_TYPE] == "d" and e[fmt.E_PARENT] != 0)
-    file = next(e for e in entries if e[fmt.E_TYPE] == "f")
+    directory = next(e for e in entries if e[wire.E_TYPE] == "d" and e[wire.E_PARENT] != 0)
+    file = next(e for e in entries if e[wire.E_TYPE] == "f")
     entries.append(list(directory))
-    entries[-1][fmt.E_PARENT], entries[-1][fmt.E_NAME] = 1, name
+    entries[-1][wire.E_PARENT], entries[-1][wire.E_NAME] = 1, name
     entries.append(list(file))
-    entries[-1][fmt.E_PARENT], entries[-1][fmt.E_NAME] = len(entries) - 1, b"escaped"
+    entries[-1][wire.E_PARENT], entries[-1][wire.E_NAME] = len(entries) - 1, b"escaped"
     return entries
 
 
 def file_index(entries: list) -> int:
-    return next(i for i, e in enumerate(entries) if e[fmt.E_TYPE] == "f")
+    return next(i for i, e in enumerate(entries) if e[wire.E_TYPE] == "f")
 
 
 def dir_index(entries: list) -> int:
-    return next(i for i, e in enumerate(entries) if e[fmt.E_TYPE] == "d" and i > 0)
+    return next(i for i, e in enumerate(entries) if e[wire.E_TYPE] == "d" and i > 0)
 
 
 CRAFTED = {
@@ -161,7 +162,7 @@ def under_file(entries: list) -> list:
     """The tree with one more file, `child`, whose parent is a file."""
     entries = copy.deepcopy(entries)
     child = list(entries[file_index(entries)])
-    child[fmt.E_PARENT], child[fmt.E_NAME] = file_index(entries) + 1, b"child"
+    child[wire.E_PARENT], child[wire.E_NAME] = file_index(entries) + 1, b"child"
     return entries + [child]
 
 
@@ -176,9 +177,9 @@ def test_hard_links_of_different_types_are_reported_corrupt(env, tmp_path, good)
     head, entries = good
     crafted = copy.deepcopy(entries)
     file = crafted[file_index(crafted)]
-    file[fmt.E_NLINK] = 2
+    file[wire.E_NLINK] = 2
     link = list(file)
-    link[fmt.E_NAME], link[fmt.E_TYPE], link[fmt.E_CONTENT], link[fmt.E_TARGET] = b"link", "l", None, b"/etc"
+    link[wire.E_NAME], link[wire.E_TYPE], link[wire.E_CONTENT], link[wire.E_TARGET] = b"link", "l", None, b"/etc"
     crafted.append(link)
     obj = store_crafted(env, head, crafted)
     assert_reported_corrupt(env, tmp_path, obj)
@@ -188,14 +189,14 @@ def test_every_check_of_a_tree_names_the_entry():
     """The codec's check, alone: each fault is CorruptObject naming the object and the entry."""
     root = [0, b"", "d", 0o40755, 0, 0, None, None, 0, 0, 0, 0, 1, 1, 2, 0, None, None, None]
     file = [1, b"f", "f", 0o100644, 0, 0, None, None, 0, 0, 0, 0, 2, 1, 1, 0, None, None, [bytes(32), 0, b""]]
-    check = fmt.TreeCheck("versions/x")
+    check = wire.TreeCheck("versions/x")
     assert check(list(root)) == root and check(list(file)) == file
     for fault in ([1, b"..", *file[2:]], [1, b"a/b", *file[2:]], [2, b"g", *file[2:]], [3, b"g", *file[2:]],
                   [1, b"g", "x", *file[3:]], file[:-1], [1, b"g", *file[2:8], "t", *file[9:]]):
         with pytest.raises(CorruptObject, match=r"versions/x .*entry 3"):
             check(list(fault))
     with pytest.raises(CorruptObject, match="has no root entry"):
-        list(fmt.checked_entries([], "versions/x"))
+        list(wire.checked_entries([], "versions/x"))
 
 
 # ---- zstd bombs ---------------------------------------------------------------------------
@@ -230,8 +231,8 @@ def run_measured(env, *args) -> tuple[int, str, int]:
 @pytest.mark.parametrize("declared", [True, False], ids=["declared size", "undeclared size"])
 def test_a_zstd_bomb_in_a_version_object_is_corrupt_in_bounded_memory(env, tmp_path, good, where, declared):
     head, entries = good
-    header = fmt._zstd_c().compress(msgpack.packb(newer(head)))
-    root = fmt._zstd_c().compress(msgpack.packb(entries[0]))
+    header = wire._zstd_c().compress(msgpack.packb(newer(head)))
+    root = wire._zstd_c().compress(msgpack.packb(entries[0]))
     bomb = zeros_frame(declared)
     obj = store_frames(env, [bomb, root] if where == "header frame" else [header, bomb])
     for p in env.cache.rglob("index.sqlite*"):
@@ -250,15 +251,15 @@ def test_decompression_is_bounded_by_what_a_frame_declares_and_what_it_expands_t
     declared = zstandard.ZstdCompressor(level=1).compress(bytes(4 << 20))
     undeclared = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(bytes(4 << 20))
     for frame in (declared, undeclared):
-        assert fmt._decompress(frame, 4 << 20) == bytes(4 << 20)
+        assert wire._decompress(frame, 4 << 20) == bytes(4 << 20)
         with pytest.raises(zstandard.ZstdError):
-            fmt._decompress(frame, (4 << 20) - 1)
+            wire._decompress(frame, (4 << 20) - 1)
         with pytest.raises(zstandard.ZstdError):
-            list(fmt._decompress_chunks(frame, 1 << 20))
-    keys = fmt.Keys.from_master_secret(bytes(64))
+            list(wire._decompress_chunks(frame, 1 << 20))
+    keys = wire.Keys.from_master_secret(bytes(64))
     cipher = keys.object_cipher(b"blocks", bytes(32))
     data = bytes(1 << 20)
     block_id = keys.block_id(data)
-    stored, _ = fmt.encode_block(cipher, block_id, data)
+    stored, _ = wire.encode_block(cipher, block_id, data)
     with pytest.raises(CorruptObject, match="more than blocks hold"):
-        fmt.decode_block(keys, cipher, block_id, stored, fmt.MAX_BLOCK_LEN + 1, "data/x")
+        wire.decode_block(keys, cipher, block_id, stored, wire.MAX_BLOCK_LEN + 1, "data/x")

@@ -1,5 +1,5 @@
 """Rows of the local index never change meaning under a reader: a rebuild (repair) needs the index
-to itself, and version and content ids are never handed out twice (fsbackup/catalog/index.py)."""
+to itself, and version and content ids are never handed out twice (fsbackup/catalog/connection.py)."""
 from __future__ import annotations
 
 import fcntl
@@ -14,7 +14,7 @@ import pytest
 from conftest import Env, pseudo_random, restored_root, snapshot, write
 from test_mount import FUSE_MISSING, Mount
 
-from fsbackup.catalog import Index
+from fsbackup.catalog import Catalog
 from fsbackup.errors import EXIT_LOCKED
 
 
@@ -36,7 +36,7 @@ def lock_is_held(index: Path) -> bool:
 
 
 def version_rows(index: Path) -> dict[str, int]:
-    db = Index(str(index))
+    db = Catalog(str(index))
     try:
         return dict(db.rows("SELECT name, id FROM versions"))
     finally:
@@ -79,8 +79,8 @@ def test_repair_refuses_while_a_restore_runs_and_the_restore_is_exact(env, tmp_p
 
 def test_a_command_waits_for_then_refuses_during_a_rebuild(env, tmp_path):
     env.ok("backup", many_files(tmp_path / "src", 10))
-    code = ("import sys, time\nfrom fsbackup.catalog import Index\n"
-            f"i = Index({str(index_file(env))!r})\n"
+    code = ("import sys, time\nfrom fsbackup.catalog import Catalog\n"
+            f"i = Catalog({str(index_file(env))!r})\n"
             "with i.exclusive():\n    print('held', flush=True)\n    time.sleep(30)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -122,14 +122,14 @@ def test_version_and_content_ids_are_never_handed_out_twice(env, tmp_path):
     write(src / "a", pseudo_random(5000, 2))
     env.ok("backup", src)
     index = index_file(env)
-    db = Index(str(index))
+    db = Catalog(str(index))
     (newest_id, newest_name), = db.rows("SELECT id, name FROM versions ORDER BY id DESC LIMIT 1")
     (top_content,) = db.row("SELECT MAX(id) FROM contents")
     db.close()
     env.ok("forget", newest_name)                             # the newest rows, and its content, go
     write(src / "a", pseudo_random(5000, 3))
     env.ok("backup", src)
-    db = Index(str(index))
+    db = Catalog(str(index))
     (new_id,) = db.row("SELECT MAX(id) FROM versions")
     (new_content,) = db.row("SELECT MAX(id) FROM contents")
     db.close()
@@ -170,7 +170,7 @@ def test_a_damaged_page_deep_in_the_local_index_is_named_and_repair_rebuilds_it(
     env.ok("backup", src)
     expected = snapshot(src)
     index = index_file(env)
-    db = Index(str(index))
+    db = Catalog(str(index))
     db.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     (root_page,) = db.row("SELECT rootpage FROM sqlite_master WHERE name='nodes'")
     (page_size,) = db.row("PRAGMA page_size")

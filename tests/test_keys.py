@@ -212,7 +212,7 @@ def test_a_key_object_damaged_on_its_way_is_not_a_wrong_passphrase(monkeypatch, 
     monkeypatch.setenv("FSBACKUP_KDF_MEMORY_KIB", "1024")
     monkeypatch.setenv("FSBACKUP_WEAK_KDF_FOR_TESTS", "1")
     backend = KeyDamagedOnItsWay()
-    Repository.create(backend, b"secret", str(tmp_path / "a.sqlite")).close_index()
+    Repository.create(backend, b"secret", str(tmp_path / "a.sqlite")).close_catalog()
     backend.damage_next_key = True
     repo = Repository.open(backend, b"secret", str(tmp_path / "b.sqlite"))
     assert repo.key_name and not backend.damage_next_key

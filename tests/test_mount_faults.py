@@ -32,7 +32,7 @@ from fsbackup.errors import (
 )
 from fsbackup.mount.fuse import _errno_of
 from fsbackup.mount.log import ThrottledLog
-from fsbackup.mount.sync import IndexSync
+from fsbackup.mount.sync import CatalogSync
 from fsbackup.repository import Repository
 
 needs_fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {FUSE_MISSING}")
@@ -280,15 +280,15 @@ def test_readers_asking_for_a_sync_together_share_one_and_a_failed_sync_is_repor
     env.ok("backup", tmp_path / "src")
     storage = FaultyBackend(LocalBackend(str(env.repo)))
     repo = Repository.open(storage, TEST_PASSWORD.encode(), str(tmp_path / "index.sqlite"))
-    repo.ensure_index()
+    repo.sync_catalog()
     syncs = []
-    real_ensure_index = Repository.ensure_index
+    real_sync_catalog = Repository.sync_catalog
 
     def counted(self, progress=None):
         syncs.append(threading.current_thread().name)
-        return real_ensure_index(self, progress)
-    monkeypatch.setattr(Repository, "ensure_index", counted)
-    sync = IndexSync(repo, ThrottledLog(logging.getLogger("fsbackup.mount")), period=None, min_gap=0.3)
+        return real_sync_catalog(self, progress)
+    monkeypatch.setattr(Repository, "sync_catalog", counted)
+    sync = CatalogSync(repo, ThrottledLog(logging.getLogger("fsbackup.mount")), period=None, min_gap=0.3)
     try:
         asked = time.monotonic()
         answers = []

@@ -127,14 +127,14 @@ def test_a_file_opened_after_its_listing_needs_no_query_and_a_forgotten_version_
     view = open_view(env)
     directory = resolve(view, version_dir(view, src) + "/dir")
     (_, attr, _), *_ = view.readdir(directory.ino, 0, 10)
-    index = view._index()
+    catalog = view._catalog()
     queries = []
-    original = index.rows
-    index.rows = lambda sql, args=(): queries.append(sql) or original(sql, args)
+    original = catalog.rows
+    catalog.rows = lambda sql, args=(): queries.append(sql) or original(sql, args)
     view.open(attr.ino)
     assert queries == []
     env.ok("forget", view.by_name[view.latest].name)
-    view.repo.ensure_index()
+    view.repo.sync_catalog()
     view.refresh_versions()
     with pytest.raises(FsOpError) as e:
         view.open(attr.ino)

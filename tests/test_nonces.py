@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from fsbackup import errors
 from fsbackup.backends import open_backend
-from fsbackup.codec import crypto
-from fsbackup.codec import format as fmt
+from fsbackup.codec import crypto, wire
 from fsbackup.repository import Repository, locks
 
 RealAESGCM = crypto.AESGCM
@@ -100,7 +99,7 @@ class Scenario:
             return
         volume = self.rng.choice(self.objects("data"))
         data = bytearray(volume.read_bytes())
-        data[fmt.HEADER_LEN + 20] ^= 0xFF            # inside the volume's first block
+        data[wire.HEADER_LEN + 20] ^= 0xFF            # inside the volume's first block
         volume.write_bytes(bytes(data))
         self.run("repair", "--read-data", "--remove-damaged")
 
@@ -167,8 +166,8 @@ def test_repair_rewriting_an_index_object_uses_a_new_nonce(ledger, tmp_path):
     rewritten = [name for name in before.keys() & after.keys() if before[name] != after[name]]
     assert rewritten
     for name in rewritten:
-        nonce = slice(fmt.HEADER_LEN, fmt.HEADER_LEN + crypto.NONCE_LEN)
-        assert after[name][4] == fmt.FORMAT_VERSION and before[name][nonce] != after[name][nonce]
+        nonce = slice(wire.HEADER_LEN, wire.HEADER_LEN + crypto.NONCE_LEN)
+        assert after[name][4] == wire.FORMAT_VERSION and before[name][nonce] != after[name][nonce]
     assert not ledger.reuses, ledger.reuses
     scenario.ok("restore", "latest", "--target", tmp_path / "out")
     restored = snapshot(restored_root(tmp_path / "out", scenario.src))

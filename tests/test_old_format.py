@@ -14,7 +14,7 @@ from conftest import Env, restored_root, snapshot, write
 
 from fsbackup import errors
 from fsbackup.backends import open_backend
-from fsbackup.codec import format as fmt
+from fsbackup.codec import wire
 from fsbackup.repository import Repository
 
 GOLDEN = Path(__file__).parent / "data" / "format1-repo"
@@ -93,6 +93,6 @@ def test_newer_objects_in_a_format_1_repository(old, tmp_path):
 
 def test_an_unknown_format_is_refused(old):
     config = old.repo / "config"
-    config.write_text(json.dumps(dict(json.loads(config.read_bytes()), format=fmt.FORMAT_VERSION + 1)))
+    config.write_text(json.dumps(dict(json.loads(config.read_bytes()), format=wire.FORMAT_VERSION + 1)))
     r = old.run("versions")
     assert r.rc == errors.EXIT_NO_REPOSITORY and "upgrade fsbackup" in r.err

@@ -254,7 +254,7 @@ def test_an_index_from_an_older_schema_is_migrated(env, tmp_path):
     """An index written before `contents.stored` existed (schema v2) is brought up to date in place."""
     import apsw
 
-    from fsbackup.catalog import Index
+    from fsbackup.catalog import Catalog
     from fsbackup.catalog.schema import MIGRATIONS
     write(tmp_path / "src" / "a", pseudo_random(100_000, 1))
     env.ok("backup", tmp_path / "src")
@@ -270,10 +270,10 @@ def test_an_index_from_an_older_schema_is_migrated(env, tmp_path):
     db.execute("CREATE INDEX blocks_by_volume ON blocks(volume)")
     db.execute("PRAGMA user_version=2")
     db.close()
-    index = Index(str(path))
-    assert index.row("PRAGMA user_version")[0] == len(MIGRATIONS)
-    assert index.row("SELECT stored FROM contents")[0] == 100_000
-    index.close()
+    catalog = Catalog(str(path))
+    assert catalog.row("PRAGMA user_version")[0] == len(MIGRATIONS)
+    assert catalog.row("SELECT stored FROM contents")[0] == 100_000
+    catalog.close()
     env.ok("restore", "latest", "--target", tmp_path / "out")
 
 

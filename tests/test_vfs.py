@@ -27,7 +27,7 @@ def open_view(env, **kwargs) -> RepositoryView:
             del os.environ["XDG_CACHE_HOME"]
         else:
             os.environ["XDG_CACHE_HOME"] = old
-    repo.ensure_index()
+    repo.sync_catalog()
     return RepositoryView(repo, **kwargs)
 
 

@@ -6,7 +6,7 @@ The package is cut by what the rows are about, so that a caller's imports say wh
 the catalog it uses:
 
   schema.py    the one commented schema and its ordered migrations; how nodes hold times
-  index.py     `Index`: the connection (opening, WAL, the local index lock, transactions, the
+  connection.py `Catalog`: the connection (opening, WAL, the local index lock, transactions, the
                facts in `meta`, SQLite's errors as domain errors); only this package runs its SQL
   versions.py  the versions: listing and resolving them, recording a version's tree and its
                contents, forgetting one, versions that vanished without a forget
@@ -18,10 +18,10 @@ the catalog it uses:
                blocks, the files damaged blocks affect
   rebuild.py   writing the whole catalog afresh from the repository's objects (`Refill`)
 
-Every function takes the `Index` to read through (one connection per thread: the mount's
+Every function takes the `Catalog` to read through (one connection per thread: the mount's
 threads each open their own) and returns named types, not bare rows.
 """
 from .blocks import BlockLocation
-from .index import Index
+from .connection import Catalog
 
-__all__ = ["BlockLocation", "Index"]
+__all__ = ["BlockLocation", "Catalog"]

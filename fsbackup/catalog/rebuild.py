@@ -1,8 +1,8 @@
 """Writing the catalog afresh from the repository's index and version objects, inside the one
-transaction of a rebuild (`Repository.rebuild_index`, under `Index.rebuilding`)."""
+transaction of a rebuild (`Repository.rebuild_catalog`, under `Catalog.rebuilding`)."""
 from __future__ import annotations
 
-from .index import Index
+from .connection import Catalog
 
 EMPTIED_TABLES = ("nodes", "versions", "contents", "blocks", "spare_blocks", "volumes")
 
@@ -12,23 +12,23 @@ class Refill:
     object, `place_blocks` once they are all in, the versions (`versions.record_version`), and
     `finish`. Volume ids are given by the caller (positions in its list of volumes)."""
 
-    def __init__(self, index: Index, db):
-        self.index = index
+    def __init__(self, catalog: Catalog, db):
+        self.catalog = catalog
         self.db = db
         self._dropped: list[str] = []
 
     def start(self) -> dict[str, int]:
         """Empty every table but meta's id counters, and return the row id of every version that
         was recorded, by name: versions keep their row ids (the mount's inode numbers), and the
-        id counters keep growing (index.py: a row id never names two things); everything else is
+        id counters keep growing (connection.py: a row id never names two things); everything else is
         renumbered. Secondary indexes are dropped, to be built once at the end (one sort each),
         and blocks are staged in arrival order (`place_blocks` then sorts them in)."""
         db = self.db
         version_ids = dict(db.execute("SELECT name, id FROM versions"))
         for table in EMPTIED_TABLES:
             db.execute(f"DELETE FROM {table}")
-        self.index.forget_meta(db)
-        self._dropped = self.index.drop_secondary_indexes(("nodes", "blocks"))
+        self.catalog.forget_meta(db)
+        self._dropped = self.catalog.drop_secondary_indexes(("nodes", "blocks"))
         db.execute("CREATE TEMP TABLE staged_blocks(hash BLOB, volume INTEGER, offset INTEGER, "
                    "stored_length INTEGER, plain_length INTEGER)")
         return version_ids

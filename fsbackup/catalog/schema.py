@@ -67,7 +67,7 @@ CREATE TABLE nodes (
     gid      INTEGER NOT NULL,
     user     TEXT,                        -- owner names at backup time (NULL when unknown)
     grp      TEXT,
-    mtime_ns INTEGER NOT NULL,            -- times: ns since the epoch (v4: see `index_time`)
+    mtime_ns INTEGER NOT NULL,            -- times: ns since the epoch (v4: see `catalog_time`)
     atime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,            -- source ctime: change detection only
     size     INTEGER NOT NULL,
@@ -97,7 +97,7 @@ ALTER TABLE contents ADD COLUMN stored INTEGER NOT NULL DEFAULT -1;
 
 
 def _fill_stored(db) -> None:
-    from ..codec.format import HOLE_ID, unpack_extents
+    from ..codec.wire import HOLE_ID, unpack_extents
     rows = db.execute("SELECT id, extents FROM contents WHERE stored = -1").fetchall()
     db.executemany("UPDATE contents SET stored=? WHERE id=?",
                    [(sum(n for bid, n in unpack_extents(extents) if bid != HOLE_ID), cid) for cid, extents in rows])
@@ -120,7 +120,7 @@ CREATE INDEX spare_blocks_by_volume ON spare_blocks(volume);
 """
 
 # v5: a node's time outside SQLite's integers (before 1677 or after 2262) is stored as a BLOB
-# (`index_time`). No row changes: every time recorded before fitted. The step only keeps an older
+# (`catalog_time`). No row changes: every time recorded before fitted. The step only keeps an older
 # fsbackup, which would take such a BLOB for a number, from opening the index.
 SCHEMA_V5 = """
 -- nodes.mtime_ns, atime_ns and ctime_ns may hold a BLOB: the time's decimal digits
@@ -157,7 +157,7 @@ MIGRATIONS = [(SCHEMA_V1, None), (SCHEMA_V2, None), (SCHEMA_V3, _fill_stored), (
 _INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
 
 
-def index_time(ns: int) -> int | bytes:
+def catalog_time(ns: int) -> int | bytes:
     """A time (ns since the epoch, any size the kernel can give: signed 64-bit seconds) as the
     nodes table holds it: an INTEGER when it fits one, else a BLOB of its decimal digits (a
     BLOB, because SQLite would turn a TEXT too long for an INTEGER column into an inexact REAL)."""
@@ -165,7 +165,7 @@ def index_time(ns: int) -> int | bytes:
 
 
 def node_time(value: int | bytes) -> int:
-    """The time `index_time` stored."""
+    """The time `catalog_time` stored."""
     return value if type(value) is int else int(value)
 
 

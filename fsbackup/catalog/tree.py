@@ -10,9 +10,9 @@ from typing import Iterator, NamedTuple
 
 import msgpack
 
-from ..codec import format as fmt
+from ..codec import wire
 from ..errors import PathNotFound
-from .index import Index
+from .connection import Catalog
 from .schema import node_time
 from .versions import VersionInfo
 
@@ -66,7 +66,7 @@ _TIMES = slice(9, 12)      # mtime_ns, atime_ns, ctime_ns in a NODE_COLUMNS row
 
 
 def _node(row) -> Node:
-    """A node from a NODE_COLUMNS row; times the index holds as BLOBs (index_time) become ints."""
+    """A node from a NODE_COLUMNS row; times the index holds as BLOBs (catalog_time) become ints."""
     if not all(type(t) is int for t in row[_TIMES]):
         row = list(row)
         row[_TIMES] = [node_time(t) for t in row[_TIMES]]
@@ -94,7 +94,7 @@ class ContentRow(NamedTuple):
     packed_extents: bytes
 
     def unpack(self) -> Content:
-        return Content(self.id, self.hash, self.size, fmt.unpack_extents(self.packed_extents))
+        return Content(self.id, self.hash, self.size, wire.unpack_extents(self.packed_extents))
 
 
 class FileOfNode(NamedTuple):
@@ -106,12 +106,12 @@ class FileOfNode(NamedTuple):
 class VersionTree:
     """One version's file tree."""
 
-    def __init__(self, index: Index, version: VersionInfo):
-        self.index = index
+    def __init__(self, catalog: Catalog, version: VersionInfo):
+        self.catalog = catalog
         self.version = version
 
     def node(self, node_id: int) -> Node:
-        row = self.index.row(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
+        row = self.catalog.row(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
         if row is None:
             raise PathNotFound(f"node {node_id} is not in version {self.version.short_id}")
         return _node(row)
@@ -121,7 +121,7 @@ class VersionTree:
         return self.node(ROOT_ID)
 
     def lookup(self, parent_id: int, name: bytes) -> Node | None:
-        row = self.index.row(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name=?",
+        row = self.catalog.row(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name=?",
                              (self.version.id, parent_id, name))
         return _node(row) if row else None
 
@@ -138,9 +138,9 @@ class VersionTree:
 
     def _children_rows(self, columns: str, parent_id: int, after: int | None, limit: int, join: str = "") -> list:
         if after is None:
-            return self.index.rows(f"SELECT {columns} FROM nodes {join} WHERE version=? AND parent=? "
+            return self.catalog.rows(f"SELECT {columns} FROM nodes {join} WHERE version=? AND parent=? "
                                 "ORDER BY name LIMIT ?", (self.version.id, parent_id, limit))
-        return self.index.rows(f"SELECT {columns} FROM nodes {join} WHERE version=? AND parent=? AND "
+        return self.catalog.rows(f"SELECT {columns} FROM nodes {join} WHERE version=? AND parent=? AND "
                             "name > (SELECT name FROM nodes WHERE version=? AND id=?) ORDER BY name LIMIT ?",
                             (self.version.id, parent_id, self.version.id, after, limit))
 
@@ -161,7 +161,7 @@ class VersionTree:
         """The node's absolute path inside the version (`node_path`)."""
         if node.id == ROOT_ID:
             return b"/"
-        return node_path(self.index, self.version.id, node.parent).rstrip(b"/") + b"/" + node.name
+        return node_path(self.catalog, self.version.id, node.parent).rstrip(b"/") + b"/" + node.name
 
     def walk(self, top: Node, top_path: bytes) -> Iterator[tuple[bytes, Node]]:
         """(path, node) for `top` and everything below it, parents before children, by name."""
@@ -171,7 +171,7 @@ class VersionTree:
             yield path, node
             if node.type == "d":
                 base = path.rstrip(b"/")
-                # (a child never has a smaller id than its parent: fmt.TreeCheck; an index recorded
+                # (a child never has a smaller id than its parent: wire.TreeCheck; an index recorded
                 # before that was checked must not make a walk loop)
                 kids = [k for k in self.children(node.id) if k.id > node.id]
                 stack.extend((base + b"/" + k.name, k) for k in reversed(kids))
@@ -180,12 +180,12 @@ class VersionTree:
         """(id, hash, size, packed extents) of many contents, in few queries (missing ids left out)."""
         for i in range(0, len(content_ids), CONTENT_BATCH):
             part = content_ids[i:i + CONTENT_BATCH]
-            yield from self.index.rows("SELECT id, hash, size, extents FROM contents "
+            yield from self.catalog.rows("SELECT id, hash, size, extents FROM contents "
                                     f"WHERE id IN ({','.join('?' * len(part))})", part)
 
     def contents(self, content_ids: list[int]) -> dict[int, Content]:
         """Many contents by id, in few queries (a missing id is left out)."""
-        return {r[0]: Content(r[0], r[1], r[2], fmt.unpack_extents(r[3])) for r in self._content_rows(content_ids)}
+        return {r[0]: Content(r[0], r[1], r[2], wire.unpack_extents(r[3])) for r in self._content_rows(content_ids)}
 
     def content_entries(self, content_ids: list[int]) -> dict[int, list]:
         """Many contents by id as a version entry holds them: [hash, size, packed extents]."""
@@ -194,40 +194,40 @@ class VersionTree:
     def file(self, node_id: int) -> FileOfNode | None:
         """The node's type and content, in one query (what the mount's open needs); None when the
         version has no such node."""
-        row = self.index.row("SELECT n.type, c.id, c.hash, c.size, c.extents FROM nodes n "
+        row = self.catalog.row("SELECT n.type, c.id, c.hash, c.size, c.extents FROM nodes n "
                              "LEFT JOIN contents c ON c.id = n.content WHERE n.version=? AND n.id=?",
                              (self.version.id, node_id))
         if row is None:
             return None
-        content = Content(row[1], row[2], row[3], fmt.unpack_extents(row[4])) if row[1] is not None else None
+        content = Content(row[1], row[2], row[3], wire.unpack_extents(row[4])) if row[1] is not None else None
         return FileOfNode(row[0], content)
 
     def has_xattrs(self) -> bool:
         """Whether any node of the version has an xattr (the index `nodes_with_xattrs` answers)."""
-        return self.index.row("SELECT EXISTS (SELECT 1 FROM nodes WHERE version=? AND xattrs IS NOT NULL)",
+        return self.catalog.row("SELECT EXISTS (SELECT 1 FROM nodes WHERE version=? AND xattrs IS NOT NULL)",
                               (self.version.id,))[0] == 1
 
     def xattrs(self, node_id: int) -> dict[bytes, bytes] | None:
         """The node's xattrs; None when the version has no such node."""
-        row = self.index.row("SELECT xattrs FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
+        row = self.catalog.row("SELECT xattrs FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
         if row is None:
             return None
         return msgpack.unpackb(row[0]) if row[0] else {}
 
-    def content(self, content_id: int, index: Index | None = None) -> Content:
+    def content(self, content_id: int, catalog: Catalog | None = None) -> Content:
         """A file's content; another thread passes its own `index` connection."""
-        row = (index or self.index).row("SELECT id, hash, size, extents FROM contents WHERE id=?", (content_id,))
+        row = (catalog or self.catalog).row("SELECT id, hash, size, extents FROM contents WHERE id=?", (content_id,))
         if row is None:
             raise PathNotFound(f"content {content_id} is missing from the local index; run 'fsbackup repair'")
-        return Content(row[0], row[1], row[2], fmt.unpack_extents(row[3]))
+        return Content(row[0], row[1], row[2], wire.unpack_extents(row[3]))
 
 
-def node_path(index: Index, version_id: int, node_id: int) -> bytes:
+def node_path(catalog: Catalog, version_id: int, node_id: int) -> bytes:
     """The absolute path of node `node_id` of version `version_id` ('/' for the root), one query
     per directory up; PathNotFound when a node on the way is missing."""
     parts = []
     while node_id > ROOT_ID:
-        row = index.row("SELECT parent, name FROM nodes WHERE version=? AND id=?", (version_id, node_id))
+        row = catalog.row("SELECT parent, name FROM nodes WHERE version=? AND id=?", (version_id, node_id))
         if row is None:
             raise PathNotFound(f"node {node_id} is not in version id {version_id} of the local index")
         node_id, name = row
@@ -242,18 +242,18 @@ class LinkGroup(NamedTuple):
     links: int
 
 
-def link_group(index: Index, version_id: int, dev: int, ino: int) -> LinkGroup:
+def link_group(catalog: Catalog, version_id: int, dev: int, ino: int) -> LinkGroup:
     """The hard-link group of source inode (`dev`, `ino`) in the version (`nodes_by_source_inode`)."""
-    return LinkGroup._make(index.row(
+    return LinkGroup._make(catalog.row(
         "SELECT min(id), count(*) FROM nodes WHERE version=? AND dev=? AND ino=? AND nlink>1",
         (version_id, dev, ino)))
 
 
-def any_xattrs(index: Index) -> bool:
+def any_xattrs(catalog: Catalog) -> bool:
     """Whether any node of any version has an xattr."""
-    return index.row("SELECT EXISTS (SELECT 1 FROM nodes WHERE xattrs IS NOT NULL)")[0] == 1
+    return catalog.row("SELECT EXISTS (SELECT 1 FROM nodes WHERE xattrs IS NOT NULL)")[0] == 1
 
 
-def node_count(index: Index) -> int:
+def node_count(catalog: Catalog) -> int:
     """Nodes of every version together (the mount's statfs)."""
-    return index.row("SELECT count(*) FROM nodes")[0]
+    return catalog.row("SELECT count(*) FROM nodes")[0]

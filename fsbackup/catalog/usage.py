@@ -5,30 +5,30 @@ from __future__ import annotations
 
 from typing import Iterator, NamedTuple
 
-from ..codec import format as fmt
+from ..codec import wire
 from .blocks import BlockLocation, batches
-from .index import Index
+from .connection import Catalog
 
 
-def used_extents(index: Index) -> Iterator[bytes]:
+def used_extents(catalog: Catalog) -> Iterator[bytes]:
     """The packed extents of every content a recorded node refers to (each once), streamed: one
     pass over the files' layouts, however many versions and hard links share them."""
-    for (extents,) in index.stream(
+    for (extents,) in catalog.stream(
             "SELECT extents FROM contents WHERE id IN (SELECT content FROM nodes WHERE content IS NOT NULL)"):
         yield extents
 
 
-def content_extents(index: Index) -> list[tuple[int, bytes]]:
+def content_extents(catalog: Catalog) -> list[tuple[int, bytes]]:
     """(id, packed extents) of every recorded content, used or not."""
-    return index.rows("SELECT id, extents FROM contents")
+    return catalog.rows("SELECT id, extents FROM contents")
 
 
-def nodes_using(index: Index, content_ids: list[int]) -> dict[int, list[int]]:
+def nodes_using(catalog: Catalog, content_ids: list[int]) -> dict[int, list[int]]:
     """version id -> node ids (in order) of the files whose content is one of `content_ids`."""
     out: dict[int, list[int]] = {}
     if not content_ids:
         return out
-    with index.transaction() as db:
+    with catalog.transaction() as db:
         db.execute("CREATE TEMP TABLE IF NOT EXISTS hit(id INTEGER PRIMARY KEY)")
         db.execute("DELETE FROM temp.hit")
         db.executemany("INSERT OR IGNORE INTO temp.hit(id) VALUES (?)", [(c,) for c in content_ids])
@@ -38,12 +38,12 @@ def nodes_using(index: Index, content_ids: list[int]) -> dict[int, list[int]]:
     return out
 
 
-def blocks_only_in(index: Index, volumes: set[str]) -> set[bytes]:
+def blocks_only_in(catalog: Catalog, volumes: set[str]) -> set[bytes]:
     """The blocks whose recorded place is in one of `volumes` and that no other volume holds as
     a spare."""
     sole: set[bytes] = set()
     for part in batches(sorted(volumes)):
-        sole.update(h for (h,) in index.rows(
+        sole.update(h for (h,) in catalog.rows(
             "SELECT b.hash FROM blocks b JOIN volumes v ON v.id = b.volume "
             f"WHERE v.name IN ({','.join('?' * len(part))}) AND NOT EXISTS "
             "(SELECT 1 FROM spare_blocks s WHERE s.hash = b.hash AND s.volume != b.volume)", part))
@@ -56,18 +56,18 @@ def blocks_only_in(index: Index, volumes: set[str]) -> set[bytes]:
 LIVE = "EXISTS (SELECT 1 FROM temp.used_blocks u WHERE u.hash = b.hash)"
 
 
-def mark_used_blocks(index: Index) -> None:
+def mark_used_blocks(catalog: Catalog) -> None:
     """Fill the temporary table used_blocks (this connection's) with every block a remaining
     version's file uses: one pass over the distinct contents that nodes refer to. Ids are appended
     as found and indexed once at the end, which is about twice as fast as keeping a unique key
     while inserting; a block shared by several contents is listed more than once, hence EXISTS
     (never a join) in the queries that read the marks."""
-    with index.transaction() as db:
+    with catalog.transaction() as db:
         db.execute("DROP TABLE IF EXISTS temp.used_blocks")
         db.execute("CREATE TEMP TABLE used_blocks(hash BLOB NOT NULL)")
         db.cursor().executemany("INSERT INTO temp.used_blocks(hash) VALUES (?)",
-                                ((block_id,) for extents in used_extents(index)
-                                 for block_id, _ in fmt.EXTENT.iter_unpack(extents) if block_id != fmt.HOLE_ID))
+                                ((block_id,) for extents in used_extents(catalog)
+                                 for block_id, _ in wire.EXTENT.iter_unpack(extents) if block_id != wire.HOLE_ID))
         db.execute("CREATE INDEX temp.used_blocks_by_hash ON used_blocks(hash)")
 
 
@@ -80,9 +80,9 @@ class VolumeUsage(NamedTuple):
     dead_bytes: int         # stored bytes of blocks recorded in it that no version uses
 
 
-def volume_usage(index: Index) -> list[VolumeUsage]:
+def volume_usage(catalog: Catalog) -> list[VolumeUsage]:
     """The usage of every recorded volume, by name (after `mark_used_blocks`)."""
-    return [VolumeUsage._make(row) for row in index.rows(
+    return [VolumeUsage._make(row) for row in catalog.rows(
         "SELECT v.name, v.size, coalesce(sum(b.live), 0), "
         "       coalesce(sum(CASE WHEN b.live THEN b.stored_length END), 0), "
         "       coalesce(sum(CASE WHEN NOT b.live THEN b.stored_length END), 0) "
@@ -90,15 +90,15 @@ def volume_usage(index: Index) -> list[VolumeUsage]:
         "ON b.volume = v.id GROUP BY v.id ORDER BY v.name")]
 
 
-def live_blocks(index: Index, volume: str) -> list[tuple[bytes, BlockLocation]]:
+def live_blocks(catalog: Catalog, volume: str) -> list[tuple[bytes, BlockLocation]]:
     """(block id, location) of the marked blocks whose recorded place is in `volume`, by offset."""
-    return [(block_id, BlockLocation(volume, *place)) for block_id, *place in index.rows(
+    return [(block_id, BlockLocation(volume, *place)) for block_id, *place in catalog.rows(
         "SELECT b.hash, b.offset, b.stored_length, b.plain_length FROM blocks b "
         f"JOIN volumes v ON v.id = b.volume WHERE v.name = ? AND {LIVE} ORDER BY b.offset", (volume,))]
 
 
-def any_needed_unrecorded(index: Index, block_ids: list[bytes]) -> bool:
+def any_needed_unrecorded(catalog: Catalog, block_ids: list[bytes]) -> bool:
     """Whether one of `block_ids` is marked used and recorded in no volume."""
     needed = ("SELECT 1 FROM temp.used_blocks u WHERE u.hash IN ({}) "
               "AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.hash = u.hash) LIMIT 1")
-    return any(index.rows(needed.format(",".join("?" * len(part))), part) for part in batches(block_ids))
+    return any(catalog.rows(needed.format(",".join("?" * len(part))), part) for part in batches(block_ids))

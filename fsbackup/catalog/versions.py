@@ -12,11 +12,11 @@ import apsw
 import blake3
 import msgpack
 
-from ..codec import format as fmt
+from ..codec import wire
 from ..codec.names import version_object
 from ..errors import CorruptObject, VersionNotFound
-from .index import Index
-from .schema import index_time
+from .connection import Catalog
+from .schema import catalog_time
 
 NODE_BATCH = 5000          # entries inserted with one executemany while a version is recorded
 LAYOUT_BATCH = 500         # layouts bound in one `IN (...)` query
@@ -52,22 +52,22 @@ def _version(row) -> VersionInfo:
     return VersionInfo(vid, name, time_ns, host, json.loads(paths), json.loads(tags), files, size, added)
 
 
-def list_versions(index: Index) -> list[VersionInfo]:
+def list_versions(catalog: Catalog) -> list[VersionInfo]:
     """Every version, oldest first."""
-    return [_version(r) for r in index.rows(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY time_ns, name")]
+    return [_version(r) for r in catalog.rows(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY time_ns, name")]
 
 
-def resolve_version(index: Index, spec: str) -> VersionInfo:
+def resolve_version(catalog: Catalog, spec: str) -> VersionInfo:
     """A version by full id, unambiguous id prefix, or 'latest'."""
     if spec == "latest":
-        row = index.row(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY time_ns DESC, name DESC LIMIT 1")
+        row = catalog.row(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY time_ns DESC, name DESC LIMIT 1")
         if row is None:
             raise VersionNotFound("the repository has no versions yet; run 'fsbackup backup PATH' first")
         return _version(row)
     spec_l = spec.lower()
     if not spec_l or any(c not in "0123456789abcdef" for c in spec_l):
         raise VersionNotFound(f"'{spec}' is not a version id; see 'fsbackup versions'")
-    rows = index.rows(f"SELECT {VERSION_COLUMNS} FROM versions WHERE name >= ? AND name < ? ORDER BY name LIMIT 2",
+    rows = catalog.rows(f"SELECT {VERSION_COLUMNS} FROM versions WHERE name >= ? AND name < ? ORDER BY name LIMIT 2",
                       (spec_l, spec_l + "g"))
     if not rows:
         raise VersionNotFound(f"no version with id {spec}; see 'fsbackup versions'")
@@ -76,44 +76,44 @@ def resolve_version(index: Index, spec: str) -> VersionInfo:
     return _version(rows[0])
 
 
-def version_names(index: Index) -> set[str]:
+def version_names(catalog: Catalog) -> set[str]:
     """The names of every recorded version."""
-    return {name for (name,) in index.rows("SELECT name FROM versions")}
+    return {name for (name,) in catalog.rows("SELECT name FROM versions")}
 
 
-def version_names_by_id(index: Index) -> dict[int, str]:
+def version_names_by_id(catalog: Catalog) -> dict[int, str]:
     """Row id -> name of every recorded version."""
-    return {vid: name for vid, name in index.rows("SELECT id, name FROM versions")}
+    return {vid: name for vid, name in catalog.rows("SELECT id, name FROM versions")}
 
 
-def any_version(index: Index) -> bool:
+def any_version(catalog: Catalog) -> bool:
     """Whether any version is recorded."""
-    return index.row("SELECT 1 FROM versions LIMIT 1") is not None
+    return catalog.row("SELECT 1 FROM versions LIMIT 1") is not None
 
 
-def record_version(index: Index, name: str, head: dict, entries: Iterable[list],
+def record_version(catalog: Catalog, name: str, head: dict, entries: Iterable[list],
                    content_ids: dict[bytes, int] | None = None, version_id: int | None = None) -> int:
     """Record a stored version and its tree in one transaction. Returns the version's row id:
     `version_id` (a rebuild keeps a version's id) or a new one no version ever had.
     `content_ids` (extents -> row id) is every contents row there is, kept across calls by a
     rebuild: a content not in it is new, and nothing needs looking up.
 
-    The header and every entry are checked as they are recorded (`fmt.TreeCheck`): a version
+    The header and every entry are checked as they are recorded (`wire.TreeCheck`): a version
     that fails raises CorruptObject naming its object and leaves nothing recorded (nor in
     `content_ids`)."""
     obj = version_object(name)
-    head = fmt.check_head(head, obj)
-    entries = fmt.checked_entries(entries, obj)
+    head = wire.check_head(head, obj)
+    entries = wire.checked_entries(entries, obj)
     known_contents = len(content_ids) if content_ids is not None else 0
     try:
-        with index.transaction() as db:
+        with catalog.transaction() as db:
             # Another process syncing the same index (a mount, a second command) may have recorded
             # it meanwhile: the version is the same object, so its rows are too.
             row = db.execute("SELECT id FROM versions WHERE name=?", (name,)).fetchone()
             if row:
                 return row[0]
             if version_id is None:
-                version_id = index.allocate_ids(db, "versions")
+                version_id = catalog.allocate_ids(db, "versions")
             db.execute("INSERT INTO versions(id, name, time_ns, host, paths, tags, file_count, total_size, "
                        "bytes_added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (version_id, name, head["time_ns"], head["host"], json.dumps(head["paths"]),
@@ -123,9 +123,9 @@ def record_version(index: Index, name: str, head: dict, entries: Iterable[list],
             for e in entries:
                 batch.append(e)
                 if len(batch) >= NODE_BATCH:
-                    node_id = _record_nodes(index, db, obj, version_id, node_id, batch, content_ids)
+                    node_id = _record_nodes(catalog, db, obj, version_id, node_id, batch, content_ids)
                     batch.clear()
-            _record_nodes(index, db, obj, version_id, node_id, batch, content_ids)
+            _record_nodes(catalog, db, obj, version_id, node_id, batch, content_ids)
     except CorruptObject:
         if content_ids is not None:        # the rows they name were rolled back
             for extents in list(itertools.islice(content_ids, known_contents, None)):
@@ -134,14 +134,14 @@ def record_version(index: Index, name: str, head: dict, entries: Iterable[list],
     return version_id
 
 
-def _record_nodes(index: Index, db, obj: str, version_id: int, last_node_id: int, entries: list[list],
+def _record_nodes(catalog: Catalog, db, obj: str, version_id: int, last_node_id: int, entries: list[list],
                   content_ids: dict[bytes, int] | None) -> int:
     """Insert a batch of a version's checked entries (nodes last_node_id+1...) and the contents
     rows they need; returns the last node id. One query looks a batch's contents up, not one each."""
     known = content_ids if content_ids is not None else {}
     new: dict[bytes, list] = {}                       # extents -> content, not yet in the index
     for e in entries:
-        content = e[fmt.E_CONTENT]
+        content = e[wire.E_CONTENT]
         if content is not None and content[2] not in known:
             new[content[2]] = content
     layouts = {extents: blake3.blake3(extents).digest() for extents in new}
@@ -157,7 +157,7 @@ def _record_nodes(index: Index, db, obj: str, version_id: int, last_node_id: int
                 del new[extents]
     if new:
         # Ids are handed out here (the transaction holds the write lock): one executemany.
-        next_id = index.allocate_ids(db, "contents", len(new))
+        next_id = catalog.allocate_ids(db, "contents", len(new))
         content_rows = []
         for content_id, (extents, (content_hash, size, _)) in enumerate(new.items(), start=next_id):
             known[extents] = content_id
@@ -167,11 +167,11 @@ def _record_nodes(index: Index, db, obj: str, version_id: int, last_node_id: int
                        content_rows)
     rows = []
     for node_id, e in enumerate(entries, start=last_node_id + 1):
-        content = e[fmt.E_CONTENT]
-        xattrs = msgpack.packb(e[fmt.E_XATTRS]) if e[fmt.E_XATTRS] else None
-        row = [version_id, node_id, *e[:fmt.E_XATTRS], xattrs, known[content[2]] if content is not None else None]
+        content = e[wire.E_CONTENT]
+        xattrs = msgpack.packb(e[wire.E_XATTRS]) if e[wire.E_XATTRS] else None
+        row = [version_id, node_id, *e[:wire.E_XATTRS], xattrs, known[content[2]] if content is not None else None]
         for i in NODE_TIMES:
-            row[i] = index_time(row[i])
+            row[i] = catalog_time(row[i])
         rows.append(row)
     try:
         db.executemany(INSERT_NODE, rows)
@@ -182,29 +182,29 @@ def _record_nodes(index: Index, db, obj: str, version_id: int, last_node_id: int
 
 def _stored_bytes(size: int, extents: bytes) -> int:
     """Bytes of a content's data extents: its size less its holes."""
-    if fmt.HOLE_ID not in extents:      # (a false match only costs the exact sum)
+    if wire.HOLE_ID not in extents:      # (a false match only costs the exact sum)
         return size
-    return sum(length for block_id, length in fmt.unpack_extents(extents) if block_id != fmt.HOLE_ID)
+    return sum(length for block_id, length in wire.unpack_extents(extents) if block_id != wire.HOLE_ID)
 
 
-NODE_TIMES = tuple(2 + i for i in (fmt.E_MTIME, fmt.E_ATIME, fmt.E_CTIME))   # their places in an INSERT_NODE row
+NODE_TIMES = tuple(2 + i for i in (wire.E_MTIME, wire.E_ATIME, wire.E_CTIME))   # their places in an INSERT_NODE row
 INSERT_NODE = ("INSERT INTO nodes(version, id, parent, name, type, mode, uid, gid, user, grp, mtime_ns, atime_ns, "
                "ctime_ns, size, ino, dev, nlink, rdev, target, xattrs, content) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def unrecord_version(index: Index, name: str) -> None:
+def unrecord_version(catalog: Catalog, name: str) -> None:
     """Forget version `name` and its tree (its contents stay: `drop_unused_contents`)."""
-    with index.transaction() as db:
+    with catalog.transaction() as db:
         row = db.execute("SELECT id FROM versions WHERE name=?", (name,)).fetchone()
         if row:
             db.execute("DELETE FROM nodes WHERE version=?", row)
             db.execute("DELETE FROM versions WHERE id=?", row)
 
 
-def drop_unused_contents(index: Index) -> None:
+def drop_unused_contents(catalog: Catalog) -> None:
     """Forget file contents no recorded version refers to any more (after versions are removed)."""
-    with index.transaction() as db:
+    with catalog.transaction() as db:
         db.execute("DELETE FROM contents WHERE id NOT IN (SELECT content FROM nodes WHERE content IS NOT NULL)")
 
 
@@ -214,10 +214,10 @@ class VanishedVersion(NamedTuple):
     time_ns: int | None        # when it was made (None when this machine never recorded it)
 
 
-def remember_vanished(index: Index, names: Iterable[str], now_ns: int, accept_all: bool) -> None:
+def remember_vanished(catalog: Catalog, names: Iterable[str], now_ns: int, accept_all: bool) -> None:
     """Remember versions `names` as vanished, noticed at `now_ns`, in one transaction;
     `accept_all` then forgets every vanished version (the user accepted the loss)."""
-    with index.transaction() as db:
+    with catalog.transaction() as db:
         for name in names:
             row = db.execute("SELECT time_ns FROM versions WHERE name=?", (name,)).fetchone()
             db.execute("INSERT OR IGNORE INTO vanished_versions(name, time_ns, noticed_ns) VALUES (?, ?, ?)",
@@ -226,7 +226,7 @@ def remember_vanished(index: Index, names: Iterable[str], now_ns: int, accept_al
             db.execute("DELETE FROM vanished_versions")
 
 
-def vanished_versions(index: Index) -> list[VanishedVersion]:
+def vanished_versions(catalog: Catalog) -> list[VanishedVersion]:
     """The versions this machine saw vanish without a forget (not yet accepted), oldest first."""
     return [VanishedVersion._make(row)
-            for row in index.rows("SELECT name, time_ns FROM vanished_versions ORDER BY time_ns, name")]
+            for row in catalog.rows("SELECT name, time_ns FROM vanished_versions ORDER BY time_ns, name")]

@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
 
 def run(args, out: Output) -> int:
     from ..engine.check import check
-    with opened(args, out, lock="shared", sync_index=False) as repo:
+    with opened(args, out, lock="shared", sync_catalog=False) as repo:
         report = check(repo, args.read_data, args.read_data_subset, out)
     if out.json:
         out.emit_json(report.as_json())

@@ -61,7 +61,7 @@ def forget_by_policy(repo: Repository, policy, dry_run: bool, out: Output) -> di
     caller's exclusive lock; returns what --json prints."""
     from ..catalog.versions import list_versions
     from ..engine.prune import plan_forget
-    groups = plan_forget(list_versions(repo.index), policy)
+    groups = plan_forget(list_versions(repo.catalog), policy)
     removed = [v.id for g in groups for v in g.decision.remove]
     for g in groups:
         out.info(f"{g.host} {' '.join(g.paths)}: keeping {len(g.decision.keep)}, "
@@ -77,7 +77,7 @@ def forget_by_policy(repo: Repository, policy, dry_run: bool, out: Output) -> di
 
 def _forget_named(repo: Repository, specs: list[str], dry_run: bool, out: Output) -> dict:
     from ..catalog.versions import resolve_version
-    names = list(dict.fromkeys(resolve_version(repo.index, spec).name for spec in specs))
+    names = list(dict.fromkeys(resolve_version(repo.catalog, spec).name for spec in specs))
     for name in names:
         out.info(f"{'would remove' if dry_run else 'removing'} {name[:8]}")
     if not dry_run:
@@ -93,7 +93,7 @@ def run(args, out: Output) -> int:
         raise UsageError("forget needs at least one keep rule (e.g. --keep-daily 7) or version ids; "
                          "it never removes every version")
     with opened(args, out, lock="exclusive", no_lock=args.no_lock) as repo:
-        repo.ensure_index()
+        repo.sync_catalog()
         if args.versions:
             doc = _forget_named(repo, args.versions, args.dry_run, out)
         else:

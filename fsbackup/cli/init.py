@@ -15,7 +15,7 @@ def run(args, out: Output) -> int:
     backend = open_storage(args)
     repo = Repository.create(backend, get_passphrase(args, new=True), args.index)
     try:
-        repo.index.set_meta("repository_id", repo.id)
+        repo.catalog.set_meta("repository_id", repo.id)
         if out.json:
             out.emit_json(repo.as_json())
         else:

@@ -79,7 +79,7 @@ def _find_key(repo: Repository, prefix: str) -> str:
 
 def run(args, out: Output) -> int:
     action = args.key_command
-    with opened(args, out, sync_index=False) as repo:
+    with opened(args, out, sync_catalog=False) as repo:
         if action == "list":
             keys = [KeyInfo.of(repo, name, doc) for name, doc in repo.key_objects()]
             if out.json:

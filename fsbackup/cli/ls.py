@@ -19,7 +19,7 @@ def run(args, out: Output) -> int:
     from ..catalog.tree import VersionTree
     from ..catalog.versions import resolve_version
     with opened(args, out) as repo:
-        tree = VersionTree(repo.index, resolve_version(repo.index, args.version))
+        tree = VersionTree(repo.catalog, resolve_version(repo.catalog, args.version))
         top = tree.resolve(args.path)
         rows = []
         for path, node in tree.walk(top, tree.path_of(top)):

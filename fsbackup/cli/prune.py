@@ -47,7 +47,7 @@ def prune_now(repo: Repository, args, out: Output, dry_run: bool) -> dict:
 
 def run(args, out: Output) -> int:
     with opened(args, out, lock="exclusive", no_lock=args.no_lock) as repo:
-        repo.ensure_index()
+        repo.sync_catalog()
         doc = prune_now(repo, args, out, args.dry_run)
     if out.json:
         out.emit_json(doc)

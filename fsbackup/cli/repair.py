@@ -15,7 +15,7 @@ def add_arguments(p) -> None:
 
 def run(args, out: Output) -> int:
     from ..engine.check import repair, summary
-    with opened(args, out, lock="exclusive", sync_index=False) as repo:
+    with opened(args, out, lock="exclusive", sync_catalog=False) as repo:
         result = repair(repo, args.read_data, args.read_data_subset, args.remove_damaged, out)
     report = result.report
     if out.json:

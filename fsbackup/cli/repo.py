@@ -87,19 +87,19 @@ def open_storage(args):
     return repository.open_storage(repo_url(args), args.connections)
 
 
-def open_repo(args, out: Output, sync_index: bool = True) -> Repository:
+def open_repo(args, out: Output, sync_catalog: bool = True) -> Repository:
     """The repository of --repo, opened with the passphrase; the caller closes it (the mount, whose
     life cycle is its own). `sync_index`: bring the local index in step with the repository."""
     backend = open_storage(args)
     repo = Repository.open(backend, get_passphrase(args), args.index)
     repo.accept_missing = args.accept_missing
-    if sync_index:
-        repo.ensure_index(out.progress())
+    if sync_catalog:
+        repo.sync_catalog(out.progress())
     return repo
 
 
 @contextmanager
-def opened(args, out: Output, lock: str = "none", sync_index: bool = True,
+def opened(args, out: Output, lock: str = "none", sync_catalog: bool = True,
            no_lock: bool = False) -> Iterator[Repository]:
     """The repository of --repo for the `with` block, holding the lock `lock` ("none", "shared",
     "append" or "exclusive": locks.hold_lock says which command holds which) in the name of
@@ -108,7 +108,7 @@ def opened(args, out: Output, lock: str = "none", sync_index: bool = True,
     `sync_index` brings the local index in step first, before the lock is taken. `no_lock`:
     --no-lock (forget and prune). A command that holds two locks in turn (backup, then its
     retention step) opens with "none" and takes each with locks.hold_lock."""
-    repo = open_repo(args, out, sync_index)
+    repo = open_repo(args, out, sync_catalog)
     try:
         with hold_lock(repo, lock, args.command, no_lock):
             yield repo

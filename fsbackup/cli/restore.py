@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from .. import errors
-from ..catalog.index import Index
+from ..catalog import Catalog
 from ..errors import UsageError
 from ..fsutil import not_a_folder
 from ..progress import human_bytes
@@ -35,8 +35,8 @@ def run(args, out: Output) -> int:
     with opened(args, out) as repo:
         # The tree is read in one read transaction of a connection of its own: a forget or backup
         # running meanwhile cannot change it under the restore. Where blocks lie is looked up live
-        # (repo.index), so blocks a prune moves meanwhile are found at their new place.
-        tree_index = Index(repo.index_path)
+        # (repo.catalog), so blocks a prune moves meanwhile are found at their new place.
+        tree_index = Catalog(repo.catalog_path)
         try:
             with tree_index.snapshot():
                 tree = VersionTree(tree_index, resolve_version(tree_index, args.version))

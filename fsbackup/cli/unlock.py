@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
 
 def run(args, out: Output) -> int:
     from ..repository.locks import remove_all_locks, remove_stale_locks
-    with opened(args, out, sync_index=False) as repo:
+    with opened(args, out, sync_catalog=False) as repo:
         removed = remove_all_locks(repo) if args.all else remove_stale_locks(repo)
     if out.json:
         out.emit_json([lock.as_json() for lock in removed])

@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
 def run(args, out: Output) -> int:
     from ..catalog.versions import list_versions
     with opened(args, out) as repo:
-        versions = list_versions(repo.index)
+        versions = list_versions(repo.catalog)
     if out.json:
         out.emit_json([v.as_json() for v in versions])
         return 0

@@ -1,6 +1,6 @@
 """Pure codecs, no I/O: what the repository stores and how it is named (docs/format.md).
 
-    format.py    blocks, volumes and their tables, index and version objects, extents
+    wire.py      blocks, volumes and their tables, index and version objects, extents
     crypto.py    keys, key derivation, AEAD, keyed block ids and content hashes
     chunker.py   FastCDC cut points
     names.py     remote object names both ways: kind + id -> name, name -> kind + id

@@ -31,7 +31,7 @@ import msgpack
 
 from ..catalog.tree import Node, VersionTree
 from ..catalog.versions import list_versions
-from ..codec import format as fmt
+from ..codec import wire
 from ..codec.chunker import MIN_SIZE, WINDOW, Chunker
 from ..errors import NoSpace, PathNotFound, os_error_kind
 from ..fsutil import DirFds, at_path, open_dir, outermost, split
@@ -63,7 +63,7 @@ class BackupOptions:
     dry_run: bool = False
     trust_unchanged: bool = True             # False: read unchanged files too (their stored blocks may be gone)
     volume_size: int = DEFAULT_VOLUME_SIZE
-    compression: int = fmt.ZSTD_LEVEL        # zstd level of new blocks; 0 stores them uncompressed
+    compression: int = wire.ZSTD_LEVEL        # zstd level of new blocks; 0 stores them uncompressed
     workers: int = max(2, os.cpu_count() or 2)
     uploads_in_flight: int | None = None     # volumes uploading at once; None: the backend's `connections`
 
@@ -317,24 +317,24 @@ class Backup:
         is stored. `after_commit` (verify after backup) runs on the new version before the lock is
         released."""
         if self.options.dry_run:
-            self.repo.ensure_index(self.reporter.progress())
+            self.repo.sync_catalog(self.reporter.progress())
             return self.run(paths)
         if lock is None:
             with repository_lock(self.repo, exclusive=True, command="backup") as own:
                 return self.run_locked(paths, own)
         if lock.repo is not self.repo or not lock.info.exclusive:
             raise ValueError("a backup needs an exclusive lock on its own repository")   # a caller's bug
-        self.repo.ensure_index(self.reporter.progress())
+        self.repo.sync_catalog(self.reporter.progress())
         for note in self.repo.settle_leftovers():
             self.reporter.note(note)
-        index = self.repo.index
-        if index.get_meta(REREAD_FILES):
+        catalog = self.repo.catalog
+        if catalog.get_meta(REREAD_FILES):
             self.options = replace(self.options, trust_unchanged=False)
             self.reporter.note("every file is read again: data this machine's index knew of is gone from "
                                "the repository (pruned from another machine, or lost)")
         self.before_commit = lock.ensure_held
         name = self.run(paths)
-        index.set_meta(REREAD_FILES, "")
+        catalog.set_meta(REREAD_FILES, "")
         self.after_commit(name)
         return name
 
@@ -343,11 +343,11 @@ class Backup:
         started = time.monotonic()
         start_ns = time.time_ns()
         tops = self._top_paths(paths)
-        index = self.repo.index
+        catalog = self.repo.catalog
         host = socket.gethostname()
         head_paths = [os.fsdecode(p) for p in tops]
         parent = self._parent_version(host, head_paths) if self.options.trust_unchanged else None
-        self.prev = VersionTree(index, parent) if parent else None
+        self.prev = VersionTree(catalog, parent) if parent else None
         self.progress.start("backup")
         if self.progress.enabled:
             threading.Thread(target=self._estimate_total, args=(tops,), daemon=True).start()
@@ -355,10 +355,10 @@ class Backup:
         self.read_pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-read")
         self.upload_pool = ThreadPoolExecutor(self.options.uploads_in_flight, thread_name_prefix="fsbackup-upload")
         # Beside the local index, in an owner-only folder: the tree names every file backed up.
-        self.spool_folder = spool_folder = os.path.join(os.path.dirname(self.repo.index_path), "spool")
+        self.spool_folder = spool_folder = os.path.join(os.path.dirname(self.repo.catalog_path), "spool")
         spool = private_temp_file(spool_folder)
         try:
-            self.spool_packer = fmt.entry_packer(unicode_errors="surrogateescape")   # (times of any range)
+            self.spool_packer = wire.entry_packer(unicode_errors="surrogateescape")   # (times of any range)
             self.spool = spool
             self.node_count = 0
             self._scan(tops)
@@ -414,7 +414,7 @@ class Backup:
 
     def _parent_version(self, host: str, paths: list[str]):
         """The newest version of the same paths from this host: unchanged files are taken from it."""
-        for v in reversed(list_versions(self.repo.index)):
+        for v in reversed(list_versions(self.repo.catalog)):
             if v.host == host and sorted(v.paths) == sorted(paths):
                 return v
         return None
@@ -451,17 +451,17 @@ class Backup:
                prev: Node | None = None) -> list:
         """The entry of one path. `xattrs_of`: where its xattrs are read (see read_xattrs). `prev`:
         its node in the previous version, whose xattrs are taken when it is the same file (`_same_file`)."""
-        e = [None] * len(fmt.ENTRY_FIELDS)
-        e[fmt.E_NAME], e[fmt.E_TYPE], e[fmt.E_MODE] = name, type_code, st.st_mode
-        e[fmt.E_UID], e[fmt.E_GID] = st.st_uid, st.st_gid
-        e[fmt.E_USER], e[fmt.E_GRP] = self.names.user(st.st_uid), self.names.group(st.st_gid)
-        e[fmt.E_MTIME], e[fmt.E_ATIME], e[fmt.E_CTIME] = st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns
-        e[fmt.E_SIZE] = st.st_size if type_code in "fl" else 0
-        e[fmt.E_INO], e[fmt.E_DEV], e[fmt.E_NLINK], e[fmt.E_RDEV] = st.st_ino, st.st_dev, st.st_nlink, st.st_rdev
+        e = [None] * len(wire.ENTRY_FIELDS)
+        e[wire.E_NAME], e[wire.E_TYPE], e[wire.E_MODE] = name, type_code, st.st_mode
+        e[wire.E_UID], e[wire.E_GID] = st.st_uid, st.st_gid
+        e[wire.E_USER], e[wire.E_GRP] = self.names.user(st.st_uid), self.names.group(st.st_gid)
+        e[wire.E_MTIME], e[wire.E_ATIME], e[wire.E_CTIME] = st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns
+        e[wire.E_SIZE] = st.st_size if type_code in "fl" else 0
+        e[wire.E_INO], e[wire.E_DEV], e[wire.E_NLINK], e[wire.E_RDEV] = st.st_ino, st.st_dev, st.st_nlink, st.st_rdev
         if type_code == "f" and _same_file(prev, st):
-            e[fmt.E_XATTRS] = prev.xattrs or None
+            e[wire.E_XATTRS] = prev.xattrs or None
         else:
-            e[fmt.E_XATTRS] = read_xattrs(xattrs_of)
+            e[wire.E_XATTRS] = read_xattrs(xattrs_of)
         return e
 
     def _enqueue(self, item: _Item) -> None:
@@ -489,7 +489,7 @@ class Backup:
                 return
         finally:
             self._close_source(item)
-        item.entry[fmt.E_PARENT] = item.parent.node_id
+        item.entry[wire.E_PARENT] = item.parent.node_id
         item.node_id = self._emit(item.entry)
 
     def _close_source(self, item: _Item) -> None:
@@ -627,7 +627,7 @@ class Backup:
             item = _Item(self._entry(name, at_path(parent_fd, name), st, code, prev_node), parent)
             if code == "l":
                 try:
-                    item.entry[fmt.E_TARGET] = os.readlink(name, dir_fd=parent_fd)
+                    item.entry[wire.E_TARGET] = os.readlink(name, dir_fd=parent_fd)
                 except OSError as e:
                     self.warn(f"cannot read symlink {os.fsdecode(path)}: {e.strerror}; left out")
                     continue
@@ -665,7 +665,7 @@ class Backup:
             content = self.prev_contents.pop(prev.content, None)
             if content is None:      # another file with the same content took it already
                 c = self.prev.content(prev.content)
-                content = [c.hash, c.size, fmt.pack_extents(c.extents)]
+                content = [c.hash, c.size, wire.pack_extents(c.extents)]
             self._set_content(item, content)
             self.stats.files_unchanged += 1
             self.progress.advance(files=1, nbytes=st.st_size)
@@ -697,9 +697,9 @@ class Backup:
 
     def _set_content(self, item: _Item, content: list, kept: Node | None = None) -> None:
         """`kept`: the node whose times to record instead of the file's (its content was kept)."""
-        item.entry[fmt.E_CONTENT] = content
+        item.entry[wire.E_CONTENT] = content
         if kept is not None:
-            item.entry[fmt.E_SIZE], item.entry[fmt.E_MTIME], item.entry[fmt.E_CTIME] = \
+            item.entry[wire.E_SIZE], item.entry[wire.E_MTIME], item.entry[wire.E_CTIME] = \
                 kept.size, kept.mtime_ns, kept.ctime_ns
         self.stats.total_size += content[1]
 
@@ -723,7 +723,7 @@ class Backup:
                     self.warn(f"{os.fsdecode(path)} changed while it was read; kept its previous content")
                     c = self.prev.content(prev.content)
                     # Previous content with previous times, so the next backup reads the file again.
-                    self._set_content(item, [c.hash, c.size, fmt.pack_extents(c.extents)], kept=prev)
+                    self._set_content(item, [c.hash, c.size, wire.pack_extents(c.extents)], kept=prev)
                     self.stats.files_changed += 1
                     return True
                 self.warn(f"{os.fsdecode(path)} changed while it was read; left out")
@@ -777,7 +777,7 @@ class Backup:
         pos = 0
         for start, end in data_regions(fd, size, before):
             if start > pos:
-                extents.append((fmt.HOLE_ID, start - pos))
+                extents.append((wire.HOLE_ID, start - pos))
                 hasher.hole(start - pos)
             for block in chunker.cut_file(fd, start, end):
                 block_id = self.repo.keys.block_id(block)
@@ -786,13 +786,13 @@ class Backup:
                 take_block(block_id, block)
             pos = end
         if pos < size:
-            extents.append((fmt.HOLE_ID, size - pos))
+            extents.append((wire.HOLE_ID, size - pos))
             hasher.hole(size - pos)
         after = os.fstat(fd)
         if (not stat.S_ISREG(after.st_mode) or _change_key(after) != _change_key(before)
                 or sum(n for _, n in extents) != size):
             raise FileChanged()
-        return [hasher.digest(), size, fmt.pack_extents(extents)]
+        return [hasher.digest(), size, wire.pack_extents(extents)]
 
     def _read_small_file(self, fd: int, before: os.stat_result, take_block: Callable[[bytes, bytes], None]) -> list:
         """Most files are smaller than the chunker's minimum block and have no holes: they are one
@@ -805,7 +805,7 @@ class Backup:
         block_id = self.repo.keys.block_id(data)
         take_block(block_id, data)
         # The content hash and the block id are the same keyed hash of the same bytes.
-        return [block_id, size, fmt.pack_extents([(block_id, size)])]
+        return [block_id, size, wire.pack_extents([(block_id, size)])]
 
     # ---- blocks, volumes, uploads ---------------------------------------------------------
 
@@ -852,14 +852,14 @@ class Backup:
             self._hand_off(vol)
             while vol.encoding:
                 vol.take_oldest()
-            if vol.offset >= self.options.volume_size - fmt.HEADER_LEN:
+            if vol.offset >= self.options.volume_size - wire.HEADER_LEN:
                 self._seal_volume()
 
     def _hand_off(self, vol: VolumeWriter) -> None:
         if not vol.batch:
             return
         batch, vol.batch, vol.batch_bytes = vol.batch, [], 0
-        encoded = self.pool.submit(fmt.encode_blocks, vol.cipher, batch, self.options.compression)
+        encoded = self.pool.submit(wire.encode_blocks, vol.cipher, batch, self.options.compression)
         vol.encoding.append(([block_id for block_id, _ in batch], encoded))
         while len(vol.encoding) > self.encode_window:
             vol.take_oldest()

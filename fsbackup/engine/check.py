@@ -21,7 +21,7 @@ from ..catalog.blocks import block_ids_in_order, blocks_in_volume, forget_places
 from ..catalog.tree import node_path
 from ..catalog.usage import content_extents, nodes_using, used_extents
 from ..catalog.versions import version_names, version_names_by_id
-from ..codec import format as fmt
+from ..codec import wire
 from ..errors import CorruptObject, NoSuchObject
 from ..progress import SILENT, Reporter
 from ..repository import Kind, Repository, index_object, version_object, volume_object
@@ -103,7 +103,7 @@ class Checker:
         self.repo = repo
         self.progress = (reporter or SILENT).progress()
         self.report = Report()
-        self.index_entries: dict[str, list[fmt.BlockEntry]] = {}   # decoded index objects, by volume
+        self.index_entries: dict[str, list[wire.BlockEntry]] = {}   # decoded index objects, by volume
         self.volume_sizes: dict[str, int] = {}                     # remote listing, by volume name
         self.index_names: set[str] = set()                         # volumes with an index object
         self.unreadable: set[str] = set()                          # volumes whose index object does not read
@@ -116,13 +116,13 @@ class Checker:
     def structure(self, trusted: bool = False) -> None:
         """`trusted`: the local index was just rebuilt from these very objects (repair), so the index
         and version objects it holds are not downloaded again; listings and references still are."""
-        repo, index = self.repo, self.repo.index
-        if not repo.index_is_built():
-            repo.rebuild_index(self.progress, keep_going=True)   # damaged objects are reported below
+        repo, catalog = self.repo, self.repo.catalog
+        if not repo.catalog_is_built():
+            repo.rebuild_catalog(self.progress, keep_going=True)   # damaged objects are reported below
         self.volume_sizes = repo.list_objects(Kind.VOLUME)
         self.index_names = set(repo.list_objects(Kind.INDEX))
-        local_volumes = volume_sizes(index)
-        local_versions = version_names(index)
+        local_volumes = volume_sizes(catalog)
+        local_versions = version_names(catalog)
         listed = set(repo.list_objects(Kind.VERSION))
         # Versions removed by another run are dropped (those gone without a forget, remembered);
         # forgotten ones still listed are no versions.
@@ -213,13 +213,13 @@ class Checker:
         blamed = set().union(*(p.blocks for p in self.report.problems)) if self.report.problems else set()
         used: set[bytes] = set()
         # (contents no version uses any more are left behind by removed versions: skipped)
-        for extents in used_extents(self.repo.index):
-            used.update(fmt.extent_ids(extents))
-        used.discard(fmt.HOLE_ID)
+        for extents in used_extents(self.repo.catalog):
+            used.update(wire.extent_ids(extents))
+        used.discard(wire.HOLE_ID)
         used -= blamed
         # A merge of two sorted streams: the used ids, and the blocks table in key order.
         missing: set[bytes] = set()
-        stored = block_ids_in_order(self.repo.index)
+        stored = block_ids_in_order(self.repo.catalog)
         current = next(stored, None)
         for block_id in sorted(used):
             while current is not None and current < block_id:
@@ -231,14 +231,14 @@ class Checker:
                              f"of a stored volume", missing))
 
     def _local_blocks(self, volume: str) -> list[bytes]:
-        return blocks_in_volume(self.repo.index, volume)
+        return blocks_in_volume(self.repo.catalog, volume)
 
-    def entries_of(self, name: str) -> list[fmt.BlockEntry]:
+    def entries_of(self, name: str) -> list[wire.BlockEntry]:
         if name not in self.index_entries:
             self.index_entries[name] = self.decode_index(name)[1]
         return self.index_entries[name]
 
-    def decode_index(self, name: str) -> tuple[int, list[fmt.BlockEntry]]:
+    def decode_index(self, name: str) -> tuple[int, list[wire.BlockEntry]]:
         return self.repo.load_index_object(name)
 
     # ---- read data ----
@@ -287,11 +287,11 @@ class Checker:
         self.progress.advance(items=1, nbytes=self.volume_sizes.get(name, 0))
         return found
 
-    def _volume_problems(self, name: str, data: bytes, expected: list[fmt.BlockEntry]) -> list[Problem]:
+    def _volume_problems(self, name: str, data: bytes, expected: list[wire.BlockEntry]) -> list[Problem]:
         obj = volume_object(name)
         problems = []
         try:
-            table = fmt.open_volume_table(self.repo.keys, bytes.fromhex(name), data, obj)
+            table = wire.open_volume_table(self.repo.keys, bytes.fromhex(name), data, obj)
             # repair --remove-damaged may drop entries from the index object; never add or move them
             if not set(expected) <= set(table):
                 problems.append(Problem(obj, "its table does not match its index object", volume=name))
@@ -302,7 +302,7 @@ class Checker:
         bad = set()
         for e in expected:
             try:
-                fmt.decode_block(self.repo.keys, cipher, e.id, data[e.offset:e.offset + e.stored_length],
+                wire.decode_block(self.repo.keys, cipher, e.id, data[e.offset:e.offset + e.stored_length],
                                  e.plain_length, obj)
             except CorruptObject:
                 bad.add(e.id)
@@ -314,7 +314,7 @@ class Checker:
 
     def explain(self) -> Report:
         """Fill in each problem's affected versions and paths from the local index."""
-        versions = version_names_by_id(self.repo.index)
+        versions = version_names_by_id(self.repo.catalog)
         for p in self.report.problems:
             if p.volume is not None and p.blocks:
                 p.blocks = self._stored_only_there(p.blocks, p.volume)
@@ -329,7 +329,7 @@ class Checker:
         """Of `blocks` in a damaged `volume`, those the index does not place in another volume."""
         elsewhere = set()
         for block_id in blocks:
-            holder = volume_holding(self.repo.index, block_id)
+            holder = volume_holding(self.repo.catalog, block_id)
             if holder is not None and holder != volume:
                 elsewhere.add(block_id)
         return blocks - elsewhere
@@ -338,15 +338,15 @@ class Checker:
         """Ids of the contents with an extent in `blocks`: one pass over the packed extents."""
         if not blocks:
             return []
-        return [cid for cid, extents in content_extents(self.repo.index)
-                if any(block_id in blocks for block_id, _ in fmt.unpack_extents(extents))]
+        return [cid for cid, extents in content_extents(self.repo.catalog)
+                if any(block_id in blocks for block_id, _ in wire.unpack_extents(extents))]
 
     def nodes_using(self, content_ids: list[int]) -> dict[int, list[int]]:
         """version id -> node ids of the files whose content is one of `content_ids`."""
-        return nodes_using(self.repo.index, content_ids)
+        return nodes_using(self.repo.catalog, content_ids)
 
     def path_of(self, version_id: int, node_id: int) -> str:
-        return node_path(self.repo.index, version_id, node_id).decode("utf-8", "surrogateescape")
+        return node_path(self.repo.catalog, version_id, node_id).decode("utf-8", "surrogateescape")
 
     # ---- progress ----
 
@@ -408,7 +408,7 @@ def verify_backup(repo: Repository, version: str, new_volumes: dict[str, int], s
 
 @dataclass
 class RepairResult:
-    rebuilt: dict                       # what the rebuild of the local index found (Repository.rebuild_index)
+    rebuilt: dict                       # what the rebuild of the local index found (Repository.rebuild_catalog)
     recreated: list[str]                # volumes whose index object was written again
     report: Report                      # the damage found after that (and left, unless removed)
     removed: dict[str, list[str]]       # version -> paths removed from it (--remove-damaged)
@@ -422,7 +422,7 @@ def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool,
            reporter: Reporter | None = None) -> RepairResult:
     """What `fsbackup repair` does, under its exclusive lock."""
     reporter = reporter or SILENT
-    result = repo.rebuild_index(reporter.progress(), keep_going=True)
+    result = repo.rebuild_catalog(reporter.progress(), keep_going=True)
     reporter.info(f"rebuilt the local index: {result['versions']} versions, {result['volumes']} volumes")
     checker = Checker(repo, reporter)
     checker.structure(trusted=True)      # the objects the rebuild just read are not read again
@@ -459,7 +459,7 @@ def remove_damaged(repo: Repository, checker: Checker, reporter: Reporter) -> di
     unavailable = set().union(*(p.blocks for p in report.problems)) if report.problems else set()
     if not unavailable:
         return removed
-    versions = version_names_by_id(repo.index)
+    versions = version_names_by_id(repo.catalog)
     for vid, node_ids in checker.nodes_using(checker.contents_using(unavailable)).items():
         name = versions[vid]
         removed[name] = rewrite_version(repo, name, set(node_ids))
@@ -476,14 +476,14 @@ def rewrite_version(repo: Repository, name: str, drop: set[int]) -> list[str]:
     kept, removed, new_id, paths = [], [], {0: 0}, {}
     dropped_size = 0
     for old_id, e in enumerate(entries, start=1):
-        parent_path = paths.get(e[fmt.E_PARENT], b"")
-        paths[old_id] = path = b"/" if old_id == 1 else parent_path.rstrip(b"/") + b"/" + bytes(e[fmt.E_NAME])
+        parent_path = paths.get(e[wire.E_PARENT], b"")
+        paths[old_id] = path = b"/" if old_id == 1 else parent_path.rstrip(b"/") + b"/" + bytes(e[wire.E_NAME])
         if old_id in drop:
             removed.append(path.decode("utf-8", "surrogateescape"))
-            dropped_size += e[fmt.E_CONTENT][1] if e[fmt.E_CONTENT] else 0
+            dropped_size += e[wire.E_CONTENT][1] if e[wire.E_CONTENT] else 0
             continue
         e = list(e)
-        e[fmt.E_PARENT] = new_id[e[fmt.E_PARENT]]
+        e[wire.E_PARENT] = new_id[e[wire.E_PARENT]]
         kept.append(e)
         new_id[old_id] = len(kept)
     head = dict(head, file_count=head["file_count"] - len(removed), total_size=head["total_size"] - dropped_size,
@@ -502,7 +502,7 @@ def _forget_blocks(repo: Repository, checker: Checker, unavailable: set[bytes]) 
             continue
         if p.volume not in checker.volume_sizes:      # the volume is gone: so goes its index object
             repo.delete_object(Kind.INDEX, p.volume)
-            keep: list[fmt.BlockEntry] = []
+            keep: list[wire.BlockEntry] = []
         else:
             size, entries = checker.decode_index(p.volume)
             keep = [e for e in entries if e.id not in unavailable]
@@ -510,7 +510,7 @@ def _forget_blocks(repo: Repository, checker: Checker, unavailable: set[bytes]) 
         if not keep:
             repo.unrecord_volume(p.volume)
             continue
-        forget_places(repo.index, p.volume, p.blocks)
+        forget_places(repo.catalog, p.volume, p.blocks)
 
 
 def summary(report: Report) -> list[str]:

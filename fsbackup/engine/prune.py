@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ..catalog.blocks import any_volume, volume_names
 from ..catalog.usage import any_needed_unrecorded, live_blocks, mark_used_blocks, volume_usage
 from ..catalog.versions import VersionInfo, any_version
-from ..codec import format as fmt
+from ..codec import wire
 from ..errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
 from ..progress import SILENT, Reporter, human_bytes
 from ..repository import Kind, Repository, block_runs, index_object, parse_object_name, volume_object
@@ -108,8 +108,8 @@ class PrunePlan:
 def volume_use(repo: Repository) -> list[VolumeUse]:
     """How much of each recorded volume the remaining versions use: every block they use is
     marked first (`catalog.usage.mark_used_blocks`), in one pass over the distinct contents."""
-    mark_used_blocks(repo.index)
-    rows = volume_usage(repo.index)
+    mark_used_blocks(repo.catalog)
+    rows = volume_usage(repo.catalog)
     return [VolumeUse(*row) for row in rows]
 
 
@@ -123,7 +123,7 @@ def _leftovers(repo: Repository) -> tuple[list[tuple[str, int]], list[tuple[str,
     blocks is used, else adopts it."""
     volumes = repo.list_objects(Kind.VOLUME)
     indexes = repo.list_objects(Kind.INDEX)
-    recorded = volume_names(repo.index)
+    recorded = volume_names(repo.catalog)
     orphans = sorted((index_object(name), size) for name, size in indexes.items()
                      if name not in volumes and name not in recorded)
     unindexed = sorted((name, size) for name, size in volumes.items() if name not in indexes)
@@ -138,7 +138,7 @@ def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> Prun
                                  "then 'fsbackup repair --remove-damaged' before pruning")
     orphans, unindexed = _leftovers(repo)
     plan = PrunePlan(orphans=orphans, unindexed=unindexed)
-    if not repo.accept_missing and not any_version(repo.index) and any_volume(repo.index):
+    if not repo.accept_missing and not any_version(repo.catalog) and any_volume(repo.catalog):
         # Forget never removes the last version: no version at all beside stored data is a listing
         # to distrust (a versions/ folder moved away, on a machine whose index had nothing to compare).
         raise ListingContradiction("the repository lists no version objects (versions/) but holds data: prune "
@@ -236,7 +236,7 @@ class Prune:
         except CorruptObject:
             entries = []
         ids = [e.id for e in entries]
-        live = any_needed_unrecorded(self.repo.index, ids)
+        live = any_needed_unrecorded(self.repo.catalog, ids)
         if live:
             self.repo.adopt_volume(name, size, entries)
         else:
@@ -256,16 +256,16 @@ class Prune:
         every block it gave is stored and recorded in a new volume. Each block is fetched with
         one range read, authenticated and checked against its id, then encoded anew under the
         new volume's key. Memory: this volume's live blocks and the one new volume."""
-        live = live_blocks(self.repo.index, use.name)
+        live = live_blocks(self.repo.catalog, use.name)
         fetched = pool.map(self._fetch_run, block_runs(live, MAX_RUN_BYTES))
         for block_id, data in (block for run in fetched for block in run):
             if self.writer is None:
                 self.writer = VolumeWriter(self.repo)
-            stored, plain_len = fmt.encode_block(self.writer.cipher, block_id, data)
+            stored, plain_len = wire.encode_block(self.writer.cipher, block_id, data)
             self.writer.add(block_id, stored, plain_len)
             self.stats.blocks_moved += 1
             self.progress.advance(nbytes=len(stored))
-            if self.writer.offset >= self.volume_size - fmt.HEADER_LEN:
+            if self.writer.offset >= self.volume_size - wire.HEADER_LEN:
                 self._flush()
         self.emptied.append(use)
         self.stats.volumes_repacked += 1

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, TypeVar
 
 from ..catalog.tree import Node, VersionTree
-from ..codec import format as fmt
+from ..codec import wire
 from ..errors import (
     CorruptObject,
     FsbackupError,
@@ -383,11 +383,11 @@ class Restore:
             raise
         job = _FileJob(self._path(rel), rel, dir_fd, temp, node, fd, self.repo.keys.content_hasher(), content.hash)
         self.open_jobs.add(job)
-        if content.extents and content.extents[-1][0] == fmt.HOLE_ID:
+        if content.extents and content.extents[-1][0] == wire.HOLE_ID:
             os.ftruncate(fd, content.size)   # holes stay holes: we write only data extents
         offset = 0
         for block_id, length in content.extents:
-            if block_id == fmt.HOLE_ID:
+            if block_id == wire.HOLE_ID:
                 self.queue.append(_Hole(job, length))
             else:
                 try:
@@ -414,7 +414,7 @@ class Restore:
         """Look the batch up and start fetching its blocks, as runs in volume order."""
         batch, self.small_batch, self.small_batch_bytes = self.small_batch, [], 0
         contents = self.tree.contents(sorted({node.content for _, node in batch if node.content is not None}))
-        block_ids = {bid for c in contents.values() for bid, _ in c.extents if bid != fmt.HOLE_ID}
+        block_ids = {bid for c in contents.values() for bid, _ in c.extents if bid != wire.HOLE_ID}
         sources: dict[bytes, object] = {}          # block id -> its bytes, or the Future of its run
         for bid in block_ids:
             data = self.cache.peek(bid)
@@ -427,7 +427,7 @@ class Restore:
 
         def place(item):
             content = contents.get(item[1].content)
-            first = next((bid for bid, _ in content.extents if bid != fmt.HOLE_ID), None) if content else None
+            first = next((bid for bid, _ in content.extents if bid != wire.HOLE_ID), None) if content else None
             loc = locations.get(first)
             return (loc.volume, loc.offset) if loc else ("", 0)
         batch.sort(key=place)                      # the order the runs arrive in
@@ -477,10 +477,10 @@ class Restore:
         temp, fd = _create_temporary(dir_fd)
         try:
             try:
-                if content.extents and content.extents[-1][0] == fmt.HOLE_ID:
+                if content.extents and content.extents[-1][0] == wire.HOLE_ID:
                     os.ftruncate(fd, content.size)
                 for block_id, length in content.extents:
-                    if block_id == fmt.HOLE_ID:
+                    if block_id == wire.HOLE_ID:
                         hasher.hole(length)
                     else:
                         try:

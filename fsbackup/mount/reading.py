@@ -15,15 +15,15 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-from ..catalog import BlockLocation, Index
+from ..catalog import BlockLocation, Catalog
 from ..catalog.blocks import blocks_after
 from ..catalog.tree import Content
-from ..codec import format as fmt
+from ..codec import wire
 from ..errors import CorruptObject, FsbackupError, NoSuchObject
 from ..repository import FetchedBlock, Repository
 from ..repository.blockcache import BlockCache
 from .diskcache import DiskCache
-from .sync import IndexSync
+from .sync import CatalogSync
 
 # A read that misses loads its block with the blocks after it in its volume, up to this many bytes
 # and blocks, in one range read (the next files of the directory, in the order people read them).
@@ -57,10 +57,10 @@ class BlockLoader:
     thread's own connection to the local index; `sync` brings the index up to date when a block
     is found gone (another machine's prune moved it)."""
 
-    def __init__(self, repo: Repository, index: Callable[[], Index], sync: IndexSync, memory_cache: int,
+    def __init__(self, repo: Repository, catalog: Callable[[], Catalog], sync: CatalogSync, memory_cache: int,
                  disk: DiskCache | None, fetch_threads: int, max_prefetch: int):
         self.repo = repo
-        self._index = index
+        self._catalog = catalog
         self.sync = sync
         self.memory = BlockCache(memory_cache)
         self.disk = disk
@@ -78,7 +78,7 @@ class BlockLoader:
     def opened(self, f: OpenFile) -> None:
         """A file was opened: its first block's load begins, so the read that follows finds it on
         its way (with the blocks after it in its volume: the next files)."""
-        first = next((bid for bid, _ in f.extents[:1] if bid != fmt.HOLE_ID), None)
+        first = next((bid for bid, _ in f.extents[:1] if bid != wire.HOLE_ID), None)
         if first is not None:
             self.source(first, with_run=len(f.extents) == 1)
 
@@ -91,7 +91,7 @@ class BlockLoader:
         if offset >= end:
             return b""
         if len(f.extents) == 1:                # a small file: one block, most often in memory
-            source = self.source(f.extents[0][0], True) if f.extents[0][0] != fmt.HOLE_ID else None
+            source = self.source(f.extents[0][0], True) if f.extents[0][0] != wire.HOLE_ID else None
             if isinstance(source, bytes):
                 return source if (offset, end) == (0, len(source)) else source[offset:end]
         first = bisect.bisect_right(f.starts, offset) - 1
@@ -100,7 +100,7 @@ class BlockLoader:
             last += 1
         small = len(f.extents) == 1
         sources = {i: self.source(f.extents[i][0], small) for i in range(first, last + 1)
-                   if f.extents[i][0] != fmt.HOLE_ID}
+                   if f.extents[i][0] != wire.HOLE_ID}
         self._read_ahead(f, offset, end, last)
         read = PendingRead(f, offset, end, first, last, sources)
         if read.waiting():
@@ -124,7 +124,7 @@ class BlockLoader:
         start = max(last + 1, f.prefetched_to)
         stop = min(len(f.extents), last + 1 + window)
         for i in range(start, stop):
-            if f.extents[i][0] != fmt.HOLE_ID:
+            if f.extents[i][0] != wire.HOLE_ID:
                 self.source(f.extents[i][0], False)
         f.prefetched_to = max(f.prefetched_to, stop)
 
@@ -152,7 +152,7 @@ class BlockLoader:
         looked_up = time.monotonic()
         try:
             try:
-                location = self.repo.block_location(block_id, self._index())
+                location = self.repo.block_location(block_id, self._catalog())
                 data = self._fetch_block(block_id, location)
             except NoSuchObject as e:     # recorded nowhere, or its volume gone: moved by another machine?
                 location = None
@@ -174,7 +174,7 @@ class BlockLoader:
         is abandoned, left to its own reader to load and report."""
         claims = Claims(self.memory)
         try:
-            run = self._claim_neighbours(block_id, location, self._index())
+            run = self._claim_neighbours(block_id, location, self._catalog())
             claims.add(bid for bid, _ in run)
             if len(run) >= RUN_AHEAD_MIN_BLOCKS:
                 with self._run_ahead_lock:
@@ -193,13 +193,13 @@ class BlockLoader:
                 raise
 
     def _claim_neighbours(self, block_id: bytes, location: BlockLocation,
-                          index: Index) -> list[tuple[bytes, BlockLocation]]:
+                          catalog: Catalog) -> list[tuple[bytes, BlockLocation]]:
         """The blocks after `block_id` in its volume that one range read should bring along, each
         claimed for this load: none for a block of RUN_BYTES or more (a large file's read-ahead
         fetches those in parallel); else those neither cached nor being loaded, up to RUN_BYTES."""
         if location.stored_length >= RUN_BYTES // 2:
             return []
-        candidates = blocks_after(index, block_id, location, RUN_BYTES, RUN_BLOCKS)
+        candidates = blocks_after(catalog, block_id, location, RUN_BYTES, RUN_BLOCKS)
         claimed = self.memory.claim([bid for bid, _ in candidates])
         return [candidate for candidate in candidates if candidate[0] in claimed]
 
@@ -214,7 +214,7 @@ class BlockLoader:
         more before the error stands."""
         if not self.sync.wait_for_sync_after(looked_up):
             raise gone
-        return self._fetch_block(block_id, self.repo.block_location(block_id, self._index()))
+        return self._fetch_block(block_id, self.repo.block_location(block_id, self._catalog()))
 
     def _fetch_block(self, block_id: bytes, location: BlockLocation) -> bytes:
         """The disk cache, else one range read (the repository's backend retries temporary
@@ -278,7 +278,7 @@ class PendingRead:
         for i in range(self.first, self.last + 1):
             block_id, length = f.extents[i]
             lo, hi = max(self.offset - f.starts[i], 0), min(self.end - f.starts[i], length)
-            if block_id == fmt.HOLE_ID:
+            if block_id == wire.HOLE_ID:
                 parts.append(bytes(hi - lo))
                 continue
             data = self.sources[i]

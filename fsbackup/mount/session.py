@@ -92,7 +92,7 @@ def mount(args, out, open_repo) -> int:
     repo = open_repo(args, out)            # rebuilds the local index first when it is missing
     forget_passphrase()                    # the keys are unwrapped; the mount may live for weeks
     repo.bound_retries(MOUNT_RETRY_SECONDS)   # from now on: reads
-    state_folder = os.path.dirname(repo.index_path)
+    state_folder = os.path.dirname(repo.catalog_path)
     local = repo.storage_is_local
     cache_size = args.cache_size
     if cache_size is None:   # a local directory is its own cache: copying it to a cache only costs disk
@@ -108,7 +108,7 @@ def mount(args, out, open_repo) -> int:
     if args.daemon:
         log_folder = os.path.join(state_folder, LOG_FOLDER)
         log_fd = _open_log(log_folder)
-        repo.close_index()                 # an SQLite connection must not cross a fork
+        repo.close_catalog()                 # an SQLite connection must not cross a fork
         ready_pipe = _daemonize(log_fd, os.path.join(log_folder, LOG_NAME))   # returns only in the child
     view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size, sync_seconds=_sync_seconds(local))
     # An xattr request the mount answers ENOSYS once is never made again: `ls -l` then makes no

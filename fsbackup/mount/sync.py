@@ -17,8 +17,8 @@ SYNC_MIN_GAP = 2.0
 SYNC_WAIT_SECONDS = 60.0             # the longest a read waits for a sync to find a block's new place
 
 
-class IndexSync:
-    """Brings the local index in step with the repository (`Repository.ensure_index`: versions
+class CatalogSync:
+    """Brings the local index in step with the repository (`Repository.sync_catalog`: versions
     and volumes stored or removed by other machines) from a thread of its own, every `period`
     seconds (None: only when asked) and when a reader asks (`wait_for_sync_after`). Syncs begin
     at least `min_gap` seconds apart; requests made while one waits to begin share it.
@@ -78,7 +78,7 @@ class IndexSync:
         return due
 
     def _run(self) -> None:
-        repo = Repository(self._source.backend, self._source.config, self._source.keys, self._source.index_path)
+        repo = Repository(self._source.backend, self._source.config, self._source.keys, self._source.catalog_path)
         repo.accept_missing = self._source.accept_missing
         last = time.monotonic()          # the index was brought up to date when the mount began
         try:
@@ -97,14 +97,14 @@ class IndexSync:
                     last = time.monotonic()
                     self._latest = (last, outcome)
                 try:
-                    repo.ensure_index()
+                    repo.sync_catalog()
                 except Exception as e:  # noqa: BLE001 - logged; the mount serves what the index holds
                     self._report(e)
                     outcome.set_exception(e)
                 else:
                     outcome.set_result(None)
         finally:
-            repo.close_index()
+            repo.close_catalog()
 
     def _report(self, e: Exception) -> None:
         message = f"cannot bring the local index up to date with the repository: {e}; serving what it holds"

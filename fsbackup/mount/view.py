@@ -15,7 +15,7 @@ import os
 import threading
 from collections import OrderedDict
 
-from ..catalog import Index
+from ..catalog import Catalog
 from ..catalog.blocks import stored_volume_bytes
 from ..catalog.tree import ROOT_ID, ContentRow, Listed, Node, VersionTree, any_xattrs, link_group, node_count
 from ..catalog.versions import VersionInfo, list_versions
@@ -25,7 +25,7 @@ from .diskcache import DiskCache
 from .log import ThrottledLog, log
 from .namespace import NODE_BITS, NODE_MASK, Attr, FsOpError, Invalidations, Namespace, Versions, in_version
 from .reading import READ_ATTEMPTS, BlockLoader, OpenFile, PendingRead
-from .sync import IndexSync
+from .sync import CatalogSync
 
 BLOCK_SIZE = 4096
 KEPT_CONTENTS = 1 << 15             # contents of listed files kept for their open (a few MiB) ...
@@ -43,12 +43,12 @@ class RepositoryView:
                  memory_cache: int = 64 << 20, fetch_threads: int = 16, max_prefetch: int = 16,
                  sync_seconds: float | None = None):
         self.repo = repo
-        self.index_path = repo.index_path
+        self.catalog_path = repo.catalog_path
         self.messages = ThrottledLog(log)
-        self.sync = IndexSync(repo, self.messages, sync_seconds)
+        self.sync = CatalogSync(repo, self.messages, sync_seconds)
         self._local = threading.local()
         disk = DiskCache(cache_dir, cache_size) if cache_dir and cache_size > 0 else None
-        self.loader = BlockLoader(repo, self._index, self.sync, memory_cache, disk, fetch_threads, max_prefetch)
+        self.loader = BlockLoader(repo, self._catalog, self.sync, memory_cache, disk, fetch_threads, max_prefetch)
         self.memory, self.fetcher = self.loader.memory, self.loader.fetcher
         self.versions = Versions.of([])
         self.namespace = Namespace(lambda v: self._node_attr(v.id, self._node(v.id, ROOT_ID)))
@@ -59,12 +59,12 @@ class RepositoryView:
 
     # ---- plumbing -----------------------------------------------------------------------
 
-    def _index(self) -> Index:
+    def _catalog(self) -> Catalog:
         """This thread's own connection to the local index (SQLite connections stay in their thread)."""
-        index = getattr(self._local, "index", None)
-        if index is None:
-            index = self._local.index = Index(self.index_path)
-        return index
+        catalog = getattr(self._local, "catalog", None)
+        if catalog is None:
+            catalog = self._local.catalog = Catalog(self.catalog_path)
+        return catalog
 
     def close(self) -> None:
         self.loader.close()
@@ -74,7 +74,7 @@ class RepositoryView:
     def refresh_versions(self) -> set[bytes]:
         """Re-read the version list from the local index; returns the names of the version
         directories that appeared or vanished (empty when none did)."""
-        versions = Versions.of(list_versions(self._index()))
+        versions = Versions.of(list_versions(self._catalog()))
         changed = versions.by_name.keys() ^ self.versions.by_name.keys()
         if changed:
             self.versions = versions         # replaced whole: readers need no lock
@@ -102,7 +102,7 @@ class RepositoryView:
 
     def _tree(self, version_id: int) -> VersionTree:
         """The version's tree, read through this thread's connection."""
-        return VersionTree(self._index(), self._version(version_id)[1])
+        return VersionTree(self._catalog(), self._version(version_id)[1])
 
     def _node(self, version_id: int, node_id: int) -> Node:
         try:
@@ -116,7 +116,7 @@ class RepositoryView:
         """(node id that names the inode, link count inside the version) of a possibly hard-linked node."""
         if node.nlink <= 1 or node.type == "d":
             return node.id, 1
-        return link_group(self._index(), version_id, node.dev, node.ino)
+        return link_group(self._catalog(), version_id, node.dev, node.ino)
 
     def _node_attr(self, version_id: int, node: Node) -> Attr:
         canonical, nlink = self._canonical(version_id, node)
@@ -204,7 +204,7 @@ class RepositoryView:
 
     def any_xattrs(self) -> bool:
         """Whether any node of any version has an xattr."""
-        return any_xattrs(self._index())
+        return any_xattrs(self._catalog())
 
     def warn_of_hidden_xattrs(self, names: set[bytes]) -> None:
         """For a mount that answers no xattr request: a line for each of the versions `names` (just
@@ -237,8 +237,8 @@ class RepositoryView:
         return list(self._xattrs(ino, privileged))
 
     def statfs(self) -> dict:
-        stored = stored_volume_bytes(self._index())
-        files = node_count(self._index())
+        stored = stored_volume_bytes(self._catalog())
+        files = node_count(self._catalog())
         return {"bsize": BLOCK_SIZE, "blocks": (stored + BLOCK_SIZE - 1) // BLOCK_SIZE, "bfree": 0,
                 "files": files + 3, "ffree": 0, "namemax": 255}
 

@@ -27,13 +27,13 @@ from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 from ..backends import Backend, Latency, open_backend
 from ..backends.retry import RetryingBackend
-from ..catalog import Index
+from ..catalog import Catalog
 from ..catalog import blocks as catalog_blocks
 from ..catalog import versions as catalog_versions
 from ..catalog.blocks import BlockLocation
 from ..catalog.rebuild import Refill
 from ..catalog.usage import blocks_only_in, used_extents
-from ..codec import format as fmt
+from ..codec import wire
 from ..codec.crypto import (
     MASTER_SECRET_LEN,
     Keys,
@@ -133,7 +133,7 @@ def list_objects(backend: Backend, kind: Kind, strays: list[str] | None = None) 
     return objects
 
 
-def default_index_path(repo_id: str) -> str:
+def default_catalog_path(repo_id: str) -> str:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "fsbackup", repo_id, "index.sqlite")
 
@@ -180,9 +180,9 @@ def read_config(backend: Backend) -> tuple[dict, bytes]:
             raise RepositoryNotFound(f"{backend.url} is not an fsbackup repository (it has no config object)") from None
         raise RepositoryNotFound(f"no repository at {backend.url}; create one with 'fsbackup init'") from None
     fmt_version = config["format"]
-    if fmt_version not in fmt.READABLE_VERSIONS:
+    if fmt_version not in wire.READABLE_VERSIONS:
         raise UnsupportedFormat(f"repository format {fmt_version} is not supported by this fsbackup "
-                                f"(it reads formats {', '.join(map(str, fmt.READABLE_VERSIONS))}); upgrade fsbackup")
+                                f"(it reads formats {', '.join(map(str, wire.READABLE_VERSIONS))}); upgrade fsbackup")
     return config, raw
 
 
@@ -214,7 +214,7 @@ def _new_key_name() -> tuple[str, bytes]:
 
 
 class Repository:
-    def __init__(self, backend: Backend, config: dict, keys: Keys, index_path: str | None = None,
+    def __init__(self, backend: Backend, config: dict, keys: Keys, catalog_path: str | None = None,
                  master_secret: bytes | None = None, key_name: str | None = None,
                  config_bytes: bytes | None = None):
         self.backend = backend
@@ -224,8 +224,8 @@ class Repository:
         self.keys = keys
         self._master_secret = master_secret     # kept to wrap it under another passphrase (key commands)
         self.key_name = key_name                 # the key object that opened the repository
-        self.index_path = index_path or default_index_path(self.id)
-        self._index: Index | None = None
+        self.catalog_path = catalog_path or default_catalog_path(self.id)
+        self._catalog: Catalog | None = None
         self._ciphers: OrderedDict[str, ObjectCipher] = OrderedDict()
         self._ciphers_lock = threading.Lock()
         # Set by the user (--accept-missing): objects the local index knows may be missing from
@@ -239,7 +239,7 @@ class Repository:
     # ---- creation and opening -----------------------------------------------------------
 
     @classmethod
-    def create(cls, backend: Backend, passphrase: bytes, index_path: str | None = None) -> "Repository":
+    def create(cls, backend: Backend, passphrase: bytes, catalog_path: str | None = None) -> "Repository":
         try:
             existing = next(iter(backend.list("")), None)
         except FsbackupError:
@@ -249,17 +249,17 @@ class Repository:
                 raise UsageError(f"{backend.url} already holds an fsbackup repository")
             raise UsageError(f"{backend.url} is not empty and not an fsbackup repository; "
                              "choose an empty or new folder")
-        config = {"format": fmt.FORMAT_VERSION, "id": secrets.token_hex(16)}
+        config = {"format": wire.FORMAT_VERSION, "id": secrets.token_hex(16)}
         config_bytes = json.dumps(config, indent=1).encode()
         secret = os.urandom(MASTER_SECRET_LEN)
         keys = Keys.from_master_secret(secret)
-        repo = cls(backend, config, keys, index_path, secret, config_bytes=config_bytes)
+        repo = cls(backend, config, keys, catalog_path, secret, config_bytes=config_bytes)
         repo.key_name = repo.add_key(passphrase)
         backend.put(CONFIG, config_bytes)       # last: a half-made repo has no config
         return repo
 
     @classmethod
-    def open(cls, backend: Backend, passphrase: bytes, index_path: str | None = None) -> "Repository":
+    def open(cls, backend: Backend, passphrase: bytes, catalog_path: str | None = None) -> "Repository":
         """Open with the first key object `passphrase` opens. A version 2 key binds the config it
         was made with: a config changed since (its format, its id) is reported as corrupt. The
         config is checked only against the keys, so one garbled on its way reads as a config that
@@ -267,17 +267,17 @@ class Repository:
         second download differs."""
         config = read_config(backend)
         try:
-            return cls._open_with(backend, passphrase, index_path, config)
+            return cls._open_with(backend, passphrase, catalog_path, config)
         except CorruptObject as e:
             again = read_config(backend)
             if again[1] == config[1]:
                 raise
-            repo = cls._open_with(backend, passphrase, index_path, again)
+            repo = cls._open_with(backend, passphrase, catalog_path, again)
             log.warning("%s when first downloaded; a second download was intact", e)
             return repo
 
     @classmethod
-    def _open_with(cls, backend: Backend, passphrase: bytes, index_path: str | None,
+    def _open_with(cls, backend: Backend, passphrase: bytes, catalog_path: str | None,
                    config_read: tuple[dict, bytes]) -> "Repository":
         config, config_bytes = config_read
         key_names = sorted(key_object(key_id) for key_id in list_objects(backend, Kind.KEY))
@@ -297,7 +297,7 @@ class Repository:
             if bound_config is not None and bound_config != config_digest(config_bytes):
                 raise CorruptObject(CONFIG, f"it is not the config {name} was made with: it was changed")
             keys = Keys.from_master_secret(secret, legacy_chunker=config["format"] == 1)
-            return cls(backend, config, keys, index_path, secret, name, config_bytes)
+            return cls(backend, config, keys, catalog_path, secret, name, config_bytes)
         if wrong_passphrase or damage is None:
             raise WrongPassphrase("wrong passphrase for this repository")
         raise damage
@@ -352,21 +352,21 @@ class Repository:
     # ---- the local index ----------------------------------------------------------------
 
     @property
-    def index(self) -> Index:
+    def catalog(self) -> Catalog:
         """The local index (the catalog's connection, `fsbackup.catalog`), opened on first use; a
         file that belongs to another repository is refused."""
-        if self._index is None:
-            self._index = Index(self.index_path)
-            repo_id = self._index.get_meta("repository_id")
+        if self._catalog is None:
+            self._catalog = Catalog(self.catalog_path)
+            repo_id = self._catalog.get_meta("repository_id")
             if repo_id is not None and repo_id != self.id:
-                raise UsageError(f"the local index {self.index_path} belongs to another repository; "
+                raise UsageError(f"the local index {self.catalog_path} belongs to another repository; "
                                  "use another --index")
-        return self._index
+        return self._catalog
 
-    def index_is_built(self) -> bool:
-        return not self.index.is_empty()
+    def catalog_is_built(self) -> bool:
+        return not self.catalog.is_empty()
 
-    def ensure_index(self, progress=None) -> Index:
+    def sync_catalog(self, progress=None) -> Catalog:
         """The local index, brought in step with the remote: rebuilt when missing, else updated
         with the versions and volumes other runs stored (and versions removed) since it was written.
 
@@ -374,16 +374,16 @@ class Repository:
         remembered (UNREADABLE_VERSIONS): prune refuses to run while one is, as it would take that
         version's data for unused. Listings that drop much of what the index knows are refused
         (`refuse_surprising_loss`) before anything is forgotten."""
-        if not self.index_is_built():
-            result = self.rebuild_index(progress, skip_damaged_versions=True)
+        if not self.catalog_is_built():
+            result = self.rebuild_catalog(progress, skip_damaged_versions=True)
             for obj in result["damaged"]:
                 _warn_skipped_version(obj)
-            return self.index
-        index = self.index
+            return self.catalog
+        catalog = self.catalog
         # What this index knows is read before the listings: a version another process records
         # meanwhile is then neither taken for vanished nor recorded twice.
-        known_volumes = catalog_blocks.volume_names(index)
-        local_versions = catalog_versions.version_names(index)
+        known_volumes = catalog_blocks.volume_names(catalog)
+        local_versions = catalog_versions.version_names(catalog)
         remote_indexes = set(self.list_objects(Kind.INDEX))
         remote_versions = set(self.list_objects(Kind.VERSION))
         vanished_volumes = known_volumes - remote_indexes
@@ -408,24 +408,24 @@ class Repository:
             except CorruptObject:
                 unreadable.append(version_object(name))
                 _warn_skipped_version(version_object(name))
-        if json.dumps(unreadable) != (index.get_meta(UNREADABLE_VERSIONS) or "[]"):
-            index.set_meta(UNREADABLE_VERSIONS, json.dumps(unreadable))
-        return index
+        if json.dumps(unreadable) != (catalog.get_meta(UNREADABLE_VERSIONS) or "[]"):
+            catalog.set_meta(UNREADABLE_VERSIONS, json.dumps(unreadable))
+        return catalog
 
     def _only_place_of_needed_blocks(self, volumes: set[str]) -> bool:
         """Whether `volumes` hold a block that a recorded version's file uses and no other volume
         holds: what a prune (which deletes only volumes no version needs, or whose live blocks it
         stored elsewhere first) never deletes. A full pass over the files' layouts: only run when
         many volumes vanished at once."""
-        sole = blocks_only_in(self.index, volumes)
+        sole = blocks_only_in(self.catalog, volumes)
         if not sole:
             return False
-        return any(block_id in sole for extents in used_extents(self.index)
-                   for block_id, _ in fmt.EXTENT.iter_unpack(extents))
+        return any(block_id in sole for extents in used_extents(self.catalog)
+                   for block_id, _ in wire.EXTENT.iter_unpack(extents))
 
     def unreadable_versions(self) -> list[str]:
         """Version objects the last sync of the local index could not read (and skipped)."""
-        return json.loads(self.index.get_meta(UNREADABLE_VERSIONS) or "[]")
+        return json.loads(self.catalog.get_meta(UNREADABLE_VERSIONS) or "[]")
 
     def refuse_surprising_loss(self, what: str, known: set[str], missing: set[str],
                                still_needed: Callable[[set[str]], bool] | None = None) -> None:
@@ -465,20 +465,20 @@ class Repository:
 
     def unrecord_version(self, name: str) -> None:
         """Forget version `name` and its tree in the local index (`catalog.versions.unrecord_version`)."""
-        catalog_versions.unrecord_version(self.index, name)
+        catalog_versions.unrecord_version(self.catalog, name)
 
     def drop_unused_contents(self) -> None:
         """Forget file contents no recorded version refers to any more (after versions are removed)."""
-        catalog_versions.drop_unused_contents(self.index)
+        catalog_versions.drop_unused_contents(self.catalog)
 
-    def rebuild_index(self, progress=None, keep_going: bool = False, skip_damaged_versions: bool = False) -> dict:
+    def rebuild_catalog(self, progress=None, keep_going: bool = False, skip_damaged_versions: bool = False) -> dict:
         """Rebuild the local index from index and version objects alone (no volume is downloaded).
         Objects are downloaded and decrypted in threads (AEAD and zstd release the GIL) while this
         thread writes them in one transaction. An index or version object that does not read stops
         the rebuild (nothing is recorded), unless `keep_going` (repair): then it is listed in `damaged`.
         `skip_damaged_versions` lists damaged version objects there too, but not index objects (a
         volume left out would make restores fail with less telling errors)."""
-        index = self.index
+        catalog = self.catalog
         index_names = sorted(self.list_objects(Kind.INDEX))
         listed = set(self.list_objects(Kind.VERSION))
         version_names = sorted(listed - self.forgotten_names(listed))
@@ -488,10 +488,10 @@ class Repository:
         if progress:
             progress.start("rebuilding index", total_items=len(present) + len(version_names))
         damaged: list[str] = []
-        # Alone with the index (rows are renumbered), tuned for one bulk load (`Index.rebuilding`).
-        with index.rebuilding():
-            with ThreadPoolExecutor(max(4, 2 * self.connections)) as pool, index.transaction() as db:
-                self._rebuild_in(Refill(index, db), pool, present, version_names, damaged, keep_going,
+        # Alone with the index (rows are renumbered), tuned for one bulk load (`Catalog.rebuilding`).
+        with catalog.rebuilding():
+            with ThreadPoolExecutor(max(4, 2 * self.connections)) as pool, catalog.transaction() as db:
+                self._rebuild_in(Refill(catalog, db), pool, present, version_names, damaged, keep_going,
                                  skip_damaged_versions, progress)
         if progress:
             progress.finish()
@@ -501,7 +501,7 @@ class Repository:
 
     def _rebuild_in(self, refill: Refill, pool, present: list[str], version_names: list[str], damaged: list[str],
                     keep_going: bool, skip_damaged_versions: bool, progress) -> None:
-        """rebuild_index's writing, inside its one transaction (`refill`'s)."""
+        """rebuild_catalog's writing, inside its one transaction (`refill`'s)."""
         def unreadable(obj: str, error: FsbackupError) -> None:
             if not (keep_going or (skip_damaged_versions and obj.startswith(Kind.VERSION.folder))):
                 raise error
@@ -580,7 +580,7 @@ class Repository:
         volumes = list_objects(self.backend, Kind.VOLUME, strays)
         notes += [f"{obj} is not an fsbackup object; left alone" for obj in strays]
         index_objs = set(self.list_objects(Kind.INDEX))
-        known = catalog_blocks.volume_names(self.index)
+        known = catalog_blocks.volume_names(self.catalog)
         gone = known - set(volumes)
         self.refuse_surprising_loss("volumes (data/)", known, gone)
         for name in sorted(set(volumes) - index_objs):
@@ -609,7 +609,7 @@ class Repository:
         for name in names:
             self.unrecord_volume(name)
         if names:
-            self.index.set_meta(REREAD_FILES, "1")
+            self.catalog.set_meta(REREAD_FILES, "1")
 
     def _adopt_volume(self, name: str, size: int) -> str:
         obj = volume_object(name)
@@ -621,29 +621,29 @@ class Repository:
         self.adopt_volume(name, size, entries)
         return f"adopted {obj}, left by a backup that stopped before recording it"
 
-    def read_volume_table(self, name: str, size: int) -> list[fmt.BlockEntry]:
+    def read_volume_table(self, name: str, size: int) -> list[wire.BlockEntry]:
         """A volume's own encrypted table (two small range reads), for a volume whose index object
         is missing; CorruptObject when it does not read."""
         obj = volume_object(name)
         volume_id = bytes.fromhex(name)
-        offset, length = self.read_checked(Kind.VOLUME, name, lambda f: fmt.table_place(f, size, obj),
-                                           size - fmt.FOOTER.size, fmt.FOOTER.size)
-        return self.read_checked(Kind.VOLUME, name, lambda t: fmt.open_table(self.keys, volume_id, t, obj),
+        offset, length = self.read_checked(Kind.VOLUME, name, lambda f: wire.table_place(f, size, obj),
+                                           size - wire.FOOTER.size, wire.FOOTER.size)
+        return self.read_checked(Kind.VOLUME, name, lambda t: wire.open_table(self.keys, volume_id, t, obj),
                                  offset, length)
 
-    def adopt_volume(self, name: str, size: int, entries: list[fmt.BlockEntry]) -> None:
+    def adopt_volume(self, name: str, size: int, entries: list[wire.BlockEntry]) -> None:
         """Store a volume's index object again from its table, and record the volume."""
         self.store_index_object(name, size, entries)
         self.record_volume(name, size, entries)
 
-    def store_index_object(self, name: str, size: int, entries: list[fmt.BlockEntry]) -> None:
+    def store_index_object(self, name: str, size: int, entries: list[wire.BlockEntry]) -> None:
         """Store (or replace whole) the index object of volume `name`, of `size` bytes, listing `entries`."""
-        self.backend.put(index_object(name), fmt.encode_index(self.keys, bytes.fromhex(name), size, entries))
+        self.backend.put(index_object(name), wire.encode_index(self.keys, bytes.fromhex(name), size, entries))
 
-    def load_index_object(self, name: str) -> tuple[int, list[fmt.BlockEntry]]:
+    def load_index_object(self, name: str) -> tuple[int, list[wire.BlockEntry]]:
         """(volume size, block entries) of volume `name`'s index object, authenticated."""
         obj = index_object(name)
-        return self.read_checked(Kind.INDEX, name, lambda data: fmt.decode_index(self.keys, bytes.fromhex(name),
+        return self.read_checked(Kind.INDEX, name, lambda data: wire.decode_index(self.keys, bytes.fromhex(name),
                                                                                  data, obj))
 
     # ---- keys -----------------------------------------------------------------------------
@@ -699,12 +699,12 @@ class Repository:
         return sorted(self.list_objects(Kind.LOCK))
 
     def store_lock(self, name: str, doc: dict) -> None:
-        self.backend.put(lock_object(name), fmt.encode_lock(self.keys, bytes.fromhex(name), doc))
+        self.backend.put(lock_object(name), wire.encode_lock(self.keys, bytes.fromhex(name), doc))
 
     def load_lock(self, name: str) -> dict:
         obj = lock_object(name)
         return self.read_checked(Kind.LOCK, name,
-                                 lambda data: fmt.decode_lock(self.keys, bytes.fromhex(name), data, obj))
+                                 lambda data: wire.decode_lock(self.keys, bytes.fromhex(name), data, obj))
 
     def delete_lock(self, name: str) -> None:
         self.delete_object(Kind.LOCK, name)
@@ -725,15 +725,15 @@ class Repository:
         self.backend.put(volume_object(name), volume)
         self.backend.put(index_object(name), index_obj)
 
-    def record_volume(self, name: str, size: int, entries: Iterable[fmt.BlockEntry], moved: bool = False) -> None:
+    def record_volume(self, name: str, size: int, entries: Iterable[wire.BlockEntry], moved: bool = False) -> None:
         """Record a volume whose volume and index objects are durably stored. Blocks already
         recorded elsewhere keep their place (this one is kept as a spare: catalog/schema.py, v4),
         unless `moved` (prune's repacking, which deletes the old volume next) moves them here."""
-        catalog_blocks.record_volume(self.index, name, size, list(entries), moved)
+        catalog_blocks.record_volume(self.catalog, name, size, list(entries), moved)
 
     def unrecord_volume(self, name: str) -> None:
         """Forget a volume and the blocks recorded in it (before it is deleted, or once it is gone)."""
-        catalog_blocks.unrecord_volume(self.index, name)
+        catalog_blocks.unrecord_volume(self.catalog, name)
 
     def delete_volume(self, name: str) -> None:
         """Delete a volume no version needs: unrecorded first (the index never names a block that
@@ -745,16 +745,16 @@ class Repository:
 
     def known_blocks(self, block_ids: list[bytes]) -> set[bytes]:
         """The ones among `block_ids` the index records as stored (at most a few hundred at once)."""
-        return catalog_blocks.known_blocks(self.index, block_ids)
+        return catalog_blocks.known_blocks(self.catalog, block_ids)
 
-    def block_location(self, block_id: bytes, index: Index | None = None) -> BlockLocation:
+    def block_location(self, block_id: bytes, catalog: Catalog | None = None) -> BlockLocation:
         """Where a stored block lies, read through `index` (another thread's own connection) or the
         repository's; NoSuchObject when no stored volume holds it."""
-        return catalog_blocks.block_location(index or self.index, block_id)
+        return catalog_blocks.block_location(catalog or self.catalog, block_id)
 
     def block_locations(self, block_ids: Iterable[bytes]) -> dict[bytes, BlockLocation]:
         """`block_location` of many blocks in few queries; a block in no stored volume is left out."""
-        return catalog_blocks.block_locations(self.index, block_ids)
+        return catalog_blocks.block_locations(self.catalog, block_ids)
 
     def fetch_run(self, blocks: list[tuple[bytes, BlockLocation]]) -> dict[bytes, bytes | FsbackupError]:
         """Each block's bytes, or the error that stands for it (`fetch_run_blocks`)."""
@@ -762,7 +762,7 @@ class Repository:
 
     def fetch_run_blocks(self, blocks: list[tuple[bytes, BlockLocation]]) -> list[FetchedBlock]:
         """Blocks lying close together in one volume (`blocks`: (block id, location) by offset),
-        fetched with one range read and decoded together (`fmt.decode_blocks`), in the order given.
+        fetched with one range read and decoded together (`wire.decode_blocks`), in the order given.
         A block that does not decode is downloaded alone once more, as `get_checked` does, so
         damage costs only the files that use it: its `data` is the CorruptObject (or NoSuchObject)
         found. Thread-safe, like `fetch_block`."""
@@ -776,7 +776,7 @@ class Repository:
             return [FetchedBlock(block_id, e, None) for block_id, _ in blocks]
         view = memoryview(raw)
         stored = [view[loc.offset - start:loc.offset - start + loc.stored_length] for _, loc in blocks]
-        decoded = fmt.decode_blocks(self.keys, self.block_cipher(volume),
+        decoded = wire.decode_blocks(self.keys, self.block_cipher(volume),
                                     [(block_id, s, loc.plain_length) for (block_id, loc), s in zip(blocks, stored)],
                                     name)
         fetched = []
@@ -807,14 +807,14 @@ class Repository:
                            location.offset, location.stored_length, retry)
 
     def decode_block(self, block_id: bytes, location: BlockLocation, stored: bytes) -> bytes:
-        return fmt.decode_block(self.keys, self.block_cipher(location.volume), block_id, stored,
+        return wire.decode_block(self.keys, self.block_cipher(location.volume), block_id, stored,
                                 location.plain_length, volume_object(location.volume))
 
     # ---- versions -----------------------------------------------------------------------
 
     def store_version(self, head: dict, entries: Iterable[list]) -> str:
         name = secrets.token_hex(32)
-        self.backend.put(version_object(name), fmt.encode_version(self.keys, bytes.fromhex(name), head, entries))
+        self.backend.put(version_object(name), wire.encode_version(self.keys, bytes.fromhex(name), head, entries))
         return name
 
     def delete_version(self, name: str, why: str = "forget") -> None:
@@ -822,7 +822,7 @@ class Repository:
         then takes its going for a loss), then its object (a crash between the two leaves an
         object that every reader ignores and the next backup or prune deletes), then its rows in
         the local index."""
-        record = fmt.encode_forgotten(self.keys, bytes.fromhex(name), {"time_ns": time.time_ns(), "why": why})
+        record = wire.encode_forgotten(self.keys, bytes.fromhex(name), {"time_ns": time.time_ns(), "why": why})
         try:
             self.backend.put(forgotten_object(name), record)
         except NoSpace:
@@ -848,7 +848,7 @@ class Repository:
             obj = forgotten_object(name)
             try:
                 self.read_checked(Kind.FORGOTTEN, name, lambda data, obj=obj, name=name:
-                                  fmt.decode_forgotten(self.keys, bytes.fromhex(name), data, obj))
+                                  wire.decode_forgotten(self.keys, bytes.fromhex(name), data, obj))
             except (CorruptObject, NoSuchObject) as e:
                 names.discard(name)
                 log.warning("%s; version %s is not taken for forgotten", e, name[:8])
@@ -875,7 +875,7 @@ class Repository:
 
     def _remember_vanished(self, unexplained: set[str]) -> None:
         names = sorted(unexplained)
-        catalog_versions.remember_vanished(self.index, names, time.time_ns(), accept_all=self.accept_missing)
+        catalog_versions.remember_vanished(self.catalog, names, time.time_ns(), accept_all=self.accept_missing)
         for name in names:
             log.warning("version %s is gone from the repository without having been forgotten (deleted "
                         "outside fsbackup, or lost); 'fsbackup check' reports it until you accept it with "
@@ -883,16 +883,16 @@ class Repository:
 
     def vanished_versions(self) -> list[catalog_versions.VanishedVersion]:
         """The versions this machine saw vanish without a forget (not yet accepted)."""
-        return catalog_versions.vanished_versions(self.index)
+        return catalog_versions.vanished_versions(self.catalog)
 
-    def load_version(self, name: str) -> tuple[dict, fmt.CheckedEntries]:
+    def load_version(self, name: str) -> tuple[dict, wire.CheckedEntries]:
         """(header, entries) of a version object: authenticated whole, its entries streamed and
         checked as they are iterated (CorruptObject naming the object, from either)."""
         obj = version_object(name)
 
-        def decode(data: bytes) -> tuple[dict, fmt.CheckedEntries]:
-            head, entries = fmt.decode_version(self.keys, bytes.fromhex(name), data, obj)
-            return fmt.check_head(head, obj), fmt.checked_entries(entries, obj)
+        def decode(data: bytes) -> tuple[dict, wire.CheckedEntries]:
+            head, entries = wire.decode_version(self.keys, bytes.fromhex(name), data, obj)
+            return wire.check_head(head, obj), wire.checked_entries(entries, obj)
         return get_checked(self.backend, obj, decode)
 
     def record_version(self, name: str, head: dict, entries: Iterable[list],
@@ -900,15 +900,15 @@ class Repository:
         """Record a stored version and its tree in the local index, checked as it is recorded
         (`catalog.versions.record_version`: CorruptObject leaves nothing recorded). Returns the
         version's row id: `version_id` (a rebuild keeps a version's id) or a new one."""
-        return catalog_versions.record_version(self.index, name, head, entries, content_ids, version_id)
+        return catalog_versions.record_version(self.catalog, name, head, entries, content_ids, version_id)
 
-    def close_index(self) -> None:
-        if self._index is not None:
-            self._index.close()
-            self._index = None
+    def close_catalog(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
 
     def close(self) -> None:
-        self.close_index()
+        self.close_catalog()
         self.backend.close()
 
 
@@ -931,4 +931,4 @@ def _bounded_map(pool, fn, items, window: int = 16):
         yield first, fut.result()
 
 
-INDEX_OBJECTS_PER_TASK = 64    # rebuild_index reads index objects in runs of this many
+INDEX_OBJECTS_PER_TASK = 64    # rebuild_catalog reads index objects in runs of this many

@@ -5,7 +5,7 @@ import secrets
 from collections import deque
 from concurrent.futures import Future
 
-from ..codec import format as fmt
+from ..codec import wire
 from ..errors import FsbackupError
 from .repository import Repository
 
@@ -20,9 +20,9 @@ class VolumeWriter:
     def __init__(self, repo: Repository):
         self.name = secrets.token_hex(32)
         self.cipher = repo.block_cipher(self.name)
-        self.parts: list[bytes] = [fmt.header(fmt.VOLUME_MAGIC)]
-        self.offset = fmt.HEADER_LEN
-        self.entries: list[fmt.BlockEntry] = []
+        self.parts: list[bytes] = [wire.header(wire.VOLUME_MAGIC)]
+        self.offset = wire.HEADER_LEN
+        self.entries: list[wire.BlockEntry] = []
         self.encoding: deque[tuple[list[bytes], Future]] = deque()   # batches being encoded, in order
         self.batch: list[tuple[bytes, bytes]] = []                  # small blocks not yet handed off
         self.batch_bytes = 0
@@ -37,20 +37,20 @@ class VolumeWriter:
 
     def add(self, block_id: bytes, stored: bytes, plain_len: int) -> None:
         """Append one block, encoded under this volume's cipher."""
-        self.entries.append(fmt.BlockEntry(block_id, self.offset, len(stored), plain_len))
+        self.entries.append(wire.BlockEntry(block_id, self.offset, len(stored), plain_len))
         self.parts.append(stored)
         self.offset += len(stored)
 
     def seal(self, keys) -> tuple[bytes, bytes]:
         """(the volume, its index object): the table and footer appended, read back to verify."""
-        self.parts.append(fmt.seal_table(keys, bytes.fromhex(self.name), self.entries, self.offset))
+        self.parts.append(wire.seal_table(keys, bytes.fromhex(self.name), self.entries, self.offset))
         data = b"".join(self.parts)
         self.parts = []
         self.stored_size = len(data)
         # Verify what we wrote: re-read our own table before it leaves the machine.
-        if fmt.open_volume_table(keys, bytes.fromhex(self.name), data, self.name) != self.entries:
+        if wire.open_volume_table(keys, bytes.fromhex(self.name), data, self.name) != self.entries:
             raise FsbackupError(f"internal error: volume {self.name} does not read back as written")
-        return data, fmt.encode_index(keys, bytes.fromhex(self.name), len(data), self.entries)
+        return data, wire.encode_index(keys, bytes.fromhex(self.name), len(data), self.entries)
 
     def seal_and_store(self, repo: Repository) -> int:
         """Seal, then upload the volume and its index object; returns the bytes uploaded.

@@ -1,17 +1,17 @@
-"""The connection to the local index (`Index`): opening it, the WAL, the local index lock,
+"""The connection to the local index (`Catalog`): opening it, the WAL, the local index lock,
 transactions, the facts in `meta`, and the one place SQLite's errors become domain errors.
 
 The local index is a SQLite cache of what the remote holds, shaped for the mount's queries. The
 remote is the source of truth; this file can always be rebuilt from the remote's index and
-version objects (`repository.rebuild_index`). Everything is recorded only after the objects it
+version objects (`Repository.rebuild_catalog`). Everything is recorded only after the objects it
 describes are durably stored ("publish, then record").
 
 Rows never change meaning under a reader. Version and content row ids are handed out from
 counters that only grow (`allocate_ids`), so a row id a reader holds (the mount's inode numbers, a
 restore's content ids) never comes to name another version or another file's bytes, even after
 the row is deleted. The one operation that renumbers rows, a rebuild, needs the index to itself:
-every open `Index` holds a shared lock on the file `<index>.lock` (flock: released by the kernel
-when a process dies), and a rebuild converts its own to an exclusive one (`Index.exclusive`),
+every open `Catalog` holds a shared lock on the file `<index>.lock` (flock: released by the kernel
+when a process dies), and a rebuild converts its own to an exclusive one (`Catalog.exclusive`),
 which fails at once while any other connection, in this process or another (a mount, a restore,
 ls, check), has the index open.
 """
@@ -70,7 +70,7 @@ def _map_errors(e: Exception, path: str) -> Exception:
     return FsbackupError(f"local index {path}: {e}")
 
 
-class Index:
+class Catalog:
     """An open local index. Use from one thread at a time (the CLI's main thread, or the mount's
     worker threads with a connection each). Holds the shared local lock while open (see above).
 
@@ -86,7 +86,7 @@ class Index:
         try:
             make_private_folder(folder)
             self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            # Closed by close(), or when the Index is collected unclosed (the mount's worker threads
+            # Closed by close(), or when the Catalog is collected unclosed (the mount's worker threads
             # come and go with their connections): a leaked descriptor would also keep the lock.
             self._release_lock = weakref.finalize(self, os.close, self._lock_fd)
             self._take_lock(fcntl.LOCK_SH, wait=10.0)

@@ -131,7 +131,7 @@ def test_opened_releases_its_lock_and_closes_the_repository_however_the_block_en
         with open_repo(env) as other:
             assert [(lock.command, lock.exclusive) for lock in locks.list_locks(other)] == [("check", False)]
         raise errors.CorruptObject("data/00", "a test")
-    assert repo._index is None                        # closed
+    assert repo._catalog is None                        # closed
     with open_repo(env) as other:
         assert locks.list_locks(other) == []
 
@@ -190,7 +190,7 @@ def test_the_engines_tell_the_user_through_one_reporter(env, tmp_path):
         backup.warn("a file left out")      # (as root every file reads: the warning is made here)
         assert heard.lines == [("note", f"{src}/socket is a socket; skipped"), ("warn", "a file left out")]
         assert backup.stats.warnings == ["a file left out"]
-        tree = VersionTree(repo.index, resolve_version(repo.index, name))
+        tree = VersionTree(repo.catalog, resolve_version(repo.catalog, name))
         restore = Restore(repo, tree, str(tmp_path / "target"), reporter=(heard := Recorder()))
         restore.run()
         restore.warn("a file not restored")
@@ -265,3 +265,14 @@ def test_password_files_are_read_alike(env, tmp_path):
     env.ok("key", "passwd", "--new-password-file", tmp_path / "new")
     write(tmp_path / "pw", b"new passphrase\n")
     env.ok("--password-file", tmp_path / "pw", "versions", FSBACKUP_PASSWORD="")
+
+
+def test_backup_records_the_host_it_is_given_and_refuses_names_no_folder_can_have(env, tmp_path):
+    write(tmp_path / "src" / "f", b"x")
+    env.ok("backup", tmp_path / "src", "--host", "laptop")
+    env.ok("backup", tmp_path / "src")
+    hosts = [v["host"] for v in json.loads(env.ok("versions", "--json").out)]
+    assert hosts == ["laptop", socket.gethostname()]
+    for bad in ("", "a/b", "..", "tab\there"):
+        r = env.run("backup", tmp_path / "src", "--host", bad)
+        assert r.rc == 2 and "is not a host name" in r.err and "Traceback" not in r.err, r.err

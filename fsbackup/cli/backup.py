@@ -8,7 +8,7 @@ from ..errors import UsageError
 from ..progress import human_bytes, human_duration
 from ..repository.locks import hold_lock
 from . import forget, prune
-from .options import PROG, Command, compression_level, count_arg, keep_options, percent_arg, volume_size_arg
+from .options import PROG, Command, compression_level, count_arg, host_name, keep_options, percent_arg, volume_size_arg
 from .output import Output, print_report
 from .repo import opened
 
@@ -29,6 +29,9 @@ def add_arguments(p) -> None:
                    help="leave out the contents of directories with a valid CACHEDIR.TAG")
     p.add_argument("--one-file-system", action="store_true", help="do not cross file system boundaries")
     p.add_argument("--tag", metavar="TAG", action="append", default=[], help="tag the version (repeatable)")
+    p.add_argument("--host", metavar="NAME", type=host_name, default=None,
+                   help="record the version as made on host NAME (default: this machine's host name); the "
+                        "unchanged files of the last version of this host and these paths are not read again")
     p.add_argument("--dry-run", action="store_true", help="scan and chunk, but store nothing")
     p.add_argument("--volume-size", metavar="SIZE", type=volume_size_arg, default=None,
                    help="close volumes at about this size, 32K to 4G (default 32M)")
@@ -77,14 +80,14 @@ def run(args, out: Output) -> int:
         raise UsageError("backup --prune needs at least one keep rule (e.g. --keep-daily 7)")
     options = BackupOptions(excludes=excludes, exclude_if_present=args.exclude_if_present,
                             exclude_caches=args.exclude_caches, one_file_system=args.one_file_system,
-                            tags=args.tag, dry_run=args.dry_run)
+                            tags=args.tag, dry_run=args.dry_run, host=args.host)
     if args.volume_size:
         options.volume_size = args.volume_size
     if args.compression is not None:
         options.compression = args.compression
     # Two locks in turn: the backup's own (a dry run stores nothing and needs none), then, for the
     # keep rules, an exclusive one, as forget takes.
-    with opened(args, out, sync_index=False) as repo:
+    with opened(args, out, sync_catalog=False) as repo:
         job = Backup(repo, options, out)
         verification = []     # verify after backup runs under the backup's lock; reported after its summary
         saved = []            # the new version, once stored: an interruption then leaves it saved
@@ -128,7 +131,7 @@ def run(args, out: Output) -> int:
                 quiet = Output.silent() if out.json else out
                 try:
                     with hold_lock(repo, "exclusive", "backup"):
-                        repo.ensure_index()
+                        repo.sync_catalog()
                         summary["forget"] = forget.forget_by_policy(repo, policy, False, quiet)
                         if args.prune:
                             summary["prune"] = prune.prune_now(repo, args, quiet, dry_run=False)

@@ -121,6 +121,15 @@ def subset_arg(text: str) -> str:
 
 # ---- options of every command, and of several ------------------------------------------------
 
+def host_name(text: str) -> str:
+    """A host name for --host: what versions are grouped by, and a folder name in the mount
+    (`hosts/<host>`), so it is one path component of printable text."""
+    if not text or len(text.encode()) > 255 or text in (".", "..") or "/" in text \
+            or any(not ch.isprintable() for ch in text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a host name (printable text, no '/', at most 255 bytes)")
+    return text
+
+
 def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """The options every command takes, before or after its name. `suppress`: on a command's
     parser, an option not given there leaves what the main parser found."""

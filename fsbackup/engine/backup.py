@@ -60,6 +60,7 @@ class BackupOptions:
     exclude_caches: bool = False
     one_file_system: bool = False
     tags: list[str] = field(default_factory=list)
+    host: str | None = None                  # the version's host; None: this machine's host name
     dry_run: bool = False
     trust_unchanged: bool = True             # False: read unchanged files too (their stored blocks may be gone)
     volume_size: int = DEFAULT_VOLUME_SIZE
@@ -344,7 +345,7 @@ class Backup:
         start_ns = time.time_ns()
         tops = self._top_paths(paths)
         catalog = self.repo.catalog
-        host = socket.gethostname()
+        host = self.options.host or socket.gethostname()
         head_paths = [os.fsdecode(p) for p in tops]
         parent = self._parent_version(host, head_paths) if self.options.trust_unchanged else None
         self.prev = VersionTree(catalog, parent) if parent else None

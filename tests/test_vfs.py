@@ -112,6 +112,29 @@ def test_xattrs_and_missing_xattr_is_enodata(backed_up):
     assert e.value.errno == errno.ENODATA
 
 
+def test_fetch_threads_start_with_the_mount_each_with_its_index_connection(env, tmp_path, monkeypatch):
+    """The first read of a mount finds its fetch threads running and connected: it pays for
+    neither a thread start nor opening the local index."""
+    write(tmp_path / "src" / "a", b"x")
+    env.ok("backup", tmp_path / "src")
+    connected = set()
+    real = RepositoryView._catalog
+
+    def recording(self):
+        connected.add(threading.current_thread().name)
+        return real(self)
+    monkeypatch.setattr(RepositoryView, "_catalog", recording)
+    view = open_view(env, fetch_threads=3)
+    try:
+        deadline = time.monotonic() + 10
+        while len({n for n in connected if n.startswith("fsbackup-fetch")}) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert {n for n in connected if n.startswith("fsbackup-fetch")} == \
+            {"fsbackup-fetch_0", "fsbackup-fetch_1", "fsbackup-fetch_2"}
+    finally:
+        view.close()
+
+
 def test_reads_return_exact_bytes_at_any_offset(env, tmp_path):
     data = pseudo_random(9 << 20, 5)
     view, f = one_file_view(env, tmp_path, data)

@@ -67,10 +67,28 @@ class BlockLoader:
         # Fetch threads mostly wait on storage round trips: as many as the read-ahead window keeps
         # a whole window in flight on a remote store (8 halved cold reads at 30 ms latency).
         self.fetcher = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fsbackup-fetch")
+        self._start_fetch_threads(fetch_threads)
         self.max_prefetch = max_prefetch
         self._run_ahead_lock = threading.Lock()
         # block id -> (block id, location) of the last block of the run it lies halfway through
         self._run_ahead: OrderedDict[bytes, tuple[bytes, BlockLocation]] = OrderedDict()
+
+    def _start_fetch_threads(self, count: int) -> None:
+        """Start every fetch thread now, each with its connection to the local index open, so the
+        first read of the mount does not pay for a thread and a connection (about 5 ms on a cold
+        machine: the first byte of a file is what a person opening it waits for). The executor
+        starts threads lazily, one per task that finds none idle: the tasks wait for each other,
+        so there are `count` of them at once."""
+        all_started = threading.Barrier(count)
+
+        def start() -> None:
+            self._catalog()
+            try:
+                all_started.wait(timeout=10)
+            except threading.BrokenBarrierError:      # a slow start only makes the first read wait
+                pass
+        for _ in range(count):
+            self.fetcher.submit(start)
 
     def close(self) -> None:
         self.fetcher.shutdown(wait=False, cancel_futures=True)

@@ -31,6 +31,10 @@ It takes part in the mount scenario only. The ratio columns divide fsbackup's me
 peer's (the floor included): where lower is better, below 1x means fsbackup is better; where
 higher is better, above 1x does.
 
+--fleet instead backs up 4 machines (each --size-mb: a tree common to all, 60% of it, plus a
+tree of its own) into one repository per tool, all at once and then one after another, fsbackup
+and restic (borg's exclusive lock makes its machines queue).
+
 Tools are interleaved run by run (fsbackup, restic, borg, floor, fsbackup, ...) so that a slow
 phase of the machine does not land on one tool only. Everything happens below one
 temporary directory that is removed at the end. Only the standard library is used.
@@ -1537,6 +1541,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                             "of this round-trip latency (scripts/remote_like.py): backup MB/s and "
                             "cold cat of the big file through the mount, with read-ahead and "
                             "one block at a time")
+    which.add_argument("--fleet", action="store_true",
+                       help=f"instead: {FLEET_MACHINES} machines with overlapping trees (--size-mb each) backed "
+                            "up into one repository at once and one after another, fsbackup against restic")
     parser.add_argument("--bandwidth-mbps", type=float, default=0.0, metavar="MB/S",
                         help="with --latency-ms: the link's bandwidth (default unlimited)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -1568,6 +1575,135 @@ def make_mount_plan(dataset: Dataset, work: Path, size_mb: int, seed: int) -> Mo
         log("bench: gio is missing (Debian packages libglib2.0-bin, shared-mime-info): "
             "the gio list metrics are skipped")
     return MountPlan(big_file, wide_ls_dir, wide_gio_dir, name, first, gio)
+
+
+FLEET_MACHINES = 4
+FLEET_COMMON_SHARE = 0.6  # of --size-mb: the files every machine holds (the OS, shared documents)
+FLEET_OWN_SHARE = 0.1     # of --size-mb: the files only one machine holds
+
+
+class FleetTool(NamedTuple):
+    """How one tool backs up a machine of the fleet: its own host name and local cache, one
+    repository for all."""
+    name: str
+    init: Callable[[Path], list[str]]
+    backup: Callable[[Path, Path, str], list[str]]   # repository, source, host
+    env: Callable[[Path, str], dict[str, str]]       # work folder, host
+
+
+def fleet_tools() -> list[FleetTool]:
+    """fsbackup and restic: the two that let backups run concurrently into one repository
+    (borg's lock is exclusive: its machines queue, so it has no concurrent figure)."""
+    tools = [FleetTool(
+        "fsbackup",
+        lambda repo: ["fsbackup", "-q", "--repo", str(repo), "init"],
+        lambda repo, source, host: ["fsbackup", "-q", "--repo", str(repo), "backup", "--host", host,
+                                    str(source)],
+        lambda work, host: {"FSBACKUP_PASSWORD": PASSWORD, "XDG_CACHE_HOME": str(work / "cache" / host)})]
+    if shutil.which("restic"):
+        tools.append(FleetTool(
+            "restic",
+            lambda repo: ["restic", "init", "--repo", str(repo)],
+            lambda repo, source, host: ["restic", "backup", "--quiet", "--repo", str(repo), "--host", host,
+                                        str(source)],
+            lambda work, host: {"RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "cache" / host)}))
+    return tools
+
+
+def make_fleet(root: Path, size_mb: int, seed: int) -> list[Path]:
+    """FLEET_MACHINES source trees: each a copy of one common tree plus a tree of its own."""
+    common = generate_dataset(_fresh(root / "common"), max(1, int(size_mb * FLEET_COMMON_SHARE)), seed)
+    machines = []
+    for i in range(FLEET_MACHINES):
+        machine = _fresh(root / f"machine{i}")
+        subprocess.run(["cp", "-a", str(common.root), str(machine / "shared")], check=True)
+        generate_dataset(_fresh(machine / "own"), max(1, int(size_mb * FLEET_OWN_SHARE)), seed + 100 + i)
+        machines.append(machine)
+    shutil.rmtree(common.root)
+    return machines
+
+
+def _fresh(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+def fleet_round(tool: FleetTool, machines: list[Path], work: Path, concurrent: bool) -> tuple[float, int]:
+    """Wall seconds to back up every machine into one fresh repository, all at once or one after
+    another, and the repository's size afterwards."""
+    remove_tree(work)
+    work.mkdir(parents=True)
+    repo = work / "repo"
+    hosts = [f"machine{i}" for i in range(len(machines))]
+    base = dict(os.environ)
+    subprocess.run(tool.init(repo), env={**base, **tool.env(work, hosts[0])}, check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for machine in machines:
+        warm_dataset(machine)
+
+    def start(i: int) -> subprocess.Popen:
+        err = open(work / f"{hosts[i]}.err", "wb")
+        return subprocess.Popen(tool.backup(repo, machines[i], hosts[i]), env={**base, **tool.env(work, hosts[i])},
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    began = time.perf_counter()
+    if concurrent:
+        procs = [start(i) for i in range(len(machines))]
+        codes = [p.wait() for p in procs]
+    else:
+        codes = [start(i).wait() for i in range(len(machines))]
+    seconds = time.perf_counter() - began
+    for host, code in zip(hosts, codes):
+        if code != 0:
+            raise StepFailed(f"fleet: {tool.name} backup of {host} ({'concurrent' if concurrent else 'sequential'}): "
+                             f"exit status {code}: {last_line(work / f'{host}.err')}")
+    return seconds, repository_bytes(repo)
+
+
+def fleet_scenario(args: argparse.Namespace) -> dict:
+    """FLEET_MACHINES machines with overlapping trees backed up into one repository per tool, all
+    at once and one after another (fresh repository each time), interleaved run by run: median
+    wall times and repository sizes."""
+    work = Path(os.path.realpath(tempfile.mkdtemp(prefix="fsbackup-bench-fleet-")))
+    try:
+        log(f"bench: generating {FLEET_MACHINES} machines' trees ({args.size_mb} MiB each, "
+            f"{FLEET_COMMON_SHARE:.0%} of it common to all) ...")
+        machines = make_fleet(work / "machines", args.size_mb, args.seed)
+        tools = fleet_tools()
+        samples: dict[str, dict[str, list[float]]] = {
+            t.name: {"concurrent_s": [], "sequential_s": [], "concurrent_bytes": [], "sequential_bytes": []}
+            for t in tools}
+        for n in range(args.runs):
+            for tool in tools:
+                for concurrent in (True, False):
+                    mode = "concurrent" if concurrent else "sequential"
+                    log(f"bench: fleet run {n + 1}/{args.runs}: {tool.name}, {mode} ...")
+                    seconds, size = fleet_round(tool, machines, work / "round", concurrent)
+                    samples[tool.name][f"{mode}_s"].append(seconds)
+                    samples[tool.name][f"{mode}_bytes"].append(size)
+        files, size = tree_totals(machines[0])
+        medians = {name: {key: statistics.median(values) for key, values in per.items()}
+                   for name, per in samples.items()}
+        return {"machines": FLEET_MACHINES, "files_per_machine": files, "bytes_per_machine": size,
+                "runs": args.runs, "tools": medians, "samples": samples}
+    finally:
+        remove_tree(work)
+
+
+def print_fleet(data: dict) -> None:
+    print(f"fleet: {data['machines']} machines of {data['files_per_machine']:,} files "
+          f"({data['bytes_per_machine'] / MIB:.0f} MiB) each, {FLEET_COMMON_SHARE:.0%} of the data common to "
+          f"all; one repository per tool; medians of {data['runs']} runs")
+    print(f"{'tool':10} {'concurrent (s)':>15} {'sequential (s)':>15} {'conc./seq.':>11} "
+          f"{'repo, conc. (MiB)':>18} {'repo, seq. (MiB)':>17}")
+    tools = data["tools"]
+    for name, m in tools.items():
+        print(f"{name:10} {m['concurrent_s']:15.2f} {m['sequential_s']:15.2f} "
+              f"{m['concurrent_s'] / m['sequential_s']:10.2f}x {m['concurrent_bytes'] / MIB:18.1f} "
+              f"{m['sequential_bytes'] / MIB:17.1f}")
+    if "restic" in tools:
+        print(f"fsbackup/restic, concurrent wall time: "
+              f"{tools['fsbackup']['concurrent_s'] / tools['restic']['concurrent_s']:.2f}x "
+              f"(below 1x: fsbackup is faster)")
 
 
 REMOTE_LIKE = Path(__file__).with_name("remote_like.py")
@@ -1673,6 +1809,18 @@ def main(argv: list[str] | None = None) -> int:
             print()
         else:
             print_remote_like(data)
+        return 0
+    if args.fleet:
+        try:
+            data = fleet_scenario(args)
+        except (StepFailed, subprocess.CalledProcessError) as e:
+            log(f"bench: {e}")
+            return 1
+        if args.json:
+            json.dump(data, sys.stdout, indent=2)
+            print()
+        else:
+            print_fleet(data)
         return 0
     if args.no_mount:
         run_mount = False

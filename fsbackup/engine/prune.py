@@ -275,10 +275,13 @@ class Prune:
         """Blocks lying back to back, fetched with one range read, each authenticated and checked;
         a live block that cannot be had stops the prune (its volume stays)."""
         fetched = self.repo.fetch_run(run)
+        blocks = []
         for block_id, _ in run:
-            if isinstance(fetched[block_id], FsbackupError):
-                raise fetched[block_id]
-        return [(block_id, fetched[block_id]) for block_id, _ in run]
+            block = fetched[block_id]
+            if isinstance(block, FsbackupError):
+                raise block
+            blocks.append((block_id, block))
+        return blocks
 
     def _flush(self) -> None:
         """Store and record the new volume (its blocks now point there), then delete the old

@@ -25,6 +25,7 @@ symlink while the restore runs is never followed: the restore stops with an erro
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import secrets
@@ -36,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, TypeVar
 
-from ..catalog.tree import Node, VersionTree
+from ..catalog.tree import Content, Node, VersionTree
 from ..codec import wire
 from ..errors import (
     CorruptObject,
@@ -93,7 +94,8 @@ class _FileJob:
     def __init__(self, path: bytes, rel: bytes, dir_fd: int, temp: bytes, node: Node, fd: int, hasher,
                  expected_hash: bytes):
         self.path, self.rel, self.dir_fd, self.name = path, rel, dir_fd, split(rel)[1]
-        self.temp, self.node, self.fd = temp, node, fd
+        self.temp: bytes | None = temp
+        self.node, self.fd = node, fd
         self.hasher, self.expected_hash = hasher, expected_hash
         self.error: str | None = None
 
@@ -276,7 +278,7 @@ class Restore:
         finally:
             if dir_fds is not None:
                 dir_fds.close()
-                os.close(target_fd)
+                os.close(dir_fds.base_fd)
         if conflicts:
             raise TargetConflict(f"{len(conflicts)} file(s) already exist in the target, e.g. "
                                  f"{os.fsdecode(self._path(conflicts[0]))}; use --overwrite to replace them "
@@ -352,6 +354,7 @@ class Restore:
             self._restore_file(rel, node)
             return
         if node.type == "l":
+            assert node.target is not None      # every link has one (wire.TreeCheck, at sync)
             os.symlink(node.target, name, dir_fd=parent_fd)
         elif node.type == "p":
             os.mkfifo(name, 0o600, dir_fd=parent_fd)
@@ -374,6 +377,7 @@ class Restore:
                 while len(self.small_ready) > 1:     # one batch fetched ahead of the one being written
                     self._write_small_batch(self.small_ready.popleft())
             return
+        assert node.content is not None          # every file has one (wire.TreeCheck, at sync)
         content = self.tree.content(node.content)
         dir_fd = os.dup(self.dir_fds.get(split(rel)[0]))    # the job's own: it outlives trims
         try:
@@ -396,7 +400,7 @@ class Restore:
                     self.queue.append(_Failed(job, str(e)))
                 else:
                     fut = self.pool.submit(self.cache.get, block_id,
-                                           lambda bid, loc=location: self.repo.fetch_block(bid, loc))
+                                           functools.partial(self.repo.fetch_block, location=location))
                     self.queue.append(_Data(job, offset, fut))
                     self._drain(FETCH_WINDOW)
             offset += length
@@ -414,6 +418,9 @@ class Restore:
         """Look the batch up and start fetching its blocks, as runs in volume order."""
         batch, self.small_batch, self.small_batch_bytes = self.small_batch, [], 0
         contents = self.tree.contents(sorted({node.content for _, node in batch if node.content is not None}))
+
+        def content_of(node: Node) -> Content | None:
+            return contents.get(node.content) if node.content is not None else None
         block_ids = {bid for c in contents.values() for bid, _ in c.extents if bid != wire.HOLE_ID}
         sources: dict[bytes, object] = {}          # block id -> its bytes, or the Future of its run
         for bid in block_ids:
@@ -426,12 +433,12 @@ class Restore:
             self._submit_run(run, sources)
 
         def place(item):
-            content = contents.get(item[1].content)
+            content = content_of(item[1])
             first = next((bid for bid, _ in content.extents if bid != wire.HOLE_ID), None) if content else None
             loc = locations.get(first)
             return (loc.volume, loc.offset) if loc else ("", 0)
         batch.sort(key=place)                      # the order the runs arrive in
-        self.small_ready.append([(rel, node, contents.get(node.content), sources) for rel, node in batch])
+        self.small_ready.append([(rel, node, content_of(node), sources) for rel, node in batch])
 
     def _submit_run(self, run: list, sources: dict) -> None:
         fut = self.pool.submit(self.repo.fetch_run, run)
@@ -474,6 +481,7 @@ class Restore:
         self.dir_fds.trim()
         parent, name = split(rel)
         dir_fd = self.dir_fds.get(parent)      # (valid to the end: nothing here trims)
+        temp: bytes | None
         temp, fd = _create_temporary(dir_fd)
         try:
             try:
@@ -548,6 +556,7 @@ class Restore:
         self._set_metadata(job.fd, job.node, job.path)
         os.close(job.fd)
         job.fd = -1
+        assert job.temp is not None               # a job is renamed once, here
         os.rename(job.temp, job.name, src_dir_fd=job.dir_fd, dst_dir_fd=job.dir_fd)
         job.temp = None
         job.close()

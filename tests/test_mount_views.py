@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import make_full_tree, snapshot, write
 from test_mount import FUSE_MISSING, mounted  # noqa: F401 - a fixture
 from test_mount_faults import wait_for
 from test_views import backup
-
-import pytest
 
 pytestmark = pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {FUSE_MISSING}")
 
@@ -55,7 +54,8 @@ def test_each_host_shows_its_versions_as_restore_gives_them(env, tmp_path, mount
     assert os.readlink(root / "tags" / "weekly" / "latest") == newest_a
     assert os.listdir(root / "hosts" / "b") == [os.readlink(root / "latest").split("/")[1], "latest"]
     # one directory, one inode, wherever it shows
-    for place in (root / "hosts" / "a" / newest_a, root / "hosts" / "a" / "latest", root / "tags" / "weekly" / newest_a):
+    a, weekly = root / "hosts" / "a", root / "tags" / "weekly"
+    for place in (a / newest_a, a / "latest", weekly / newest_a):
         assert os.stat(place).st_ino == os.stat(root / "versions" / newest_a).st_ino
         assert os.stat(place / str(src / "text.txt").lstrip("/")).st_ino == \
             os.stat(root / "versions" / newest_a / str(src / "text.txt").lstrip("/")).st_ino

@@ -12,8 +12,8 @@ import pytest
 from conftest import write
 from test_vfs import open_view
 
-from fsbackup.mount.namespace import (FIRST_ALLOCATED_INODE, HISTORY_INODE, HOSTS_INODE, NODE_MASK, ROOT_INODE,
-                                      TAGS_INODE, FsOpError, in_version)
+from fsbackup.mount import namespace
+from fsbackup.mount.namespace import HISTORY_INODE, HOSTS_INODE, ROOT_INODE, TAGS_INODE, FsOpError, in_version
 from fsbackup.mount.view import RepositoryView
 
 
@@ -88,7 +88,8 @@ def test_numbers_of_top_level_directories_stay_the_same_and_below_every_versions
     env, tmp_path, view = fleet
     first = {name: attr.ino for name, attr, _ in view.readdir(HOSTS_INODE, 0)}
     history = {name: attr.ino for name, attr, _ in view.readdir(HISTORY_INODE, 0)}
-    assert all(FIRST_ALLOCATED_INODE <= ino <= NODE_MASK for ino in [*first.values(), *history.values()])
+    numbers = [*first.values(), *history.values()]
+    assert all(namespace.FIRST_ALLOCATED_INODE <= ino <= namespace.NODE_MASK for ino in numbers)
     assert len({*first.values(), *history.values()}) == len(first) + len(history)
     env.ok("forget", *(v.name for v in view.by_name.values() if v.host == "a"))     # a's directory goes ...
     assert view.refresh_versions()

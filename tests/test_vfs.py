@@ -12,7 +12,7 @@ from conftest import TEST_PASSWORD, make_full_tree, pseudo_random, write
 
 from fsbackup.backends import open_backend
 from fsbackup.backends.retry import RetryingBackend
-from fsbackup.mount.namespace import LATEST_INODE, ROOT_INODE, VERSIONS_INODE, FsOpError
+from fsbackup.mount.namespace import HOSTS_INODE, LATEST_INODE, ROOT_INODE, TAGS_INODE, VERSIONS_INODE, FsOpError
 from fsbackup.mount.view import RepositoryView
 from fsbackup.repository import Repository
 
@@ -70,7 +70,7 @@ def test_top_level_has_versions_and_latest(backed_up):
     env, src = backed_up
     view = open_view(env)
     names = [n for n, _, _ in view.readdir(ROOT_INODE, 0)]
-    assert names == [b"versions", b"latest"]
+    assert names == [b"versions", b"latest", b"hosts", b"tags", b"history"]
     (vname, vattr, _), = view.readdir(VERSIONS_INODE, 0)
     assert len(vname) == len(b"2026-11-24_10-00-00") and b":" not in vname
     assert view.readlink(LATEST_INODE) == b"versions/" + vname
@@ -307,7 +307,7 @@ def test_versions_coming_or_going_make_the_top_level_and_their_entries_stale(env
         changed = view.refresh_versions()
         assert first not in changed and len(changed) == 1
         stale = view.invalidations(changed)
-        assert sorted(stale.inodes) == [ROOT_INODE, VERSIONS_INODE, LATEST_INODE]
+        assert sorted(stale.inodes) == [ROOT_INODE, VERSIONS_INODE, LATEST_INODE, HOSTS_INODE, TAGS_INODE]
         assert sorted(stale.entries) == sorted([(ROOT_INODE, b"latest"), (VERSIONS_INODE, view.latest)])
         with pytest.raises(FsOpError) as e:
             view.lookup(LATEST_INODE, b"x")

@@ -3,7 +3,8 @@
 Threading rule: handlers run on the trio thread and never hop to another thread for a request
 that can be answered from memory or the local index. Point lookups (lookup, getattr, readlink,
 getxattr, listxattr, open, pages of 128 directory entries: a few indexed queries, microseconds)
-and reads of blocks in memory run right there. A read whose blocks are not in memory starts their
+and reads of blocks in memory run right there; those about history/ directories, whose queries span
+every version, go to a worker thread (`_answer`). A read whose blocks are not in memory starts their
 loads in the view's fetch threads and awaits their Futures without a thread of its own
 (`_settled`), so a slow fetch never stalls a listing. Only statfs goes to a worker thread
 (`trio.to_thread.run_sync`, bounded by a CapacityLimiter). Only FUSEError leaves a handler:
@@ -138,11 +139,19 @@ class Operations(pyfuse3.Operations):
 
     # ---- reading the tree -------------------------------------------------------------------
 
+    async def _answer(self, inode, fn, *args):
+        """`fn(*args)`, a request about `inode`: on the trio thread (`_point`), or in a worker thread
+        when the view says its answers may take milliseconds (history/), which must not stall the
+        requests of everyone else."""
+        if self.view.answers_slowly(inode):
+            return await self._call(fn, *args)
+        return self._point(fn, *args)
+
     async def lookup(self, parent_inode, name, ctx=None):
-        return _entry(self._point(self.view.lookup, parent_inode, name))
+        return _entry(await self._answer(parent_inode, self.view.lookup, parent_inode, name))
 
     async def getattr(self, inode, ctx=None):
-        return _entry(self._point(self.view.getattr, inode))
+        return _entry(await self._answer(inode, self.view.getattr, inode))
 
     async def readlink(self, inode, ctx):
         return self._point(self.view.readlink, inode)
@@ -167,7 +176,7 @@ class Operations(pyfuse3.Operations):
             if not listing.entries:
                 if listing.complete:
                     return
-                page = self._point(self.view.readdir, listing.ino, listing.offset, READDIR_PAGE)
+                page = await self._answer(listing.ino, self.view.readdir, listing.ino, listing.offset, READDIR_PAGE)
                 listing.complete = len(page) < READDIR_PAGE
                 listing.entries.extend(page)
                 if not page:

@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Callable
 
+from ..catalog.versions import VersionInfo
 from ..errors import FsbackupError, UsageError
 from ..private import forget_passphrase, open_private, open_private_folder
 from .diskcache import claim_cache_folder
@@ -76,7 +78,9 @@ def check_fuse() -> None:
         raise FuseUnavailable("FUSE is not available: fusermount3 is missing (install the fuse3 package)")
 
 
-def mount(args, out, open_repo) -> int:
+def mount(args, out, open_repo, version_filter: Callable[[VersionInfo], bool] | None = None) -> int:
+    """Mount the repository `open_repo(args, out)` opens at `args.mountpoint` and serve it until
+    unmounted; `version_filter` narrows the versions every part of the mount shows (None: all)."""
     import pyfuse3
     import trio
 
@@ -110,7 +114,8 @@ def mount(args, out, open_repo) -> int:
         log_fd = _open_log(log_folder)
         repo.close_catalog()                 # an SQLite connection must not cross a fork
         ready_pipe = _daemonize(log_fd, os.path.join(log_folder, LOG_NAME))   # returns only in the child
-    view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size, sync_seconds=_sync_seconds(local))
+    view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size, sync_seconds=_sync_seconds(local),
+                          version_filter=version_filter)
     # An xattr request the mount answers ENOSYS once is never made again: `ls -l` then makes no
     # request per entry for SELinux labels and ACLs. Only where that hides nothing, unless asked.
     xattrs = args.xattrs == "on" or (args.xattrs == "auto" and (args.allow_other or view.any_xattrs()))

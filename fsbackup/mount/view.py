@@ -14,6 +14,7 @@ import errno
 import os
 import threading
 from collections import OrderedDict
+from typing import Callable
 
 from ..catalog import Catalog
 from ..catalog.blocks import stored_volume_bytes
@@ -36,13 +37,15 @@ TRUSTED_PREFIX = b"trusted."
 
 class RepositoryView:
     """The repository as a filesystem. `sync_seconds`: how often the local index is brought in step
-    with the repository (None: only when a read finds its block's volume gone). `messages`: the
-    mount's throttled log, shared with the FUSE adapter."""
+    with the repository (None: only when a read finds its block's volume gone). `version_filter`:
+    which versions every part of the mount shows (None: all). `messages`: the mount's throttled
+    log, shared with the FUSE adapter."""
 
     def __init__(self, repo: Repository, cache_dir: str | None = None, cache_size: int = 1 << 30,
                  memory_cache: int = 64 << 20, fetch_threads: int = 16, max_prefetch: int = 16,
-                 sync_seconds: float | None = None):
+                 sync_seconds: float | None = None, version_filter: Callable[[VersionInfo], bool] | None = None):
         self.repo = repo
+        self.version_filter = version_filter
         self.catalog_path = repo.catalog_path
         self.messages = ThrottledLog(log)
         self.sync = CatalogSync(repo, self.messages, sync_seconds)
@@ -51,7 +54,8 @@ class RepositoryView:
         self.loader = BlockLoader(repo, self._catalog, self.sync, memory_cache, disk, fetch_threads, max_prefetch)
         self.memory, self.fetcher = self.loader.memory, self.loader.fetcher
         self.versions = Versions.of([])
-        self.namespace = Namespace(lambda v: self._node_attr(v.id, self._node(v.id, ROOT_ID)))
+        self.namespace = Namespace(lambda v: self._node_attr(v.id, self._node(v.id, ROOT_ID)), self._node_attr,
+                                   self._catalog)
         self._versions_with_xattrs: dict[int, bool] = {}     # version id -> whether any node has xattrs
         self._contents_lock = threading.Lock()
         self._contents: OrderedDict[int, ContentRow] = OrderedDict()   # inode -> content, of files listed lately
@@ -74,7 +78,10 @@ class RepositoryView:
     def refresh_versions(self) -> set[bytes]:
         """Re-read the version list from the local index; returns the names of the version
         directories that appeared or vanished (empty when none did)."""
-        versions = Versions.of(list_versions(self._catalog()))
+        shown = list_versions(self._catalog())
+        if self.version_filter is not None:
+            shown = [v for v in shown if self.version_filter(v)]
+        versions = Versions.of(shown)
         changed = versions.by_name.keys() ^ self.versions.by_name.keys()
         if changed:
             self.versions = versions         # replaced whole: readers need no lock
@@ -89,6 +96,12 @@ class RepositoryView:
     def by_name(self) -> dict[bytes, VersionInfo]:
         """The versions by directory name."""
         return self.versions.by_name
+
+    def answers_slowly(self, ino: int) -> bool:
+        """Whether a lookup in, a getattr or a listing of `ino` may take milliseconds of queries
+        (history/ directories, whose queries span every version), rather than microseconds."""
+        top = self.namespace.get(ino)
+        return top is not None and top.slow
 
     def invalidations(self, changed: set[bytes]) -> Invalidations:
         """What the kernel must forget once the versions named `changed` came or went."""
@@ -245,7 +258,8 @@ class RepositoryView:
     def path_of(self, ino: int) -> str:
         """A readable path for log messages."""
         if not in_version(ino):
-            return "/"
+            top = self.namespace.get(ino)
+            return top.path if top is not None else "/"
         version_id, node_id = ino >> NODE_BITS, ino & NODE_MASK
         name, _ = self._version(version_id)
         tree = self._tree(version_id)

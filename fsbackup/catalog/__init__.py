@@ -17,6 +17,7 @@ the catalog it uses:
   usage.py     what uses which blocks: the contents files refer to, prune's marks of the live
                blocks, the files damaged blocks affect
   rebuild.py   writing the whole catalog afresh from the repository's objects (`Refill`)
+  history.py   what one path held across all versions (the mount's history/ folders)
 
 Every function takes the `Catalog` to read through (one connection per thread: the mount's
 threads each open their own) and returns named types, not bare rows.

@@ -48,6 +48,9 @@ MOUNT = Command(
     "mount", "browse every version as a read-only filesystem",
     "Mount the repository at MOUNTPOINT (an empty directory): MOUNTPOINT/versions/<time>/ holds\n"
     "each version's files at their absolute paths, MOUNTPOINT/latest points to the newest one.\n"
+    "hosts/<host>/ and tags/<tag>/ hold the same versions by machine and by tag, each with a\n"
+    "latest; history/<path>/ lists every earlier state of a file (one entry per distinct content,\n"
+    "named by time) or every name a folder ever held.\n"
     "Browse with any file manager; restore with 'cp -a'. Only the bytes you read are fetched and\n"
     "decrypted. Backups may run while mounted: new versions appear within seconds.\n\n"
     "Stop with Ctrl-C, 'fsbackup umount MOUNTPOINT' or 'fusermount3 -u MOUNTPOINT'.\n\n"

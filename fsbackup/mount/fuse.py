@@ -6,7 +6,7 @@ getxattr, listxattr, open, pages of 128 directory entries: a few indexed queries
 and reads of blocks in memory run right there; those about history/ directories, whose queries span
 every version, go to a worker thread (`_answer`). A read whose blocks are not in memory starts their
 loads in the view's fetch threads and awaits their Futures without a thread of its own
-(`_settled`), so a slow fetch never stalls a listing. Only statfs goes to a worker thread
+(`_settled`), so a slow fetch never stalls a listing. Besides history/, only statfs goes to a worker thread
 (`trio.to_thread.run_sync`, bounded by a CapacityLimiter). Only FUSEError leaves a handler:
 anything else would end the mount. A failed request is mapped to its errno here, once
 (`_errno_of`), and logged as one line through the view's throttled log: a repository that fails

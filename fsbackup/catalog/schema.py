@@ -153,9 +153,8 @@ CREATE INDEX nodes_with_xattrs ON nodes(version) WHERE xattrs IS NOT NULL;
 # v8: choosing versions (docs/machines.md). A version's description (its header's, NULL when it has
 # none); the tag records of the repository (tags/<name>, docs/format.md "Tag records"), mirrored as
 # listed: a version's tags are those of its newest record, else its header's (`versions.tags`
-# stays the header's); and the indexes `find` and `latest` use (`versions_by_host`: the newest
-# version of a host is the last of its index range; `nodes_by_type`: the files of many versions
-# in one pass, by version).
+# stays the header's); and `versions_by_host`, where 'latest' (the newest version of a host) is
+# the last entry of that host's range.
 SCHEMA_V8 = """
 ALTER TABLE versions ADD COLUMN description TEXT;
 CREATE TABLE tag_records (

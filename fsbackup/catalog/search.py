@@ -14,9 +14,10 @@ import json
 import os
 from typing import NamedTuple
 
+from ..errors import PathNotFound
 from .connection import Catalog
 from .schema import node_time
-from .tree import ROOT_ID, Node
+from .tree import ROOT_ID, Node, VersionTree
 from .versions import VersionInfo
 
 _INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
@@ -47,8 +48,8 @@ class Found(NamedTuple):
                 "size": self.size, "mtime_ns": self.mtime_ns}
 
 
-# The matches of every version asked about (json_each of their row ids: one primary-key range each),
-# then their paths, one parent up per step, each step a primary-key lookup.
+# Everywhere: the matches of every version asked about (json_each of their row ids: one
+# primary-key range each), then their paths, one parent up per step, each a primary-key lookup.
 FIND = """
 WITH RECURSIVE hit(version, id, up, type, size, mtime_ns, path) AS (
     SELECT version, id, parent, type, size, mtime_ns, CAST(x'2f' || name AS BLOB) FROM nodes
@@ -56,27 +57,48 @@ WITH RECURSIVE hit(version, id, up, type, size, mtime_ns, path) AS (
       AND size BETWEEN ?3 AND ?4 AND mtime_ns >= ?5 AND mtime_ns < ?6
   UNION ALL
     SELECT hit.version, hit.id, n.parent, hit.type, hit.size, hit.mtime_ns, CAST(x'2f' || n.name || hit.path AS BLOB)
-    FROM hit JOIN nodes n ON n.version = hit.version AND n.id = hit.up
+    FROM hit CROSS JOIN nodes n ON n.version = hit.version AND n.id = hit.up
     WHERE hit.up > 1
 )
-SELECT version, type, size, mtime_ns, path FROM hit
-WHERE up <= 1 AND (?7 = x'2f' OR path = ?7 OR substr(path, 1, length(?7) + 1) = CAST(?7 || '/' AS BLOB))
+SELECT version, type, size, mtime_ns, path FROM hit WHERE up <= 1 ORDER BY version, path
+"""
+
+# Below a path: down from that path's node in each version ([version, node] pairs of ?1), one
+# directory's children per step (`nodes_by_name`, named: SQLite would otherwise scan the whole
+# version at each step), so only the entries below it are read.
+FIND_BELOW = """
+WITH RECURSIVE below(version, id, type, size, mtime_ns, name, path) AS (
+    SELECT n.version, n.id, n.type, n.size, n.mtime_ns, n.name, CAST(?7 AS BLOB)
+    FROM json_each(?1) j CROSS JOIN nodes n
+      ON n.version = json_extract(j.value, '$[0]') AND n.id = json_extract(j.value, '$[1]')
+  UNION ALL
+    SELECT n.version, n.id, n.type, n.size, n.mtime_ns, n.name, CAST(below.path || '/' || n.name AS BLOB)
+    FROM below CROSS JOIN nodes n INDEXED BY nodes_by_name ON n.version = below.version AND n.parent = below.id
+)
+SELECT version, type, size, mtime_ns, path FROM below
+WHERE CAST(name AS TEXT) GLOB ?2 AND size BETWEEN ?3 AND ?4 AND mtime_ns >= ?5 AND mtime_ns < ?6
 ORDER BY version, path
 """
 
 
 def find(catalog: Catalog, versions: list[VersionInfo], query: FindQuery) -> list[Found]:
     """The entries of `versions` that `query` matches, by version (in the order given), then path."""
-    if not versions:
-        return []
     by_id = {v.id: v for v in versions}
+    bounds = (query.pattern, 0 if query.min_size is None else query.min_size,
+              _INT64_MAX if query.max_size is None else query.max_size,
+              _INT64_MIN if query.newer_ns is None else query.newer_ns,
+              _INT64_MAX if query.older_ns is None else query.older_ns)
+    if query.under == b"/":
+        rows = catalog.rows(FIND, (json.dumps(list(by_id)), *bounds)) if by_id else []
+    else:
+        tops = []
+        for v in versions:                 # (a few lookups per version: the path's components)
+            try:
+                tops.append([v.id, VersionTree(catalog, v).resolve(query.under).id])
+            except PathNotFound:
+                continue
+        rows = catalog.rows(FIND_BELOW, (json.dumps(tops), *bounds, query.under)) if tops else []
     order = {v.id: i for i, v in enumerate(versions)}
-    rows = catalog.rows(FIND, (json.dumps(list(by_id)), query.pattern,
-                               0 if query.min_size is None else query.min_size,
-                               _INT64_MAX if query.max_size is None else query.max_size,
-                               _INT64_MIN if query.newer_ns is None else query.newer_ns,
-                               _INT64_MAX if query.older_ns is None else query.older_ns,
-                               query.under))
     found = [Found(by_id[vid], bytes(path), typ, size, node_time(mtime)) for vid, typ, size, mtime, path in rows]
     found.sort(key=lambda f: order[f.version.id])          # (stable: paths stay in order)
     return found
@@ -108,19 +130,20 @@ _NODE = ("{t}.id, {t}.parent, {t}.name, {t}.type, {t}.mode, {t}.uid, {t}.gid, {t
          "{t}.content, NULL")
 _NODE_WIDTH = 21
 
-# Both trees' paths going down from the top (`nodes_by_name`), paired by path; only the pairs
-# that differ come back, with both nodes and their contents' hashes.
+# Both trees' paths going down from the top (`nodes_by_name`: CROSS JOIN keeps SQLite from
+# scanning a whole version at each step), paired by path; only the pairs that differ come back,
+# with both nodes and their contents' hashes.
 DIFF = f"""
 WITH RECURSIVE
 a(id, path) AS (
     SELECT ?2, CAST(?3 AS BLOB) WHERE ?2 IS NOT NULL
   UNION ALL
-    SELECT n.id, CAST(a.path || '/' || n.name AS BLOB) FROM a JOIN nodes n ON n.version = ?1 AND n.parent = a.id
+    SELECT n.id, CAST(a.path || '/' || n.name AS BLOB) FROM a CROSS JOIN nodes n ON n.version = ?1 AND n.parent = a.id
 ),
 b(id, path) AS (
     SELECT ?5, CAST(?3 AS BLOB) WHERE ?5 IS NOT NULL
   UNION ALL
-    SELECT n.id, CAST(b.path || '/' || n.name AS BLOB) FROM b JOIN nodes n ON n.version = ?4 AND n.parent = b.id
+    SELECT n.id, CAST(b.path || '/' || n.name AS BLOB) FROM b CROSS JOIN nodes n ON n.version = ?4 AND n.parent = b.id
 ),
 pairs(path, aid, bid) AS (
     SELECT a.path, a.id, b.id FROM a LEFT JOIN b ON b.path = a.path

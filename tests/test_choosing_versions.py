@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
 
 import pytest
 from conftest import write
@@ -286,14 +285,15 @@ def test_find_lists_what_matches_in_every_version(env, two_trees):
         return [({v1: 1, v2: 2}[f["version"]], os.path.relpath(f["path"], src), f["size"], f["mtime_ns"], f["type"])
                 for f in doc]
 
-    assert found("*.txt") == [(1, "a.txt", 3, T2020, "f"), (1, "d/b.txt", 10, T2023, "f"), (1, "same.txt", 9, T2023, "f"),
-                              (2, "a.txt", 4, T2025, "f"), (2, "d/c.txt", 3, T2025, "f"), (2, "same.txt", 9, T2025, "f")]
+    assert found("*.txt") == [
+        (1, "a.txt", 3, T2020, "f"), (1, "d/b.txt", 10, T2023, "f"), (1, "same.txt", 9, T2023, "f"),
+        (2, "a.txt", 4, T2025, "f"), (2, "d/c.txt", 3, T2025, "f"), (2, "same.txt", 9, T2025, "f")]
     assert found("*.txt", "--path", str(src / "d")) == [(1, "d/b.txt", 10, T2023, "f"), (2, "d/c.txt", 3, T2025, "f")]
     assert found("?.*", "--older", "2024-01-01") == [(1, "a.txt", 3, T2020, "f"), (1, "d/b.txt", 10, T2023, "f")]
     assert found("*", "--larger", "9", "--smaller", "4K") == [(1, "d/b.txt", 10, T2023, "f")]
     assert [f[:2] for f in found("*", "--larger", "4K")] == [(1, "d/big.bin"), (2, "d/big.bin")]
-    assert [f[:2] for f in found("[ab]*", "--newer", "2024-06-01", "--path", str(src))] == [(1, "d/big.bin"), (2, "a.txt"),
-                                                                                           (2, "d/big.bin")]
+    recent = found("[ab]*", "--newer", "2024-06-01", "--path", str(src))
+    assert [f[:2] for f in recent] == [(1, "d/big.bin"), (2, "a.txt"), (2, "d/big.bin")]
     assert [f[:2] for f in found("d")] == [(1, "d"), (2, "d")]
     assert found("*.txt", "--newer", "1d") == []                        # every mtime here is long past
     assert found("nothing*") == [] and found("*", "--path", "/no/such/place") == []
@@ -391,8 +391,9 @@ def test_find_over_a_hundred_versions_of_ten_thousand_files_is_one_pass(tmp_path
             yield [1, b"d%03d" % d, "d", 0o40755, 0, 0, None, None, 1, 1, 1, 0, 10 + d, 1, 2, 0, None, None, None]
         for i in range(10_000):
             block = (i + v * (i % 50 == 0)).to_bytes(32, "big")
+            content = [block, 10, wire.pack_extents([(block, 10)])]
             yield [2 + i % 100, b"f%05d.%s" % (i, b"txt" if i % 100 == 0 else b"bin"), "f", 0o100644, 0, 0, None,
-                   None, 1000 + i, 1, 1, 10, 1000 + i, 1, 1, 0, None, None, [block, 10, wire.pack_extents([(block, 10)])]]
+                   None, 1000 + i, 1, 1, 10, 1000 + i, 1, 1, 0, None, None, content]
     try:
         for v in range(100):
             record_version(catalog, f"{v:064x}", {"time_ns": v, "host": "h", "paths": ["/x"], "tags": [],
@@ -408,3 +409,37 @@ def test_find_over_a_hundred_versions_of_ten_thousand_files_is_one_pass(tmp_path
         assert took < 5, took       # about 0.2 s; a query per entry would take minutes
     finally:
         catalog.close()
+
+
+# ---- the codecs ------------------------------------------------------------------------------------
+
+def test_a_tag_record_round_trips_and_refuses_what_is_not_one():
+    from fsbackup.codec import wire
+    from fsbackup.codec.crypto import Keys
+    from fsbackup.errors import CorruptObject
+    keys = Keys.from_master_secret(bytes(range(64)))
+    rid, version = bytes(32), "ab" * 32
+    data = wire.encode_tag_record(keys, rid, version, ["x", "caf\udce9"], 3, 5)
+    doc = wire.decode_tag_record(keys, rid, data, "tags/r")
+    assert (doc["version"], doc["tags"], doc["generation"], doc["time_ns"]) == (version, ["x", "caf\udce9"], 3, 5)
+    with pytest.raises(CorruptObject, match="tags/r"):
+        wire.decode_tag_record(keys, b"\1" * 32, data, "tags/r")          # sealed under another name
+    for bad in ({"version": "AB" * 32, "tags": [], "generation": 1, "time_ns": 0},
+                {"version": version, "tags": "x", "generation": 1, "time_ns": 0},
+                {"version": version, "tags": [], "generation": 0, "time_ns": 0},
+                {"version": version, "tags": [1], "generation": 1, "time_ns": 0},
+                {"version": version, "tags": []}):
+        sealed = wire._seal_map(keys, wire.TAGS_MAGIC, b"tags", rid, bad)
+        with pytest.raises(CorruptObject, match="is not a tag record"):
+            wire.decode_tag_record(keys, rid, sealed, "tags/r")
+
+
+def test_a_header_description_must_be_text():
+    from fsbackup.codec import wire
+    from fsbackup.errors import CorruptObject
+    head = {"time_ns": 1, "host": "h", "paths": ["/"], "tags": [], "parent": None, "file_count": 0,
+            "total_size": 0, "bytes_added": 0}
+    assert wire.check_head({**head, "description": "fine"}, "versions/v")["description"] == "fine"
+    assert wire.decode_head(wire.encode_head({**head, "description": "caf\udce9"}))["description"] == "caf\udce9"
+    with pytest.raises(CorruptObject, match="description is not text"):
+        wire.check_head({**head, "description": 7}, "versions/v")

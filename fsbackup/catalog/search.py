@@ -5,7 +5,8 @@ versions).
 Each is one statement over the nodes of every version it concerns, not a walk in Python: `find`
 picks the matching entries of all its versions in one pass over their nodes (by the primary key,
 version by version) and builds the paths of those matches only, going up their parents (one
-primary-key step each); `diff` builds both trees' paths going down from the top (`nodes_by_name`),
+primary-key step each), or below a path walks down from that path's node in each version
+(`nodes_by_name`); `diff` builds both trees' paths going down from the top (`nodes_by_name`),
 pairs them by path and returns only the entries that differ.
 """
 from __future__ import annotations

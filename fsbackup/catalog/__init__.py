@@ -8,12 +8,15 @@ the catalog it uses:
   schema.py    the one commented schema and its ordered migrations; how nodes hold times
   connection.py `Catalog`: the connection (opening, WAL, the local index lock, transactions, the
                facts in `meta`, SQLite's errors as domain errors); only this package runs its SQL
-  versions.py  the versions: listing and resolving them, recording a version's tree and its
-               contents, forgetting one, versions that vanished without a forget
+  versions.py  the versions: listing, choosing (`VersionFilter`, 'latest') and grouping them,
+               recording a version's tree and its contents, forgetting one, the tag records,
+               versions that vanished without a forget
   tree.py      one version's file tree (`VersionTree`: lookups, listings, a file's extents, a
                node's path) and the mount's questions about nodes
   blocks.py    volumes and where blocks lie (`BlockLocation`), with their spare places:
                recording and forgetting volumes, looking blocks up
+  search.py    questions across versions: `find` (entries by name, place, time, size) and
+               `diff` (what changed between two versions), each one statement
   usage.py     what uses which blocks: the contents files refer to, prune's marks of the live
                blocks, the files damaged blocks affect
   rebuild.py   writing the whole catalog afresh from the repository's objects (`Refill`)

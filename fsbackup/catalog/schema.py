@@ -150,9 +150,27 @@ CREATE INDEX blocks_by_place ON blocks(volume, offset, stored_length, plain_leng
 CREATE INDEX nodes_with_xattrs ON nodes(version) WHERE xattrs IS NOT NULL;
 """
 
+# v8: choosing versions (docs/machines.md). A version's description (its header's, NULL when it has
+# none); the tag records of the repository (tags/<name>, docs/format.md "Tag records"), mirrored as
+# listed: a version's tags are those of its newest record, else its header's (`versions.tags`
+# stays the header's); and `versions_by_host`, where 'latest' (the newest version of a host) is
+# the last entry of that host's range.
+SCHEMA_V8 = """
+ALTER TABLE versions ADD COLUMN description TEXT;
+CREATE TABLE tag_records (
+    name       TEXT PRIMARY KEY,          -- the record's object id (64 hex digits)
+    version    TEXT NOT NULL,             -- the name of the version it tags (which may not be recorded)
+    generation INTEGER NOT NULL,          -- the newest record of a version has the largest
+    time_ns    INTEGER NOT NULL,          -- (generation, time_ns, name) orders a version's records
+    tags       TEXT NOT NULL              -- JSON list: the version's whole set of tags
+);
+CREATE INDEX tag_records_by_version ON tag_records(version, generation, time_ns, name);
+CREATE INDEX versions_by_host ON versions(host, time_ns, name);
+"""
+
 # Each step is SQL, or SQL and a function that finishes the step inside the same transaction.
 MIGRATIONS = [(SCHEMA_V1, None), (SCHEMA_V2, None), (SCHEMA_V3, _fill_stored), (SCHEMA_V4, None),
-              (SCHEMA_V5, None), (SCHEMA_V6, None), (SCHEMA_V7, None)]
+              (SCHEMA_V5, None), (SCHEMA_V6, None), (SCHEMA_V7, None), (SCHEMA_V8, None)]
 
 _INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
 

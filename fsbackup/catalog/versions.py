@@ -1,10 +1,13 @@
-"""Versions in the catalog: the list users see (`list_versions`, `resolve_version`), recording a
-stored version and its tree (`record_version`: the nodes and the contents they share), forgetting
-one, and this machine's memory of versions that vanished without a forget."""
+"""Versions in the catalog: the list users see (`list_versions`, `resolve_version`, both through a
+`VersionFilter`), recording a stored version and its tree (`record_version`: the nodes and the
+contents they share), forgetting one, the tag records that change a version's tags, and this
+machine's memory of versions that vanished without a forget."""
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import socket
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
@@ -29,10 +32,11 @@ class VersionInfo:
     time_ns: int
     host: str
     paths: list[str]
-    tags: list[str]
+    tags: list[str]            # its newest tag record's, else its header's
     file_count: int
     total_size: int
     bytes_added: int
+    description: str | None = None
 
     @property
     def short_id(self) -> str:
@@ -41,32 +45,150 @@ class VersionInfo:
     def as_json(self) -> dict:
         return {"id": self.name, "short_id": self.short_id, "time_ns": self.time_ns, "host": self.host,
                 "paths": self.paths, "tags": self.tags, "file_count": self.file_count,
-                "total_size": self.total_size, "bytes_added": self.bytes_added}
+                "total_size": self.total_size, "bytes_added": self.bytes_added, "description": self.description}
 
 
-VERSION_COLUMNS = "id, name, time_ns, host, paths, tags, file_count, total_size, bytes_added"
+# A version's tags: those of its newest tag record (largest generation, then time, then name), else
+# its header's (docs/format.md "Tag records").
+_TAGS = ("COALESCE((SELECT t.tags FROM tag_records t WHERE t.version = versions.name "
+         "ORDER BY t.generation DESC, t.time_ns DESC, t.name DESC LIMIT 1), versions.tags)")
+VERSION_COLUMNS = f"id, name, time_ns, host, paths, {_TAGS}, file_count, total_size, bytes_added, description"
 
 
 def _version(row) -> VersionInfo:
-    vid, name, time_ns, host, paths, tags, files, size, added = row
-    return VersionInfo(vid, name, time_ns, host, json.loads(paths), json.loads(tags), files, size, added)
+    vid, name, time_ns, host, paths, tags, files, size, added, description = row
+    return VersionInfo(vid, name, time_ns, host, json.loads(paths), json.loads(tags), files, size, added,
+                       description)
 
 
-def list_versions(catalog: Catalog) -> list[VersionInfo]:
-    """Every version, oldest first."""
-    return [_version(r) for r in catalog.rows(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY time_ns, name")]
+@dataclass(frozen=True)
+class VersionFilter:
+    """Which versions a command works on (--host, --tag, --path; docs/machines.md "Choosing
+    versions"), as restic chooses snapshots. A version matches when its host is one of `hosts`,
+    it carries every tag of one of `tag_sets` (`--tag a,b` is one set: both; `--tag a --tag b`
+    two: either), and its paths are exactly `paths`; an empty field matches every version."""
+    hosts: frozenset[str] = frozenset()
+    tag_sets: tuple[frozenset[str], ...] = ()
+    paths: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, hosts: Iterable[str] = (), tags: Iterable[str] = (), paths: Iterable[str] = ()) -> "VersionFilter":
+        """The filter of the options as given: `tags` holds comma-separated sets, `paths` are made
+        absolute and normalised as backup records them."""
+        return cls(frozenset(hosts), tuple(frozenset(t for t in spec.split(",") if t) for spec in tags),
+                   frozenset(os.path.abspath(p) for p in paths))
+
+    def matches(self, v: VersionInfo) -> bool:
+        return ((not self.hosts or v.host in self.hosts)
+                and (not self.tag_sets or any(wanted <= set(v.tags) for wanted in self.tag_sets))
+                and (not self.paths or set(v.paths) == self.paths))
+
+    def is_empty(self) -> bool:
+        return not (self.hosts or self.tag_sets or self.paths)
+
+    def on_host(self, host: str) -> "VersionFilter":
+        """This filter, or when it names no host, this filter for versions of `host` alone."""
+        return self if self.hosts else VersionFilter(frozenset((host,)), self.tag_sets, self.paths)
+
+    def describe(self) -> str:
+        """The filter as a user gave it ('host a, tag x,y, paths /p'), for messages."""
+        said = []
+        if self.hosts:
+            said.append(("host " if len(self.hosts) == 1 else "hosts ") + " or ".join(sorted(self.hosts)))
+        if self.tag_sets:
+            said.append("tag " + " or ".join(",".join(sorted(t)) for t in self.tag_sets))
+        if self.paths:
+            said.append("paths " + " ".join(sorted(self.paths)))
+        return ", ".join(said) or "any version"
 
 
-def resolve_version(catalog: Catalog, spec: str) -> VersionInfo:
-    """A version by full id, unambiguous id prefix, or 'latest'."""
+EVERY_VERSION = VersionFilter()
+
+
+def list_versions(catalog: Catalog, chosen: VersionFilter = EVERY_VERSION) -> list[VersionInfo]:
+    """Every version `chosen` matches, oldest first."""
+    versions = [_version(r) for r in catalog.rows(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY time_ns, name")]
+    return versions if chosen.is_empty() else [v for v in versions if chosen.matches(v)]
+
+
+GROUP_BY_DEFAULT = ("host", "paths")
+
+
+@dataclass(frozen=True)
+class VersionGroup:
+    """Versions that share the fields grouped by (`group_versions`): None for a field not grouped by."""
+    host: str | None
+    paths: list[str] | None
+    tags: list[str] | None
+    versions: list[VersionInfo]
+
+    def key_json(self) -> dict:
+        """The fields grouped by, as --json shows a group."""
+        return {k: v for k, v in (("host", self.host), ("paths", self.paths), ("tags", self.tags)) if v is not None}
+
+    def title(self) -> str:
+        """The group in a line: 'host a, paths /x /y, tags t'."""
+        said = [f"host {self.host}"] if self.host is not None else []
+        if self.paths is not None:
+            said.append("paths " + " ".join(self.paths))
+        if self.tags is not None:
+            said.append("tags " + (",".join(self.tags) or "(none)"))
+        return ", ".join(said) or "every version"
+
+
+def group_versions(versions: list[VersionInfo], by: Iterable[str] = GROUP_BY_DEFAULT) -> list[VersionGroup]:
+    """`versions` (oldest first) in groups of equal host, paths and/or tags (those of `by`; paths
+    and tags compared as sets), each group's versions oldest first, the groups ordered by their
+    fields."""
+    by = set(by)
+    groups: dict[tuple, list[VersionInfo]] = {}
+    for v in versions:
+        key = (v.host if "host" in by else None, tuple(sorted(v.paths)) if "paths" in by else None,
+               tuple(sorted(set(v.tags))) if "tags" in by else None)
+        groups.setdefault(key, []).append(v)
+    return [VersionGroup(host, list(paths) if paths is not None else None, list(tags) if tags is not None else None,
+                         members)
+            for (host, paths, tags), members in sorted(groups.items(), key=lambda kv: repr(kv[0]))]
+
+
+def version_hosts(catalog: Catalog) -> list[str]:
+    """The hosts that have versions, sorted."""
+    return [host for (host,) in catalog.rows("SELECT DISTINCT host FROM versions ORDER BY host")]
+
+
+def latest_version(catalog: Catalog, chosen: VersionFilter, this_host: str) -> VersionInfo:
+    """What 'latest' means (docs/machines.md "Choosing versions"): the newest version `chosen`
+    matches, of `this_host` unless `chosen` names hosts. VersionNotFound says which hosts have
+    versions when none of this host does."""
+    scoped = chosen.on_host(this_host)
+    if len(scoped.hosts) == 1 and not scoped.tag_sets and not scoped.paths:
+        # (the common case, answered by one step down `versions_by_host`)
+        row = catalog.row(f"SELECT {VERSION_COLUMNS} FROM versions WHERE host=? ORDER BY time_ns DESC, name DESC "
+                          "LIMIT 1", tuple(scoped.hosts))
+        if row is not None:
+            return _version(row)
+    else:
+        matching = list_versions(catalog, scoped)
+        if matching:
+            return matching[-1]
+    hosts = version_hosts(catalog)
+    if not hosts:
+        raise VersionNotFound("the repository has no versions yet; run 'fsbackup backup PATH' first")
+    if not chosen.hosts and this_host not in hosts:
+        raise VersionNotFound(f"'latest' is the newest version of this host, {this_host}, which has none; versions "
+                              f"exist of host(s) {', '.join(hosts)}: give --host NAME")
+    raise VersionNotFound(f"no version matches {scoped.describe()}; see 'fsbackup versions'")
+
+
+def resolve_version(catalog: Catalog, spec: str, chosen: VersionFilter = EVERY_VERSION,
+                    this_host: str | None = None) -> VersionInfo:
+    """A version by full id, unambiguous id prefix, or 'latest' (`latest_version`: of `this_host`,
+    default this machine's host name). An id is taken as it is, whatever `chosen` says."""
     if spec == "latest":
-        row = catalog.row(f"SELECT {VERSION_COLUMNS} FROM versions ORDER BY time_ns DESC, name DESC LIMIT 1")
-        if row is None:
-            raise VersionNotFound("the repository has no versions yet; run 'fsbackup backup PATH' first")
-        return _version(row)
+        return latest_version(catalog, chosen, this_host or default_host())
     spec_l = spec.lower()
     if not spec_l or any(c not in "0123456789abcdef" for c in spec_l):
-        raise VersionNotFound(f"'{spec}' is not a version id; see 'fsbackup versions'")
+        raise VersionNotFound(f"'{spec}' is not a version id or 'latest'; see 'fsbackup versions'")
     rows = catalog.rows(f"SELECT {VERSION_COLUMNS} FROM versions WHERE name >= ? AND name < ? ORDER BY name LIMIT 2",
                       (spec_l, spec_l + "g"))
     if not rows:
@@ -74,6 +196,11 @@ def resolve_version(catalog: Catalog, spec: str) -> VersionInfo:
     if len(rows) > 1:
         raise VersionNotFound(f"version id {spec} is ambiguous; give more digits (see 'fsbackup versions')")
     return _version(rows[0])
+
+
+def default_host() -> str:
+    """This machine's host name: what backup records, and whose versions 'latest' means."""
+    return socket.gethostname()
 
 
 def version_names(catalog: Catalog) -> set[str]:
@@ -114,10 +241,12 @@ def record_version(catalog: Catalog, name: str, head: dict, entries: Iterable[li
                 return row[0]
             if version_id is None:
                 version_id = catalog.allocate_ids(db, "versions")
+            description = head.get("description")
             db.execute("INSERT INTO versions(id, name, time_ns, host, paths, tags, file_count, total_size, "
-                       "bytes_added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "bytes_added, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (version_id, name, head["time_ns"], head["host"], json.dumps(head["paths"]),
-                        json.dumps(head["tags"]), head["file_count"], head["total_size"], head["bytes_added"]))
+                        json.dumps(head["tags"]), head["file_count"], head["total_size"], head["bytes_added"],
+                        description if isinstance(description, str) else None))
             batch: list[list] = []
             node_id = 0
             for e in entries:
@@ -206,6 +335,38 @@ def drop_unused_contents(catalog: Catalog) -> None:
     """Forget file contents no recorded version refers to any more (after versions are removed)."""
     with catalog.transaction() as db:
         db.execute("DELETE FROM contents WHERE id NOT IN (SELECT content FROM nodes WHERE content IS NOT NULL)")
+
+
+class TagRecord(NamedTuple):
+    """A tag record (`tags/<name>`, docs/format.md "Tag records"): the whole set of tags of version
+    `version` from its writing on, unless a record of that version with a larger (generation,
+    time_ns, name) is listed."""
+    name: str
+    version: str
+    generation: int
+    time_ns: int
+    tags: list[str]
+
+
+def tag_record_names(catalog: Catalog) -> set[str]:
+    """The names of the tag records the catalog mirrors."""
+    return {name for (name,) in catalog.rows("SELECT name FROM tag_records")}
+
+
+def tag_records_of(catalog: Catalog, version: str) -> list[TagRecord]:
+    """The tag records of version `version` the catalog mirrors, the newest last."""
+    return [TagRecord(name, v, gen, t, json.loads(tags)) for name, v, gen, t, tags in catalog.rows(
+        "SELECT name, version, generation, time_ns, tags FROM tag_records WHERE version=? "
+        "ORDER BY generation, time_ns, name", (version,))]
+
+
+def follow_tag_records(catalog: Catalog, added: Iterable[TagRecord], gone: Iterable[str]) -> None:
+    """Mirror tag records stored (`added`) and deleted (`gone`, by name), in one transaction."""
+    with catalog.transaction() as db:
+        db.executemany("INSERT OR REPLACE INTO tag_records(name, version, generation, time_ns, tags) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       [(r.name, r.version, r.generation, r.time_ns, json.dumps(r.tags)) for r in added])
+        db.executemany("DELETE FROM tag_records WHERE name=?", [(name,) for name in gone])
 
 
 class VanishedVersion(NamedTuple):

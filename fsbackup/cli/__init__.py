@@ -16,7 +16,7 @@ import sys
 
 from .. import __version__, errors
 from ..errors import FsbackupError
-from . import backup, check, forget, init, key, ls, mount, prune, repair, restore, unlock, versions
+from . import backup, check, diff, find, forget, init, key, ls, mount, prune, repair, restore, tag, unlock, versions
 from .options import PROG, Command, global_options
 from .output import Output
 
@@ -38,8 +38,10 @@ examples:
   export FSBACKUP_REPOSITORY=/mnt/nas/backups
   fsbackup init
   fsbackup backup ~/Documents ~/Pictures --exclude '*.tmp' --exclude-caches
-  fsbackup versions
+  fsbackup versions --host laptop
   fsbackup ls latest /home/alice/Documents -l
+  fsbackup find '*.odt' --newer 7d
+  fsbackup diff 3f2a9c1e latest /home/alice
   fsbackup restore latest /home/alice/Documents/report.odt --target /tmp/restored
   fsbackup key passwd
   fsbackup forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
@@ -55,8 +57,8 @@ exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be r
 
 # The commands, in the order --help lists them.
 COMMANDS: list[Command] = [init.COMMAND, backup.COMMAND, forget.COMMAND, prune.COMMAND, versions.COMMAND,
-                           ls.COMMAND, restore.COMMAND, mount.MOUNT, mount.UMOUNT, unlock.COMMAND, key.COMMAND,
-                           check.COMMAND, repair.COMMAND]
+                           tag.COMMAND, ls.COMMAND, find.COMMAND, diff.COMMAND, restore.COMMAND, mount.MOUNT,
+                           mount.UMOUNT, unlock.COMMAND, key.COMMAND, check.COMMAND, repair.COMMAND]
 BY_NAME = {command.name: command for command in COMMANDS}
 
 

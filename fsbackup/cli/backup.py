@@ -29,6 +29,8 @@ def add_arguments(p) -> None:
                    help="leave out the contents of directories with a valid CACHEDIR.TAG")
     p.add_argument("--one-file-system", action="store_true", help="do not cross file system boundaries")
     p.add_argument("--tag", metavar="TAG", action="append", default=[], help="tag the version (repeatable)")
+    p.add_argument("--description", metavar="TEXT", default=None,
+                   help="a description of the version, shown by 'fsbackup versions'")
     p.add_argument("--host", metavar="NAME", type=host_name, default=None,
                    help="record the version as made on host NAME (default: this machine's host name); the "
                         "unchanged files of the last version of this host and these paths are not read again")
@@ -80,7 +82,8 @@ def run(args, out: Output) -> int:
         raise UsageError("backup --prune needs at least one keep rule (e.g. --keep-daily 7)")
     options = BackupOptions(excludes=excludes, exclude_if_present=args.exclude_if_present,
                             exclude_caches=args.exclude_caches, one_file_system=args.one_file_system,
-                            tags=args.tag, dry_run=args.dry_run, host=args.host)
+                            tags=args.tag, dry_run=args.dry_run, host=args.host,
+                            description=args.description)
     if args.volume_size:
         options.volume_size = args.volume_size
     if args.compression is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .options import Command
+from .options import FILTER_HELP, Command, version_filter, version_filter_options
 from .output import Output, fmt_time
 from .repo import opened
 
@@ -13,13 +13,14 @@ def add_arguments(p) -> None:
     p.add_argument("version", metavar="VERSION")
     p.add_argument("path", nargs="?", default="/", metavar="PATH")
     p.add_argument("-l", "--long", action="store_true", help="long format: mode, owner, size, time")
+    version_filter_options(p)
 
 
 def run(args, out: Output) -> int:
     from ..catalog.tree import VersionTree
     from ..catalog.versions import resolve_version
     with opened(args, out) as repo:
-        tree = VersionTree(repo.catalog, resolve_version(repo.catalog, args.version))
+        tree = VersionTree(repo.catalog, resolve_version(repo.catalog, args.version, version_filter(args)))
         top = tree.resolve(args.path)
         rows = []
         for path, node in tree.walk(top, tree.path_of(top)):
@@ -39,5 +40,11 @@ def run(args, out: Output) -> int:
 
 COMMAND = Command(
     "ls", "list the files of a version",
-    "List a version's tree, or the part below PATH. VERSION is an id, an unambiguous id prefix, or 'latest'.",
+    "List a version's tree, or the part below PATH. VERSION is an id, an unambiguous id prefix, or\n"
+    "'latest': the newest version of this machine's host (of the --host given instead).\n\n"
+    + FILTER_HELP + "\n\n"
+    "examples:\n"
+    "  fsbackup ls latest /home/alice -l\n"
+    "  fsbackup ls latest --host desktop --path /home/alice     (the desktop's newest of /home/alice)\n"
+    "  fsbackup ls 3f2a9c1e /etc",
     add_arguments, run)

@@ -130,6 +130,47 @@ def host_name(text: str) -> str:
     return text
 
 
+FILTER_HELP = """\
+choosing versions: --host, --tag and --path pick versions (each repeatable). A version matches
+when its host is one of the --hosts, it has every tag of one --tag (--tag a,b: both; --tag a
+--tag b: either), and it was made of exactly the --paths. 'latest' is the newest matching
+version of this machine's host unless --host names others (docs/machines.md)."""
+
+
+def version_filter_options(p: argparse.ArgumentParser, paths: bool = True) -> None:
+    """--host, --tag and --path: which versions a command works on, and which one 'latest' is
+    (`version_filter` reads them). `paths`: False for a command whose --path means something else
+    (find)."""
+    g = p.add_argument_group("choosing versions (docs/machines.md)")
+    g.add_argument("--host", metavar="NAME", type=host_name, action="append", default=[],
+                   help="versions of host NAME (repeatable: any of them); 'latest' then means the newest of these "
+                        "hosts instead of this machine's")
+    g.add_argument("--tag", metavar="TAG[,TAG...]", action="append", default=[],
+                   help="versions with all these tags (repeatable: any of the lists)")
+    if paths:
+        g.add_argument("--path", metavar="PATH", action="append", default=[], dest="version_path",
+                       help="versions made of exactly these paths (repeat it for each path of a version)")
+
+
+def version_filter(args):
+    """The catalog.versions.VersionFilter of the options `version_filter_options` added."""
+    from ..catalog.versions import VersionFilter
+    return VersionFilter.of(args.host, args.tag, getattr(args, "version_path", ()))
+
+
+def group_by_arg(text: str) -> tuple[str, ...]:
+    """The argument type of --group-by: a comma-separated subset of host, paths and tags ('' or
+    'none': one group)."""
+    fields = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip() and f.strip() != "none"))
+    if any(f not in GROUP_FIELDS for f in fields):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of host, paths and tags (e.g. host,paths), "
+                                         "or none")
+    return fields
+
+
+GROUP_FIELDS = ("host", "paths", "tags")
+
+
 def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """The options every command takes, before or after its name. `suppress`: on a command's
     parser, an option not given there leaves what the main parser found."""

@@ -8,7 +8,7 @@ from ..catalog import Catalog
 from ..errors import UsageError
 from ..fsutil import not_a_folder
 from ..progress import human_bytes
-from .options import Command
+from .options import FILTER_HELP, Command, version_filter, version_filter_options
 from .output import Output
 from .repo import opened
 
@@ -21,6 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH")
     p.add_argument("--target", required=True, metavar="DIR", help="where to restore (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace files that exist in the target")
+    version_filter_options(p)
 
 
 def run(args, out: Output) -> int:
@@ -39,7 +40,7 @@ def run(args, out: Output) -> int:
         tree_index = Catalog(repo.catalog_path)
         try:
             with tree_index.snapshot():
-                tree = VersionTree(tree_index, resolve_version(tree_index, args.version))
+                tree = VersionTree(tree_index, resolve_version(tree_index, args.version, version_filter(args)))
                 s = Restore(repo, tree, args.target, overwrite=args.overwrite, reporter=out).run(args.paths or None)
         finally:
             tree_index.close()
@@ -59,5 +60,12 @@ COMMAND = Command(
     "restore", "restore files from a version",
     "Restore all of a version, or the given paths, below --target (paths keep their absolute\n"
     "place: /home/a/f restores to TARGET/home/a/f). Existing files are never touched unless\n"
-    "--overwrite is given. Every block is authenticated and every file's content hash checked.",
+    "--overwrite is given. Every block is authenticated and every file's content hash checked.\n"
+    "VERSION is an id, an unambiguous id prefix, or 'latest': the newest version of this\n"
+    "machine's host (of the --host given instead).\n\n"
+    + FILTER_HELP + "\n\n"
+    "examples:\n"
+    "  fsbackup restore latest /home/alice/report.odt --target /tmp/restored\n"
+    "  fsbackup restore latest --host desktop --target /tmp/desktop     (the desktop's newest)\n"
+    "  fsbackup restore 3f2a9c1e --target /srv/restore --overwrite",
     add_arguments, run, INTERRUPTED)

@@ -3,7 +3,7 @@
 
 Every object but `config` is of a `Kind` and has a 64-hex-digit id:
 
-  keys/<id>  data/<id[:2]>/<id>  index/<id>  versions/<id>  locks/<id>  forgotten/<id>
+  keys/<id>  data/<id[:2]>/<id>  index/<id>  versions/<id>  locks/<id>  forgotten/<id>  tags/<id>
 
 `object_name(kind, id)` builds a name and `parse_object_name(name)` gives (kind, id) back; each
 refuses (ValueError) anything that the other would not produce, so a stray file in a repository
@@ -26,6 +26,7 @@ class Kind(enum.Enum):
     VERSION = "versions"
     LOCK = "locks"
     FORGOTTEN = "forgotten"
+    TAGS = "tags"
 
     @property
     def folder(self) -> str:
@@ -78,6 +79,10 @@ def lock_object(object_id: str) -> str:
 
 def forgotten_object(object_id: str) -> str:
     return object_name(Kind.FORGOTTEN, object_id)
+
+
+def tag_object(object_id: str) -> str:
+    return object_name(Kind.TAGS, object_id)
 
 
 def key_object(object_id: str) -> str:

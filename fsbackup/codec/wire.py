@@ -27,6 +27,7 @@ INDEX_MAGIC = b"FSBI"
 VERSION_MAGIC = b"FSBS"
 LOCK_MAGIC = b"FSBL"
 FORGOTTEN_MAGIC = b"FSBF"
+TAGS_MAGIC = b"FSBG"
 HEADER_LEN = 8                       # magic(4) + format version(1) + 3 reserved bytes
 FOOTER = struct.Struct("<QI4s")      # volume footer: table offset, table length, b"FSBT"
 FOOTER_MAGIC = b"FSBT"
@@ -337,6 +338,29 @@ def decode_forgotten(keys: Keys, version_id: bytes, data: bytes, name: str) -> d
     return _open_map(keys, FORGOTTEN_MAGIC, b"forgotten", version_id, data, name)
 
 
+def encode_tag_record(keys: Keys, record_id: bytes, version: str, tags: list[str], generation: int,
+                      time_ns: int) -> bytes:
+    """A tag record (`tags/<record id>`, written once under a fresh random name): from now on
+    version `version` carries `tags`, unless a record of it with a larger (generation, time_ns,
+    record name) says otherwise (docs/format.md "Tag records")."""
+    return _seal_map(keys, TAGS_MAGIC, b"tags", record_id,
+                     {"version": version, "tags": [_wire_text(t) for t in tags], "generation": generation,
+                      "time_ns": time_ns})
+
+
+def decode_tag_record(keys: Keys, record_id: bytes, data: bytes, name: str) -> dict:
+    """A tag record's map, checked: `version` (a version name), `tags` (text), `generation` (at
+    least 1) and `time_ns`; CorruptObject for anything else."""
+    doc = _open_map(keys, TAGS_MAGIC, b"tags", record_id, data, name)
+    version, tags = doc.get("version"), doc.get("tags")
+    generation, time_ns = doc.get("generation"), doc.get("time_ns")
+    if not (isinstance(version, str) and len(version) == 64 and all(c in "0123456789abcdef" for c in version)
+            and isinstance(tags, list) and all(isinstance(t, (str, bytes)) for t in tags)
+            and _is_int(generation, 1, INT64_MAX) and _is_int(time_ns, INT64_MIN, INT64_MAX)):
+        raise CorruptObject(name, "is not a tag record")
+    return {**doc, "tags": [_memory_text(t) for t in tags]}
+
+
 # ---- version objects: a header and a stream of tree entries, in authenticated frames --------
 
 def _frame_nonce(n: int) -> bytes:
@@ -479,7 +503,7 @@ def _memory_text(value):
 
 
 def encode_head(head: dict) -> dict:
-    """A version header as stored: paths, tags and host as str or, when not UTF-8, bin."""
+    """A version header as stored: paths, tags, host and description as str or, when not UTF-8, bin."""
     return _map_texts(head, _wire_text)
 
 
@@ -491,8 +515,9 @@ def decode_head(head) -> dict:
 
 def _map_texts(head: dict, convert) -> dict:
     out = dict(head)
-    if "host" in out:
-        out["host"] = convert(out["host"])
+    for key in ("host", "description"):
+        if key in out:
+            out[key] = convert(out[key])
     for key in ("paths", "tags"):
         if isinstance(out.get(key), list):
             out[key] = [convert(text) for text in out[key]]
@@ -518,6 +543,8 @@ def check_head(head, name: str) -> dict:
         raise CorruptObject(name, "header time or counts are out of range")
     if parent is not None and not isinstance(parent, str):
         raise CorruptObject(name, "header parent is not a version name")
+    if not isinstance(head.get("description", ""), str):
+        raise CorruptObject(name, "header description is not text")
     return head
 
 

@@ -61,6 +61,7 @@ class BackupOptions:
     one_file_system: bool = False
     tags: list[str] = field(default_factory=list)
     host: str | None = None                  # the version's host; None: this machine's host name
+    description: str | None = None           # the version header's description; None: none
     dry_run: bool = False
     trust_unchanged: bool = True             # False: read unchanged files too (their stored blocks may be gone)
     volume_size: int = DEFAULT_VOLUME_SIZE
@@ -385,6 +386,8 @@ class Backup:
                 "parent": parent.name if parent else None, "file_count": self.stats.file_count,
                 "total_size": self.stats.total_size, "bytes_added": self.stats.bytes_added,
                 "fsbackup": "0.1.0"}
+        if self.options.description:
+            head["description"] = self.options.description
         name = None
         with spool:
             if not self.options.dry_run:

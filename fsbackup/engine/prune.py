@@ -17,10 +17,11 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from ..catalog.blocks import any_volume, volume_names
 from ..catalog.usage import any_needed_unrecorded, live_blocks, mark_used_blocks, volume_usage
-from ..catalog.versions import VersionInfo, any_version
+from ..catalog.versions import GROUP_BY_DEFAULT, VersionGroup, VersionInfo, any_version, group_versions
 from ..codec import wire
 from ..errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
 from ..progress import SILENT, Reporter, human_bytes
@@ -36,26 +37,21 @@ MAX_RUN_BYTES = 8 << 20     # live blocks lying back to back are fetched togethe
 
 @dataclass
 class ForgetGroup:
-    """Versions of one host and set of paths: retention applies to each group on its own."""
-    host: str
-    paths: list[str]
+    """Versions of one group (by default one host and set of paths: `--group-by`): retention
+    applies to each group on its own."""
+    group: VersionGroup
     decision: Decision
 
     def as_json(self) -> dict:
-        return {"host": self.host, "paths": self.paths, "remove": [v.id for v in self.decision.remove],
+        return {**self.group.key_json(), "remove": [v.id for v in self.decision.remove],
                 "keep": [{"id": v.id, "reasons": why} for v, why in self.decision.keep]}
 
 
-def plan_forget(versions: list[VersionInfo], policy: Policy, now_ns: int | None = None) -> list[ForgetGroup]:
-    groups: dict[tuple, list[VersionInfo]] = {}
-    for v in versions:
-        groups.setdefault((v.host, tuple(sorted(v.paths))), []).append(v)
-    out = []
-    for (host, paths), members in sorted(groups.items()):
-        decision = apply([Version(v.name, v.time_ns, tuple(v.tags)) for v in members], policy,
-                         time.time_ns() if now_ns is None else now_ns)
-        out.append(ForgetGroup(host, list(paths), decision))
-    return out
+def plan_forget(versions: list[VersionInfo], policy: Policy, now_ns: int | None = None,
+                group_by: Iterable[str] = GROUP_BY_DEFAULT) -> list[ForgetGroup]:
+    now = time.time_ns() if now_ns is None else now_ns
+    return [ForgetGroup(g, apply([Version(v.name, v.time_ns, tuple(v.tags)) for v in g.versions], policy, now))
+            for g in group_versions(versions, group_by)]
 
 
 def forget_versions(repo: Repository, names: list[str]) -> None:

@@ -11,6 +11,7 @@ Remote layout (docs/format.md):
   versions/<hex>         one per backup version: header and file tree
   locks/<hex>            one per running command that locks the repository (locks.py)
   forgotten/<hex>        the record that the version of that name was forgotten
+  tags/<hex>             a tag record: a version's tags from then on
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ from ..codec.names import (
     lock_object,
     object_name,
     parse_object_name,
+    tag_object,
     version_object,
     volume_object,
 )
@@ -378,6 +380,7 @@ class Repository:
             result = self.rebuild_catalog(progress, skip_damaged_versions=True)
             for obj in result["damaged"]:
                 _warn_skipped_version(obj)
+            self.follow_tag_records()
             return self.catalog
         catalog = self.catalog
         # What this index knows is read before the listings: a version another process records
@@ -410,6 +413,7 @@ class Repository:
                 _warn_skipped_version(version_object(name))
         if json.dumps(unreadable) != (catalog.get_meta(UNREADABLE_VERSIONS) or "[]"):
             catalog.set_meta(UNREADABLE_VERSIONS, json.dumps(unreadable))
+        self.follow_tag_records()
         return catalog
 
     def _only_place_of_needed_blocks(self, volumes: set[str]) -> bool:
@@ -837,6 +841,49 @@ class Repository:
         else:
             self.delete_object(Kind.VERSION, name)
         self.unrecord_version(name)
+        # (a crash before this leaves tag records of a version that is gone: readers ignore them)
+        self.delete_tag_records([r.name for r in catalog_versions.tag_records_of(self.catalog, name)])
+
+    # ---- tag records ----------------------------------------------------------------------
+
+    def store_tag_record(self, version: str, tags: list[str], generation: int) -> str:
+        """Store a tag record giving version `version` the tags `tags` (docs/format.md "Tag
+        records") under a new name, and mirror it in the local index; returns its name."""
+        name = secrets.token_hex(32)
+        time_ns = time.time_ns()
+        self.backend.put(tag_object(name), wire.encode_tag_record(self.keys, bytes.fromhex(name), version, tags,
+                                                                  generation, time_ns))
+        catalog_versions.follow_tag_records(
+            self.catalog, [catalog_versions.TagRecord(name, version, generation, time_ns, tags)], [])
+        return name
+
+    def delete_tag_records(self, names: list[str]) -> None:
+        """Delete tag records (superseded ones, or those of a forgotten version) and their rows."""
+        for name in names:
+            self.delete_object(Kind.TAGS, name)
+        catalog_versions.follow_tag_records(self.catalog, [], names)
+
+    def follow_tag_records(self) -> None:
+        """Mirror the repository's tag records in the local index: read the ones it lacks, drop
+        the ones no longer listed. A record that does not read is skipped with a warning (its
+        version keeps the tags it had here)."""
+        listed = set(self.list_objects(Kind.TAGS))
+        known = catalog_versions.tag_record_names(self.catalog)
+        added = []
+        for name in sorted(listed - known):
+            obj = tag_object(name)
+            try:
+                doc = self.read_checked(Kind.TAGS, name, lambda data, obj=obj, name=name:
+                                        wire.decode_tag_record(self.keys, bytes.fromhex(name), data, obj))
+            except NoSuchObject:
+                continue                  # superseded and deleted since the listing
+            except CorruptObject as e:
+                log.warning("%s; the tags it sets are not applied", e)
+                continue
+            added.append(catalog_versions.TagRecord(name, doc["version"], doc["generation"], doc["time_ns"],
+                                                    doc["tags"]))
+        if added or known - listed:
+            catalog_versions.follow_tag_records(self.catalog, added, known - listed)
 
     def forgotten_names(self, acted_on: set[str]) -> set[str]:
         """The versions recorded as forgotten (their `forgotten/` objects). Those in `acted_on`

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -18,17 +17,6 @@ pytestmark = pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {
 
 # `fsbackup mount` showing host a's versions only: the filter passed to mount() directly (the
 # command line's own options for it are another change's).
-MOUNT_HOST_A_ONLY = r"""
-import sys
-import fsbackup.mount
-from fsbackup.cli import main
-
-mount = fsbackup.mount.mount
-fsbackup.mount.mount = lambda args, out, open_repo: mount(args, out, open_repo, version_filter=lambda v: v.host == "a")
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def versions_by_host(env) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for v in json.loads(env.ok("versions", "--json").out):
@@ -122,7 +110,10 @@ def test_a_version_filter_narrows_what_the_mount_shows(env, tmp_path, mounted):
     backup(env, tmp_path / "a", "--host", "a")
     write(tmp_path / "b" / "f", b"b's")
     backup(env, tmp_path / "b", "--host", "b")
-    m = mounted(launcher=(sys.executable, "-c", MOUNT_HOST_A_ONLY))
+    write(tmp_path / "c" / "f", b"a's too")
+    backup(env, tmp_path / "c", "--host", "a", "--tag", "t")
+    m = mounted("--host", "a", "--tag", "t")
     assert os.listdir(m.mountpoint / "hosts") == ["a"] and len(os.listdir(m.mountpoint / "versions")) == 1
-    assert (m.version_dir() / str(tmp_path / "a" / "f").lstrip("/")).read_bytes() == b"a's"
-    assert os.listdir(m.mountpoint / "history" / str(tmp_path).lstrip("/")) == ["a"]
+    assert os.listdir(m.mountpoint / "tags") == ["t"]
+    assert (m.version_dir() / str(tmp_path / "c" / "f").lstrip("/")).read_bytes() == b"a's too"
+    assert os.listdir(m.mountpoint / "history" / str(tmp_path).lstrip("/")) == ["c"]

@@ -1,7 +1,7 @@
 """`fsbackup mount` and `umount`: the options; fsbackup.mount does the work."""
 from __future__ import annotations
 
-from .options import Command, cache_size_arg
+from .options import Command, cache_size_arg, version_filter, version_filter_options
 from .output import Output
 from .repo import open_repo
 
@@ -26,13 +26,15 @@ def add_arguments(p) -> None:
     p.add_argument("--cache-size", metavar="SIZE", type=cache_size_arg, default=None,
                    help="bound of the block cache on disk, up to 1P (default: 1G for remote storage, 0 for a local "
                         "directory, which is its own cache)")
+    version_filter_options(p)
 
 
 def run(args, out: Output) -> int:
     from ..mount import mount
     # The mount opens the repository itself (open_repo; no lock: it only reads) and closes it
     # when it ends, which may be in a daemon forked meanwhile.
-    return mount(args, out, open_repo)
+    chosen = version_filter(args)
+    return mount(args, out, open_repo, None if chosen.is_empty() else chosen.matches)
 
 
 def add_umount_arguments(p) -> None:
@@ -50,7 +52,8 @@ MOUNT = Command(
     "each version's files at their absolute paths, MOUNTPOINT/latest points to the newest one.\n"
     "hosts/<host>/ and tags/<tag>/ hold the same versions by machine and by tag, each with a\n"
     "latest; history/<path>/ lists every earlier state of a file (one entry per distinct content,\n"
-    "named by time) or every name a folder ever held.\n"
+    "named by time) or every name a folder ever held. --host, --tag and --path narrow all of it to\n"
+    "the versions they choose; the top latest is the newest version shown, of any host.\n"
     "Browse with any file manager; restore with 'cp -a'. Only the bytes you read are fetched and\n"
     "decrypted. Backups may run while mounted: new versions appear within seconds.\n\n"
     "Stop with Ctrl-C, 'fsbackup umount MOUNTPOINT' or 'fusermount3 -u MOUNTPOINT'.\n\n"

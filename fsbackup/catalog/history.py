@@ -15,7 +15,7 @@ import json
 from typing import NamedTuple
 
 from .connection import Catalog
-from .tree import NODE_COLUMNS, ROOT_ID, Node, _node
+from .tree import NODE_COLUMNS, ROOT_ID, Node, node_from_row
 
 # The node at a path in each version: `walk` ends, for each version that has the whole path,
 # with a row whose `rest` is empty. ?1: the versions' row ids (a JSON array); ?2: the path's
@@ -108,5 +108,5 @@ def non_directories_at(catalog: Catalog, version_ids: list[int], path: bytes) ->
     file, a symlink, a device...), in no particular order."""
     sql = _WALK + (f"SELECT f.wv, {NODE_COLUMNS}, (SELECT hash FROM contents WHERE contents.id = nodes.content) "
                    "FROM found f CROSS JOIN nodes ON nodes.version = f.wv AND nodes.id = f.wid WHERE nodes.type != 'd'")
-    return [PathNode(r[0], _node(r[1:-1]), r[-1]) for r in catalog.rows(sql, (json.dumps(version_ids),
+    return [PathNode(r[0], node_from_row(r[1:-1]), r[-1]) for r in catalog.rows(sql, (json.dumps(version_ids),
                                                                               _components(path)))]

@@ -18,7 +18,7 @@ from typing import NamedTuple
 from ..errors import PathNotFound
 from .connection import Catalog
 from .schema import node_time
-from .tree import ROOT_ID, Node, VersionTree
+from .tree import ROOT_ID, Node, VersionTree, node_from_row
 from .versions import VersionInfo
 
 _INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
@@ -192,12 +192,8 @@ def diff(catalog: Catalog, before: VersionInfo, before_top: int | None, after: V
 
 
 def _node(row) -> Node | None:
-    if row[0] is None:
-        return None
-    row = list(row)
-    for i in (9, 10, 11):
-        row[i] = node_time(row[i])
-    return Node._make(row)
+    """The node of one side of a diff's row; None when that side has none (an outer join's NULLs)."""
+    return node_from_row(row) if row[0] is not None else None
 
 
 __all__ = ["Change", "FindQuery", "Found", "ROOT_ID", "diff", "find"]

@@ -65,7 +65,7 @@ class Node(NamedTuple):
 _TIMES = slice(9, 12)      # mtime_ns, atime_ns, ctime_ns in a NODE_COLUMNS row
 
 
-def _node(row) -> Node:
+def node_from_row(row) -> Node:
     """A node from a NODE_COLUMNS row; times the index holds as BLOBs (catalog_time) become ints."""
     if not all(type(t) is int for t in row[_TIMES]):
         row = list(row)
@@ -114,7 +114,7 @@ class VersionTree:
         row = self.catalog.row(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND id=?", (self.version.id, node_id))
         if row is None:
             raise PathNotFound(f"node {node_id} is not in version {self.version.short_id}")
-        return _node(row)
+        return node_from_row(row)
 
     @property
     def root(self) -> Node:
@@ -123,17 +123,17 @@ class VersionTree:
     def lookup(self, parent_id: int, name: bytes) -> Node | None:
         row = self.catalog.row(f"SELECT {NODE_COLUMNS} FROM nodes WHERE version=? AND parent=? AND name=?",
                              (self.version.id, parent_id, name))
-        return _node(row) if row else None
+        return node_from_row(row) if row else None
 
     def children(self, parent_id: int, after: int | None = None, limit: int = -1) -> list[Node]:
         """Children ordered by name; `after` (a child's node id) resumes a listing past its name."""
-        return [_node(r) for r in self._children_rows(NODE_COLUMNS, parent_id, after, limit)]
+        return [node_from_row(r) for r in self._children_rows(NODE_COLUMNS, parent_id, after, limit)]
 
     def children_with_contents(self, parent_id: int, after: int | None = None, limit: int = -1) -> list[Listed]:
         """`children`, each with its content (files only), in the same one query."""
         rows = self._children_rows(NODE_AND_CONTENT_COLUMNS, parent_id, after, limit,
                                    "LEFT JOIN contents c ON c.id = nodes.content")
-        return [Listed(_node(r[:-3]), ContentRow(r[19], r[-3], r[-2], r[-1]) if r[19] is not None else None)
+        return [Listed(node_from_row(r[:-3]), ContentRow(r[19], r[-3], r[-2], r[-1]) if r[19] is not None else None)
                 for r in rows]
 
     def _children_rows(self, columns: str, parent_id: int, after: int | None, limit: int, join: str = "") -> list:

@@ -246,6 +246,19 @@ def test_tag_records_are_sealed_under_their_own_name(env, tmp_path):
     assert r.rc == 0 and json.loads(r.out)[0]["tags"] == [] and f"tags/{copy} is corrupt" in r.err
 
 
+def test_check_reports_a_tag_record_that_does_not_authenticate(env, tmp_path):
+    write(tmp_path / "src" / "f", b"x")
+    env.ok("backup", tmp_path / "src")
+    env.ok("tag", "--add", "a", "latest")
+    assert env.run("check").rc == 0
+    [name] = tag_objects(env)
+    raw = bytearray((env.repo / "tags" / name).read_bytes())
+    raw[-1] ^= 1
+    (env.repo / "tags" / name).write_bytes(bytes(raw))
+    r = env.run("check")
+    assert r.rc == 12 and f"tags/{name}" in r.out + r.err and "Traceback" not in r.err, (r.out, r.err)
+
+
 # ---- find and diff, against answers worked out by hand ---------------------------------------------
 
 T2020, T2023, T2025 = (int(time.mktime((y, 1, 1, 12, 0, 0, 0, 0, -1))) * 10**9 for y in (2020, 2023, 2025))

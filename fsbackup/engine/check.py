@@ -24,7 +24,7 @@ from ..catalog.versions import version_names, version_names_by_id
 from ..codec import wire
 from ..errors import CorruptObject, NoSuchObject
 from ..progress import SILENT, Reporter
-from ..repository import Kind, Repository, index_object, version_object, volume_object
+from ..repository import Kind, Repository, index_object, tag_object, version_object, volume_object
 
 PATHS_SHOWN = 20          # paths listed per damaged object and version; the rest are counted
 
@@ -142,6 +142,7 @@ class Checker:
         for name, _ in repo.vanished_versions():
             self.add(Problem(version_object(name), "the version is gone without having been forgotten (deleted "
                              "outside fsbackup, or lost); if that was meant, accept it with --accept-missing"))
+        self._check_tag_records()
         self._check_references()
         self.report.versions = len(remote_versions)
         self.report.volumes = len(self.volume_sizes)
@@ -206,6 +207,18 @@ class Checker:
         except (CorruptObject, NoSuchObject) as e:
             self.add(Problem(version_object(name), str(e), version=name))
         self._advance()
+
+    def _check_tag_records(self) -> None:
+        """Every tag record authenticates (a damaged one is skipped by every sync: its version keeps
+        the tags it had)."""
+        for name in sorted(self.repo.list_objects(Kind.TAGS)):
+            try:
+                self.repo.load_tag_record(name)
+            except NoSuchObject:
+                pass                              # superseded and deleted since the listing
+            except CorruptObject as e:
+                self.add(Problem(tag_object(name), f"{e}; the tags it sets are not applied (a new 'fsbackup "
+                                 "tag --set' of that version replaces it)"))
 
     def _check_references(self) -> None:
         """Blocks that versions use but no index object of an existing volume lists (beyond those

@@ -863,6 +863,13 @@ class Repository:
             self.delete_object(Kind.TAGS, name)
         catalog_versions.follow_tag_records(self.catalog, [], names)
 
+    def load_tag_record(self, name: str) -> catalog_versions.TagRecord:
+        """Tag record `name`, authenticated and checked; CorruptObject or NoSuchObject else."""
+        obj = tag_object(name)
+        doc = self.read_checked(Kind.TAGS, name,
+                                lambda data: wire.decode_tag_record(self.keys, bytes.fromhex(name), data, obj))
+        return catalog_versions.TagRecord(name, doc["version"], doc["generation"], doc["time_ns"], doc["tags"])
+
     def follow_tag_records(self) -> None:
         """Mirror the repository's tag records in the local index: read the ones it lacks, drop
         the ones no longer listed. A record that does not read is skipped with a warning (its
@@ -871,17 +878,12 @@ class Repository:
         known = catalog_versions.tag_record_names(self.catalog)
         added = []
         for name in sorted(listed - known):
-            obj = tag_object(name)
             try:
-                doc = self.read_checked(Kind.TAGS, name, lambda data, obj=obj, name=name:
-                                        wire.decode_tag_record(self.keys, bytes.fromhex(name), data, obj))
+                added.append(self.load_tag_record(name))
             except NoSuchObject:
                 continue                  # superseded and deleted since the listing
             except CorruptObject as e:
                 log.warning("%s; the tags it sets are not applied", e)
-                continue
-            added.append(catalog_versions.TagRecord(name, doc["version"], doc["generation"], doc["time_ns"],
-                                                    doc["tags"]))
         if added or known - listed:
             catalog_versions.follow_tag_records(self.catalog, added, known - listed)
 

@@ -17,6 +17,23 @@ fsb_apt_install() {  # fsb_apt_install PKG... : installs the Debian packages not
 
 fsb_apt_install fuse3 libfuse3-dev pkg-config attr python3-venv
 
+# openssh-server: the sftp:// tests and benchmark run sshd of their own on a free loopback port.
+# Installing it must not start the system's sshd on port 22: Debian's scripts ask policy-rc.d,
+# which forbids it (exit 101) for the length of the install unless the machine has its own.
+if ! dpkg-query -W -f='${Status}' openssh-server 2>/dev/null | grep -q "ok installed"; then
+    fsb_sudo=""; [ "$(id -u)" -ne 0 ] && fsb_sudo="sudo"
+    fsb_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $fsb_sudo tee /usr/sbin/policy-rc.d >/dev/null
+        $fsb_sudo chmod 755 /usr/sbin/policy-rc.d
+        fsb_policy=/usr/sbin/policy-rc.d
+    fi
+    fsb_status=0
+    fsb_apt_install openssh-server || fsb_status=$?
+    if [ -n "$fsb_policy" ]; then $fsb_sudo rm -f "$fsb_policy"; fi
+    [ "$fsb_status" -eq 0 ]
+fi
+
 stamp="$FSB_VENV/.fsbackup-installed"
 if [ ! -x "$FSB_VENV/bin/python" ]; then
     python3 -m venv "$FSB_VENV"

@@ -190,7 +190,7 @@ def _plain_backend(url: str) -> Backend:
     opener = _OPENERS.get(scheme if separator else "file")
     if opener is None:
         raise RepositoryNotFound(f"unknown repository URL scheme '{scheme}://' "
-                                 f"(use a directory path or b2://BUCKET/PREFIX)")
+                                 f"(use a directory path, b2://BUCKET/PREFIX or sftp://USER@HOST/PATH)")
     return opener(url)
 
 
@@ -204,5 +204,11 @@ def _open_b2(url: str) -> Backend:
     return B2Backend(url)
 
 
+def _open_sftp(url: str) -> Backend:
+    from .sftp import open_sftp  # (paramiko is imported only for sftp:// repositories)
+    return open_sftp(url)
+
+
 register_scheme("file", _open_local)
 register_scheme("b2", _open_b2)
+register_scheme("sftp", _open_sftp)

@@ -177,10 +177,12 @@ def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     g = parser.add_argument_group("global options")
     g.add_argument("--repo", metavar="URL", default=d(None),
-                   help="repository: a directory path or b2://BUCKET/PREFIX (default: $FSBACKUP_REPOSITORY)")
+                   help="repository: a directory path, b2://BUCKET/PREFIX or sftp://USER@HOST[:PORT]/PATH "
+                        "(default: $FSBACKUP_REPOSITORY)")
     g.add_argument("--password-file", metavar="FILE", default=d(None), help="read the passphrase from FILE")
     g.add_argument("--connections", metavar="N", type=positive_int, default=d(None),
-                   help="concurrent uploads/downloads to the repository (default: 2 local, 4 B2)")
+                   help="concurrent uploads/downloads to the repository (default: 2 local, 4 B2 and SFTP)")
+    sftp_options(g, d)
     g.add_argument("--index", metavar="PATH", default=d(None),
                    help="local index file (default: $XDG_CACHE_HOME/fsbackup/<repository id>/index.sqlite)")
     g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="print only errors")
@@ -189,6 +191,16 @@ def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--accept-missing", action="store_true", default=d(False),
                    help="accept that more than half of the versions or volumes this machine's index knows are "
                         "gone from the repository (refused otherwise: check the repository's folders first)")
+
+
+def sftp_options(g, d: Callable) -> None:
+    """The keys and known hosts of sftp:// repositories (docs/sftp.md)."""
+    g.add_argument("--sftp-identity", metavar="FILE", default=d(None),
+                   help="sftp://: log in with this SSH private key only (default: $FSBACKUP_SFTP_IDENTITY, else "
+                        "the SSH agent's keys and ~/.ssh/id_ed25519, id_ecdsa, id_rsa)")
+    g.add_argument("--sftp-known-hosts", metavar="FILE", default=d(None),
+                   help="sftp://: the known_hosts file that must hold the server's host key "
+                        "(default: $FSBACKUP_SFTP_KNOWN_HOSTS, else ~/.ssh/known_hosts)")
 
 
 def keep_options(p: argparse.ArgumentParser, title: str) -> None:

@@ -84,7 +84,27 @@ def repo_url(args) -> str:
 
 def open_storage(args):
     """The storage for --repo, with --connections applied when given."""
-    return repository.open_storage(repo_url(args), args.connections)
+    with _sftp_settings(args):
+        return repository.open_storage(repo_url(args), args.connections)
+
+
+@contextmanager
+def _sftp_settings(args) -> Iterator[None]:
+    """--sftp-identity and --sftp-known-hosts, handed to the sftp:// backend as the variables
+    they stand for while it opens (it reads them once, then keeps them for reconnecting)."""
+    given = {var: value for var, value in (("FSBACKUP_SFTP_IDENTITY", getattr(args, "sftp_identity", None)),
+                                           ("FSBACKUP_SFTP_KNOWN_HOSTS", getattr(args, "sftp_known_hosts", None)))
+             if value}
+    saved = {var: os.environ.get(var) for var in given}
+    os.environ.update(given)
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 def open_repo(args, out: Output, sync_catalog: bool = True) -> Repository:

@@ -199,8 +199,9 @@ class SftpBackend(Backend):
     """Objects as files below a folder of an SSH server, reached through SFTP.
 
     Thread-safe: each call borrows one SFTP session from a pool of at most `connections`, each
-    on an SSH connection of its own (measured faster than channels sharing one connection,
-    whose single transport thread then encrypts everything: docs/sftp.md). A session that
+    on an SSH connection of its own: over loopback that measured as fast as channels of one
+    connection (docs/sftp.md), and over a network each connection has its own TCP window and
+    its own paramiko transport thread, where channels would share one of each. A session that
     broke is dropped and the next call connects again. A process forked after opening (the
     mount's --daemon) starts with an empty pool: SSH connections do not survive a fork.
     """
@@ -208,8 +209,9 @@ class SftpBackend(Backend):
     traits = BackendTraits(atomic_replace=True, immediate_listing=True, latency=Latency.REMOTE)
 
     def __init__(self, url: str, settings: Settings | None = None, share_connection: bool = False):
-        """Connects once at once, so a bad host, host key or key fails here with its own error.
-        `share_connection`: run every session as a channel of one SSH connection instead."""
+        """Connects at once, so a bad host, host key or key fails here with its own error.
+        `share_connection`: run every session as a channel of one SSH connection instead (kept
+        to compare the two layouts, docs/sftp.md)."""
         self.url = url
         self.target = parse_url(url)
         self.settings = settings or Settings.from_environment()

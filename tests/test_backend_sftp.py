@@ -78,6 +78,20 @@ def test_a_whole_volume_reads_at_the_speed_of_the_link(sftp_server):
     store.close()
 
 
+def test_listing_with_times_gives_each_files_modification_time_on_the_server(sftp_server):
+    store = new_backend(sftp_server)
+    before = time.time()
+    store.put("versions/new", b"n")
+    store.put("data/ab/old", b"old")
+    root = Path(parse_url(store.url).root)
+    os.utime(root / "data" / "ab" / "old", (1_500_000_000, 1_500_000_000))   # written long ago
+    listed = {name: (size, modified) for name, size, modified in store.list_modified("")}
+    assert listed["data/ab/old"] == (3, 1_500_000_000)
+    assert listed["versions/new"][0] == 1 and before - 2 <= listed["versions/new"][1] <= time.time() + 2
+    assert [n for n, _, _ in store.list_modified("data/")] == ["data/ab/old"]
+    store.close()
+
+
 # ---- trust: host keys and user keys -----------------------------------------------------------------
 
 def test_an_unknown_host_key_is_refused_naming_its_fingerprint(sftp_server, tmp_path):

@@ -1544,6 +1544,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     which.add_argument("--fleet", action="store_true",
                        help=f"instead: {FLEET_MACHINES} machines with overlapping trees (--size-mb each) backed "
                             "up into one repository at once and one after another, fsbackup against restic")
+    parser.add_argument("--backend", choices=["local", "sftp"], default="local",
+                        help="sftp: instead, fsbackup and restic with their repositories on a throwaway OpenSSH "
+                             "server on this machine (scripts/sshserver.py; root): first backup, restore and "
+                             "cold cat of the --big-file-mb file through the mount, MB/s")
     parser.add_argument("--bandwidth-mbps", type=float, default=0.0, metavar="MB/S",
                         help="with --latency-ms: the link's bandwidth (default unlimited)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -1796,8 +1800,137 @@ def print_remote_like(data: dict) -> None:
     print(f"read-ahead gain                              {data['read_ahead_gain']:8.1f}x")
 
 
+# ---- --backend sftp: fsbackup and restic against one real OpenSSH server ------------------
+
+def sftp_commands(tool: str, server, storage: Path, sandbox: Path) -> tuple[dict[str, str], list[str]]:
+    """The environment and the command prefix that point `tool` at a repository in `storage` on
+    the test server (scripts/sshserver.py), keyed and known-hosted as a user would set it up."""
+    if tool == "fsbackup":
+        env = {"FSBACKUP_REPOSITORY": server.url(storage / "repo"), "FSBACKUP_PASSWORD": PASSWORD,
+               "XDG_CACHE_HOME": str(sandbox / "cache"), "FSBACKUP_SFTP_IDENTITY": str(server.user_key),
+               "FSBACKUP_SFTP_KNOWN_HOSTS": str(server.known_hosts)}
+        return env, ["fsbackup", "-q", "--index", str(sandbox / "index")]
+    ssh = (f"ssh -p {server.port} -i {server.user_key} -o UserKnownHostsFile={server.known_hosts} "
+           f"-o IdentitiesOnly=yes -o BatchMode=yes {server.user.pw_name}@{server.host} -s sftp")
+    env = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(sandbox / "cache")}
+    return env, ["restic", "-q", "-r", f"sftp:{server.user.pw_name}@{server.host}:{storage}/repo",
+                 "-o", f"sftp.command={ssh}"]
+
+
+def sftp_scenario(args: argparse.Namespace) -> dict:
+    """fsbackup and restic with their repositories on one OpenSSH server on this machine (the
+    test server of scripts/sshserver.py, over loopback), interleaved run by run: median MB/s of
+    the first backup of the dataset and a big file, of the restore of it, and of a cold `cat` of
+    the big file through a fresh mount (restic mount for restic)."""
+    import sshserver  # (beside this file)
+    if reason := sshserver.missing():
+        raise StepFailed(f"--backend sftp: {reason}")
+    mount_reason = mount_unavailable()
+    if mount_reason:
+        log(f"bench: cold cat through the mount skipped: {mount_reason}")
+    work = Path(os.path.realpath(tempfile.mkdtemp(prefix="fsbackup-bench-sftp-")))
+    server = sshserver.SshServer()
+    tools = ["fsbackup"] + ["restic"] * bool(shutil.which("restic"))
+    samples: dict[str, dict[str, list[float]]] = {t: {"backup": [], "restore": [], "cat": []} for t in tools}
+    try:
+        server.start()
+        source = work / "source"
+        log(f"bench: generating {args.size_mb} MiB of data and a {args.big_file_mb} MiB file ...")
+        generate_dataset(_fresh(source / "tree"), args.size_mb, args.seed)
+        big = source / "big.img"
+        _write_large_file(big, args.big_file_mb * MIB, random.Random(args.seed + 2), [])
+        files, size = tree_totals(source)
+
+        def run(env: dict[str, str], argv: list[str], step: str) -> float:
+            start = time.perf_counter()
+            p = subprocess.run(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL, capture_output=True,
+                               text=True)
+            if p.returncode != 0:
+                raise StepFailed(f"{step}: exit status {p.returncode}: {p.stderr.strip()[-300:]}")
+            return time.perf_counter() - start
+
+        for n in range(args.runs):
+            for tool in tools:
+                log(f"bench: sftp run {n + 1}/{args.runs}: {tool} ...")
+                storage, sandbox = server.storage(), _fresh(work / f"{tool}-{n}")
+                env, cli = sftp_commands(tool, server, storage, sandbox)
+                run(env, [*cli, "init"], f"{tool} init")
+                warm_dataset(source)
+                samples[tool]["backup"].append(size / run(env, [*cli, "backup", str(source)], f"{tool} backup") / MB)
+                drop_page_cache()
+                seconds = run(env, [*cli, "restore", "latest", "--target", str(sandbox / "restore")],
+                              f"{tool} restore")
+                samples[tool]["restore"].append(size / seconds / MB)
+                remove_tree(sandbox / "restore")
+                if not mount_reason:
+                    samples[tool]["cat"].append(big.stat().st_size / sftp_cold_cat(tool, env, cli, sandbox, big) / MB)
+                remove_tree(sandbox)
+                remove_tree(storage)
+        medians = {tool: {key: statistics.median(values) if values else None for key, values in per.items()}
+                   for tool, per in samples.items()}
+        return {"files": files, "bytes": size, "big_file_bytes": big.stat().st_size, "runs": args.runs,
+                "tools": medians, "samples": samples}
+    finally:
+        unmount_all_under(work)
+        server.stop()
+        remove_tree(work)
+
+
+def sftp_cold_cat(tool: str, env: dict[str, str], cli: list[str], sandbox: Path, big: Path) -> float:
+    """Seconds to `cat` the big file through a fresh mount of the tool's newest version, with an
+    empty cache and (as root) the page cache dropped."""
+    mountpoint = _fresh(sandbox / "mnt")
+    extra = ["--cache-dir", str(sandbox / "mount-cache")] if tool == "fsbackup" else []
+    proc = subprocess.Popen([*cli, "mount", *extra, str(mountpoint)], env={**os.environ, **env},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    latest = mountpoint / ("latest" if tool == "fsbackup" else "snapshots/latest")
+    try:
+        deadline = time.monotonic() + MOUNT_READY_TIMEOUT
+        while not (is_mounted(mountpoint) and latest.exists()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise StepFailed(f"{tool} mount over sftp did not come up")
+            time.sleep(POLL_SECONDS)
+        drop_page_cache()
+        return run_client(["cat", str(latest / str(big).lstrip("/"))], sandbox / "logs", f"{tool} cat")
+    finally:
+        unmount(mountpoint)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def print_sftp(data: dict) -> None:
+    print(f"sftp:// on an OpenSSH server over loopback: {data['files']:,} files, {data['bytes'] / MIB:.0f} MiB "
+          f"(with a {data['big_file_bytes'] / MIB:.0f} MiB file); medians of {data['runs']} runs, MB/s")
+    tools = data["tools"]
+    rows = (("first backup", "backup"), ("restore", "restore"), ("cold cat of the big file, mount", "cat"))
+    print(f"{'':34}" + "".join(f"{name:>10}" for name in tools) + ("  fsbackup/restic" if "restic" in tools else ""))
+    for label, key in rows:
+        values = [tools[name][key] for name in tools]
+        line = f"{label:34}" + "".join(f"{v:10.1f}" if v is not None else f"{'-':>10}" for v in values)
+        if "restic" in tools and tools["fsbackup"][key] and tools["restic"][key]:
+            line += f"  {tools['fsbackup'][key] / tools['restic'][key]:14.2f}x"
+        print(line)
+    print("(higher is better; a ratio above 1x: fsbackup is faster)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.backend == "sftp":
+        try:
+            data = sftp_scenario(args)
+        except (StepFailed, subprocess.CalledProcessError) as e:
+            log(f"bench: {e}")
+            return 1
+        if args.json:
+            json.dump(data, sys.stdout, indent=2)
+            print()
+        else:
+            print_sftp(data)
+        return 0
     if args.latency_ms is not None:
         try:
             data = remote_like_scenario(args)

@@ -52,7 +52,7 @@ def prune_now(repo: Repository, args, out: Output, dry_run: bool) -> dict:
     if s.partial_uploads_deleted:
         out.info(f"removed {s.partial_uploads_deleted} partial upload(s) of runs that stopped midway "
                  f"({human_bytes(s.partial_upload_bytes)})")
-    return {"dry_run": False, **s.as_json()}
+    return {"dry_run": False, **s.as_json(), "too_young": plan.young}
 
 
 def run(args, out: Output) -> int:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 from ..catalog.blocks import block_ids_in_order, blocks_in_volume, forget_places, volume_holding, volume_sizes
 from ..catalog.tree import node_path
 from ..catalog.usage import content_extents, nodes_using, used_extents
-from ..catalog.versions import version_names, version_names_by_id
+from ..catalog.versions import orphan_tag_records, version_names, version_names_by_id
 from ..codec import wire
 from ..errors import CorruptObject, NoSuchObject
 from ..progress import SILENT, Reporter
@@ -455,6 +455,15 @@ def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool,
         reporter.note(note)
     result = repo.rebuild_catalog(reporter.progress(), keep_going=True)
     reporter.info(f"rebuilt the local index: {result['versions']} versions, {result['volumes']} volumes")
+    # Under the exclusive lock no tag changes run, and the catalog was just rebuilt: a tag record
+    # whose version it lacks, and the repository does not list (a damaged version keeps its
+    # tags), was left by a forget that stopped.
+    repo.follow_tag_records()
+    listed = set(repo.list_objects(Kind.VERSION))
+    orphan_tags = [name for name, version in orphan_tag_records(repo.catalog) if version not in listed]
+    if orphan_tags:
+        repo.delete_tag_records(orphan_tags)
+        settled.append(f"removed {len(orphan_tags)} tag record(s) of versions that are gone")
     checker = Checker(repo, reporter)
     checker.structure(trusted=True)      # the objects the rebuild just read are not read again
     recreated = []

@@ -24,7 +24,14 @@ from typing import Iterable
 
 from ..catalog.blocks import any_volume, volume_names
 from ..catalog.usage import any_needed_unrecorded, live_blocks, mark_used_blocks, volume_usage
-from ..catalog.versions import GROUP_BY_DEFAULT, VersionGroup, VersionInfo, any_version, group_versions
+from ..catalog.versions import (
+    GROUP_BY_DEFAULT,
+    VersionGroup,
+    VersionInfo,
+    any_version,
+    group_versions,
+    orphan_tag_records,
+)
 from ..codec import wire
 from ..errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
 from ..progress import SILENT, Reporter, human_bytes
@@ -96,6 +103,7 @@ class PrunePlan:
     orphans: list[tuple[str, int]] = field(default_factory=list)   # remote leftovers: (object, size)
     unindexed: list[tuple[str, int]] = field(default_factory=list)  # volumes without index object: (name, size)
     forgotten: list[str] = field(default_factory=list)   # version objects recorded as forgotten, still listed
+    orphan_tags: list[str] = field(default_factory=list)  # tag records of versions that are gone
     young: int = 0          # volumes and leftovers left alone for now: younger than leftover_age()
 
     @property
@@ -157,7 +165,8 @@ def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> Prun
         raise CorruptObject(obj, "does not read, so prune cannot tell which data it uses; run 'fsbackup check', "
                                  "then 'fsbackup repair --remove-damaged' before pruning")
     age = leftover_age()
-    plan = PrunePlan(forgotten=repo.forgotten_but_listed())
+    plan = PrunePlan(forgotten=repo.forgotten_but_listed(),
+                     orphan_tags=[name for name, _ in orphan_tag_records(repo.catalog)])
     _leftovers(repo, plan, age)
     if not repo.accept_missing and not any_version(repo.catalog) and any_volume(repo.catalog):
         # Forget never removes the last version: no version at all beside stored data is a listing
@@ -232,6 +241,9 @@ class Prune:
         for name in plan.forgotten:
             self.repo.delete_object(Kind.VERSION, name)
             self.stats.orphans_deleted += 1
+        # (a forget stopped between deleting a version and its tag records: they set nothing now)
+        self.repo.delete_tag_records(plan.orphan_tags)
+        self.stats.orphans_deleted += len(plan.orphan_tags)
         for use in plan.delete:
             self._delete(use)
         for name, size in plan.unindexed:

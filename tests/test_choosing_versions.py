@@ -259,6 +259,25 @@ def test_check_reports_a_tag_record_that_does_not_authenticate(env, tmp_path):
     assert r.rc == 12 and f"tags/{name}" in r.out + r.err and "Traceback" not in r.err, (r.out, r.err)
 
 
+def test_prune_and_repair_remove_tag_records_a_stopped_forget_left(env, tmp_path):
+    write(tmp_path / "src" / "f", b"x")
+    env.ok("backup", tmp_path / "src")
+    write(tmp_path / "src" / "f", b"y")
+    env.ok("backup", tmp_path / "src")
+    first = json.loads(env.ok("versions", "--json").out)[0]["id"]
+    for command in ("prune", "repair"):
+        env.ok("tag", "--add", "old", first)
+        [name] = tag_objects(env)
+        record = (env.repo / "tags" / name).read_bytes()
+        env.ok("forget", first)
+        assert tag_objects(env) == []
+        (env.repo / "tags" / name).write_bytes(record)     # as a forget stopped before deleting it
+        env.ok(command)
+        assert tag_objects(env) == [], command
+        env.ok("backup", tmp_path / "src", "--host", "again")       # a version to forget next time round
+        first = json.loads(env.ok("versions", "--json", "--host", "again").out)[0]["id"]
+
+
 # ---- find and diff, against answers worked out by hand ---------------------------------------------
 
 T2020, T2023, T2025 = (int(time.mktime((y, 1, 1, 12, 0, 0, 0, 0, -1))) * 10**9 for y in (2020, 2023, 2025))

@@ -1,7 +1,7 @@
 """forget and prune (docs/maintenance.md): retention from the command line, space actually freed,
 live data kept through repacking, dry runs that change nothing, and crash safety: a prune killed
 with SIGKILL at every object upload and deletion, or at random times, leaves every remaining
-version restorable, and the next prune (or backup) finishes the work, with the local index as the
+version restorable, and the next prune finishes the work, with the local index as the
 crash left it or rebuilt from the remote."""
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ from test_leftovers import aged, partial_uploads
 
 from fsbackup import errors
 from fsbackup.repository import locks
+
+# These tests prune right after the backups and forgets they set up.
+pytestmark = pytest.mark.usefixtures("no_leftover_age")
+
 
 # Runs `fsbackup.cli.main(argv[4:])` with LocalBackend.put and .delete wrapped: each call's kind
 # and object name is appended to the log file argv[3]; the k-th call (argv[1], 0 = never)
@@ -219,9 +223,10 @@ def test_an_index_built_before_another_machines_prune_follows_it(env, tmp_path):
         assert tree_state(Path(str(target) + str(src))) == state
 
 
-def test_prune_removes_the_partial_uploads_of_stopped_runs(env, tmp_path):
+def test_prune_removes_the_partial_uploads_of_stopped_runs(env, tmp_path, monkeypatch):
     src = tmp_path / "src"
     versions = forget_all_but_last(env, build_history(env, src, random.Random(12)), 2)
+    monkeypatch.setattr(locks, "LEFTOVER_AGE", locks.PARTIAL_UPLOAD_AGE)     # the age at work
     old = locks.PARTIAL_UPLOAD_AGE + 60
     killed = {aged(write(env.repo / "data" / "ab" / ".tmp-killed", pseudo_random(70_000, 1)), old),
               aged(write(env.repo / "locks" / ".tmp-killed", b"a lock"), old)}

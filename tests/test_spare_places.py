@@ -10,6 +10,9 @@ from doubles.faults import FaultyBackend
 
 from fsbackup.errors import BackendError
 
+# These tests prune right after the backups they set up.
+pytestmark = pytest.mark.usefixtures("no_leftover_age")
+
 
 @pytest.fixture
 def two_machines(env, tmp_path):

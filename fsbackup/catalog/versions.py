@@ -360,6 +360,13 @@ def tag_records_of(catalog: Catalog, version: str) -> list[TagRecord]:
         "ORDER BY generation, time_ns, name", (version,))]
 
 
+def orphan_tag_records(catalog: Catalog) -> list[tuple[str, str]]:
+    """(record name, version) of the tag records the catalog mirrors whose version it does not
+    hold (left by a forget that stopped between deleting a version and deleting its records)."""
+    return [(name, version) for name, version in catalog.rows(
+        "SELECT name, version FROM tag_records WHERE version NOT IN (SELECT name FROM versions) ORDER BY name")]
+
+
 def follow_tag_records(catalog: Catalog, added: Iterable[TagRecord], gone: Iterable[str]) -> None:
     """Mirror tag records stored (`added`) and deleted (`gone`, by name), in one transaction."""
     with catalog.transaction() as db:

@@ -22,7 +22,7 @@ def sftp_env(tmp_path, sftp_server):
     return env
 
 
-def test_backup_restore_check_prune_and_mount_through_sftp(sftp_env, tmp_path):
+def test_backup_restore_check_prune_and_mount_through_sftp(sftp_env, tmp_path, no_leftover_age):
     source = make_full_tree(tmp_path / "src")
     big = pseudo_random(5 * 1024 * 1024 + 7, 5)
     write(source / "big.bin", big)

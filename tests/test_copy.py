@@ -1,0 +1,276 @@
+"""fsbackup copy: versions copied from a repository with its own passphrase restore as they were,
+only what the destination lacks is uploaded, a stopped copy leaves the destination whole and the
+next one finishes it, and bad input is one line with its exit code."""
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+from conftest import TEST_PASSWORD, Env, make_full_tree, pseudo_random, restored_root, snapshot, write
+from doubles import b2sim
+from doubles.faults import FaultyBackend
+
+from fsbackup import errors
+from fsbackup.errors import BackendError
+from fsbackup.repository import Kind, Repository, open_storage
+
+DEST_PASSWORD = "another passphrase entirely"
+
+
+class Pair:
+    """A source repository and a destination with another passphrase and its own local index.
+    `dest.run("copy", ...)` copies from the source (FSBACKUP_FROM_PASSWORD is set)."""
+
+    def __init__(self, tmp: Path, dest_url: str | None = None, dest_vars: dict | None = None):
+        self.source = Env(tmp / "source")
+        self.source.ok("init")
+        self.dest = Env(tmp / "dest")
+        self.dest.vars["FSBACKUP_PASSWORD"] = DEST_PASSWORD
+        self.dest.vars["FSBACKUP_FROM_PASSWORD"] = TEST_PASSWORD
+        if dest_url is not None:
+            self.dest.vars["FSBACKUP_REPOSITORY"] = dest_url
+        self.dest.vars.update(dest_vars or {})
+        self.dest.ok("init")
+
+    def copy(self, *args) -> dict:
+        """Run copy with --json; its document."""
+        return json.loads(self.dest.ok("copy", "--from-repo", self.source.repo, "--json", *args).out)
+
+    def versions(self, env: Env) -> list[dict]:
+        return json.loads(env.ok("versions", "--json").out)
+
+
+@pytest.fixture
+def pair(tmp_path) -> Pair:
+    return Pair(tmp_path)
+
+
+def stored(env: Env, kind: str = "") -> int:
+    """Bytes of the repository's objects (of the folder `kind`), locks left out."""
+    root = env.repo / kind
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and "locks" not in p.parts)
+
+
+def head_of(env: Env, name: str, password: str) -> dict:
+    repo = Repository.open(open_storage(str(env.repo)), password.encode(), str(env.tmp / "probe-index"))
+    try:
+        return repo.load_version(name)[0]
+    finally:
+        repo.close()
+
+
+def small_tree(root: Path, files: int, seed: int, size: int = 20_000) -> Path:
+    for i in range(files):
+        write(root / f"d{i % 5}" / f"f{i:03d}", pseudo_random(size + i, seed * 1000 + i))
+    return root
+
+
+def test_copied_versions_restore_identically_with_their_metadata(pair, tmp_path):
+    src = make_full_tree(tmp_path / "data")
+    pair.source.ok("backup", src, "--tag", "first", "--description", "the first one")
+    before = snapshot(src)
+    (src / "text.txt").write_bytes(b"changed\n" * 5000)
+    write(src / "new" / "big", pseudo_random(5 << 20, 9))
+    pair.source.ok("backup", src, "--host", "elsewhere", "--tag", "second")
+    after = snapshot(src)
+
+    doc = pair.copy()
+    source_versions = pair.versions(pair.source)
+    dest_versions = pair.versions(pair.dest)
+    assert [c["source"] for c in doc["versions_copied"]] == [v["id"] for v in source_versions]
+    same = ("time_ns", "host", "paths", "tags", "file_count", "total_size", "description")
+    assert [{k: v[k] for k in same} for v in dest_versions] == [{k: v[k] for k in same} for v in source_versions]
+    assert [c["destination"] for c in doc["versions_copied"]] == [v["id"] for v in dest_versions]
+    for copied, expected in zip(doc["versions_copied"], (before, after)):
+        target = tmp_path / f"out-{copied['destination'][:8]}"
+        pair.dest.ok("restore", copied["destination"], "--target", target)
+        assert snapshot(restored_root(target, src)) == expected
+        assert head_of(pair.dest, copied["destination"], DEST_PASSWORD)["copied_from"] == copied["source"]
+    pair.dest.ok("check", "--read-data")
+
+
+def test_a_second_copy_uploads_nothing_and_a_later_version_alone_is_copied(pair, tmp_path):
+    src = small_tree(tmp_path / "data", 30, seed=1)
+    pair.source.ok("backup", src)
+    first = pair.copy()
+    assert len(first["versions_copied"]) == 1 and first["bytes_uploaded"] > 0
+    size = stored(pair.dest)
+    again = pair.copy()
+    assert again["versions_copied"] == [] and again["bytes_uploaded"] == 0 and again["versions_present"] == 1
+    assert stored(pair.dest) == size
+
+    write(src / "later", pseudo_random(50_000, 77))
+    pair.source.ok("backup", src)
+    newest = pair.versions(pair.source)[-1]["id"]
+    later = pair.copy()
+    assert [c["source"] for c in later["versions_copied"]] == [newest]
+    assert later["blocks_uploaded"] == 1         # the one new file; the others are there already
+    assert len(pair.versions(pair.dest)) == 2
+
+
+def test_blocks_the_destination_holds_are_not_uploaded(pair, tmp_path):
+    src = small_tree(tmp_path / "data", 40, seed=2)
+    pair.source.ok("backup", src)
+    pair.dest.ok("backup", src)          # the destination backed up the same files itself
+    before = stored(pair.dest, "data")
+    doc = pair.copy()
+    data = sum(20_000 + i for i in range(40))
+    assert doc["blocks_uploaded"] == 0 and doc["bytes_skipped"] == data
+    assert doc["bytes_uploaded"] == 0 and stored(pair.dest, "data") == before
+    target = tmp_path / "out"
+    pair.dest.ok("restore", doc["versions_copied"][0]["destination"], "--target", target)
+    assert snapshot(restored_root(target, src)) == snapshot(src)
+
+
+def test_a_dry_run_counts_and_stores_nothing(pair, tmp_path):
+    src = small_tree(tmp_path / "data", 10, seed=3)
+    pair.source.ok("backup", src)
+    size = stored(pair.dest)
+    doc = pair.copy("--dry-run")
+    assert doc["dry_run"] and len(doc["versions_copied"]) == 1 and doc["versions_copied"][0]["destination"] is None
+    assert doc["blocks_uploaded"] == 10 and doc["bytes_new"] == sum(20_000 + i for i in range(10))
+    assert stored(pair.dest) == size and pair.versions(pair.dest) == []
+
+
+def test_filters_and_named_versions_choose_what_is_copied(pair, tmp_path):
+    src = small_tree(tmp_path / "data", 3, seed=4)
+    for host, tag in (("alpha", "daily"), ("beta", "daily"), ("alpha", "weekly")):
+        pair.source.ok("backup", src, "--host", host, "--tag", tag)
+    ids = [v["id"] for v in pair.versions(pair.source)]
+    assert [c["source"] for c in pair.copy("--host", "beta")["versions_copied"]] == [ids[1]]
+    assert [c["source"] for c in pair.copy("--tag", "weekly")["versions_copied"]] == [ids[2]]
+    assert [c["source"] for c in pair.copy(ids[0][:10])["versions_copied"]] == [ids[0]]
+    assert pair.copy()["versions_copied"] == []
+    assert sorted((v["host"], v["tags"][0]) for v in pair.versions(pair.dest)) == \
+        [("alpha", "daily"), ("alpha", "weekly"), ("beta", "daily")]
+
+
+class FailingPut(FaultyBackend):
+    """Fails the `nth` put of an object whose name starts with `prefix`, as a permanent error: the
+    copy stops there, as if killed before that upload."""
+
+    def __init__(self, inner, prefix: str, nth: int):
+        super().__init__(inner)
+        self.prefix, self.left = prefix, nth
+
+    def put(self, name: str, data: bytes) -> None:
+        if name.startswith(self.prefix):
+            with self._lock:
+                self.left -= 1
+                fail = self.left == 0
+            if fail:
+                raise BackendError(f"simulated failure on put {name}")
+        super().put(name, data)
+
+
+@pytest.mark.parametrize("prefix, nth", [("data/", 4), ("versions/", 1), ("versions/", 2)])
+def test_a_copy_stopped_midway_leaves_the_destination_whole_and_the_next_one_finishes(pair, tmp_path, wrap_storage,
+                                                                                      prefix, nth):
+    src = small_tree(tmp_path / "data", 60, seed=5, size=60_000)    # about 3.6 MB
+    pair.source.ok("backup", src)
+    write(src / "more", pseudo_random(300_000, 55))
+    pair.source.ok("backup", src, "--tag", "again")
+    reference = Pair(tmp_path / "reference")
+    reference.source = pair.source
+    full = reference.copy("--volume-size", "256K")["bytes_uploaded"]
+
+    dest_root = str(pair.dest.repo)
+    undo = wrap_storage(lambda plain: FailingPut(plain, prefix, nth) if plain.url.rstrip("/") == dest_root else plain)
+    r = pair.dest.run("copy", "--from-repo", pair.source.repo, "--volume-size", "256K")
+    undo()
+    assert r.rc == errors.EXIT_BACKEND and r.err.count("\n") == 1 and "simulated failure" in r.err
+    assert len(pair.versions(pair.dest)) == nth - 1 if prefix == "versions/" else not pair.versions(pair.dest)
+    pair.dest.ok("check", "--read-data")
+    partial = stored(pair.dest, "data") + stored(pair.dest, "index")
+    assert partial > 0
+
+    doc = pair.copy("--volume-size", "256K")
+    assert len(doc["versions_copied"]) == (3 - nth if prefix == "versions/" else 2)
+    assert doc["bytes_uploaded"] <= full - partial + (256 << 10)     # (volumes are packed anew)
+    if (prefix, nth) == ("versions/", 2):
+        assert doc["bytes_uploaded"] == 0         # every block was stored before the version
+    pair.dest.ok("check", "--read-data")
+    target = tmp_path / "out"
+    pair.dest.ok("restore", "latest", "--target", target)
+    assert snapshot(restored_root(target, src)) == snapshot(src)
+
+
+def test_bad_input_is_one_line_with_its_exit_code(pair, tmp_path):
+    src = small_tree(tmp_path / "data", 2, seed=6)
+    pair.source.ok("backup", src)
+    dest, source_repo = pair.dest, pair.source.repo
+
+    def fails(code: int, words: str, *args, **env) -> None:
+        r = dest.run("copy", *args, **env)
+        assert r.rc == code and r.err.count("\n") == 1 and words in r.err, (r.rc, r.err)
+
+    fails(errors.EXIT_WRONG_PASSPHRASE, "wrong passphrase for the source repository", "--from-repo", source_repo,
+          FSBACKUP_FROM_PASSWORD="not it")
+    fails(errors.EXIT_USAGE, "is the destination repository itself", "--from-repo", dest.repo,
+          FSBACKUP_FROM_PASSWORD=DEST_PASSWORD)
+    fails(errors.EXIT_NOT_FOUND, "no version with id", "--from-repo", source_repo, "abcdef12")
+    fails(errors.EXIT_NO_REPOSITORY, "no repository at", "--from-repo", tmp_path / "nothing")
+    fails(errors.EXIT_USAGE, "the following arguments are required: --from-repo")
+    password_file = write(tmp_path / "pw", TEST_PASSWORD.encode() + b"\n")
+    r = dest.run("copy", "--from-repo", source_repo, "--from-password-file", password_file, "--json",
+                 FSBACKUP_FROM_PASSWORD="ignored: the file comes first")
+    assert r.rc == 0 and len(json.loads(r.out)["versions_copied"]) == 1
+    r = dest.run_process("copy", "--from-repo", source_repo, FSBACKUP_FROM_PASSWORD="")
+    assert r.rc == errors.EXIT_WRONG_PASSPHRASE
+
+
+def test_the_source_passphrase_from_a_command_or_nowhere(pair, tmp_path):
+    src = small_tree(tmp_path / "data", 2, seed=7)
+    pair.source.ok("backup", src)
+    environ = {k: v for k, v in pair.dest.vars.items() if k != "FSBACKUP_FROM_PASSWORD"}
+    pair.dest.vars = environ
+    r = pair.dest.run_process("copy", "--from-repo", pair.source.repo)
+    assert r.rc == errors.EXIT_USAGE and "no passphrase for the source repository" in r.err
+    r = pair.dest.run_process("copy", "--from-repo", pair.source.repo, "--from-password-command", "exit 3")
+    assert r.rc == errors.EXIT_USAGE and "--from-password-command failed with exit code 3" in r.err
+    r = pair.dest.run_process("copy", "--from-repo", pair.source.repo, "--from-password-command",
+                              f"printf '%s\\n' '{TEST_PASSWORD}'")
+    assert r.rc == 0, r.err
+    assert len(pair.versions(pair.dest)) == 1
+
+
+B2_BUCKET = "fsbackup-copy"
+
+
+def test_copy_into_b2(tmp_path, monkeypatch):
+    sim = b2sim.use_simulator()
+    try:
+        sim.create_bucket(B2_BUCKET)
+        pair = Pair(tmp_path, dest_url=f"b2://{B2_BUCKET}/repo-{secrets.token_hex(6)}", dest_vars=sim.environ())
+        src = make_full_tree(tmp_path / "data")
+        pair.source.ok("backup", src)
+        doc = pair.copy()
+        assert len(doc["versions_copied"]) == 1 and doc["bytes_uploaded"] > 0
+        assert pair.copy()["bytes_uploaded"] == 0
+        target = tmp_path / "out"
+        pair.dest.ok("restore", "latest", "--target", target)
+        assert snapshot(restored_root(target, src)) == snapshot(src)
+        pair.dest.ok("check", "--read-data")
+        for key, value in sim.environ().items():
+            monkeypatch.setenv(key, value)
+        dest = Repository.open(open_storage(pair.dest.vars["FSBACKUP_REPOSITORY"]), DEST_PASSWORD.encode(),
+                               str(tmp_path / "probe-index"))
+        try:
+            assert len(dest.list_objects(Kind.VERSION)) == 1
+        finally:
+            dest.close()
+    finally:
+        b2sim.stop_simulator()
+
+
+def test_copy_leaves_the_source_untouched(pair, tmp_path):
+    src = small_tree(tmp_path / "data", 5, seed=8)
+    pair.source.ok("backup", src)
+    listing = sorted((p.relative_to(pair.source.repo), p.stat().st_mtime_ns)
+                     for p in pair.source.repo.rglob("*") if p.is_file())
+    pair.copy()
+    assert sorted((p.relative_to(pair.source.repo), p.stat().st_mtime_ns)
+                  for p in pair.source.repo.rglob("*") if p.is_file()) == listing
+    assert not list(pair.source.repo.glob("locks/*"))

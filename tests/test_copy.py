@@ -107,6 +107,7 @@ def test_a_second_copy_uploads_nothing_and_a_later_version_alone_is_copied(pair,
     later = pair.copy()
     assert [c["source"] for c in later["versions_copied"]] == [newest]
     assert later["blocks_uploaded"] == 1         # the one new file; the others are there already
+    assert later["bytes_read"] == 50_000         # and the others' blocks are not even read again
     assert len(pair.versions(pair.dest)) == 2
 
 
@@ -274,3 +275,22 @@ def test_copy_leaves_the_source_untouched(pair, tmp_path):
     assert sorted((p.relative_to(pair.source.repo), p.stat().st_mtime_ns)
                   for p in pair.source.repo.rglob("*") if p.is_file()) == listing
     assert not list(pair.source.repo.glob("locks/*"))
+
+
+def test_data_the_destination_lost_is_copied_again(pair, tmp_path):
+    """A later copy takes unchanged files' contents from the earlier copy only while the
+    destination has lost nothing: after a loss it reads them again and stores what is missing."""
+    src = small_tree(tmp_path / "data", 20, seed=9)
+    pair.source.ok("backup", src)
+    pair.copy()
+    for folder in ("data", "index"):
+        for obj in (pair.dest.repo / folder).rglob("*"):
+            if obj.is_file():
+                obj.unlink()             # every volume lost
+    write(src / "later", pseudo_random(10_000, 99))
+    pair.source.ok("backup", src)
+    doc = pair.copy("--accept-missing")
+    assert len(doc["versions_copied"]) == 1 and doc["blocks_uploaded"] == 21
+    target = tmp_path / "out"
+    pair.dest.ok("restore", doc["versions_copied"][0]["destination"], "--target", target)
+    assert snapshot(restored_root(target, src)) == snapshot(src)

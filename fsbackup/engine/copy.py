@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+from ..catalog.tree import VersionTree
 from ..catalog.versions import VersionInfo, list_versions
 from ..codec import wire
 from ..codec.crypto import ContentHasher
@@ -121,6 +122,7 @@ class Copy:
         self.volume: VolumeWriter | None = None
         self.uploads: deque[tuple[VolumeWriter, Future]] = deque()
         self.version_added = 0
+        self.learned: set[str] = set()               # source versions whose copies' contents were taken
 
     # ---- entry point --------------------------------------------------------------------
 
@@ -151,6 +153,7 @@ class Copy:
         """Copy one version: its files' blocks, then its object; its destination name (None for
         a dry run)."""
         self.version_added = 0
+        self._learn_from_earlier_copy(v)
         head, entries = self.source.load_version(v.name)
         for entry in entries:
             if entry[wire.E_TYPE] == "f":
@@ -193,6 +196,37 @@ class Copy:
             return None
         key = version_key(parents[0])
         return next((d.name for d in list_versions(self.dest.catalog) if version_key(d) == key), None)
+
+    def _learn_from_earlier_copy(self, v: VersionInfo) -> None:
+        """Take the destination contents of the files of the newest earlier version of the same
+        host and paths that is in both repositories: a copy keeps every entry's place, so its
+        files pair up by node id with the source's, and an unchanged file's blocks are neither
+        fetched nor hashed again. Only contents whose blocks the destination's index still
+        records are taken: data the destination lost since (a sync forgets vanished volumes)
+        is copied again."""
+        copies = {version_key(d): d for d in list_versions(self.dest.catalog)}
+        earlier = [s for s in list_versions(self.source.catalog)
+                   if s.host == v.host and sorted(s.paths) == sorted(v.paths) and s.time_ns < v.time_ns
+                   and version_key(s) in copies]
+        if not earlier or earlier[-1].name in self.learned:
+            return
+        source_version = earlier[-1]
+        self.learned.add(source_version.name)
+        pairs = zip(VersionTree(self.source.catalog, source_version).file_contents(),
+                    VersionTree(self.dest.catalog, copies[version_key(source_version)]).file_contents())
+        learned: dict[bytes, list] = {}
+        for (source_node, source_content), (dest_node, dest_content) in pairs:
+            if source_node != dest_node or source_content.size != dest_content.size:
+                return              # not a copy of it after all: learn nothing
+            learned[source_content.hash] = [dest_content.hash, dest_content.size, dest_content.packed_extents]
+        blocks = list({block_id for _, _, packed in learned.values() for block_id in wire.extent_ids(packed)}
+                      - {wire.HOLE_ID})
+        known: set[bytes] = set()
+        for i in range(0, len(blocks), LOOKUP_BLOCKS):
+            known |= self.dest.known_blocks(blocks[i:i + LOOKUP_BLOCKS])
+        self.contents.update((key, content) for key, content in learned.items()
+                             if all(block_id in known or block_id == wire.HOLE_ID
+                                    for block_id in wire.extent_ids(content[2])))
 
     # ---- contents: fetched in batches, hashed in file order -------------------------------
 

@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+from .. import __version__
 from ..catalog.tree import VersionTree
 from ..catalog.versions import VersionInfo, list_versions
 from ..codec import wire
@@ -168,12 +169,14 @@ class Copy:
             self._record_oldest_upload()
         if self.options.dry_run:
             return None
-        new_head = {"time_ns": v.time_ns, "host": v.host, "paths": list(v.paths), "tags": list(v.tags),
+        # The source's header, but for its tags (those its tag records give it now), its parent
+        # (that version's copy here, if any), what this copy added, and where it comes from.
+        new_head = {"time_ns": head["time_ns"], "host": head["host"], "paths": head["paths"], "tags": list(v.tags),
                     "parent": self._dest_parent(head.get("parent")), "file_count": head["file_count"],
                     "total_size": head["total_size"], "bytes_added": self.version_added,
-                    "fsbackup": "0.1.0", "copied_from": v.name}
-        if v.description:
-            new_head["description"] = v.description
+                    "fsbackup": __version__, "copied_from": v.name}
+        if head.get("description") is not None:
+            new_head["description"] = head["description"]
         self.before_commit()
         name = self.dest.store_version(new_head, self._dest_entries(v.name))
         self.dest.record_version(name, new_head, self._dest_entries(v.name))

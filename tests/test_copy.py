@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -294,3 +296,67 @@ def test_data_the_destination_lost_is_copied_again(pair, tmp_path):
     target = tmp_path / "out"
     pair.dest.ok("restore", doc["versions_copied"][0]["destination"], "--target", target)
     assert snapshot(restored_root(target, src)) == snapshot(src)
+
+
+# Runs `fsbackup.cli.main(argv[3:])` with LocalBackend.put wrapped to SIGKILL the process right
+# after the k-th put (argv[1]) returned; every put's name is appended to the file argv[2].
+KILL_AFTER_PUT = r"""
+import os, signal, sys, threading
+from fsbackup.backends import local
+
+k, log_path, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+real_put, lock, calls = local.LocalBackend.put, threading.Lock(), [0]
+
+def put(self, name, data):
+    real_put(self, name, data)
+    with lock:
+        calls[0] += 1
+        with open(log_path, "a") as log:
+            log.write(name + "\n")
+        if calls[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+local.LocalBackend.put = put
+from fsbackup.cli import main
+sys.exit(main(argv))
+"""
+
+
+def only_leftover_volumes(r) -> bool:
+    """Whether `check` found nothing but volumes whose index object a stopped run did not store."""
+    problems = [ln for ln in r.err.splitlines() if ln.startswith("damaged:")]
+    return r.rc == 0 or (r.rc == errors.EXIT_CORRUPT and problems
+                         and all("index object is missing" in ln for ln in problems))
+
+
+def test_copies_killed_after_their_kth_upload_leave_whole_versions_and_the_next_one_finishes(pair, tmp_path):
+    """Each copy is killed (SIGKILL) right after its k-th upload, for k = 1, 2, ... (each resuming
+    the one before), until one finishes with fewer uploads."""
+    src = small_tree(tmp_path / "data", 8, seed=10, size=40_000)
+    pair.source.ok("backup", src)
+    first = snapshot(src)
+    write(src / "more", pseudo_random(90_000, 100))
+    pair.source.ok("backup", src)
+    script = tmp_path / "kill_after_put.py"
+    script.write_text(KILL_AFTER_PUT)
+    log = tmp_path / "puts"
+    k = 0
+    while True:
+        k += 1
+        log.write_text("")
+        p = subprocess.run([sys.executable, script, str(k), log, "copy", "--from-repo", pair.source.repo,
+                            "--volume-size", "64K"], env=pair.dest.environ(), capture_output=True, text=True,
+                           cwd=Path(__file__).parent)
+        if p.returncode == 0:
+            break                             # fewer than k puts: the copy is done
+        assert p.returncode == -9, p.stderr
+        assert only_leftover_volumes(pair.dest.run("check", "--read-data"))
+        for v in pair.versions(pair.dest):    # a version stored is whole
+            target = tmp_path / f"out-{k}-{v['id'][:8]}"
+            pair.dest.ok("restore", v["id"], "--target", target)
+            assert snapshot(restored_root(target, src)) in (first, snapshot(src))
+    assert k > 4                              # (each run resumes the one before: k puts more each time)
+    assert len(pair.versions(pair.dest)) == 2 and pair.copy()["versions_copied"] == []
+    pair.dest.ok("restore", "latest", "--target", tmp_path / "out")
+    assert snapshot(restored_root(tmp_path / "out", src)) == snapshot(src)
+    assert only_leftover_volumes(pair.dest.run("check", "--read-data"))

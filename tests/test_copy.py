@@ -360,3 +360,22 @@ def test_copies_killed_after_their_kth_upload_leave_whole_versions_and_the_next_
     pair.dest.ok("restore", "latest", "--target", tmp_path / "out")
     assert snapshot(restored_root(tmp_path / "out", src)) == snapshot(src)
     assert only_leftover_volumes(pair.dest.run("check", "--read-data"))
+
+
+def test_a_copied_version_object_is_read_from_the_source_once_for_its_files_and_once_to_store_it(pair, tmp_path,
+                                                                                                wrap_storage):
+    src = small_tree(tmp_path / "data", 3, seed=11)
+    pair.source.ok("backup", src)
+    pair.copy()
+    pair.source.ok("backup", src, "--tag", "new")
+    newest = "versions/" + pair.versions(pair.source)[-1]["id"]
+    reads: list[str] = []
+
+    class Counting(FaultyBackend):
+        def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+            reads.append(name)
+            return super().get(name, offset, length)
+    source_root = str(pair.source.repo)
+    wrap_storage(lambda plain: Counting(plain) if plain.url.rstrip("/") == source_root else plain)
+    assert len(pair.copy()["versions_copied"]) == 1
+    assert reads.count(newest) == 3           # the sync of the source's index records it, then the copy

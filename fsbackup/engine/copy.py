@@ -33,12 +33,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+import msgpack
+
 from .. import __version__
 from ..catalog.tree import VersionTree
 from ..catalog.versions import VersionInfo, list_versions
 from ..codec import wire
 from ..codec.crypto import ContentHasher
-from ..errors import CorruptObject, FsbackupError, UsageError
+from ..errors import CorruptObject, FsbackupError, NoSpace, UsageError, os_error_kind
+from ..private import private_temp_file
 from ..progress import SILENT, Reporter
 from ..repository import Repository, block_runs
 from ..repository.volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
@@ -48,6 +51,13 @@ RUN_BYTES = 4 << 20          # a range read covers neighbouring blocks up to thi
 RUN_GAP = 64 << 10           # ... reading over gaps this small (as restore does)
 LOOKUP_BLOCKS = 256          # destination blocks looked up in the index in one query
 ENCODE_BYTES = 1 << 20       # blocks handed to an encoder thread together
+
+
+def _raise_no_space(e: OSError, folder: str) -> None:
+    """The spool's folder (beside the local index) is full: say so, as the index would."""
+    if os_error_kind(e) is NoSpace:
+        raise NoSpace(f"no space left for the copied version's file list in {folder} (beside the local index); "
+                      "free space there, or put the index on another disk with --index") from None
 
 
 def version_key(v: VersionInfo) -> tuple:
@@ -178,8 +188,33 @@ class Copy:
         if head.get("description") is not None:
             new_head["description"] = head["description"]
         self.before_commit()
-        name = self.dest.store_version(new_head, self._dest_entries(v.name))
-        self.dest.record_version(name, new_head, self._dest_entries(v.name))
+        return self._store_version(new_head, v.name)
+
+    def _store_version(self, head: dict, source_name: str) -> str:
+        """Store the version object, then record it; its entries are spooled to a private file
+        beside the destination's index as they are stored, so the source's version object is
+        downloaded once more, not twice."""
+        folder = os.path.join(os.path.dirname(self.dest.catalog_path), "spool")
+        packer = wire.entry_packer(unicode_errors="surrogateescape")
+        try:
+            spool = private_temp_file(folder)
+        except OSError as e:
+            _raise_no_space(e, folder)
+            raise
+
+        def spooled() -> Iterator[list]:
+            for entry in self._dest_entries(source_name):
+                try:
+                    spool.write(packer.pack(entry))
+                except OSError as e:
+                    _raise_no_space(e, folder)
+                    raise
+                yield entry
+        with spool:
+            name = self.dest.store_version(head, spooled())
+            spool.seek(0)
+            self.dest.record_version(name, head, msgpack.Unpacker(spool, raw=False, unicode_errors="surrogateescape",
+                                                                  max_buffer_size=1 << 30))
         return name
 
     def _dest_entries(self, source_name: str) -> Iterator[list]:

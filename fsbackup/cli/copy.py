@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from ..progress import human_bytes, human_duration
-from ..repository.locks import hold_lock
 from .options import (
     FILTER_HELP,
     Command,
@@ -13,7 +12,7 @@ from .options import (
     volume_size_arg,
 )
 from .output import Output
-from .repo import open_source_repo, opened
+from .repo import hold, lock_wait, open_source_repo, opened
 
 INTERRUPTED = ("the versions copied so far are complete in the destination and the one being copied was not "
                "stored; the next copy reuses the data already uploaded")
@@ -43,6 +42,7 @@ def run(args, out: Output) -> int:
     if args.compression is not None:
         options.compression = args.compression
     chosen = version_filter(args)
+    lock_wait(args)                     # (a usage error before anything is opened)
     with opened(args, out, sync_catalog=False) as dest:
         source = open_source_repo(args)
         try:
@@ -55,10 +55,12 @@ def run(args, out: Output) -> int:
             else:
                 candidates = list_versions(source.catalog, chosen)
             # A dry run stores nothing and needs no lock; a copy appends, as a backup does.
-            with hold_lock(dest, "none" if args.dry_run else "append", "copy") as lock:
+            with hold(dest, args, out, "none" if args.dry_run else "append") as lock:
+                # As a backup: blocks stored since (by other machines, or by a copy that stopped)
+                # are known, and volumes the destination lost are forgotten; nothing is deleted.
                 dest.sync_catalog(out.progress())
                 if not args.dry_run:
-                    for note in dest.settle_leftovers():
+                    for note in dest.forget_lost_volumes():
                         out.note(note)
                 to_copy = missing_versions(candidates, dest)
                 job = Copy(source, dest, options, out)

@@ -379,3 +379,28 @@ def test_a_copied_version_object_is_read_from_the_source_once_for_its_files_and_
     wrap_storage(lambda plain: Counting(plain) if plain.url.rstrip("/") == source_root else plain)
     assert len(pair.copy()["versions_copied"]) == 1
     assert reads.count(newest) == 3           # the sync of the source's index records it, then the copy
+
+
+def test_a_copy_runs_beside_a_backup_waits_for_a_prune_and_takes_no_lock_on_its_source(pair, tmp_path):
+    from fsbackup.repository.locks import repository_lock
+    src = small_tree(tmp_path / "data", 3, seed=12)
+    pair.source.ok("backup", src)
+    pair.source.ok("backup", src, "--tag", "later")
+
+    def opened(env: Env, password: str) -> Repository:
+        return Repository.open(open_storage(str(env.repo)), password.encode(), str(env.tmp / "probe-index"))
+    dest, source = opened(pair.dest, DEST_PASSWORD), opened(pair.source, TEST_PASSWORD)
+    try:
+        with repository_lock(dest, "exclusive", "prune"):
+            r = pair.dest.run("copy", "--from-repo", pair.source.repo, "--no-wait")
+            assert r.rc == errors.EXIT_LOCKED and r.err.count("\n") == 1 and "prune" in r.err
+            assert pair.versions(pair.dest) == []
+        with repository_lock(dest, "append", "backup"):
+            assert len(pair.copy("--no-wait", "--tag", "later")["versions_copied"]) == 1
+        with repository_lock(source, "exclusive", "prune"):
+            assert len(pair.copy("--no-wait")["versions_copied"]) == 1
+            assert len(source.list_objects(Kind.LOCK)) == 1         # the prune's alone
+        assert not dest.list_objects(Kind.LOCK)
+    finally:
+        dest.close()
+        source.close()

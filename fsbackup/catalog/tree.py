@@ -191,6 +191,14 @@ class VersionTree:
         """Many contents by id as a version entry holds them: [hash, size, packed extents]."""
         return {r[0]: [r[1], r[2], r[3]] for r in self._content_rows(content_ids)}
 
+    def file_contents(self) -> Iterator[tuple[int, ContentRow]]:
+        """(node id, content) of every file of the version, by node id (a node id is the entry's
+        place in the version object, so two versions stored from one tree pair up by it)."""
+        for row in self.catalog.rows("SELECT n.id, c.id, c.hash, c.size, c.extents FROM nodes n "
+                                     "JOIN contents c ON c.id = n.content WHERE n.version=? ORDER BY n.id",
+                                     (self.version.id,)):
+            yield row[0], ContentRow(*row[1:])
+
     def file(self, node_id: int) -> FileOfNode | None:
         """The node's type and content, in one query (what the mount's open needs); None when the
         version has no such node."""

@@ -16,7 +16,24 @@ import sys
 
 from .. import __version__, errors
 from ..errors import FsbackupError
-from . import backup, check, diff, find, forget, init, key, ls, mount, prune, repair, restore, tag, unlock, versions
+from . import (
+    backup,
+    check,
+    copy,
+    diff,
+    find,
+    forget,
+    init,
+    key,
+    ls,
+    mount,
+    prune,
+    repair,
+    restore,
+    tag,
+    unlock,
+    versions,
+)
 from .options import PROG, Command, global_options
 from .output import Output
 
@@ -32,6 +49,7 @@ environment:
                             through /bin/sh -c with your environment: shell syntax applies, so
                             quote it as in a shell and set it only from a source you trust
   FSBACKUP_NEW_PASSWORD     the new passphrase, for 'key passwd' and 'key add'
+  FSBACKUP_FROM_PASSWORD    the source repository's passphrase, for 'copy'
   XDG_CACHE_HOME            where the local index lives (default ~/.cache/fsbackup/<repository id>/)
 
 examples:
@@ -46,6 +64,7 @@ examples:
   fsbackup key passwd
   fsbackup forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
   fsbackup check --read-data-subset 1/7
+  fsbackup copy --repo b2://bucket/laptop --from-repo /mnt/nas/backups
 
 exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be read,
   4 restore would overwrite files, 10 no repository, 11 wrong passphrase, 12 corrupt or missing
@@ -57,8 +76,8 @@ exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be r
 
 # The commands, in the order --help lists them.
 COMMANDS: list[Command] = [init.COMMAND, backup.COMMAND, forget.COMMAND, prune.COMMAND, versions.COMMAND,
-                           tag.COMMAND, ls.COMMAND, find.COMMAND, diff.COMMAND, restore.COMMAND, mount.MOUNT,
-                           mount.UMOUNT, unlock.COMMAND, key.COMMAND, check.COMMAND, repair.COMMAND]
+                           tag.COMMAND, ls.COMMAND, find.COMMAND, diff.COMMAND, restore.COMMAND, copy.COMMAND,
+                           mount.MOUNT, mount.UMOUNT, unlock.COMMAND, key.COMMAND, check.COMMAND, repair.COMMAND]
 BY_NAME = {command.name: command for command in COMMANDS}
 
 

@@ -255,3 +255,15 @@ def read_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--read-data", action="store_true", help="download and verify every volume")
     g.add_argument("--read-data-subset", metavar="n/m|P%", type=subset_arg, default=None,
                    help="download and verify part n of m (the same volumes each time), or a random P percent")
+
+
+def source_repository_options(p: argparse.ArgumentParser) -> None:
+    """The repository `copy` reads from, and its own passphrase (cli/repo.py `open_source_repo`),
+    as the global --repo and --password-file give the destination's."""
+    g = p.add_argument_group("source repository")
+    g.add_argument("--from-repo", metavar="URL", required=True,
+                   help="the repository to copy versions from: a directory path or b2://BUCKET/PREFIX")
+    g.add_argument("--from-password-file", metavar="FILE", default=None,
+                   help="read the source repository's passphrase from FILE (else $FSBACKUP_FROM_PASSWORD)")
+    g.add_argument("--from-password-command", metavar="CMD", default=None,
+                   help="a command that prints the source repository's passphrase, run through /bin/sh -c")

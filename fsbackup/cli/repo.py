@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from .. import repository
-from ..errors import UsageError
+from ..errors import UsageError, WrongPassphrase
 from ..repository import Repository
 from ..repository.locks import DEFAULT_WAIT, LockInfo, Waiting, duration_text, hold_lock
 from .output import Output
@@ -38,6 +38,15 @@ def _ask_twice(prompt: str, again: str) -> bytes:
     return passphrase
 
 
+def _run_passphrase_command(cmd: str, what: str) -> bytes:
+    """The standard output of the shell command line `cmd` (run by /bin/sh -c), its trailing CR
+    and LF removed; `what` names it in the error when it fails."""
+    res = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE)
+    if res.returncode != 0:
+        raise UsageError(f"{what} failed with exit code {res.returncode}")
+    return res.stdout.rstrip(b"\r\n")
+
+
 def get_passphrase(args, new: bool = False) -> bytes:
     """The passphrase from --password-file, FSBACKUP_PASSWORD, FSBACKUP_PASSWORD_COMMAND (a shell
     command line, run by /bin/sh -c; its stdout is the passphrase) or the terminal (asked twice
@@ -48,11 +57,7 @@ def get_passphrase(args, new: bool = False) -> bytes:
     elif "FSBACKUP_PASSWORD" in os.environ:
         passphrase = os.fsencode(os.environ["FSBACKUP_PASSWORD"])
     elif os.environ.get("FSBACKUP_PASSWORD_COMMAND"):
-        cmd = os.environ["FSBACKUP_PASSWORD_COMMAND"]
-        res = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE)
-        if res.returncode != 0:
-            raise UsageError(f"FSBACKUP_PASSWORD_COMMAND failed with exit code {res.returncode}")
-        passphrase = res.stdout.rstrip(b"\r\n")
+        passphrase = _run_passphrase_command(os.environ["FSBACKUP_PASSWORD_COMMAND"], "FSBACKUP_PASSWORD_COMMAND")
     elif not sys.stdin.isatty():
         raise UsageError("no passphrase: set FSBACKUP_PASSWORD or FSBACKUP_PASSWORD_COMMAND, or use --password-file")
     elif new:
@@ -60,6 +65,21 @@ def get_passphrase(args, new: bool = False) -> bytes:
     else:
         passphrase = os.fsencode(getpass.getpass("passphrase: "))
     return _not_empty(passphrase) if new else passphrase
+
+
+def get_source_passphrase(args) -> bytes:
+    """The source repository's passphrase (copy): from --from-password-file, FSBACKUP_FROM_PASSWORD,
+    --from-password-command or the terminal, read as `get_passphrase` reads the destination's."""
+    if args.from_password_file:
+        return _read_passphrase_file(args.from_password_file)
+    if "FSBACKUP_FROM_PASSWORD" in os.environ:
+        return os.fsencode(os.environ["FSBACKUP_FROM_PASSWORD"])
+    if args.from_password_command:
+        return _run_passphrase_command(args.from_password_command, "--from-password-command")
+    if not sys.stdin.isatty():
+        raise UsageError("no passphrase for the source repository: set FSBACKUP_FROM_PASSWORD, or use "
+                         "--from-password-file or --from-password-command")
+    return os.fsencode(getpass.getpass("source repository passphrase: "))
 
 
 def get_new_passphrase(args) -> bytes:
@@ -115,6 +135,22 @@ def open_repo(args, out: Output, sync_catalog: bool = True) -> Repository:
     repo.accept_missing = args.accept_missing
     if sync_catalog:
         repo.sync_catalog(out.progress())
+    return repo
+
+
+def open_source_repo(args) -> Repository:
+    """The repository of --from-repo (copy's source), opened with its own passphrase, its local
+    index not yet brought in step; the caller closes it. It takes no lock: copy only reads it."""
+    backend = repository.open_storage(args.from_repo, args.connections)
+    try:
+        repo = Repository.open(backend, get_source_passphrase(args))
+    except WrongPassphrase:
+        backend.close()
+        raise WrongPassphrase(f"wrong passphrase for the source repository {args.from_repo}") from None
+    except BaseException:
+        backend.close()
+        raise
+    repo.accept_missing = args.accept_missing
     return repo
 
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 from conftest import TEST_PASSWORD, pseudo_random, restored_root, snapshot, write
 from doubles.appendonly import AppendOnlyBackend
 

@@ -83,8 +83,9 @@ def repo_url(args) -> str:
 
 
 def open_storage(args):
-    """The storage for --repo, with --connections applied when given."""
-    return repository.open_storage(repo_url(args), args.connections)
+    """The storage for --repo, with --connections applied when given, and the bandwidth limits
+    --limit-upload and --limit-download (shared by every connection of the process)."""
+    return repository.open_storage(repo_url(args), args.connections, args.limit_upload, args.limit_download)
 
 
 def open_repo(args, out: Output, sync_catalog: bool = True) -> Repository:

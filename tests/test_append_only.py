@@ -14,9 +14,11 @@ from pathlib import Path
 
 from conftest import TEST_PASSWORD, pseudo_random, restored_root, snapshot, write
 from doubles.appendonly import AppendOnlyBackend
+from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 
 from fsbackup import errors
 from fsbackup.backends import open_backend
+from fsbackup.backends.b2 import ENV_KEY, ENV_KEY_ID, REALM, new_api
 from fsbackup.repository import Repository, locks
 from fsbackup.repository.locks import Lock, LockInfo, list_locks, repository_lock
 
@@ -31,6 +33,7 @@ BACKUP_ONLY = r"""
 import os, signal, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 from doubles.appendonly import AppendOnlyBackend
+from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 import fsbackup.backends as backends
 from fsbackup.backends import local
 
@@ -242,3 +245,37 @@ def test_a_backup_only_repository_refuses_forget_with_one_line(env, tmp_path, wr
     assert r.rc == errors.EXIT_PERMISSION, r.err
     assert "backup-only credentials" in r.err and "Traceback" not in r.err
 
+
+
+def test_a_b2_key_without_delete_files_backs_up(b2_env, tmp_path, monkeypatch):
+    """On B2 (b2sdk's simulator, which enforces a key's capabilities): a key with listBuckets,
+    listFiles, readFiles and writeFiles, as docs/append-only.md says to create, backs up and
+    restores; a prune with the full key then removes the lock it had to leave."""
+    from doubles import b2sim
+    sim = b2sim.simulated()
+    api = new_api(sim.api_config())
+    api.authorize_account(REALM, sim.key_id, sim.key)
+    # (the simulator refuses uploads to keys restricted to a bucket, which B2 allows: not restricted here)
+    key = api.create_key(["listBuckets", "listFiles", "readFiles", "writeFiles"], "backup-only")
+    backup_only = {ENV_KEY_ID: key.id_, ENV_KEY: key.application_key}
+    b2_env.ok("init")
+    src = write(tmp_path / "src" / "f", pseudo_random(300_000, 1))
+    for content in (b"one", b"two"):
+        write(src.parent / "notes", content)
+        r = b2_env.run("backup", src.parent, **backup_only)
+        assert r.rc == 0, r.err
+        assert_at_most_the_lock_warning(r.err)
+    r = b2_env.run("forget", "--keep-last", "1", **backup_only)
+    assert r.rc == errors.EXIT_PERMISSION and "B2 refused" in r.err
+    b2_env.ok("restore", "latest", "--target", tmp_path / "out", **backup_only)
+    assert (restored_root(tmp_path / "out", src.parent) / "notes").read_bytes() == b"two"
+    b2_env.ok("prune")
+    for name, value in sim.environ().items():
+        monkeypatch.setenv(name, value)
+    repo = Repository.open(open_backend(b2_env.vars["FSBACKUP_REPOSITORY"]), TEST_PASSWORD.encode(),
+                           str(tmp_path / "test-index.sqlite"))
+    try:
+        assert list_locks(repo) == []
+    finally:
+        repo.close()
+    assert "no damage found" in b2_env.ok("check", "--read-data").out

@@ -105,6 +105,16 @@ def wrap_storage():
         restore()
 
 
+@pytest.fixture
+def no_leftover_age(monkeypatch):
+    """Prune and repair judge no object by its age (docs/maintenance.md, "After an interrupted
+    backup"), in this process and in the commands it starts: for tests that prune right after the
+    backups and forgets they set up (tests/test_fleet.py and tests/test_leftovers.py test the age)."""
+    from fsbackup.repository import locks
+    monkeypatch.setattr(locks, "LEFTOVER_AGE", 0)
+    monkeypatch.setenv(locks.LEFTOVER_AGE_FOR_TESTS, "0")
+
+
 def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

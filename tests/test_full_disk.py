@@ -24,6 +24,9 @@ from fsbackup import errors
 DISK_SIZE = 8 << 20
 VOLUME_SIZE = "1M"
 
+# These tests prune right after the backups and forgets they set up.
+pytestmark = pytest.mark.usefixtures("no_leftover_age")
+
 
 class FullDiskEnv(Env):
     """An Env whose repository lies on `disk`, with its local index outside it."""

@@ -102,7 +102,7 @@ def test_interrupted_forget_by_id_names_the_versions_left_to_forget(env, tmp_pat
     assert version_ids(env) == [second, third]
 
 
-def test_interrupted_prune_is_safe_and_says_to_run_it_again(env, tmp_path, four_versions):
+def test_interrupted_prune_is_safe_and_says_to_run_it_again(env, tmp_path, four_versions, no_leftover_age):
     env.ok("forget", "--keep-last", "1")
     r = result(interrupted(env, tmp_path, ("delete", "data/", 1), "prune"))
     assert_one_line_error(r, 130, "interrupted", "no version lost data", "run 'fsbackup prune' again")

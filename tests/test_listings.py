@@ -14,6 +14,9 @@ from doubles.faults import FaultyBackend
 from fsbackup.backends.local import LocalBackend
 from fsbackup.errors import EXIT_BACKEND, EXIT_CORRUPT, EXIT_PERMISSION, BackendError
 
+# These tests prune right after the backups and forgets they set up.
+pytestmark = pytest.mark.usefixtures("no_leftover_age")
+
 
 @contextmanager
 def users_repository(user):

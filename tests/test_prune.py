@@ -1,7 +1,7 @@
 """forget and prune (docs/maintenance.md): retention from the command line, space actually freed,
 live data kept through repacking, dry runs that change nothing, and crash safety: a prune killed
 with SIGKILL at every object upload and deletion, or at random times, leaves every remaining
-version restorable, and the next prune (or backup) finishes the work, with the local index as the
+version restorable, and the next prune finishes the work, with the local index as the
 crash left it or rebuilt from the remote."""
 from __future__ import annotations
 
@@ -32,14 +32,8 @@ from test_leftovers import aged, partial_uploads
 from fsbackup import errors
 from fsbackup.repository import locks
 
-
-@pytest.fixture(autouse=True)
-def no_leftover_age(monkeypatch):
-    """These tests prune right after the backups and forgets they set up: no object is judged by
-    its age here (tests/test_fleet.py and tests/test_leftovers.py test the age): neither in this
-    process nor in the commands it starts."""
-    monkeypatch.setattr(locks, "LEFTOVER_AGE", 0)
-    monkeypatch.setenv(locks.LEFTOVER_AGE_FOR_TESTS, "0")
+# These tests prune right after the backups and forgets they set up.
+pytestmark = pytest.mark.usefixtures("no_leftover_age")
 
 
 # Runs `fsbackup.cli.main(argv[4:])` with LocalBackend.put and .delete wrapped: each call's kind

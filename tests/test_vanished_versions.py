@@ -59,7 +59,9 @@ def test_a_forgotten_version_put_back_stays_forgotten_and_goes_again(env, tmp_pa
     b_ok, _ = other_machine(env, tmp_path)                           # a new index does not take it either
     assert [v["id"] for v in json.loads(b_ok("versions", "--json").out)] == three_versions[1:]
     env.ok("check")
-    r = env.ok("backup", tmp_path / "src")
+    env.ok("backup", tmp_path / "src")                              # backups delete nothing...
+    assert (env.repo / "versions" / oldest).exists()
+    r = env.ok("repair")                                            # ...repair (and prune) delete it
     assert f"removed versions/{oldest}: it was forgotten" in r.err
     assert not (env.repo / "versions" / oldest).exists()
 

@@ -169,7 +169,7 @@ def decode_block(keys: Keys, cipher: ObjectCipher, block_id: bytes, stored: byte
     return data
 
 
-def decode_blocks(keys: Keys, cipher: ObjectCipher, blocks: list[tuple[bytes, bytes, int]],
+def decode_blocks(keys: Keys, cipher: ObjectCipher, blocks: list[tuple[bytes, bytes | memoryview, int]],
                   object_name: str) -> list[bytes | CorruptObject]:
     """`decode_block` for each (block id, stored bytes, plain length) of a run of one volume: the
     block, or the CorruptObject that stands for it. The run's frames are decompressed in one call,

@@ -16,6 +16,7 @@ import math
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..catalog.blocks import block_ids_in_order, blocks_in_volume, forget_places, volume_holding, volume_sizes
 from ..catalog.tree import node_path
@@ -65,18 +66,29 @@ class Report:
 
 # ---- choosing volumes to read ---------------------------------------------------------------
 
-def parse_subset(text: str) -> tuple[str, float | tuple[int, int]]:
+class Part(NamedTuple):
+    """--read-data-subset n/m: the n-th of m deterministic parts of the volumes."""
+    n: int
+    m: int
+
+
+class Percent(NamedTuple):
+    """--read-data-subset P%: a random P percent of the volumes."""
+    percent: float
+
+
+def parse_subset(text: str) -> Part | Percent:
     """'n/m' (a deterministic part) or 'P%' (a random part); ValueError when neither."""
     text = text.strip()
     if text.endswith("%"):
         percent = float(text[:-1])
         if not 0 < percent <= 100:
             raise ValueError(text)
-        return "percent", percent
+        return Percent(percent)
     n, m = (int(x) for x in text.split("/"))
     if not 1 <= n <= m:
         raise ValueError(text)
-    return "part", (n, m)
+    return Part(n, m)
 
 
 def select_volumes(names: list[str], subset: str | None, rng: random.Random | None = None) -> list[str]:
@@ -86,13 +98,12 @@ def select_volumes(names: list[str], subset: str | None, rng: random.Random | No
     names = sorted(names)
     if subset is None:
         return names
-    kind, value = parse_subset(subset)
-    if kind == "part":
-        n, m = value
-        return [name for name in names if int(name[:16], 16) % m == n - 1]
+    chosen = parse_subset(subset)
+    if isinstance(chosen, Part):
+        return [name for name in names if int(name[:16], 16) % chosen.m == chosen.n - 1]
     if not names:
         return []
-    count = max(1, math.ceil(len(names) * value / 100))
+    count = max(1, math.ceil(len(names) * chosen.percent / 100))
     return sorted((rng or random.SystemRandom()).sample(names, count))
 
 
@@ -313,12 +324,12 @@ class Checker:
                                     f"index object", volume=name))
         cipher = self.repo.block_cipher(name)
         bad = set()
-        for e in expected:
+        for entry in expected:
             try:
-                wire.decode_block(self.repo.keys, cipher, e.id, data[e.offset:e.offset + e.stored_length],
-                                 e.plain_length, obj)
+                stored = data[entry.offset:entry.offset + entry.stored_length]
+                wire.decode_block(self.repo.keys, cipher, entry.id, stored, entry.plain_length, obj)
             except CorruptObject:
-                bad.add(e.id)
+                bad.add(entry.id)
         if bad:
             problems.insert(0, Problem(obj, f"{len(bad)} of {len(expected)} block(s) are damaged", bad, volume=name))
         return problems
@@ -447,7 +458,8 @@ def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool,
     checker = Checker(repo, reporter)
     checker.structure(trusted=True)      # the objects the rebuild just read are not read again
     recreated = []
-    for name in [p.volume for p in checker.report.problems if p.repairable and p.object.startswith(Kind.INDEX.folder)]:
+    for name in [p.volume for p in checker.report.problems
+                 if p.repairable and p.volume is not None and p.object.startswith(Kind.INDEX.folder)]:
         try:
             repo.adopt_volume(name, checker.volume_sizes[name],
                               repo.read_volume_table(name, checker.volume_sizes[name]))
@@ -493,7 +505,8 @@ def rewrite_version(repo: Repository, name: str, drop: set[int]) -> list[str]:
     """Store version `name` again without the entries at positions `drop` (files: leaves of the
     tree), then delete the old object. Returns the removed paths."""
     head, entries = repo.load_version(name)
-    kept, removed, new_id, paths = [], [], {0: 0}, {}
+    kept, removed, new_id = [], [], {0: 0}
+    paths: dict[int, bytes] = {}
     dropped_size = 0
     for old_id, e in enumerate(entries, start=1):
         parent_path = paths.get(e[wire.E_PARENT], b"")

@@ -15,6 +15,7 @@ Remote layout (docs/format.md):
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -564,8 +565,9 @@ class Repository:
             if isinstance(result, FsbackupError):
                 unreadable(version_object(name), result)
             else:
+                head, entries = result
                 try:
-                    self.record_version(name, *result, content_ids=content_ids, version_id=version_ids.get(name))
+                    self.record_version(name, head, entries, content_ids=content_ids, version_id=version_ids.get(name))
                 except CorruptObject as e:              # an entry that does not read or check
                     unreadable(version_object(name), e)
             if progress:
@@ -578,7 +580,7 @@ class Repository:
         first+1: the result is (volumes row, staged block rows), or the error for the writing
         thread to decide."""
         first, names = run
-        results = []
+        results: list[tuple[str, object]] = []
         for vol_id, name in enumerate(names, start=first + 1):
             obj = index_object(name)
             try:
@@ -725,6 +727,8 @@ class Repository:
     def add_key(self, passphrase: bytes) -> str:
         """Store the master secret wrapped under another passphrase, bound to the config; returns
         the new key object's name."""
+        if self._master_secret is None or self._config_bytes is None:
+            raise UsageError("this repository was opened without its key material: open it with a passphrase")
         name, key_id = _new_key_name()
         about = seal_about(self.keys, key_id, _key_about())
         self.backend.put(name, wrap_master_secret(self._master_secret, passphrase, self.id, self._config_bytes, about))
@@ -733,9 +737,11 @@ class Repository:
     def change_passphrase(self, passphrase: bytes) -> str:
         """Replace the key in use by one under `passphrase`: the new key is stored first, so a crash
         between the two steps leaves both, never none. No other object changes."""
-        old, self.key_name = self.key_name, self.add_key(passphrase)
-        self.backend.delete(old)
-        return self.key_name
+        old, new = self.key_name, self.add_key(passphrase)
+        if old is not None:
+            self.backend.delete(old)
+        self.key_name = new
+        return new
 
     def remove_key(self, name: str) -> None:
         if name == self.key_name:
@@ -834,6 +840,7 @@ class Repository:
                                     [(block_id, s, loc.plain_length) for (block_id, loc), s in zip(blocks, stored)],
                                     name)
         fetched = []
+        raw_block: bytes | memoryview
         for (block_id, loc), data, raw_block in zip(blocks, decoded, stored):
             if not isinstance(data, CorruptObject):
                 fetched.append(FetchedBlock(block_id, data, raw_block))
@@ -946,8 +953,8 @@ class Repository:
         for name in sorted(names & acted_on):
             obj = forgotten_object(name)
             try:
-                self.read_checked(Kind.FORGOTTEN, name, lambda data, obj=obj, name=name:
-                                  wire.decode_forgotten(self.keys, bytes.fromhex(name), data, obj))
+                self.read_checked(Kind.FORGOTTEN, name,
+                                  functools.partial(wire.decode_forgotten, self.keys, bytes.fromhex(name), name=obj))
             except (CorruptObject, NoSuchObject) as e:
                 names.discard(name)
                 log.warning("%s; version %s is not taken for forgotten", e, name[:8])

@@ -62,8 +62,8 @@ from typing import Callable, Iterator
 
 from ..errors import CorruptObject, FsbackupError, Locked, NoSpace, NoSuchObject, PermissionDenied
 
-REFRESH_INTERVAL = 5 * 60          # seconds between rewrites of a held lock
-STALE_AFTER = 30 * 60              # a lock not rewritten for this long binds no one
+REFRESH_INTERVAL = 5 * 60          # seconds between refreshes of a held lock
+STALE_AFTER = 30 * 60              # a lock not refreshed for this long binds no one
 
 # How long a partial upload (what a put that never returned left: Backend.remove_partial_uploads)
 # must have lain unwritten before the holder of the exclusive lock removes it. That lock keeps
@@ -392,20 +392,18 @@ class Lock:
         self.repo.store_lock(self.name, self.info.to_doc())
         self._written_ns = self.info.time_ns
 
-    def _let_go(self, name: str) -> bool:
-        """Delete our lock object `name`; one the storage keeps (refused: backup-only credentials;
-        or failed) binds no one in this process from now on and goes stale for the others.
-        Whether it was deleted."""
+    def _let_go(self, name: str) -> None:
+        """Delete our lock object `name` (replaced or withdrawn); one the storage keeps binds no
+        one in this process from now on and goes stale for the others: silently when the storage
+        refused (backup-only credentials do), with a warning when it failed."""
         try:
             self.repo.delete_lock(name)
-            return True
         except PermissionDenied:
             _undeleted.add(name)
         except FsbackupError as e:
             _undeleted.add(name)
             log.warning("could not remove the repository lock locks/%s (%s); it goes stale in %d minutes",
                         name, e, STALE_AFTER // 60)
-        return False
 
     def refresh(self) -> None:
         """Store the lock again with the time now, so others see its holder is alive: under a new
@@ -465,9 +463,9 @@ def repository_lock(repo, mode: str, command: str, wait: float = 0.0,
     for the `with` block, waiting up to `wait` seconds for conflicting locks to go (`Lock.acquire`).
     An exclusive holder first removes the stale locks of others (the module's docstring)."""
     lock = Lock(repo, mode, command).acquire(wait, waiting)
-    if mode == "exclusive":
-        _remove_stale_of_others(repo, lock.name)
     try:
+        if mode == "exclusive":
+            _remove_stale_of_others(repo, lock.name)
         yield lock
     finally:
         lock.release()

@@ -5,7 +5,9 @@ backend guarantees beyond it; every backend passes the same contract suite
 (tests/backend_contract.py). Only the repository layer talks to backends.
 
 `open_backend(url)` turns a repository URL into a backend: the URL's scheme is looked up in a
-table (`register_scheme`), so a new backend is one registration. A plain path is `file`.
+table (`register_scheme`), so a new backend is one registration. A plain path is `file`. It
+builds the stack every caller gets: retries (retry.py) around bandwidth limits (throttle.py)
+around the store.
 """
 from __future__ import annotations
 
@@ -186,11 +188,19 @@ def unregister_scheme(scheme: str) -> None:
     _OPENERS.pop(scheme, None)
 
 
-def open_backend(url: str) -> Backend:
+def open_backend(url: str, limit_upload: float = 0, limit_download: float = 0) -> Backend:
     """The backend for a repository URL, wrapped so that temporary failures are retried
-    (`retry.RetryingBackend`, with the bound for batch work; the mount sets a shorter one)."""
+    (`retry.RetryingBackend`, with the bound for batch work; the mount sets a shorter one), and,
+    when `limit_upload` or `limit_download` (KiB/s; 0: unlimited) is set, so that its puts and gets
+    stay within the process's bandwidth (`throttle.ThrottledBackend`, inside the retries: a retry
+    sends its bytes again)."""
     from .retry import RetryingBackend
-    return RetryingBackend(_plain_backend(url))
+    from .throttle import ThrottledBackend, process_bandwidth
+    backend = _plain_backend(url)
+    bandwidth = process_bandwidth(limit_upload, limit_download)
+    if bandwidth is not None:
+        backend = ThrottledBackend(backend, bandwidth)
+    return RetryingBackend(backend)
 
 
 def _plain_backend(url: str) -> Backend:

@@ -115,6 +115,17 @@ def duration_arg(text: str) -> float:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
+def kib_per_second(text: str) -> int:
+    """The argument type of a bandwidth limit in KiB/s: a whole number, 0 for none."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a rate in KiB/s (a whole number, e.g. 512; 0 for no limit)")
+    return value
+
+
 def compression_level(text: str) -> int:
     try:
         value = int(text)
@@ -199,6 +210,10 @@ def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--connections", metavar="N", type=positive_int, default=d(None),
                    help="concurrent uploads/downloads to the repository (default: 2 local, 4 B2 and SFTP)")
     sftp_options(g, d)
+    g.add_argument("--limit-upload", metavar="KIB", type=kib_per_second, default=d(0),
+                   help="upload at most KIB KiB/s, over all connections (default 0: no limit)")
+    g.add_argument("--limit-download", metavar="KIB", type=kib_per_second, default=d(0),
+                   help="download at most KIB KiB/s, over all connections (default 0: no limit)")
     g.add_argument("--index", metavar="PATH", default=d(None),
                    help="local index file (default: $XDG_CACHE_HOME/fsbackup/<repository id>/index.sqlite)")
     g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="print only errors")

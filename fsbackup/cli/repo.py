@@ -103,9 +103,10 @@ def repo_url(args) -> str:
 
 
 def open_storage(args):
-    """The storage for --repo, with --connections applied when given."""
+    """The storage for --repo, with --connections applied when given, and the bandwidth limits
+    --limit-upload and --limit-download (shared by every connection of the process)."""
     with _sftp_settings(args):
-        return repository.open_storage(repo_url(args), args.connections)
+        return repository.open_storage(repo_url(args), args.connections, args.limit_upload, args.limit_download)
 
 
 @contextmanager

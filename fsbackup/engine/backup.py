@@ -320,7 +320,10 @@ class Backup:
         backup) runs on the new version before the lock is released.
 
         Nothing stored is deleted here: another backup's uploads in progress look exactly like a
-        stopped run's leftovers, which prune and repair remove under the exclusive lock."""
+        stopped run's leftovers, which prune and repair remove under the exclusive lock. Nor is
+        anything overwritten: a backup stores new names only (volumes, index objects, its version,
+        its lock), so it runs with backup-only credentials, which refuse deletes and overwrites
+        (docs/append-only.md); its lock, the one object it deletes, goes stale where it cannot be."""
         if self.options.dry_run:
             self.repo.sync_catalog(self.reporter.progress())
             return self.run(paths)

@@ -25,9 +25,18 @@ passed): of two racers both may withdraw, never both go on. An exclusive waiter 
 while it waits, so a stream of appenders that never pauses keeps it waiting until its bound: run
 forget and prune in a quiet hour.
 
-While held, a daemon thread rewrites the lock every REFRESH_INTERVAL with the time. A lock not
-refreshed for STALE_AFTER, or whose holder ran on this host and whose process is gone, is stale:
-it binds no one, and `fsbackup unlock` removes it.
+While held, a daemon thread refreshes the lock every REFRESH_INTERVAL: it stores the lock with the
+time now under a new name, then deletes the object it replaces. A lock object is never written
+twice: backup-only credentials (docs/append-only.md) refuse overwrites as they refuse deletes. A
+lock not refreshed for STALE_AFTER, or whose holder ran on this host and whose process is gone,
+is stale: it binds no one, `fsbackup unlock` removes it, and so does every command that holds an
+exclusive lock (forget, prune, repair: `repository_lock`), once it holds it.
+
+Backup-only credentials: a backup learns it has them only from a refused delete (errors.
+PermissionDenied), and deletes nothing but its own lock objects: those the storage refuses to
+delete are left to go stale (the time they hold ages; this process ignores them at once), with
+one warning when the lock is released. Puts are never tolerated failing: a backup stores only
+new names.
 
 An append lock is stored with `exclusive` true as well as its mode: a fsbackup that knows no
 append mode takes it for an exclusive lock, so it stays out of the way.
@@ -51,10 +60,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from ..errors import CorruptObject, FsbackupError, Locked, NoSpace, NoSuchObject
+from ..errors import CorruptObject, FsbackupError, Locked, NoSpace, NoSuchObject, PermissionDenied
 
-REFRESH_INTERVAL = 5 * 60          # seconds between rewrites of a held lock
-STALE_AFTER = 30 * 60              # a lock not rewritten for this long binds no one
+REFRESH_INTERVAL = 5 * 60          # seconds between refreshes of a held lock
+STALE_AFTER = 30 * 60              # a lock not refreshed for this long binds no one
 
 # How long a partial upload (what a put that never returned left: Backend.remove_partial_uploads)
 # must have lain unwritten before the holder of the exclusive lock removes it. That lock keeps
@@ -103,8 +112,9 @@ def leftover_age() -> float:
 
 log = logging.getLogger("fsbackup.locks")
 
-# Locks this process released but could not delete (the storage failed): they bind no one here,
-# and the next acquire tries to delete them again. Other processes see them live until they go stale.
+# Lock objects this process released, replaced or withdrew but could not delete (the storage
+# failed, or refused: backup-only credentials): they bind no one here, and the next acquire tries
+# to delete them again. Other processes see them live until they go stale.
 _undeleted: set[str] = set()
 
 
@@ -209,6 +219,18 @@ def remove_stale_locks(repo) -> list[LockInfo]:
     for lock in removed:
         repo.delete_lock(lock.name)
     return removed
+
+
+def _remove_stale_of_others(repo, own: str) -> None:
+    """Remove the stale locks (not `own`, nor damaged ones: `unlock` says what those are), as an
+    exclusive holder does: what backups with backup-only credentials left behind, or crashed
+    commands. A delete that fails leaves the lock, stale as it was, for the next one."""
+    for lock in list_locks(repo):
+        if lock.name != own and not lock.damage and lock.stale():
+            try:
+                repo.delete_lock(lock.name)
+            except FsbackupError as e:
+                log.warning("could not remove the stale lock locks/%s: %s", lock.name, e)
 
 
 def remove_all_locks(repo) -> list[LockInfo]:
@@ -351,13 +373,15 @@ class Lock:
             try:
                 rival = find_conflict(self.repo, self.mode, own=self.name)
             except BaseException:
-                self.repo.delete_lock(self.name)
+                self._let_go(self.name)
                 raise
             if rival is None:
                 break
-            # Another process wrote its lock since we looked: ours goes, and the wait goes on
-            # (with a random backoff, so that two racers do not meet again).
-            self.repo.delete_lock(self.name)
+            # Another process wrote its lock since we looked: ours goes (or, where the storage
+            # refuses the delete, stays behind to go stale, and the next try takes a new name), and
+            # the wait goes on (with a random backoff, so that two racers do not meet again).
+            self._let_go(self.name)
+            self.info.name = secrets.token_hex(32)
             patience.after(rival)
         self._thread = threading.Thread(target=self._keep_fresh, name="fsbackup-lock", daemon=True)
         self._thread.start()
@@ -368,9 +392,32 @@ class Lock:
         self.repo.store_lock(self.name, self.info.to_doc())
         self._written_ns = self.info.time_ns
 
+    def _let_go(self, name: str) -> None:
+        """Delete our lock object `name` (replaced or withdrawn); one the storage keeps binds no
+        one in this process from now on and goes stale for the others: silently when the storage
+        refused (backup-only credentials do), with a warning when it failed."""
+        try:
+            self.repo.delete_lock(name)
+        except PermissionDenied:
+            _undeleted.add(name)
+        except FsbackupError as e:
+            _undeleted.add(name)
+            log.warning("could not remove the repository lock locks/%s (%s); it goes stale in %d minutes",
+                        name, e, STALE_AFTER // 60)
+
     def refresh(self) -> None:
-        """Rewrite the lock with the time now, so others see its holder is alive."""
-        self._write()
+        """Store the lock again with the time now, so others see its holder is alive: under a new
+        name, then the object it replaces is deleted (where the storage refuses, it is left to go
+        stale). Nothing is overwritten, so backup-only credentials refresh as full ones do; there
+        is always a live object, so nobody can take the lock meanwhile."""
+        old = self.info.name
+        self.info.name = secrets.token_hex(32)
+        try:
+            self._write()
+        except BaseException:
+            self.info.name = old           # not stored: the old object is still the lock
+            raise
+        self._let_go(old)
 
     def _keep_fresh(self) -> None:
         while not self._stop.wait(REFRESH_INTERVAL):
@@ -395,8 +442,12 @@ class Lock:
             self.repo.delete_lock(self.name)
         except FsbackupError as e:
             _undeleted.add(self.name)
-            log.warning("could not remove the repository lock locks/%s (%s); it goes stale in %d minutes, "
-                        "or remove it with `fsbackup unlock`", self.name, e, STALE_AFTER // 60)
+            if isinstance(e, PermissionDenied):
+                why = "the storage refused to delete it (backup-only credentials?)"
+            else:
+                why = str(e)
+            log.warning("the repository lock locks/%s stays: %s; it goes stale in %d minutes, and the next forget, "
+                        "prune or `fsbackup unlock` removes it", self.name, why, STALE_AFTER // 60)
 
     def __enter__(self) -> "Lock":
         return self.acquire()
@@ -409,9 +460,12 @@ class Lock:
 def repository_lock(repo, mode: str, command: str, wait: float = 0.0,
                     waiting: Waiting | None = None) -> Iterator[Lock]:
     """Hold a lock of `mode` ("shared", "append" or "exclusive": the module's docstring) on `repo`
-    for the `with` block, waiting up to `wait` seconds for conflicting locks to go (`Lock.acquire`)."""
+    for the `with` block, waiting up to `wait` seconds for conflicting locks to go (`Lock.acquire`).
+    An exclusive holder first removes the stale locks of others (the module's docstring)."""
     lock = Lock(repo, mode, command).acquire(wait, waiting)
     try:
+        if mode == "exclusive":
+            _remove_stale_of_others(repo, lock.name)
         yield lock
     finally:
         lock.release()

@@ -111,10 +111,12 @@ __all__ = ["CONFIG", "Kind", "forgotten_object", "index_object", "lock_object", 
            "version_object", "volume_object"]      # (names.py's, as the layers above know them from here)
 
 
-def open_storage(url: str, connections: int | None = None) -> Backend:
+def open_storage(url: str, connections: int | None = None, limit_upload: float = 0,
+                 limit_download: float = 0) -> Backend:
     """The storage of a repository URL (`backends.open_backend`: a path, file://PATH or
-    b2://BUCKET/PREFIX), retrying temporary failures; `connections` overrides its own hint."""
-    backend = open_backend(url)
+    b2://BUCKET/PREFIX), retrying temporary failures; `connections` overrides its own hint;
+    `limit_upload` and `limit_download` (KiB/s, 0: unlimited) bound the process's bandwidth."""
+    backend = open_backend(url, limit_upload, limit_download)
     if connections:
         backend.connections = connections
     return backend

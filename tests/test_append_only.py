@@ -240,10 +240,16 @@ def test_a_backup_only_repository_refuses_forget_with_one_line(env, tmp_path, wr
     env.ok("backup", src.parent)
     write(src, b"more data")
     env.ok("backup", src.parent)
-    wrap_storage(AppendOnlyBackend)
+    unwrap = wrap_storage(AppendOnlyBackend)
     r = env.run("forget", "--keep-last", "1")
     assert r.rc == errors.EXIT_PERMISSION, r.err
     assert "backup-only credentials" in r.err and "Traceback" not in r.err
+    write(src, b"still more data")
+    r = env.run("backup", src.parent, "--keep-last", "1")     # the keep rules fail; the version stays
+    assert r.rc == errors.EXIT_PERMISSION and "Traceback" not in r.err, r.err
+    assert "is saved; the keep rules were not applied" in r.err
+    unwrap()
+    assert len(json.loads(env.ok("versions", "--json").out)) == 3
 
 
 

@@ -141,6 +141,11 @@ def run(args, out: Output) -> int:
                 except (KeyboardInterrupt, errors.Interrupted) as e:
                     left = str(e) or (prune.INTERRUPTED if "forget" in summary else forget.INTERRUPTED)
                     raise errors.Interrupted(f"version {name[:8]} is saved; {left}") from None
+                except errors.FsbackupError:
+                    # e.g. backup-only credentials, which may not delete: the error says why,
+                    # this line that the backup itself is not lost
+                    out.warn(f"version {name[:8]} is saved; the keep rules were not applied")
+                    raise
         if out.json:
             out.emit_json(summary)
     if not verified:

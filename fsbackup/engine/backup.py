@@ -39,16 +39,12 @@ from ..private import private_temp_file
 from ..progress import SILENT, Reporter
 from ..repository import REREAD_FILES, Repository
 from ..repository.locks import Lock, repository_lock
-from ..repository.volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
+from ..repository.volumes import DEFAULT_VOLUME_SIZE, BlockSink
 
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
-BATCH_BYTES = 1 << 20       # hand blocks to the encoders in batches of about this many bytes
-BATCH_BLOCKS = 256
 READ_AHEAD_BYTES = 64 << 20  # file data the reader threads may hold ahead of the scan
 STREAM_BLOCKS = 8            # blocks of one file read ahead of the scan thread, at most
 READ_AHEAD_ENTRIES = 4096    # entries scanned but not yet spooled, at most
-LOOKUP_BLOCKS = 256          # blocks looked up in the index in one query...
-LOOKUP_BYTES = 8 << 20       # ...or fewer, when they hold this much data
 OPEN_FILES_AHEAD = 256       # source files opened by the scan and not yet spooled, at most
 DIR_FDS = 64                 # directory descriptors the scan keeps open
 
@@ -280,9 +276,6 @@ class Backup:
         self.chunker = Chunker(repo.keys.chunker_seed)
         self.excluder = Excluder(options)
         self.names = _NameCache()
-        self.pending_ids: set[bytes] = set()        # blocks taken, not yet recorded in the index
-        self.unlooked: list[tuple[bytes, bytes]] = []   # blocks taken, not yet looked up in the index
-        self.unlooked_bytes = 0
         self.queue: deque[_Item] = deque()          # entries scanned, not yet spooled (see _enqueue)
         self.ahead_bytes = 0
         self.open_files = 0                         # files of queued entries open (_Item.fd)
@@ -291,10 +284,11 @@ class Backup:
         self.links_seen: set[tuple[int, int]] = set()
         self.hardlinks: dict[tuple[int, int], list] = {}
         self.prev_contents: dict[int, list] = {}     # see _prev_children
-        self.volume: VolumeWriter | None = None
-        self.uploads: deque[tuple[VolumeWriter, Future]] = deque()
-        self.written: dict[str, int] = {}           # volumes this backup stored: name -> size (for verify)
-        self.encode_window = 2 * options.workers + 2
+
+    @property
+    def written(self) -> dict[str, int]:
+        """The volumes this backup stored: name -> size (what verify after backup reads first)."""
+        return self.sink.written
 
     def _warn_unread(self, path: bytes, e: OSError) -> None:
         """A file that could not be read is left out of the version, with a warning (exit 3)."""
@@ -362,6 +356,9 @@ class Backup:
         self.pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-encode")
         self.read_pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-read")
         self.upload_pool = ThreadPoolExecutor(self.options.uploads_in_flight, thread_name_prefix="fsbackup-upload")
+        self.sink = BlockSink(self.repo, self.pool, self.upload_pool, volume_size=self.options.volume_size,
+                              compression=self.options.compression, uploads_in_flight=self.options.uploads_in_flight,
+                              encode_window=2 * self.options.workers + 2, dry_run=self.options.dry_run)
         # Beside the local index, in an owner-only folder: the tree names every file backed up.
         self.spool_folder = spool_folder = os.path.join(os.path.dirname(self.repo.catalog_path), "spool")
         spool = private_temp_file(spool_folder)
@@ -370,11 +367,9 @@ class Backup:
             self.spool = spool
             self.node_count = 0
             self._scan(tops)
-            self._look_up_blocks()
-            self._seal_volume()
-            self._finish_uploads()
+            self.sink.finish()
         except BaseException:
-            self._abort()
+            self.sink.abort()
             try:
                 spool.close()                  # (what it still buffers is not wanted)
             except OSError:
@@ -388,6 +383,9 @@ class Backup:
             for item in self.queue:        # stopped midway: the files still open
                 self._close_source(item)
         self.progress.finish()
+        sink = self.sink
+        self.stats.blocks_new, self.stats.bytes_new_plain = sink.blocks_new, sink.bytes_new
+        self.stats.bytes_added, self.stats.volumes = sink.bytes_stored, sink.volumes
         head = {"time_ns": start_ns, "host": host, "paths": head_paths, "tags": list(self.options.tags),
                 "parent": parent.name if parent else None, "file_count": self.stats.file_count,
                 "total_size": self.stats.total_size, "bytes_added": self.stats.bytes_added,
@@ -820,86 +818,7 @@ class Backup:
     # ---- blocks, volumes, uploads ---------------------------------------------------------
 
     def _take_block(self, block_id: bytes, data: bytes) -> None:
-        """A block read from a file, in scan order: stored unless the index or this backup has it.
-        Blocks are looked up in batches: one query per block cost more than the lookup itself."""
+        """A block read from a file, in scan order: stored unless the index or this backup has it."""
         self.stats.bytes_read += len(data)
         self.progress.advance(nbytes=len(data))
-        if block_id in self.pending_ids:
-            return
-        self.pending_ids.add(block_id)
-        self.unlooked.append((block_id, data))
-        self.unlooked_bytes += len(data)
-        if len(self.unlooked) >= LOOKUP_BLOCKS or self.unlooked_bytes >= LOOKUP_BYTES:
-            self._look_up_blocks()
-
-    def _look_up_blocks(self) -> None:
-        batch, self.unlooked, self.unlooked_bytes = self.unlooked, [], 0
-        known = self.repo.known_blocks([block_id for block_id, _ in batch])
-        for block_id, data in batch:
-            if block_id in known:
-                self.pending_ids.discard(block_id)
-            else:
-                self._store_block(block_id, data)
-
-    def _store_block(self, block_id: bytes, data: bytes) -> None:
-        self.stats.blocks_new += 1
-        self.stats.bytes_new_plain += len(data)
-        if self.options.dry_run:
-            return
-        vol = self.volume
-        if vol is None:
-            vol = self.volume = VolumeWriter(self.repo)
-        # Small blocks travel to the workers in batches: one hand-off per block would cost
-        # more (GIL hand-offs) than encoding them.
-        vol.batch.append((block_id, data))
-        vol.batch_bytes += len(data)
-        vol.plain_encoding += len(data)
-        if vol.batch_bytes >= BATCH_BYTES or len(vol.batch) >= BATCH_BLOCKS:
-            self._hand_off(vol)
-        # Stored size is at most the plain size (+ tag): when the estimate reaches the limit,
-        # wait for the blocks in flight to learn the real size before deciding to close.
-        if vol.offset + vol.plain_encoding >= self.options.volume_size:
-            self._hand_off(vol)
-            while vol.encoding:
-                vol.take_oldest()
-            if vol.offset >= self.options.volume_size - wire.HEADER_LEN:
-                self._seal_volume()
-
-    def _hand_off(self, vol: VolumeWriter) -> None:
-        if not vol.batch:
-            return
-        batch, vol.batch, vol.batch_bytes = vol.batch, [], 0
-        encoded = self.pool.submit(wire.encode_blocks, vol.cipher, batch, self.options.compression)
-        vol.encoding.append(([block_id for block_id, _ in batch], encoded))
-        while len(vol.encoding) > self.encode_window:
-            vol.take_oldest()
-
-    def _seal_volume(self) -> None:
-        vol, self.volume = self.volume, None
-        if vol is None:
-            return
-        self._hand_off(vol)
-        while vol.encoding:
-            vol.take_oldest()
-        if not vol.entries:
-            return
-        while len(self.uploads) >= self.options.uploads_in_flight:
-            self._record_oldest_upload()
-        self.uploads.append((vol, self.upload_pool.submit(vol.seal_and_store, self.repo)))
-
-    def _record_oldest_upload(self) -> None:
-        vol, fut = self.uploads.popleft()
-        nbytes = fut.result()
-        self.repo.record_volume(vol.name, vol.stored_size, vol.entries)
-        self.written[vol.name] = vol.stored_size
-        self.pending_ids.difference_update(e.id for e in vol.entries)
-        self.stats.bytes_added += nbytes
-        self.stats.volumes += 1
-
-    def _finish_uploads(self) -> None:
-        while self.uploads:
-            self._record_oldest_upload()
-
-    def _abort(self) -> None:
-        for _, fut in self.uploads:
-            fut.cancel()
+        self.sink.take(block_id, data)

@@ -44,13 +44,12 @@ from ..errors import CorruptObject, FsbackupError, NoSpace, UsageError, os_error
 from ..private import private_temp_file
 from ..progress import SILENT, Reporter
 from ..repository import Repository, block_runs
-from ..repository.volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
+from ..repository.volumes import DEFAULT_VOLUME_SIZE, BlockSink
 
 BATCH_BYTES = 16 << 20       # file data whose blocks are fetched together (one batch ahead of the writer)
 RUN_BYTES = 4 << 20          # a range read covers neighbouring blocks up to this many bytes ...
 RUN_GAP = 64 << 10           # ... reading over gaps this small (as restore does)
 LOOKUP_BLOCKS = 256          # destination blocks looked up in the index in one query
-ENCODE_BYTES = 1 << 20       # blocks handed to an encoder thread together
 
 
 def _raise_no_space(e: OSError, folder: str) -> None:
@@ -125,14 +124,9 @@ class Copy:
         self.before_commit: Callable[[], None] = lambda: None    # the caller's: checks its lock is still held
         self.contents: dict[bytes, list] = {}        # source content hash -> destination [hash, size, extents]
         self.dest_ids: dict[bytes, bytes] = {}       # source block id -> destination block id
-        self.pending_ids: set[bytes] = set()         # destination blocks taken, not yet recorded in its index
-        self.unlooked: list[tuple[bytes, bytes]] = []     # (destination id, data) not yet looked up
         self.batch: list[tuple[_File, list[tuple[bytes, int]], bool]] = []   # (file, extents, last piece)
         self.batch_bytes = 0
         self.fetching: deque[tuple[list, dict[bytes, Future]]] = deque()
-        self.volume: VolumeWriter | None = None
-        self.uploads: deque[tuple[VolumeWriter, Future]] = deque()
-        self.version_added = 0
         self.learned: set[str] = set()               # source versions whose copies' contents were taken
 
     # ---- entry point --------------------------------------------------------------------
@@ -146,16 +140,22 @@ class Copy:
         self.fetch_pool = ThreadPoolExecutor(max(2, self.source.connections), thread_name_prefix="fsbackup-fetch")
         self.encode_pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-encode")
         self.upload_pool = ThreadPoolExecutor(max(1, self.dest.connections), thread_name_prefix="fsbackup-upload")
+        self.sink = BlockSink(self.dest, self.encode_pool, self.upload_pool, volume_size=self.options.volume_size,
+                              compression=self.options.compression, uploads_in_flight=max(1, self.dest.connections),
+                              encode_window=2 * self.options.workers + 2, dry_run=self.options.dry_run)
         try:
             for v in versions:
                 self.stats.versions.append({"source": v.name, "destination": self._copy_version(v)})
         except BaseException:
-            for _, fut in self.uploads:
-                fut.cancel()
+            self.sink.abort()
             raise
         finally:
             for pool in (self.fetch_pool, self.encode_pool, self.upload_pool):
                 pool.shutdown(wait=True, cancel_futures=True)
+            sink = self.sink
+            self.stats.blocks_uploaded, self.stats.bytes_new = sink.blocks_new, sink.bytes_new
+            self.stats.blocks_skipped, self.stats.bytes_skipped = sink.blocks_known, sink.bytes_known
+            self.stats.bytes_uploaded, self.stats.volumes = sink.bytes_stored, sink.volumes
         self.progress.finish()
         self.stats.duration = time.monotonic() - started
         return self.stats
@@ -163,7 +163,7 @@ class Copy:
     def _copy_version(self, v: VersionInfo) -> str | None:
         """Copy one version: its files' blocks, then its object; its destination name (None for
         a dry run)."""
-        self.version_added = 0
+        stored_before = self.sink.bytes_stored
         self._learn_from_earlier_copy(v)
         head, entries = self.source.load_version(v.name)
         for entry in entries:
@@ -173,17 +173,14 @@ class Copy:
         self._flush_batch()
         while self.fetching:
             self._process_oldest_batch()
-        self._look_up_blocks()
-        self._seal_volume()
-        while self.uploads:
-            self._record_oldest_upload()
+        self.sink.finish()
         if self.options.dry_run:
             return None
         # The source's header, but for its tags (those its tag records give it now), its parent
         # (that version's copy here, if any), what this copy added, and where it comes from.
         new_head = {"time_ns": head["time_ns"], "host": head["host"], "paths": head["paths"], "tags": list(v.tags),
                     "parent": self._dest_parent(head.get("parent")), "file_count": head["file_count"],
-                    "total_size": head["total_size"], "bytes_added": self.version_added,
+                    "total_size": head["total_size"], "bytes_added": self.sink.bytes_stored - stored_before,
                     "fsbackup": __version__, "copied_from": v.name}
         if head.get("description") is not None:
             new_head["description"] = head["description"]
@@ -327,84 +324,8 @@ class Copy:
                 dest_id = self.dest_ids.get(block_id)
                 if dest_id is None:
                     dest_id = self.dest_ids[block_id] = self.dest.keys.block_id(data)
-                    self._take_block(dest_id, data)
+                    self.sink.take(dest_id, data)
                 file.extents.append((dest_id, length))
             if last:
                 self.contents[file.key] = [file.hasher.digest(), file.size, wire.pack_extents(file.extents)]
                 self.progress.advance(files=1)
-
-    # ---- blocks, volumes, uploads (as backup stores them) ----------------------------------
-
-    def _take_block(self, dest_id: bytes, data: bytes) -> None:
-        if dest_id in self.pending_ids:
-            return
-        self.pending_ids.add(dest_id)
-        self.unlooked.append((dest_id, data))
-        if len(self.unlooked) >= LOOKUP_BLOCKS:
-            self._look_up_blocks()
-
-    def _look_up_blocks(self) -> None:
-        batch, self.unlooked = self.unlooked, []
-        if not batch:
-            return
-        known = self.dest.known_blocks([dest_id for dest_id, _ in batch])
-        for dest_id, data in batch:
-            if dest_id in known:
-                self.pending_ids.discard(dest_id)
-                self.stats.blocks_skipped += 1
-                self.stats.bytes_skipped += len(data)
-            else:
-                self._store_block(dest_id, data)
-
-    def _store_block(self, dest_id: bytes, data: bytes) -> None:
-        self.stats.blocks_uploaded += 1
-        self.stats.bytes_new += len(data)
-        if self.options.dry_run:
-            return
-        vol = self.volume
-        if vol is None:
-            vol = self.volume = VolumeWriter(self.dest)
-        vol.batch.append((dest_id, data))
-        vol.batch_bytes += len(data)
-        vol.plain_encoding += len(data)
-        if vol.batch_bytes >= ENCODE_BYTES:
-            self._hand_off(vol)
-        # Stored size is at most the plain size (+ tag): learn the real size before closing.
-        if vol.offset + vol.plain_encoding >= self.options.volume_size:
-            self._hand_off(vol)
-            while vol.encoding:
-                vol.take_oldest()
-            if vol.offset >= self.options.volume_size - wire.HEADER_LEN:
-                self._seal_volume()
-
-    def _hand_off(self, vol: VolumeWriter) -> None:
-        if not vol.batch:
-            return
-        batch, vol.batch, vol.batch_bytes = vol.batch, [], 0
-        vol.encoding.append(([dest_id for dest_id, _ in batch],
-                             self.encode_pool.submit(wire.encode_blocks, vol.cipher, batch, self.options.compression)))
-        while len(vol.encoding) > 2 * self.options.workers + 2:
-            vol.take_oldest()
-
-    def _seal_volume(self) -> None:
-        vol, self.volume = self.volume, None
-        if vol is None:
-            return
-        self._hand_off(vol)
-        while vol.encoding:
-            vol.take_oldest()
-        if not vol.entries:
-            return
-        while len(self.uploads) >= max(1, self.dest.connections):
-            self._record_oldest_upload()
-        self.uploads.append((vol, self.upload_pool.submit(vol.seal_and_store, self.dest)))
-
-    def _record_oldest_upload(self) -> None:
-        vol, fut = self.uploads.popleft()
-        nbytes = fut.result()
-        self.dest.record_volume(vol.name, vol.stored_size, vol.entries)
-        self.pending_ids.difference_update(e.id for e in vol.entries)
-        self.stats.bytes_uploaded += nbytes
-        self.version_added += nbytes
-        self.stats.volumes += 1
-

@@ -1917,44 +1917,31 @@ def print_sftp(data: dict) -> None:
     print("(higher is better; a ratio above 1x: fsbackup is faster)")
 
 
+def run_mode(scenario: Callable[[argparse.Namespace], dict], printer: Callable[[dict], None],
+             args: argparse.Namespace) -> int:
+    """A mode that replaces the comparison (--backend, --latency-ms, --fleet): its figures as a
+    table, or as JSON with --json; a step that fails ends it with one line and status 1."""
+    try:
+        data = scenario(args)
+    except (StepFailed, subprocess.CalledProcessError) as e:
+        log(f"bench: {e}")
+        return 1
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        print()
+    else:
+        printer(data)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.backend == "sftp":
-        try:
-            data = sftp_scenario(args)
-        except (StepFailed, subprocess.CalledProcessError) as e:
-            log(f"bench: {e}")
-            return 1
-        if args.json:
-            json.dump(data, sys.stdout, indent=2)
-            print()
-        else:
-            print_sftp(data)
-        return 0
+        return run_mode(sftp_scenario, print_sftp, args)
     if args.latency_ms is not None:
-        try:
-            data = remote_like_scenario(args)
-        except StepFailed as e:
-            log(f"bench: {e}")
-            return 1
-        if args.json:
-            json.dump(data, sys.stdout, indent=2)
-            print()
-        else:
-            print_remote_like(data)
-        return 0
+        return run_mode(remote_like_scenario, print_remote_like, args)
     if args.fleet:
-        try:
-            data = fleet_scenario(args)
-        except (StepFailed, subprocess.CalledProcessError) as e:
-            log(f"bench: {e}")
-            return 1
-        if args.json:
-            json.dump(data, sys.stdout, indent=2)
-            print()
-        else:
-            print_fleet(data)
-        return 0
+        return run_mode(fleet_scenario, print_fleet, args)
     if args.no_mount:
         run_mount = False
     elif reason := mount_unavailable():

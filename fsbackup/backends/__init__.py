@@ -204,5 +204,11 @@ def _open_b2(url: str) -> Backend:
     return B2Backend(url)
 
 
+def _open_s3(url: str) -> Backend:
+    from .s3 import open_s3  # (boto3 is imported only for s3:// repositories)
+    return open_s3(url)
+
+
 register_scheme("file", _open_local)
 register_scheme("b2", _open_b2)
+register_scheme("s3", _open_s3)

@@ -212,8 +212,9 @@ def test_missing_credentials_name_the_variables(s3_bucket, monkeypatch):
 
 
 def test_a_missing_bucket_is_repository_not_found(s3_bucket):
+    store = open_backend("s3://fsbackup-no-such-bucket/x")
     with pytest.raises(RepositoryNotFound) as e:
-        open_backend("s3://fsbackup-no-such-bucket/x")
+        store.exists("config")           # (a HEAD of a missing bucket alone would look like a missing object)
     assert "no S3 bucket named 'fsbackup-no-such-bucket'" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -243,7 +244,7 @@ def use(server: S3Server, monkeypatch, key: tuple[str, str]) -> None:
         monkeypatch.setenv(var, value)
 
 
-def test_credentials_are_checked_when_opening(checking_server, monkeypatch):
+def test_credentials_are_checked_by_the_first_request(checking_server, monkeypatch):
     server, keys = checking_server
     use(server, monkeypatch, keys["writer"])
     store = open_backend("s3://checked/repo")
@@ -251,15 +252,15 @@ def test_credentials_are_checked_when_opening(checking_server, monkeypatch):
     assert store.get("config") == b"c"
     use(server, monkeypatch, (keys["writer"][0], "not-the-secret"))
     with pytest.raises(AuthenticationFailed) as e:
-        open_backend("s3://checked/repo")
+        open_backend("s3://checked/repo").exists("config")
     assert e.value.exit_code == EXIT_PERMISSION and not e.value.temporary
     assert "rejected the credentials" in str(e.value) and "\n" not in str(e.value)
     use(server, monkeypatch, ("AKIAUNKNOWNKEY000000", "whatever"))
     with pytest.raises(AuthenticationFailed):
-        open_backend("s3://checked/repo")
+        open_backend("s3://checked/repo").exists("config")
     use(server, monkeypatch, keys["nobody"])
     with pytest.raises(PermissionDenied) as e:
-        open_backend("s3://checked/repo")
+        open_backend("s3://checked/repo").exists("config")
     assert e.value.exit_code == EXIT_PERMISSION and "\n" not in str(e.value)
 
 
@@ -355,9 +356,9 @@ def test_a_server_that_dies_gives_temporary_errors_then_a_clear_failure(monkeypa
         assert not e.value.temporary and "gave up after" in str(e.value) and "\n" not in str(e.value)
         attempts = int(str(e.value).split("gave up after ")[1].split()[0])
         assert attempts >= 2
-        # The server comes back on the same port (empty: moto keeps nothing): the same backend works again.
-        S3Server(server.port).start()
-        # (the new server has no bucket: the store says so, permanently)
+        # A server back on the same port reaches the same backend again (moto's comes back empty,
+        # without the bucket: which it says, permanently).
+        server = S3Server(server.port).start()
         with pytest.raises(RepositoryNotFound):
             store.put("c", b"x")
     finally:

@@ -185,8 +185,9 @@ class S3Backend(Backend):
 
     def __init__(self, url: str, endpoint: str | None = None, region: str | None = None, path_style: bool = False,
                  multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE):
-        """Open `url` on the store at `endpoint` (AWS when None); checks credentials and the bucket
-        at once, so a wrong one fails here with a one-line error."""
+        """Open `url` on the store at `endpoint` (AWS when None). Credentials must be found here;
+        whether the store takes them and has the bucket is checked by the first request (so that
+        it is retried like any other when the store cannot be reached)."""
         self.url = url
         self.bucket, self.prefix = parse_url(url)
         self.endpoint, self.region, self.path_style = endpoint, region, path_style
@@ -197,12 +198,8 @@ class S3Backend(Backend):
         with self._errors("looking up the credentials"):
             if self._session.get_credentials() is None:
                 raise boto_errors.NoCredentialsError()
+        self._bucket_checked = False
         self._connect()
-        with self._errors(f"opening bucket {self.bucket}"):
-            # A listing of one key rather than HeadBucket: an answer to HEAD has no body, so a
-            # 403 would not tell wrong credentials (InvalidAccessKeyId...) from missing rights.
-            # fsbackup needs the right to list anyway.
-            self._client().list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
 
     def _connect(self) -> None:
         """A new client of this process, pooling at least `connections` connections."""
@@ -221,11 +218,19 @@ class S3Backend(Backend):
         self._pid = os.getpid()
 
     def _client(self):
-        """The client, made in this process: a forked child shares no connections with its parent."""
+        """The client, made in this process: a forked child shares no connections with its parent.
+        The first call checks the credentials and the bucket (callers translate its errors)."""
         if self._pid != os.getpid():
             with self._client_lock:
                 if self._pid != os.getpid():
                     self._connect()
+        if not self._bucket_checked:
+            # A listing of one key, not HeadBucket nor the request itself: an answer to HEAD has
+            # no body, so its 403 would not tell wrong credentials (InvalidAccessKeyId...) from
+            # missing rights, nor its 404 a missing bucket from a missing object. fsbackup needs
+            # the right to list anyway.
+            self._s3.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
+            self._bucket_checked = True
         return self._s3
 
     @property

@@ -189,6 +189,21 @@ def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--accept-missing", action="store_true", default=d(False),
                    help="accept that more than half of the versions or volumes this machine's index knows are "
                         "gone from the repository (refused otherwise: check the repository's folders first)")
+    s3_options(parser, d)
+
+
+def s3_options(parser: argparse.ArgumentParser, d: Callable) -> None:
+    """Where an s3:// repository's store is (cli/repo.py hands them to the S3 backend; docs/s3.md)."""
+    g = parser.add_argument_group("S3 options (s3:// repositories)")
+    g.add_argument("--s3-endpoint", metavar="URL", default=d(None),
+                   help="the S3-compatible store's endpoint, e.g. https://s3.eu-central-003.backblazeb2.com "
+                        "(default: $FSBACKUP_S3_ENDPOINT, else AWS)")
+    g.add_argument("--s3-region", metavar="REGION", default=d(None),
+                   help="the bucket's region (default: $FSBACKUP_S3_REGION, $AWS_REGION, $AWS_DEFAULT_REGION "
+                        "or the AWS profile's)")
+    g.add_argument("--s3-path-style", action="store_true", default=d(False),
+                   help="address buckets by path (http://HOST/BUCKET), as MinIO and many other stores need "
+                        "(default: $FSBACKUP_S3_PATH_STYLE)")
 
 
 def keep_options(p: argparse.ArgumentParser, title: str) -> None:

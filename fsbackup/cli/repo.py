@@ -84,7 +84,22 @@ def repo_url(args) -> str:
 
 def open_storage(args):
     """The storage for --repo, with --connections applied when given."""
-    return repository.open_storage(repo_url(args), args.connections)
+    url = repo_url(args)
+    if url.startswith("s3://"):
+        use_s3_options(args)
+    return repository.open_storage(url, args.connections)
+
+
+def use_s3_options(args) -> None:
+    """Hand --s3-endpoint, --s3-region and --s3-path-style to the S3 backend through the variables
+    it reads (backends/s3.py), so that an option overrides its variable, and a process this one
+    starts or forks (the mount's --daemon) reaches the same store."""
+    from ..backends.s3 import ENV_ENDPOINT, ENV_PATH_STYLE, ENV_REGION
+    for var, value in ((ENV_ENDPOINT, getattr(args, "s3_endpoint", None)),
+                       (ENV_REGION, getattr(args, "s3_region", None)),
+                       (ENV_PATH_STYLE, "1" if getattr(args, "s3_path_style", False) else None)):
+        if value is not None:
+            os.environ[var] = value
 
 
 def open_repo(args, out: Output, sync_catalog: bool = True) -> Repository:

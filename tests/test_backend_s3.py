@@ -363,3 +363,15 @@ def test_a_server_that_dies_gives_temporary_errors_then_a_clear_failure(monkeypa
             store.put("c", b"x")
     finally:
         server.stop()
+
+
+def test_folder_markers_are_not_objects(s3_bucket):
+    """Web consoles and some tools make 'folders' as empty keys ending in '/': no name of the
+    contract ends so, and a listing that yielded them would show the repository strays."""
+    store = s3.open_s3(s3_bucket.url())
+    store.put("data/ab/ab1", b"x")
+    client = s3_bucket.server.client()
+    for marker in ("repo/", "repo/data/", "repo/data/ab/"):
+        client.put_object(Bucket=s3_bucket.name, Key=marker, Body=b"")
+    assert dict(store.list("")) == {"data/ab/ab1": 1}
+    assert [name for name, _, _ in store.list_modified("data/")] == ["data/ab/ab1"]

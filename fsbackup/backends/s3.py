@@ -354,7 +354,9 @@ class S3Backend(Backend):
                                                                               Prefix=self._key(prefix))
             for page in pages:
                 for item in page.get("Contents", []):
-                    found.append((item["Key"][strip:], item["Size"], item["LastModified"].timestamp()))
+                    # (a key ending in '/' is a "folder" a web console made: no object's name)
+                    if not item["Key"].endswith("/"):
+                        found.append((item["Key"][strip:], item["Size"], item["LastModified"].timestamp()))
         yield from found
 
     def close(self) -> None:

@@ -110,3 +110,21 @@ def test_mount_of_an_s3_repository_serves_every_byte(s3_env, tmp_path):
         assert snapshot(out, with_atime=False) == snapshot(src, with_atime=False)
     finally:
         assert m.stop() == 0, m.output()
+
+
+@pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {FUSE_MISSING}")
+def test_daemon_mount_of_an_s3_repository(s3_env, tmp_path):
+    """--daemon forks once the repository is open: the child reads S3 with a client of its own,
+    from the store the options named."""
+    env, opts = s3_env, s3_env.opts
+    write(tmp_path / "src" / "a", pseudo_random(300_000, 5))
+    env.ok(*opts, "init")
+    env.ok(*opts, "backup", tmp_path / "src")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = env.run_process(*opts, "mount", mnt, "--daemon")
+    try:
+        assert r.rc == 0, r.err
+        assert (mnt / "latest" / str(tmp_path / "src" / "a").lstrip("/")).read_bytes() == pseudo_random(300_000, 5)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)])

@@ -64,7 +64,7 @@ TEMPORARY_CODES = {"SlowDown", "RequestTimeout", "RequestTimeoutException", "Int
 CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                     "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "403", "Forbidden"}
-NO_SPACE_CODES = {"QuotaExceeded", "XMinioStorageFull", "StorageFull", "EntityTooLarge"}
+NO_SPACE_CODES = {"QuotaExceeded", "XMinioStorageFull", "StorageFull"}
 MISSING_OBJECT_CODES = {"NoSuchKey", "404", "NotFound"}
 CREDENTIAL_VARIABLES = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
 
@@ -120,10 +120,9 @@ def _s3_errors(what: str, bucket: str, name: str | None = None):
     try:
         yield
     except boto_errors.ClientError as e:
-        translated = _translate(e, what, bucket)
         if name is not None and e.response.get("Error", {}).get("Code") in MISSING_OBJECT_CODES:
             raise NoSuchObject(name) from None
-        raise translated from None
+        raise _translate(e, what, bucket) from None
     except (boto_errors.NoCredentialsError, boto_errors.PartialCredentialsError):
         raise UsageError(f"no S3 credentials: set {CREDENTIAL_VARIABLES} (docs/s3.md)") from None
     except NETWORK_ERRORS as e:

@@ -128,3 +128,10 @@ def test_daemon_mount_of_an_s3_repository(s3_env, tmp_path):
         assert (mnt / "latest" / str(tmp_path / "src" / "a").lstrip("/")).read_bytes() == pseudo_random(300_000, 5)
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)])
+
+
+def test_the_s3_options_set_the_variables_the_backend_reads():
+    from fsbackup.backends import s3
+    from fsbackup.cli.repo import S3_OPTION_VARIABLES
+    assert S3_OPTION_VARIABLES == {"s3_endpoint": s3.ENV_ENDPOINT, "s3_region": s3.ENV_REGION,
+                                   "s3_path_style": s3.ENV_PATH_STYLE}

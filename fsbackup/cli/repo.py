@@ -90,16 +90,19 @@ def open_storage(args):
     return repository.open_storage(url, args.connections)
 
 
+# The S3 options and the variables they override, which the S3 backend reads (backends/s3.py;
+# the command line hands them over so, as it reaches the storage only through the repository).
+S3_OPTION_VARIABLES = {"s3_endpoint": "FSBACKUP_S3_ENDPOINT", "s3_region": "FSBACKUP_S3_REGION",
+                       "s3_path_style": "FSBACKUP_S3_PATH_STYLE"}
+
+
 def use_s3_options(args) -> None:
-    """Hand --s3-endpoint, --s3-region and --s3-path-style to the S3 backend through the variables
-    it reads (backends/s3.py), so that an option overrides its variable, and a process this one
-    starts or forks (the mount's --daemon) reaches the same store."""
-    from ..backends.s3 import ENV_ENDPOINT, ENV_PATH_STYLE, ENV_REGION
-    for var, value in ((ENV_ENDPOINT, getattr(args, "s3_endpoint", None)),
-                       (ENV_REGION, getattr(args, "s3_region", None)),
-                       (ENV_PATH_STYLE, "1" if getattr(args, "s3_path_style", False) else None)):
-        if value is not None:
-            os.environ[var] = value
+    """Set the variable of each S3 option given, so that the option overrides it, and a process
+    this one starts or forks (the mount's --daemon) reaches the same store."""
+    for option, var in S3_OPTION_VARIABLES.items():
+        value = getattr(args, option, None)
+        if value:
+            os.environ[var] = "1" if value is True else value
 
 
 def open_repo(args, out: Output, sync_catalog: bool = True) -> Repository:

@@ -127,6 +127,21 @@ class BackendContract:
         backend.delete("versions/a")
         assert [n for n, _ in backend.list("versions/")] == ["versions/b"]
 
+    def test_listing_with_times_says_when_each_object_was_written(self, backend):
+        """`list_modified`: the listing of `list`, with each object's time of writing by the store's
+        clock (prune and repair judge leftovers by their age); a put over a name makes it new."""
+        import time
+        before = time.time()
+        for name in ("versions/a", "index/c", "data/cc/c"):
+            backend.put(name, name.encode())
+        listed = {name: (size, modified) for name, size, modified in backend.list_modified("")}
+        assert sorted(listed) == sorted(n for n, _ in backend.list(""))
+        assert {name: size for name, (size, _) in listed.items()} == dict(backend.list(""))
+        # (a store's clock may be a little off ours: a minute either way is allowed)
+        assert all(before - 60 <= modified <= time.time() + 60 for _, modified in listed.values())
+        assert [n for n, _, _ in backend.list_modified("data/")] == ["data/cc/c"]
+        assert list(backend.list_modified("nothing/")) == []
+
     def test_empty_object(self, backend):
         backend.put("empty", b"")
         assert backend.get("empty") == b"" and backend.size("empty") == 0

@@ -89,13 +89,13 @@ def test_every_command_has_help_and_a_description():
 
 # ---- lock modes --------------------------------------------------------------------------------
 
-def lock_kinds(repo) -> list[bool]:
-    """Whether each lock in the repository is exclusive."""
-    return [lock.exclusive for lock in locks.list_locks(repo)]
+def lock_kinds(repo) -> list[str]:
+    """The mode of each lock in the repository."""
+    return [lock.mode for lock in locks.list_locks(repo)]
 
 
-@pytest.mark.parametrize("mode, kinds", [("none", []), ("shared", [False]), ("append", [True]),
-                                         ("exclusive", [True])])
+@pytest.mark.parametrize("mode, kinds", [("none", []), ("shared", ["shared"]), ("append", ["append"]),
+                                         ("exclusive", ["exclusive"])])
 def test_each_lock_mode_holds_its_lock_and_releases_it(env, mode, kinds):
     with open_repo(env) as repo:
         with locks.hold_lock(repo, mode, "test") as lock:
@@ -141,13 +141,13 @@ def test_a_command_holding_a_lock_is_refused_beside_a_conflicting_one(env, tmp_p
     with open_repo(env) as repo:
         planted = plant_lock(repo, exclusive=False, command="check")
     for args in (["backup", tmp_path / "src"], ["prune"], ["forget", "--keep-last", "1"], ["repair"]):
-        assert_one_line_error(env.run(*args), errors.EXIT_LOCKED, "check (shared)")
+        assert_one_line_error(env.run(*args, "--no-wait"), errors.EXIT_LOCKED, "check (shared)")
     for args in (["check"], ["versions"], ["backup", tmp_path / "src", "--dry-run"]):
         env.ok(*args)
     with open_repo(env) as repo:
         repo.delete_lock(planted.name)
         plant_lock(repo, exclusive=True, command="prune")
-    assert_one_line_error(env.run("check"), errors.EXIT_LOCKED, "prune on host")
+    assert_one_line_error(env.run("check", "--no-wait"), errors.EXIT_LOCKED, "prune on host")
     env.ok("versions")                                     # readers hold none
 
 
@@ -157,7 +157,7 @@ def test_backup_uses_the_lock_it_is_handed_and_takes_its_own_without_one(env, tm
         for handed in (True, False):
             seen = []
             job = Backup(repo, BackupOptions())
-            job.after_commit = lambda name: seen.append([(lock.command, lock.exclusive)
+            job.after_commit = lambda name: seen.append([(lock.command, lock.mode)
                                                          for lock in locks.list_locks(repo)])
             if handed:
                 with locks.hold_lock(repo, "append", "mine") as lock:
@@ -165,10 +165,10 @@ def test_backup_uses_the_lock_it_is_handed_and_takes_its_own_without_one(env, tm
                     lock.ensure_held = lambda: checked.append(True)      # checked before the version is stored
                     assert job.run_locked([str(tmp_path / "src")], lock)
                 assert checked == [True]
-                assert seen == [[("mine", True)]]                       # no second lock
+                assert seen == [[("mine", "append")]]                   # no second lock
             else:
                 assert job.run_locked([str(tmp_path / "src")])
-                assert seen == [[("backup", True)]]
+                assert seen == [[("backup", "append")]]
             assert locks.list_locks(repo) == []
         with locks.hold_lock(repo, "shared", "mine") as lock, pytest.raises(ValueError):
             Backup(repo, BackupOptions()).run_locked([str(tmp_path / "src")], lock)
@@ -220,7 +220,8 @@ def test_json_of_init_restore_unlock_and_forget_by_id(blank_env, tmp_path):
         stale = plant_lock(repo, time_ns=1, created_ns=1, command="prune")
     [doc] = json.loads(env.ok("unlock", "--json").out)
     assert doc == {"id": stale.name, "host": socket.gethostname(), "pid": os.getpid(), "command": "prune",
-                   "exclusive": True, "created_ns": 1, "time_ns": 1, "started": None, "damage": None, "stale": True}
+                   "exclusive": True, "mode": "exclusive", "created_ns": 1, "time_ns": 1, "started": None,
+                   "damage": None, "stale": True}
     assert json.loads(env.ok("forget", version[:8], "--dry-run", "--json").out) == \
         {"dry_run": True, "removed": [version]}
     assert json.loads(env.ok("forget", version[:8], "--json").out) == {"dry_run": False, "removed": [version]}
@@ -248,7 +249,7 @@ def test_json_of_repair(env, tmp_path):
     doc = json.loads(env.ok("repair", "--json").out)
     report = doc.pop("report")
     assert doc == {"versions": 1, "volumes": 1, "skipped": [], "damaged": [], "recreated_index_objects": [],
-                   "removed": {}}
+                   "removed": {}, "leftovers": []}
     assert report == {"ok": True, "versions": 1, "volumes": 1, "volumes_read": 0, "bytes_read": 0, "problems": []}
     [index_object] = (env.repo / "index").iterdir()
     index_object.unlink()

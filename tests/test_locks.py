@@ -1,11 +1,13 @@
-"""Repository locks: a second backup fails at once and names the holder; stale locks bind no one;
-`unlock` clears them; readers (restore, ls, versions, mount) need no lock."""
+"""Repository locks: backups share theirs (append), exclusive commands wait for them or, with
+--no-wait, fail at once naming the holder; stale locks bind no one; `unlock` clears them; readers
+(restore, ls, versions, mount) need no lock."""
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,11 +66,13 @@ def plant_lock(repo, **fields) -> LockInfo:
     info = LockInfo(os.urandom(32).hex(), socket.gethostname(), os.getpid(), "backup", True, now, now)
     for k, v in fields.items():
         setattr(info, k, v)
+    if "mode" not in fields:
+        info.mode = "exclusive" if info.exclusive else "shared"
     repo.store_lock(info.name, info.to_doc())
     return info
 
 
-def test_a_second_backup_fails_at_once_naming_the_running_one(env, tmp_path):
+def test_backups_run_together_and_an_exclusive_command_waits_for_them_or_refuses(env, tmp_path):
     src = make_full_tree(tmp_path / "src")
     gate = tmp_path / "gate"
     first = subprocess.Popen([sys.executable, "-c", GATED_BACKUP, str(gate), "backup", str(src)],
@@ -79,19 +83,94 @@ def test_a_second_backup_fails_at_once_naming_the_running_one(env, tmp_path):
         while not Path(str(gate) + ".waiting").exists():
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.02)
+        env.ok("backup", src)                     # a second backup runs beside the first
         started = time.monotonic()
-        r = env.run("backup", src)
+        r = env.run("prune", "--no-wait")
         assert time.monotonic() - started < 10
         assert r.rc == errors.EXIT_LOCKED == 14
         assert r.err.count("\n") == 1
-        assert f"repository is locked by backup on host {socket.gethostname()} (pid {first.pid}) since " in r.err
-        assert "if that process is gone, run `fsbackup unlock`" in r.err
+        assert f"repository is locked by backup (append) on host {socket.gethostname()} (pid {first.pid}) since " \
+            in r.err
+        assert "use --retry-lock DURATION" in r.err and "if that process is gone, run `fsbackup unlock`" in r.err
+        started = time.monotonic()
+        r = env.run("forget", "--keep-last", "1", "--retry-lock", "2s")
+        assert 2 <= time.monotonic() - started < 10
+        assert r.rc == errors.EXIT_LOCKED and "is still locked by backup (append) on host" in r.err
+        assert "after waiting 2 s; to wait longer, use --retry-lock" in r.err
+        assert "note: waiting for the lock of backup (append) on host" in r.err
+        assert len(env.ok("versions", "--json").out.split('"id"')) == 2      # nothing was forgotten
     finally:
         gate.touch()
         out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert not list_locks_of(env)                 # released at the end
-    env.ok("backup", src)                         # and the next one runs
+    env.ok("prune", "--no-wait")                  # and the next one runs
+
+
+def test_an_exclusive_command_waits_for_the_backups_then_runs(env, tmp_path, monkeypatch):
+    src = write(tmp_path / "src" / "f", b"data").parent
+    env.ok("backup", src)
+    monkeypatch.setattr(locks, "FIRST_POLL", 0.1)
+    with opened(env) as repo:
+        held = Lock(repo, "append", "backup").acquire()
+        threading.Timer(1.5, held.release).start()
+        started = time.monotonic()
+        r = env.ok("forget", "--keep-last", "1")
+        assert time.monotonic() - started >= 1.5
+        assert "note: waiting for the lock of backup (append) on host" in r.err
+        assert "for up to 1 h 0 min; --retry-lock sets how long, --no-wait fails at once" in r.err
+        assert list_locks(repo) == []
+
+
+def test_a_backup_waits_for_an_exclusive_lock_or_refuses(env, tmp_path, monkeypatch):
+    src = write(tmp_path / "src" / "f", b"data").parent
+    monkeypatch.setattr(locks, "FIRST_POLL", 0.1)
+    with opened(env) as repo:
+        held = Lock(repo, "exclusive", "prune").acquire()
+        r = env.run("backup", src, "--no-wait")
+        assert r.rc == errors.EXIT_LOCKED and "locked by prune on host" in r.err
+        threading.Timer(1.5, held.release).start()
+        started = time.monotonic()
+        env.ok("backup", src, "--retry-lock", "1m")
+        assert time.monotonic() - started >= 1.5
+
+
+def test_lock_modes_share_as_the_table_says(env):
+    with opened(env) as repo:
+        together = {("append", "append"), ("shared", "shared")}
+        for held in ("shared", "append", "exclusive"):
+            with repository_lock(repo, held, "first"):
+                for asked in ("shared", "append", "exclusive"):
+                    if (held, asked) in together:
+                        with repository_lock(repo, asked, "second"):
+                            assert len(list_locks(repo)) == 2
+                    else:
+                        with pytest.raises(errors.Locked):
+                            Lock(repo, asked, "second").acquire()
+                        assert len(list_locks(repo)) == 1
+
+
+def test_an_append_lock_reads_as_exclusive_to_a_fsbackup_without_modes(env):
+    with opened(env) as repo, repository_lock(repo, "append", "backup") as lock:
+        doc = repo.load_lock(lock.name)
+        assert doc["exclusive"] is True and doc["mode"] == "append"
+        del doc["mode"]                           # as an earlier fsbackup wrote its locks
+        assert LockInfo.from_doc("x", doc).mode == "exclusive"
+        doc["exclusive"] = False
+        assert LockInfo.from_doc("x", doc).mode == "shared"
+        doc["mode"] = "a later one"               # a mode this fsbackup does not know keeps every lock away
+        assert LockInfo.from_doc("x", doc).conflicts_with("shared")
+
+
+def test_wait_options_are_checked(env, tmp_path):
+    src = write(tmp_path / "src" / "f", b"data").parent
+    for bad in ("5", "soon", "-1s", "1h 2m"):
+        r = env.run("backup", src, f"--retry-lock={bad}")
+        assert r.rc == errors.EXIT_USAGE and "is not a duration (e.g. 30s, 5m, 2h, 1h30m)" in r.err
+    r = env.run("prune", "--retry-lock", "5m", "--no-wait")
+    assert r.rc == errors.EXIT_USAGE and "give --no-wait or --retry-lock, not both" in r.err
+    r = env.run("backup", src, "--retry-lock", "5m", "--no-wait")
+    assert r.rc == errors.EXIT_USAGE and "give --no-wait or --retry-lock, not both" in r.err
 
 
 def list_locks_of(env) -> list[LockInfo]:
@@ -101,8 +180,8 @@ def list_locks_of(env) -> list[LockInfo]:
 
 def test_a_held_lock_stops_backup_in_another_process(env, tmp_path):
     src = write(tmp_path / "src" / "f", b"data")
-    with opened(env) as repo, repository_lock(repo, exclusive=True, command="prune"):
-        r = env.run_process("backup", src.parent)
+    with opened(env) as repo, repository_lock(repo, "exclusive", command="prune"):
+        r = env.run_process("backup", src.parent, "--no-wait")
         assert r.rc == errors.EXIT_LOCKED
         assert f"locked by prune on host {socket.gethostname()} (pid {os.getpid()})" in r.err
         assert "Traceback" not in r.err
@@ -129,7 +208,7 @@ def test_unlock_removes_stale_locks_and_keeps_live_ones(env):
     with opened(env) as repo:
         plant_lock(repo, pid=dead_pid(), command="backup")
         plant_lock(repo, host="another-host", time_ns=long_ago, created_ns=long_ago)
-        live = Lock(repo, exclusive=True, command="prune").acquire()
+        live = Lock(repo, "exclusive", command="prune").acquire()
         try:
             r = env.ok("unlock")
             assert r.out.count("removed the lock of") == 2
@@ -150,7 +229,7 @@ def test_unlock_help_warns_about_all(blank_env):
 
 def test_refresh_rewrites_the_lock_with_a_new_time(env, monkeypatch):
     monkeypatch.setattr(locks, "REFRESH_INTERVAL", 0.05)
-    with opened(env) as repo, repository_lock(repo, exclusive=False, command="check") as lock:
+    with opened(env) as repo, repository_lock(repo, "shared", command="check") as lock:
         first = list_locks(repo)[0]
         assert first.name == lock.name and not first.exclusive and first.command == "check"
         deadline = time.monotonic() + 10
@@ -167,7 +246,7 @@ def test_refresh_rewrites_the_lock_with_a_new_time(env, monkeypatch):
 
 
 def test_a_lock_unrefreshed_too_long_stops_the_commit(env):
-    with opened(env) as repo, repository_lock(repo, exclusive=True, command="backup") as lock:
+    with opened(env) as repo, repository_lock(repo, "exclusive", command="backup") as lock:
         lock.ensure_held()
         lock._written_ns -= locks.STALE_AFTER * 1_000_000_000      # as after failed refreshes, or a suspend
         with pytest.raises(errors.Locked, match="could not be refreshed"):
@@ -175,17 +254,17 @@ def test_a_lock_unrefreshed_too_long_stops_the_commit(env):
 
 
 def test_shared_locks_coexist_and_keep_exclusive_ones_away(env):
-    with opened(env) as repo, repository_lock(repo, exclusive=False, command="check"):
-        with repository_lock(repo, exclusive=False, command="check"):
+    with opened(env) as repo, repository_lock(repo, "shared", command="check"):
+        with repository_lock(repo, "shared", command="check"):
             assert len(list_locks(repo)) == 2
         with pytest.raises(errors.Locked, match=r"locked by check \(shared\) on host"):
-            Lock(repo, exclusive=True, command="prune").acquire()
+            Lock(repo, "exclusive", command="prune").acquire()
         assert len(list_locks(repo)) == 1
 
 
 def test_of_two_racing_lockers_none_goes_on_with_a_conflict(env, monkeypatch):
     with opened(env) as repo:
-        lock = Lock(repo, exclusive=True, command="backup")
+        lock = Lock(repo, "exclusive", command="backup")
         real_write = Lock._write
 
         def write_after_a_rival(self):
@@ -200,7 +279,7 @@ def test_of_two_racing_lockers_none_goes_on_with_a_conflict(env, monkeypatch):
 def test_an_unreadable_lock_blocks_until_unlock(env, tmp_path):
     src = write(tmp_path / "src" / "f", b"data")
     write(env.repo / "locks" / ("ab" * 32), b"not a lock")
-    r = env.run("backup", src.parent)
+    r = env.run("backup", src.parent, "--no-wait")
     assert r.rc == errors.EXIT_LOCKED and "unreadable lock object" in r.err
     assert "removed the lock of an unreadable lock object" in env.ok("unlock").out
     env.ok("backup", src.parent)
@@ -209,7 +288,7 @@ def test_an_unreadable_lock_blocks_until_unlock(env, tmp_path):
 def test_readers_work_while_an_exclusive_lock_is_held(env, tmp_path):
     src = make_full_tree(tmp_path / "src")
     env.ok("backup", src)
-    with opened(env) as repo, repository_lock(repo, exclusive=True, command="backup"):
+    with opened(env) as repo, repository_lock(repo, "exclusive", command="backup"):
         env.ok("versions")
         env.ok("ls", "latest")
         env.ok("restore", "latest", "--target", tmp_path / "out")
@@ -225,7 +304,7 @@ def test_the_mount_works_while_a_backup_holds_the_lock(env, tmp_path):
     from test_mount import Mount
     src = write(tmp_path / "src" / "f", b"first")
     env.ok("backup", src.parent)
-    with opened(env) as repo, repository_lock(repo, exclusive=True, command="backup"):
+    with opened(env) as repo, repository_lock(repo, "exclusive", command="backup"):
         m = Mount(env, tmp_path / "mnt")
         try:
             assert (m.version_dir() / str(src).lstrip("/")).read_bytes() == b"first"
@@ -240,8 +319,8 @@ def test_b2_backup_is_refused_while_locked(b2_env, tmp_path, monkeypatch):
     env.ok("init")
     src = write(tmp_path / "src" / "f", b"data")
     with opened(env) as repo:
-        with repository_lock(repo, exclusive=True, command="prune"):
-            r = env.run("backup", src.parent)
+        with repository_lock(repo, "exclusive", command="prune"):
+            r = env.run("backup", src.parent, "--no-wait")
             assert r.rc == errors.EXIT_LOCKED and "locked by prune" in r.err
         plant_lock(repo, pid=dead_pid())
     env.ok("backup", src.parent)
@@ -256,9 +335,9 @@ def test_no_lock_writes_no_lock_but_still_refuses_a_live_one(env, tmp_path, monk
     write(src, b"other data")
     env.ok("backup", src.parent)
     with opened(env) as repo:
-        with repository_lock(repo, exclusive=True, command="backup"):
+        with repository_lock(repo, "exclusive", command="backup"):
             for command in (["prune", "--no-lock"], ["forget", "--keep-last", "1", "--no-lock"]):
-                r = env.run(*command)
+                r = env.run(*command, "--no-wait")
                 assert r.rc == errors.EXIT_LOCKED and "locked by backup on host" in r.err, r.err
         plant_lock(repo, pid=dead_pid())                        # a stale one binds no one
         stored = []

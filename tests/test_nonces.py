@@ -121,7 +121,7 @@ class Scenario:
         try:
             repo = Repository.open(open_backend(str(self.env.repo)), self.passphrase.encode(),
                                    str(self.env.tmp / "lock-index.sqlite"))
-            with locks.repository_lock(repo, exclusive=False, command="test") as lock:
+            with locks.repository_lock(repo, "shared", command="test") as lock:
                 for _ in range(3):
                     lock.refresh()
             repo.close()

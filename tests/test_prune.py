@@ -32,6 +32,16 @@ from test_leftovers import aged, partial_uploads
 from fsbackup import errors
 from fsbackup.repository import locks
 
+
+@pytest.fixture(autouse=True)
+def no_leftover_age(monkeypatch):
+    """These tests prune right after the backups and forgets they set up: no object is judged by
+    its age here (tests/test_fleet.py and tests/test_leftovers.py test the age): neither in this
+    process nor in the commands it starts."""
+    monkeypatch.setattr(locks, "LEFTOVER_AGE", 0)
+    monkeypatch.setenv(locks.LEFTOVER_AGE_FOR_TESTS, "0")
+
+
 # Runs `fsbackup.cli.main(argv[4:])` with LocalBackend.put and .delete wrapped: each call's kind
 # and object name is appended to the log file argv[3]; the k-th call (argv[1], 0 = never)
 # SIGKILLs the process `before` it starts or `after` it returned (argv[2]).
@@ -219,9 +229,10 @@ def test_an_index_built_before_another_machines_prune_follows_it(env, tmp_path):
         assert tree_state(Path(str(target) + str(src))) == state
 
 
-def test_prune_removes_the_partial_uploads_of_stopped_runs(env, tmp_path):
+def test_prune_removes_the_partial_uploads_of_stopped_runs(env, tmp_path, monkeypatch):
     src = tmp_path / "src"
     versions = forget_all_but_last(env, build_history(env, src, random.Random(12)), 2)
+    monkeypatch.setattr(locks, "LEFTOVER_AGE", locks.PARTIAL_UPLOAD_AGE)     # the age at work
     old = locks.PARTIAL_UPLOAD_AGE + 60
     killed = {aged(write(env.repo / "data" / "ab" / ".tmp-killed", pseudo_random(70_000, 1)), old),
               aged(write(env.repo / "locks" / ".tmp-killed", b"a lock"), old)}

@@ -9,6 +9,14 @@ from conftest import pseudo_random, restored_root, snapshot, write
 from doubles.faults import FaultyBackend
 
 from fsbackup.errors import BackendError
+from fsbackup.repository import locks
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_age(monkeypatch):
+    """These tests prune right after the backups they set up: no volume is judged by its age here
+    (tests/test_fleet.py tests the age)."""
+    monkeypatch.setattr(locks, "LEFTOVER_AGE", 0)
 
 
 @pytest.fixture

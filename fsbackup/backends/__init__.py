@@ -96,6 +96,13 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        """`list`, with when each object was last written: (name, size, modified), `modified` in
+        seconds since the epoch by the store's clock (a file's mtime, an upload's time). Callers
+        judge by it whether an object may still belong to a run in progress; whole or raising, as
+        `list`."""
+
+    @abc.abstractmethod
     def delete(self, name: str) -> None:
         """Remove the object. Deleting a missing object is not an error."""
 
@@ -145,6 +152,10 @@ class WrappingBackend(Backend):
     @connections.setter
     def connections(self, n: int) -> None:
         self.inner.connections = n
+
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        # Passed through untouched; a wrapper that adds behaviour to listings overrides it with `list`.
+        return self.inner.list_modified(prefix)
 
     def remove_partial_uploads(self, older_than_seconds: float) -> tuple[int, int]:
         # Passed through untouched (a wrapper that counted or failed it would move the call at

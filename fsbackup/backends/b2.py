@@ -294,6 +294,10 @@ class B2Backend(Backend):
             return self._b2().get_file_info_by_name(self._key(name)).size
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        for name, size, _ in self.list_modified(prefix):
+            yield name, size
+
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
         # List only the folder the prefix names (B2 filters by name prefix on the server), so
         # listing 'versions/' never pages through data/; then keep the names that match.
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -305,7 +309,7 @@ class B2Backend(Backend):
             for version, _ in self._b2().ls(root, latest_only=True, recursive=True):
                 name = version.file_name[strip:]
                 if name.startswith(prefix):
-                    yield name, version.size
+                    yield name, version.size, version.upload_timestamp / 1000   # (milliseconds)
 
 
 class _PastEnd(Exception):

@@ -117,6 +117,10 @@ class LocalBackend(Backend):
             return os.stat(self._path(name)).st_size
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        for name, size, _ in self.list_modified(prefix):
+            yield name, size
+
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
         # Walk only the folder the prefix names, so listing 'versions/' never touches data/.
         # Every folder must read: callers conclude "deleted" from what a listing lacks, so a
         # folder that cannot be read (permissions, I/O error, a file in its place) fails the
@@ -130,7 +134,7 @@ class LocalBackend(Backend):
             return
         except OSError:
             pass                                  # reported by the walk below, with its folder
-        found: list[tuple[str, int]] = []
+        found: list[tuple[str, int, float]] = []
         seen: set[tuple[int, int]] = set()        # folders by (dev, ino): a symlink loop is walked once
         pending = [(start, folder + "/" if folder else "")]
         while pending:
@@ -149,7 +153,8 @@ class LocalBackend(Backend):
                             if entry.is_dir():
                                 pending.append((entry.path, name + "/"))
                             elif entry.is_file():
-                                found.append((name, entry.stat().st_size))
+                                st = entry.stat()
+                                found.append((name, st.st_size, st.st_mtime))
                         except FileNotFoundError:
                             continue          # an object deleted while listing
         yield from found

@@ -89,6 +89,9 @@ class RetryingBackend(WrappingBackend):
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         yield from self._retry("list", lambda: [*self.inner.list(prefix)])
 
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        yield from self._retry("list", lambda: [*self.inner.list_modified(prefix)])
+
     def delete(self, name: str) -> None:
         self._retry("delete", lambda: self.inner.delete(name))
 

@@ -6,11 +6,10 @@ import sys
 from .. import errors
 from ..errors import UsageError
 from ..progress import human_bytes, human_duration
-from ..repository.locks import hold_lock
 from . import forget, prune
 from .options import PROG, Command, compression_level, count_arg, host_name, keep_options, percent_arg, volume_size_arg
 from .output import Output, print_report
-from .repo import opened
+from .repo import hold, lock_wait, opened
 
 INTERRUPTED = ("the backup stopped before saving its version (had it been storing it just then, 'fsbackup "
                "versions' lists it); earlier versions are intact, and the next backup reuses the data already "
@@ -90,6 +89,7 @@ def run(args, out: Output) -> int:
         options.compression = args.compression
     # Two locks in turn: the backup's own (a dry run stores nothing and needs none), then, for the
     # keep rules, an exclusive one, as forget takes.
+    lock_wait(args)
     with opened(args, out, sync_catalog=False) as repo:
         job = Backup(repo, options, out)
         verification = []     # verify after backup runs under the backup's lock; reported after its summary
@@ -102,7 +102,7 @@ def run(args, out: Output) -> int:
                                                   args.verify_percent, out))
         job.after_commit = after_commit
         try:
-            with hold_lock(repo, "none" if args.dry_run else "append", "backup") as lock:
+            with hold(repo, args, out, "none" if args.dry_run else "append") as lock:
                 name = job.run_locked(args.paths, lock)
         except KeyboardInterrupt:
             if not saved:
@@ -133,7 +133,7 @@ def run(args, out: Output) -> int:
             else:
                 quiet = Output.silent() if out.json else out
                 try:
-                    with hold_lock(repo, "exclusive", "backup"):
+                    with hold(repo, args, out, "exclusive"):
                         repo.sync_catalog()
                         summary["forget"] = forget.forget_by_policy(repo, policy, False, quiet)
                         if args.prune:

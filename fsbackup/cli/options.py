@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -99,6 +100,21 @@ def parse_share(text: str) -> float:
     return percent_arg(text) / 100
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_arg(text: str) -> float:
+    """The argument type of a duration in seconds: numbers with units s, m (minutes), h and d,
+    one after the other (30s, 5m, 2h, 1h30m; 0 for none)."""
+    t = text.strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", t)
+    if t == "0":
+        return 0.0
+    if not parts or "".join(n + u for n, u in parts) != t:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration (e.g. 30s, 5m, 2h, 1h30m)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
 def compression_level(text: str) -> int:
     try:
         value = int(text)
@@ -186,6 +202,11 @@ def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="print only errors")
     g.add_argument("-v", "--verbose", action="count", default=d(0), help="say more (the mount logs each retry)")
     g.add_argument("--json", action="store_true", default=d(False), help="print results as JSON for scripts")
+    g.add_argument("--retry-lock", metavar="DURATION", type=duration_arg, default=d(None),
+                   help="wait up to DURATION (e.g. 30s, 5m, 2h) for other commands' locks to go before giving up "
+                        "(default 1h; docs/machines.md)")
+    g.add_argument("--no-wait", action="store_true", default=d(False),
+                   help="do not wait for other commands' locks: fail at once (exit 14)")
     g.add_argument("--accept-missing", action="store_true", default=d(False),
                    help="accept that more than half of the versions or volumes this machine's index knows are "
                         "gone from the repository (refused otherwise: check the repository's folders first)")

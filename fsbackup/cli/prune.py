@@ -20,6 +20,14 @@ def add_arguments(p) -> None:
     no_lock_option(p)
 
 
+def _say_young(plan, out: Output) -> None:
+    from ..repository.locks import duration_text, leftover_age
+    if plan.young:
+        out.info(f"left {plan.young} unused or leftover object(s) written less than {duration_text(leftover_age())} "
+                 "ago: a backup may still be storing them, or the next backup reuses them; a later prune "
+                 "deletes them")
+
+
 def prune_now(repo: Repository, args, out: Output, dry_run: bool) -> dict:
     """Plan a prune and carry it out (or only say what it would do), under the caller's exclusive
     lock; returns what --json prints. `args` gives --max-unused, --volume-size and --no-lock."""
@@ -27,10 +35,11 @@ def prune_now(repo: Repository, args, out: Output, dry_run: bool) -> dict:
     max_unused = DEFAULT_MAX_UNUSED if args.max_unused is None else args.max_unused
     plan = plan_prune(repo, max_unused)
     if dry_run:
-        leftovers = len(plan.orphans) + len(plan.unindexed)
+        leftovers = len(plan.orphans) + len(plan.unindexed) + len(plan.forgotten)
         out.info(f"prune would delete {len(plan.delete)} unused volume(s) and {leftovers} leftover "
                  f"object(s), repack {len(plan.repack)} volume(s) ({human_bytes(plan.bytes_to_move)} of live data "
                  f"to copy), keep {plan.kept}; about {human_bytes(plan.bytes_freed)} freed")
+        _say_young(plan, out)
         return {"dry_run": True, **plan.as_json()}
     from ..repository.volumes import DEFAULT_VOLUME_SIZE
     again = "fsbackup prune --no-lock" if getattr(args, "no_lock", False) else "fsbackup prune"
@@ -39,10 +48,11 @@ def prune_now(repo: Repository, args, out: Output, dry_run: bool) -> dict:
     out.info(f"pruned: deleted {s.volumes_deleted} unused volume(s) and {s.orphans_deleted} leftover object(s), "
              f"repacked {s.volumes_repacked} volume(s) into {s.volumes_written} ({s.blocks_moved} blocks moved); "
              f"freed {human_bytes(s.bytes_deleted - s.bytes_written)} in {human_duration(s.duration)}")
+    _say_young(plan, out)
     if s.partial_uploads_deleted:
         out.info(f"removed {s.partial_uploads_deleted} partial upload(s) of runs that stopped midway "
                  f"({human_bytes(s.partial_upload_bytes)})")
-    return {"dry_run": False, **s.as_json()}
+    return {"dry_run": False, **s.as_json(), "too_young": plan.young}
 
 
 def run(args, out: Output) -> int:

@@ -11,7 +11,7 @@ from typing import Iterator
 from .. import repository
 from ..errors import UsageError
 from ..repository import Repository
-from ..repository.locks import hold_lock
+from ..repository.locks import DEFAULT_WAIT, LockInfo, Waiting, duration_text, hold_lock
 from .output import Output
 
 
@@ -116,6 +116,30 @@ def open_repo(args, out: Output, sync_catalog: bool = True) -> Repository:
     return repo
 
 
+def lock_wait(args) -> float:
+    """How long the command waits for conflicting locks: --retry-lock, 0 with --no-wait, else
+    locks.DEFAULT_WAIT."""
+    if args.no_wait:
+        if args.retry_lock is not None:
+            raise UsageError("give --no-wait or --retry-lock, not both")
+        return 0.0
+    return DEFAULT_WAIT if args.retry_lock is None else args.retry_lock
+
+
+def waiting_note(out: Output) -> Waiting:
+    """What a command says when it starts to wait for a lock (once)."""
+    def note(holder: LockInfo, bound: float) -> None:
+        out.note(f"waiting for the lock of {holder.describe()} (for up to {duration_text(bound)}; "
+                 "--retry-lock sets how long, --no-wait fails at once)")
+    return note
+
+
+def hold(repo: Repository, args, out: Output, mode: str, command: str | None = None, no_lock: bool = False):
+    """`locks.hold_lock` of `mode` in the name of `command` (args.command), waiting for
+    conflicting locks as --retry-lock and --no-wait say."""
+    return hold_lock(repo, mode, command or args.command, no_lock, lock_wait(args), waiting_note(out))
+
+
 @contextmanager
 def opened(args, out: Output, lock: str = "none", sync_catalog: bool = True,
            no_lock: bool = False) -> Iterator[Repository]:
@@ -125,10 +149,13 @@ def opened(args, out: Output, lock: str = "none", sync_catalog: bool = True,
     where a command chooses its lock: the engines take none of their own.
     `sync_index` brings the local index in step first, before the lock is taken. `no_lock`:
     --no-lock (forget and prune). A command that holds two locks in turn (backup, then its
-    retention step) opens with "none" and takes each with locks.hold_lock."""
+    retention step) opens with "none" and takes each with `hold`. A lock held by another command
+    that conflicts is waited for (`lock_wait`)."""
+    if lock != "none":
+        lock_wait(args)                 # (a usage error before anything is opened)
     repo = open_repo(args, out, sync_catalog)
     try:
-        with hold_lock(repo, lock, args.command, no_lock):
+        with hold(repo, args, out, lock, no_lock=no_lock):
             yield repo
     finally:
         repo.close()

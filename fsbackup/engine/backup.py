@@ -311,23 +311,26 @@ class Backup:
     # ---- entry point --------------------------------------------------------------------
 
     def run_locked(self, paths: list[str], lock: Lock | None = None) -> str | None:
-        """`run` as the `backup` command does it: under an exclusive repository lock, with the local
-        index brought in step and what stopped runs left settled first (a dry run, which stores
-        nothing, needs no lock and settles nothing). `lock` is the exclusive lock the caller holds
-        on this repository (the command line takes it); without one, the backup takes its own for
-        the run. The lock is checked to be still held (`Lock.ensure_held`) just before the version
-        is stored. `after_commit` (verify after backup) runs on the new version before the lock is
-        released."""
+        """`run` as the `backup` command does it: under an append lock, shared with other backups
+        (locks.py), with the local index brought in step first, so that blocks other machines
+        stored meanwhile are not stored again (a dry run, which stores nothing, needs no lock).
+        `lock` is the lock the caller holds on this repository (the command line takes it);
+        without one, the backup takes its own for the run. The lock is checked to be still held
+        (`Lock.ensure_held`) just before the version is stored. `after_commit` (verify after
+        backup) runs on the new version before the lock is released.
+
+        Nothing stored is deleted here: another backup's uploads in progress look exactly like a
+        stopped run's leftovers, which prune and repair remove under the exclusive lock."""
         if self.options.dry_run:
             self.repo.sync_catalog(self.reporter.progress())
             return self.run(paths)
         if lock is None:
-            with repository_lock(self.repo, exclusive=True, command="backup") as own:
+            with repository_lock(self.repo, "append", command="backup") as own:
                 return self.run_locked(paths, own)
-        if lock.repo is not self.repo or not lock.info.exclusive:
-            raise ValueError("a backup needs an exclusive lock on its own repository")   # a caller's bug
+        if lock.repo is not self.repo or lock.mode not in ("append", "exclusive"):
+            raise ValueError("a backup needs an append or exclusive lock on its own repository")   # a caller's bug
         self.repo.sync_catalog(self.reporter.progress())
-        for note in self.repo.settle_leftovers():
+        for note in self.repo.forget_lost_volumes():
             self.reporter.note(note)
         catalog = self.repo.catalog
         if catalog.get_meta(REREAD_FILES):

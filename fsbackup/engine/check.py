@@ -410,6 +410,8 @@ def verify_backup(repo: Repository, version: str, new_volumes: dict[str, int], s
 #
 # Repair: what `fsbackup repair` does after rebuilding the local index.
 #
+#   settle leftovers           (before the rebuild) what stopped runs left, once older than
+#                              locks.leftover_age(): Repository.settle_leftovers
 #   re-create index objects    a volume whose index object is missing or damaged still holds its own
 #                              encrypted table: the index object is written again from it.
 #   remove damaged files       (--remove-damaged) each version using unavailable blocks is written again
@@ -425,16 +427,21 @@ class RepairResult:
     recreated: list[str]                # volumes whose index object was written again
     report: Report                      # the damage found after that (and left, unless removed)
     removed: dict[str, list[str]]       # version -> paths removed from it (--remove-damaged)
+    settled: list[str]                  # what was done with stopped runs' leftovers, one note each
 
     def as_json(self) -> dict:
         return {**self.rebuilt, "recreated_index_objects": [index_object(n) for n in self.recreated],
-                "report": self.report.as_json(), "removed": self.removed}
+                "report": self.report.as_json(), "removed": self.removed, "leftovers": self.settled}
 
 
 def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool,
            reporter: Reporter | None = None) -> RepairResult:
-    """What `fsbackup repair` does, under its exclusive lock."""
+    """What `fsbackup repair` does, under its exclusive lock: what stopped runs left is settled
+    first (`Repository.settle_leftovers`: backups no longer do it, as they share their lock)."""
     reporter = reporter or SILENT
+    settled = repo.settle_leftovers()
+    for note in settled:
+        reporter.note(note)
     result = repo.rebuild_catalog(reporter.progress(), keep_going=True)
     reporter.info(f"rebuilt the local index: {result['versions']} versions, {result['volumes']} volumes")
     checker = Checker(repo, reporter)
@@ -456,7 +463,7 @@ def repair(repo: Repository, read_data: bool, subset: str | None, remove: bool,
         checker.read_data(subset)
     report = checker.explain()
     removed = remove_damaged(repo, checker, reporter) if remove else {}
-    return RepairResult(result, recreated, report, removed)
+    return RepairResult(result, recreated, report, removed, settled)
 
 
 def remove_damaged(repo: Repository, checker: Checker, reporter: Reporter) -> dict[str, list[str]]:

@@ -10,7 +10,10 @@ Prune's safety rests on one order, whatever point a crash interrupts it at:
   before: no remaining version can point to deleted data.
 Leftovers of a crash (a volume without index object, a repacked volume not yet deleted, an
 index object whose volume is gone, or the temporary of a put that never finished) are found and
-cleaned by the next prune.
+cleaned by the next prune, once older than `locks.leftover_age()`: backups share their lock, so
+an object a stopped backup left looks exactly like one a running backup is still writing, and
+a stopped backup's volumes serve the next backup meanwhile. Volumes that no version uses are
+judged by the same age, for they are what a backup stores before its version.
 """
 from __future__ import annotations
 
@@ -25,7 +28,16 @@ from ..catalog.versions import GROUP_BY_DEFAULT, VersionGroup, VersionInfo, any_
 from ..codec import wire
 from ..errors import CorruptObject, FsbackupError, ListingContradiction, NoSpace
 from ..progress import SILENT, Reporter, human_bytes
-from ..repository import Kind, Repository, block_runs, index_object, parse_object_name, volume_object
+from ..repository import (
+    Kind,
+    Repository,
+    block_runs,
+    index_object,
+    parse_object_name,
+    version_object,
+    volume_object,
+)
+from ..repository.locks import leftover_age
 from ..repository.volumes import DEFAULT_VOLUME_SIZE, VolumeWriter
 from ..retention import Decision, Policy, Version, apply
 
@@ -83,6 +95,8 @@ class PrunePlan:
     kept: int = 0
     orphans: list[tuple[str, int]] = field(default_factory=list)   # remote leftovers: (object, size)
     unindexed: list[tuple[str, int]] = field(default_factory=list)  # volumes without index object: (name, size)
+    forgotten: list[str] = field(default_factory=list)   # version objects recorded as forgotten, still listed
+    young: int = 0          # volumes and leftovers left alone for now: younger than leftover_age()
 
     @property
     def bytes_to_move(self) -> int:
@@ -98,6 +112,7 @@ class PrunePlan:
         return {"volumes_to_delete": len(self.delete), "volumes_to_repack": len(self.repack),
                 "volumes_kept": self.kept, "orphans": [name for name, _ in self.orphans],
                 "volumes_without_index": [volume_object(name) for name, _ in self.unindexed],
+                "forgotten_versions": [version_object(name) for name in self.forgotten], "too_young": self.young,
                 "bytes_to_move": self.bytes_to_move, "bytes_freed": self.bytes_freed}
 
 
@@ -109,21 +124,30 @@ def volume_use(repo: Repository) -> list[VolumeUse]:
     return [VolumeUse(*row) for row in rows]
 
 
-def _leftovers(repo: Repository) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """(orphans, unindexed). Orphans: index objects of volumes that are gone and not recorded.
+def _leftovers(repo: Repository, plan: PrunePlan, age: float) -> None:
+    """The plan's orphans and unindexed volumes, those older than `age` (younger ones are
+    counted in `plan.young`). Orphans: index objects of volumes that are gone and not recorded.
     Unindexed: volumes without an index object (a backup or prune interrupted between the two).
     Only safe while no backup is writing (the exclusive lock).
 
     An unindexed volume is not deleted on the listing's word (a listing of index/ that lacks it
     may be what is wrong): `Prune` reads its own table and deletes it only when none of its
     blocks is used, else adopts it."""
-    volumes = repo.list_objects(Kind.VOLUME)
-    indexes = repo.list_objects(Kind.INDEX)
+    volumes = repo.list_stored(Kind.VOLUME)
+    indexes = repo.list_stored(Kind.INDEX)
     recorded = volume_names(repo.catalog)
-    orphans = sorted((index_object(name), size) for name, size in indexes.items()
-                     if name not in volumes and name not in recorded)
-    unindexed = sorted((name, size) for name, size in volumes.items() if name not in indexes)
-    return orphans, unindexed
+    for name, index in sorted(indexes.items()):
+        if name not in volumes and name not in recorded:
+            if index.older_than(age):
+                plan.orphans.append((index_object(name), index.size))
+            else:
+                plan.young += 1
+    for name, volume in sorted(volumes.items()):
+        if name not in indexes:
+            if volume.older_than(age):
+                plan.unindexed.append((name, volume.size))
+            else:
+                plan.young += 1
 
 
 def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> PrunePlan:
@@ -132,8 +156,9 @@ def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> Prun
     for obj in repo.unreadable_versions():
         raise CorruptObject(obj, "does not read, so prune cannot tell which data it uses; run 'fsbackup check', "
                                  "then 'fsbackup repair --remove-damaged' before pruning")
-    orphans, unindexed = _leftovers(repo)
-    plan = PrunePlan(orphans=orphans, unindexed=unindexed)
+    age = leftover_age()
+    plan = PrunePlan(forgotten=repo.forgotten_but_listed())
+    _leftovers(repo, plan, age)
     if not repo.accept_missing and not any_version(repo.catalog) and any_volume(repo.catalog):
         # Forget never removes the last version: no version at all beside stored data is a listing
         # to distrust (a versions/ folder moved away, on a machine whose index had nothing to compare).
@@ -141,9 +166,13 @@ def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> Prun
                                    "would delete all of it; check that the repository's folders are all there "
                                    "and readable; if every version was removed on purpose, run prune again "
                                    "with --accept-missing")
+    stored = repo.list_stored(Kind.VOLUME)
     for use in volume_use(repo):
         if use.live_blocks == 0:
-            plan.delete.append(use)
+            if use.name in stored and not stored[use.name].older_than(age):
+                plan.young += 1         # maybe a stopped backup's, which the next backup uses
+            else:
+                plan.delete.append(use)
         elif use.unused_share > max_unused:
             plan.repack.append(use)
         else:
@@ -200,6 +229,9 @@ class Prune:
             self.stats.orphans_deleted += 1
             self.stats.bytes_deleted += size
             self.progress.advance(items=1)
+        for name in plan.forgotten:
+            self.repo.delete_object(Kind.VERSION, name)
+            self.stats.orphans_deleted += 1
         for use in plan.delete:
             self._delete(use)
         for name, size in plan.unindexed:

@@ -1,19 +1,36 @@
 """Repository locks: which commands may run together on one repository.
 
-A lock is a small encrypted object `locks/<id>` naming its holder: host, pid, command, when it was
-taken and when last refreshed (docs/format.md). A command that writes objects it has not yet
-recorded, or deletes objects others may rely on, takes an exclusive lock: `backup` does, and so
-must prune, forget and repairs. A shared lock only keeps exclusive ones away. Reading commands
+A lock is a small encrypted object `locks/<id>` naming its holder: host, pid, command, its mode,
+when it was taken and when last refreshed (docs/format.md). It has one of three modes:
+
+  append     backup: adds objects it records later. Any number of appenders, on any machines, run
+             together: each only adds volumes, index objects and finally its version, and none of
+             them deletes anything, so they cannot harm one another's work.
+  shared     check: reads everything and judges what it sees; a backup's volume stored before its
+             index object would look damaged to it, so it keeps appenders away too, but not other
+             checks.
+  exclusive  forget, prune, repairs: they delete objects others may rely on (a running backup's
+             uploads look exactly like a stopped backup's leftovers), so nothing else runs beside them.
+
+Locks of one mode, append or shared, go together; every other pair conflicts. Reading commands
 (restore, mount, ls, versions) take none: a backup only adds objects, and adds its version last,
 so what they read stays whole while it runs.
 
-Taking a lock: list the locks and fail at once (`errors.Locked`) when a live one conflicts; else
-write ours, list again, and when a conflicting lock appeared meanwhile (two processes raced past
-the first look), remove ours and fail: of two racers both may fail, never both succeed.
+Taking a lock: list the locks; while a live one conflicts, wait, listing them again after a backoff
+(1 s, doubling up to 30 s, each randomly shortened by up to half so that many waiters do not poll in
+step), until no live conflict is left or the caller's bound has passed (`errors.Locked`, naming
+the holder). Then write ours, list again, and when a conflicting lock appeared meanwhile (two
+processes raced past the first look), remove ours, and wait again (or fail once the bound has
+passed): of two racers both may withdraw, never both go on. An exclusive waiter holds no lock
+while it waits, so a stream of appenders that never pauses keeps it waiting until its bound: run
+forget and prune in a quiet hour.
 
 While held, a daemon thread rewrites the lock every REFRESH_INTERVAL with the time. A lock not
 refreshed for STALE_AFTER, or whose holder ran on this host and whose process is gone, is stale:
 it binds no one, and `fsbackup unlock` removes it.
+
+An append lock is stored with `exclusive` true as well as its mode: a fsbackup that knows no
+append mode takes it for an exclusive lock, so it stays out of the way.
 
 A full repository disk has no room for a lock object: taking a lock then fails with
 `errors.NoSpace` saying to free space with `forget` or `prune --no-lock`, which hold
@@ -23,14 +40,16 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
+import random
 import secrets
 import socket
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import CorruptObject, FsbackupError, Locked, NoSpace, NoSuchObject
 
@@ -47,6 +66,40 @@ STALE_AFTER = 30 * 60              # a lock not rewritten for this long binds no
 # belongs to no put that can still finish. One age serves every folder: it is far beyond what a
 # lock put needs, and a killed backup's volumes are removed by the next night's run.
 PARTIAL_UPLOAD_AGE = STALE_AFTER
+
+# How long a leftover (a volume no recorded version uses, a volume without its index object, an
+# index object without its volume, a partial upload) must have lain since it was written before
+# prune or repair removes it, under the exclusive lock. Since backups share their lock, a running
+# backup's uploads look exactly like a stopped one's leftovers; the exclusive lock keeps running
+# backups away, except one whose lock went stale while it still ran (a machine suspended midway),
+# and such a backup never stores a version after its lock went stale (`Lock.ensure_held`). The age
+# is the same as for partial uploads, for the same reason, and leaves a stopped backup's volumes
+# to the next backup, which reuses their blocks (docs/design.md, "Crash safety").
+LEFTOVER_AGE = PARTIAL_UPLOAD_AGE
+# For tests only: this many seconds, when fewer than LEFTOVER_AGE, take its place (a test cannot
+# wait half an hour, and B2's upload times cannot be set back). It can only shorten the age.
+LEFTOVER_AGE_FOR_TESTS = "FSBACKUP_LEFTOVER_AGE_FOR_TESTS"
+
+# How long a command waits for conflicting locks when the user says nothing (--retry-lock sets
+# it, --no-wait makes it 0): long enough for a night's backups of a few machines to end, and for
+# the lock of a crashed holder on another host (not refreshed any more) to go stale; short enough
+# that a job scheduled every night does not pile up behind a lock nobody removes.
+DEFAULT_WAIT = 60 * 60
+FIRST_POLL = 1.0                   # seconds before the first look again; doubled after each look...
+MAX_POLL = 30.0                    # ...up to this
+# The lock a command holds, by mode name (the command line chooses one where a command opens the
+# repository: cli/repo.py `opened`; `hold_lock` says which command holds which).
+LOCK_MODES = ("none", "shared", "append", "exclusive")
+_SHARING_MODES = ("shared", "append")   # locks of one of these modes go together
+
+
+def leftover_age() -> float:
+    """LEFTOVER_AGE, or the shorter age of LEFTOVER_AGE_FOR_TESTS when set."""
+    try:
+        shorter = float(os.environ.get(LEFTOVER_AGE_FOR_TESTS, "inf"))
+    except ValueError:
+        shorter = math.inf
+    return max(0.0, min(float(LEFTOVER_AGE), shorter))
 
 log = logging.getLogger("fsbackup.locks")
 
@@ -78,7 +131,9 @@ def _process_gone(pid: int, started: int | None) -> bool:
 
 @dataclass
 class LockInfo:
-    """What a lock object says about its holder; `damage` is set when it could not be read."""
+    """What a lock object says about its holder; `damage` is set when it could not be read.
+    `mode` is one of "shared", "append" and "exclusive"; left empty, `exclusive` tells which of
+    the first and the last it is (locks written before the append mode had no mode)."""
     name: str
     host: str = "?"
     pid: int = 0
@@ -88,19 +143,29 @@ class LockInfo:
     time_ns: int = 0
     damage: str | None = None
     started: int | None = None       # the holder's process start time, when known (_process_start)
+    mode: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.mode:
+            self.mode = "exclusive" if self.exclusive else "shared"
 
     @classmethod
     def from_doc(cls, name: str, doc: dict) -> "LockInfo":
         try:
             started = doc.get("started")
+            mode = doc.get("mode") or ""
+            if mode not in ("", *_SHARING_MODES, "exclusive"):
+                mode = "exclusive"       # a mode of a later fsbackup: kept away from everything
             return cls(name, str(doc["host"]), int(doc["pid"]), str(doc["command"]), bool(doc["exclusive"]),
-                       int(doc["created_ns"]), int(doc["time_ns"]), started=int(started) if started else None)
-        except (KeyError, ValueError, TypeError):
+                       int(doc["created_ns"]), int(doc["time_ns"]), started=int(started) if started else None,
+                       mode=mode)
+        except (KeyError, ValueError, TypeError, AttributeError):
             return cls(name, damage="lock object lacks its fields")
 
     def to_doc(self) -> dict:
-        return {"host": self.host, "pid": self.pid, "command": self.command, "exclusive": self.exclusive,
-                "created_ns": self.created_ns, "time_ns": self.time_ns, "started": self.started}
+        # An append lock says exclusive too: a fsbackup that knows no modes then keeps away from it.
+        return {"host": self.host, "pid": self.pid, "command": self.command, "exclusive": self.mode != "shared",
+                "mode": self.mode, "created_ns": self.created_ns, "time_ns": self.time_ns, "started": self.started}
 
     def stale(self) -> bool:
         """A damaged lock is not stale: nobody can tell it is not held (`unlock` removes it)."""
@@ -110,14 +175,15 @@ class LockInfo:
             return True
         return self.host == socket.gethostname() and _process_gone(self.pid, self.started)
 
-    def conflicts_with(self, exclusive: bool) -> bool:
-        return exclusive or self.exclusive or self.damage is not None
+    def conflicts_with(self, mode: str) -> bool:
+        """Whether this lock keeps a lock of `mode` away (a damaged one keeps every lock away)."""
+        return self.damage is not None or not (mode == self.mode and mode in _SHARING_MODES)
 
     def describe(self) -> str:
         if self.damage:
             return f"an unreadable lock object locks/{self.name} ({self.damage})"
         since = datetime.datetime.fromtimestamp(self.created_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
-        kind = "" if self.exclusive else " (shared)"
+        kind = "" if self.mode == "exclusive" else f" ({self.mode})"
         return f"{self.command}{kind} on host {self.host} (pid {self.pid}) since {since}"
 
     def as_json(self) -> dict:
@@ -153,15 +219,72 @@ def remove_all_locks(repo) -> list[LockInfo]:
     return removed
 
 
-def fail_on_conflict(repo, exclusive: bool, own: str | None = None) -> None:
-    """Raise Locked when a live lock (other than `own`, or one this process released) conflicts
-    with a lock of that kind."""
+def find_conflict(repo, mode: str, own: str | None = None) -> LockInfo | None:
+    """A live lock (other than `own`, or one this process released) that conflicts with a lock of
+    `mode`, or None."""
     for other in list_locks(repo):
         if other.name == own or other.name in _undeleted:
             continue
-        if other.conflicts_with(exclusive) and not other.stale():
-            raise Locked(f"repository is locked by {other.describe()}; "
-                         "if that process is gone, run `fsbackup unlock`")
+        if other.conflicts_with(mode) and not other.stale():
+            return other
+    return None
+
+
+def duration_text(seconds: float) -> str:
+    """A wait as people say it: 45 s, 5 min, 1 h 30 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
+
+
+def _locked(holder: LockInfo, waited: float | None) -> Locked:
+    """The error of a lock not had: who holds the repository, and what the user can do."""
+    if waited is None:
+        return Locked(f"repository is locked by {holder.describe()}; to wait for it, use --retry-lock DURATION "
+                      "(e.g. --retry-lock 30m); if that process is gone, run `fsbackup unlock`")
+    return Locked(f"repository is still locked by {holder.describe()} after waiting {duration_text(waited)}; "
+                  "to wait longer, use --retry-lock DURATION (e.g. --retry-lock 2h); if that process is gone, "
+                  "run `fsbackup unlock`")
+
+
+# Waiting: the clock, the sleep and the jitter, replaceable by tests.
+_clock: Callable[[], float] = time.monotonic
+_sleep: Callable[[float], None] = time.sleep
+_rng = random.Random()
+
+Waiting = Callable[[LockInfo, float], None]
+"""Told once, when a command starts to wait: the lock it waits for and for how long at most."""
+
+
+class _Wait:
+    """The wait of one lock taker: until `deadline` (by `_clock`), looking again after a backoff."""
+
+    def __init__(self, bound: float, waiting: Waiting | None):
+        self.bound = bound
+        self.started = _clock()
+        self.waiting = waiting
+        self.poll = FIRST_POLL
+
+    def until_free(self, repo, mode: str, own: str | None = None) -> None:
+        """Return once no live lock conflicts with `mode`; raise Locked when the bound has passed."""
+        while True:
+            holder = find_conflict(repo, mode, own)
+            if holder is None:
+                return
+            self.after(holder)
+
+    def after(self, holder: LockInfo) -> None:
+        """`holder` stands in the way: sleep a backoff, or raise Locked once the bound has passed."""
+        remaining = self.started + self.bound - _clock()
+        if remaining <= 0:
+            raise _locked(holder, None if self.bound <= 0 else _clock() - self.started)
+        if self.waiting is not None:
+            self.waiting(holder, self.bound)
+            self.waiting = None
+        _sleep(min(remaining, self.poll * _rng.uniform(0.5, 1.0)))
+        self.poll = min(MAX_POLL, 2 * self.poll)
 
 
 def _no_room_for_lock(command: str, error: NoSpace) -> NoSpace:
@@ -177,22 +300,24 @@ def _no_room_for_lock(command: str, error: NoSpace) -> NoSpace:
 
 
 @contextmanager
-def no_lock_written(repo) -> Iterator[None]:
-    """For `--no-lock` (forget and prune on a full repository disk): write no lock, but fail as an
-    exclusive lock would when a live lock shows another command at work. Nothing keeps another
-    command from starting meanwhile: the user vouches that none will."""
-    fail_on_conflict(repo, exclusive=True)
+def no_lock_written(repo, wait: float = 0.0, waiting: Waiting | None = None) -> Iterator[None]:
+    """For `--no-lock` (forget and prune on a full repository disk): write no lock, but wait (up
+    to `wait` seconds) and fail as an exclusive lock would while a live lock shows another command
+    at work. Nothing keeps another command from starting meanwhile: the user vouches that none will."""
+    _Wait(wait, waiting).until_free(repo, "exclusive")
     yield
 
 
 class Lock:
     """One lock on `repo`, held between acquire() and release() (or as a context manager)."""
 
-    def __init__(self, repo, exclusive: bool, command: str):
+    def __init__(self, repo, mode: str, command: str):
+        if mode not in LOCK_MODES[1:]:
+            raise ValueError(f"no lock mode {mode!r}")
         self.repo = repo
         now = time.time_ns()
-        self.info = LockInfo(secrets.token_hex(32), socket.gethostname(), os.getpid(), command, exclusive, now, now,
-                             started=_process_start(os.getpid()))
+        self.info = LockInfo(secrets.token_hex(32), socket.gethostname(), os.getpid(), command, mode != "shared",
+                             now, now, started=_process_start(os.getpid()), mode=mode)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # The time in the lock last stored: wall clock, as others judge staleness by it (and a
@@ -203,29 +328,40 @@ class Lock:
     def name(self) -> str:
         return self.info.name
 
-    def acquire(self) -> "Lock":
+    @property
+    def mode(self) -> str:
+        return self.info.mode
+
+    def acquire(self, wait: float = 0.0, waiting: Waiting | None = None) -> "Lock":
+        """Take the lock, waiting up to `wait` seconds while live locks conflict (`waiting` is
+        told when the wait begins); errors.Locked, naming a holder, when it could not be had."""
         for name in list(_undeleted):
             try:
                 self.repo.delete_lock(name)
                 _undeleted.discard(name)
             except FsbackupError:
                 pass
-        self._fail_on_conflict()
-        try:
-            self._write()
-        except NoSpace as e:
-            raise _no_room_for_lock(self.info.command, e) from None
-        try:
-            self._fail_on_conflict()     # another process may have written its lock since we looked
-        except BaseException:
+        patience = _Wait(wait, waiting)
+        while True:
+            patience.until_free(self.repo, self.mode, own=self.name)
+            try:
+                self._write()
+            except NoSpace as e:
+                raise _no_room_for_lock(self.info.command, e) from None
+            try:
+                rival = find_conflict(self.repo, self.mode, own=self.name)
+            except BaseException:
+                self.repo.delete_lock(self.name)
+                raise
+            if rival is None:
+                break
+            # Another process wrote its lock since we looked: ours goes, and the wait goes on
+            # (with a random backoff, so that two racers do not meet again).
             self.repo.delete_lock(self.name)
-            raise
+            patience.after(rival)
         self._thread = threading.Thread(target=self._keep_fresh, name="fsbackup-lock", daemon=True)
         self._thread.start()
         return self
-
-    def _fail_on_conflict(self) -> None:
-        fail_on_conflict(self.repo, self.info.exclusive, own=self.name)
 
     def _write(self) -> None:
         self.info.time_ns = time.time_ns()
@@ -270,32 +406,32 @@ class Lock:
 
 
 @contextmanager
-def repository_lock(repo, exclusive: bool, command: str) -> Iterator[Lock]:
-    """Hold a lock on `repo` for the `with` block: exclusive (nothing else locked at the same
-    time) or shared (only other shared locks). Raises errors.Locked at once on a conflict."""
-    with Lock(repo, exclusive, command) as lock:
+def repository_lock(repo, mode: str, command: str, wait: float = 0.0,
+                    waiting: Waiting | None = None) -> Iterator[Lock]:
+    """Hold a lock of `mode` ("shared", "append" or "exclusive": the module's docstring) on `repo`
+    for the `with` block, waiting up to `wait` seconds for conflicting locks to go (`Lock.acquire`)."""
+    lock = Lock(repo, mode, command).acquire(wait, waiting)
+    try:
         yield lock
-
-
-# The lock a command holds, by mode name (the command line chooses one where a command opens the
-# repository: cli/repo.py `opened`).
-LOCK_MODES = ("none", "shared", "append", "exclusive")
+    finally:
+        lock.release()
 
 
 @contextmanager
-def hold_lock(repo, mode: str, command: str, no_lock: bool = False) -> Iterator[Lock | None]:
+def hold_lock(repo, mode: str, command: str, no_lock: bool = False, wait: float = 0.0,
+              waiting: Waiting | None = None) -> Iterator[Lock | None]:
     """Hold the lock of `mode` on `repo` for the `with` block, released however it ends; yields
-    the Lock (None when none is written).
+    the Lock (None when none is written). Conflicting locks are waited for up to `wait` seconds
+    (the command line's --retry-lock and --no-wait), `waiting` told when a wait begins.
 
       none       readers (restore, mount, ls, versions): objects they use are deleted only under
                  an exclusive lock, and a backup adds its version last.
-      shared     check: keeps exclusive lock holders (deleters) away, not other readers.
-      append     backup: adds objects it records later. For now an exclusive lock, as backup
-                 always held; a later change makes it one shared by appenders only.
+      shared     check: keeps exclusive lock holders (deleters) and appenders away, not other checks.
+      append     backup: adds objects it records later; shared by any number of appenders.
       exclusive  forget, prune, repairs, backup's retention step: they delete objects.
 
     `no_lock` (--no-lock of forget and prune, for a full repository disk) writes no lock in place
-    of an exclusive one, and only fails when a live lock shows another command at work."""
+    of an exclusive one, and only waits or fails while a live lock shows another command at work."""
     if mode not in LOCK_MODES:
         raise ValueError(f"no lock mode {mode!r}")
     if mode == "none":
@@ -303,8 +439,8 @@ def hold_lock(repo, mode: str, command: str, no_lock: bool = False) -> Iterator[
     elif no_lock:
         if mode != "exclusive":
             raise ValueError("only an exclusive lock can be left unwritten (--no-lock)")
-        with no_lock_written(repo):
+        with no_lock_written(repo, wait, waiting):
             yield None
     else:
-        with repository_lock(repo, exclusive=mode != "shared", command=command) as lock:
+        with repository_lock(repo, mode, command, wait, waiting) as lock:
             yield lock

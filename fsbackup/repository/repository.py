@@ -69,7 +69,7 @@ from ..errors import (
     UsageError,
     WrongPassphrase,
 )
-from .locks import PARTIAL_UPLOAD_AGE
+from .locks import leftover_age
 
 T = TypeVar("T")
 
@@ -130,6 +130,30 @@ def list_objects(backend: Backend, kind: Kind, strays: list[str] | None = None) 
             found = None
         if found is kind:
             objects[object_id] = size
+        elif strays is not None:
+            strays.append(name)
+    return objects
+
+
+class StoredObject(NamedTuple):
+    """An object as the storage lists it (`Backend.list_modified`)."""
+    size: int
+    modified: float          # when it was written, in seconds since the epoch (the storage's clock)
+
+    def older_than(self, seconds: float) -> bool:
+        return time.time() - self.modified >= seconds
+
+
+def list_stored(backend: Backend, kind: Kind, strays: list[str] | None = None) -> dict[str, StoredObject]:
+    """`list_objects` with each object's modification time."""
+    objects = {}
+    for name, size, modified in backend.list_modified(kind.folder):
+        try:
+            found, object_id = parse_object_name(name)
+        except ValueError:
+            found = None
+        if found is kind:
+            objects[object_id] = StoredObject(size, modified)
         elif strays is not None:
             strays.append(name)
     return objects
@@ -330,6 +354,10 @@ class Repository:
         Whole or raising, as every listing (`Backend.list`)."""
         return list_objects(self.backend, kind)
 
+    def list_stored(self, kind: Kind) -> dict[str, StoredObject]:
+        """{id: (size, when written)} of the stored objects of `kind` (`list_objects`)."""
+        return list_stored(self.backend, kind)
+
     def stored_bytes(self) -> int:
         """Bytes of every object on the storage, fsbackup's or not (for summaries and tests)."""
         return sum(size for _, size in self.backend.list(""))
@@ -347,9 +375,9 @@ class Repository:
 
     def remove_partial_uploads(self) -> tuple[int, int]:
         """Remove what puts of killed runs left unseen on the storage, once older than
-        `locks.PARTIAL_UPLOAD_AGE` (why that age: locks.py); (how many, bytes). Under an
+        `locks.leftover_age()` (why that age: locks.py); (how many, bytes). Under an
         exclusive lock."""
-        return self.backend.remove_partial_uploads(PARTIAL_UPLOAD_AGE)
+        return self.backend.remove_partial_uploads(leftover_age())
 
     # ---- the local index ----------------------------------------------------------------
 
@@ -387,8 +415,11 @@ class Repository:
         # meanwhile is then neither taken for vanished nor recorded twice.
         known_volumes = catalog_blocks.volume_names(catalog)
         local_versions = catalog_versions.version_names(catalog)
-        remote_indexes = set(self.list_objects(Kind.INDEX))
+        # Versions are listed before index objects: a version is stored after every index object
+        # it needs, so each version listed has its volumes in the index listing that follows,
+        # even when another machine's backup stores both between the two listings.
         remote_versions = set(self.list_objects(Kind.VERSION))
+        remote_indexes = set(self.list_objects(Kind.INDEX))
         vanished_volumes = known_volumes - remote_indexes
         not_to_record = self.follow_remote_versions(local_versions, remote_versions)
         # New volumes first: blocks another machine's prune moved into them are then recorded there
@@ -565,45 +596,62 @@ class Repository:
         except (CorruptObject, NoSuchObject) as e:
             return e
 
+    def forget_lost_volumes(self) -> list[str]:
+        """Forget the volumes the local index records but the storage no longer lists (removed
+        elsewhere, or lost), so that no new version refers to their blocks; say what was done.
+        Changes nothing stored: a backup calls it under its shared (append) lock, after the sync."""
+        strays: list[str] = []
+        volumes = list_objects(self.backend, Kind.VOLUME, strays)
+        notes = [f"{obj} is not an fsbackup object; left alone" for obj in strays]
+        known = catalog_blocks.volume_names(self.catalog)
+        gone = known - set(volumes)
+        self.refuse_surprising_loss("volumes (data/)", known, gone)
+        self.forget_vanished_volumes(gone)
+        if gone:
+            notes.append(f"the local index listed {len(gone)} volume(s) the repository no longer holds; "
+                         "forgotten (their blocks will be stored again when needed)")
+        return notes
+
+    def forgotten_but_listed(self) -> list[str]:
+        """The version objects still listed though recorded as forgotten (a forget stopped between
+        its two steps, or an older copy put back): every reader ignores them, and prune and repair
+        delete them (under the exclusive lock)."""
+        listed = set(self.list_objects(Kind.VERSION))
+        return sorted(listed & self.forgotten_names(listed))
+
     def settle_leftovers(self) -> list[str]:
-        """Bring the remote and the local index to agree after a run that stopped midway, and say
-        what was done (one note per object). Call with the index ensured and under an exclusive
-        lock (`locks.repository_lock`), so no other run is writing objects it has not recorded yet.
+        """Bring the remote and the local index to agree after runs that stopped midway, and say
+        what was done (one note per object). Repair calls it under the exclusive lock, before it
+        rebuilds the local index. Backups share their lock, so a running backup's uploads look
+        exactly like a stopped one's leftovers: objects are judged only once older than
+        `locks.leftover_age()` (why: locks.py), younger ones are left for a later run.
 
         - a volume without its index object (a run stopped between the two uploads) is adopted:
           its own table gives the index object back, and its blocks serve later backups; one
           whose table does not read is deleted (no version can use it: versions are written last);
         - an index object whose volume is missing is deleted (its blocks are unavailable anyway);
-        - the temporaries of puts a killed run never finished are removed once old enough
-          (`locks.PARTIAL_UPLOAD_AGE`);
-        - volumes the local index records but the remote lacks (removed elsewhere, or lost) are
-          forgotten (`forget_vanished_volumes`), so that no new version refers to their blocks.
+        - a version object recorded as forgotten is deleted (`forgotten_but_listed`);
+        - the temporaries of puts a killed run never finished are removed;
         """
-        notes = []
+        age = leftover_age()
         strays: list[str] = []
-        volumes = list_objects(self.backend, Kind.VOLUME, strays)
-        notes += [f"{obj} is not an fsbackup object; left alone" for obj in strays]
-        index_objs = set(self.list_objects(Kind.INDEX))
-        known = catalog_blocks.volume_names(self.catalog)
-        gone = known - set(volumes)
-        self.refuse_surprising_loss("volumes (data/)", known, gone)
-        for name in sorted(set(volumes) - index_objs):
-            notes.append(self._adopt_volume(name, volumes[name]))
-        for name in sorted(index_objs - set(volumes)):
-            self.delete_object(Kind.INDEX, name)
-            notes.append(f"removed {index_object(name)}: its volume is missing")
-        listed = set(self.list_objects(Kind.VERSION))
-        for name in sorted(listed & self.forgotten_names(listed)):
-            self.delete_object(Kind.VERSION, name)     # a forget stopped between its two steps
+        volumes = list_stored(self.backend, Kind.VOLUME, strays)
+        notes = [f"{obj} is not an fsbackup object; left alone" for obj in strays]
+        index_objs = self.list_stored(Kind.INDEX)
+        for name in sorted(set(volumes) - set(index_objs)):
+            if volumes[name].older_than(age):
+                notes.append(self._adopt_volume(name, volumes[name].size))
+        for name in sorted(set(index_objs) - set(volumes)):
+            if index_objs[name].older_than(age):
+                self.delete_object(Kind.INDEX, name)
+                notes.append(f"removed {index_object(name)}: its volume is missing")
+        for name in self.forgotten_but_listed():
+            self.delete_object(Kind.VERSION, name)
             notes.append(f"removed {version_object(name)}: it was forgotten (by a forget that stopped midway, "
                          "or put back since)")
         removed, size = self.remove_partial_uploads()
         if removed:
             notes.append(f"removed {removed} partial upload(s) of runs that stopped midway ({size} bytes)")
-        self.forget_vanished_volumes(gone)
-        if gone:
-            notes.append(f"the local index listed {len(gone)} volume(s) the repository no longer holds; "
-                         "forgotten (their blocks will be stored again when needed)")
         return notes
 
     def forget_vanished_volumes(self, names: set[str]) -> None:

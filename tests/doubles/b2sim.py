@@ -8,6 +8,7 @@ configuration (`B2Backend(url, api_config)`).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from b2sdk.v2 import B2HttpApiConfig, RawSimulator
@@ -36,17 +37,37 @@ class SimulatedB2:
         return {ENV_KEY_ID: self.key_id, ENV_KEY: self.key}
 
     def create_bucket(self, name: str) -> None:
-        """Create a private bucket (no error if it exists)."""
+        """Create a private bucket (no error if it exists), whose uploads carry the time they were
+        made, as on B2 (the simulator's own upload times count milliseconds from 5000 on)."""
         api = new_api(self.api_config())
         api.authorize_account(REALM, self.key_id, self.key)
         try:
             api.create_bucket(name, "allPrivate")
         except DuplicateBucketName:
             pass
+        bucket = self.raw.bucket_name_to_bucket[name]
+        if not isinstance(bucket.upload_timestamp_counter, _WallClock):
+            bucket.upload_timestamp_counter = _WallClock()
 
     def backend(self, url: str) -> B2Backend:
         """A B2Backend for `url` on this simulated B2 (credentials from the environment, as always)."""
         return B2Backend(url, api_config=self.api_config())
+
+
+class _WallClock:
+    """Upload times in milliseconds since the epoch, each later than the one before."""
+
+    def __init__(self):
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> int:
+        with self._lock:
+            self._last = max(self._last + 1, int(time.time() * 1000))
+            return self._last
 
 
 _simulated: SimulatedB2 | None = None     # made once per process, kept across use/stop

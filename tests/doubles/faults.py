@@ -160,6 +160,10 @@ class FaultyBackend(WrappingBackend):
         self._enter("list", prefix)
         yield from self.inner.list(prefix)
 
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        self._enter("list", prefix)            # (a listing, as far as faults go)
+        yield from self.inner.list_modified(prefix)
+
     def delete(self, name: str) -> None:
         self._enter("delete", name)
         self.inner.delete(name)

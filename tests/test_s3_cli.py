@@ -2,6 +2,7 @@
 every command a user runs, the S3 options, the errors a user meets, and a real FUSE mount."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -51,9 +52,14 @@ def test_backup_restore_check_and_prune_through_s3(s3_env, tmp_path, monkeypatch
     env.ok(*opts, "restore", "latest", "--target", tmp_path / "out")
     assert snapshot(restored_root(tmp_path / "out", source)) == snapshot(source)
     env.ok(*opts, "check", "--read-data")
-    before = len(env.bucket.keys())
-    env.ok(*opts, "forget", "--keep-last", "1", "--prune", "--max-unused", "0")
-    assert len(env.bucket.keys()) < before   # the first version's data is gone from the bucket
+    env.ok(*opts, "forget", "--keep-last", "1")
+    # Prune leaves unused volumes younger than the leftover age (half an hour), by their S3
+    # LastModified, and deletes them once they are older (here: at once).
+    assert json.loads(env.ok(*opts, "--json", "prune", "--max-unused", "0").out)["too_young"] > 0
+    before = env.bucket.keys()
+    r = env.ok(*opts, "--json", "prune", "--max-unused", "0", FSBACKUP_LEFTOVER_AGE_FOR_TESTS="0")
+    assert json.loads(r.out)["too_young"] == 0
+    assert len(env.bucket.keys()) < len(before)   # the first version's data is gone from the bucket
     env.ok(*opts, "check", "--read-data")
     env.ok(*opts, "restore", "latest", "--target", tmp_path / "again")
     assert snapshot(restored_root(tmp_path / "again", source)) == snapshot(source)

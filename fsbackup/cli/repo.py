@@ -84,25 +84,33 @@ def repo_url(args) -> str:
 
 def open_storage(args):
     """The storage for --repo, with --connections applied when given."""
-    url = repo_url(args)
-    if url.startswith("s3://"):
-        use_s3_options(args)
-    return repository.open_storage(url, args.connections)
+    with _s3_settings(args):
+        return repository.open_storage(repo_url(args), args.connections)
 
 
-# The S3 options and the variables they override, which the S3 backend reads (backends/s3.py;
-# the command line hands them over so, as it reaches the storage only through the repository).
+# The S3 options and the variables they stand for, which the s3:// backend reads (backends/s3.py;
+# named here, as the command line reaches storage only through the repository layer).
 S3_OPTION_VARIABLES = {"s3_endpoint": "FSBACKUP_S3_ENDPOINT", "s3_region": "FSBACKUP_S3_REGION",
                        "s3_path_style": "FSBACKUP_S3_PATH_STYLE"}
 
 
-def use_s3_options(args) -> None:
-    """Set the variable of each S3 option given, so that the option overrides it, and a process
-    this one starts or forks (the mount's --daemon) reaches the same store."""
-    for option, var in S3_OPTION_VARIABLES.items():
-        value = getattr(args, option, None)
-        if value:
-            os.environ[var] = "1" if value is True else value
+@contextmanager
+def _s3_settings(args) -> Iterator[None]:
+    """--s3-endpoint, --s3-region and --s3-path-style, handed to the s3:// backend as the variables
+    they stand for while it opens (it reads them once, and keeps them for the client a forked
+    child makes)."""
+    given = {var: "1" if value is True else value for option, var in S3_OPTION_VARIABLES.items()
+             if (value := getattr(args, option, None))}
+    saved = {var: os.environ.get(var) for var in given}
+    os.environ.update(given)
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 def open_repo(args, out: Output, sync_catalog: bool = True) -> Repository:

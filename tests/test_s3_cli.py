@@ -44,11 +44,14 @@ def test_backup_restore_check_and_prune_through_s3(s3_env, tmp_path, monkeypatch
     env.ok(*opts, "init")
     assert "repo/config" in env.bucket.keys()
     env.ok(*opts, "backup", source, "--volume-size", "1M")
+    write(source / "gone.bin", pseudo_random(3 << 20, 8))    # in volumes of its own, unused once forgotten
+    env.ok(*opts, "backup", source, "--volume-size", "1M")
+    (source / "gone.bin").unlink()
     write(source / "new.bin", pseudo_random(2 << 20, 9))
     (source / "random.bin").unlink()
     (source / "hardlink-to-random").unlink()
     env.ok("backup", source, "--volume-size", "1M", *opts, "--connections", "3")  # options after the command too
-    assert seen == [8, 3]                    # S3's default, then --connections
+    assert seen == [8, 8, 3]                 # S3's default, then --connections
     env.ok(*opts, "restore", "latest", "--target", tmp_path / "out")
     assert snapshot(restored_root(tmp_path / "out", source)) == snapshot(source)
     env.ok(*opts, "check", "--read-data")
@@ -59,7 +62,7 @@ def test_backup_restore_check_and_prune_through_s3(s3_env, tmp_path, monkeypatch
     before = env.bucket.keys()
     r = env.ok(*opts, "--json", "prune", "--max-unused", "0", FSBACKUP_LEFTOVER_AGE_FOR_TESTS="0")
     assert json.loads(r.out)["too_young"] == 0
-    assert len(env.bucket.keys()) < len(before)   # the first version's data is gone from the bucket
+    assert len(env.bucket.keys()) < len(before)   # the forgotten versions' data is gone from the bucket
     env.ok(*opts, "check", "--read-data")
     env.ok(*opts, "restore", "latest", "--target", tmp_path / "again")
     assert snapshot(restored_root(tmp_path / "again", source)) == snapshot(source)

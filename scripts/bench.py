@@ -35,9 +35,15 @@ higher is better, above 1x does.
 tree of its own) into one repository per tool, all at once and then one after another, fsbackup
 and restic (borg's exclusive lock makes its machines queue).
 
+--backend s3 instead starts a local S3 server (moto's server mode, a test dependency) and puts
+fsbackup's and restic's repositories in fresh buckets on it each run: the first backup's MB/s
+(--size-mb of data plus the --big-file-mb file), the restore's, and a cold `cat` of the big file
+through a fresh mount of each.
+
 Tools are interleaved run by run (fsbackup, restic, borg, floor, fsbackup, ...) so that a slow
 phase of the machine does not land on one tool only. Everything happens below one
-temporary directory that is removed at the end. Only the standard library is used.
+temporary directory that is removed at the end. Only the standard library is used (and boto3,
+fsbackup's own dependency, for --backend s3).
 """
 from __future__ import annotations
 
@@ -51,12 +57,14 @@ import random
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -1544,10 +1552,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     which.add_argument("--fleet", action="store_true",
                        help=f"instead: {FLEET_MACHINES} machines with overlapping trees (--size-mb each) backed "
                             "up into one repository at once and one after another, fsbackup against restic")
-    parser.add_argument("--backend", choices=["local", "sftp"], default="local",
-                        help="sftp: instead, fsbackup and restic with their repositories on a throwaway OpenSSH "
-                             "server on this machine (scripts/sshserver.py; root): first backup, restore and "
-                             "cold cat of the --big-file-mb file through the mount, MB/s")
+    parser.add_argument("--backend", choices=["local", "sftp", "s3"], default="local",
+                        help="instead: fsbackup and restic with their repositories on a throwaway OpenSSH server "
+                             "(sftp; scripts/sshserver.py; root) or a local S3 server (s3; moto): first backup, "
+                             "restore and cold cat of the --big-file-mb file through the mount, MB/s")
     parser.add_argument("--bandwidth-mbps", type=float, default=0.0, metavar="MB/S",
                         help="with --latency-ms: the link's bandwidth (default unlimited)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -1879,20 +1887,126 @@ def sftp_scenario(args: argparse.Namespace) -> dict:
 def sftp_cold_cat(tool: str, env: dict[str, str], cli: list[str], sandbox: Path, big: Path) -> float:
     """Seconds to `cat` the big file through a fresh mount of the tool's newest version, with an
     empty cache and (as root) the page cache dropped."""
-    mountpoint = _fresh(sandbox / "mnt")
+    mountpoint = sandbox / "mnt"
     extra = ["--cache-dir", str(sandbox / "mount-cache")] if tool == "fsbackup" else []
-    proc = subprocess.Popen([*cli, "mount", *extra, str(mountpoint)], env={**os.environ, **env},
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     latest = mountpoint / ("latest" if tool == "fsbackup" else "snapshots/latest")
+    return cold_cat([*cli, "mount", *extra, str(mountpoint)], {**os.environ, **env}, mountpoint,
+                    lambda: latest / str(big).lstrip("/"), sandbox / "logs", f"{tool} cat")
+
+
+# --------------------------------------------------------------------------------------
+# --backend s3: fsbackup and restic on one local S3 server
+# --------------------------------------------------------------------------------------
+
+S3_KEY, S3_SECRET = "bench-key", "bench-secret"   # moto accepts any credentials
+
+
+class S3Server:
+    """moto's S3 server (`python -m moto.server`, a test dependency) on a free loopback port, in a
+    process of its own; `stop` ends it."""
+
+    def __init__(self, log_path: Path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise StepFailed(f"the S3 server did not start (is moto[server] installed?): "
+                                     f"{last_line(log_path) or 'no output'}") from None
+                time.sleep(0.1)
+
+    def create_bucket(self, name: str) -> None:
+        import boto3
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id=S3_KEY,
+                     aws_secret_access_key=S3_SECRET).create_bucket(Bucket=name)
+
+    def reset(self) -> None:
+        """Forget every bucket: moto keeps objects in memory."""
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", data=b"", method="POST")
+        urllib.request.urlopen(request, timeout=60).close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class S3Tool(NamedTuple):
+    """How one tool uses a repository in an S3 bucket: its variables, and its commands."""
+    name: str
+    env: Callable[[str, str, Path], dict[str, str]]                 # endpoint, bucket, work folder
+    init: list[str]
+    backup: Callable[[Path], list[str]]                              # source
+    restore: Callable[[Path], list[str]]                             # target
+    mount: Callable[[Path, Path], list[str]]                         # mountpoint, cache folder
+    latest: Callable[[Path], Path]                                   # the newest version in a mount
+
+
+def s3_tools() -> list[S3Tool]:
+    aws = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    tools = [S3Tool(
+        "fsbackup",
+        lambda endpoint, bucket, work: {**aws, "FSBACKUP_REPOSITORY": f"s3://{bucket}/repo",
+                                        "FSBACKUP_S3_ENDPOINT": endpoint, "FSBACKUP_S3_PATH_STYLE": "1",
+                                        "FSBACKUP_PASSWORD": PASSWORD, "XDG_CACHE_HOME": str(work / "cache")},
+        ["fsbackup", "-q", "init"],
+        lambda source: ["fsbackup", "-q", "backup", str(source)],
+        lambda target: ["fsbackup", "-q", "restore", "latest", "--target", str(target)],
+        lambda mnt, cache: ["fsbackup", "mount", "--cache-dir", str(cache), str(mnt)],
+        lambda mnt: mnt / "latest")]
+    if shutil.which("restic"):
+        tools.append(S3Tool(
+            "restic",
+            lambda endpoint, bucket, work: {**aws, "RESTIC_REPOSITORY": f"s3:{endpoint}/{bucket}/repo",
+                                            "RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "cache")},
+            ["restic", "init", "-o", "s3.bucket-lookup=path"],
+            lambda source: ["restic", "backup", "--quiet", "-o", "s3.bucket-lookup=path", str(source)],
+            lambda target: ["restic", "restore", "latest", "-o", "s3.bucket-lookup=path", "--target", str(target)],
+            lambda mnt, cache: ["restic", "mount", "-o", "s3.bucket-lookup=path", str(mnt)],
+            lambda mnt: mnt / "snapshots" / "latest"))
+    return tools
+
+
+def timed(argv: list[str], env: dict[str, str], step: str) -> float:
+    start = time.perf_counter()
+    p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise StepFailed(f"{step}: exit status {p.returncode}: {(p.stderr or p.stdout).strip()[-300:]}")
+    return time.perf_counter() - start
+
+
+def cold_cat(mount: list[str], env: dict[str, str], mountpoint: Path, inside: Callable[[], Path], logs: Path,
+             step: str) -> float:
+    """Seconds to `cat` a file (`inside()`, once mounted) through a fresh mount (`mount`, which
+    serves in the foreground at `mountpoint`) with the page cache dropped; unmounts it after."""
+    mountpoint.mkdir(parents=True)
+    proc = subprocess.Popen(mount, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + MOUNT_READY_TIMEOUT
-        while not (is_mounted(mountpoint) and latest.exists()):
+        while not (is_mounted(mountpoint) and inside().exists()):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise StepFailed(f"{tool} mount over sftp did not come up")
+                raise StepFailed(f"{step}: the mount did not come up")
             time.sleep(POLL_SECONDS)
+        path = inside()
         drop_page_cache()
-        return run_client(["cat", str(latest / str(big).lstrip("/"))], sandbox / "logs", f"{tool} cat")
+        return run_client(["cat", str(path)], logs, step)
     finally:
         unmount(mountpoint)
         try:
@@ -1934,12 +2048,90 @@ def run_mode(scenario: Callable[[argparse.Namespace], dict], printer: Callable[[
     return 0
 
 
+def s3_scenario(args: argparse.Namespace) -> dict:
+    """fsbackup and restic against one local S3 server (moto), interleaved run by run, each run
+    in fresh buckets: the first backup's MB/s (the dataset plus the big file), the restore's MB/s,
+    and the cold `cat` MB/s of the big file through a fresh mount; medians."""
+    if reason := mount_unavailable():
+        raise StepFailed(f"the s3 scenario needs a mount: {reason}")
+    work = Path(os.path.realpath(tempfile.mkdtemp(prefix="fsbackup-bench-s3-")))
+    server = None
+    try:
+        source = work / "source"
+        log(f"bench: generating {args.size_mb} MiB of data and the {args.big_file_mb} MiB file ...")
+        source.mkdir()
+        generate_dataset(source / "tree", args.size_mb, args.seed)
+        big = source / "big.img"
+        _write_large_file(big, args.big_file_mb * MIB, random.Random(args.seed + 2), [])
+        files, size = tree_totals(source)
+        time.sleep(SETTLE_SECONDS)
+        server = S3Server(work / "s3-server.log")
+        log(f"bench: S3 server (moto) at {server.endpoint}")
+        tools = s3_tools()
+        if len(tools) == 1:
+            log("bench: restic is not installed: fsbackup alone")
+        samples: dict[str, dict[str, list[float]]] = {
+            t.name: {"backup_mbps": [], "restore_mbps": [], "cold_cat_mbps": []} for t in tools}
+        for n in range(args.runs):
+            for tool in tools:
+                log(f"bench: s3 run {n + 1}/{args.runs}: {tool.name} ...")
+                run_dir = work / f"{tool.name}-{n}"
+                bucket = f"bench-{tool.name}-{n}"
+                server.create_bucket(bucket)
+                env = {**os.environ, **tool.env(server.endpoint, bucket, run_dir)}
+                timed(tool.init, env, f"{tool.name} init")
+                warm_dataset(source)
+                per = samples[tool.name]
+                per["backup_mbps"].append(size / timed(tool.backup(source), env, f"{tool.name} backup") / MB)
+                drop_page_cache()
+                target = run_dir / "restore"
+                target.mkdir()
+                per["restore_mbps"].append(size / timed(tool.restore(target), env, f"{tool.name} restore") / MB)
+                remove_tree(target)
+                mountpoint = run_dir / "mnt"
+                seconds = cold_cat(tool.mount(mountpoint, run_dir / "mount-cache"), env, mountpoint,
+                                   lambda: tool.latest(mountpoint) / str(big).lstrip("/"), run_dir / "logs",
+                                   f"{tool.name} cat")
+                per["cold_cat_mbps"].append(big.stat().st_size / seconds / MB)
+                remove_tree(run_dir)
+            server.reset()
+        medians = {name: {key: statistics.median(values) for key, values in per.items()}
+                   for name, per in samples.items()}
+        return {"files": files, "bytes": size, "big_file_bytes": big.stat().st_size, "runs": args.runs,
+                "page_cache_dropped": bool(_page_cache_droppable), "tools": medians, "samples": samples}
+    finally:
+        unmount_all_under(work)
+        if server is not None:
+            server.stop()
+        remove_tree(work)
+
+
+def print_s3(data: dict) -> None:
+    print(f"S3 (a local moto server): {data['files']:,} files, {data['bytes'] / MIB:.0f} MiB, of which a "
+          f"{data['big_file_bytes'] / MIB:.0f} MiB file; fresh buckets each run; medians of {data['runs']} runs"
+          + ("" if data["page_cache_dropped"] else " (page cache not dropped)"))
+    tools = data["tools"]
+    rows = [("first backup (MB/s)", "backup_mbps"), ("restore (MB/s)", "restore_mbps"),
+            ("mount, cold cat of the big file (MB/s)", "cold_cat_mbps")]
+    print(f"{'':40} " + " ".join(f"{name:>10}" for name in tools)
+          + (f" {'fsbackup/restic':>16}" if "restic" in tools else ""))
+    for label, key in rows:
+        line = f"{label:40} " + " ".join(f"{m[key]:10.1f}" for m in tools.values())
+        if "restic" in tools:
+            line += f" {tools['fsbackup'][key] / tools['restic'][key]:15.2f}x"
+        print(line)
+    if "restic" in tools:
+        print("(ratios above 1x: fsbackup is faster)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.backend == "sftp":
         return run_mode(sftp_scenario, print_sftp, args)
     if args.latency_ms is not None:
         return run_mode(remote_like_scenario, print_remote_like, args)
+    if args.backend == "s3":
+        return run_mode(s3_scenario, print_s3, args)
     if args.fleet:
         return run_mode(fleet_scenario, print_fleet, args)
     if args.no_mount:

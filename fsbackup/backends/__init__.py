@@ -211,7 +211,7 @@ def _plain_backend(url: str) -> Backend:
     opener = _OPENERS.get(scheme if separator else "file")
     if opener is None:
         raise RepositoryNotFound(f"unknown repository URL scheme '{scheme}://' "
-                                 f"(use a directory path, b2://BUCKET/PREFIX or sftp://USER@HOST/PATH)")
+                                 f"(use a directory path, b2://BUCKET/PREFIX, s3://BUCKET/PREFIX or sftp://USER@HOST/PATH)")
     return opener(url)
 
 
@@ -230,6 +230,12 @@ def _open_sftp(url: str) -> Backend:
     return open_sftp(url)
 
 
+def _open_s3(url: str) -> Backend:
+    from .s3 import open_s3  # (boto3 is imported only for s3:// repositories)
+    return open_s3(url)
+
+
 register_scheme("file", _open_local)
 register_scheme("b2", _open_b2)
 register_scheme("sftp", _open_sftp)
+register_scheme("s3", _open_s3)

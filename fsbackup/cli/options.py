@@ -204,11 +204,11 @@ def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     g = parser.add_argument_group("global options")
     g.add_argument("--repo", metavar="URL", default=d(None),
-                   help="repository: a directory path, b2://BUCKET/PREFIX or sftp://USER@HOST[:PORT]/PATH "
-                        "(default: $FSBACKUP_REPOSITORY)")
+                   help="repository: a directory path, b2://BUCKET/PREFIX, s3://BUCKET/PREFIX or "
+                        "sftp://USER@HOST[:PORT]/PATH (default: $FSBACKUP_REPOSITORY)")
     g.add_argument("--password-file", metavar="FILE", default=d(None), help="read the passphrase from FILE")
     g.add_argument("--connections", metavar="N", type=positive_int, default=d(None),
-                   help="concurrent uploads/downloads to the repository (default: 2 local, 4 B2 and SFTP)")
+                   help="concurrent uploads/downloads to the repository (default: 2 local, 4 B2 and SFTP, 8 S3)")
     sftp_options(g, d)
     g.add_argument("--limit-upload", metavar="KIB", type=kib_per_second, default=d(0),
                    help="upload at most KIB KiB/s, over all connections (default 0: no limit)")
@@ -227,6 +227,21 @@ def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--accept-missing", action="store_true", default=d(False),
                    help="accept that more than half of the versions or volumes this machine's index knows are "
                         "gone from the repository (refused otherwise: check the repository's folders first)")
+    s3_options(parser, d)
+
+
+def s3_options(parser: argparse.ArgumentParser, d: Callable) -> None:
+    """Where an s3:// repository's store is (cli/repo.py hands them to the S3 backend; docs/s3.md)."""
+    g = parser.add_argument_group("S3 options (s3:// repositories)")
+    g.add_argument("--s3-endpoint", metavar="URL", default=d(None),
+                   help="the S3-compatible store's endpoint, e.g. https://s3.eu-central-003.backblazeb2.com "
+                        "(default: $FSBACKUP_S3_ENDPOINT, else AWS)")
+    g.add_argument("--s3-region", metavar="REGION", default=d(None),
+                   help="the bucket's region (default: $FSBACKUP_S3_REGION, $AWS_REGION, $AWS_DEFAULT_REGION "
+                        "or the AWS profile's)")
+    g.add_argument("--s3-path-style", action="store_true", default=d(False),
+                   help="address buckets by path (http://HOST/BUCKET), as MinIO and many other stores need "
+                        "(default: $FSBACKUP_S3_PATH_STYLE)")
 
 
 def sftp_options(g, d: Callable) -> None:

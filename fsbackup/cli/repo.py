@@ -105,17 +105,25 @@ def repo_url(args) -> str:
 def open_storage(args):
     """The storage for --repo, with --connections applied when given, and the bandwidth limits
     --limit-upload and --limit-download (shared by every connection of the process)."""
-    with _sftp_settings(args):
+    with _backend_settings(args):
         return repository.open_storage(repo_url(args), args.connections, args.limit_upload, args.limit_download)
 
 
+# The options of one kind of storage and the variables they stand for, which its backend reads
+# (backends/sftp.py, backends/s3.py; named here, as the command line reaches storage only through
+# the repository layer).
+BACKEND_OPTION_VARIABLES = {"sftp_identity": "FSBACKUP_SFTP_IDENTITY", "sftp_known_hosts": "FSBACKUP_SFTP_KNOWN_HOSTS",
+                            "s3_endpoint": "FSBACKUP_S3_ENDPOINT", "s3_region": "FSBACKUP_S3_REGION",
+                            "s3_path_style": "FSBACKUP_S3_PATH_STYLE"}
+
+
 @contextmanager
-def _sftp_settings(args) -> Iterator[None]:
-    """--sftp-identity and --sftp-known-hosts, handed to the sftp:// backend as the variables
-    they stand for while it opens (it reads them once, then keeps them for reconnecting)."""
-    given = {var: value for var, value in (("FSBACKUP_SFTP_IDENTITY", getattr(args, "sftp_identity", None)),
-                                           ("FSBACKUP_SFTP_KNOWN_HOSTS", getattr(args, "sftp_known_hosts", None)))
-             if value}
+def _backend_settings(args) -> Iterator[None]:
+    """The storage options given (--sftp-*, --s3-*), handed to the backend as the variables they
+    stand for while it opens: it reads them once, and keeps them for reconnecting and for the
+    client a forked child makes."""
+    given = {var: "1" if value is True else value for option, var in BACKEND_OPTION_VARIABLES.items()
+             if (value := getattr(args, option, None))}
     saved = {var: os.environ.get(var) for var in given}
     os.environ.update(given)
     try:

@@ -114,12 +114,14 @@ def parse_within(text: str) -> Span:
 def parse_retention_policy(text: str) -> tuple[tuple[tuple[Span | None, Span | None], ...], tuple[str, ...]]:
     """Duplicati's "FRAME:INTERVAL,...", e.g. "1W:1D,4W:1W,12M:1M,U:1Y"; returns (pairs, their texts)."""
     what = "retention policy entry (e.g. 1W:1D,4W:1W,12M:1M)"
-    pairs, texts = [], []
+    pairs: list[tuple[Span | None, Span | None]] = []
+    texts = []
     for item in text.replace(" ", "").split(","):
         frame, sep, interval = item.partition(":")
         if not sep:
             raise UsageError(f"'{item}' is not a {what}")
-        pairs.append(tuple(UNLIMITED if s == "U" else _parse_span(s, _POLICY_UNITS, what) for s in (frame, interval)))
+        span = [UNLIMITED if s == "U" else _parse_span(s, _POLICY_UNITS, what) for s in (frame, interval)]
+        pairs.append((span[0], span[1]))
         texts.append(item)
     return tuple(pairs), tuple(texts)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from conftest import Env, make_full_tree, restored_root, snapshot
+from conftest import Env, make_full_tree, pseudo_random, restored_root, snapshot, write
 from doubles import b2sim
 
 from fsbackup import errors
 from fsbackup.engine.backup import Backup
+from fsbackup.repository import Repository
 
 BUCKET = "fsbackup-cli"
 
@@ -45,6 +46,30 @@ def test_backup_and_restore_through_b2(b2_env, tmp_path, monkeypatch):
     assert seen == [4, 3]                    # B2's default, then --connections
     b2_env.ok("restore", "latest", "--target", tmp_path / "out")
     assert snapshot(restored_root(tmp_path / "out", source)) == snapshot(source)
+
+
+def test_a_large_file_is_restored_from_remote_storage_in_range_reads_of_several_blocks(b2_env, tmp_path, monkeypatch):
+    """A request to remote storage costs a round trip: the blocks of a large file lying back to
+    back in a volume come in one range read each few MiB, not one request per block."""
+    data = pseudo_random(12 << 20, 7)
+    write(tmp_path / "src" / "big", data)
+    b2_env.ok("init")
+    b2_env.ok("backup", tmp_path / "src")
+    calls = {"run": 0, "block": 0}
+    real_run, real_block = Repository.fetch_run, Repository.fetch_block
+
+    def counted_run(self, run):
+        calls["run"] += 1
+        return real_run(self, run)
+
+    def counted_block(self, block_id, location):
+        calls["block"] += 1
+        return real_block(self, block_id, location)
+    monkeypatch.setattr(Repository, "fetch_run", counted_run)
+    monkeypatch.setattr(Repository, "fetch_block", counted_block)
+    b2_env.ok("restore", "latest", "--target", tmp_path / "out")
+    assert (restored_root(tmp_path / "out", tmp_path / "src") / "big").read_bytes() == data
+    assert calls["block"] == 0 and 1 <= calls["run"] <= 6, calls      # 12 MiB: about 16 blocks, 3-4 runs
 
 
 def test_b2_errors_are_one_line_with_their_exit_codes(b2_env):

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
 import msgpack
 
@@ -168,7 +168,9 @@ def data_regions(fd: int, size: int, st: os.stat_result) -> list[tuple[int, int]
 
 
 class _NameCache:
-    def __init__(self):
+    """User and group names by id, looked up once each (a backup asks for every entry)."""
+
+    def __init__(self) -> None:
         self.users: dict[int, str | None] = {}
         self.groups: dict[int, str | None] = {}
 
@@ -240,19 +242,24 @@ class _Item:
     __slots__ = ("entry", "parent", "node_id", "how", "read", "blocks", "ahead", "path", "fd", "st", "prev",
                  "unchanged")
     ROOT_PARENT: "_Item"
+    # Files only, set when planned (Backup._plan_file):
+    path: bytes
+    st: os.stat_result
+    prev: Node | None                   # its node in the previous version, when a regular file
 
-    def __init__(self, entry: list | None, parent: "_Item | None"):
-        self.entry, self.parent = entry, parent
+    def __init__(self, entry: list, parent: "_Item | None"):
+        self.entry = entry
+        self.parent: _Item = parent if parent is not None else self    # (the root's parent: itself)
         self.node_id = 0
         self.how: str | None = None     # files: "read", "read here" or "link" (see Backup._plan_file)
         self.read: Future | None = None        # a reader thread's read...
-        self.blocks = None                      # ...and the queue of blocks it reads
+        self.blocks: queue.Queue | None = None  # ...and the queue of blocks it reads
         self.ahead = 0                  # bytes its read holds until it is spooled
         self.fd: int | None = None      # files to read: open from the scan until spooled
         self.unchanged = False
 
 
-_Item.ROOT_PARENT = _Item(None, None)   # node id 0: the root directory's parent
+_Item.ROOT_PARENT = _Item([], None)   # node id 0: the root directory's parent
 
 
 def _raise_no_space(e: BaseException, spool_folder: str) -> None:
@@ -270,6 +277,7 @@ class Backup:
         if options.uploads_in_flight is None:
             options = replace(options, uploads_in_flight=max(1, repo.connections))
         self.options = options
+        self.uploads_in_flight: int = options.uploads_in_flight or 1
         self.reporter = reporter or SILENT
         self.progress = self.reporter.progress()
         self.stats = BackupStats()
@@ -337,7 +345,8 @@ class Backup:
         self.before_commit = lock.ensure_held
         name = self.run(paths)
         catalog.set_meta(REREAD_FILES, "")
-        self.after_commit(name)
+        if name is not None:
+            self.after_commit(name)
         return name
 
     def run(self, paths: list[str]) -> str | None:
@@ -355,9 +364,9 @@ class Backup:
             threading.Thread(target=self._estimate_total, args=(tops,), daemon=True).start()
         self.pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-encode")
         self.read_pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="fsbackup-read")
-        self.upload_pool = ThreadPoolExecutor(self.options.uploads_in_flight, thread_name_prefix="fsbackup-upload")
+        self.upload_pool = ThreadPoolExecutor(self.uploads_in_flight, thread_name_prefix="fsbackup-upload")
         self.sink = BlockSink(self.repo, self.pool, self.upload_pool, volume_size=self.options.volume_size,
-                              compression=self.options.compression, uploads_in_flight=self.options.uploads_in_flight,
+                              compression=self.options.compression, uploads_in_flight=self.uploads_in_flight,
                               encode_window=2 * self.options.workers + 2, dry_run=self.options.dry_run)
         # Beside the local index, in an owner-only folder: the tree names every file backed up.
         self.spool_folder = spool_folder = os.path.join(os.path.dirname(self.repo.catalog_path), "spool")
@@ -459,14 +468,14 @@ class Backup:
                prev: Node | None = None) -> list:
         """The entry of one path. `xattrs_of`: where its xattrs are read (see read_xattrs). `prev`:
         its node in the previous version, whose xattrs are taken when it is the same file (`_same_file`)."""
-        e = [None] * len(wire.ENTRY_FIELDS)
+        e: list[Any] = [None] * len(wire.ENTRY_FIELDS)
         e[wire.E_NAME], e[wire.E_TYPE], e[wire.E_MODE] = name, type_code, st.st_mode
         e[wire.E_UID], e[wire.E_GID] = st.st_uid, st.st_gid
         e[wire.E_USER], e[wire.E_GRP] = self.names.user(st.st_uid), self.names.group(st.st_gid)
         e[wire.E_MTIME], e[wire.E_ATIME], e[wire.E_CTIME] = st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns
         e[wire.E_SIZE] = st.st_size if type_code in "fl" else 0
         e[wire.E_INO], e[wire.E_DEV], e[wire.E_NLINK], e[wire.E_RDEV] = st.st_ino, st.st_dev, st.st_nlink, st.st_rdev
-        if type_code == "f" and _same_file(prev, st):
+        if type_code == "f" and prev is not None and _same_file(prev, st):
             e[wire.E_XATTRS] = prev.xattrs or None
         else:
             e[wire.E_XATTRS] = read_xattrs(xattrs_of)
@@ -599,16 +608,18 @@ class Backup:
                                    else f"{os.fsdecode(path)} has an unsupported type; skipped")
                 continue
             if code == "d":
+                dir_fd: int | None = None
                 try:
-                    dir_fd = open_dir(name, parent_fd)
+                    opened = open_dir(name, parent_fd)
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):
                         self.warn(f"{os.fsdecode(path)} was replaced while it was backed up; left out")
                         continue
-                    dir_fd, list_error = None, e
+                    list_error = e
                 else:
-                    st = os.fstat(dir_fd)     # the directory listed below, whatever happened since
-                    dir_fds.add(rel, dir_fd)
+                    dir_fd = opened
+                    st = os.fstat(opened)     # the directory listed below, whatever happened since
+                    dir_fds.add(rel, opened)
                 item = _Item(self._entry(name, dir_fd if dir_fd is not None else at_path(parent_fd, name),
                                          st, code, prev_node), parent)
                 self._enqueue(item)
@@ -657,9 +668,10 @@ class Backup:
         False: it could not be opened, and is left out with a warning."""
         item.path, item.st = path, st
         item.prev = prev if prev is not None and prev.type == "f" else None
-        unchanged = _same_file(prev, st) and prev.content is not None
-        if item.prev is not None and not unchanged:
-            self.prev_contents.pop(prev.content, None)    # not needed: keep the map small
+        kept = prev.content if prev is not None and _same_file(prev, st) else None   # content taken as it is
+        unchanged = kept is not None
+        if item.prev is not None and item.prev.content is not None and not unchanged:
+            self.prev_contents.pop(item.prev.content, None)    # not needed: keep the map small
         link_key = (st.st_dev, st.st_ino)
         if not unchanged or (st.st_nlink > 1 and link_key in self.links_seen):
             if not self._open_source(item, *where):
@@ -669,10 +681,11 @@ class Backup:
                 item.how, item.unchanged = "link", unchanged
                 return True
             self.links_seen.add(link_key)
-        if unchanged:
-            content = self.prev_contents.pop(prev.content, None)
+        if kept is not None:
+            content = self.prev_contents.pop(kept, None)
             if content is None:      # another file with the same content took it already
-                c = self.prev.content(prev.content)
+                assert self.prev is not None                  # (`kept` comes from it)
+                c = self.prev.content(kept)
                 content = [c.hash, c.size, wire.pack_extents(c.extents)]
             self._set_content(item, content)
             self.stats.files_unchanged += 1
@@ -685,6 +698,7 @@ class Backup:
             # Its blocks are views into windows of the file: the queue holds at most two windows.
             item.how, item.ahead = "read", min(st.st_size, 2 * WINDOW)
             item.blocks = queue.Queue(STREAM_BLOCKS)
+            assert item.fd is not None               # (opened above: a file to read)
             item.read = self.read_pool.submit(self._read_in_reader, item.fd, st, item.blocks)
         return True
 
@@ -719,15 +733,16 @@ class Backup:
         content = self.hardlinks.get(link_key) if item.how == "link" else None
         if content is None:
             try:
-                if item.read is not None:
+                if item.read is not None and item.blocks is not None:
                     for block_id, data in iter(item.blocks.get, None):
                         self._take_block(block_id, data)
                     content = item.read.result()
                     item.read = item.blocks = None
                 else:       # "read here", or another name of a file whose read failed
+                    assert item.fd is not None                  # (open from the plan until spooled)
                     content = self._read_file(item.fd, st, self.chunker, self._take_block)
             except FileChanged:
-                if prev is not None and prev.content is not None:
+                if prev is not None and prev.content is not None and self.prev is not None:
                     self.warn(f"{os.fsdecode(path)} changed while it was read; kept its previous content")
                     c = self.prev.content(prev.content)
                     # Previous content with previous times, so the next backup reads the file again.
@@ -772,7 +787,7 @@ class Backup:
             hand_over(None)
 
     def _read_file(self, fd: int, st: os.stat_result, chunker: Chunker,
-                   take_block: Callable[[bytes, bytes], None]) -> list:
+                   take_block: Callable[[bytes, bytes | memoryview], None]) -> list:
         """Read, cut and hash one file open as `fd` (open_source), handing each block to
         `take_block`; returns its [hash, size, extents]. Raises FileChanged when it changed
         while read. Thread-safe."""
@@ -817,7 +832,7 @@ class Backup:
 
     # ---- blocks, volumes, uploads ---------------------------------------------------------
 
-    def _take_block(self, block_id: bytes, data: bytes) -> None:
+    def _take_block(self, block_id: bytes, data: bytes | memoryview) -> None:
         """A block read from a file, in scan order: stored unless the index or this backup has it."""
         self.stats.bytes_read += len(data)
         self.progress.advance(nbytes=len(data))

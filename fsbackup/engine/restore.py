@@ -37,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, TypeVar
 
+from ..catalog import BlockLocation
 from ..catalog.tree import Content, Node, VersionTree
 from ..codec import wire
 from ..errors import (
@@ -115,10 +116,21 @@ class _FileJob:
 
 # The pieces of a large file in the writer's queue, in file order.
 class _Data(NamedTuple):
-    """A block on its way (`fetched`), written at `offset` once it arrives."""
+    """A block on its way (`fetched`: its bytes, or the run it comes in, `Repository.fetch_run`),
+    written at `offset` once it arrives."""
     job: _FileJob
     offset: int
     fetched: Future
+    block_id: bytes
+
+    def data(self) -> bytes:
+        """The block's bytes; CorruptObject or NoSuchObject when it cannot be had."""
+        fetched = self.fetched.result()
+        if isinstance(fetched, dict):
+            fetched = fetched[self.block_id]
+            if not isinstance(fetched, bytes):
+                raise fetched
+        return fetched
 
 
 class _Hole(NamedTuple):
@@ -390,22 +402,64 @@ class Restore:
         if content.extents and content.extents[-1][0] == wire.HOLE_ID:
             os.ftruncate(fd, content.size)   # holes stay holes: we write only data extents
         offset = 0
+        runs = None if self.repo.storage_is_local else self._runs_of(content.extents)
         for block_id, length in content.extents:
             if block_id == wire.HOLE_ID:
                 self.queue.append(_Hole(job, length))
             else:
                 try:
-                    location = self.repo.block_location(block_id)
+                    fetched = self._fetch(block_id) if runs is None else runs[block_id]()
                 except NoSuchObject as e:
                     self.queue.append(_Failed(job, str(e)))
+                except KeyError:             # (no run: the catalog knows no stored volume holding it)
+                    self.queue.append(_Failed(job, f"block {block_id.hex()[:16]} (not in any stored volume)"))
                 else:
-                    fut = self.pool.submit(self.cache.get, block_id,
-                                           functools.partial(self.repo.fetch_block, location=location))
-                    self.queue.append(_Data(job, offset, fut))
+                    self.queue.append(_Data(job, offset, fetched, block_id))
                     self._drain(FETCH_WINDOW)
             offset += length
         self.queue.append(_End(job))
         self._drain(FETCH_WINDOW)
+
+    def _fetch(self, block_id: bytes) -> Future:
+        """One block of a large file, fetched on its own (through the cache, decoded in parallel
+        with its neighbours), from where the catalog says it lies now (a prune may have moved it)."""
+        location = self.repo.block_location(block_id)
+        return self.pool.submit(self.cache.get, block_id, functools.partial(self.repo.fetch_block, location=location))
+
+    def _runs_of(self, extents: list[tuple[bytes, int]]) -> dict[bytes, Callable[[], Future]]:
+        """On remote storage, where a request costs a round trip: for each stored block of a large
+        file, what starts the range read of its run (blocks lying back to back in a volume, in file
+        order, up to RUN_BYTES), when the writer's window reaches it."""
+        ids = [block_id for block_id, _ in extents if block_id != wire.HOLE_ID]
+        locations = self.repo.block_locations(ids)
+        fetches: dict[bytes, Callable[[], Future]] = {}
+        run: list[tuple[bytes, BlockLocation]] = []
+        for block_id in dict.fromkeys(ids):          # (a block repeated in the file: fetched once)
+            location = locations.get(block_id)
+            if location is None:
+                continue
+            if run:
+                first, last = run[0][1], run[-1][1]
+                end = last.offset + last.stored_length
+                if (location.volume != first.volume or not end <= location.offset <= end + RUN_GAP
+                        or location.offset + location.stored_length - first.offset > RUN_BYTES):
+                    self._add_run(run, fetches)
+                    run = []
+            run.append((block_id, location))
+        if run:
+            self._add_run(run, fetches)
+        return fetches
+
+    def _add_run(self, run: list[tuple[bytes, BlockLocation]], fetches: dict[bytes, Callable[[], Future]]) -> None:
+        """One range read for `run`, started when the first of its blocks is wanted."""
+        started: list[Future] = []
+
+        def fetch() -> Future:
+            if not started:
+                started.append(self.pool.submit(self.repo.fetch_run, run))
+            return started[0]
+        for block_id, _ in run:
+            fetches[block_id] = fetch
 
     def _flush_small(self) -> None:
         """Restore every small file taken so far."""
@@ -525,7 +579,7 @@ class Restore:
             job = item.job
             if isinstance(item, _Data):
                 try:
-                    data = item.fetched.result()
+                    data = item.data()
                 except (CorruptObject, NoSuchObject) as e:
                     job.error = job.error or str(e)
                     continue

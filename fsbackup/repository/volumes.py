@@ -25,7 +25,7 @@ class VolumeWriter:
         self.offset = wire.HEADER_LEN
         self.entries: list[wire.BlockEntry] = []
         self.encoding: deque[tuple[list[bytes], Future]] = deque()   # batches being encoded, in order
-        self.batch: list[tuple[bytes, bytes]] = []                  # small blocks not yet handed off
+        self.batch: list[tuple[bytes, bytes | memoryview]] = []     # small blocks not yet handed off
         self.batch_bytes = 0
         self.plain_encoding = 0
         self.stored_size = 0
@@ -89,7 +89,7 @@ class BlockSink:
         self.volume_size, self.compression = volume_size, compression
         self.uploads_in_flight, self.encode_window, self.dry_run = uploads_in_flight, encode_window, dry_run
         self.pending_ids: set[bytes] = set()             # taken, not yet recorded (nor found known)
-        self.unlooked: list[tuple[bytes, bytes]] = []    # taken, not yet looked up
+        self.unlooked: list[tuple[bytes, bytes | memoryview]] = []    # taken, not yet looked up
         self.unlooked_bytes = 0
         self.volume: VolumeWriter | None = None
         self.uploads: deque[tuple[VolumeWriter, Future]] = deque()
@@ -97,7 +97,7 @@ class BlockSink:
         self.blocks_new = self.bytes_new = self.blocks_known = self.bytes_known = 0
         self.bytes_stored = self.volumes = 0
 
-    def take(self, block_id: bytes, data: bytes) -> None:
+    def take(self, block_id: bytes, data: bytes | memoryview) -> None:
         """A block of what is being written: stored unless the repository or this sink has it."""
         if block_id in self.pending_ids:
             return
@@ -131,7 +131,7 @@ class BlockSink:
             else:
                 self._store(block_id, data)
 
-    def _store(self, block_id: bytes, data: bytes) -> None:
+    def _store(self, block_id: bytes, data: bytes | memoryview) -> None:
         self.blocks_new += 1
         self.bytes_new += len(data)
         if self.dry_run:

@@ -245,3 +245,16 @@ def unprivileged_user() -> UnprivilegedUser:
                         UnprivilegedUser.NAME], check=True)
         pw = pwd.getpwnam(UnprivilegedUser.NAME)
     return UnprivilegedUser(pw.pw_uid, pw.pw_gid)
+
+
+def uploads_in_flight_seen(monkeypatch) -> list[int]:
+    """Record how many volume uploads each backup in this process lets run at once."""
+    from fsbackup.engine.backup import Backup
+    seen: list[int] = []
+    real_init = Backup.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen.append(self.options.uploads_in_flight)
+    monkeypatch.setattr(Backup, "__init__", init)
+    return seen

@@ -4,11 +4,10 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from conftest import Env, make_full_tree, pseudo_random, restored_root, snapshot, write
+from conftest import Env, make_full_tree, pseudo_random, restored_root, snapshot, uploads_in_flight_seen, write
 from doubles import b2sim
 
 from fsbackup import errors
-from fsbackup.engine.backup import Backup
 from fsbackup.repository import Repository
 
 BUCKET = "fsbackup-cli"
@@ -23,18 +22,6 @@ def b2_env(tmp_path):
     env.vars.update(sim.environ())
     yield env
     b2sim.stop_simulator()
-
-
-def uploads_in_flight_seen(monkeypatch) -> list[int]:
-    """Record how many volume uploads each backup lets run at once."""
-    seen = []
-    real_init = Backup.__init__
-
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        seen.append(self.options.uploads_in_flight)
-    monkeypatch.setattr(Backup, "__init__", init)
-    return seen
 
 
 def test_backup_and_restore_through_b2(b2_env, tmp_path, monkeypatch):

@@ -6,13 +6,12 @@ import json
 import subprocess
 
 import pytest
-from conftest import Env, make_full_tree, pseudo_random, restored_root, snapshot, write
+from conftest import Env, make_full_tree, pseudo_random, restored_root, snapshot, uploads_in_flight_seen, write
 from s3server import s3_bucket, s3_server  # noqa: F401 - fixtures
 from test_mount import FUSE_MISSING, Mount
 
 from fsbackup import errors
 from fsbackup.backends import retry
-from fsbackup.engine.backup import Backup
 
 
 @pytest.fixture
@@ -24,17 +23,6 @@ def s3_env(s3_bucket, tmp_path):
     env.opts = ["--s3-endpoint", s3_bucket.server.endpoint, "--s3-path-style"]
     env.bucket = s3_bucket
     return env
-
-
-def uploads_in_flight_seen(monkeypatch) -> list[int]:
-    seen = []
-    real_init = Backup.__init__
-
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        seen.append(self.options.uploads_in_flight)
-    monkeypatch.setattr(Backup, "__init__", init)
-    return seen
 
 
 def test_backup_restore_check_and_prune_through_s3(s3_env, tmp_path, monkeypatch):

@@ -1761,27 +1761,10 @@ def remote_like_scenario(args: argparse.Namespace) -> dict:
                 upload_s = backups[0]
             for read_ahead in (True, False):
                 mountpoint, cache = work / f"mnt-{n}-{read_ahead}", work / f"cache-{n}-{read_ahead}"
-                mountpoint.mkdir()
-                proc = subprocess.Popen(fsbackup("mount", "--cache-dir", str(cache), str(mountpoint),
-                                                 read_ahead=read_ahead),
-                                        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
-                try:
-                    deadline = time.monotonic() + MOUNT_READY_TIMEOUT
-                    while not is_mounted(mountpoint):
-                        if proc.poll() is not None or time.monotonic() > deadline:
-                            raise StepFailed("remote-like mount did not come up")
-                        time.sleep(POLL_SECONDS)
-                    path = mountpoint / "latest" / str(big).lstrip("/")
-                    drop_page_cache()
-                    cats[read_ahead].append(run_client(["cat", str(path)], work / "logs", "cat"))
-                finally:
-                    unmount(mountpoint)
-                    try:
-                        proc.wait(timeout=60)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                mount = fsbackup("mount", "--cache-dir", str(cache), str(mountpoint), read_ahead=read_ahead)
+                cats[read_ahead].append(cold_cat(mount, env, mountpoint,
+                                                 lambda: mountpoint / "latest" / str(big).lstrip("/"),
+                                                 work / "logs", "remote-like cat"))
         ahead = size / statistics.median(cats[True]) / MB
         one_by_one = size / statistics.median(cats[False]) / MB
         return {"latency_ms": args.latency_ms, "bandwidth_mbps": args.bandwidth_mbps or None,

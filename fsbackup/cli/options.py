@@ -209,7 +209,6 @@ def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--password-file", metavar="FILE", default=d(None), help="read the passphrase from FILE")
     g.add_argument("--connections", metavar="N", type=positive_int, default=d(None),
                    help="concurrent uploads/downloads to the repository (default: 2 local, 4 B2 and SFTP, 8 S3)")
-    sftp_options(g, d)
     g.add_argument("--limit-upload", metavar="KIB", type=kib_per_second, default=d(0),
                    help="upload at most KIB KiB/s, over all connections (default 0: no limit)")
     g.add_argument("--limit-download", metavar="KIB", type=kib_per_second, default=d(0),
@@ -228,6 +227,7 @@ def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                    help="accept that more than half of the versions or volumes this machine's index knows are "
                         "gone from the repository (refused otherwise: check the repository's folders first)")
     s3_options(parser, d)
+    sftp_options(parser, d)
 
 
 def s3_options(parser: argparse.ArgumentParser, d: Callable) -> None:
@@ -244,8 +244,10 @@ def s3_options(parser: argparse.ArgumentParser, d: Callable) -> None:
                         "(default: $FSBACKUP_S3_PATH_STYLE)")
 
 
-def sftp_options(g, d: Callable) -> None:
-    """The keys and known hosts of sftp:// repositories (docs/sftp.md)."""
+def sftp_options(parser: argparse.ArgumentParser, d: Callable) -> None:
+    """The keys and known hosts of sftp:// repositories (cli/repo.py hands them to the SFTP backend;
+    docs/sftp.md)."""
+    g = parser.add_argument_group("SFTP options (sftp:// repositories)")
     g.add_argument("--sftp-identity", metavar="FILE", default=d(None),
                    help="sftp://: log in with this SSH private key only (default: $FSBACKUP_SFTP_IDENTITY, else "
                         "the SSH agent's keys and ~/.ssh/id_ed25519, id_ecdsa, id_rsa)")

@@ -102,11 +102,13 @@ def repo_url(args) -> str:
     return url
 
 
-def open_storage(args):
-    """The storage for --repo, with --connections applied when given, and the bandwidth limits
-    --limit-upload and --limit-download (shared by every connection of the process)."""
+def open_storage(args, url: str | None = None):
+    """The storage for --repo (or `url`: copy's --from-repo), with the storage options,
+    --connections when given, and the bandwidth limits --limit-upload and --limit-download (shared
+    by every connection of the process)."""
     with _backend_settings(args):
-        return repository.open_storage(repo_url(args), args.connections, args.limit_upload, args.limit_download)
+        return repository.open_storage(url or repo_url(args), args.connections, args.limit_upload,
+                                       args.limit_download)
 
 
 # The options of one kind of storage and the variables they stand for, which its backend reads
@@ -150,7 +152,7 @@ def open_repo(args, out: Output, sync_catalog: bool = True) -> Repository:
 def open_source_repo(args) -> Repository:
     """The repository of --from-repo (copy's source), opened with its own passphrase, its local
     index not yet brought in step; the caller closes it. It takes no lock: copy only reads it."""
-    backend = repository.open_storage(args.from_repo, args.connections)
+    backend = open_storage(args, args.from_repo)
     try:
         repo = Repository.open(backend, get_source_passphrase(args))
     except WrongPassphrase:

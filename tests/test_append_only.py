@@ -253,6 +253,34 @@ def test_a_backup_only_repository_refuses_forget_with_one_line(env, tmp_path, wr
 
 
 
+def test_a_forgotten_record_stored_with_backup_only_rights_deletes_nothing(env, tmp_path):
+    """A compromised machine holds the keys, so it can store an authentic record that a version
+    was forgotten, but it cannot delete the version. Such a record hides nothing, and the trusted
+    machine's prune keeps the version's data (and names it), so no version is lost to it."""
+    src = tmp_path / "src"
+    for i in range(2):
+        write(src / "f", pseudo_random(300_000, i))
+        env.ok("backup", src)
+    oldest = min(json.loads(env.ok("versions", "--json").out), key=lambda v: v["time_ns"])["id"]
+    repo = open_repo(env, backup_only=True)
+    try:
+        repo.sync_catalog()
+        try:
+            repo.delete_version(oldest)          # what `forget` does: the record, then the delete
+        except errors.PermissionDenied:
+            pass
+        assert repo.backend.refused == [f"delete versions/{oldest}"]
+    finally:
+        repo.close()
+    assert (env.repo / "forgotten" / oldest).exists()
+    assert len(json.loads(env.ok("versions", "--json").out)) == 2
+    r = env.ok("prune", "--max-unused", "0", FSBACKUP_LEFTOVER_AGE_FOR_TESTS="0")
+    assert f"version {oldest[:8]} is recorded as forgotten but still stored" in r.err, r.err
+    env.ok("restore", oldest, "--target", tmp_path / "out")
+    assert (restored_root(tmp_path / "out", src) / "f").read_bytes() == pseudo_random(300_000, 0)
+    assert "no damage found" in env.ok("check", "--read-data").out
+
+
 def test_a_b2_key_without_delete_files_backs_up(b2_env, tmp_path, monkeypatch):
     """On B2 (b2sdk's simulator, which enforces a key's capabilities): a key with listBuckets,
     listFiles, readFiles and writeFiles, as docs/append-only.md says to create, backs up and

@@ -3,7 +3,7 @@ backup --prune)."""
 from __future__ import annotations
 
 from ..progress import human_bytes, human_duration
-from ..repository import Repository
+from ..repository import Repository, unfinished_forget
 from .options import Command, no_lock_option, parse_share, volume_size_arg
 from .output import Output
 from .repo import opened
@@ -21,7 +21,11 @@ def add_arguments(p) -> None:
 
 
 def _say_young(plan, out: Output) -> None:
+    """What prune left for later: objects too young to judge, and versions it keeps though
+    recorded as forgotten."""
     from ..repository.locks import duration_text, leftover_age
+    for name in plan.unfinished_forgets:
+        out.warn(unfinished_forget(name))
     if plan.young:
         out.info(f"left {plan.young} unused or leftover object(s) written less than {duration_text(leftover_age())} "
                  "ago: a backup may still be storing them, or the next backup reuses them; a later prune "
@@ -35,7 +39,7 @@ def prune_now(repo: Repository, args, out: Output, dry_run: bool) -> dict:
     max_unused = DEFAULT_MAX_UNUSED if args.max_unused is None else args.max_unused
     plan = plan_prune(repo, max_unused)
     if dry_run:
-        leftovers = len(plan.orphans) + len(plan.unindexed) + len(plan.forgotten)
+        leftovers = len(plan.orphans) + len(plan.unindexed)
         out.info(f"prune would delete {len(plan.delete)} unused volume(s) and {leftovers} leftover "
                  f"object(s), repack {len(plan.repack)} volume(s) ({human_bytes(plan.bytes_to_move)} of live data "
                  f"to copy), keep {plan.kept}; about {human_bytes(plan.bytes_freed)} freed")

@@ -25,7 +25,15 @@ from ..catalog.versions import orphan_tag_records, version_names, version_names_
 from ..codec import wire
 from ..errors import CorruptObject, NoSuchObject
 from ..progress import SILENT, Reporter
-from ..repository import Kind, Repository, index_object, tag_object, version_object, volume_object
+from ..repository import (
+    Kind,
+    Repository,
+    index_object,
+    tag_object,
+    unfinished_forget,
+    version_object,
+    volume_object,
+)
 
 PATHS_SHOWN = 20          # paths listed per damaged object and version; the rest are counted
 
@@ -112,7 +120,8 @@ def select_volumes(names: list[str], subset: str | None, rng: random.Random | No
 class Checker:
     def __init__(self, repo: Repository, reporter: Reporter | None = None):
         self.repo = repo
-        self.progress = (reporter or SILENT).progress()
+        self.reporter = reporter or SILENT
+        self.progress = self.reporter.progress()
         self.report = Report()
         self.index_entries: dict[str, list[wire.BlockEntry]] = {}   # decoded index objects, by volume
         self.volume_sizes: dict[str, int] = {}                     # remote listing, by volume name
@@ -135,9 +144,11 @@ class Checker:
         local_volumes = volume_sizes(catalog)
         local_versions = version_names(catalog)
         listed = set(repo.list_objects(Kind.VERSION))
-        # Versions removed by another run are dropped (those gone without a forget, remembered);
-        # forgotten ones still listed are no versions.
-        remote_versions = sorted(listed - repo.follow_remote_versions(local_versions, listed))
+        # Versions removed by another run are dropped (those gone without a forget, remembered).
+        repo.follow_remote_versions(local_versions, listed)
+        remote_versions = sorted(listed)
+        for name in sorted(repo.forgotten_names(listed)):
+            self.reporter.warn(unfinished_forget(name))
         to_read = sorted(self.index_names - set(local_volumes)) if trusted else sorted(self.index_names)
         versions_to_read = [n for n in remote_versions if not (trusted and n in local_versions)]
         self._start("checking structure", len(to_read) + len(versions_to_read))

@@ -102,7 +102,8 @@ class PrunePlan:
     kept: int = 0
     orphans: list[tuple[str, int]] = field(default_factory=list)   # remote leftovers: (object, size)
     unindexed: list[tuple[str, int]] = field(default_factory=list)  # volumes without index object: (name, size)
-    forgotten: list[str] = field(default_factory=list)   # version objects recorded as forgotten, still listed
+    # versions recorded as forgotten, still stored: kept (Repository.listed_though_forgotten), named
+    unfinished_forgets: list[str] = field(default_factory=list)
     orphan_tags: list[str] = field(default_factory=list)  # tag records of versions that are gone
     young: int = 0          # volumes and leftovers left alone for now: younger than leftover_age()
 
@@ -120,7 +121,8 @@ class PrunePlan:
         return {"volumes_to_delete": len(self.delete), "volumes_to_repack": len(self.repack),
                 "volumes_kept": self.kept, "orphans": [name for name, _ in self.orphans],
                 "volumes_without_index": [volume_object(name) for name, _ in self.unindexed],
-                "forgotten_versions": [version_object(name) for name in self.forgotten], "too_young": self.young,
+                "unfinished_forgets": [version_object(name) for name in self.unfinished_forgets],
+                "too_young": self.young,
                 "bytes_to_move": self.bytes_to_move, "bytes_freed": self.bytes_freed}
 
 
@@ -165,7 +167,7 @@ def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> Prun
         raise CorruptObject(obj, "does not read, so prune cannot tell which data it uses; run 'fsbackup check', "
                                  "then 'fsbackup repair --remove-damaged' before pruning")
     age = leftover_age()
-    plan = PrunePlan(forgotten=repo.forgotten_but_listed(),
+    plan = PrunePlan(unfinished_forgets=repo.listed_though_forgotten(),
                      orphan_tags=[name for name, _ in orphan_tag_records(repo.catalog)])
     _leftovers(repo, plan, age)
     if not repo.accept_missing and not any_version(repo.catalog) and any_volume(repo.catalog):
@@ -238,9 +240,6 @@ class Prune:
             self.stats.orphans_deleted += 1
             self.stats.bytes_deleted += size
             self.progress.advance(items=1)
-        for name in plan.forgotten:
-            self.repo.delete_object(Kind.VERSION, name)
-            self.stats.orphans_deleted += 1
         # (a forget stopped between deleting a version and its tag records: they set nothing now)
         self.repo.delete_tag_records(plan.orphan_tags)
         self.stats.orphans_deleted += len(plan.orphan_tags)

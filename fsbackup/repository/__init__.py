@@ -9,7 +9,7 @@
 The layers above import the facade's names from here.
 """
 from ..codec.names import Kind, index_object, parse_object_name, tag_object, version_object, volume_object
-from .repository import REREAD_FILES, FetchedBlock, Repository, block_runs, open_storage
+from .repository import REREAD_FILES, FetchedBlock, Repository, block_runs, open_storage, unfinished_forget
 
 __all__ = ["REREAD_FILES", "FetchedBlock", "Kind", "Repository", "block_runs", "index_object", "open_storage",
-           "parse_object_name", "tag_object", "version_object", "volume_object"]
+           "parse_object_name", "tag_object", "unfinished_forget", "version_object", "volume_object"]

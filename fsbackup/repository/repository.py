@@ -233,6 +233,13 @@ def _unwrap_key(backend: Backend, name: str, passphrase: bytes, repo_id: str) ->
     return result
 
 
+def unfinished_forget(name: str) -> str:
+    """The note naming a version still stored though recorded as forgotten (`listed_though_forgotten`)."""
+    return (f"version {name[:8]} is recorded as forgotten but still stored (a forget that stopped midway, or a "
+            f"record stored by a machine that may not delete): it is kept; 'fsbackup forget {name[:8]}' "
+            "finishes forgetting it")
+
+
 def _key_about() -> dict:
     return {"created": time.time_ns(), "host": socket.gethostname()}
 
@@ -424,7 +431,7 @@ class Repository:
         remote_versions = set(self.list_objects(Kind.VERSION))
         remote_indexes = set(self.list_objects(Kind.INDEX))
         vanished_volumes = known_volumes - remote_indexes
-        not_to_record = self.follow_remote_versions(local_versions, remote_versions)
+        self.follow_remote_versions(local_versions, remote_versions)
         # New volumes first: blocks another machine's prune moved into them are then recorded there
         # too (as spares), and a volume whose index object is gone is judged by what still needs it.
         new_indexes = sorted(remote_indexes - known_volumes)
@@ -436,7 +443,7 @@ class Repository:
         # lost: forgotten, its blocks moving to their spare places.
         self.forget_vanished_volumes(vanished_volumes)
         unreadable = []
-        for name in sorted(remote_versions - local_versions - not_to_record):
+        for name in sorted(remote_versions - local_versions):
             try:
                 head, entries = self.load_version(name)
                 self.record_version(name, head, entries)
@@ -519,7 +526,7 @@ class Repository:
         catalog = self.catalog
         index_names = sorted(self.list_objects(Kind.INDEX))
         listed = set(self.list_objects(Kind.VERSION))
-        version_names = sorted(listed - self.forgotten_names(listed))
+        version_names = sorted(listed)
         volume_sizes = self.list_objects(Kind.VOLUME)
         present = [n for n in index_names if n in volume_sizes]
         skipped = sorted(index_object(n) for n in set(index_names) - set(present))   # their volume is gone
@@ -616,10 +623,13 @@ class Repository:
                          "forgotten (their blocks will be stored again when needed)")
         return notes
 
-    def forgotten_but_listed(self) -> list[str]:
-        """The version objects still listed though recorded as forgotten (a forget stopped between
-        its two steps, or an older copy put back): every reader ignores them, and prune and repair
-        delete them (under the exclusive lock)."""
+    def listed_though_forgotten(self) -> list[str]:
+        """The versions still stored though a record says they were forgotten: a forget that stopped
+        between its two steps, an older copy of the version put back, or a record stored by a
+        machine that may not delete (backup-only credentials, docs/append-only.md). A record alone
+        forgets nothing, so that a machine that can only add objects cannot make the trusted
+        machine's prune delete a version's data: these stay versions like any other, check and
+        prune name them, and forgetting them again finishes the forget."""
         listed = set(self.list_objects(Kind.VERSION))
         return sorted(listed & self.forgotten_names(listed))
 
@@ -634,7 +644,7 @@ class Repository:
           its own table gives the index object back, and its blocks serve later backups; one
           whose table does not read is deleted (no version can use it: versions are written last);
         - an index object whose volume is missing is deleted (its blocks are unavailable anyway);
-        - a version object recorded as forgotten is deleted (`forgotten_but_listed`);
+        - a version object recorded as forgotten is kept and named (`listed_though_forgotten`);
         - the temporaries of puts a killed run never finished are removed;
         """
         age = leftover_age()
@@ -649,10 +659,7 @@ class Repository:
             if index_objs[name].older_than(age):
                 self.delete_object(Kind.INDEX, name)
                 notes.append(f"removed {index_object(name)}: its volume is missing")
-        for name in self.forgotten_but_listed():
-            self.delete_object(Kind.VERSION, name)
-            notes.append(f"removed {version_object(name)}: it was forgotten (by a forget that stopped midway, "
-                         "or put back since)")
+        notes += [unfinished_forget(name) for name in self.listed_though_forgotten()]
         removed, size = self.remove_partial_uploads()
         if removed:
             notes.append(f"removed {removed} partial upload(s) of runs that stopped midway ({size} bytes)")
@@ -881,8 +888,8 @@ class Repository:
     def delete_version(self, name: str, why: str = "forget") -> None:
         """Remove a version: first the record that it was forgotten (`forgotten/<name>`: no machine
         then takes its going for a loss), then its object (a crash between the two leaves an
-        object that every reader ignores and the next backup or prune deletes), then its rows in
-        the local index."""
+        version that stays, until a forget of it runs again: `listed_though_forgotten`), then its
+        rows in the local index."""
         record = wire.encode_forgotten(self.keys, bytes.fromhex(name), {"time_ns": time.time_ns(), "why": why})
         try:
             self.backend.put(forgotten_object(name), record)
@@ -944,13 +951,12 @@ class Repository:
         if added or known - listed:
             catalog_versions.follow_tag_records(self.catalog, added, known - listed)
 
-    def forgotten_names(self, acted_on: set[str]) -> set[str]:
-        """The versions recorded as forgotten (their `forgotten/` objects). Those in `acted_on`
-        (versions still listed, which a reader then hides and a writer deletes, or just vanished,
-        whose going the record explains) count only when their record authenticates: a record is
-        no more trusted for its name than any other object."""
-        names = set(self.list_objects(Kind.FORGOTTEN))
-        for name in sorted(names & acted_on):
+    def forgotten_names(self, candidates: set[str]) -> set[str]:
+        """Those of the versions `candidates` recorded as forgotten (their `forgotten/` objects),
+        each only when its record authenticates: a record is no more trusted for its name than any
+        other object."""
+        names = set(self.list_objects(Kind.FORGOTTEN)) & candidates
+        for name in sorted(names):
             obj = forgotten_object(name)
             try:
                 self.read_checked(Kind.FORGOTTEN, name,
@@ -960,24 +966,22 @@ class Repository:
                 log.warning("%s; version %s is not taken for forgotten", e, name[:8])
         return names
 
-    def follow_remote_versions(self, local: set[str], remote: set[str]) -> set[str]:
+    def follow_remote_versions(self, local: set[str], remote: set[str]) -> None:
         """Bring the local index's versions in step with the listing `remote`: drop the versions it
-        no longer lists, and return the listed ones not to record (recorded as forgotten: a forget
-        interrupted before it deleted the object, or an older copy put back).
+        no longer lists (the caller records the new ones). Every listed version is a version, a
+        forgotten record or not (`listed_though_forgotten`).
 
         A version gone without a record that it was forgotten was deleted behind fsbackup's back,
         or lost: it is remembered (vanished_versions), warned about, and reported by `check` until
         the user accepts it (--accept-missing). More than half of them at once is refused
         (`refuse_surprising_loss`)."""
-        vanished, new = local - remote, remote - local
-        forgotten = self.forgotten_names(new | vanished) if vanished or new else set()
-        unexplained = vanished - forgotten
+        vanished = local - remote
+        unexplained = vanished - self.forgotten_names(vanished) if vanished else set()
         self.refuse_surprising_loss("version objects (versions/)", local, unexplained)
         if unexplained or self.accept_missing:     # (a sync that changes nothing writes nothing)
             self._remember_vanished(unexplained)
         for name in vanished:
             self.unrecord_version(name)
-        return new & forgotten
 
     def _remember_vanished(self, unexplained: set[str]) -> None:
         names = sorted(unexplained)

@@ -315,10 +315,11 @@ class Restore:
         for p in paths or [os.fsdecode(base_path)]:
             if base and not p.startswith("/"):  # inside SUBPATH
                 p = os.fsdecode(base_path.rstrip(b"/")) + "/" + p
+            wanted = os.path.normpath(os.fsencode(p))
+            if base_path != b"/" and wanted != base_path and not wanted.startswith(base_path + b"/"):
+                raise UsageError(f"{p} is not inside {base}: give PATHs inside the VERSION:SUBPATH restored")
             node = self.tree.resolve(p)
             path = self.tree.path_of(node)
-            if base_path != b"/" and path != base_path and not path.startswith(base_path + b"/"):
-                raise UsageError(f"{p} is not inside {base}: give PATHs inside the VERSION:SUBPATH restored")
             tops[path] = node
         selection = []
         for path in outermost(tops):

@@ -291,3 +291,10 @@ def test_bad_choices_are_refused_with_one_line(env, src, tmp_path):
     assert_one_line_error(env.run("restore", "latest", "--target", target, "--overwrite", "sometimes"), 2,
                           "always, if-changed or never")
     assert not target.exists()
+
+
+def test_ls_takes_version_subpath_as_its_path(env, src):
+    assert env.ok("ls", f"latest:{src}/docs/deep").out.splitlines() == \
+        [f"{src}/docs/deep", f"{src}/docs/deep/c.odt", f"{src}/docs/deep/d.log"]
+    assert env.ok("ls", f"latest:{src}/docs/deep").out == env.ok("ls", "latest", f"{src}/docs/deep").out
+    assert_one_line_error(env.run("ls", f"latest:{src}", "/etc"), 2, "once")

@@ -343,7 +343,7 @@ class Restore:
                 while pending and not path.startswith(pending[-1][0].rstrip(b"/") + b"/"):
                     pending.pop()                 # a directory the walk left without selecting anything in it
                 is_root = node.id == ROOT_ID
-                if not is_root and self.exclude.matches(path, node.name):
+                if self.exclude and not is_root and self.exclude.matches(path, node.name):
                     continue
                 selected = inside or not self.include or (not is_root and self.include.matches(path, node.name))
                 if selected:
@@ -544,14 +544,23 @@ class Restore:
                             if n not in wanted and not TEMP_NAME.fullmatch(n))
         for name in extras:
             self.stats.deleted += 1
-            self._tell("delete", rel + b"/" + name if rel else name)
+            extra = rel + b"/" + name if rel else name
+            self._tell("delete", extra)
             if self.dry_run:
                 continue
             st = _lstat_or_none(name, dir_fd)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(name, dir_fd=dir_fd)
-            elif st is not None:
-                os.unlink(name, dir_fd=dir_fd)
+            try:
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(name, dir_fd=dir_fd)
+                elif st is not None:
+                    os.unlink(name, dir_fd=dir_fd)
+            except OSError as e:
+                where = os.fsdecode(self._path(extra))
+                if os_error_kind(e) is PermissionDenied:
+                    raise PermissionDenied(f"permission denied deleting {where}: {e.strerror}") from None
+                # (rmtree says so, with no errno, when a symlink stands where it looked at a folder)
+                raise FsbackupError(f"cannot delete {where}: {e.strerror or 'it was replaced while deleting'}; "
+                                    "nothing was followed there") from None
 
     def _plan(self, selection) -> None:
         """--dry-run: decide every entry as `_restore_node` does (`_fate`), count and report it,

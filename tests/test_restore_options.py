@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import restored_root, write
+from conftest import make_full_tree, restored_root, snapshot, write
 from test_corruption import assert_one_line_error
 from test_restore_race import _assert_untouched, _root_only_folder
 
@@ -131,6 +131,26 @@ def test_dry_run_without_overwrite_refuses_as_the_real_run_would(env, src, tmp_p
     target = tmp_path / "out"
     write(target / "top.odt", b"mine")
     assert_one_line_error(env.run("restore", f"latest:{src}", "--target", target, "--dry-run"), 4, "--overwrite")
+
+
+def test_every_entry_type_counts_alike_in_a_dry_run_and_the_real_run(env, tmp_path):
+    """Large, sparse and hard-linked files, symlinks, a FIFO, a device: over an empty target, then
+    over the restored tree with --overwrite=if-changed, where every entry is left as it is."""
+    src = make_full_tree(tmp_path / "src")
+    env.ok("backup", src)
+    target = tmp_path / "out"
+    args = ("restore", f"latest:{src}", "--target", target, "--json")
+    planned = _counts(env.ok(*args, "--dry-run"))
+    assert not target.exists()
+    assert _counts(env.ok(*args)) == planned and planned["replaced"] == planned["unchanged"] == 0
+    restored = snapshot(target, with_atime=False)
+    inodes = {p: os.lstat(target / os.fsdecode(p)).st_ino for p in restored if not p.startswith(b"<")}
+    planned = _counts(env.ok(*args, "--overwrite=if-changed", "--dry-run"))
+    entries = [p for p in inodes if not (target / os.fsdecode(p)).is_dir() or (target / os.fsdecode(p)).is_symlink()]
+    assert planned["unchanged"] == len(entries) == 12 and planned["replaced"] == 0      # (folders are used)
+    assert _counts(env.ok(*args, "--overwrite=if-changed")) == planned
+    assert {p: os.lstat(target / os.fsdecode(p)).st_ino for p in inodes} == inodes
+    assert snapshot(target, with_atime=False) == restored
 
 
 # ---- --overwrite MODE ---------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ by name while its descriptor is open.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 from collections import OrderedDict
+from typing import Iterable
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -31,6 +33,27 @@ def outermost(paths) -> list[bytes]:
     path is already covered by it. Sorted."""
     paths = sorted(set(paths))
     return [p for p in paths if not any(p != o and p.startswith(o.rstrip(b"/") + b"/") for o in paths)]
+
+
+class GlobMatcher:
+    """GLOBs as `backup --exclude` and `restore --include/--exclude` take them: a pattern with a '/'
+    matches whole paths (absolute: /home/*/.cache), any other pattern matches names (*.tmp). The
+    rules are fnmatch's, case-sensitive, and a '*' matches '/' too; a trailing '/' is ignored. A
+    walk that leaves out (or takes in) a directory whose path matches does so with everything below
+    it: that is how a pattern matches "a path or a parent of it"."""
+
+    def __init__(self, patterns: Iterable[str]):
+        patterns = [p.rstrip("/") for p in patterns]
+        self.path_patterns = [os.fsencode(p) for p in patterns if "/" in p]
+        self.name_patterns = [os.fsencode(p) for p in patterns if "/" not in p]
+
+    def __bool__(self) -> bool:
+        return bool(self.path_patterns or self.name_patterns)
+
+    def matches(self, path: bytes, name: bytes) -> bool:
+        """Whether the entry `name` at `path` (absolute) matches one of the patterns."""
+        return (any(fnmatch.fnmatchcase(name, p) for p in self.name_patterns)
+                or any(fnmatch.fnmatchcase(path, p) for p in self.path_patterns))
 
 
 def open_dir(name: bytes, dir_fd: int) -> int:

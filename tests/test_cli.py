@@ -214,7 +214,8 @@ def test_json_of_init_restore_unlock_and_forget_by_id(blank_env, tmp_path):
     doc = json.loads(env.ok("restore", "latest", "--target", tmp_path / "t", "--json").out)
     assert isinstance(doc.pop("duration"), float)
     assert doc == {"files": 1, "dirs": 2 + len(tmp_path.parts), "others": 1, "bytes_written": 10,
-                   "damaged": [], "warnings": []}
+                   "damaged": [], "warnings": [], "replaced": 0, "unchanged": 0, "kept": 0, "deleted": 0,
+                   "dry_run": False}
     assert json.loads(env.ok("unlock", "--json").out) == []
     with open_repo(env) as repo:
         stale = plant_lock(repo, time_ns=1, created_ns=1, command="prune")

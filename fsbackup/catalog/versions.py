@@ -198,6 +198,28 @@ def resolve_version(catalog: Catalog, spec: str, chosen: VersionFilter = EVERY_V
     return _version(rows[0])
 
 
+class VersionSpec(NamedTuple):
+    """A VERSION[:SUBPATH] argument: the version (what `resolve_version` takes) and the path in
+    it, absolute, or None when none was given."""
+    version: str
+    subpath: str | None
+
+
+def split_version_spec(text: str) -> VersionSpec:
+    """'latest:/home/alice/Documents' -> ('latest', '/home/alice/Documents'); '3f2a9c1e' ->
+    ('3f2a9c1e', None). The split is at the first ':' (a version id, an id prefix and 'latest'
+    hold none); a SUBPATH without a leading '/' is taken from the version's root. ValueError
+    (saying what is wrong, for a usage error) when the ':' has nothing on one side."""
+    version, colon, subpath = text.partition(":")
+    if not colon:
+        return VersionSpec(text, None)
+    if not version:
+        raise ValueError(f"'{text}' names no version before ':' (e.g. latest:/home/alice/Documents)")
+    if not subpath:
+        raise ValueError(f"'{text}' names no path after ':' (e.g. {version}:/home/alice/Documents)")
+    return VersionSpec(version, subpath if subpath.startswith("/") else "/" + subpath)
+
+
 def default_host() -> str:
     """This machine's host name: what backup records, and whose versions 'latest' means."""
     return socket.gethostname()

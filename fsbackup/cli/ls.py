@@ -4,14 +4,16 @@ from __future__ import annotations
 import os
 import stat
 
-from .options import FILTER_HELP, Command, version_filter, version_filter_options
+from ..errors import UsageError
+from .options import FILTER_HELP, Command, version_filter, version_filter_options, version_spec_arg
 from .output import Output, fmt_time
 from .repo import opened
 
 
 def add_arguments(p) -> None:
-    p.add_argument("version", metavar="VERSION")
-    p.add_argument("path", nargs="?", default="/", metavar="PATH")
+    p.add_argument("version", metavar="VERSION[:SUBPATH]", type=version_spec_arg,
+                   help="the version; latest:/home/alice is the same as 'latest /home/alice'")
+    p.add_argument("path", nargs="?", default=None, metavar="PATH")
     p.add_argument("-l", "--long", action="store_true", help="long format: mode, owner, size, time")
     version_filter_options(p)
 
@@ -19,9 +21,12 @@ def add_arguments(p) -> None:
 def run(args, out: Output) -> int:
     from ..catalog.tree import VersionTree
     from ..catalog.versions import resolve_version
+    spec = args.version
+    if spec.subpath and args.path:
+        raise UsageError("give the path to list once: as VERSION:SUBPATH or as PATH")
     with opened(args, out) as repo:
-        tree = VersionTree(repo.catalog, resolve_version(repo.catalog, args.version, version_filter(args)))
-        top = tree.resolve(args.path)
+        tree = VersionTree(repo.catalog, resolve_version(repo.catalog, spec.version, version_filter(args)))
+        top = tree.resolve(spec.subpath or args.path or "/")
         rows = []
         for path, node in tree.walk(top, tree.path_of(top)):
             name = os.fsdecode(path)

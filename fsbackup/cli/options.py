@@ -179,6 +179,15 @@ def version_filter_options(p: argparse.ArgumentParser, paths: bool = True) -> No
                        help="versions made of exactly these paths (repeat it for each path of a version)")
 
 
+def version_spec_arg(text: str):
+    """The argument type of VERSION[:SUBPATH] (catalog.versions.split_version_spec): a VersionSpec."""
+    from ..catalog.versions import split_version_spec
+    try:
+        return split_version_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def version_filter(args):
     """The catalog.versions.VersionFilter of the options `version_filter_options` added."""
     from ..catalog.versions import VersionFilter

@@ -13,7 +13,6 @@ whatever the data size.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import grp
 import os
 import pwd
@@ -34,7 +33,7 @@ from ..catalog.versions import list_versions
 from ..codec import wire
 from ..codec.chunker import MIN_SIZE, WINDOW, Chunker
 from ..errors import NoSpace, PathNotFound, os_error_kind
-from ..fsutil import DirFds, at_path, open_dir, outermost, split
+from ..fsutil import DirFds, GlobMatcher, at_path, open_dir, outermost, split
 from ..private import private_temp_file
 from ..progress import SILENT, Reporter
 from ..repository import REREAD_FILES, Repository
@@ -118,14 +117,12 @@ class Excluder:
     """--exclude GLOB: a pattern with a '/' matches the whole path (or a parent of it), else any name."""
 
     def __init__(self, options: BackupOptions):
-        self.path_patterns = [os.fsencode(p.rstrip("/")) for p in options.excludes if "/" in p.rstrip("/")]
-        self.name_patterns = [os.fsencode(p.rstrip("/")) for p in options.excludes if "/" not in p.rstrip("/")]
+        self.patterns = GlobMatcher(options.excludes)
         self.if_present = [os.fsencode(n) for n in options.exclude_if_present]
         self.caches = options.exclude_caches
 
     def excludes_path(self, path: bytes, name: bytes) -> bool:
-        return (any(fnmatch.fnmatchcase(name, p) for p in self.name_patterns)
-                or any(fnmatch.fnmatchcase(path, p) for p in self.path_patterns))
+        return self.patterns.matches(path, name)
 
     def excludes_dir_content(self, dir_fd: int) -> bool:
         """Whether the contents of the directory open as `dir_fd` are left out (its tag files;

@@ -35,10 +35,10 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, TypeVar
+from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 from ..catalog import BlockLocation
-from ..catalog.tree import Content, Node, VersionTree
+from ..catalog.tree import ROOT_ID, Content, Node, VersionTree
 from ..codec import wire
 from ..errors import (
     CorruptObject,
@@ -51,7 +51,7 @@ from ..errors import (
     UsageError,
     os_error_kind,
 )
-from ..fsutil import DirFds, at_path, chmod_at, open_dir, outermost, split
+from ..fsutil import DirFds, GlobMatcher, at_path, chmod_at, open_dir, outermost, split
 from ..progress import SILENT, Reporter
 from ..repository import Repository, block_runs
 from ..repository.blockcache import BlockCache
@@ -69,6 +69,11 @@ RESTORE_THREADS = 4
 TEMP_PREFIX = b".fsbackup-restore-"     # + 16 hex digits: a file being written
 TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + rb"[0-9a-f]{16}")
 DIR_FDS = 64               # directory descriptors kept open (the small-file batches' directories)
+# What --overwrite does with an entry the target already holds where the version has one
+# ("refuse", without --overwrite: the restore stops before writing anything, TargetConflict).
+OVERWRITE_MODES = ("always", "if-changed", "never")
+_TYPE_OF_MODE = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p", stat.S_IFCHR: "c",
+                 stat.S_IFBLK: "b"}
 
 
 @dataclass
@@ -80,10 +85,21 @@ class RestoreStats:
     duration: float = 0.0
     damaged: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    replaced: int = 0          # entries the target held that were replaced (counted in files, dirs, others too)
+    unchanged: int = 0         # --overwrite=if-changed: entries left as they were, already like the version's
+    kept: int = 0              # --overwrite=never: entries the target held, left in place
+    deleted: int = 0           # --delete: entries the version does not hold removed (a folder counts once)
+    dry_run: bool = False      # nothing was written: the counts say what a restore would do
+    would_write: int = 0       # --dry-run: bytes of the files that would be written
 
     def as_json(self) -> dict:
-        return {"files": self.files, "dirs": self.dirs, "others": self.others, "bytes_written": self.bytes_written,
-                "duration": round(self.duration, 3), "damaged": self.damaged, "warnings": self.warnings}
+        doc = {"files": self.files, "dirs": self.dirs, "others": self.others, "bytes_written": self.bytes_written,
+               "duration": round(self.duration, 3), "damaged": self.damaged, "warnings": self.warnings,
+               "replaced": self.replaced, "unchanged": self.unchanged, "kept": self.kept, "deleted": self.deleted,
+               "dry_run": self.dry_run}
+        if self.dry_run:
+            doc["would_write"] = self.would_write
+        return doc
 
 
 class _FileJob:
@@ -155,15 +171,39 @@ def _is_root() -> bool:
 
 
 class Restore:
-    def __init__(self, repo: Repository, tree: VersionTree, target: str, overwrite: bool = False,
-                 reporter: Reporter | None = None):
+    """A restore of `tree` (all of it, or the paths `run` is given) into `target`.
+
+    `overwrite`: what to do with an entry the target already holds: False (refuse: stop before
+    writing anything, TargetConflict), True or "always" (replace it), "if-changed" (replace it
+    unless it is of the same type with the same size and modification time, a symlink with the
+    same target; contents are not read), "never" (keep it; a folder kept in a directory's place is
+    not entered). A directory the target holds where the version has one is always used.
+    `include`/`exclude`: GLOBs (fsutil.GlobMatcher, matched against paths in the version): with
+    includes, only matching entries, everything below matching directories, and the directories
+    on the way to them are restored; excluded entries are left out with everything below them.
+    `delete`: afterwards, remove from each directory restored whole what the version's directory
+    does not hold (never in the folders only on the way to a selected path; an excluded name the
+    version holds stays). `dry_run`: decide all of it, count and report it, write nothing (the
+    target is not even made). `list_each`: report each entry's fate through `reporter.info`.
+    """
+
+    def __init__(self, repo: Repository, tree: VersionTree, target: str, overwrite: bool | str = False,
+                 reporter: Reporter | None = None, *, include: Iterable[str] = (), exclude: Iterable[str] = (),
+                 delete: bool = False, dry_run: bool = False, list_each: bool = False):
         self.repo = repo
         self.tree = tree
         self.target = os.path.abspath(os.fsencode(target))
-        self.overwrite = overwrite
+        self.overwrite = "always" if overwrite is True else overwrite or "refuse"
+        if self.overwrite not in OVERWRITE_MODES + ("refuse",):
+            raise UsageError(f"'{overwrite}' is not an overwrite mode ({', '.join(OVERWRITE_MODES)})")
+        self.include, self.exclude = GlobMatcher(include), GlobMatcher(exclude)
+        self.delete, self.dry_run, self.list_each = delete, dry_run, list_each
+        self.base = b"/"                          # the path in the version that the target stands for
+        self.skipped: set[bytes] = set()          # directories kept or left unchanged: not entered
+        self.cleaned: list[tuple[bytes, Node]] = []   # directories to rid of what the version lacks (--delete)
         self.reporter = reporter or SILENT
         self.progress = self.reporter.progress()
-        self.stats = RestoreStats()
+        self.stats = RestoreStats(dry_run=dry_run)
         self.cache = BlockCache(CACHE_BYTES)
         self.links: dict[tuple[int, int], bytes] = {}   # (dev, ino) -> the relative path restored first for it
         self.queue: deque[_Data | _Hole | _Failed | _End] = deque()   # a large file's pieces, in file order
@@ -180,12 +220,24 @@ class Restore:
         self.stats.warnings.append(msg)
         self.reporter.warn(msg)
 
-    def run(self, paths: list[str] | None = None) -> RestoreStats:
+    def run(self, paths: list[str] | None = None, base: str | None = None) -> RestoreStats:
+        """Restore `paths` (paths in the version; default: all of `base`) below the target.
+        `base` (VERSION:SUBPATH; default '/') is the path in the version the target stands for:
+        its contents land directly in the target, and relative `paths` are taken inside it; a
+        `base` that is not a directory is restored into the target under its own name.
+        PathNotFound when a path is not in the version; UsageError when one lies outside `base`."""
         started = time.monotonic()
         if os.path.lexists(self.target) and not os.path.isdir(self.target):
             raise UsageError(f"restore target {os.fsdecode(self.target)} is not a directory")
-        selection = self._selection(paths or ["/"])
+        if self.delete and not os.path.lexists(self.target):
+            raise UsageError(f"restore target {os.fsdecode(self.target)} does not exist, and --delete removes what "
+                             "an existing target holds beyond the version; check --target, or leave --delete out")
+        selection = self._selection(paths or [], base)
         total = self._check_conflicts(selection)
+        if self.dry_run:
+            self._plan(selection)
+            self.stats.duration = time.monotonic() - started
+            return self.stats
         try:
             os.makedirs(self.target, exist_ok=True)
             # The target's own path is followed: it is the user's choice. Nothing below it is.
@@ -207,10 +259,10 @@ class Restore:
         # I/O-bound (storage reads, file creation): more threads than cores.
         self.pool = ThreadPoolExecutor(RESTORE_THREADS, thread_name_prefix="fsbackup-restore")
         try:
-            for path, node in self._items(selection):
-                rel = path.strip(b"/")
+            for path, node, whole in self._items(selection):
+                rel = self._rel(path)
                 try:
-                    self._restore_node(rel, node, dirs)
+                    self._restore_node(rel, node, whole, dirs)
                 except OSError as e:
                     raise _os_error(e, self._path(rel)) from None
             self._drain(0)
@@ -219,6 +271,12 @@ class Restore:
             self.pool.shutdown(wait=True, cancel_futures=True)
             for job in self.open_jobs:     # stopped by an error or Ctrl-C: no partial file stays
                 job.close()
+        for rel, node in self.cleaned:     # before the directories' times are set: deleting changes them
+            self.dir_fds.trim()
+            try:
+                self._delete_extras(rel, node, self.dir_fds.get(rel))
+            except OSError as e:
+                raise _os_error(e, self._path(rel)) from None
         for rel, node in reversed(dirs):   # children first: setting a dir's mtime last keeps it
             self.dir_fds.trim()
             try:
@@ -231,48 +289,94 @@ class Restore:
         """The path of an entry in the target, for messages only."""
         return self.target.rstrip(b"/") + b"/" + rel if rel else self.target
 
+    def _rel(self, path: bytes) -> bytes:
+        """Where an entry at `path` in the version (at or below `self.base`) goes, relative to the target."""
+        return path[len(self.base.rstrip(b"/")):].strip(b"/")
+
+    def _tell(self, what: str, rel: bytes) -> None:
+        """With `list_each`: one line saying what becomes (or would become) of an entry."""
+        if self.list_each:
+            self.reporter.info(f"{'would ' if self.dry_run else ''}{what} {os.fsdecode(self._path(rel))}")
+
     # ---- what to restore ----------------------------------------------------------------
 
-    def _selection(self, paths: list[str]) -> list[tuple[bytes, Node, bool]]:
-        """(path, node, walk it?) for the ancestor directories of the selected paths, then the paths."""
+    def _selection(self, paths: list[str], base: str | None) -> list[tuple[bytes, Node, list[bytes]]]:
+        """(path, node, the paths of the directories between `self.base` and it) of each selected
+        path, outermost ones only, sorted; sets `self.base`."""
+        base_node = self.tree.resolve(base or "/")
+        base_path = self.tree.path_of(base_node)
+        if base_node.type != "d":               # a file (or symlink...): into the target by its own name
+            if paths:
+                raise UsageError(f"{base} is not a folder of the version: give PATHs only with a VERSION:SUBPATH "
+                                 "that is a folder")
+            paths, base_path = [os.fsdecode(base_path)], split(base_path)[0] or b"/"
+        self.base = base_path
         tops: dict[bytes, Node] = {}
-        for p in paths:
+        for p in paths or [os.fsdecode(base_path)]:
+            if base and not p.startswith("/"):  # inside SUBPATH
+                p = os.fsdecode(base_path.rstrip(b"/")) + "/" + p
+            wanted = os.path.normpath(os.fsencode(p))
+            if base_path != b"/" and wanted != base_path and not wanted.startswith(base_path + b"/"):
+                raise UsageError(f"{p} is not inside {base}: give PATHs inside the VERSION:SUBPATH restored")
             node = self.tree.resolve(p)
-            tops[self.tree.path_of(node)] = node
-        tops = {p: tops[p] for p in outermost(tops)}
-        ancestors: dict[bytes, Node] = {}
-        for path in tops:
-            parts = [x for x in path.split(b"/") if x][:-1]
-            for i in range(len(parts)):
-                anc = b"/" + b"/".join(parts[:i + 1])
-                if anc not in ancestors:
-                    ancestors[anc] = self.tree.resolve(anc)
-        return ([(p, n, False) for p, n in sorted(ancestors.items())]
-                + [(p, n, True) for p, n in sorted(tops.items())])
+            path = self.tree.path_of(node)
+            tops[path] = node
+        selection = []
+        for path in outermost(tops):
+            parts = self._rel(path).split(b"/")[:-1] if path != base_path else []
+            way = [self.base.rstrip(b"/") + b"/" + b"/".join(parts[:i + 1]) for i in range(len(parts))]
+            selection.append((path, tops[path], way))
+        return selection
 
-    def _items(self, selection):
-        for path, node, walk in selection:
-            if walk:
-                yield from self.tree.walk(node, path)
-            else:
-                yield path, node
+    def _items(self, selection) -> Iterator[tuple[bytes, Node, bool]]:
+        """(path in the version, node, restored whole?) of every entry to restore, parents before
+        children: the selected entries that --include/--exclude let through (whole), and the
+        directories on the way to them (not whole), each once."""
+        on_the_way: set[bytes] = set()            # directories on the way already given
+        for top_path, top, way in selection:
+            # Directories not yet given, on the way to what this walk selects, innermost last:
+            # (path, node or None where not looked up yet).
+            pending: list[tuple[bytes, Node | None]] = [(p, None) for p in way if p not in on_the_way]
+            stack = [(top_path, top, False)]      # (path, node, inside a selected directory?)
+            while stack:
+                path, node, inside = stack.pop()
+                while pending and not path.startswith(pending[-1][0].rstrip(b"/") + b"/"):
+                    pending.pop()                 # a directory the walk left without selecting anything in it
+                is_root = node.id == ROOT_ID
+                if self.exclude and not is_root and self.exclude.matches(path, node.name):
+                    continue
+                selected = inside or not self.include or (not is_root and self.include.matches(path, node.name))
+                if selected:
+                    for way_path, way_node in pending:
+                        on_the_way.add(way_path)
+                        yield way_path, way_node or self.tree.resolve(way_path), False
+                    pending.clear()
+                    yield path, node, True
+                elif node.type == "d":
+                    pending.append((path, node))
+                if node.type == "d":
+                    # (a child never has a smaller id than its parent: wire.TreeCheck, as VersionTree.walk)
+                    kids = [k for k in self.tree.children(node.id) if k.id > node.id]
+                    parent = path.rstrip(b"/")
+                    stack.extend((parent + b"/" + k.name, k, selected) for k in reversed(kids))
 
     def _check_conflicts(self, selection) -> int:
         """Refuse before writing anything if the target holds files we would replace; sum the bytes."""
         total, conflicts = 0, []
         missing: set[bytes] = set()     # directories absent from the target: their entries are too
         try:
-            target_fd = None if self.overwrite else os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            target_fd = None if self.overwrite != "refuse" else \
+                os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             target_fd = None            # an absent target holds nothing to replace
         except OSError as e:
             raise _os_error(e, self.target) from None
         dir_fds = DirFds(target_fd, DIR_FDS) if target_fd is not None else None
         try:
-            for path, node in self._items(selection):
+            for path, node, _ in self._items(selection):
                 if node.type == "f":
                     total += node.size
-                rel = path.strip(b"/")
+                rel = self._rel(path)
                 if dir_fds is None or not rel:      # (the target itself is a directory)
                     continue
                 parent, name = split(rel)
@@ -327,16 +431,29 @@ class Restore:
         for name in stale:
             _remove_quietly(name, dir_fd)
 
-    def _restore_node(self, rel: bytes, node: Node, dirs: list) -> None:
+    def _restore_node(self, rel: bytes, node: Node, whole: bool, dirs: list) -> None:
         if not rel:                      # the root of the selection: the target itself
             self._remove_stale_temporaries(self.dir_fds.base_fd)
             dirs.append((rel, node))
             self.stats.dirs += 1
+            self._tell("restore", rel)
+            if whole and self.delete:
+                self.cleaned.append((rel, node))
+            return
+        parent, name = split(rel)
+        if parent in self.skipped or self._device_skipped(rel, node):
+            if node.type == "d":
+                self.skipped.add(rel)
             return
         self.dir_fds.trim()
-        parent, name = split(rel)
         parent_fd = self.dir_fds.get(parent)
         in_fresh_dir = parent in self.fresh_dirs
+        fate = "new" if in_fresh_dir else self._fate(name, parent_fd, node)
+        if fate in ("unchanged", "kept"):
+            self._leave(rel, node, fate)
+            return
+        self.stats.replaced += fate == "replace"
+        self._tell("replace" if fate == "replace" else "restore", rel)
         if not in_fresh_dir:
             self._make_room(parent_fd, rel, node.type)
         if node.type == "d":
@@ -347,6 +464,8 @@ class Restore:
                 self.fresh_dirs.add(rel)
             else:
                 self._remove_stale_temporaries(self.dir_fds.get(rel))
+                if whole and self.delete:
+                    self.cleaned.append((rel, node))
             dirs.append((rel, node))
             self.stats.dirs += 1
             return
@@ -371,14 +490,129 @@ class Restore:
         elif node.type == "p":
             os.mkfifo(name, 0o600, dir_fd=parent_fd)
         elif node.type in "cb":
-            if not self.as_root:
-                self.warn(f"{os.fsdecode(self._path(rel))}: device nodes can only be restored as root; skipped")
-                return
             os.mknod(name, stat.S_IFMT(node.mode) | 0o600, node.rdev, dir_fd=parent_fd)
         else:
             return
         self._set_metadata((parent_fd, name), node, self._path(rel))
         self.stats.others += 1
+
+    def _device_skipped(self, rel: bytes, node: Node) -> bool:
+        """Whether `node` is a device node this restore cannot make (not root): then it says so."""
+        if node.type in ("c", "b") and not self.as_root:
+            self.warn(f"{os.fsdecode(self._path(rel))}: device nodes can only be restored as root; skipped")
+            return True
+        return False
+
+    def _fate(self, name: bytes, dir_fd: int, node: Node) -> str:
+        """What becomes of the entry `name` in the directory open as `dir_fd`, where the version
+        has `node`: "new" (nothing stands there), "merge" (a directory where the version has one:
+        used as it is), "replace", or, by --overwrite, "unchanged" (if-changed: of the same type,
+        size and modification time; a symlink to the same target; contents are not compared) or
+        "kept" (never). Without --overwrite the conflict check refused anything in the way; what
+        appears there meanwhile is replaced."""
+        st = _lstat_or_none(name, dir_fd)
+        if st is None:
+            return "new"
+        kind = _TYPE_OF_MODE.get(stat.S_IFMT(st.st_mode))
+        if node.type == "d" and kind == "d":
+            return "merge"
+        if self.overwrite == "never":
+            return "kept"
+        if self.overwrite == "if-changed" and kind == node.type and _same_as(st, name, dir_fd, node):
+            return "unchanged"
+        return "replace"
+
+    def _leave(self, rel: bytes, node: Node, fate: str) -> None:
+        """Count and report an entry left as the target holds it; a directory's place is not entered."""
+        if fate == "unchanged":
+            self.stats.unchanged += 1
+            self._tell("leave unchanged", rel)
+        else:
+            self.stats.kept += 1
+            self._tell("keep", rel)
+        if node.type == "d":
+            self.skipped.add(rel)
+
+    def _delete_extras(self, rel: bytes, node: Node, dir_fd: int) -> None:
+        """--delete: remove (with --dry-run, only count and report) what the directory open as
+        `dir_fd`, restored at `rel` from `node`, holds and the version's directory does not. A
+        symlink is removed, never followed; a folder is removed by descriptors (shutil.rmtree
+        with dir_fd checks that what it opens is what it looked at)."""
+        wanted = {k.name for k in self.tree.children(node.id)}
+        with os.scandir(dir_fd) as entries:
+            extras = sorted(n for n in (os.fsencode(e.name) for e in entries)
+                            if n not in wanted and not TEMP_NAME.fullmatch(n))
+        for name in extras:
+            self.stats.deleted += 1
+            extra = rel + b"/" + name if rel else name
+            self._tell("delete", extra)
+            if self.dry_run:
+                continue
+            st = _lstat_or_none(name, dir_fd)
+            try:
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(name, dir_fd=dir_fd)
+                elif st is not None:
+                    os.unlink(name, dir_fd=dir_fd)
+            except OSError as e:
+                where = os.fsdecode(self._path(extra))
+                if os_error_kind(e) is PermissionDenied:
+                    raise PermissionDenied(f"permission denied deleting {where}: {e.strerror}") from None
+                # (rmtree says so, with no errno, when a symlink stands where it looked at a folder)
+                raise FsbackupError(f"cannot delete {where}: {e.strerror or 'it was replaced while deleting'}; "
+                                    "nothing was followed there") from None
+
+    def _plan(self, selection) -> None:
+        """--dry-run: decide every entry as `_restore_node` does (`_fate`), count and report it,
+        and write nothing. The target is looked at by descriptors as a restore would; where it
+        lacks a directory (or one would be made anew), nothing below it exists yet."""
+        try:
+            target_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            target_fd = None
+        except OSError as e:
+            raise _os_error(e, self.target) from None
+        dir_fds = DirFds(target_fd, DIR_FDS) if target_fd is not None else None
+        made: set[bytes] = set()         # directories the restore would make: empty
+        try:
+            for path, node, whole in self._items(selection):
+                rel = self._rel(path)
+                parent, name = split(rel)
+                if rel and (parent in self.skipped or self._device_skipped(rel, node)):
+                    if node.type == "d":
+                        self.skipped.add(rel)
+                    continue
+                if not rel:
+                    fate = "new" if dir_fds is None else "merge"
+                elif dir_fds is None or parent in made:
+                    fate = "new"
+                else:
+                    dir_fds.trim()
+                    fate = self._fate(name, dir_fds.get(parent), node)
+                if fate in ("unchanged", "kept"):
+                    self._leave(rel, node, fate)
+                    continue
+                self.stats.replaced += fate == "replace"
+                self._tell("replace" if fate == "replace" else "restore", rel)
+                if node.type == "d":
+                    self.stats.dirs += 1
+                    if fate != "merge":
+                        made.add(rel)
+                    elif whole and self.delete:
+                        assert dir_fds is not None
+                        dir_fds.trim()
+                        self._delete_extras(rel, node, dir_fds.get(rel))
+                elif node.type == "f":
+                    self.stats.files += 1
+                    self.stats.would_write += node.size
+                else:
+                    self.stats.others += 1
+        except OSError as e:
+            raise _os_error(e, self.target) from None
+        finally:
+            if dir_fds is not None:
+                dir_fds.close()
+                os.close(dir_fds.base_fd)
 
     def _restore_file(self, rel: bytes, node: Node) -> None:
         if node.size <= SMALL_FILE:
@@ -696,6 +930,22 @@ def _lstat_or_none(name: bytes, dir_fd: int) -> os.stat_result | None:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return None
+
+
+def _same_as(st: os.stat_result, name: bytes, dir_fd: int, node: Node) -> bool:
+    """Whether the entry `name` in `dir_fd` (whose lstat is `st`, of `node`'s type) counts as
+    unchanged for --overwrite=if-changed: a file of the same size and modification time, a
+    symlink to the same target, a device with the same number, a FIFO."""
+    if node.type == "f":
+        return st.st_size == node.size and st.st_mtime_ns == node.mtime_ns
+    if node.type == "l":
+        try:
+            return os.readlink(name, dir_fd=dir_fd) == node.target
+        except OSError:
+            return False
+    if node.type in ("c", "b"):
+        return st.st_rdev == node.rdev
+    return True
 
 
 def _remove_quietly(name: bytes, dir_fd: int) -> None:

@@ -125,12 +125,7 @@ class _Data(NamedTuple):
 
     def data(self) -> bytes:
         """The block's bytes; CorruptObject or NoSuchObject when it cannot be had."""
-        fetched = self.fetched.result()
-        if isinstance(fetched, dict):
-            fetched = fetched[self.block_id]
-            if not isinstance(fetched, bytes):
-                raise fetched
-        return fetched
+        return fetched_block(self.fetched, self.block_id)
 
 
 class _Hole(NamedTuple):
@@ -402,13 +397,13 @@ class Restore:
         if content.extents and content.extents[-1][0] == wire.HOLE_ID:
             os.ftruncate(fd, content.size)   # holes stay holes: we write only data extents
         offset = 0
-        runs = None if self.repo.storage_is_local else self._runs_of(content.extents)
+        fetches = file_fetches(self.repo, self.pool, self.cache, content.extents)
         for block_id, length in content.extents:
             if block_id == wire.HOLE_ID:
                 self.queue.append(_Hole(job, length))
             else:
                 try:
-                    fetched = self._fetch(block_id) if runs is None else runs[block_id]()
+                    fetched = fetches[block_id]()
                 except NoSuchObject as e:
                     self.queue.append(_Failed(job, str(e)))
                 except KeyError:             # (no run: the catalog knows no stored volume holding it)
@@ -419,47 +414,6 @@ class Restore:
             offset += length
         self.queue.append(_End(job))
         self._drain(FETCH_WINDOW)
-
-    def _fetch(self, block_id: bytes) -> Future:
-        """One block of a large file, fetched on its own (through the cache, decoded in parallel
-        with its neighbours), from where the catalog says it lies now (a prune may have moved it)."""
-        location = self.repo.block_location(block_id)
-        return self.pool.submit(self.cache.get, block_id, functools.partial(self.repo.fetch_block, location=location))
-
-    def _runs_of(self, extents: list[tuple[bytes, int]]) -> dict[bytes, Callable[[], Future]]:
-        """On remote storage, where a request costs a round trip: for each stored block of a large
-        file, what starts the range read of its run (blocks lying back to back in a volume, in file
-        order, up to RUN_BYTES), when the writer's window reaches it."""
-        ids = [block_id for block_id, _ in extents if block_id != wire.HOLE_ID]
-        locations = self.repo.block_locations(ids)
-        fetches: dict[bytes, Callable[[], Future]] = {}
-        run: list[tuple[bytes, BlockLocation]] = []
-        for block_id in dict.fromkeys(ids):          # (a block repeated in the file: fetched once)
-            location = locations.get(block_id)
-            if location is None:
-                continue
-            if run:
-                first, last = run[0][1], run[-1][1]
-                end = last.offset + last.stored_length
-                if (location.volume != first.volume or not end <= location.offset <= end + RUN_GAP
-                        or location.offset + location.stored_length - first.offset > RUN_BYTES):
-                    self._add_run(run, fetches)
-                    run = []
-            run.append((block_id, location))
-        if run:
-            self._add_run(run, fetches)
-        return fetches
-
-    def _add_run(self, run: list[tuple[bytes, BlockLocation]], fetches: dict[bytes, Callable[[], Future]]) -> None:
-        """One range read for `run`, started when the first of its blocks is wanted."""
-        started: list[Future] = []
-
-        def fetch() -> Future:
-            if not started:
-                started.append(self.pool.submit(self.repo.fetch_run, run))
-            return started[0]
-        for block_id, _ in run:
-            fetches[block_id] = fetch
 
     def _flush_small(self) -> None:
         """Restore every small file taken so far."""
@@ -669,6 +623,77 @@ class Restore:
                     self.warn(f"cannot set extended attribute {os.fsdecode(name)} on {os.fsdecode(path)}: "
                               f"{e.strerror} (further xattr errors not shown)")
         utime()
+
+
+# ---- a large file's blocks, fetched ahead of its reader (restore's writer, dump's stream) ----
+
+def file_fetches(repo: Repository, pool: ThreadPoolExecutor, cache: BlockCache,
+                 extents: list[tuple[bytes, int]]) -> dict[bytes, Callable[[], Future]]:
+    """For each stored block of a file (`extents`), what starts its fetch in `pool` when the
+    reader's window reaches it and returns its Future (`fetched_block` takes the bytes from it).
+    A starter raises NoSuchObject, and a block absent from the dict (KeyError) is one, when no
+    stored volume holds the block. Every block is authenticated by the repository."""
+    if repo.storage_is_local:
+        return {block_id: functools.partial(_fetch_one, repo, pool, cache, block_id)
+                for block_id, _ in extents if block_id != wire.HOLE_ID}
+    return _runs_of(repo, pool, extents)
+
+
+def fetched_block(fetched: Future, block_id: bytes) -> bytes:
+    """The bytes of `block_id` from a Future of `file_fetches`; CorruptObject or NoSuchObject when
+    it cannot be had."""
+    data = fetched.result()
+    if isinstance(data, dict):
+        data = data[block_id]
+        if not isinstance(data, bytes):
+            raise data
+    return data
+
+
+def _fetch_one(repo: Repository, pool: ThreadPoolExecutor, cache: BlockCache, block_id: bytes) -> Future:
+    """One block fetched on its own (through the cache, decoded in parallel with its neighbours),
+    from where the catalog says it lies now (a prune may have moved it)."""
+    location = repo.block_location(block_id)
+    return pool.submit(cache.get, block_id, functools.partial(repo.fetch_block, location=location))
+
+
+def _runs_of(repo: Repository, pool: ThreadPoolExecutor,
+             extents: list[tuple[bytes, int]]) -> dict[bytes, Callable[[], Future]]:
+    """On remote storage, where a request costs a round trip: for each stored block of a file,
+    what starts the range read of its run (blocks lying back to back in a volume, in file order,
+    up to RUN_BYTES)."""
+    ids = [block_id for block_id, _ in extents if block_id != wire.HOLE_ID]
+    locations = repo.block_locations(ids)
+    fetches: dict[bytes, Callable[[], Future]] = {}
+    run: list[tuple[bytes, BlockLocation]] = []
+    for block_id in dict.fromkeys(ids):          # (a block repeated in the file: fetched once)
+        location = locations.get(block_id)
+        if location is None:
+            continue
+        if run:
+            first, last = run[0][1], run[-1][1]
+            end = last.offset + last.stored_length
+            if (location.volume != first.volume or not end <= location.offset <= end + RUN_GAP
+                    or location.offset + location.stored_length - first.offset > RUN_BYTES):
+                _add_run(repo, pool, run, fetches)
+                run = []
+        run.append((block_id, location))
+    if run:
+        _add_run(repo, pool, run, fetches)
+    return fetches
+
+
+def _add_run(repo: Repository, pool: ThreadPoolExecutor, run: list[tuple[bytes, BlockLocation]],
+             fetches: dict[bytes, Callable[[], Future]]) -> None:
+    """One range read for `run`, started when the first of its blocks is wanted."""
+    started: list[Future] = []
+
+    def fetch() -> Future:
+        if not started:
+            started.append(pool.submit(repo.fetch_run, run))
+        return started[0]
+    for block_id, _ in run:
+        fetches[block_id] = fetch
 
 
 def _at_temporary_name(create: Callable[[bytes], T]) -> tuple[bytes, T]:

@@ -19,6 +19,7 @@ from ..errors import FsbackupError
 from . import (
     backup,
     check,
+    completion,
     copy,
     diff,
     dump,
@@ -81,7 +82,7 @@ exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be r
 COMMANDS: list[Command] = [init.COMMAND, backup.COMMAND, forget.COMMAND, prune.COMMAND, versions.COMMAND,
                            tag.COMMAND, ls.COMMAND, find.COMMAND, diff.COMMAND, restore.COMMAND, copy.COMMAND,
                            mount.MOUNT, mount.UMOUNT, unlock.COMMAND, key.COMMAND, check.COMMAND, repair.COMMAND]
-COMMANDS += [dump.COMMAND, stats.COMMAND]
+COMMANDS += [dump.COMMAND, stats.COMMAND, completion.COMMAND]
 BY_NAME = {command.name: command for command in COMMANDS}
 
 

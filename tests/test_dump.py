@@ -110,6 +110,8 @@ def test_a_file_can_be_archived_and_target_writes_a_file(env, full, tmp_path):
     assert t.stdout.split() == [str(full / "text.txt").lstrip("/")]
     env.ok("dump", "latest", full / "text.txt", "-o", target)
     assert target.read_bytes() == (full / "text.txt").read_bytes()
+    r = env.run("dump", "latest", full, "-o", tmp_path)
+    assert r.rc == EXIT_USAGE and len(r.err.splitlines()) == 1 and "directory" in r.err, r.err
 
 
 def test_an_archive_is_not_written_to_a_terminal(env, full):

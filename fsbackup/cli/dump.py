@@ -19,9 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("version", metavar="VERSION")
     p.add_argument("path", metavar="PATH", help="the file or directory to dump, its absolute path in the version")
     p.add_argument("--archive", choices=ARCHIVES, default=None,
-                   help="write PATH and everything below it as a tar or zip archive (a directory or "
-                        "anything but a regular file: tar unless this says zip; a regular file: its "
-                        "content, unless this is given)")
+                   help="write PATH and everything below it as a tar or zip archive (the default for anything "
+                        "but a regular file: tar); a regular file without --archive: its content as it is")
     p.add_argument("-o", "--target", metavar="FILE",
                    help="write to FILE instead of stdout (replaced once the dump is complete: a dump "
                         "that fails leaves no FILE behind), e.g. -o home.tar")

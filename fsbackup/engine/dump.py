@@ -1,7 +1,7 @@
 """Stream a version's file, or a directory of it as a tar or zip archive, to a binary stream.
 
 Nothing is held whole in memory: a file's blocks are fetched and authenticated by worker threads
-a bounded window ahead of the stream (the restore engine's `file_fetches`), and the archive
+a bounded window ahead of the stream (`repository.fetching`, as restore does), and the archive
 writers (tarfile in stream mode, zipfile with data descriptors) never seek. Every block is
 authenticated, its length and every file's content hash checked, as restore does. Damage stops
 the dump with CorruptObject or NoSuchObject: what was written until then stays a truncated
@@ -29,8 +29,10 @@ from ..errors import CorruptObject, NoSuchObject
 from ..progress import SILENT, Reporter
 from ..repository import Repository
 from ..repository.blockcache import BlockCache
-from .restore import FETCH_WINDOW, RESTORE_THREADS, fetched_block, file_fetches
+from ..repository.fetching import fetched_block, file_fetches
 
+FETCH_WINDOW = 16          # blocks fetched ahead of the stream (as restore's writer)
+DUMP_THREADS = 4           # I/O-bound (storage reads): more threads than cores, as restore
 # Recently used blocks, for a block several files share (copies, hard links in zip). Smaller than
 # restore's: each block is streamed once and not kept, so memory stays the window and this.
 CACHE_BYTES = 16 << 20
@@ -108,8 +110,7 @@ class Dump:
         else the entry and everything below it as a `archive` ("tar" or "zip") archive."""
         top = self.tree.resolve(path)
         top_path = self.tree.path_of(top)
-        # I/O-bound (storage reads): more threads than cores, as restore.
-        self.pool = ThreadPoolExecutor(RESTORE_THREADS, thread_name_prefix="fsbackup-dump")
+        self.pool = ThreadPoolExecutor(DUMP_THREADS, thread_name_prefix="fsbackup-dump")
         try:
             if archive is None:
                 for chunk in self._content(top, top_path):

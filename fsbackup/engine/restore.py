@@ -25,7 +25,6 @@ symlink while the restore runs is never followed: the restore stops with an erro
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import re
 import secrets
@@ -37,7 +36,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, TypeVar
 
-from ..catalog import BlockLocation
 from ..catalog.tree import Content, Node, VersionTree
 from ..codec import wire
 from ..errors import (
@@ -55,6 +53,7 @@ from ..fsutil import DirFds, at_path, chmod_at, open_dir, outermost, split
 from ..progress import SILENT, Reporter
 from ..repository import Repository, block_runs
 from ..repository.blockcache import BlockCache
+from ..repository.fetching import RUN_BYTES, RUN_GAP, fetched_block, file_fetches
 
 T = TypeVar("T")
 
@@ -63,8 +62,6 @@ CACHE_BYTES = 64 << 20     # recently used blocks: a block shared by many files 
 SMALL_FILE = 1 << 20       # files up to this size are restored in batches
 SMALL_BATCH_FILES = 512    # small files looked up together ...
 SMALL_BATCH_BYTES = 16 << 20   # ... and bytes of them fetched ahead of the writer per batch
-RUN_BYTES = 4 << 20        # a range read covers adjacent blocks up to this many bytes ...
-RUN_GAP = 64 << 10         # ... reading over gaps this small, cheaper than another request
 RESTORE_THREADS = 4
 TEMP_PREFIX = b".fsbackup-restore-"     # + 16 hex digits: a file being written
 TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + rb"[0-9a-f]{16}")
@@ -623,77 +620,6 @@ class Restore:
                     self.warn(f"cannot set extended attribute {os.fsdecode(name)} on {os.fsdecode(path)}: "
                               f"{e.strerror} (further xattr errors not shown)")
         utime()
-
-
-# ---- a large file's blocks, fetched ahead of its reader (restore's writer, dump's stream) ----
-
-def file_fetches(repo: Repository, pool: ThreadPoolExecutor, cache: BlockCache,
-                 extents: list[tuple[bytes, int]]) -> dict[bytes, Callable[[], Future]]:
-    """For each stored block of a file (`extents`), what starts its fetch in `pool` when the
-    reader's window reaches it and returns its Future (`fetched_block` takes the bytes from it).
-    A starter raises NoSuchObject, and a block absent from the dict (KeyError) is one, when no
-    stored volume holds the block. Every block is authenticated by the repository."""
-    if repo.storage_is_local:
-        return {block_id: functools.partial(_fetch_one, repo, pool, cache, block_id)
-                for block_id, _ in extents if block_id != wire.HOLE_ID}
-    return _runs_of(repo, pool, extents)
-
-
-def fetched_block(fetched: Future, block_id: bytes) -> bytes:
-    """The bytes of `block_id` from a Future of `file_fetches`; CorruptObject or NoSuchObject when
-    it cannot be had."""
-    data = fetched.result()
-    if isinstance(data, dict):
-        data = data[block_id]
-        if not isinstance(data, bytes):
-            raise data
-    return data
-
-
-def _fetch_one(repo: Repository, pool: ThreadPoolExecutor, cache: BlockCache, block_id: bytes) -> Future:
-    """One block fetched on its own (through the cache, decoded in parallel with its neighbours),
-    from where the catalog says it lies now (a prune may have moved it)."""
-    location = repo.block_location(block_id)
-    return pool.submit(cache.get, block_id, functools.partial(repo.fetch_block, location=location))
-
-
-def _runs_of(repo: Repository, pool: ThreadPoolExecutor,
-             extents: list[tuple[bytes, int]]) -> dict[bytes, Callable[[], Future]]:
-    """On remote storage, where a request costs a round trip: for each stored block of a file,
-    what starts the range read of its run (blocks lying back to back in a volume, in file order,
-    up to RUN_BYTES)."""
-    ids = [block_id for block_id, _ in extents if block_id != wire.HOLE_ID]
-    locations = repo.block_locations(ids)
-    fetches: dict[bytes, Callable[[], Future]] = {}
-    run: list[tuple[bytes, BlockLocation]] = []
-    for block_id in dict.fromkeys(ids):          # (a block repeated in the file: fetched once)
-        location = locations.get(block_id)
-        if location is None:
-            continue
-        if run:
-            first, last = run[0][1], run[-1][1]
-            end = last.offset + last.stored_length
-            if (location.volume != first.volume or not end <= location.offset <= end + RUN_GAP
-                    or location.offset + location.stored_length - first.offset > RUN_BYTES):
-                _add_run(repo, pool, run, fetches)
-                run = []
-        run.append((block_id, location))
-    if run:
-        _add_run(repo, pool, run, fetches)
-    return fetches
-
-
-def _add_run(repo: Repository, pool: ThreadPoolExecutor, run: list[tuple[bytes, BlockLocation]],
-             fetches: dict[bytes, Callable[[], Future]]) -> None:
-    """One range read for `run`, started when the first of its blocks is wanted."""
-    started: list[Future] = []
-
-    def fetch() -> Future:
-        if not started:
-            started.append(pool.submit(repo.fetch_run, run))
-        return started[0]
-    for block_id, _ in run:
-        fetches[block_id] = fetch
 
 
 def _at_temporary_name(create: Callable[[bytes], T]) -> tuple[bytes, T]:

@@ -189,3 +189,43 @@ def test_a_big_file_streams_in_bounded_memory(env, tmp_path):
     grown = max_rss(src / "big") - max_rss(src / "small")
     assert grown < size // 2, f"{grown >> 20} MiB more resident while dumping {size >> 20} MiB"
     shutil.rmtree(src)
+
+
+def test_remote_storage_reads_runs_of_blocks(env, tmp_path, monkeypatch):
+    """On remote storage a file's blocks come as range reads of runs (repository.fetching)."""
+    from fsbackup.repository import Repository
+    src = tmp_path / "src"
+    write(src / "big", pseudo_random(9 << 20, 5))
+    write(src / "sub" / "small", b"small")
+    env.ok("backup", src)
+    monkeypatch.setattr(Repository, "storage_is_local", property(lambda self: False))
+    runs: list[int] = []
+    fetch_run = Repository.fetch_run
+
+    def counted(self, blocks):
+        runs.append(len(blocks))
+        return fetch_run(self, blocks)
+    monkeypatch.setattr(Repository, "fetch_run", counted)
+    env.ok("dump", "latest", src / "big", "-o", tmp_path / "big")
+    assert (tmp_path / "big").read_bytes() == (src / "big").read_bytes()
+    assert runs and max(runs) > 1, runs
+    env.ok("dump", "latest", src, "-o", tmp_path / "src.tar")
+    x = subprocess.run(["tar", "-x", "-f", tmp_path / "src.tar", "-C", tmp_path], capture_output=True)
+    assert x.returncode == 0, x.stderr
+    assert (restored_root(tmp_path, src) / "big").read_bytes() == (src / "big").read_bytes()
+
+
+def test_times_beyond_the_tar_header_are_exact(env, tmp_path):
+    src = tmp_path / "src"
+    times = {"before-1970": -1_234_567_890_123_456_789, "after-2242": 9_000_000_000_000_000_001,
+             "fraction": 1_700_000_000_000_000_001}
+    for name, ns in times.items():
+        os.utime(write(src / name, name.encode()), ns=(ns, ns))
+    env.ok("backup", src)
+    p = dump(env, "latest", src)
+    out = tmp_path / "out"
+    out.mkdir()
+    x = subprocess.run(["tar", "-x", "-C", out], input=p.stdout, capture_output=True)
+    assert x.returncode == 0, x.stderr
+    got = {name: os.stat(restored_root(out, src) / name).st_mtime_ns for name in times}
+    assert got == times

@@ -80,7 +80,8 @@ def test_every_command_has_help_and_a_description():
     parser = build_parser()
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert list(commands.choices) == ["init", "backup", "forget", "prune", "versions", "tag", "ls", "find", "diff",
-                                      "restore", "copy", "mount", "umount", "unlock", "key", "check", "repair"]
+                                      "restore", "copy", "mount", "umount", "unlock", "key", "check", "repair",
+                                      "dump", "stats", "completion"]
     helps = {a.dest: a.help for a in commands._choices_actions}
     for name, sub in commands.choices.items():
         assert helps[name] and sub.description, name

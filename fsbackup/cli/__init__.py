@@ -19,8 +19,10 @@ from ..errors import FsbackupError
 from . import (
     backup,
     check,
+    completion,
     copy,
     diff,
+    dump,
     find,
     forget,
     init,
@@ -30,6 +32,7 @@ from . import (
     prune,
     repair,
     restore,
+    stats,
     tag,
     unlock,
     versions,
@@ -61,6 +64,7 @@ examples:
   fsbackup find '*.odt' --newer 7d
   fsbackup diff 3f2a9c1e latest /home/alice
   fsbackup restore latest /home/alice/Documents/report.odt --target /tmp/restored
+  fsbackup dump latest /home/alice/Documents | tar -t
   fsbackup key passwd
   fsbackup forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
   fsbackup check --read-data-subset 1/7
@@ -78,6 +82,7 @@ exit codes: 0 ok, 1 error, 2 usage, 3 backup saved but some files could not be r
 COMMANDS: list[Command] = [init.COMMAND, backup.COMMAND, forget.COMMAND, prune.COMMAND, versions.COMMAND,
                            tag.COMMAND, ls.COMMAND, find.COMMAND, diff.COMMAND, restore.COMMAND, copy.COMMAND,
                            mount.MOUNT, mount.UMOUNT, unlock.COMMAND, key.COMMAND, check.COMMAND, repair.COMMAND]
+COMMANDS += [dump.COMMAND, stats.COMMAND, completion.COMMAND]
 BY_NAME = {command.name: command for command in COMMANDS}
 
 

@@ -25,7 +25,6 @@ symlink while the restore runs is never followed: the restore stops with an erro
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import re
 import secrets
@@ -37,7 +36,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
-from ..catalog import BlockLocation
 from ..catalog.tree import ROOT_ID, Content, Node, VersionTree
 from ..codec import wire
 from ..errors import (
@@ -55,6 +53,7 @@ from ..fsutil import DirFds, GlobMatcher, at_path, chmod_at, open_dir, outermost
 from ..progress import SILENT, Reporter
 from ..repository import Repository, block_runs
 from ..repository.blockcache import BlockCache
+from ..repository.fetching import RUN_BYTES, RUN_GAP, fetched_block, file_fetches
 
 T = TypeVar("T")
 
@@ -63,8 +62,6 @@ CACHE_BYTES = 64 << 20     # recently used blocks: a block shared by many files 
 SMALL_FILE = 1 << 20       # files up to this size are restored in batches
 SMALL_BATCH_FILES = 512    # small files looked up together ...
 SMALL_BATCH_BYTES = 16 << 20   # ... and bytes of them fetched ahead of the writer per batch
-RUN_BYTES = 4 << 20        # a range read covers adjacent blocks up to this many bytes ...
-RUN_GAP = 64 << 10         # ... reading over gaps this small, cheaper than another request
 RESTORE_THREADS = 4
 TEMP_PREFIX = b".fsbackup-restore-"     # + 16 hex digits: a file being written
 TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + rb"[0-9a-f]{16}")
@@ -141,12 +138,7 @@ class _Data(NamedTuple):
 
     def data(self) -> bytes:
         """The block's bytes; CorruptObject or NoSuchObject when it cannot be had."""
-        fetched = self.fetched.result()
-        if isinstance(fetched, dict):
-            fetched = fetched[self.block_id]
-            if not isinstance(fetched, bytes):
-                raise fetched
-        return fetched
+        return fetched_block(self.fetched, self.block_id)
 
 
 class _Hole(NamedTuple):
@@ -636,13 +628,13 @@ class Restore:
         if content.extents and content.extents[-1][0] == wire.HOLE_ID:
             os.ftruncate(fd, content.size)   # holes stay holes: we write only data extents
         offset = 0
-        runs = None if self.repo.storage_is_local else self._runs_of(content.extents)
+        fetches = file_fetches(self.repo, self.pool, self.cache, content.extents)
         for block_id, length in content.extents:
             if block_id == wire.HOLE_ID:
                 self.queue.append(_Hole(job, length))
             else:
                 try:
-                    fetched = self._fetch(block_id) if runs is None else runs[block_id]()
+                    fetched = fetches[block_id]()
                 except NoSuchObject as e:
                     self.queue.append(_Failed(job, str(e)))
                 except KeyError:             # (no run: the catalog knows no stored volume holding it)
@@ -653,47 +645,6 @@ class Restore:
             offset += length
         self.queue.append(_End(job))
         self._drain(FETCH_WINDOW)
-
-    def _fetch(self, block_id: bytes) -> Future:
-        """One block of a large file, fetched on its own (through the cache, decoded in parallel
-        with its neighbours), from where the catalog says it lies now (a prune may have moved it)."""
-        location = self.repo.block_location(block_id)
-        return self.pool.submit(self.cache.get, block_id, functools.partial(self.repo.fetch_block, location=location))
-
-    def _runs_of(self, extents: list[tuple[bytes, int]]) -> dict[bytes, Callable[[], Future]]:
-        """On remote storage, where a request costs a round trip: for each stored block of a large
-        file, what starts the range read of its run (blocks lying back to back in a volume, in file
-        order, up to RUN_BYTES), when the writer's window reaches it."""
-        ids = [block_id for block_id, _ in extents if block_id != wire.HOLE_ID]
-        locations = self.repo.block_locations(ids)
-        fetches: dict[bytes, Callable[[], Future]] = {}
-        run: list[tuple[bytes, BlockLocation]] = []
-        for block_id in dict.fromkeys(ids):          # (a block repeated in the file: fetched once)
-            location = locations.get(block_id)
-            if location is None:
-                continue
-            if run:
-                first, last = run[0][1], run[-1][1]
-                end = last.offset + last.stored_length
-                if (location.volume != first.volume or not end <= location.offset <= end + RUN_GAP
-                        or location.offset + location.stored_length - first.offset > RUN_BYTES):
-                    self._add_run(run, fetches)
-                    run = []
-            run.append((block_id, location))
-        if run:
-            self._add_run(run, fetches)
-        return fetches
-
-    def _add_run(self, run: list[tuple[bytes, BlockLocation]], fetches: dict[bytes, Callable[[], Future]]) -> None:
-        """One range read for `run`, started when the first of its blocks is wanted."""
-        started: list[Future] = []
-
-        def fetch() -> Future:
-            if not started:
-                started.append(self.pool.submit(self.repo.fetch_run, run))
-            return started[0]
-        for block_id, _ in run:
-            fetches[block_id] = fetch
 
     def _flush_small(self) -> None:
         """Restore every small file taken so far."""

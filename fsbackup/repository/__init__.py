@@ -4,6 +4,7 @@
                     authenticated), keeping the catalog in step with what is stored, rebuilding it
     volumes.py      writing a volume and its index object (backup and prune fill them)
     blockcache.py   decoded blocks in memory, each loaded once however many readers want it
+    fetching.py     a file's blocks fetched ahead of its reader (restore, dump)
     locks.py        repository locks: none, shared, append, exclusive
 
 The layers above import the facade's names from here.

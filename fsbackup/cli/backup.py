@@ -140,26 +140,28 @@ def _listed_paths(args) -> list[str]:
     return paths
 
 
-def _check_inputs(args) -> None:
-    """What to back up: PATHs and --files-from lists, or a stream (--stdin, --stdin-from-command) alone."""
+def _input_problem(args) -> str | None:
+    """What is wrong with what to back up, if anything: PATHs and --files-from lists, or a stream
+    (--stdin, --stdin-from-command) alone."""
     if args.stdin and args.stdin_from_command:
-        raise UsageError("--stdin and --stdin-from-command both name the stream to back up: give one")
+        return "--stdin and --stdin-from-command both name the stream to back up: give one"
     if args.stdin_from_command and not args.paths:
-        raise UsageError("--stdin-from-command needs the command after --, e.g. "
-                         "fsbackup backup --stdin-from-command --stdin-filename db.sql -- pg_dump mydb")
+        return ("--stdin-from-command needs the command after --, e.g. "
+                "fsbackup backup --stdin-from-command --stdin-filename db.sql -- pg_dump mydb")
     if args.stdin or args.stdin_from_command:
         if "-" in args.files_from:
-            raise UsageError("--files-from - reads its list from stdin, which --stdin reads as data: give one of them")
+            return "--files-from - reads its list from stdin, which --stdin reads as data: give one of them"
         if args.files_from:
-            raise UsageError("a backup of a stream takes no other paths: --files-from cannot go with it")
+            return "a backup of a stream takes no other paths: --files-from cannot go with it"
         if args.stdin and args.paths:
-            raise UsageError("a backup of --stdin takes no PATH (name its file with --stdin-filename)")
+            return "a backup of --stdin takes no PATH (name its file with --stdin-filename)"
     elif args.stdin_filename is not None:
-        raise UsageError("--stdin-filename names the file of --stdin or --stdin-from-command: give one of them")
+        return "--stdin-filename names the file of --stdin or --stdin-from-command: give one of them"
     elif not args.paths and not args.files_from:
-        raise UsageError("nothing to back up: give PATHs, --files-from FILE, --stdin or --stdin-from-command")
+        return "nothing to back up: give PATHs, --files-from FILE, --stdin or --stdin-from-command"
     if args.null and not args.files_from:
-        raise UsageError("--null says how --files-from lists are separated: give --files-from")
+        return "--null says how --files-from lists are separated: give --files-from"
+    return None
 
 
 @contextmanager
@@ -215,7 +217,9 @@ def _report_verification(out: Output, name: str, written: dict[str, int], report
 def run(args, out: Output) -> int:
     from ..engine.backup import Backup, BackupOptions
     from ..engine.check import verify_backup
-    _check_inputs(args)
+    problem = _input_problem(args)
+    if problem:          # (said as argparse says what it refuses)
+        raise UsageError(f"{problem}; see '{PROG} backup --help'")
     excludes = _excludes(args.exclude, args.exclude_file)
     policy = forget.policy_from_args(args)
     if args.prune and policy.is_empty():

@@ -29,8 +29,18 @@ def not_a_folder(path: str) -> str | None:
 def outermost(paths) -> list[bytes]:
     """The paths (absolute, bytes) that lie inside no other of them: a path inside another given
     path is already covered by it. Sorted."""
-    paths = sorted(set(paths))
-    return [p for p in paths if not any(p != o and p.startswith(o.rstrip(b"/") + b"/") for o in paths)]
+    given = set(paths)
+    return [p for p in sorted(given) if not _inside(p, given)]
+
+
+def _inside(path: bytes, folders: set[bytes]) -> bool:
+    """Whether a folder above `path` (absolute, normalized) is one of `folders`: its ancestors are
+    looked up, so that a list of many paths (backup --files-from) costs its length times its depth."""
+    while path != b"/":
+        path = os.path.dirname(path)
+        if path in folders:
+            return True
+    return False
 
 
 def open_dir(name: bytes, dir_fd: int) -> int:

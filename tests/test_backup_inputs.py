@@ -245,3 +245,16 @@ def test_iexclude_matches_whatever_the_case(env, tmp_path):
     assert "keep.png" in listed          # --exclude still minds the case
     env.ok("backup", src, "--iexclude", f"{str(src).upper()}/NOTES.*")
     assert "notes.txt" not in env.ok("ls", "latest", str(src)).out
+
+
+def test_a_long_list_is_reduced_to_its_outermost_paths_quickly():
+    """`find -print0` lists every folder and what is inside it: each path inside another listed one
+    is dropped, in time proportional to the list (not to its square)."""
+    from fsbackup.fsutil import outermost
+    listed = [b"/home/alice/d%d" % i for i in range(50_000)]
+    listed += [b"/home/alice/d%d/f%d" % (i, j) for i in range(50_000) for j in range(3)] + [b"/srv/x"]
+    started = time.monotonic()
+    assert outermost(reversed(listed)) == sorted(listed[:50_000]) + [b"/srv/x"]
+    assert time.monotonic() - started < 10
+    assert outermost([b"/", b"/etc", b"/home/alice"]) == [b"/"]
+    assert outermost([b"/home/al", b"/home/alice", b"/home/alice/x"]) == [b"/home/al", b"/home/alice"]

@@ -161,6 +161,22 @@ def test_a_failing_command_stores_no_version(env, tmp_path):
     assert versions(env) == before
 
 
+def test_a_command_still_writing_when_the_backup_fails_is_stopped(env, tmp_path, wrap_storage):
+    from doubles.faults import FaultyBackend
+
+    def failing_uploads(plain):
+        faulty = FaultyBackend(plain)
+        faulty.go_down(after=1, method="put")          # the lock is stored, then no volume
+        return faulty
+    wrap_storage(failing_uploads)
+    pid_file = tmp_path / "pid"
+    r = env.run("backup", "--volume-size", "1M", "--stdin-from-command", "--",
+                "sh", "-c", f"echo $$ > {pid_file}; exec cat /dev/urandom")
+    assert r.rc == 17, r.err
+    pid = int(pid_file.read_text())
+    assert not os.path.exists(f"/proc/{pid}"), "the command still runs"
+
+
 # ---- --files-from -------------------------------------------------------------------------------
 
 def test_files_from_lines(env, tmp_path):

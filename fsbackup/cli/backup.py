@@ -64,7 +64,7 @@ def add_arguments(p) -> None:
                    help="read --iexclude patterns from FILE, one per line ('#' comments)")
     p.add_argument("--exclude-larger-than", metavar="SIZE", type=file_size_arg, default=None,
                    help="leave out files larger than SIZE (e.g. 100M, 2G; a file of exactly SIZE is kept)")
-    inputs = p.add_argument_group("what else to back up (docs/backup.md)")
+    inputs = p.add_argument_group("lists of paths and streams (docs/backup.md)")
     inputs.add_argument("--files-from", metavar="FILE", action="append", default=[],
                         help="also back up the paths listed in FILE, one per line ('#' comments, blank lines "
                              "skipped), '-' for stdin; a listed path that does not exist is a warning (exit 3) "

@@ -162,9 +162,12 @@ class Excluder:
             return False
         # Names that are not UTF-8 keep their other bytes as surrogates, which match only themselves.
         folded_name = os.fsdecode(name).casefold()
-        return (any(fnmatch.fnmatchcase(folded_name, p) for p in self.iname_patterns)
-                or (bool(self.ipath_patterns)
-                    and any(fnmatch.fnmatchcase(os.fsdecode(path).casefold(), p) for p in self.ipath_patterns)))
+        if any(fnmatch.fnmatchcase(folded_name, p) for p in self.iname_patterns):
+            return True
+        if self.ipath_patterns:
+            folded_path = os.fsdecode(path).casefold()
+            return any(fnmatch.fnmatchcase(folded_path, p) for p in self.ipath_patterns)
+        return False
 
     def excludes_size(self, size: int) -> bool:
         """Whether a file of `size` bytes is left out: larger than the limit (one of exactly the
@@ -400,6 +403,9 @@ class Backup:
         start_ns = time.time_ns()
         if stream is not None and (paths or self.options.listed_paths):
             raise UsageError("a backup of a stream (--stdin) takes no other paths")
+        if stream is not None and (not stream.path.startswith("/") or "\0" in stream.path
+                                   or {"", ".", ".."} & set(stream.path[1:].split("/"))):
+            raise ValueError(f"not a normalized absolute path for a stream: {stream.path!r}")   # a caller's bug
         tops = self._top_paths(paths)
         if not tops and stream is None:
             raise PathNotFound("nothing to back up: none of the paths given exists")

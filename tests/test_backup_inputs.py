@@ -13,8 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import Result, pseudo_random, write
 from test_errors import assert_one_line_error
+from test_mount import FUSE_MISSING, mounted  # noqa: F401  (mounted: a fixture)
 
 from fsbackup.codec.chunker import Chunker
 
@@ -69,6 +71,15 @@ def test_stdin_is_restored_byte_for_byte_at_its_path(env, tmp_path):
     st = restored.stat()
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.getuid() and st.st_gid == os.getgid()
     assert before <= st.st_mtime_ns <= time.time_ns()
+
+
+@pytest.mark.skipif(bool(FUSE_MISSING), reason=f"FUSE unavailable: {FUSE_MISSING}")
+def test_the_mount_shows_the_stdin_file_at_its_path(env, mounted):
+    data = pseudo_random(3 << 20, 7)
+    fed_ok(env, data, "--stdin", "--stdin-filename", "/srv/dumps/db.sql")
+    inside = mounted().version_dir() / "srv" / "dumps" / "db.sql"
+    assert inside.read_bytes() == data
+    assert stat.S_IMODE(inside.stat().st_mode) == 0o600
 
 
 def test_an_empty_stdin_is_an_empty_file_named_stdin(env, tmp_path):

@@ -30,6 +30,11 @@ class UsageError(FsbackupError):
     exit_code = EXIT_USAGE
 
 
+class CommandFailed(FsbackupError):
+    """A command run for its output failed (backup --stdin-from-command): nothing was stored."""
+    exit_code = EXIT_FATAL
+
+
 class RepositoryNotFound(FsbackupError):
     exit_code = EXIT_NO_REPOSITORY
 

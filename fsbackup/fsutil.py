@@ -31,27 +31,51 @@ def not_a_folder(path: str) -> str | None:
 def outermost(paths) -> list[bytes]:
     """The paths (absolute, bytes) that lie inside no other of them: a path inside another given
     path is already covered by it. Sorted."""
-    paths = sorted(set(paths))
-    return [p for p in paths if not any(p != o and p.startswith(o.rstrip(b"/") + b"/") for o in paths)]
+    given = set(paths)
+    return [p for p in sorted(given) if not _inside(p, given)]
+
+
+def _inside(path: bytes, folders: set[bytes]) -> bool:
+    """Whether a folder above `path` (absolute, normalized) is one of `folders`: its ancestors are
+    looked up, so that a list of many paths (backup --files-from) costs its length times its depth."""
+    while path != b"/":
+        path = os.path.dirname(path)
+        if path in folders:
+            return True
+    return False
 
 
 class GlobMatcher:
     """GLOBs as `backup --exclude` and `restore --include/--exclude` take them: a pattern with a '/'
     matches whole paths (absolute: /home/*/.cache), any other pattern matches names (*.tmp). The
-    rules are fnmatch's, case-sensitive, and a '*' matches '/' too; a trailing '/' is ignored. A
-    walk that leaves out (or takes in) a directory whose path matches does so with everything below
-    it: that is how a pattern matches "a path or a parent of it"."""
+    rules are fnmatch's, and a '*' matches '/' too; a trailing '/' is ignored. A walk that leaves
+    out (or takes in) a directory whose path matches does so with everything below it: that is how
+    a pattern matches "a path or a parent of it". `ignore_case` (`--iexclude`): letters match
+    whatever their case, also beyond ASCII (both sides are casefolded; the bytes of a name that is
+    not UTF-8 stay surrogates, which match only themselves)."""
 
-    def __init__(self, patterns: Iterable[str]):
+    def __init__(self, patterns: Iterable[str], ignore_case: bool = False):
         patterns = [p.rstrip("/") for p in patterns]
-        self.path_patterns = [os.fsencode(p) for p in patterns if "/" in p]
-        self.name_patterns = [os.fsencode(p) for p in patterns if "/" not in p]
+        self.ignore_case = ignore_case
+        if ignore_case:
+            patterns = [p.casefold() for p in patterns]
+        self.path_patterns = [self._form(p) for p in patterns if "/" in p]
+        self.name_patterns = [self._form(p) for p in patterns if "/" not in p]
+
+    def _form(self, text: str):
+        """A pattern, name or path as it is compared: casefolded text, or bytes."""
+        return text if self.ignore_case else os.fsencode(text)
 
     def __bool__(self) -> bool:
         return bool(self.path_patterns or self.name_patterns)
 
     def matches(self, path: bytes, name: bytes) -> bool:
         """Whether the entry `name` at `path` (absolute) matches one of the patterns."""
+        if not self:
+            return False
+        if self.ignore_case:
+            return (any(fnmatch.fnmatchcase(os.fsdecode(name).casefold(), p) for p in self.name_patterns)
+                    or any(fnmatch.fnmatchcase(os.fsdecode(path).casefold(), p) for p in self.path_patterns))
         return (any(fnmatch.fnmatchcase(name, p) for p in self.name_patterns)
                 or any(fnmatch.fnmatchcase(path, p) for p in self.path_patterns))
 

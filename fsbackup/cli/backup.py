@@ -1,13 +1,28 @@
 """`fsbackup backup`: back up paths as a new version, verify it, and apply keep rules."""
 from __future__ import annotations
 
+import argparse
+import os
+import shlex
+import subprocess
 import sys
+from contextlib import contextmanager
 
 from .. import errors
-from ..errors import UsageError
+from ..errors import CommandFailed, UsageError
 from ..progress import human_bytes, human_duration
 from . import forget, prune
-from .options import PROG, Command, compression_level, count_arg, host_name, keep_options, percent_arg, volume_size_arg
+from .options import (
+    PROG,
+    Command,
+    compression_level,
+    count_arg,
+    host_name,
+    keep_options,
+    percent_arg,
+    size_type,
+    volume_size_arg,
+)
 from .output import Output, print_report
 from .repo import hold, lock_wait, opened
 
@@ -16,8 +31,25 @@ INTERRUPTED = ("the backup stopped before saving its version (had it been storin
                "uploaded and cleans up the rest")
 
 
+# --exclude-larger-than: 0 leaves out every file that is not empty; 1P is beyond any file.
+file_size_arg = size_type("file size", 0, 1 << 50)
+
+
+def stdin_filename(text: str) -> str:
+    """The argument type of --stdin-filename: where the stream's file is in the version, as an
+    absolute path (a relative one lies below /, as restic places it); no '..', no NUL, no name
+    longer than a file system takes."""
+    names = [n for n in text.split("/") if n not in ("", ".")]
+    if not names or "\0" in text or ".." in names or any(len(os.fsencode(n)) > 255 for n in names):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a file name for --stdin (a name or a path such as "
+                                         "/var/backups/db.sql: no '..', no NUL, names of at most 255 bytes)")
+    return "/" + "/".join(names)
+
+
 def add_arguments(p) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="files and folders to back up; with --stdin-from-command, the command and its arguments "
+                        "(after --)")
     p.add_argument("--exclude", metavar="GLOB", action="append", default=[],
                    help="leave out matching paths; a GLOB with '/' matches whole paths, else names (repeatable)")
     p.add_argument("--exclude-file", metavar="FILE", action="append", default=[],
@@ -26,6 +58,30 @@ def add_arguments(p) -> None:
                    help="leave out the contents of directories holding a file NAME (repeatable)")
     p.add_argument("--exclude-caches", action="store_true",
                    help="leave out the contents of directories with a valid CACHEDIR.TAG")
+    p.add_argument("--iexclude", metavar="GLOB", action="append", default=[],
+                   help="as --exclude, whatever the case of letters: --iexclude '*.jpg' leaves out photo.JPG too")
+    p.add_argument("--iexclude-file", metavar="FILE", action="append", default=[],
+                   help="read --iexclude patterns from FILE, one per line ('#' comments)")
+    p.add_argument("--exclude-larger-than", metavar="SIZE", type=file_size_arg, default=None,
+                   help="leave out files larger than SIZE (e.g. 100M, 2G; a file of exactly SIZE is kept)")
+    inputs = p.add_argument_group("lists of paths and streams (docs/backup.md)")
+    inputs.add_argument("--files-from", metavar="FILE", action="append", default=[],
+                        help="also back up the paths listed in FILE, one per line ('#' comments, blank lines "
+                             "skipped), '-' for stdin; a listed path that does not exist is a warning (exit 3) "
+                             "(repeatable)")
+    inputs.add_argument("-0", "--null", action="store_true",
+                        help="the --files-from lists separate paths by NUL bytes, not lines, e.g. "
+                             "find ~/Documents -name '*.odt' -print0 | fsbackup backup --files-from - -0")
+    inputs.add_argument("--stdin", action="store_true",
+                        help="back up what stdin holds as one file, read to its end: pg_dump mydb | "
+                             "fsbackup backup --stdin --stdin-filename /var/backups/db.sql")
+    inputs.add_argument("--stdin-filename", metavar="NAME", type=stdin_filename, default=None,
+                        help="the path of the --stdin file in the version (default /stdin; a relative NAME "
+                             "lies below /); it is recorded with mode 0600, owned by you, modified now")
+    inputs.add_argument("--stdin-from-command", action="store_true",
+                        help="back up the output of the command given after -- as with --stdin; if the command "
+                             "fails (exit status not 0), no version is stored (exit 1): fsbackup backup "
+                             "--stdin-from-command --stdin-filename db.sql -- pg_dump mydb")
     p.add_argument("--one-file-system", action="store_true", help="do not cross file system boundaries")
     p.add_argument("--tag", metavar="TAG", action="append", default=[], help="tag the version (repeatable)")
     p.add_argument("--description", metavar="TEXT", default=None,
@@ -48,16 +104,102 @@ def add_arguments(p) -> None:
                     "(docs/maintenance.md); nothing is forgotten without a keep option")
 
 
-def _excludes(args) -> list[str]:
-    """--exclude patterns, and those of every --exclude-file."""
-    excludes = list(args.exclude)
-    for path in args.exclude_file:
+def _excludes(patterns: list[str], files: list[str]) -> list[str]:
+    """--exclude (or --iexclude) patterns, and those of every --exclude-file (--iexclude-file)."""
+    excludes = list(patterns)
+    for path in files:
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
                 excludes += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
         except OSError as e:
             raise UsageError(f"cannot read exclude file {path}: {e.strerror}") from None
     return excludes
+
+
+def _listed_paths(args) -> list[str]:
+    """The paths of every --files-from list ('-': stdin), as written (no glob expansion: restic's
+    --files-from-verbatim): one a line (a CR before the newline dropped, blank lines and lines
+    starting with '#' skipped), or with --null separated by NUL bytes (restic's --files-from-raw),
+    which alone can hold names with newlines."""
+    paths: list[str] = []
+    for source in args.files_from:
+        try:
+            if source == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(source, "rb") as f:
+                    data = f.read()
+        except OSError as e:
+            raise UsageError(f"cannot read --files-from {source}: {e.strerror}") from None
+        if args.null:
+            names = [n for n in data.split(b"\0") if n]
+        else:
+            lines = (ln.removesuffix(b"\r") for ln in data.split(b"\n"))
+            names = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith(b"#")]
+        paths += [os.fsdecode(n) for n in names]
+    return paths
+
+
+def _input_problem(args) -> str | None:
+    """What is wrong with what to back up, if anything: PATHs and --files-from lists, or a stream
+    (--stdin, --stdin-from-command) alone."""
+    if args.stdin and args.stdin_from_command:
+        return "--stdin and --stdin-from-command both name the stream to back up: give one"
+    if args.stdin_from_command and not args.paths:
+        return ("--stdin-from-command needs the command after --, e.g. "
+                "fsbackup backup --stdin-from-command --stdin-filename db.sql -- pg_dump mydb")
+    if args.stdin or args.stdin_from_command:
+        if "-" in args.files_from:
+            return "--files-from - reads its list from stdin, which --stdin reads as data: give one of them"
+        if args.files_from:
+            return "a backup of a stream takes no other paths: --files-from cannot go with it"
+        if args.stdin and args.paths:
+            return "a backup of --stdin takes no PATH (name its file with --stdin-filename)"
+    elif args.stdin_filename is not None:
+        return "--stdin-filename names the file of --stdin or --stdin-from-command: give one of them"
+    elif not args.paths and not args.files_from:
+        return "nothing to back up: give PATHs, --files-from FILE, --stdin or --stdin-from-command"
+    if args.null and not args.files_from:
+        return "--null says how --files-from lists are separated: give --files-from"
+    return None
+
+
+@contextmanager
+def _stream(args):
+    """The StreamFile of --stdin or --stdin-from-command (None for neither). The command runs
+    with this process's stdin and stderr; its output is the stream. If the backup stops before
+    the command ends, the command is killed."""
+    from ..engine.backup import StreamFile
+    path = args.stdin_filename or "/stdin"
+    if args.stdin:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("--stdin backs up data piped in, not a terminal: e.g. pg_dump mydb | "
+                             "fsbackup backup --stdin --stdin-filename db.sql")
+        yield StreamFile(path, sys.stdin.buffer)
+        return
+    if not args.stdin_from_command:
+        yield None
+        return
+    command = shlex.join(args.paths)
+    try:
+        proc = subprocess.Popen(args.paths, stdout=subprocess.PIPE)
+    except OSError as e:
+        raise CommandFailed(f"cannot run --stdin-from-command {command}: {e.strerror}; no version was stored") \
+            from None
+
+    def finished() -> None:
+        status = proc.wait()
+        if status != 0:
+            how = f"was killed by signal {-status}" if status < 0 else f"failed with exit status {status}"
+            raise CommandFailed(f"--stdin-from-command {command} {how}; no version was stored")
+    try:
+        assert proc.stdout is not None              # (stdout=PIPE)
+        yield StreamFile(path, proc.stdout, finished)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
 
 
 def _report_verification(out: Output, name: str, written: dict[str, int], report) -> bool:
@@ -75,7 +217,10 @@ def _report_verification(out: Output, name: str, written: dict[str, int], report
 def run(args, out: Output) -> int:
     from ..engine.backup import Backup, BackupOptions
     from ..engine.check import verify_backup
-    excludes = _excludes(args)
+    problem = _input_problem(args)
+    if problem:          # (said as argparse says what it refuses)
+        raise UsageError(f"{problem}; see '{PROG} backup --help'")
+    excludes = _excludes(args.exclude, args.exclude_file)
     policy = forget.policy_from_args(args)
     if args.prune and policy.is_empty():
         raise UsageError("backup --prune needs at least one keep rule (e.g. --keep-daily 7)")
@@ -83,6 +228,11 @@ def run(args, out: Output) -> int:
                             exclude_caches=args.exclude_caches, one_file_system=args.one_file_system,
                             tags=args.tag, dry_run=args.dry_run, host=args.host,
                             description=args.description)
+    options.iexcludes = _excludes(args.iexclude, args.iexclude_file)
+    options.exclude_larger_than = args.exclude_larger_than
+    options.listed_paths = _listed_paths(args)
+    if args.files_from and not args.paths and not options.listed_paths:
+        raise UsageError("nothing to back up: the --files-from lists name no path, and no PATH is given")
     if args.volume_size:
         options.volume_size = args.volume_size
     if args.compression is not None:
@@ -102,8 +252,8 @@ def run(args, out: Output) -> int:
                                                   args.verify_percent, out))
         job.after_commit = after_commit
         try:
-            with hold(repo, args, out, "none" if args.dry_run else "append") as lock:
-                name = job.run_locked(args.paths, lock)
+            with hold(repo, args, out, "none" if args.dry_run else "append") as lock, _stream(args) as stream:
+                name = job.run_locked([] if stream else args.paths, lock, stream)
         except KeyboardInterrupt:
             if not saved:
                 raise
@@ -158,5 +308,7 @@ COMMAND = Command(
     "Back up one or more paths as one new version. Unchanged files (same size, mtime, ctime and inode\n"
     "as in the previous version of the same paths) are not read again; new data is cut into blocks,\n"
     "and only blocks the repository lacks are compressed, encrypted and uploaded.\n\n"
+    "What a backup reads (PATHs, --files-from lists, --stdin, --stdin-from-command) and what it\n"
+    "leaves out: docs/backup.md.\n\n"
     "Exit code 3: the version was saved, but some files could not be read (they are listed).",
     add_arguments, run, INTERRUPTED)

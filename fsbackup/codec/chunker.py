@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 import blake3
 import pyfastcdc
@@ -71,6 +71,33 @@ class Chunker:
             if last:
                 return
             pos += done
+
+    def cut_stream(self, read: Callable[[int], bytes], window: int = WINDOW) -> Iterator[memoryview]:
+        """Cut a stream that cannot be read again (a pipe), `window` bytes at a time: `read(n)`
+        returns at most n bytes, b"" at its end. The cut points are those of `cut` over all its
+        bytes. Yields read-only views; what is held is one window (and the blocks the caller
+        keeps), however long the stream."""
+        assert window > MAX_SIZE
+        tail = b""                 # the bytes after the last block yielded: cut again with the next
+        while True:
+            buf = bytearray(tail)
+            ended = False
+            while len(buf) < window:
+                more = read(window - len(buf))
+                if not more:
+                    ended = True
+                    break
+                buf += more
+            data = bytes(buf)      # (a new buffer per window: the blocks of the last one may live on)
+            done = 0
+            for chunk in self._fastcdc.cut_buf(data):
+                if not ended and len(data) - chunk.offset < MAX_SIZE:   # as in cut_file
+                    break
+                yield chunk.data
+                done = chunk.offset + chunk.length
+            if ended:
+                return
+            tail = data[done:]
 
 
 def _fastcdc(avg: int, low: int, high: int, seed: ChunkerSeed) -> FastCDC:

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import msgpack
 
@@ -32,7 +32,7 @@ from ..catalog.tree import Node, VersionTree
 from ..catalog.versions import list_versions
 from ..codec import wire
 from ..codec.chunker import MIN_SIZE, WINDOW, Chunker
-from ..errors import NoSpace, PathNotFound, os_error_kind
+from ..errors import NoSpace, PathNotFound, UsageError, os_error_kind
 from ..fsutil import DirFds, GlobMatcher, at_path, open_dir, outermost, split
 from ..private import private_temp_file
 from ..progress import SILENT, Reporter
@@ -54,6 +54,10 @@ class BackupOptions:
     exclude_if_present: list[str] = field(default_factory=list)
     exclude_caches: bool = False
     one_file_system: bool = False
+    iexcludes: list[str] = field(default_factory=list)      # --exclude patterns matched whatever the case
+    exclude_larger_than: int | None = None   # files larger than this many bytes are left out; None: none
+    listed_paths: list[str] = field(default_factory=list)   # --files-from: as the paths given, but one
+                                                            # that does not exist is a warning (exit 3)
     tags: list[str] = field(default_factory=list)
     host: str | None = None                  # the version's host; None: this machine's host name
     description: str | None = None           # the version header's description; None: none
@@ -63,6 +67,27 @@ class BackupOptions:
     compression: int = wire.ZSTD_LEVEL        # zstd level of new blocks; 0 stores them uncompressed
     workers: int = max(2, os.cpu_count() or 2)
     uploads_in_flight: int | None = None     # volumes uploading at once; None: the backend's `connections`
+
+
+# The mode of a file read from a stream (backup --stdin): a pipe has no permissions to copy, and a
+# database dump is often secret, so only its owner (the user who ran the backup) may read it when
+# restored; restic records 0644. Folders made up above it (below) get 0755.
+STREAM_FILE_MODE = 0o600
+MADE_UP_FOLDER_MODE = 0o755
+
+
+@dataclass
+class StreamFile:
+    """A file whose content comes from a stream rather than a file system (backup --stdin): recorded
+    at `path` (absolute, validated by the caller: no '..', no NUL) as a regular file of mode
+    STREAM_FILE_MODE, owned by the user who runs the backup, modified when its reading began. The
+    folders above it are recorded as this machine has them, as for any path backed up; those it
+    lacks are made up (MADE_UP_FOLDER_MODE, the same owner and time). `stream` is read once to
+    its end, never held whole. `finished` is called once it has ended, before the version is
+    stored: it raises to store no version (the command that wrote the stream failed)."""
+    path: str
+    stream: BinaryIO
+    finished: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -114,15 +139,24 @@ class FileReplaced(Exception):
 
 
 class Excluder:
-    """--exclude GLOB: a pattern with a '/' matches the whole path (or a parent of it), else any name."""
+    """--exclude GLOB: a pattern with a '/' matches the whole path (or a parent of it), else any name.
+    --iexclude GLOB: the same, whatever the case of letters (also beyond ASCII: both sides are
+    casefolded). --exclude-larger-than: files of more bytes than that are left out."""
 
     def __init__(self, options: BackupOptions):
         self.patterns = GlobMatcher(options.excludes)
+        self.ipatterns = GlobMatcher(options.iexcludes, ignore_case=True)
         self.if_present = [os.fsencode(n) for n in options.exclude_if_present]
         self.caches = options.exclude_caches
+        self.larger_than = options.exclude_larger_than
 
     def excludes_path(self, path: bytes, name: bytes) -> bool:
-        return self.patterns.matches(path, name)
+        return self.patterns.matches(path, name) or self.ipatterns.matches(path, name)
+
+    def excludes_size(self, size: int) -> bool:
+        """Whether a file of `size` bytes is left out: larger than the limit (one of exactly the
+        limit is kept, as restic keeps it)."""
+        return self.larger_than is not None and size > self.larger_than
 
     def excludes_dir_content(self, dir_fd: int) -> bool:
         """Whether the contents of the directory open as `dir_fd` are left out (its tag files;
@@ -309,7 +343,7 @@ class Backup:
 
     # ---- entry point --------------------------------------------------------------------
 
-    def run_locked(self, paths: list[str], lock: Lock | None = None) -> str | None:
+    def run_locked(self, paths: list[str], lock: Lock | None = None, stream: StreamFile | None = None) -> str | None:
         """`run` as the `backup` command does it: under an append lock, shared with other backups
         (locks.py), with the local index brought in step first, so that blocks other machines
         stored meanwhile are not stored again (a dry run, which stores nothing, needs no lock).
@@ -325,10 +359,10 @@ class Backup:
         (docs/append-only.md); its lock, the one object it deletes, goes stale where it cannot be."""
         if self.options.dry_run:
             self.repo.sync_catalog(self.reporter.progress())
-            return self.run(paths)
+            return self.run(paths, stream)
         if lock is None:
             with repository_lock(self.repo, "append", command="backup") as own:
-                return self.run_locked(paths, own)
+                return self.run_locked(paths, own, stream)
         if lock.repo is not self.repo or lock.mode not in ("append", "exclusive"):
             raise ValueError("a backup needs an append or exclusive lock on its own repository")   # a caller's bug
         self.repo.sync_catalog(self.reporter.progress())
@@ -340,20 +374,28 @@ class Backup:
             self.reporter.note("every file is read again: data this machine's index knew of is gone from "
                                "the repository (pruned from another machine, or lost)")
         self.before_commit = lock.ensure_held
-        name = self.run(paths)
+        name = self.run(paths, stream)
         catalog.set_meta(REREAD_FILES, "")
         if name is not None:
             self.after_commit(name)
         return name
 
-    def run(self, paths: list[str]) -> str | None:
-        """Back up `paths` as one new version; returns its name (None for a dry run)."""
+    def run(self, paths: list[str], stream: StreamFile | None = None) -> str | None:
+        """Back up `paths` and `options.listed_paths` (or the file `stream` alone) as one new
+        version; returns its name (None for a dry run)."""
         started = time.monotonic()
         start_ns = time.time_ns()
+        if stream is not None and (paths or self.options.listed_paths):
+            raise UsageError("a backup of a stream (--stdin) takes no other paths")
+        if stream is not None and (not stream.path.startswith("/") or "\0" in stream.path
+                                   or {"", ".", ".."} & set(stream.path[1:].split("/"))):
+            raise ValueError(f"not a normalized absolute path for a stream: {stream.path!r}")   # a caller's bug
         tops = self._top_paths(paths)
+        if not tops and stream is None:
+            raise PathNotFound("nothing to back up: none of the paths given exists")
         catalog = self.repo.catalog
         host = self.options.host or socket.gethostname()
-        head_paths = [os.fsdecode(p) for p in tops]
+        head_paths = [os.fsdecode(p) for p in tops] if stream is None else [stream.path]
         parent = self._parent_version(host, head_paths) if self.options.trust_unchanged else None
         self.prev = VersionTree(catalog, parent) if parent else None
         self.progress.start("backup")
@@ -372,7 +414,7 @@ class Backup:
             self.spool_packer = wire.entry_packer(unicode_errors="surrogateescape")   # (times of any range)
             self.spool = spool
             self.node_count = 0
-            self._scan(tops)
+            self._scan(tops, stream)
             self.sink.finish()
         except BaseException:
             self.sink.abort()
@@ -418,11 +460,19 @@ class Backup:
         return msgpack.Unpacker(spool, raw=False, unicode_errors="surrogateescape", max_buffer_size=1 << 30)
 
     def _top_paths(self, paths: list[str]) -> list[bytes]:
+        """The paths to walk: those given (one missing is an error) and those listed (one missing is
+        left out with a warning, as an unreadable file is), less those inside another."""
         tops = []
         for p in paths:
             ap = os.path.abspath(os.fsencode(p))
             if not os.path.lexists(ap):
                 raise PathNotFound(f"source path {p} does not exist")
+            tops.append(ap)
+        for p in self.options.listed_paths:
+            ap = os.path.abspath(os.fsencode(p))
+            if not os.path.lexists(ap):
+                self.warn(f"{p} (listed in --files-from) does not exist; left out")
+                continue
             tops.append(ap)
         return outermost(tops)
 
@@ -523,7 +573,7 @@ class Backup:
             [n.content for n in kids if n.type == "f" and n.content is not None]))
         return {n.name: n for n in kids}
 
-    def _scan(self, tops: list[bytes]) -> None:
+    def _scan(self, tops: list[bytes], stream: StreamFile | None = None) -> None:
         root_st = os.lstat(b"/")
         root = _Item(self._entry(b"", b"/", root_st, "d"), _Item.ROOT_PARENT)
         self._enqueue(root)
@@ -535,27 +585,75 @@ class Backup:
                     if not self.excluder.excludes_path(b"/" + child, child):
                         self._walk(b"/" + child, child, root, known_dirs[b"/"][1], parent_dev=root_st.st_dev)
                 continue
-            parts = [p for p in top.split(b"/") if p]
-            path = b"/"
-            for i, part in enumerate(parts):
-                parent_path, path = path, os.path.join(path, part)
-                parent, prev_parent = known_dirs[parent_path]
-                if i == len(parts) - 1:
-                    self._walk(path, part, parent, prev_parent)
-                elif path not in known_dirs:
-                    prev_node = self.prev.lookup(prev_parent, part) if self.prev and prev_parent else None
-                    # An ancestor holds the entries below it, so it is a directory in the version
-                    # whatever lstat says: a symlinked one is recorded with the metadata and xattrs
-                    # of the directory it resolves to (docs/format.md, "Ancestors").
-                    try:
-                        st = os.stat(path)
-                    except OSError as e:
-                        raise PathNotFound(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
-                    item = _Item(self._entry(part, os.path.realpath(path), st, "d"), parent)
-                    self._enqueue(item)
-                    self.stats.dirs += 1
-                    known_dirs[path] = (item, prev_node.id if prev_node and prev_node.type == "d" else None)
+            parent, prev_parent = self._ancestors(top, known_dirs)
+            self._walk(top, os.path.basename(top), parent, prev_parent)
+        if stream is not None:
+            self._read_stream(stream, *self._ancestors(os.fsencode(stream.path), known_dirs, made_up=True))
         self._drain()
+
+    def _ancestors(self, path: bytes, known_dirs: dict[bytes, tuple[_Item, int | None]],
+                   made_up: bool = False) -> tuple[_Item, int | None]:
+        """The folders holding `path` (absolute), each queued once (`known_dirs`, by path: its item
+        and its node id in the previous version); returns those of the nearest. `made_up`: a
+        folder this machine lacks (or has as no directory) is made up rather than an error."""
+        parts = [p for p in path.split(b"/") if p]
+        folder = b"/"
+        for part in parts[:-1]:
+            parent_path, folder = folder, os.path.join(folder, part)
+            if folder in known_dirs:
+                continue
+            parent, prev_parent = known_dirs[parent_path]
+            prev_node = self.prev.lookup(prev_parent, part) if self.prev and prev_parent else None
+            # An ancestor holds the entries below it, so it is a directory in the version
+            # whatever lstat says: a symlinked one is recorded with the metadata and xattrs
+            # of the directory it resolves to (docs/format.md, "Ancestors").
+            try:
+                st = os.stat(folder)
+            except OSError as e:
+                if not made_up:
+                    raise PathNotFound(f"cannot read {os.fsdecode(folder)}: {e.strerror}") from None
+                st = None
+            if st is not None and (stat.S_ISDIR(st.st_mode) or not made_up):
+                entry = self._entry(part, os.path.realpath(folder), st, "d")
+            else:
+                entry = self._made_up_entry(part, stat.S_IFDIR | MADE_UP_FOLDER_MODE, time.time_ns())
+            item = _Item(entry, parent)
+            self._enqueue(item)
+            self.stats.dirs += 1
+            known_dirs[folder] = (item, prev_node.id if prev_node and prev_node.type == "d" else None)
+        return known_dirs[folder]
+
+    def _made_up_entry(self, name: bytes, mode: int, time_ns: int) -> list:
+        """The entry of something no file system holds (a stream, a folder above it): owned by the
+        user who runs the backup, its times `time_ns`, no xattrs."""
+        e: list[Any] = [None] * len(wire.ENTRY_FIELDS)
+        uid, gid = os.getuid(), os.getgid()
+        e[wire.E_NAME], e[wire.E_TYPE], e[wire.E_MODE] = name, "d" if stat.S_ISDIR(mode) else "f", mode
+        e[wire.E_UID], e[wire.E_GID] = uid, gid
+        e[wire.E_USER], e[wire.E_GRP] = self.names.user(uid), self.names.group(gid)
+        e[wire.E_MTIME] = e[wire.E_ATIME] = e[wire.E_CTIME] = time_ns
+        e[wire.E_SIZE], e[wire.E_INO], e[wire.E_DEV], e[wire.E_NLINK], e[wire.E_RDEV] = 0, 0, 0, 1, 0
+        return e
+
+    def _read_stream(self, stream: StreamFile, parent: _Item, prev_parent: int | None) -> None:
+        """Read, cut and hash the file of `stream` in this thread (a stream is read once, in order;
+        its blocks go to the volumes as they come: memory stays bounded), and queue its entry."""
+        name = os.path.basename(os.fsencode(stream.path))
+        prev = self.prev.lookup(prev_parent, name) if self.prev and prev_parent else None
+        item = _Item(self._made_up_entry(name, stat.S_IFREG | STREAM_FILE_MODE, time.time_ns()), parent)
+        hasher = self.repo.keys.content_hasher()
+        extents: list[tuple[bytes, int]] = []
+        for block in self.chunker.cut_stream(stream.stream.read):
+            self._hash_block(block, hasher, extents, self._take_block)
+        stream.finished()
+        size = item.entry[wire.E_SIZE] = sum(n for _, n in extents)
+        self._set_content(item, [hasher.digest(), size, wire.pack_extents(extents)])
+        if prev is not None:
+            self.stats.files_changed += 1
+        else:
+            self.stats.files_new += 1
+        self.progress.advance(files=1)
+        self._enqueue(item)
 
     def _walk(self, top: bytes, top_name: bytes, parent: _Item, prev_parent: int | None,
               parent_dev: int | None = None) -> None:
@@ -639,6 +737,8 @@ class Backup:
                     if self.excluder.excludes_path(child_path, child):
                         continue
                     stack.append((child_path, item, prev_kids.get(child), st.st_dev))
+                continue
+            if code == "f" and self.excluder.excludes_size(st.st_size):
                 continue
             item = _Item(self._entry(name, at_path(parent_fd, name), st, code, prev_node), parent)
             if code == "l":
@@ -800,10 +900,7 @@ class Backup:
                 extents.append((wire.HOLE_ID, start - pos))
                 hasher.hole(start - pos)
             for block in chunker.cut_file(fd, start, end):
-                block_id = self.repo.keys.block_id(block)
-                hasher.data(block)
-                extents.append((block_id, len(block)))
-                take_block(block_id, block)
+                self._hash_block(block, hasher, extents, take_block)
             pos = end
         if pos < size:
             extents.append((wire.HOLE_ID, size - pos))
@@ -813,6 +910,14 @@ class Backup:
                 or sum(n for _, n in extents) != size):
             raise FileChanged()
         return [hasher.digest(), size, wire.pack_extents(extents)]
+
+    def _hash_block(self, block: memoryview, hasher, extents: list[tuple[bytes, int]],
+                    take_block: Callable[[bytes, bytes | memoryview], None]) -> None:
+        """One block of a file read in order: into its content hash and extents, then to `take_block`."""
+        block_id = self.repo.keys.block_id(block)
+        hasher.data(block)
+        extents.append((block_id, len(block)))
+        take_block(block_id, block)
 
     def _read_small_file(self, fd: int, before: os.stat_result, take_block: Callable[[bytes, bytes], None]) -> list:
         """Most files are smaller than the chunker's minimum block and have no holes: they are one

@@ -50,34 +50,35 @@ class GlobMatcher:
     matches whole paths (absolute: /home/*/.cache), any other pattern matches names (*.tmp). The
     rules are fnmatch's, and a '*' matches '/' too; a trailing '/' is ignored. A walk that leaves
     out (or takes in) a directory whose path matches does so with everything below it: that is how
-    a pattern matches "a path or a parent of it". `ignore_case` (`--iexclude`): letters match
-    whatever their case, also beyond ASCII (both sides are casefolded; the bytes of a name that is
-    not UTF-8 stay surrogates, which match only themselves)."""
+    a pattern matches "a path or a parent of it". `ignoring_case` (`--iexclude`, `--iinclude`):
+    patterns whose letters match whatever their case, also beyond ASCII (both sides are
+    casefolded; the bytes of a name that is not UTF-8 stay surrogates, which match only themselves)."""
 
-    def __init__(self, patterns: Iterable[str], ignore_case: bool = False):
+    def __init__(self, patterns: Iterable[str], ignoring_case: Iterable[str] = ()):
         patterns = [p.rstrip("/") for p in patterns]
-        self.ignore_case = ignore_case
-        if ignore_case:
-            patterns = [p.casefold() for p in patterns]
-        self.path_patterns = [self._form(p) for p in patterns if "/" in p]
-        self.name_patterns = [self._form(p) for p in patterns if "/" not in p]
-
-    def _form(self, text: str):
-        """A pattern, name or path as it is compared: casefolded text, or bytes."""
-        return text if self.ignore_case else os.fsencode(text)
+        folded = [p.rstrip("/").casefold() for p in ignoring_case]
+        self.path_patterns = [os.fsencode(p) for p in patterns if "/" in p]
+        self.name_patterns = [os.fsencode(p) for p in patterns if "/" not in p]
+        self.folded_path_patterns = [p for p in folded if "/" in p]
+        self.folded_name_patterns = [p for p in folded if "/" not in p]
 
     def __bool__(self) -> bool:
-        return bool(self.path_patterns or self.name_patterns)
+        return bool(self.path_patterns or self.name_patterns or self.folded_path_patterns
+                    or self.folded_name_patterns)
 
     def matches(self, path: bytes, name: bytes) -> bool:
         """Whether the entry `name` at `path` (absolute) matches one of the patterns."""
-        if not self:
-            return False
-        if self.ignore_case:
-            return (any(fnmatch.fnmatchcase(os.fsdecode(name).casefold(), p) for p in self.name_patterns)
-                    or any(fnmatch.fnmatchcase(os.fsdecode(path).casefold(), p) for p in self.path_patterns))
-        return (any(fnmatch.fnmatchcase(name, p) for p in self.name_patterns)
-                or any(fnmatch.fnmatchcase(path, p) for p in self.path_patterns))
+        if (any(fnmatch.fnmatchcase(name, p) for p in self.name_patterns)
+                or any(fnmatch.fnmatchcase(path, p) for p in self.path_patterns)):
+            return True
+        if self.folded_name_patterns:
+            folded_name = os.fsdecode(name).casefold()
+            if any(fnmatch.fnmatchcase(folded_name, p) for p in self.folded_name_patterns):
+                return True
+        if self.folded_path_patterns:
+            folded_path = os.fsdecode(path).casefold()
+            return any(fnmatch.fnmatchcase(folded_path, p) for p in self.folded_path_patterns)
+        return False
 
 
 def open_dir(name: bytes, dir_fd: int) -> int:

@@ -68,6 +68,10 @@ def src(env, tmp_path) -> Path:
     (["--exclude", "*.log", "--exclude", "{src}/music"], ALL - {"docs/deep/d.log", "music/", "music/e.mp3"}),
     (["--exclude", "deep", "--include", "docs"], {"docs/", "docs/a.odt", "docs/b.txt"}),
     (["--include", "nothing-matches"], set()),
+    (["--iinclude", "*.ODT", "--iexclude", "CACHE"], {"docs/", "docs/a.odt", "docs/deep/", "docs/deep/c.odt",
+                                                      "top.odt"}),
+    (["--include", "*.ODT"], set()),                                # --include minds the case
+    (["--iexclude", "{src}/DOCS", "--exclude", "*.mp3"], {"music/", "cache/", "cache/f.odt", "top.odt"}),
 ])
 def test_include_and_exclude_restore_exactly_the_matching_entries(env, src, tmp_path, options, expected):
     target = tmp_path / "out"

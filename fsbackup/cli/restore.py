@@ -7,7 +7,7 @@ import os
 from .. import errors
 from ..catalog import Catalog
 from ..errors import UsageError
-from ..fsutil import not_a_folder
+from ..fsutil import GlobMatcher, not_a_folder
 from ..progress import human_bytes
 from .options import FILTER_HELP, Command, version_filter, version_filter_options, version_spec_arg
 from .output import Output
@@ -58,6 +58,10 @@ def add_arguments(p) -> None:
     p.add_argument("--exclude", metavar="GLOB", action="append", default=[], type=restore_glob,
                    help="leave out matching entries and all below them, as backup --exclude (repeatable; "
                         "wins over --include)")
+    p.add_argument("--iinclude", metavar="GLOB", action="append", default=[], type=restore_glob,
+                   help="as --include, whatever the case of letters (--iinclude '*.JPG' takes photo.jpg)")
+    p.add_argument("--iexclude", metavar="GLOB", action="append", default=[], type=restore_glob,
+                   help="as --exclude, whatever the case of letters")
     p.add_argument("--delete", action="store_true",
                    help="afterwards, remove from the restored folders what the version does not hold there (only "
                         "below the restored paths; symlinks are removed, never followed); the target must exist. "
@@ -87,7 +91,8 @@ def run(args, out: Output) -> int:
                 spec = args.version
                 tree = VersionTree(tree_index, resolve_version(tree_index, spec.version, version_filter(args)))
                 restore = Restore(repo, tree, args.target, overwrite=args.overwrite or False, reporter=out,
-                                  include=args.include, exclude=args.exclude, delete=args.delete,
+                                  include=GlobMatcher(args.include, args.iinclude),
+                                  exclude=GlobMatcher(args.exclude, args.iexclude), delete=args.delete,
                                   dry_run=args.dry_run, list_each=args.verbose > 0)
                 s = restore.run(args.paths, spec.subpath)
         finally:

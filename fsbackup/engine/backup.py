@@ -144,14 +144,13 @@ class Excluder:
     casefolded). --exclude-larger-than: files of more bytes than that are left out."""
 
     def __init__(self, options: BackupOptions):
-        self.patterns = GlobMatcher(options.excludes)
-        self.ipatterns = GlobMatcher(options.iexcludes, ignore_case=True)
+        self.patterns = GlobMatcher(options.excludes, options.iexcludes)
         self.if_present = [os.fsencode(n) for n in options.exclude_if_present]
         self.caches = options.exclude_caches
         self.larger_than = options.exclude_larger_than
 
     def excludes_path(self, path: bytes, name: bytes) -> bool:
-        return self.patterns.matches(path, name) or self.ipatterns.matches(path, name)
+        return self.patterns.matches(path, name)
 
     def excludes_size(self, size: int) -> bool:
         """Whether a file of `size` bytes is left out: larger than the limit (one of exactly the

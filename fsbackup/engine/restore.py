@@ -34,7 +34,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
+from typing import Callable, Iterator, NamedTuple, TypeVar
 
 from ..catalog.tree import ROOT_ID, Content, Node, VersionTree
 from ..codec import wire
@@ -180,7 +180,8 @@ class Restore:
     """
 
     def __init__(self, repo: Repository, tree: VersionTree, target: str, overwrite: bool | str = False,
-                 reporter: Reporter | None = None, *, include: Iterable[str] = (), exclude: Iterable[str] = (),
+                 reporter: Reporter | None = None, *, include: GlobMatcher = GlobMatcher(()),
+                 exclude: GlobMatcher = GlobMatcher(()),
                  delete: bool = False, dry_run: bool = False, list_each: bool = False):
         self.repo = repo
         self.tree = tree
@@ -188,7 +189,7 @@ class Restore:
         self.overwrite = "always" if overwrite is True else overwrite or "refuse"
         if self.overwrite not in OVERWRITE_MODES + ("refuse",):
             raise UsageError(f"'{overwrite}' is not an overwrite mode ({', '.join(OVERWRITE_MODES)})")
-        self.include, self.exclude = GlobMatcher(include), GlobMatcher(exclude)
+        self.include, self.exclude = include, exclude
         self.delete, self.dry_run, self.list_each = delete, dry_run, list_each
         self.base = b"/"                          # the path in the version that the target stands for
         self.skipped: set[bytes] = set()          # directories kept or left unchanged: not entered

@@ -114,6 +114,14 @@ class Interrupted(FsbackupError):
     exit_code = EXIT_INTERRUPTED
 
 
+class SnapshotFailed(FsbackupError):
+    """A path could not be snapshotted although a snapshot was asked for (backup --snapshot btrfs or lvm)."""
+
+
+class CommandFailed(FsbackupError):
+    """A command the user gave to run around a backup (--pre-command, --post-command) failed."""
+
+
 class TargetConflict(FsbackupError):
     """A restore would replace existing files and --overwrite was not given."""
     exit_code = EXIT_CONFLICT

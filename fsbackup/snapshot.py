@@ -48,6 +48,7 @@ STATE_FILE = "snapshots.json"
 SUBVOLUME_ROOT_INO = 256         # a btrfs subvolume's root directory (BTRFS_FIRST_FREE_OBJECTID)
 LVM_SNAPSHOT_SIZE = "10%ORIGIN"  # taken from the volume group's free space while the backup runs
 CAP_SYS_ADMIN = 21
+DEVICE_MAPPER = "/dev/mapper/control"   # LVM snapshots need device-mapper
 
 
 class ToolFailed(Exception):
@@ -58,16 +59,30 @@ Runner = Callable[[list[str]], str]
 
 
 def run_tool(argv: list[str]) -> str:
-    """Run `argv` (no shell), its stdin empty; its standard output. Raises ToolFailed."""
+    """Run `argv` (no shell), its stdin empty; its standard output. Raises ToolFailed.
+
+    The tool runs in a session of its own, so the Ctrl-C of the terminal does not stop it midway,
+    and an interrupted backup waits for it to finish: a snapshot tool stopped in its system call
+    would still make the snapshot, after the cleanup had looked for it."""
     try:
-        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                             errors="surrogateescape")
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, errors="surrogateescape", start_new_session=True)
     except OSError as e:
         raise ToolFailed(f"cannot run {argv[0]}: {e.strerror}") from None
-    if res.returncode != 0:
-        why = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1]
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        while True:
+            try:
+                proc.communicate()
+                break
+            except KeyboardInterrupt:       # a second Ctrl-C: the tool is still let finish
+                continue
+        raise
+    if proc.returncode != 0:
+        why = (err.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         raise ToolFailed(f"'{' '.join(argv[:3])}' failed: {why}")
-    return res.stdout
+    return out
 
 
 def default_state_folder() -> str:
@@ -202,6 +217,8 @@ class StateFile:
 
     def orphans(self) -> list[dict]:
         """The entries whose process is gone (a killed run's)."""
+        if not os.path.exists(os.path.join(self.folder, STATE_FILE)):
+            return []                       # (no snapshot was ever made: no file is made to say so)
         with self._entries() as entries:
             return [e for e in entries
                     if not isinstance(e.get("pid"), int) or _process_start(e["pid"]) != e.get("start")]
@@ -223,19 +240,21 @@ class Snapshots:
     """The snapshots of one backup (see the module's docstring); use `taken`."""
 
     def __init__(self, mode: str, state: StateFile, reporter: Reporter = SILENT, explain: bool = False,
-                 run: Runner = run_tool, table: list[Mount] | None = None):
+                 run: Runner = run_tool, table: list[Mount] | None = None,
+                 mounted: Callable[[str], bool] = os.path.ismount):
         if mode not in MODES:
             raise ValueError(f"unknown snapshot mode {mode!r}")
         self.mode, self.state, self.reporter, self.explain, self.run = mode, state, reporter, explain, run
-        self.table = table
+        self.table, self.mounted = table, mounted     # (tests give their own)
         self.made: list[dict] = []           # state entries of the snapshots made, newest last
         self.start = _process_start(os.getpid())
 
     # -- deciding ---------------------------------------------------------------------------
 
     def _cannot(self, path: bytes, why: str, tried: bool = False) -> None:
-        """`path` is read as it is: an error when the snapshot was asked for, a warning when auto
-        tried and failed, a note (with --verbose) when auto found it not applicable."""
+        """`path` is read as it is: an error when the snapshot was asked for; under auto, a warning
+        when it was `tried` (a path on btrfs that this process may snapshot, yet cannot be), else
+        a note (with --verbose) when auto does not apply (not btrfs, not root)."""
         text = f"{os.fsdecode(path)}: no snapshot ({why})"
         if self.mode != "auto":
             raise SnapshotFailed(f"cannot snapshot {os.fsdecode(path)}: {why}")
@@ -261,7 +280,8 @@ class Snapshots:
             self._cannot(path, "making and deleting btrfs snapshots needs root (or CAP_SYS_ADMIN)")
             return None
         if inner:
-            self._cannot(path, f"{os.fsdecode(inner[0])} is mounted below it, and a snapshot would leave it out")
+            self._cannot(path, f"{os.fsdecode(inner[0])} is mounted below it, and a snapshot would leave it out",
+                         tried=True)
             return None
         try:
             root = self._subvolume_root(path)
@@ -282,7 +302,7 @@ class Snapshots:
             return None
         if nested is not None:
             self._cannot(path, f"the subvolume {os.fsdecode(nested)} lies below it, and a snapshot would "
-                               "leave it out")
+                               "leave it out", tried=True)
             return None
         return _Plan("btrfs", root)
 
@@ -326,8 +346,8 @@ class Snapshots:
         if inner:
             self._cannot(path, f"{os.fsdecode(inner[0])} is mounted below it, and a snapshot would leave it out")
             return None
-        if not os.path.exists("/dev/mapper/control"):
-            self._cannot(path, "device-mapper is not available (no /dev/mapper/control)")
+        if not os.path.exists(DEVICE_MAPPER):
+            self._cannot(path, f"device-mapper is not available (no {DEVICE_MAPPER})")
             return None
         try:
             out = self.run(["lvs", "--noheadings", "--separator", "/", "-o", "vg_name,lv_name", mount.source])
@@ -413,7 +433,7 @@ class Snapshots:
         while self.made:
             entry = self.made.pop()
             try:
-                delete(entry, self.run)
+                delete(entry, self.run, self.mounted)
             except (ToolFailed, OSError) as e:
                 self.reporter.warn(f"could not delete the snapshot {entry['folder']}: {e}; the next backup "
                                    "tries again")
@@ -429,7 +449,7 @@ class Snapshots:
             return
         for entry in orphans:
             try:
-                delete(entry, self.run)
+                delete(entry, self.run, self.mounted)
             except (ToolFailed, OSError) as e:
                 self.reporter.warn(f"could not delete the snapshot {entry.get('folder')} left by an earlier run: "
                                    f"{e}")
@@ -442,7 +462,7 @@ def _ours(folder: str, prefix: str) -> bool:
     return os.path.basename(folder).startswith(prefix)
 
 
-def delete(entry: dict, run: Runner = run_tool) -> None:
+def delete(entry: dict, run: Runner = run_tool, mounted: Callable[[str], bool] = os.path.ismount) -> None:
     """Delete the snapshot of a state entry, if it is still there and still what fsbackup made: a
     btrfs read-only subvolume in a folder named `.fsbackup-snapshot-*`, an LVM snapshot volume
     named `fsbackup-snapshot-*` (unmounted first). What does not look so is left alone (and its
@@ -469,7 +489,7 @@ def delete(entry: dict, run: Runner = run_tool) -> None:
                 or not volume.split("/")[1].startswith(LVM_PREFIX) or not isinstance(mountpoint, str) \
                 or os.path.dirname(mountpoint) != folder:
             return
-        if any(m.point == os.fsencode(mountpoint) for m in mounts()):
+        if mounted(mountpoint):
             run(["umount", mountpoint])
         try:
             origin = run(["lvs", "--noheadings", "-o", "origin", volume]).strip()
@@ -496,8 +516,7 @@ def taken(paths: list[bytes], mode: str, state_folder: str | None = None, report
     run's; yields {given path: path to read it from} (paths not snapshotted are absent), and
     deletes every snapshot made when the block is left, however it is left."""
     snapshots = Snapshots(mode, StateFile(state_folder or default_state_folder()), reporter, explain, run)
-    if mode != "none":
-        snapshots.remove_leftovers()
+    snapshots.remove_leftovers()            # (also with mode none: a killed run's are deleted all the same)
     try:
         yield snapshots.take(paths)
     finally:

@@ -15,7 +15,7 @@ fsb_apt_install() {  # fsb_apt_install PKG... : installs the Debian packages not
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
 }
 
-fsb_apt_install fuse3 libfuse3-dev pkg-config attr python3-venv
+fsb_apt_install fuse3 libfuse3-dev pkg-config attr python3-venv btrfs-progs
 
 # openssh-server: the sftp:// tests and benchmark run sshd of their own on a free loopback port.
 # Installing it must not start the system's sshd on port 22: Debian's scripts ask policy-rc.d,

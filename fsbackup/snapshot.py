@@ -49,6 +49,7 @@ SUBVOLUME_ROOT_INO = 256         # a btrfs subvolume's root directory (BTRFS_FIR
 LVM_SNAPSHOT_SIZE = "10%ORIGIN"  # taken from the volume group's free space while the backup runs
 CAP_SYS_ADMIN = 21
 DEVICE_MAPPER = "/dev/mapper/control"   # LVM snapshots need device-mapper
+KIND_NAMES = {"btrfs": "btrfs", "lvm": "LVM"}
 
 
 class ToolFailed(Exception):
@@ -422,7 +423,7 @@ class Snapshots:
                 rel = os.path.relpath(real, plan.origin)
                 read_from[path] = os.path.normpath(os.path.join(read_roots[plan.origin], rel))
                 if self.explain:
-                    self.reporter.note(f"reading {os.fsdecode(path)} from a {plan.kind} snapshot")
+                    self.reporter.note(f"reading {os.fsdecode(path)} from its {KIND_NAMES[plan.kind]} snapshot")
         return read_from
 
     # -- deleting ---------------------------------------------------------------------------

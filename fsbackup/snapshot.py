@@ -33,6 +33,7 @@ import fcntl
 import json
 import os
 import secrets
+import stat
 import subprocess
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -161,10 +162,10 @@ def _process_start(pid: int) -> str | None:
     with another start time is another process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+            line = f.read()
     except OSError:
         return None
-    return stat[stat.rfind(b")") + 2:].split()[19].decode()
+    return line[line.rfind(b")") + 2:].split()[19].decode()
 
 
 def real_path(path: bytes) -> bytes:
@@ -248,6 +249,7 @@ class Snapshots:
         self.mode, self.state, self.reporter, self.explain, self.run = mode, state, reporter, explain, run
         self.table, self.mounted = table, mounted     # (tests give their own)
         self.made: list[dict] = []           # state entries of the snapshots made, newest last
+        self.fds: list[int] = []             # the btrfs snapshots' folders, open (see _make)
         self.start = _process_start(os.getpid())
 
     # -- deciding ---------------------------------------------------------------------------
@@ -377,8 +379,16 @@ class Snapshots:
             entry = self._entry("btrfs", folder=os.fsdecode(folder), subvolume=os.fsdecode(inside))
             self._record(entry)
             os.mkdir(folder, 0o700)
-            self.run(["btrfs", "subvolume", "snapshot", "-r", os.fsdecode(plan.origin), os.fsdecode(inside)])
-            return inside
+            # The folder may lie in one other users can write: it is reached through a descriptor of
+            # the folder made here from now on, never by its name, which could be swapped for a
+            # symlink to a tree of theirs (to be read as this one) or to a subvolume (to be deleted).
+            fd = own_folder(folder)
+            if fd is None:
+                raise ToolFailed(f"{os.fsdecode(folder)} was replaced while the snapshot was made")
+            self.fds.append(fd)
+            pinned = os.path.join(os.fsencode(f"/proc/{os.getpid()}/fd/{fd}"), os.path.basename(inside))
+            self.run(["btrfs", "subvolume", "snapshot", "-r", os.fsdecode(plan.origin), os.fsdecode(pinned)])
+            return pinned
         name = LVM_PREFIX + tag
         vg = plan.volume.split("/")[0]
         # Mounted under the origin's own name, as the btrfs snapshot is kept, so names below match.
@@ -440,6 +450,8 @@ class Snapshots:
                                    "tries again")
                 continue
             self.state.remove(entry)
+        while self.fds:
+            os.close(self.fds.pop())
 
     def remove_leftovers(self) -> None:
         """Delete the snapshots of runs that were killed (recorded, their process gone)."""
@@ -459,6 +471,20 @@ class Snapshots:
             self.reporter.note(f"deleted the snapshot {entry.get('folder')} left by an earlier run")
 
 
+def own_folder(folder: bytes) -> int | None:
+    """`folder` opened (O_NOFOLLOW) if it is a folder of this user that nobody else may enter
+    (as fsbackup makes its snapshots' folders), else None."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _ours(folder: str, prefix: str) -> bool:
     return os.path.basename(folder).startswith(prefix)
 
@@ -476,13 +502,21 @@ def delete(entry: dict, run: Runner = run_tool, mounted: Callable[[str], bool] =
         if not _ours(folder, SNAPSHOT_PREFIX) or not isinstance(subvolume, str) \
                 or os.path.dirname(subvolume) != folder:
             return
+        fd = own_folder(os.fsencode(folder))
+        if fd is None:
+            return                        # gone, or not the folder made (another user's, a symlink)
         try:
-            st = os.lstat(subvolume)
-        except FileNotFoundError:
-            st = None
-        if st is not None and st.st_ino == SUBVOLUME_ROOT_INO and os.path.isdir(subvolume):
-            if run(["btrfs", "property", "get", "-ts", subvolume, "ro"]).strip() == "ro=true":
-                run(["btrfs", "subvolume", "delete", subvolume])
+            name = os.path.basename(subvolume)
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            pinned = f"/proc/{os.getpid()}/fd/{fd}/{name}"
+            if st is not None and st.st_ino == SUBVOLUME_ROOT_INO and stat.S_ISDIR(st.st_mode):
+                if run(["btrfs", "property", "get", "-ts", pinned, "ro"]).strip() == "ro=true":
+                    run(["btrfs", "subvolume", "delete", pinned])
+        finally:
+            os.close(fd)
         _remove_folder(folder)
     elif entry.get("kind") == "lvm":
         volume, mountpoint = entry.get("volume"), entry.get("mountpoint")

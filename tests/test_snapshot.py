@@ -244,15 +244,21 @@ def test_sigterm_stops_the_backup_and_deletes_its_snapshot(env, btrfs):
 def test_a_recorded_name_that_is_not_a_snapshot_of_ours_is_left_alone(env, btrfs):
     vol = btrfs.subvolume("vol")
     (vol / "keep").write_text("keep")
+    victim = btrfs.mnt / "victim"              # a read-only subvolume in a private folder...
+    victim.mkdir(mode=0o700)
+    subprocess.run(["btrfs", "-q", "subvolume", "snapshot", "-r", str(vol), str(victim / "vol")], check=True)
+    planted = btrfs.mnt / ".fsbackup-snapshot-2-x"
+    planted.symlink_to(victim)                 # ...reached through a symlink named like ours
     state = snapshot.StateFile(str(env.cache / "fsbackup"))
-    for entry in ({"kind": "btrfs", "pid": 2 ** 22 + 1, "start": "1", "folder": str(btrfs.mnt),
-                   "subvolume": str(vol)},
-                  {"kind": "btrfs", "pid": 2 ** 22 + 1, "start": "1",
-                   "folder": str(btrfs.mnt / ".fsbackup-snapshot-1-x"), "subvolume": str(vol)}):
-        state.add(entry)                      # (no process has that pid: it is gone)
+    for folder, subvolume in ((btrfs.mnt, vol), (btrfs.mnt / ".fsbackup-snapshot-1-x", vol),
+                              (planted, planted / "vol")):
+        # (no process has that pid: the entries look like a killed run's)
+        state.add({"kind": "btrfs", "pid": 2 ** 22 + 1, "start": "1", "folder": str(folder),
+                   "subvolume": str(subvolume)})
     with snapshot.taken([os.fsencode(vol)], "auto", str(env.cache / "fsbackup")):
         pass
-    assert (vol / "keep").read_text() == "keep" and btrfs.subvolumes() == ["vol"] and _state(env) == []
+    assert (vol / "keep").read_text() == "keep" and sorted(btrfs.subvolumes()) == ["victim/vol", "vol"]
+    assert _state(env) == []
 
 
 def test_a_nested_subvolume_is_not_left_out(env, btrfs):

@@ -411,7 +411,10 @@ class Snapshots:
         """Snapshot what `paths` (absolute) need; {given path: path to read it from}."""
         if self.mode == "none":
             return {}
-        table = self.table if self.table is not None else mounts()
+        try:
+            table = self.table if self.table is not None else mounts()
+        except OSError:
+            table = []                           # (no /proc: every path's mount is "not found")
         plans: dict[bytes, _Plan] = {}           # origin -> plan: paths in one subvolume share it
         wanted: list[tuple[bytes, bytes, _Plan]] = []
         for path in paths:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,9 +44,9 @@ def _skip_reason_for_btrfs() -> str | None:
 class Btrfs:
     """A btrfs file system on a loop device, mounted at `mnt`."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, mnt: Path):
         self.root = root
-        self.mnt = root / "mnt"
+        self.mnt = mnt
 
     def subvolume(self, name: str) -> Path:
         path = self.mnt / name
@@ -67,8 +68,11 @@ def btrfs(tmp_path: Path):
     if why:
         print(f"skipped: {why}")
         pytest.skip(why)
-    fs = Btrfs(tmp_path / "btrfs")
-    fs.mnt.mkdir(parents=True)
+    # Mounted where every user can reach it (the test folder is root's own), for the tests that
+    # run fsbackup as an unprivileged user.
+    fs = Btrfs(tmp_path / "btrfs", Path(tempfile.mkdtemp(prefix="fsb-btrfs-")))
+    fs.mnt.chmod(0o755)
+    fs.root.mkdir()
     image = fs.root / "image"
     with open(image, "wb") as f:
         f.truncate(256 << 20)            # sparse; btrfs needs about 114 MiB at least
@@ -88,6 +92,8 @@ def btrfs(tmp_path: Path):
         if mounted:
             subprocess.run(["umount", str(fs.mnt)], check=False)
         subprocess.run(["losetup", "-d", device], check=False)
+        if not os.path.ismount(fs.mnt):
+            fs.mnt.rmdir()
 
 
 def _state(env) -> list:
@@ -274,6 +280,24 @@ def test_a_nested_subvolume_is_not_left_out(env, btrfs):
     r = env.ok("backup", vol)                   # auto: read as it is, with a warning
     assert "inner lies below it" in r.err
     assert str(inner / "x") in env.ok("ls", "latest", vol).out.split()
+
+
+def test_auto_reads_as_it_is_where_it_may_not_snapshot(env, btrfs, unprivileged_user):
+    vol = btrfs.subvolume("vol")
+    (vol / "f").write_text("f")
+    unprivileged_user.own(vol, vol / "f")
+    home = unprivileged_user.folder()
+    env.vars.update(FSBACKUP_REPOSITORY=str(home / "repo"), XDG_CACHE_HOME=str(home / "cache"))
+    try:
+        assert unprivileged_user.run(env, "init").rc == 0
+        r = unprivileged_user.run(env, "backup", "-v", vol)
+        assert r.rc == 0 and f"note: {vol}: no snapshot (making and deleting btrfs snapshots needs root" in r.err
+        r = unprivileged_user.run(env, "backup", "--snapshot", "btrfs", vol)
+        assert r.rc == 1 and r.err == (f"fsbackup: error: cannot snapshot {vol}: making and deleting btrfs "
+                                       "snapshots needs root (or CAP_SYS_ADMIN)\n")
+    finally:
+        shutil.rmtree(home)
+    assert btrfs.leftovers(btrfs.mnt) == [] and btrfs.subvolumes() == ["vol"]
 
 
 # ---- without btrfs ------------------------------------------------------------------------

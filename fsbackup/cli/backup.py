@@ -54,11 +54,13 @@ def add_arguments(p) -> None:
     s.add_argument("--snapshot", choices=MODES, default="auto",
                    help="read the paths from an operating system snapshot, one consistent moment: auto (the "
                         "default) snapshots paths on btrfs when running as root and reads the rest as they are "
-                        "(-v says why), btrfs or lvm insist (a path that cannot be snapshotted is an error), "
-                        "none never snapshots; snapshots are deleted afterwards, a killed run's by the next")
+                        "(-v says why); btrfs or lvm insist (a path that cannot be snapshotted is an error, exit 1; "
+                        "lvm takes 10%% of the volume's size from the volume group's free space); none never "
+                        "snapshots. Snapshots are deleted afterwards, a killed run's by the next run")
     s.add_argument("--pre-command", metavar="CMD", default=None,
-                   help="run CMD before the backup (through /bin/sh -c: shell syntax applies), e.g. "
-                        "'pg_dump -f /var/backups/db.sql mydb'; if it fails, nothing is backed up")
+                   help="run CMD before the backup (through /bin/sh -c, as FSBACKUP_PASSWORD_COMMAND is: shell "
+                        "syntax applies), e.g. "
+                        "'pg_dump -f /var/backups/db.sql mydb'; if it fails (exit 1), nothing is backed up")
     s.add_argument("--post-command", metavar="CMD", default=None,
                    help="run CMD after the backup whatever happened (through /bin/sh -c), e.g. "
                         "'systemctl start myapp'; it finds FSBACKUP_OUTCOME (success, partial, failed or "

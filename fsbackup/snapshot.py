@@ -44,6 +44,7 @@ from .progress import SILENT, Reporter
 
 MODES = ("auto", "btrfs", "lvm", "none")
 SNAPSHOT_PREFIX = ".fsbackup-snapshot-"
+SNAPSHOT_PATTERN = os.fsencode(SNAPSHOT_PREFIX) + b"*"   # (what every backup leaves out)
 LVM_PREFIX = "fsbackup-snapshot-"
 STATE_FILE = "snapshots.json"
 SUBVOLUME_ROOT_INO = 256         # a btrfs subvolume's root directory (BTRFS_FIRST_FREE_OBJECTID)
@@ -235,6 +236,7 @@ class _Plan:
     kind: str
     origin: bytes
     volume: str = ""          # LVM: VG/LV of the origin
+    place: bytes = b""        # btrfs: the folder the snapshot's folder is made in
     fstype: str = ""
 
 
@@ -294,9 +296,11 @@ class Snapshots:
         if root is None:
             self._cannot(path, "its subvolume's root is not found")
             return None
-        parent = os.path.dirname(root) if root != b"/" else b"/"
-        if not os.access(parent, os.W_OK):
-            self._cannot(path, f"the folder holding its subvolume, {os.fsdecode(parent)}, is not writable")
+        # Beside the subvolume, on the same file system: in it, where it is mounted as it is (a
+        # file system's top level); the scan leaves out the empty folder the snapshot then shows.
+        place = root if any(m.point == root for m in table) else os.path.dirname(root)
+        if not os.access(place, os.W_OK):
+            self._cannot(path, f"the folder for its snapshot, {os.fsdecode(place)}, is not writable")
             return None
         try:
             nested = self._nested_subvolume(root, path)
@@ -307,7 +311,7 @@ class Snapshots:
             self._cannot(path, f"the subvolume {os.fsdecode(nested)} lies below it, and a snapshot would "
                                "leave it out", tried=True)
             return None
-        return _Plan("btrfs", root)
+        return _Plan("btrfs", root, place=place)
 
     @staticmethod
     def _subvolume_root(path: bytes) -> bytes | None:
@@ -361,7 +365,7 @@ class Snapshots:
         if volume.count("/") != 1:
             self._cannot(path, f"{mount.source} is not an LVM logical volume")
             return None
-        return _Plan("lvm", mount.point, volume, mount.fstype)
+        return _Plan("lvm", mount.point, volume=volume, fstype=mount.fstype)
 
     # -- making -----------------------------------------------------------------------------
 
@@ -373,8 +377,7 @@ class Snapshots:
         the state file before it is made, forgotten there only once deleted."""
         tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         if plan.kind == "btrfs":
-            parent = os.path.dirname(plan.origin) if plan.origin != b"/" else b"/"
-            folder = os.path.join(parent, os.fsencode(SNAPSHOT_PREFIX + tag))
+            folder = os.path.join(plan.place, os.fsencode(SNAPSHOT_PREFIX + tag))
             inside = os.path.join(folder, os.path.basename(plan.origin) or b"root")
             entry = self._entry("btrfs", folder=os.fsdecode(folder), subvolume=os.fsdecode(inside))
             self._record(entry)

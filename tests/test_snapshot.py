@@ -164,6 +164,17 @@ def test_the_version_records_the_original_paths_and_no_snapshot_is_left(env, btr
     assert btrfs.subvolumes() == ["vol"] and btrfs.leftovers(btrfs.mnt) == [] and _state(env) == []
 
 
+def test_a_file_system_top_level_is_snapshotted_inside_and_its_folder_left_out(env, btrfs):
+    (btrfs.mnt / "alice").mkdir()
+    (btrfs.mnt / "alice" / "notes.txt").write_text("hello")
+    r = env.ok("backup", "-v", "--snapshot", "btrfs", btrfs.mnt)
+    assert f"reading {btrfs.mnt} from its btrfs snapshot" in r.err
+    listing = env.ok("ls", "latest", btrfs.mnt).out.split()
+    assert listing[-2:] == [str(btrfs.mnt / "alice"), str(btrfs.mnt / "alice" / "notes.txt")]
+    assert not any(snapshot.SNAPSHOT_PREFIX in line for line in listing)
+    assert btrfs.leftovers(btrfs.mnt) == [] and btrfs.subvolumes() == [] and _state(env) == []
+
+
 def test_paths_in_one_subvolume_share_one_snapshot(env, btrfs):
     vol = btrfs.subvolume("vol")
     (vol / "a").mkdir()

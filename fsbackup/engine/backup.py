@@ -124,6 +124,7 @@ class Excluder:
     def __init__(self, options: BackupOptions):
         self.path_patterns = [os.fsencode(p.rstrip("/")) for p in options.excludes if "/" in p.rstrip("/")]
         self.name_patterns = [os.fsencode(p.rstrip("/")) for p in options.excludes if "/" not in p.rstrip("/")]
+        self.name_patterns.append(snapshot.SNAPSHOT_PATTERN)    # fsbackup's own snapshots, never backed up
         self.if_present = [os.fsencode(n) for n in options.exclude_if_present]
         self.caches = options.exclude_caches
 

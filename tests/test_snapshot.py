@@ -336,6 +336,9 @@ def test_pre_command_runs_first_and_its_failure_stores_nothing(env, tmp_path):
                                   "nothing was backed up\n"
     assert len(json.loads(env.ok("versions", "--json").out)) == 1
     assert log.read_text() == "failed 1 \n"
+    r = env.run("backup", tmp_path / "src", "--pre-command", "kill -9 $$")
+    assert r.rc == 1 and r.err == "fsbackup: error: --pre-command 'kill -9 $$' failed with signal 9; " \
+                                  "nothing was backed up\n"
 
 
 def test_post_command_gets_the_outcome_and_the_version(env, tmp_path):

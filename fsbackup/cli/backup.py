@@ -111,13 +111,18 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, before)
 
 
+def _status(returncode: int) -> str:
+    """How a command ended, for an error line: "exit status N" or "signal N"."""
+    return f"signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+
+
 def _pre_command(cmd: str) -> None:
     """Run --pre-command; its failure stops the backup before anything is stored."""
     env = dict(os.environ)
     env.pop(PASSPHRASE_VARIABLE, None)        # (the command has no need of it)
     status = subprocess.run(cmd, shell=True, env=env).returncode
     if status != 0:
-        raise errors.CommandFailed(f"--pre-command '{cmd}' failed with exit status {status}; nothing was backed up")
+        raise errors.CommandFailed(f"--pre-command '{cmd}' failed with {_status(status)}; nothing was backed up")
 
 
 def _post_command(cmd: str, code: int, version: str | None) -> int:
@@ -156,15 +161,15 @@ def run(args, out: Output) -> int:
             if args.post_command:
                 status = _post_command(args.post_command, _exit_code(e), saved[0] if saved else None)
                 if status != 0:
-                    out.warn(f"--post-command '{args.post_command}' failed with exit status {status}")
+                    out.warn(f"--post-command '{args.post_command}' failed with {_status(status)}")
             raise
         if args.post_command:
             status = _post_command(args.post_command, code, saved[0] if saved else None)
             if status != 0 and code == 0:
-                raise errors.CommandFailed(f"--post-command '{args.post_command}' failed with exit status "
-                                           f"{status}; the backup itself succeeded")
+                raise errors.CommandFailed(f"--post-command '{args.post_command}' failed with {_status(status)}; "
+                                           "the backup itself succeeded")
             if status != 0:
-                out.warn(f"--post-command '{args.post_command}' failed with exit status {status}")
+                out.warn(f"--post-command '{args.post_command}' failed with {_status(status)}")
     return code
 
 

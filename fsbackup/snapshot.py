@@ -258,8 +258,8 @@ class Snapshots:
 
     def _cannot(self, path: bytes, why: str, tried: bool = False) -> None:
         """`path` is read as it is: an error when the snapshot was asked for; under auto, a warning
-        when it was `tried` (a path on btrfs that this process may snapshot, yet cannot be), else
-        a note (with --verbose) when auto does not apply (not btrfs, not root)."""
+        when it was `tried` and failed (a btrfs command), else a note (with --verbose) saying which
+        condition of auto's rule does not hold (not btrfs, not root, a mount below...)."""
         text = f"{os.fsdecode(path)}: no snapshot ({why})"
         if self.mode != "auto":
             raise SnapshotFailed(f"cannot snapshot {os.fsdecode(path)}: {why}")
@@ -285,8 +285,7 @@ class Snapshots:
             self._cannot(path, "making and deleting btrfs snapshots needs root (or CAP_SYS_ADMIN)")
             return None
         if inner:
-            self._cannot(path, f"{os.fsdecode(inner[0])} is mounted below it, and a snapshot would leave it out",
-                         tried=True)
+            self._cannot(path, f"{os.fsdecode(inner[0])} is mounted below it, and a snapshot would leave it out")
             return None
         try:
             root = self._subvolume_root(path)
@@ -309,7 +308,7 @@ class Snapshots:
             return None
         if nested is not None:
             self._cannot(path, f"the subvolume {os.fsdecode(nested)} lies below it, and a snapshot would "
-                               "leave it out", tried=True)
+                               "leave it out")
             return None
         return _Plan("btrfs", root, place=place)
 

@@ -288,8 +288,8 @@ def test_a_nested_subvolume_is_not_left_out(env, btrfs):
     with pytest.raises(SnapshotFailed, match="subvolume .*inner lies below it"):
         with snapshot.taken([os.fsencode(vol)], "btrfs", str(env.cache / "fsbackup")):
             pass
-    r = env.ok("backup", vol)                   # auto: read as it is, with a warning
-    assert "inner lies below it" in r.err
+    r = env.ok("backup", "-v", vol)             # auto: read as it is, -v says why
+    assert f"note: {vol}: no snapshot (the subvolume {inner} lies below it" in r.err
     assert str(inner / "x") in env.ok("ls", "latest", vol).out.split()
 
 
@@ -309,6 +309,32 @@ def test_auto_reads_as_it_is_where_it_may_not_snapshot(env, btrfs, unprivileged_
     finally:
         shutil.rmtree(home)
     assert btrfs.leftovers(btrfs.mnt) == [] and btrfs.subvolumes() == ["vol"]
+
+
+def test_a_snapshot_that_fails_is_a_warning_under_auto_and_an_error_when_asked_for(env, btrfs):
+    vol = btrfs.subvolume("vol")
+    warnings: list[str] = []
+
+    class Reporter:
+        def warn(self, text):
+            warnings.append(text)
+
+        def note(self, text):
+            pass
+
+    def failing(argv):
+        if argv[:3] == ["btrfs", "subvolume", "snapshot"]:
+            raise snapshot.ToolFailed("'btrfs subvolume snapshot' failed: ERROR: no space left on device")
+        return snapshot.run_tool(argv)
+    state = str(env.cache / "fsbackup")
+    with snapshot.taken([os.fsencode(vol)], "auto", state, Reporter(), run=failing) as read_from:   # type: ignore[arg-type]
+        assert read_from == {}
+    assert warnings == [f"{vol}: no snapshot ('btrfs subvolume snapshot' failed: ERROR: no space left on device); "
+                        "read as it is"]
+    with pytest.raises(SnapshotFailed, match="no space left on device"):
+        with snapshot.taken([os.fsencode(vol)], "btrfs", state, run=failing):
+            pass
+    assert btrfs.leftovers(btrfs.mnt) == [] and _state(env) == []
 
 
 # ---- without btrfs ------------------------------------------------------------------------

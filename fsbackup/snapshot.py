@@ -9,17 +9,18 @@ SIGTERM the command line turns into one), every snapshot it made is deleted.
 The modes (docs/snapshots.md):
   none   no snapshot.
   auto   a path is snapshotted only when that is sure to work and be undone: it lies on btrfs,
-         this process may create and delete snapshots (root, or CAP_SYS_ADMIN), the folder
-         holding the subvolume is writable, and nothing else is mounted and no other subvolume
+         this process may create and delete snapshots (root, or CAP_SYS_ADMIN), the folder its
+         snapshot goes in is writable, and nothing else is mounted and no other subvolume
          lies below the path (a snapshot holds neither). Otherwise the path is read as it is,
          said once as a note when `explain` is set; a snapshot that was tried and failed is a
          warning. LVM is never chosen by auto: it takes space from the volume group.
   btrfs  every path must be snapshotted on btrfs, else SnapshotFailed.
   lvm    every path must be snapshotted on LVM, else SnapshotFailed.
 
-Snapshots are named `.fsbackup-snapshot-<pid>-<random>` (a folder beside the subvolume holding
-the snapshot under the subvolume's own name, so that names below it are the same as in the
-original) and `fsbackup-snapshot-<pid>-<random>` (LVM volumes). Each is recorded in an owner-only
+Snapshots are named `.fsbackup-snapshot-<pid>-<random>` (a folder beside the subvolume, or in it
+where it is a mount point, holding the snapshot under the subvolume's own name, so that names
+below it are the same as in the original) and `fsbackup-snapshot-<pid>-<random>` (LVM volumes,
+mounted in a folder of that name in the local cache folder). Each is recorded in an owner-only
 state file, `snapshots.json` in the local cache folder, before it is made and forgotten after
 it is deleted: the next run removes what a killed run left (its process is gone), and only what
 that file names and still looks like a snapshot fsbackup made; nothing else is ever deleted.
@@ -64,7 +65,7 @@ Runner = Callable[[list[str]], str]
 def run_tool(argv: list[str]) -> str:
     """Run `argv` (no shell), its stdin empty; its standard output. Raises ToolFailed.
 
-    The tool runs in a session of its own, so the Ctrl-C of the terminal does not stop it midway,
+    The tool runs apart from the terminal's process group, so its Ctrl-C does not stop it midway,
     and an interrupted backup waits for it to finish: a snapshot tool stopped in its system call
     would still make the snapshot, after the cleanup had looked for it."""
     try:
@@ -231,8 +232,8 @@ class StateFile:
 
 @dataclass
 class _Plan:
-    """One snapshot to make: `origin` is the btrfs subvolume root or the LVM mount point; the
-    given paths below it (real paths) are read below `read_root` once it is made."""
+    """One snapshot to make: `origin` is the btrfs subvolume root or the LVM mount point; each
+    given path below it is read at the same place below the snapshot."""
     kind: str
     origin: bytes
     volume: str = ""          # LVM: VG/LV of the origin

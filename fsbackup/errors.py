@@ -31,7 +31,8 @@ class UsageError(FsbackupError):
 
 
 class CommandFailed(FsbackupError):
-    """A command run for its output failed (backup --stdin-from-command): nothing was stored."""
+    """A command the user gave backup to run failed: --stdin-from-command or --pre-command (nothing
+    was stored), or --post-command."""
     exit_code = EXIT_FATAL
 
 
@@ -119,6 +120,10 @@ class Interrupted(FsbackupError):
     exit_code = EXIT_INTERRUPTED
 
 
+class SnapshotFailed(FsbackupError):
+    """A path could not be snapshotted although a snapshot was asked for (backup --snapshot btrfs or lvm)."""
+
+
 class TargetConflict(FsbackupError):
     """A restore would replace existing files and --overwrite was not given."""
     exit_code = EXIT_CONFLICT
@@ -133,6 +138,17 @@ class ListingContradiction(FsbackupError):
 class LocalIndexDamaged(FsbackupError):
     """The local index (a cache of the repository) is damaged: `repair` sets it aside and rebuilds it."""
     exit_code = EXIT_CORRUPT
+
+
+def exit_code_of(e: BaseException) -> int:
+    """The exit code a command ends with when `e` stops it (cli.main's mapping, docs/exit-codes.md)."""
+    if isinstance(e, FsbackupError):
+        return e.exit_code
+    if isinstance(e, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(e, BrokenPipeError):
+        return 0                  # the reader went away (`| head`): what it wanted was written
+    return EXIT_FATAL
 
 
 def os_error_kind(e: OSError) -> type[FsbackupError] | None:

@@ -16,7 +16,7 @@ fsb_apt_install() {  # fsb_apt_install PKG... : installs the Debian packages not
 }
 
 # gcc, libc6-dev and python3-dev: pyfuse3 is built from source when the venv is made.
-fsb_apt_install fuse3 libfuse3-dev pkg-config gcc libc6-dev python3-dev attr python3-venv zsh fish
+fsb_apt_install fuse3 libfuse3-dev pkg-config gcc libc6-dev python3-dev attr python3-venv zsh fish btrfs-progs
 
 # openssh-server: the sftp:// tests and benchmark run sshd of their own on a free loopback port.
 # Installing it must not start the system's sshd on port 22: Debian's scripts ask policy-rc.d,

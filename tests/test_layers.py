@@ -14,7 +14,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "fsbackup"
 
 # Modules every layer may use: no I/O of their own, or only the local machine's.
-SHARED = {"fsbackup.errors", "fsbackup.progress", "fsbackup.fsutil", "fsbackup.private", "fsbackup.retention"}
+SHARED = {"fsbackup.errors", "fsbackup.progress", "fsbackup.fsutil", "fsbackup.private", "fsbackup.retention",
+          "fsbackup.snapshot"}
 # Each layer of docs/design.md and the fsbackup packages it may import besides itself and SHARED:
 # dependencies point one way, and only the repository talks to the storage.
 LAYERS = {

@@ -168,18 +168,18 @@ def main(argv: list[str] | None = None) -> int:
         return command.run(args, out)
     except errors.Interrupted as e:         # the command said what it leaves
         print(f"{PROG}: interrupted: {e}", file=sys.stderr)
-        return e.exit_code
+        return errors.exit_code_of(e)
     except FsbackupError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
+        return errors.exit_code_of(e)
+    except KeyboardInterrupt as e:
         print(f"{PROG}: interrupted: {command.interrupted}", file=sys.stderr)
-        return errors.EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return 0
+        return errors.exit_code_of(e)
+    except BrokenPipeError as e:
+        return errors.exit_code_of(e)
     except Exception as e:  # a bug: still one line, with a way to see the traceback
         if os.environ.get("FSBACKUP_DEBUG"):
             raise
         print(f"{PROG}: internal error: {type(e).__name__}: {e} (set FSBACKUP_DEBUG=1 for a traceback, "
               "and please report it)", file=sys.stderr)
-        return errors.EXIT_FATAL
+        return errors.exit_code_of(e)

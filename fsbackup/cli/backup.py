@@ -4,13 +4,16 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
 
 from .. import errors
 from ..errors import CommandFailed, UsageError
+from ..private import PASSPHRASE_VARIABLE
 from ..progress import human_bytes, human_duration
+from ..snapshot import MODES
 from . import forget, prune
 from .options import (
     PROG,
@@ -100,6 +103,22 @@ def add_arguments(p) -> None:
     v.add_argument("--verify-percent", metavar="P", type=percent_arg, default=0.0,
                    help="verify at least P percent (0 to 100) of all volumes instead")
     v.add_argument("--no-verify", action="store_true", help="skip the verification after the backup")
+    s = p.add_argument_group("snapshots and commands around the backup (docs/snapshots.md)")
+    s.add_argument("--snapshot", choices=MODES, default="auto",
+                   help="read the paths from an operating system snapshot, one consistent moment: auto (the "
+                        "default) snapshots paths on btrfs when running as root and reads the rest as they are "
+                        "(-v says why); btrfs or lvm insist (a path that cannot be snapshotted is an error, exit 1; "
+                        "lvm takes 10%% of the volume's size from the volume group's free space); none never "
+                        "snapshots. Snapshots are deleted afterwards, a killed run's by the next run")
+    s.add_argument("--pre-command", metavar="CMD", default=None,
+                   help="run CMD before the backup (through /bin/sh -c, as FSBACKUP_PASSWORD_COMMAND is: shell "
+                        "syntax applies), e.g. "
+                        "'pg_dump -f /var/backups/db.sql mydb'; if it fails (exit 1), nothing is backed up")
+    s.add_argument("--post-command", metavar="CMD", default=None,
+                   help="run CMD after the backup whatever happened (through /bin/sh -c), e.g. "
+                        "'systemctl start myapp'; it finds FSBACKUP_OUTCOME (success, partial, failed or "
+                        "interrupted), FSBACKUP_VERSION (the new version's id, or empty) and "
+                        "FSBACKUP_EXIT_CODE in its environment")
     keep_options(p, "after a successful backup, forget the versions these rules do not keep "
                     "(docs/maintenance.md); nothing is forgotten without a keep option")
 
@@ -214,7 +233,76 @@ def _report_verification(out: Output, name: str, written: dict[str, int], report
     return False
 
 
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a service stopped, a shutdown) stops the backup as Ctrl-C does, so that its
+    snapshots are deleted and the post-command runs; the handler of before is put back after."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt()
+    try:
+        before = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:           # not the main thread (a library caller): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _status(returncode: int) -> str:
+    """How a command ended, for an error line: "exit status N" or "signal N"."""
+    return f"signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+
+
+def _pre_command(cmd: str) -> None:
+    """Run --pre-command; its failure stops the backup before anything is stored."""
+    env = dict(os.environ)
+    env.pop(PASSPHRASE_VARIABLE, None)        # (the command has no need of it)
+    status = subprocess.run(cmd, shell=True, env=env).returncode
+    if status != 0:
+        raise CommandFailed(f"--pre-command '{cmd}' failed with {_status(status)}; nothing was backed up")
+
+
+def _post_command(cmd: str, code: int, version: str | None) -> int:
+    """Run --post-command with the outcome in its environment; its exit status."""
+    if code == 0:
+        outcome = "success"
+    elif code == errors.EXIT_INTERRUPTED:
+        outcome = "interrupted"
+    else:
+        outcome = "partial" if version else "failed"
+    env = dict(os.environ, FSBACKUP_OUTCOME=outcome, FSBACKUP_VERSION=version or "", FSBACKUP_EXIT_CODE=str(code))
+    env.pop(PASSPHRASE_VARIABLE, None)        # (the command has no need of it)
+    return subprocess.run(cmd, shell=True, env=env).returncode
+
+
 def run(args, out: Output) -> int:
+    """The backup, between --pre-command and --post-command, SIGTERM stopping it as Ctrl-C does."""
+    saved: list[str] = []
+    with _sigterm_interrupts():
+        try:
+            if args.pre_command:
+                _pre_command(args.pre_command)
+            code = _backup(args, out, saved)
+        except BaseException as e:
+            if args.post_command:
+                status = _post_command(args.post_command, errors.exit_code_of(e), saved[0] if saved else None)
+                if status != 0:
+                    out.warn(f"--post-command '{args.post_command}' failed with {_status(status)}")
+            raise
+        if args.post_command:
+            status = _post_command(args.post_command, code, saved[0] if saved else None)
+            if status != 0 and code == 0:
+                raise CommandFailed(f"--post-command '{args.post_command}' failed with {_status(status)}; "
+                                           "the backup itself succeeded")
+            if status != 0:
+                out.warn(f"--post-command '{args.post_command}' failed with {_status(status)}")
+    return code
+
+
+def _backup(args, out: Output, saved: list[str]) -> int:
+    """The backup itself; `saved` gets the new version's name once it is stored."""
     from ..engine.backup import Backup, BackupOptions
     from ..engine.check import verify_backup
     problem = _input_problem(args)
@@ -227,7 +315,8 @@ def run(args, out: Output) -> int:
     options = BackupOptions(excludes=excludes, exclude_if_present=args.exclude_if_present,
                             exclude_caches=args.exclude_caches, one_file_system=args.one_file_system,
                             tags=args.tag, dry_run=args.dry_run, host=args.host,
-                            description=args.description)
+                            description=args.description, snapshot=args.snapshot,
+                            explain_snapshot=bool(args.verbose))
     options.iexcludes = _excludes(args.iexclude, args.iexclude_file)
     options.exclude_larger_than = args.exclude_larger_than
     options.listed_paths = _listed_paths(args)
@@ -243,7 +332,6 @@ def run(args, out: Output) -> int:
     with opened(args, out, sync_catalog=False) as repo:
         job = Backup(repo, options, out)
         verification = []     # verify after backup runs under the backup's lock; reported after its summary
-        saved = []            # the new version, once stored: an interruption then leaves it saved
 
         def after_commit(name: str) -> None:
             saved.append(name)

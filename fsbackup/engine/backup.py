@@ -23,11 +23,13 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Callable
 
 import msgpack
 
+from .. import snapshot
 from ..catalog.tree import Node, VersionTree
 from ..catalog.versions import list_versions
 from ..codec import wire
@@ -67,6 +69,8 @@ class BackupOptions:
     compression: int = wire.ZSTD_LEVEL        # zstd level of new blocks; 0 stores them uncompressed
     workers: int = max(2, os.cpu_count() or 2)
     uploads_in_flight: int | None = None     # volumes uploading at once; None: the backend's `connections`
+    snapshot: str = "none"                   # snapshot.MODES: read the paths from OS snapshots (docs/snapshots.md)
+    explain_snapshot: bool = False           # note why a path is read without one (--verbose)
 
 
 # The mode of a file read from a stream (backup --stdin): a pipe has no permissions to copy, and a
@@ -144,7 +148,8 @@ class Excluder:
     casefolded). --exclude-larger-than: files of more bytes than that are left out."""
 
     def __init__(self, options: BackupOptions):
-        self.patterns = GlobMatcher(options.excludes, options.iexcludes)
+        # (fsbackup's own snapshots are never backed up)
+        self.patterns = GlobMatcher([*options.excludes, os.fsdecode(snapshot.SNAPSHOT_PATTERN)], options.iexcludes)
         self.if_present = [os.fsencode(n) for n in options.exclude_if_present]
         self.caches = options.exclude_caches
         self.larger_than = options.exclude_larger_than
@@ -322,6 +327,7 @@ class Backup:
         self.links_seen: set[tuple[int, int]] = set()
         self.hardlinks: dict[tuple[int, int], list] = {}
         self.prev_contents: dict[int, list] = {}     # see _prev_children
+        self.read_from: dict[bytes, bytes] = {}      # given path -> its snapshot's path, where one was taken
 
     @property
     def written(self) -> dict[str, int]:
@@ -409,10 +415,13 @@ class Backup:
         # Beside the local index, in an owner-only folder: the tree names every file backed up.
         self.spool_folder = spool_folder = os.path.join(os.path.dirname(self.repo.catalog_path), "spool")
         spool = private_temp_file(spool_folder)
+        snapshots = ExitStack()      # deleted once the scan is over and its files closed
         try:
             self.spool_packer = wire.entry_packer(unicode_errors="surrogateescape")   # (times of any range)
             self.spool = spool
             self.node_count = 0
+            self.read_from = snapshots.enter_context(snapshot.taken(
+                tops, self.options.snapshot, reporter=self.reporter, explain=self.options.explain_snapshot))
             self._scan(tops, stream)
             self.sink.finish()
         except BaseException:
@@ -429,6 +438,7 @@ class Backup:
             self.upload_pool.shutdown(wait=True, cancel_futures=True)
             for item in self.queue:        # stopped midway: the files still open
                 self._close_source(item)
+            snapshots.close()
         self.progress.finish()
         sink = self.sink
         self.stats.blocks_new, self.stats.bytes_new_plain = sink.blocks_new, sink.bytes_new
@@ -580,7 +590,7 @@ class Backup:
         known_dirs: dict[bytes, tuple[_Item, int | None]] = {b"/": (root, 1 if self.prev else None)}
         for top in tops:
             if top == b"/":          # the root's own entry is made above: its children are the tops
-                for child in sorted(os.listdir(b"/")):
+                for child in sorted(os.listdir(self._read_path(b"/"))):
                     if not self.excluder.excludes_path(b"/" + child, child):
                         self._walk(b"/" + child, child, root, known_dirs[b"/"][1], parent_dev=root_st.st_dev)
                 continue
@@ -654,6 +664,16 @@ class Backup:
         self.progress.advance(files=1)
         self._enqueue(item)
 
+    def _read_path(self, top: bytes) -> bytes:
+        """Where the given path `top` is read: in its snapshot (same name), else where it is. It is
+        recorded as `top` either way."""
+        if top in self.read_from:
+            return self.read_from[top]
+        parent = os.path.dirname(top)        # a child of "/", when "/" is given
+        if parent != top and parent in self.read_from:
+            return os.path.join(self.read_from[parent], os.path.basename(top))
+        return top
+
     def _walk(self, top: bytes, top_name: bytes, parent: _Item, prev_parent: int | None,
               parent_dev: int | None = None) -> None:
         """Depth-first over one given path, with an explicit stack (trees can be deep). The folder
@@ -662,7 +682,7 @@ class Backup:
         directory swapped for a symlink meanwhile is never followed out of the tree."""
         try:
             # O_PATH: the folder need not be readable, only searchable, as for a lookup by path.
-            base_fd = os.open(os.path.dirname(top), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            base_fd = os.open(os.path.dirname(self._read_path(top)), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise PathNotFound(f"cannot read {os.fsdecode(os.path.dirname(top))}: {e.strerror}") from None
         dir_fds = DirFds(base_fd, DIR_FDS)

@@ -110,6 +110,14 @@ class BackendContract:
         backend.delete("locks/a")
         assert not backend.exists("locks/a") and list(backend.list("locks/")) == []
 
+    def test_what_delete_removed_is_not_kept_hidden(self, backend):
+        """`hidden` names what someone hid; fsbackup's own deletes (of an object written over
+        once, too) leave nothing behind, so a forget is never taken for a hide."""
+        backend.put("versions/a", b"first")
+        backend.put("versions/a", b"second")
+        backend.delete("versions/a")
+        assert backend.hidden({"versions/a", "versions/never-stored"}) == set()
+
     def test_put_replaces_whole(self, backend):
         backend.put("k", b"long first content")
         backend.put("k", b"short")

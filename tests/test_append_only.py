@@ -18,7 +18,7 @@ from test_b2_cli import b2_env  # noqa: F401  (a fixture)
 
 from fsbackup import errors
 from fsbackup.backends import open_backend
-from fsbackup.backends.b2 import ENV_KEY, ENV_KEY_ID, REALM, new_api
+from fsbackup.backends.b2 import ENV_KEY, ENV_KEY_ID, REALM, new_api, parse_url
 from fsbackup.repository import Repository, locks
 from fsbackup.repository.locks import Lock, LockInfo, list_locks, repository_lock
 
@@ -313,3 +313,48 @@ def test_a_b2_key_without_delete_files_backs_up(b2_env, tmp_path, monkeypatch):
     finally:
         repo.close()
     assert "no damage found" in b2_env.ok("check", "--read-data").out
+
+
+def test_a_version_hidden_by_a_b2_key_without_delete_files_keeps_its_data(b2_env, tmp_path, monkeypatch):
+    """A B2 key with writeFiles may hide a file, and its machine holds the keys to store an
+    authentic record that the version was forgotten: together they would look like a forget.
+    fsbackup's deletes remove every version of a name, so a hidden version was not forgotten: the
+    trusted machine says so, its prune keeps the data, and the version unhidden restores."""
+    from doubles import b2sim
+    sim = b2sim.simulated()
+    b2_env.ok("init")
+    src = tmp_path / "src"
+    for i in range(2):
+        write(src / "f", pseudo_random(300_000, i))
+        b2_env.ok("backup", src)
+    oldest = min(json.loads(b2_env.ok("versions", "--json").out), key=lambda v: v["time_ns"])["id"]
+    api = new_api(sim.api_config())
+    api.authorize_account(REALM, sim.key_id, sim.key)
+    key = api.create_key(["listBuckets", "listFiles", "readFiles", "writeFiles"], "backup-only")
+    url = b2_env.vars["FSBACKUP_REPOSITORY"]
+    bucket_name, prefix = parse_url(url)
+    with monkeypatch.context() as m:                   # the compromised machine
+        m.setenv(ENV_KEY_ID, key.id_)
+        m.setenv(ENV_KEY, key.application_key)
+        repo = Repository.open(sim.backend(url), TEST_PASSWORD.encode(), str(tmp_path / "its-index.sqlite"))
+        try:
+            repo.sync_catalog()
+            try:
+                repo.delete_version(oldest)            # the record is stored, the delete refused
+            except errors.PermissionDenied:
+                pass
+        finally:
+            repo.close()
+        its_api = new_api(sim.api_config())
+        its_api.authorize_account(REALM, key.id_, key.application_key)
+        its_api.get_bucket_by_name(bucket_name).hide_file(f"{prefix}/versions/{oldest}")
+    r = b2_env.ok("versions", "--json")                # the trusted machine had seen it
+    assert oldest not in r.out and f"version {oldest[:8]} is hidden in the storage" in r.err, r.err
+    r = b2_env.run("prune", "--max-unused", "0", FSBACKUP_LEFTOVER_AGE_FOR_TESTS="0")
+    assert r.rc == errors.EXIT_CORRUPT and f"version {oldest[:8]} is gone from the repository" in r.err, r.err
+    assert b2_env.run("check").rc == errors.EXIT_CORRUPT
+    bucket = api.get_bucket_by_name(bucket_name)       # unhidden, with the full key
+    marker = next(iter(bucket.list_file_versions(f"{prefix}/versions/{oldest}")))
+    bucket.delete_file_version(marker.id_, marker.file_name)
+    b2_env.ok("restore", oldest, "--target", tmp_path / "out")
+    assert (restored_root(tmp_path / "out", src) / "f").read_bytes() == pseudo_random(300_000, 0)

@@ -39,6 +39,25 @@ def test_a_version_deleted_behind_fsbackups_back_is_reported_until_accepted(env,
     env.ok("check")
 
 
+def test_prune_keeps_the_data_of_a_version_gone_without_a_forget_until_accepted(env, tmp_path, three_versions):
+    """A version hidden or deleted by someone who should not have (a B2 key without deleteFiles may
+    hide files) must not lose its data to the trusted machine's next prune: put back, it restores."""
+    oldest = three_versions[0]
+    hidden = tmp_path / "hidden"
+    (env.repo / "versions" / oldest).rename(hidden)
+    volumes = {p.name for p in (env.repo / "data").rglob("*") if p.is_file()}
+    r = env.run("prune", "--max-unused", "0", FSBACKUP_LEFTOVER_AGE_FOR_TESTS="0")
+    assert r.rc == EXIT_CORRUPT and f"version {oldest[:8]} is gone from the repository" in r.err, r.err
+    assert {p.name for p in (env.repo / "data").rglob("*") if p.is_file()} == volumes
+    hidden.rename(env.repo / "versions" / oldest)                   # unhidden
+    env.ok("restore", oldest, "--target", tmp_path / "out")
+    assert (tmp_path / "out" / str(tmp_path / "src" / "f").lstrip("/")).read_bytes() == pseudo_random(20_000, 0)
+    (env.repo / "versions" / oldest).unlink()                       # gone for good: the user accepts it
+    env.ok("prune", "--max-unused", "0", "--accept-missing", FSBACKUP_LEFTOVER_AGE_FOR_TESTS="0")
+    assert {p.name for p in (env.repo / "data").rglob("*") if p.is_file()} != volumes
+    env.ok("check")
+
+
 def test_forgets_on_another_machine_are_followed_silently_even_most_versions(env, tmp_path, three_versions):
     b_ok, b_run = other_machine(env, tmp_path)
     b_ok("versions")                                                # B knows all three

@@ -119,6 +119,14 @@ class Backend(abc.ABC):
         """
         return 0, 0
 
+    def hidden(self, names: set[str]) -> set[str]:
+        """Of `names`, objects no longer listed, those the storage still keeps, hidden rather than
+        deleted: written over by a hide marker by someone who may write but not delete (a B2 key
+        with writeFiles and no deleteFiles). fsbackup never hides: its `delete` removes every
+        stored version of a name, so what is kept was not deleted by fsbackup. Storage that
+        cannot hide keeps nothing (the default)."""
+        return set()
+
     def exists(self, name: str) -> bool:
         from ..errors import NoSuchObject
         try:
@@ -158,6 +166,9 @@ class WrappingBackend(Backend):
     def list_modified(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
         # Passed through untouched; a wrapper that adds behaviour to listings overrides it with `list`.
         return self.inner.list_modified(prefix)
+
+    def hidden(self, names: set[str]) -> set[str]:
+        return self.inner.hidden(names)
 
     def remove_partial_uploads(self, older_than_seconds: float) -> tuple[int, int]:
         # Passed through untouched (a wrapper that counted or failed it would move the call at

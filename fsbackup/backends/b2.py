@@ -258,6 +258,17 @@ class B2Backend(Backend):
         with _b2_errors(f"delete of {name}", name):
             self._delete_versions(self._key(name))
 
+    def hidden(self, names: set[str]) -> set[str]:
+        # A name not listed of which B2 still holds a version: hidden (B2's hide marker lists as
+        # its newest version), since `delete` removes every version.
+        bucket = self._b2()
+        kept = set()
+        for name in sorted(names):
+            with _b2_errors(f"listing of the versions of {name}", name):
+                if any(True for _ in bucket.list_file_versions(self._key(name))):
+                    kept.add(name)
+        return kept
+
     # ---- reading --------------------------------------------------------------------------------
 
     def _download(self, name: str, range_: tuple[int, int] | None) -> bytes:

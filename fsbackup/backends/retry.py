@@ -95,5 +95,8 @@ class RetryingBackend(WrappingBackend):
     def delete(self, name: str) -> None:
         self._retry("delete", lambda: self.inner.delete(name))
 
+    def hidden(self, names: set[str]) -> set[str]:
+        return self._retry("list", lambda: self.inner.hidden(names))
+
     def remove_partial_uploads(self, older_than_seconds: float) -> tuple[int, int]:
         return self._retry("remove_partial_uploads", lambda: self.inner.remove_partial_uploads(older_than_seconds))

@@ -161,11 +161,18 @@ def _leftovers(repo: Repository, plan: PrunePlan, age: float) -> None:
 
 
 def plan_prune(repo: Repository, max_unused: float = DEFAULT_MAX_UNUSED) -> PrunePlan:
-    """What prune would do. Refused while a version object does not read: its blocks would look
-    unused, and prune would delete the data of a version that may yet be repaired."""
+    """What prune would do. Refused while a version object does not read, and while a version is
+    gone without having been forgotten (until the user accepts it): their blocks would look unused,
+    and prune would delete the data of a version that may yet be repaired, or put back (one a
+    machine without delete rights hid, as a B2 key with writeFiles alone may)."""
     for obj in repo.unreadable_versions():
         raise CorruptObject(obj, "does not read, so prune cannot tell which data it uses; run 'fsbackup check', "
                                  "then 'fsbackup repair --remove-damaged' before pruning")
+    for gone in repo.vanished_versions():
+        raise ListingContradiction(f"version {gone.name[:8]} is gone from the repository without having been "
+                                   "forgotten, and prune would delete its data: find out why ('fsbackup check'; "
+                                   "on B2 it may be hidden: docs/append-only.md), put it back, or accept the loss "
+                                   "with --accept-missing")
     age = leftover_age()
     plan = PrunePlan(unfinished_forgets=repo.listed_though_forgotten(),
                      orphan_tags=[name for name, _ in orphan_tag_records(repo.catalog)])

@@ -977,11 +977,26 @@ class Repository:
         (`refuse_surprising_loss`)."""
         vanished = local - remote
         unexplained = vanished - self.forgotten_names(vanished) if vanished else set()
+        if vanished - unexplained:
+            unexplained |= self._hidden_versions(vanished - unexplained)
         self.refuse_surprising_loss("version objects (versions/)", local, unexplained)
         if unexplained or self.accept_missing:     # (a sync that changes nothing writes nothing)
             self._remember_vanished(unexplained)
         for name in vanished:
             self.unrecord_version(name)
+
+    def _hidden_versions(self, recorded: set[str]) -> set[str]:
+        """Of versions gone with a record that they were forgotten, those the storage keeps hidden
+        (`Backend.hidden`): a forget deletes, so the record was stored, and the version hidden, by
+        a machine that may not delete (docs/append-only.md). They are taken for gone without a
+        forget: reported, and their data kept from prune until the user accepts the loss."""
+        hidden = self.backend.hidden({version_object(name) for name in recorded})
+        names = {name for name in recorded if version_object(name) in hidden}
+        for name in sorted(names):
+            log.warning("version %s is hidden in the storage, though recorded as forgotten (a forget deletes "
+                        "it): a machine that may not delete may have hidden it; unhide %s to get it back "
+                        "(docs/append-only.md)", name[:8], version_object(name))
+        return names
 
     def _remember_vanished(self, unexplained: set[str]) -> None:
         names = sorted(unexplained)

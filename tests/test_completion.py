@@ -63,7 +63,8 @@ def zsh_complete(completion: Path, line: str, tmp_path: Path) -> list[str]:
 
 
 def test_the_exclude_options_are_known():
-    assert EXCLUDE_OPTIONS == ["--exclude", "--exclude-caches", "--exclude-file", "--exclude-if-present"]
+    assert EXCLUDE_OPTIONS == ["--exclude", "--exclude-caches", "--exclude-file", "--exclude-if-present",
+                               "--exclude-larger-than"]
 
 
 def test_bash_completes_commands_options_values_and_files(env, tmp_path):

@@ -75,13 +75,22 @@ def _runs_of(repo: Repository, pool: ThreadPoolExecutor,
 
 def _add_run(repo: Repository, pool: ThreadPoolExecutor, run: list[tuple[bytes, BlockLocation]],
              fetches: dict[bytes, Callable[[], Future]]) -> None:
-    """One range read for `run`, started when the first of its blocks is wanted."""
+    """One range read for `run`, started when the first of its blocks is wanted. Once each of its
+    blocks has been asked for, the read is let go (the reader holds what it still needs): `fetches`
+    lives as long as the file is read, and holding every run's bytes would grow with the file. A
+    block asked for again after that (a file repeating it) starts a new read."""
     started: list[Future] = []
+    waiting = {block_id for block_id, _ in run}
 
-    def fetch() -> Future:
+    def fetch(block_id: bytes) -> Future:
         if not started:
             started.append(pool.submit(repo.fetch_run, run))
-        return started[0]
+        future = started[0]
+        waiting.discard(block_id)
+        if not waiting:
+            started.clear()
+            waiting.update(block_id for block_id, _ in run)
+        return future
     for block_id, _ in run:
-        fetches[block_id] = fetch
+        fetches[block_id] = functools.partial(fetch, block_id)
 

@@ -157,6 +157,15 @@ def test_stdin_from_command_backs_up_its_output(env, tmp_path):
     assert (tmp_path / "out" / "srv" / "dump.txt").read_bytes() == b"one\ntwo\n"
 
 
+def test_the_command_does_not_get_the_passphrase(env, tmp_path):
+    """As --pre-command and --post-command: the passphrase stays with fsbackup."""
+    assert "FSBACKUP_PASSWORD" in env.environ()
+    env.ok("backup", "--stdin-from-command", "--stdin-filename", "/env.txt", "--",
+           "sh", "-c", 'printf "%s" "${FSBACKUP_PASSWORD-unset}"')
+    env.ok("restore", "latest", "--target", tmp_path / "out")
+    assert (tmp_path / "out" / "env.txt").read_bytes() == b"unset"
+
+
 def test_a_failing_command_stores_no_version(env, tmp_path):
     src = write(tmp_path / "src" / "a", b"a")
     env.ok("backup", src.parent)

@@ -201,7 +201,7 @@ def _stream(args):
         return
     command = shlex.join(args.paths)
     try:
-        proc = subprocess.Popen(args.paths, stdout=subprocess.PIPE)
+        proc = subprocess.Popen(args.paths, stdout=subprocess.PIPE, env=_command_environment())
     except OSError as e:
         raise CommandFailed(f"cannot run --stdin-from-command {command}: {e.strerror}; no version was stored") \
             from None
@@ -255,11 +255,18 @@ def _status(returncode: int) -> str:
     return f"signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
 
 
+def _command_environment(**extra: str) -> dict[str, str]:
+    """The environment of a command backup runs (--stdin-from-command, --pre-command,
+    --post-command): fsbackup's, with `extra`, without the passphrase (the command has no need
+    of it, and should not hand it on)."""
+    env = dict(os.environ, **extra)
+    env.pop(PASSPHRASE_VARIABLE, None)
+    return env
+
+
 def _pre_command(cmd: str) -> None:
     """Run --pre-command; its failure stops the backup before anything is stored."""
-    env = dict(os.environ)
-    env.pop(PASSPHRASE_VARIABLE, None)        # (the command has no need of it)
-    status = subprocess.run(cmd, shell=True, env=env).returncode
+    status = subprocess.run(cmd, shell=True, env=_command_environment()).returncode
     if status != 0:
         raise CommandFailed(f"--pre-command '{cmd}' failed with {_status(status)}; nothing was backed up")
 
@@ -272,8 +279,8 @@ def _post_command(cmd: str, code: int, version: str | None) -> int:
         outcome = "interrupted"
     else:
         outcome = "partial" if version else "failed"
-    env = dict(os.environ, FSBACKUP_OUTCOME=outcome, FSBACKUP_VERSION=version or "", FSBACKUP_EXIT_CODE=str(code))
-    env.pop(PASSPHRASE_VARIABLE, None)        # (the command has no need of it)
+    env = _command_environment(FSBACKUP_OUTCOME=outcome, FSBACKUP_VERSION=version or "",
+                               FSBACKUP_EXIT_CODE=str(code))
     return subprocess.run(cmd, shell=True, env=env).returncode
 
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import make_full_tree, pseudo_random, restored_root, snapshot, write
 from test_corruption import assert_one_line_error, backed_up, flip, volume_path
 
-from fsbackup.errors import EXIT_CORRUPT, EXIT_NOT_FOUND, EXIT_USAGE
+from fsbackup.errors import EXIT_CORRUPT, EXIT_NO_SPACE, EXIT_NOT_FOUND, EXIT_USAGE
 
 
 def dump(env, *args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
@@ -136,6 +136,21 @@ def test_a_stopped_reader_is_no_error(env, full):
                        shell=True, env=env.environ(), capture_output=True)
     assert p.stdout == (full / "random.bin").read_bytes()[:10]
     assert p.stderr == b""
+
+
+@pytest.mark.parametrize("how", ["stdout", "target"])
+@pytest.mark.parametrize("what", ["text.txt", "."])
+def test_a_full_output_is_one_line_and_exit_15(env, full, how, what):
+    """/dev/full fails every write with ENOSPC, as a full disk under a --target file or a pipe would."""
+    path = os.path.normpath(full / what)
+    if how == "stdout":
+        with open("/dev/full", "wb") as devfull:
+            p = dump(env, "latest", path, stdout=devfull)
+    else:
+        p = dump(env, "latest", path, "-o", "/dev/full")
+    err = p.stderr.decode()
+    assert p.returncode == EXIT_NO_SPACE and len(err.splitlines()) == 1, err
+    assert "cannot write the dump" in err and "No space left" in err, err
 
 
 # ---- damage ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import sys
 import tempfile
 
 from ..catalog import Catalog
-from ..errors import UsageError
+from ..errors import FsbackupError, UsageError, os_error_kind
 from .options import FILTER_HELP, Command, version_filter, version_filter_options
 from .output import Output
 from .repo import opened
@@ -59,9 +59,18 @@ def _dump_to_stdout(dump, path: str, archive: str | None) -> None:
         dump.run(path, archive)
     except BrokenPipeError:
         # The reader stopped (`| head`): nothing more to write, and nothing to flush at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _drop_stdout()
+    except FsbackupError:
+        if dump.sink.failed:      # (what stays buffered would fail again at exit, as a second message)
+            _drop_stdout()
+        raise
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: the stream ended, and what Python still holds for it goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _dump_to_file(repo, tree, out: Output, path: str, archive: str | None, target: str) -> None:
@@ -73,7 +82,7 @@ def _dump_to_file(repo, tree, out: Output, path: str, archive: str | None, targe
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise UsageError(f"cannot write to {target}: {e.strerror}") from None
+        raise (os_error_kind(e) or UsageError)(f"cannot write to {target}: {e.strerror}") from None
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise UsageError(f"--target {target} is a directory; name a file")
     if st is not None and not stat.S_ISREG(st.st_mode):
@@ -84,7 +93,7 @@ def _dump_to_file(repo, tree, out: Output, path: str, archive: str | None, targe
     try:
         fd, temp = tempfile.mkstemp(dir=folder, prefix=".fsbackup-dump-")
     except OSError as e:
-        raise UsageError(f"cannot write to {target}: {e.strerror}") from None
+        raise (os_error_kind(e) or UsageError)(f"cannot write to {target}: {e.strerror}") from None
     try:
         with open(fd, "wb") as f:
             Dump(repo, tree, f, out).run(path, archive)

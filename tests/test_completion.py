@@ -26,8 +26,8 @@ while zpty -t z && (( n++ < 200 )); do zpty -r -t z line 2>/dev/null; sleep 0.05
 zpty -d z 2>/dev/null
 """
 
-EXCLUDE_OPTIONS = sorted(n for o in describe(build_parser()).commands[1].options for n in o.names
-                         if n.startswith("--exc"))
+BACKUP = next(c for c in describe(build_parser()).commands if c.name == "backup")
+EXCLUDE_OPTIONS = sorted(n for o in BACKUP.options for n in o.names if n.startswith("--exc"))
 
 
 def script(env, shell: str, tmp_path: Path) -> Path:
@@ -63,7 +63,8 @@ def zsh_complete(completion: Path, line: str, tmp_path: Path) -> list[str]:
 
 
 def test_the_exclude_options_are_known():
-    assert EXCLUDE_OPTIONS == ["--exclude", "--exclude-caches", "--exclude-file", "--exclude-if-present"]
+    assert EXCLUDE_OPTIONS == ["--exclude", "--exclude-caches", "--exclude-file", "--exclude-if-present",
+                               "--exclude-larger-than"]
 
 
 def test_bash_completes_commands_options_values_and_files(env, tmp_path):

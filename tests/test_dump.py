@@ -47,6 +47,15 @@ def test_a_file_goes_to_stdout_byte_for_byte(env, full):
         assert p.stdout == (full / name).read_bytes(), name
 
 
+def test_version_colon_path_names_the_path_as_ls_and_restore_take_it(env, full):
+    p = dump(env, f"latest:{full / 'text.txt'}")
+    assert p.returncode == 0 and p.stdout == (full / "text.txt").read_bytes(), p.stderr
+    for args, words in (([f"latest:{full}", str(full)], "once"), (["latest"], "give the path")):
+        p = dump(env, *args)
+        err = p.stderr.decode()
+        assert p.returncode == EXIT_USAGE and p.stdout == b"" and len(err.splitlines()) == 1 and words in err, err
+
+
 def test_a_directory_is_a_tar_that_tar_extracts_with_all_metadata(env, full, tmp_path):
     p = dump(env, "latest", full)
     assert p.returncode == 0, p.stderr

@@ -122,17 +122,20 @@ def test_stdin_names_that_are_refused(env):
 
 
 def test_stdin_is_read_with_bounded_memory(env):
-    """Half a GiB through stdin, in volumes of 1 MiB: what the process holds stays far below it.
-    Measured by a fresh process, whose largest child is the backup."""
-    size = 512 << 20
+    """256 MiB through stdin, in volumes of 1 MiB: what the process holds stays well below it.
+    Random bytes, so that every block is new and stored (zeros would be one block, deduplicated:
+    a backup that kept its stored blocks would pass). Measured by a fresh process, whose largest
+    child is the backup."""
+    size = 256 << 20
     measure = ("import resource, subprocess, sys\n"
-               f"p = subprocess.run('head -c {size} /dev/zero | {sys.executable} -m fsbackup backup --stdin --json "
+               f"p = subprocess.run('head -c {size} /dev/urandom | {sys.executable} -m fsbackup backup --stdin --json "
                "--volume-size 1M --no-verify', shell=True)\n"
                "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n")
     p = subprocess.run([sys.executable, "-c", measure], env=env.environ(), capture_output=True, text=True)
     rc, peak_kib = map(int, p.stderr.split()[-2:])
     assert rc == 0, p.stderr
-    assert json.loads(p.stdout)["bytes_read"] == size
+    doc = json.loads(p.stdout)
+    assert doc["bytes_read"] == size and doc["bytes_new"] == size
     assert peak_kib < 200 << 10, f"peak RSS {peak_kib >> 10} MiB for {size >> 20} MiB of stdin"
 
 

@@ -478,3 +478,22 @@ def test_lvm_snapshot_of_a_real_logical_volume(env, tmp_path):
         subprocess.run(["umount", str(mnt)], check=False)
         subprocess.run(["vgremove", "-q", "-f", vg], check=False, capture_output=True)
         subprocess.run(["losetup", "-d", device], check=False)
+
+
+def test_the_state_file_keeps_its_entries_when_a_write_stops_midway(env, monkeypatch):
+    """A run killed while it records a new snapshot must not lose the record of the others: their
+    snapshots would be left behind for ever."""
+    state = snapshot.StateFile(str(env.cache / "fsbackup"))
+    kept = {"kind": "lvm", "pid": 2 ** 22 + 1, "start": "1", "folder": "/x/fsbackup-snapshot-1-ab",
+            "mountpoint": "/x/fsbackup-snapshot-1-ab/home", "volume": "vg0/fsbackup-snapshot-1-ab"}
+    state.add(kept)
+
+    def killed_midway(entries, f, **kwargs):
+        f.write('[{"kind": "lv')
+        f.flush()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(snapshot.json, "dump", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        state.add(dict(kept, volume="vg0/fsbackup-snapshot-2-cd"))
+    monkeypatch.undo()
+    assert _state(env) == [kept] and state.orphans() == [kept]

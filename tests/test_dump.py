@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -122,6 +123,12 @@ def test_a_file_can_be_archived_and_target_writes_a_file(env, full, tmp_path):
     assert target.read_bytes() == (full / "text.txt").read_bytes()
     r = env.run("dump", "latest", full, "-o", tmp_path)
     assert r.rc == EXIT_USAGE and len(r.err.splitlines()) == 1 and "directory" in r.err, r.err
+    with socket.socket(socket.AF_UNIX) as sock:          # a file that cannot be opened to write
+        sock.bind(str(tmp_path / "socket"))
+        r = env.run("dump", "latest", full, "-o", tmp_path / "socket")
+    assert r.rc == EXIT_USAGE and len(r.err.splitlines()) == 1 and "cannot write to" in r.err, r.err
+    r = env.run("dump", "latest", full, "-o", tmp_path / "no folder" / "x.tar")
+    assert r.rc == EXIT_USAGE and len(r.err.splitlines()) == 1 and "cannot write to" in r.err, r.err
 
 
 def test_an_archive_is_not_written_to_a_terminal(env, full):

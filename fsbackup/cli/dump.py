@@ -94,7 +94,11 @@ def _dump_to_file(repo, tree, out: Output, path: str, archive: str | None, targe
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise UsageError(f"--target {target} is a directory; name a file")
     if st is not None and not stat.S_ISREG(st.st_mode):
-        with open(target, "wb") as f:
+        try:
+            f = open(target, "wb")
+        except OSError as e:           # (a socket, a device without a driver)
+            raise (os_error_kind(e) or UsageError)(f"cannot write to {target}: {e.strerror}") from None
+        with f:
             Dump(repo, tree, f, out).run(path, archive)
         return
     folder = os.path.dirname(os.path.abspath(target))

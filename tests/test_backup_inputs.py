@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
 import random
 import stat
 import subprocess
@@ -147,6 +148,19 @@ def test_stdin_and_other_inputs_do_not_mix(env, tmp_path):
     assert_one_line_error(env.run("backup", tmp_path, "--stdin-filename", "x"), 2, "--stdin-filename")
     assert_one_line_error(env.run("backup"), 2, "nothing to back up")
     assert_one_line_error(env.run("backup", tmp_path, "-0"), 2, "--null")
+    assert versions(env) == []
+
+
+def test_stdin_from_a_terminal_is_refused(env):
+    """Someone who forgot the pipe would otherwise wait on a backup reading what they type."""
+    leader, follower = pty.openpty()
+    try:
+        p = subprocess.run([sys.executable, "-m", "fsbackup", "backup", "--stdin"], stdin=follower,
+                           env=env.environ(), capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert_one_line_error(Result(p.returncode, p.stdout, p.stderr), 2, "not a terminal")
     assert versions(env) == []
 
 

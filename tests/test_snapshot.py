@@ -367,6 +367,20 @@ def test_pre_command_runs_first_and_its_failure_stores_nothing(env, tmp_path):
                                   "nothing was backed up\n"
 
 
+def test_a_command_line_error_runs_neither_command(env, tmp_path):
+    """A pre-command may stop a service: a mistyped command line must not get that far."""
+    (tmp_path / "src").mkdir()
+    ran = tmp_path / "ran"
+    commands = ["--pre-command", f"echo pre >> '{ran}'", "--post-command", f"echo post >> '{ran}'"]
+    for args in ([], [tmp_path / "src", "--prune"], [tmp_path / "src", "--stdin"], ["--null"]):
+        r = env.run("backup", *args, *commands)
+        assert r.rc == 2 and len(r.err.splitlines()) == 1, r.err
+        assert not ran.exists(), (args, ran.read_text())
+    # A list a pre-command writes is read after it.
+    listed = tmp_path / "list"
+    env.ok("backup", "--files-from", listed, "--pre-command", f"echo '{tmp_path / 'src'}' > '{listed}'")
+
+
 def test_post_command_gets_the_outcome_and_the_version(env, tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_text("f")

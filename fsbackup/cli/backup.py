@@ -287,6 +287,7 @@ def _post_command(cmd: str, code: int, version: str | None) -> int:
 def run(args, out: Output) -> int:
     """The backup, between --pre-command and --post-command, SIGTERM stopping it as Ctrl-C does."""
     saved: list[str] = []
+    _check_command_line(args)        # (before the pre-command, which may stop a service)
     with _sigterm_interrupts():
         try:
             if args.pre_command:
@@ -308,17 +309,23 @@ def run(args, out: Output) -> int:
     return code
 
 
+def _check_command_line(args) -> None:
+    """UsageError for a command line that cannot work, found without reading any file (the
+    --files-from lists and exclude files are read after --pre-command, which may write them)."""
+    problem = _input_problem(args)
+    if problem:          # (said as argparse says what it refuses)
+        raise UsageError(f"{problem}; see '{PROG} backup --help'")
+    policy = forget.policy_from_args(args)           # (a bad --keep-within is a UsageError too)
+    if args.prune and policy.is_empty():
+        raise UsageError("backup --prune needs at least one keep rule (e.g. --keep-daily 7)")
+
+
 def _backup(args, out: Output, saved: list[str]) -> int:
     """The backup itself; `saved` gets the new version's name once it is stored."""
     from ..engine.backup import Backup, BackupOptions
     from ..engine.check import verify_backup
-    problem = _input_problem(args)
-    if problem:          # (said as argparse says what it refuses)
-        raise UsageError(f"{problem}; see '{PROG} backup --help'")
     excludes = _excludes(args.exclude, args.exclude_file)
     policy = forget.policy_from_args(args)
-    if args.prune and policy.is_empty():
-        raise UsageError("backup --prune needs at least one keep rule (e.g. --keep-daily 7)")
     options = BackupOptions(excludes=excludes, exclude_if_present=args.exclude_if_present,
                             exclude_caches=args.exclude_caches, one_file_system=args.one_file_system,
                             tags=args.tag, dry_run=args.dry_run, host=args.host,

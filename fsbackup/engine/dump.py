@@ -270,7 +270,7 @@ class Dump:
                 info.extra = _zip_extra(node)
                 if node.type != "f":
                     info.compress_type = zipfile.ZIP_STORED
-                    archive.writestr(info, node.target or b"" if node.type == "l" else b"")
+                    archive.writestr(info, (node.target or b"") if node.type == "l" else b"")
                     continue
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.file_size = node.size        # (decides on zip64 before the data)

@@ -118,8 +118,6 @@ class Dump:
         self.sink = _Sink(out)
         self.reporter = reporter or SILENT
         self.cache = BlockCache(CACHE_BYTES)
-        self.files = 0
-        self.bytes = 0
 
     def run(self, path: str, archive: str | None) -> None:
         """Dump the entry at `path`: a regular file's content as it is when `archive` is None,
@@ -188,13 +186,11 @@ class Dump:
                 if len(data) != length:
                     raise CorruptObject(f"block {block_id.hex()[:16]} is not as long as the file's layout says")
                 hasher.data(data)
-                self.bytes += len(data)
                 yield data
         except (CorruptObject, NoSuchObject) as e:
             raise type(e)(f"{where}: {e}") from None
         if hasher.digest() != content.hash:
             raise CorruptObject(f"{where}: its content does not match the hash recorded at backup")
-        self.files += 1
 
     def _entries(self, top: Node, top_path: bytes) -> Iterator[tuple[str, Node]]:
         """(archive name, node) of `top` and everything below it, parents first; the root has no

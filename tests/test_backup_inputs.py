@@ -192,6 +192,8 @@ def test_a_failing_command_stores_no_version(env, tmp_path):
                 "sh", "-c", "head -c 12000000 /dev/urandom; exit 3")
     assert_one_line_error(r, 1, "sh -c", "exit status 3", "no version was stored")
     assert versions(env) == before
+    r = env.run("backup", "--stdin-from-command", "--", "sh", "-c", "echo partial; kill -9 $$")
+    assert_one_line_error(r, 1, "sh -c", "failed with signal 9", "no version was stored")
     r = env.run("backup", "--stdin-from-command", "--", "no-such-command-anywhere")
     assert_one_line_error(r, 1, "no-such-command-anywhere", "no version was stored")
     assert_one_line_error(env.run("backup", "--stdin-from-command"), 2, "--stdin-from-command needs the command")

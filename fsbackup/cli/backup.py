@@ -209,8 +209,7 @@ def _stream(args):
     def finished() -> None:
         status = proc.wait()
         if status != 0:
-            how = f"was killed by signal {-status}" if status < 0 else f"failed with exit status {status}"
-            raise CommandFailed(f"--stdin-from-command {command} {how}; no version was stored")
+            raise CommandFailed(f"--stdin-from-command {command} failed with {_status(status)}; no version was stored")
     try:
         assert proc.stdout is not None              # (stdout=PIPE)
         yield StreamFile(path, proc.stdout, finished)

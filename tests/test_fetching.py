@@ -45,7 +45,24 @@ def test_a_run_read_is_let_go_once_each_of_its_blocks_was_taken():
         gc.collect()
         assert all(ref() is None for ref in taken), "the first run's read is still held"
         assert repo.runs_read == 1
-        # A block wanted again after its run was let go (a file repeating it) is read again, right.
+        # Asked once more than the file uses it: read again, right.
         again = ids[0]
         assert fetched_block(fetches[again](), again) == bytes(again) * (BLOCK // 32)
         assert repo.runs_read == 2
+
+
+def test_a_block_the_file_repeats_is_read_once_and_let_go_after_its_last_use():
+    a, b = bytes([1]) * 32, bytes([2]) * 32
+    repo = RemoteStorage([a, b])
+    with ThreadPoolExecutor(2) as pool:
+        uses = [a, b, a, a, b]
+        fetches = file_fetches(repo, pool, BlockCache(0), [(x, BLOCK) for x in uses])  # type: ignore[arg-type]
+        held = []
+        for block_id in uses:
+            future = fetches[block_id]()
+            assert fetched_block(future, block_id) == bytes(block_id) * (BLOCK // 32)
+            held.append(weakref.ref(future))
+            del future
+        assert repo.runs_read == 1
+        gc.collect()
+        assert all(ref() is None for ref in held)

@@ -285,6 +285,10 @@ def test_exclude_larger_than_keeps_a_file_of_exactly_the_size(env, tmp_path):
     listed = env.ok("ls", "latest", str(src), "-l").out
     assert "exactly" in listed and "one more" not in listed
     assert "big" not in env.ok("ls", "latest", str(src / "sub")).out
+    # A file named on the command line, or in a list, is measured too (docs/backup.md).
+    listed_file = write(tmp_path / "list", os.fsencode(src / "exactly") + b"\n")
+    env.ok("backup", src / "one more", "--files-from", listed_file, "--exclude-larger-than", "1K")
+    assert env.ok("ls", "latest", str(src)).out.split() == [str(src), str(src / "exactly")]
     assert_one_line_error(env.run("backup", src, "--exclude-larger-than", "lots"), 2, "file size")
 
 

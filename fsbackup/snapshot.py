@@ -182,33 +182,39 @@ class StateFile:
     """`snapshots.json` in an owner-only folder: the snapshots made and not yet deleted, each a
     dict with "kind" ("btrfs" or "lvm"), "pid" and "start" (the process that made it), and
     "folder" (the named folder holding the snapshot, or its mount point), "subvolume" (btrfs), or
-    "volume" (LVM: VG/LV) and "mountpoint". Every change is made under an exclusive flock."""
+    "volume" (LVM: VG/LV) and "mountpoint". Every change is made under an exclusive flock of the
+    folder, and replaces the file whole (written beside it, then renamed over it): a run killed
+    while it writes leaves the entries as they were, never a torn file that would lose them."""
 
     def __init__(self, folder: str):
         self.folder = folder
 
     @contextlib.contextmanager
     def _entries(self) -> Iterator[list[dict]]:
+        """The entries, to read or change in the `with` block; a change is stored when it ends
+        without an error."""
         folder_fd = open_owned_folder(self.folder)
         try:
-            fd = open_private(folder_fd, STATE_FILE, os.O_RDWR | os.O_CREAT)
-        finally:
-            os.close(folder_fd)
-        with open(fd, "r+", encoding="utf-8") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                loaded = json.loads(f.read() or "[]")
-            except ValueError:
-                loaded = []                 # a torn write of a killed run: nothing to trust in it
+            fcntl.flock(folder_fd, fcntl.LOCK_EX)     # (the folder's: the file is replaced, not rewritten)
+            with open(open_private(folder_fd, STATE_FILE, os.O_RDONLY | os.O_CREAT), encoding="utf-8") as f:
+                try:
+                    loaded = json.loads(f.read() or "[]")
+                except ValueError:
+                    loaded = []             # (written by hand, or by a fsbackup that rewrote it in place)
             entries = [e for e in loaded if isinstance(e, dict)] if isinstance(loaded, list) else []
             before = list(entries)
             yield entries
             if entries != before:
-                f.seek(0)
-                f.truncate()
-                json.dump(entries, f)
-                f.flush()
-                os.fsync(f.fileno())
+                new_name = STATE_FILE + ".new"
+                with open(open_private(folder_fd, new_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w",
+                          encoding="utf-8") as f:
+                    json.dump(entries, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.rename(new_name, STATE_FILE, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+                os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)             # (and with it the flock)
 
     def add(self, entry: dict) -> None:
         with self._entries() as entries:

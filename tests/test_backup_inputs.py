@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
 import random
 import stat
 import subprocess
@@ -122,17 +123,20 @@ def test_stdin_names_that_are_refused(env):
 
 
 def test_stdin_is_read_with_bounded_memory(env):
-    """Half a GiB through stdin, in volumes of 1 MiB: what the process holds stays far below it.
-    Measured by a fresh process, whose largest child is the backup."""
-    size = 512 << 20
+    """256 MiB through stdin, in volumes of 1 MiB: what the process holds stays well below it.
+    Random bytes, so that every block is new and stored (zeros would be one block, deduplicated:
+    a backup that kept its stored blocks would pass). Measured by a fresh process, whose largest
+    child is the backup."""
+    size = 256 << 20
     measure = ("import resource, subprocess, sys\n"
-               f"p = subprocess.run('head -c {size} /dev/zero | {sys.executable} -m fsbackup backup --stdin --json "
+               f"p = subprocess.run('head -c {size} /dev/urandom | {sys.executable} -m fsbackup backup --stdin --json "
                "--volume-size 1M --no-verify', shell=True)\n"
                "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n")
     p = subprocess.run([sys.executable, "-c", measure], env=env.environ(), capture_output=True, text=True)
     rc, peak_kib = map(int, p.stderr.split()[-2:])
     assert rc == 0, p.stderr
-    assert json.loads(p.stdout)["bytes_read"] == size
+    doc = json.loads(p.stdout)
+    assert doc["bytes_read"] == size and doc["bytes_new"] == size
     assert peak_kib < 200 << 10, f"peak RSS {peak_kib >> 10} MiB for {size >> 20} MiB of stdin"
 
 
@@ -147,6 +151,19 @@ def test_stdin_and_other_inputs_do_not_mix(env, tmp_path):
     assert versions(env) == []
 
 
+def test_stdin_from_a_terminal_is_refused(env):
+    """Someone who forgot the pipe would otherwise wait on a backup reading what they type."""
+    leader, follower = pty.openpty()
+    try:
+        p = subprocess.run([sys.executable, "-m", "fsbackup", "backup", "--stdin"], stdin=follower,
+                           env=env.environ(), capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert_one_line_error(Result(p.returncode, p.stdout, p.stderr), 2, "not a terminal")
+    assert versions(env) == []
+
+
 # ---- --stdin-from-command -----------------------------------------------------------------------
 
 def test_stdin_from_command_backs_up_its_output(env, tmp_path):
@@ -155,6 +172,15 @@ def test_stdin_from_command_backs_up_its_output(env, tmp_path):
     assert json.loads(r.out)["total_size"] == 8
     env.ok("restore", "latest", "--target", tmp_path / "out")
     assert (tmp_path / "out" / "srv" / "dump.txt").read_bytes() == b"one\ntwo\n"
+
+
+def test_the_command_does_not_get_the_passphrase(env, tmp_path):
+    """As --pre-command and --post-command: the passphrase stays with fsbackup."""
+    assert "FSBACKUP_PASSWORD" in env.environ()
+    env.ok("backup", "--stdin-from-command", "--stdin-filename", "/env.txt", "--",
+           "sh", "-c", 'printf "%s" "${FSBACKUP_PASSWORD-unset}"')
+    env.ok("restore", "latest", "--target", tmp_path / "out")
+    assert (tmp_path / "out" / "env.txt").read_bytes() == b"unset"
 
 
 def test_a_failing_command_stores_no_version(env, tmp_path):
@@ -166,6 +192,8 @@ def test_a_failing_command_stores_no_version(env, tmp_path):
                 "sh", "-c", "head -c 12000000 /dev/urandom; exit 3")
     assert_one_line_error(r, 1, "sh -c", "exit status 3", "no version was stored")
     assert versions(env) == before
+    r = env.run("backup", "--stdin-from-command", "--", "sh", "-c", "echo partial; kill -9 $$")
+    assert_one_line_error(r, 1, "sh -c", "failed with signal 9", "no version was stored")
     r = env.run("backup", "--stdin-from-command", "--", "no-such-command-anywhere")
     assert_one_line_error(r, 1, "no-such-command-anywhere", "no version was stored")
     assert_one_line_error(env.run("backup", "--stdin-from-command"), 2, "--stdin-from-command needs the command")
@@ -257,6 +285,10 @@ def test_exclude_larger_than_keeps_a_file_of_exactly_the_size(env, tmp_path):
     listed = env.ok("ls", "latest", str(src), "-l").out
     assert "exactly" in listed and "one more" not in listed
     assert "big" not in env.ok("ls", "latest", str(src / "sub")).out
+    # A file named on the command line, or in a list, is measured too (docs/backup.md).
+    listed_file = write(tmp_path / "list", os.fsencode(src / "exactly") + b"\n")
+    env.ok("backup", src / "one more", "--files-from", listed_file, "--exclude-larger-than", "1K")
+    assert env.ok("ls", "latest", str(src)).out.split() == [str(src), str(src / "exactly")]
     assert_one_line_error(env.run("backup", src, "--exclude-larger-than", "lots"), 2, "file size")
 
 

@@ -26,8 +26,8 @@ while zpty -t z && (( n++ < 200 )); do zpty -r -t z line 2>/dev/null; sleep 0.05
 zpty -d z 2>/dev/null
 """
 
-EXCLUDE_OPTIONS = sorted(n for o in describe(build_parser()).commands[1].options for n in o.names
-                         if n.startswith("--exc"))
+BACKUP = next(c for c in describe(build_parser()).commands if c.name == "backup")
+EXCLUDE_OPTIONS = sorted(n for o in BACKUP.options for n in o.names if n.startswith("--exc"))
 
 
 def script(env, shell: str, tmp_path: Path) -> Path:

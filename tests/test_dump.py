@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from conftest import make_full_tree, pseudo_random, restored_root, snapshot, write
 from test_corruption import assert_one_line_error, backed_up, flip, volume_path
 
-from fsbackup.errors import EXIT_CORRUPT, EXIT_NOT_FOUND, EXIT_USAGE
+from fsbackup.errors import EXIT_CORRUPT, EXIT_NO_SPACE, EXIT_NOT_FOUND, EXIT_USAGE
 
 
 def dump(env, *args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
@@ -45,6 +46,15 @@ def test_a_file_goes_to_stdout_byte_for_byte(env, full):
         p = dump(env, "latest", full / name)
         assert p.returncode == 0, p.stderr
         assert p.stdout == (full / name).read_bytes(), name
+
+
+def test_version_colon_path_names_the_path_as_ls_and_restore_take_it(env, full):
+    p = dump(env, f"latest:{full / 'text.txt'}")
+    assert p.returncode == 0 and p.stdout == (full / "text.txt").read_bytes(), p.stderr
+    for args, words in (([f"latest:{full}", str(full)], "once"), (["latest"], "give the path")):
+        p = dump(env, *args)
+        err = p.stderr.decode()
+        assert p.returncode == EXIT_USAGE and p.stdout == b"" and len(err.splitlines()) == 1 and words in err, err
 
 
 def test_a_directory_is_a_tar_that_tar_extracts_with_all_metadata(env, full, tmp_path):
@@ -113,6 +123,12 @@ def test_a_file_can_be_archived_and_target_writes_a_file(env, full, tmp_path):
     assert target.read_bytes() == (full / "text.txt").read_bytes()
     r = env.run("dump", "latest", full, "-o", tmp_path)
     assert r.rc == EXIT_USAGE and len(r.err.splitlines()) == 1 and "directory" in r.err, r.err
+    with socket.socket(socket.AF_UNIX) as sock:          # a file that cannot be opened to write
+        sock.bind(str(tmp_path / "socket"))
+        r = env.run("dump", "latest", full, "-o", tmp_path / "socket")
+    assert r.rc == EXIT_USAGE and len(r.err.splitlines()) == 1 and "cannot write to" in r.err, r.err
+    r = env.run("dump", "latest", full, "-o", tmp_path / "no folder" / "x.tar")
+    assert r.rc == EXIT_USAGE and len(r.err.splitlines()) == 1 and "cannot write to" in r.err, r.err
 
 
 def test_an_archive_is_not_written_to_a_terminal(env, full):
@@ -136,6 +152,21 @@ def test_a_stopped_reader_is_no_error(env, full):
                        shell=True, env=env.environ(), capture_output=True)
     assert p.stdout == (full / "random.bin").read_bytes()[:10]
     assert p.stderr == b""
+
+
+@pytest.mark.parametrize("how", ["stdout", "target"])
+@pytest.mark.parametrize("what", ["text.txt", "."])
+def test_a_full_output_is_one_line_and_exit_15(env, full, how, what):
+    """/dev/full fails every write with ENOSPC, as a full disk under a --target file or a pipe would."""
+    path = os.path.normpath(full / what)
+    if how == "stdout":
+        with open("/dev/full", "wb") as devfull:
+            p = dump(env, "latest", path, stdout=devfull)
+    else:
+        p = dump(env, "latest", path, "-o", "/dev/full")
+    err = p.stderr.decode()
+    assert p.returncode == EXIT_NO_SPACE and len(err.splitlines()) == 1, err
+    assert "cannot write the dump" in err and "No space left" in err, err
 
 
 # ---- damage ---------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import copy
 import secrets
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import msgpack
@@ -101,6 +103,8 @@ def assert_reported_corrupt(env, tmp_path: Path, obj: str) -> None:
         r = run(env, "restore", "latest", "--target", target)
         assert r.returncode == 0, r.stderr
         assert not (tmp_path / "escaped").exists() and not (env.tmp.parent / "escaped").exists()
+        for archive in ("tar", "zip"):
+            assert_dump_names_stay_inside(env, tmp_path / f"dump-{fresh_index}.{archive}", archive)
         r = run(env, "check")
         assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
         assert r.returncode == EXIT_CORRUPT and obj in r.stdout + r.stderr, r.stdout + r.stderr
@@ -108,6 +112,24 @@ def assert_reported_corrupt(env, tmp_path: Path, obj: str) -> None:
     assert r.rc == 0, r.out + r.err
     assert not (env.repo / obj).exists()
     env.ok("check")
+
+
+def assert_dump_names_stay_inside(env, archive_path: Path, archive: str) -> None:
+    """`dump latest /` as `archive` uses the good version: every member name is relative, free
+    of '.' and '..' parts, and none is the crafted entry."""
+    r = run(env, "dump", "latest", "/", "--archive", archive, "-o", archive_path)
+    assert r.returncode == 0, r.stderr
+    if archive == "tar":
+        with tarfile.open(archive_path) as tar:
+            names = tar.getnames()
+    else:
+        with zipfile.ZipFile(archive_path) as z:
+            names = z.namelist()
+    assert names
+    for name in names:
+        parts = name.rstrip("/").split("/")
+        assert not name.startswith("/") and "." not in parts and ".." not in parts and "" not in parts, name
+        assert "escaped" not in parts and "child" not in parts, name
 
 
 # ---- names and tree shape -------------------------------------------------------------------

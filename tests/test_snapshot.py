@@ -367,6 +367,20 @@ def test_pre_command_runs_first_and_its_failure_stores_nothing(env, tmp_path):
                                   "nothing was backed up\n"
 
 
+def test_a_command_line_error_runs_neither_command(env, tmp_path):
+    """A pre-command may stop a service: a mistyped command line must not get that far."""
+    (tmp_path / "src").mkdir()
+    ran = tmp_path / "ran"
+    commands = ["--pre-command", f"echo pre >> '{ran}'", "--post-command", f"echo post >> '{ran}'"]
+    for args in ([], [tmp_path / "src", "--prune"], [tmp_path / "src", "--stdin"], ["--null"]):
+        r = env.run("backup", *args, *commands)
+        assert r.rc == 2 and len(r.err.splitlines()) == 1, r.err
+        assert not ran.exists(), (args, ran.read_text())
+    # A list a pre-command writes is read after it.
+    listed = tmp_path / "list"
+    env.ok("backup", "--files-from", listed, "--pre-command", f"echo '{tmp_path / 'src'}' > '{listed}'")
+
+
 def test_post_command_gets_the_outcome_and_the_version(env, tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_text("f")
@@ -478,3 +492,22 @@ def test_lvm_snapshot_of_a_real_logical_volume(env, tmp_path):
         subprocess.run(["umount", str(mnt)], check=False)
         subprocess.run(["vgremove", "-q", "-f", vg], check=False, capture_output=True)
         subprocess.run(["losetup", "-d", device], check=False)
+
+
+def test_the_state_file_keeps_its_entries_when_a_write_stops_midway(env, monkeypatch):
+    """A run killed while it records a new snapshot must not lose the record of the others: their
+    snapshots would be left behind for ever."""
+    state = snapshot.StateFile(str(env.cache / "fsbackup"))
+    kept = {"kind": "lvm", "pid": 2 ** 22 + 1, "start": "1", "folder": "/x/fsbackup-snapshot-1-ab",
+            "mountpoint": "/x/fsbackup-snapshot-1-ab/home", "volume": "vg0/fsbackup-snapshot-1-ab"}
+    state.add(kept)
+
+    def killed_midway(entries, f, **kwargs):
+        f.write('[{"kind": "lv')
+        f.flush()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(snapshot.json, "dump", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        state.add(dict(kept, volume="vg0/fsbackup-snapshot-2-cd"))
+    monkeypatch.undo()
+    assert _state(env) == [kept] and state.orphans() == [kept]

@@ -87,3 +87,28 @@ def test_an_empty_repository_has_no_ratios(env):
     doc = stats(env)
     assert doc["versions"] == [] and doc["repository"]["dedup_ratio"] is None
     assert doc["repository"]["blocks"] == 0
+
+
+def test_versions_together_are_not_bounded_by_sqlite_s_count_of_parameters(env, tmp_path):
+    """A repository of hourly backups kept for years holds more versions than one statement may
+    take parameters (32766): the chosen versions are not passed as parameters. Shown here with
+    the limit lowered to 2 for three versions."""
+    import apsw
+
+    from fsbackup.catalog import Catalog
+    from fsbackup.catalog.stats import version_stats
+    from fsbackup.catalog.versions import list_versions
+    src = tmp_path / "src"
+    for i, data in enumerate((A, C, D)):
+        write(src / f"{i}.bin", data)
+        env.ok("backup", src)
+    expected = stats(env)["chosen"]
+    (index,) = env.cache.rglob("index.sqlite")
+    catalog = Catalog(str(index))
+    try:
+        catalog.db.limit(apsw.SQLITE_LIMIT_VARIABLE_NUMBER, 2)
+        together = version_stats(catalog, [v.id for v in list_versions(catalog)])
+    finally:
+        catalog.close()
+    assert (together.files, together.blocks, together.unique_bytes) == \
+        (expected["files"], expected["blocks"], expected["unique_bytes"]) == (6, 3, len(A) + len(C) + len(D))

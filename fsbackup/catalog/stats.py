@@ -32,19 +32,23 @@ class RepositoryStats(NamedTuple):
 def version_stats(catalog: Catalog, version_ids: list[int]) -> VersionStats:
     """The stats of the versions `version_ids` together (one version: its own): their files and
     folders summed, their blocks counted once however many files and versions share them. Holes
-    are no data; a block recorded in no volume (lost) is not counted."""
-    marks = ",".join("?" * len(version_ids))
-    files, folders, logical = catalog.row(
-        "SELECT coalesce(sum(type = 'f'), 0), coalesce(sum(type = 'd' AND id != ?), 0), "
-        f"coalesce(sum(CASE WHEN type = 'f' THEN size END), 0) FROM nodes WHERE version IN ({marks})",
-        (ROOT_ID, *version_ids))
-    # The blocks in a temporary table (this connection's; it takes no write lock on the index),
-    # counted once through IN: a set of them in memory could be large.
+    are no data; a block recorded in no volume (lost) is not counted. Any number of versions:
+    they go to a temporary table, not into the statements as parameters (SQLite takes 32766)."""
+    # Temporary tables are this connection's: they take no write lock on the index.
+    catalog.rows("DROP TABLE IF EXISTS temp.stats_versions")
     catalog.rows("DROP TABLE IF EXISTS temp.stats_blocks")
+    catalog.rows("CREATE TEMP TABLE stats_versions(id INTEGER PRIMARY KEY)")
     catalog.rows("CREATE TEMP TABLE stats_blocks(hash BLOB NOT NULL)")
     try:
-        packed = catalog.stream(f"SELECT extents FROM contents WHERE id IN (SELECT content FROM nodes "
-                                f"WHERE version IN ({marks}) AND content IS NOT NULL)", version_ids)
+        catalog.db.cursor().executemany("INSERT OR IGNORE INTO temp.stats_versions(id) VALUES (?)",
+                                        ((v,) for v in version_ids))
+        files, folders, logical = catalog.row(
+            "SELECT coalesce(sum(type = 'f'), 0), coalesce(sum(type = 'd' AND id != ?), 0), "
+            "coalesce(sum(CASE WHEN type = 'f' THEN size END), 0) FROM nodes "
+            "WHERE version IN (SELECT id FROM temp.stats_versions)", (ROOT_ID,))
+        # The blocks counted once through IN: a set of them in memory could be large.
+        packed = catalog.stream("SELECT extents FROM contents WHERE id IN (SELECT content FROM nodes "
+                                "WHERE version IN (SELECT id FROM temp.stats_versions) AND content IS NOT NULL)")
         catalog.db.cursor().executemany(
             "INSERT INTO temp.stats_blocks(hash) VALUES (?)",
             ((block_id,) for (extents,) in packed
@@ -54,6 +58,7 @@ def version_stats(catalog: Catalog, version_ids: list[int]) -> VersionStats:
             "WHERE hash IN (SELECT hash FROM temp.stats_blocks)")
     finally:
         catalog.rows("DROP TABLE temp.stats_blocks")
+        catalog.rows("DROP TABLE temp.stats_versions")
     return VersionStats(files, folders, logical, unique, stored, blocks)
 
 

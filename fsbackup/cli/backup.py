@@ -201,7 +201,7 @@ def _stream(args):
         return
     command = shlex.join(args.paths)
     try:
-        proc = subprocess.Popen(args.paths, stdout=subprocess.PIPE)
+        proc = subprocess.Popen(args.paths, stdout=subprocess.PIPE, env=_command_environment())
     except OSError as e:
         raise CommandFailed(f"cannot run --stdin-from-command {command}: {e.strerror}; no version was stored") \
             from None
@@ -209,8 +209,7 @@ def _stream(args):
     def finished() -> None:
         status = proc.wait()
         if status != 0:
-            how = f"was killed by signal {-status}" if status < 0 else f"failed with exit status {status}"
-            raise CommandFailed(f"--stdin-from-command {command} {how}; no version was stored")
+            raise CommandFailed(f"--stdin-from-command {command} failed with {_status(status)}; no version was stored")
     try:
         assert proc.stdout is not None              # (stdout=PIPE)
         yield StreamFile(path, proc.stdout, finished)
@@ -255,11 +254,18 @@ def _status(returncode: int) -> str:
     return f"signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
 
 
+def _command_environment(**extra: str) -> dict[str, str]:
+    """The environment of a command backup runs (--stdin-from-command, --pre-command,
+    --post-command): fsbackup's, with `extra`, without the passphrase (the command has no need
+    of it, and should not hand it on)."""
+    env = dict(os.environ, **extra)
+    env.pop(PASSPHRASE_VARIABLE, None)
+    return env
+
+
 def _pre_command(cmd: str) -> None:
     """Run --pre-command; its failure stops the backup before anything is stored."""
-    env = dict(os.environ)
-    env.pop(PASSPHRASE_VARIABLE, None)        # (the command has no need of it)
-    status = subprocess.run(cmd, shell=True, env=env).returncode
+    status = subprocess.run(cmd, shell=True, env=_command_environment()).returncode
     if status != 0:
         raise CommandFailed(f"--pre-command '{cmd}' failed with {_status(status)}; nothing was backed up")
 
@@ -272,14 +278,15 @@ def _post_command(cmd: str, code: int, version: str | None) -> int:
         outcome = "interrupted"
     else:
         outcome = "partial" if version else "failed"
-    env = dict(os.environ, FSBACKUP_OUTCOME=outcome, FSBACKUP_VERSION=version or "", FSBACKUP_EXIT_CODE=str(code))
-    env.pop(PASSPHRASE_VARIABLE, None)        # (the command has no need of it)
+    env = _command_environment(FSBACKUP_OUTCOME=outcome, FSBACKUP_VERSION=version or "",
+                               FSBACKUP_EXIT_CODE=str(code))
     return subprocess.run(cmd, shell=True, env=env).returncode
 
 
 def run(args, out: Output) -> int:
     """The backup, between --pre-command and --post-command, SIGTERM stopping it as Ctrl-C does."""
     saved: list[str] = []
+    _check_command_line(args)        # (before the pre-command, which may stop a service)
     with _sigterm_interrupts():
         try:
             if args.pre_command:
@@ -301,17 +308,23 @@ def run(args, out: Output) -> int:
     return code
 
 
+def _check_command_line(args) -> None:
+    """UsageError for a command line that cannot work, found without reading any file (the
+    --files-from lists and exclude files are read after --pre-command, which may write them)."""
+    problem = _input_problem(args)
+    if problem:          # (said as argparse says what it refuses)
+        raise UsageError(f"{problem}; see '{PROG} backup --help'")
+    policy = forget.policy_from_args(args)           # (a bad --keep-within is a UsageError too)
+    if args.prune and policy.is_empty():
+        raise UsageError("backup --prune needs at least one keep rule (e.g. --keep-daily 7)")
+
+
 def _backup(args, out: Output, saved: list[str]) -> int:
     """The backup itself; `saved` gets the new version's name once it is stored."""
     from ..engine.backup import Backup, BackupOptions
     from ..engine.check import verify_backup
-    problem = _input_problem(args)
-    if problem:          # (said as argparse says what it refuses)
-        raise UsageError(f"{problem}; see '{PROG} backup --help'")
     excludes = _excludes(args.exclude, args.exclude_file)
     policy = forget.policy_from_args(args)
-    if args.prune and policy.is_empty():
-        raise UsageError("backup --prune needs at least one keep rule (e.g. --keep-daily 7)")
     options = BackupOptions(excludes=excludes, exclude_if_present=args.exclude_if_present,
                             exclude_caches=args.exclude_caches, one_file_system=args.one_file_system,
                             tags=args.tag, dry_run=args.dry_run, host=args.host,

@@ -7,8 +7,8 @@ import sys
 import tempfile
 
 from ..catalog import Catalog
-from ..errors import UsageError
-from .options import FILTER_HELP, Command, version_filter, version_filter_options
+from ..errors import FsbackupError, UsageError, os_error_kind
+from .options import FILTER_HELP, Command, version_filter, version_filter_options, version_spec_arg
 from .output import Output
 from .repo import opened
 
@@ -16,8 +16,10 @@ ARCHIVES = ("tar", "zip")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("version", metavar="VERSION")
-    p.add_argument("path", metavar="PATH", help="the file or directory to dump, its absolute path in the version")
+    p.add_argument("version", metavar="VERSION[:PATH]", type=version_spec_arg,
+                   help="the version; latest:/etc/fstab is the same as 'latest /etc/fstab'")
+    p.add_argument("path", nargs="?", default=None, metavar="PATH",
+                   help="the file or directory to dump, its absolute path in the version")
     p.add_argument("--archive", choices=ARCHIVES, default=None,
                    help="write PATH and everything below it as a tar or zip archive (the default for anything "
                         "but a regular file: tar); a regular file without --archive: its content as it is")
@@ -31,20 +33,26 @@ def run(args, out: Output) -> int:
     from ..catalog.tree import VersionTree
     from ..catalog.versions import resolve_version
     from ..engine.dump import Dump
+    spec = args.version
+    if spec.subpath and args.path:
+        raise UsageError("give the path to dump once: as VERSION:PATH or as PATH")
+    path = spec.subpath or args.path
+    if not path:
+        raise UsageError("give the path to dump: fsbackup dump VERSION PATH (e.g. latest /etc/fstab)")
     with opened(args, out) as repo:
         # The tree is read in one read transaction of a connection of its own, as restore reads it:
         # a forget or backup running meanwhile cannot change it under the dump.
         tree_index = Catalog(repo.catalog_path)
         try:
             with tree_index.snapshot():
-                tree = VersionTree(tree_index, resolve_version(tree_index, args.version, version_filter(args)))
+                tree = VersionTree(tree_index, resolve_version(tree_index, spec.version, version_filter(args)))
                 archive = args.archive
-                if archive is None and tree.resolve(args.path).type != "f":
+                if archive is None and tree.resolve(path).type != "f":
                     archive = "tar"
                 if args.target is None:
-                    _dump_to_stdout(Dump(repo, tree, sys.stdout.buffer, out), args.path, archive)
+                    _dump_to_stdout(Dump(repo, tree, sys.stdout.buffer, out), path, archive)
                 else:
-                    _dump_to_file(repo, tree, out, args.path, archive, args.target)
+                    _dump_to_file(repo, tree, out, path, archive, args.target)
         finally:
             tree_index.close()
     return 0
@@ -59,9 +67,18 @@ def _dump_to_stdout(dump, path: str, archive: str | None) -> None:
         dump.run(path, archive)
     except BrokenPipeError:
         # The reader stopped (`| head`): nothing more to write, and nothing to flush at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _drop_stdout()
+    except FsbackupError:
+        if dump.sink.failed:      # (what stays buffered would fail again at exit, as a second message)
+            _drop_stdout()
+        raise
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: the stream ended, and what Python still holds for it goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _dump_to_file(repo, tree, out: Output, path: str, archive: str | None, target: str) -> None:
@@ -73,18 +90,22 @@ def _dump_to_file(repo, tree, out: Output, path: str, archive: str | None, targe
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise UsageError(f"cannot write to {target}: {e.strerror}") from None
+        raise (os_error_kind(e) or UsageError)(f"cannot write to {target}: {e.strerror}") from None
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise UsageError(f"--target {target} is a directory; name a file")
     if st is not None and not stat.S_ISREG(st.st_mode):
-        with open(target, "wb") as f:
+        try:
+            f = open(target, "wb")
+        except OSError as e:           # (a socket, a device without a driver)
+            raise (os_error_kind(e) or UsageError)(f"cannot write to {target}: {e.strerror}") from None
+        with f:
             Dump(repo, tree, f, out).run(path, archive)
         return
     folder = os.path.dirname(os.path.abspath(target))
     try:
         fd, temp = tempfile.mkstemp(dir=folder, prefix=".fsbackup-dump-")
     except OSError as e:
-        raise UsageError(f"cannot write to {target}: {e.strerror}") from None
+        raise (os_error_kind(e) or UsageError)(f"cannot write to {target}: {e.strerror}") from None
     try:
         with open(fd, "wb") as f:
             Dump(repo, tree, f, out).run(path, archive)
@@ -116,6 +137,7 @@ COMMAND = Command(
     + FILTER_HELP + "\n\n"
     "examples:\n"
     "  fsbackup dump latest /var/backups/db.sql | psql mydb\n"
+    "  fsbackup dump latest:/etc/fstab > fstab-then\n"
     "  fsbackup dump latest /home/alice | tar -t\n"
     "  fsbackup dump latest /home/alice --archive zip -o alice.zip\n"
     "  fsbackup dump 3f2a9c1e /etc | tar -x -C /tmp/etc-then",

@@ -33,8 +33,8 @@ def restore_glob(text: str) -> str:
         raise argparse.ArgumentTypeError(f"'{text}' is an empty pattern (e.g. '*.odt' or '/home/*/Documents')")
     if "/" in pattern and pattern[0] not in "/*?[":
         raise argparse.ArgumentTypeError(
-            f"'{text}' has a '/', so it matches whole paths in the version, which start with '/': "
-            f"write '/{pattern}' or '*/{pattern}'")
+            f"'{text}' has a '/', so it matches whole paths in the version, which start with '/' (also "
+            f"below a VERSION:SUBPATH): write '*/{pattern}', or the whole path, e.g. '/home/alice/{pattern}'")
     return text
 
 

@@ -21,11 +21,12 @@ import time
 import zipfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import BinaryIO, Iterator
 
 from ..catalog.tree import Node, VersionTree
 from ..codec import wire
-from ..errors import CorruptObject, NoSuchObject
+from ..errors import CorruptObject, FsbackupError, NoSuchObject, os_error_kind
 from ..progress import SILENT, Reporter
 from ..repository import Repository
 from ..repository.blockcache import BlockCache
@@ -44,23 +45,38 @@ ZIP_LATEST = (2107, 12, 31, 23, 59, 58)
 class _Sink:
     """The output stream, cut off after a failure: what an archive writer writes while it is
     dropped (zipfile closes itself when collected, writing a central directory) never reaches the
-    stream, so a dump that stopped never ends like a complete archive."""
+    stream, so a dump that stopped never ends like a complete archive. A write the stream refuses
+    (a full disk) is the domain error it is (NoSpace, PermissionDenied, else FsbackupError), and
+    sets `failed`; a reader gone (BrokenPipeError) stays itself, for the caller to treat as no error."""
 
     def __init__(self, out: BinaryIO):
         self.out = out
         self.cut = False
+        self.failed = False
         self.written = 0
 
     def write(self, data) -> int:
         if self.cut:
             return len(data)
-        n = self.out.write(data)
+        with self._refused_as_domain_error():
+            n = self.out.write(data)
         self.written += len(data)
         return n if n is not None else len(data)
 
     def flush(self) -> None:
         if not self.cut:
-            self.out.flush()
+            with self._refused_as_domain_error():
+                self.out.flush()
+
+    @contextmanager
+    def _refused_as_domain_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            self.failed = True
+            raise (os_error_kind(e) or FsbackupError)(f"cannot write the dump: {e.strerror}") from None
 
     def tell(self) -> int:
         return self.written
@@ -102,8 +118,6 @@ class Dump:
         self.sink = _Sink(out)
         self.reporter = reporter or SILENT
         self.cache = BlockCache(CACHE_BYTES)
-        self.files = 0
-        self.bytes = 0
 
     def run(self, path: str, archive: str | None) -> None:
         """Dump the entry at `path`: a regular file's content as it is when `archive` is None,
@@ -172,13 +186,11 @@ class Dump:
                 if len(data) != length:
                     raise CorruptObject(f"block {block_id.hex()[:16]} is not as long as the file's layout says")
                 hasher.data(data)
-                self.bytes += len(data)
                 yield data
         except (CorruptObject, NoSuchObject) as e:
             raise type(e)(f"{where}: {e}") from None
         if hasher.digest() != content.hash:
             raise CorruptObject(f"{where}: its content does not match the hash recorded at backup")
-        self.files += 1
 
     def _entries(self, top: Node, top_path: bytes) -> Iterator[tuple[str, Node]]:
         """(archive name, node) of `top` and everything below it, parents first; the root has no
@@ -254,7 +266,7 @@ class Dump:
                 info.extra = _zip_extra(node)
                 if node.type != "f":
                     info.compress_type = zipfile.ZIP_STORED
-                    archive.writestr(info, node.target or b"" if node.type == "l" else b"")
+                    archive.writestr(info, (node.target or b"") if node.type == "l" else b"")
                     continue
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.file_size = node.size        # (decides on zip64 before the data)

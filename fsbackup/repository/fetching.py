@@ -4,6 +4,7 @@ range reads of the runs of blocks lying back to back in a volume. Every block is
 `Repository.fetch_block` or `fetch_run`."""
 from __future__ import annotations
 
+import collections
 import functools
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -53,10 +54,11 @@ def _runs_of(repo: Repository, pool: ThreadPoolExecutor,
     what starts the range read of its run (blocks lying back to back in a volume, in file order,
     up to RUN_BYTES)."""
     ids = [block_id for block_id, _ in extents if block_id != wire.HOLE_ID]
+    uses = collections.Counter(ids)
     locations = repo.block_locations(ids)
     fetches: dict[bytes, Callable[[], Future]] = {}
     run: list[tuple[bytes, BlockLocation]] = []
-    for block_id in dict.fromkeys(ids):          # (a block repeated in the file: fetched once)
+    for block_id in uses:                        # (a block repeated in the file: fetched once)
         location = locations.get(block_id)
         if location is None:
             continue
@@ -65,23 +67,30 @@ def _runs_of(repo: Repository, pool: ThreadPoolExecutor,
             end = last.offset + last.stored_length
             if (location.volume != first.volume or not end <= location.offset <= end + RUN_GAP
                     or location.offset + location.stored_length - first.offset > RUN_BYTES):
-                _add_run(repo, pool, run, fetches)
+                _add_run(repo, pool, run, sum(uses[b] for b, _ in run), fetches)
                 run = []
         run.append((block_id, location))
     if run:
-        _add_run(repo, pool, run, fetches)
+        _add_run(repo, pool, run, sum(uses[b] for b, _ in run), fetches)
     return fetches
 
 
-def _add_run(repo: Repository, pool: ThreadPoolExecutor, run: list[tuple[bytes, BlockLocation]],
+def _add_run(repo: Repository, pool: ThreadPoolExecutor, run: list[tuple[bytes, BlockLocation]], asks: int,
              fetches: dict[bytes, Callable[[], Future]]) -> None:
-    """One range read for `run`, started when the first of its blocks is wanted."""
+    """One range read for `run`, started when the first of its blocks is wanted, and let go once
+    its blocks have been asked for `asks` times (each use of them in the file): the reader holds
+    what it still needs, and `fetches` lives as long as the file is read, so holding every run's
+    bytes would grow with the file. An ask beyond those starts a new read."""
     started: list[Future] = []
+    asks_left = [asks]
 
     def fetch() -> Future:
         if not started:
             started.append(pool.submit(repo.fetch_run, run))
-        return started[0]
+        future = started[0]
+        asks_left[0] -= 1
+        if asks_left[0] <= 0:
+            started.clear()
+        return future
     for block_id, _ in run:
         fetches[block_id] = fetch
-

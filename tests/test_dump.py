@@ -121,6 +121,7 @@ def test_a_file_can_be_archived_and_target_writes_a_file(env, full, tmp_path):
     assert t.stdout.split() == [str(full / "text.txt").lstrip("/")]
     env.ok("dump", "latest", full / "text.txt", "-o", target)
     assert target.read_bytes() == (full / "text.txt").read_bytes()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600          # what it holds is no one else's to read
     r = env.run("dump", "latest", full, "-o", tmp_path)
     assert r.rc == EXIT_USAGE and len(r.err.splitlines()) == 1 and "directory" in r.err, r.err
     with socket.socket(socket.AF_UNIX) as sock:          # a file that cannot be opened to write

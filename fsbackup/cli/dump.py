@@ -109,17 +109,12 @@ def _dump_to_file(repo, tree, out: Output, path: str, archive: str | None, targe
     try:
         with open(fd, "wb") as f:
             Dump(repo, tree, f, out).run(path, archive)
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
+        # (left owner-only, as mkstemp makes it: a dump as root of /etc or /home written into a
+        # shared folder must not be readable by everyone; chmod it to share it)
         os.replace(temp, target)
     except BaseException:
         os.unlink(temp)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 COMMAND = Command(

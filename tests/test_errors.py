@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from conftest import pseudo_random, write
@@ -216,3 +217,14 @@ def test_restore_target_below_a_file(env, tmp_path):
         assert_one_line_error(env.run("restore", "latest", "--target", target), 2, str(target), str(f),
                               "not a directory")
     assert f.read_bytes() == b""
+
+
+@pytest.mark.parametrize("command", [["versions"], ["versions", "--json"], ["ls", "latest"]])
+def test_output_to_a_full_disk_is_one_line_and_exit_15(env, tmp_path, command):
+    write(tmp_path / "src" / "f", b"data")
+    env.ok("backup", tmp_path / "src")
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "fsbackup", *command], env=env.environ(), stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=120)
+    assert p.returncode == 15 and p.stderr.splitlines() == [
+        "fsbackup: error: cannot write the output: No space left on device"], p.stderr

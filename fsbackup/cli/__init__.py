@@ -9,6 +9,7 @@ is set.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.metadata
 import logging
 import os
@@ -155,6 +156,14 @@ def _fill_closed_standard_fds() -> None:
             setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
 
 
+def _drop_unwritten_output() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail again
+    over what could not be written."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); returns the exit code (usage errors,
     --help and --version exit through SystemExit, as argparse does)."""
@@ -165,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "mount":
         _log_warnings_to_stderr()
     try:
-        return command.run(args, out)
+        code = command.run(args, out)
+        sys.stdout.flush()     # here, not at exit: a failure to write what was printed is one line too
+        return code
     except errors.Interrupted as e:         # the command said what it leaves
         print(f"{PROG}: interrupted: {e}", file=sys.stderr)
         return errors.exit_code_of(e)
@@ -178,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError as e:
         return errors.exit_code_of(e)
     except Exception as e:  # a bug: still one line, with a way to see the traceback
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Output to a full disk (`versions > /dev/full`): no bug, and what was not written is lost.
+            print(f"{PROG}: error: cannot write the output: {e.strerror}", file=sys.stderr)
+            _drop_unwritten_output()
+            return errors.EXIT_NO_SPACE
         if os.environ.get("FSBACKUP_DEBUG"):
             raise
         print(f"{PROG}: internal error: {type(e).__name__}: {e} (set FSBACKUP_DEBUG=1 for a traceback, "

@@ -65,6 +65,7 @@ SMALL_BATCH_FILES = 512    # small files looked up together ...
 SMALL_BATCH_BYTES = 16 << 20   # ... and bytes of them fetched ahead of the writer per batch
 RUN_BYTES = 4 << 20        # a range read covers adjacent blocks up to this many bytes ...
 RUN_GAP = 64 << 10         # ... reading over gaps this small, cheaper than another request
+RUNS_AHEAD = 4             # on remote storage, runs of a large file started beyond the writer's window
 RESTORE_THREADS = 4
 TEMP_PREFIX = b".fsbackup-restore-"     # + 16 hex digits: a file being written
 TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + rb"[0-9a-f]{16}")
@@ -150,6 +151,36 @@ class _End(NamedTuple):
     job: _FileJob
 
 
+class _FileRuns:
+    """A large file's stored blocks on remote storage, grouped into runs (one range read each,
+    `Repository.fetch_run`), in file order. Wanting a block (`fetch`) starts its run and the
+    RUNS_AHEAD runs after it, so that several range reads are in flight while the writer works
+    through the window; the runs before it are let go (the writer's queue holds what it still
+    needs), so memory stays bounded whatever the file's size. A block wanted again after its run
+    was let go (a repeat further on in the file) is fetched alone (`fetch_alone`)."""
+
+    def __init__(self, runs: list[list[tuple[bytes, BlockLocation]]],
+                 submit: Callable[[list[tuple[bytes, BlockLocation]]], Future],
+                 fetch_alone: Callable[[bytes], Future]):
+        self.runs, self.submit, self.fetch_alone = runs, submit, fetch_alone
+        self.run_of = {block_id: k for k, run in enumerate(runs) for block_id, _ in run}
+        self.started: dict[int, Future] = {}      # run number -> its range read, for the runs kept
+        self.kept_from = 0                         # runs before this one were let go
+        self.start_next = 0                        # the first run not started yet
+
+    def fetch(self, block_id: bytes) -> Future:
+        k = self.run_of[block_id]
+        if k < self.kept_from:
+            return self.fetch_alone(block_id)
+        for j in range(max(k, self.start_next), min(k + 1 + RUNS_AHEAD, len(self.runs))):
+            self.started[j] = self.submit(self.runs[j])
+            self.start_next = j + 1
+        for j in range(self.kept_from, k):
+            self.started.pop(j, None)
+        self.kept_from = k
+        return self.started[k]
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 
@@ -204,8 +235,10 @@ class Restore:
     def _restore(self, selection, total: int) -> None:
         self.progress.start("restore", total_bytes=total)
         dirs: list[tuple[bytes, Node]] = []
-        # I/O-bound (storage reads, file creation): more threads than cores.
-        self.pool = ThreadPoolExecutor(RESTORE_THREADS, thread_name_prefix="fsbackup-restore")
+        # I/O-bound (storage reads, file creation): more threads than cores; on remote storage, one
+        # per connection the storage suits (S3's 8), so that every range read in flight has one.
+        threads = RESTORE_THREADS if self.repo.storage_is_local else max(RESTORE_THREADS, self.repo.connections)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fsbackup-restore")
         try:
             for path, node in self._items(selection):
                 rel = path.strip(b"/")
@@ -429,12 +462,12 @@ class Restore:
     def _runs_of(self, extents: list[tuple[bytes, int]]) -> dict[bytes, Callable[[], Future]]:
         """On remote storage, where a request costs a round trip: for each stored block of a large
         file, what starts the range read of its run (blocks lying back to back in a volume, in file
-        order, up to RUN_BYTES), when the writer's window reaches it."""
+        order, up to RUN_BYTES) when the writer's window reaches it (`_FileRuns`)."""
         ids = [block_id for block_id, _ in extents if block_id != wire.HOLE_ID]
         locations = self.repo.block_locations(ids)
-        fetches: dict[bytes, Callable[[], Future]] = {}
+        runs: list[list[tuple[bytes, BlockLocation]]] = []
         run: list[tuple[bytes, BlockLocation]] = []
-        for block_id in dict.fromkeys(ids):          # (a block repeated in the file: fetched once)
+        for block_id in dict.fromkeys(ids):          # (a block repeated in the file: in the run of its first place)
             location = locations.get(block_id)
             if location is None:
                 continue
@@ -443,23 +476,13 @@ class Restore:
                 end = last.offset + last.stored_length
                 if (location.volume != first.volume or not end <= location.offset <= end + RUN_GAP
                         or location.offset + location.stored_length - first.offset > RUN_BYTES):
-                    self._add_run(run, fetches)
+                    runs.append(run)
                     run = []
             run.append((block_id, location))
         if run:
-            self._add_run(run, fetches)
-        return fetches
-
-    def _add_run(self, run: list[tuple[bytes, BlockLocation]], fetches: dict[bytes, Callable[[], Future]]) -> None:
-        """One range read for `run`, started when the first of its blocks is wanted."""
-        started: list[Future] = []
-
-        def fetch() -> Future:
-            if not started:
-                started.append(self.pool.submit(self.repo.fetch_run, run))
-            return started[0]
-        for block_id, _ in run:
-            fetches[block_id] = fetch
+            runs.append(run)
+        file_runs = _FileRuns(runs, lambda run: self.pool.submit(self.repo.fetch_run, run), self._fetch)
+        return {block_id: functools.partial(file_runs.fetch, block_id) for run in runs for block_id, _ in run}
 
     def _flush_small(self) -> None:
         """Restore every small file taken so far."""

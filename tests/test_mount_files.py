@@ -90,7 +90,7 @@ def test_a_large_file_read_in_order_from_remote_storage_comes_in_runs_of_several
         read = b"".join(view.read(f, offset, 131072) for offset in range(0, len(data), 131072))
         assert read == data
         # The first block comes alone (the file's first read waits for it alone), then the read-ahead
-        # brings the others in runs of up to REMOTE_RUN_BYTES: 24 MiB in 6 or 7 of them, while
+        # brings the others in runs of up to REMOTE_RUN_BYTES: 24 MiB in 3 or 4 of them, while
         # loading block by block costs one range read per block.
         assert counting.gets <= 1 + len(data) // REMOTE_RUN_BYTES + 3, (counting.gets, blocks)
         assert not view.memory._loading               # every load was settled

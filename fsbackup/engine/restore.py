@@ -65,7 +65,8 @@ SMALL_BATCH_FILES = 512    # small files looked up together ...
 SMALL_BATCH_BYTES = 16 << 20   # ... and bytes of them fetched ahead of the writer per batch
 RUN_BYTES = 4 << 20        # a range read covers adjacent blocks up to this many bytes ...
 RUN_GAP = 64 << 10         # ... reading over gaps this small, cheaper than another request
-RUNS_AHEAD = 4             # on remote storage, runs of a large file started beyond the writer's window
+LARGE_RUN_BYTES = 8 << 20  # on remote storage, a range read of a large file's blocks covers up to this many bytes,
+RUNS_AHEAD = 3             # and this many runs after the writer's are on their way (memory: 4 runs)
 RESTORE_THREADS = 4
 TEMP_PREFIX = b".fsbackup-restore-"     # + 16 hex digits: a file being written
 TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + rb"[0-9a-f]{16}")
@@ -462,7 +463,7 @@ class Restore:
     def _runs_of(self, extents: list[tuple[bytes, int]]) -> dict[bytes, Callable[[], Future]]:
         """On remote storage, where a request costs a round trip: for each stored block of a large
         file, what starts the range read of its run (blocks lying back to back in a volume, in file
-        order, up to RUN_BYTES) when the writer's window reaches it (`_FileRuns`)."""
+        order, up to LARGE_RUN_BYTES) when the writer's window reaches it (`_FileRuns`)."""
         ids = [block_id for block_id, _ in extents if block_id != wire.HOLE_ID]
         locations = self.repo.block_locations(ids)
         runs: list[list[tuple[bytes, BlockLocation]]] = []
@@ -475,7 +476,7 @@ class Restore:
                 first, last = run[0][1], run[-1][1]
                 end = last.offset + last.stored_length
                 if (location.volume != first.volume or not end <= location.offset <= end + RUN_GAP
-                        or location.offset + location.stored_length - first.offset > RUN_BYTES):
+                        or location.offset + location.stored_length - first.offset > LARGE_RUN_BYTES):
                     runs.append(run)
                     run = []
             run.append((block_id, location))

@@ -38,7 +38,7 @@ RUN_AHEAD_KEPT = 1024
 # to REMOTE_RUN_GAP), with up to REMOTE_AHEAD_BYTES of the file (at most half the memory cache,
 # which keeps the blocks until they are read) on their way: several runs in flight, each
 # downloaded and decoded in its own fetch thread.
-REMOTE_RUN_BYTES = 4 << 20
+REMOTE_RUN_BYTES = 8 << 20
 REMOTE_RUN_GAP = 64 << 10
 REMOTE_AHEAD_BYTES = 24 << 20
 READ_ATTEMPTS = 4                    # loads of one read abandoned in a row before it fails (EIO)

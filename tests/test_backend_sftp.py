@@ -78,6 +78,45 @@ def test_a_whole_volume_reads_at_the_speed_of_the_link(sftp_server):
     store.close()
 
 
+def read_requests(monkeypatch) -> list[int]:
+    """The length asked for by each SFTP read request from now on."""
+    from paramiko.sftp import CMD_READ
+    asked: list[int] = []
+    real = paramiko.SFTPClient._async_request
+
+    def counting(self, fileobj, kind, *args):
+        if kind == CMD_READ:
+            asked.append(args[-1])
+        return real(self, fileobj, kind, *args)
+    monkeypatch.setattr(paramiko.SFTPClient, "_async_request", counting)
+    return asked
+
+
+def test_reads_ask_for_as_much_per_request_as_the_server_answers(sftp_server, monkeypatch):
+    """OpenSSH states that it answers reads of up to 255 KiB (limits@openssh.com): a range of 4 MiB
+    takes 17 read requests instead of paramiko's 128 of 32 KiB, each one a Python packet to handle."""
+    store = new_backend(sftp_server)
+    data = os.urandom(4 << 20)
+    store.put("data/x", data)
+    asked = read_requests(monkeypatch)
+    assert store.get("data/x", 0, len(data)) == data
+    assert 32768 < max(asked) <= 1 << 20 and len(asked) <= 20, asked
+    store.close()
+
+
+def test_a_server_that_states_no_limits_is_asked_for_32_kib_per_read(monkeypatch):
+    if sshserver.missing():
+        pytest.skip(sshserver.missing())
+    with sshserver.SshServer(sftp_flags="-P limits") as server:
+        store = new_backend(server)
+        data = os.urandom(1 << 20)
+        store.put("k", data)
+        asked = read_requests(monkeypatch)
+        assert store.get("k", 10) == data[10:]
+        assert asked and max(asked) == 32768
+        store.close()
+
+
 def test_listing_with_times_gives_each_files_modification_time_on_the_server(sftp_server):
     store = new_backend(sftp_server)
     before = time.time()

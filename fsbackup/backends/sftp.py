@@ -45,7 +45,7 @@ from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from ..errors import AuthenticationFailed, BackendError, FsbackupError, NoSuchObject, PermissionDenied, UsageError
 from . import Backend, BackendTraits, Latency
@@ -58,6 +58,14 @@ DEFAULT_CONNECTIONS = 4
 CONNECT_TIMEOUT = 20.0        # seconds to reach the server, and for its banner and authentication
 IO_TIMEOUT = 60.0             # seconds a request may wait for an answer before the session counts as lost
 READ_PIECE = 1 << 20          # bytes of a range handed to paramiko's readv as one piece
+# paramiko asks for 32 KiB per read request and lets 32 KiB travel per SSH packet: in Python, the
+# cost of a packet (decrypting, checking, handing over between threads) is what limits a download.
+# A server that states its limits (limits@openssh.com: OpenSSH's 255 KiB) is asked for up to that
+# much per request, in SSH packets of up to MAX_PACKET, with a channel window that lets a run of a
+# few MiB stream without waiting; one that does not keeps paramiko's 32 KiB.
+MAX_PACKET = 256 << 10
+WINDOW = 8 << 20
+DEFAULT_READ_REQUEST = paramiko.SFTPFile.MAX_REQUEST_SIZE
 KEEPALIVE = 30                # seconds between keepalives, so an idle mount notices a dead server
 
 # paramiko logs a dropped connection with a traceback from its transport thread; fsbackup reports
@@ -229,6 +237,7 @@ class SftpBackend(Backend):
         self._pid = os.getpid()
         self._posix_rename: bool | None = None     # whether the server has posix-rename@openssh.com
         self._fsync = True                          # whether to ask for fsync@openssh.com (until refused)
+        self._read_request = DEFAULT_READ_REQUEST   # bytes asked for per read request (`_probe`)
         session = self._checkout()
         try:
             self._probe(session)
@@ -314,7 +323,7 @@ class SftpBackend(Backend):
             shared = self._shared if self.share_connection and self._shared and self._shared.is_active() else None
         transport = shared or self._new_transport()
         try:
-            sftp = paramiko.SFTPClient.from_transport(transport)
+            sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=MAX_PACKET)
             if sftp is None:
                 raise paramiko.SSHException("no SFTP channel")
         except (paramiko.SSHException, OSError, EOFError) as e:
@@ -418,6 +427,23 @@ class SftpBackend(Backend):
                                temporary=True) from None
         if not self._posix_rename:
             self.traits = BackendTraits(atomic_replace=False, immediate_listing=True, latency=Latency.REMOTE)
+        self._read_request = self._largest_read(session)
+
+    def _largest_read(self, session: _Session) -> int:
+        """The bytes to ask for per read request: what the server says it answers in full
+        (limits@openssh.com, up to READ_PIECE), else paramiko's 32 KiB, which every server does."""
+        try:
+            kind, reply = session.sftp._request(CMD_EXTENDED, "limits@openssh.com")
+            if kind != CMD_EXTENDED_REPLY:
+                return DEFAULT_READ_REQUEST
+            reply.get_int64()                         # (the longest message: not needed)
+            longest_read = reply.get_int64()
+        except OSError:
+            return DEFAULT_READ_REQUEST               # not offered (or refused) by this server
+        except (EOFError, paramiko.SSHException) as e:
+            raise BackendError(f"connection to SFTP server {self._where()} lost: {_one_line(e)}",
+                               temporary=True) from None
+        return min(longest_read, READ_PIECE) if longest_read >= DEFAULT_READ_REQUEST else DEFAULT_READ_REQUEST
 
     # ---- objects ----------------------------------------------------------------------------------
 
@@ -488,6 +514,7 @@ class SftpBackend(Backend):
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         with self._sftp(f"the download of {name}", name) as sftp:
             with sftp.open(self._path(name), "rb") as f:
+                f.MAX_REQUEST_SIZE = self._read_request
                 size = f.stat().st_size or 0
                 end = size if length is None else min(size, offset + length)
                 if end <= offset:

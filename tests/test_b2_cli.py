@@ -59,6 +59,25 @@ def test_a_large_file_is_restored_from_remote_storage_in_range_reads_of_several_
     assert calls["block"] == 0 and 1 <= calls["run"] <= 6, calls      # 12 MiB: about 16 blocks, 3-4 runs
 
 
+def test_a_large_file_whose_blocks_repeat_far_apart_is_restored_from_remote_storage(b2_env, tmp_path, monkeypatch):
+    """The range reads of a large file's runs are let go once the writer is past them (memory stays
+    bounded): a block met again further on, in a run let go, is fetched alone."""
+    # 12 MiB repeated (three times the largest block): its copies share blocks wherever their cuts
+    # fall, which the repository's key decides.
+    repeated = pseudo_random(12 << 20, 8)
+    data = repeated + pseudo_random(6 << 20, 9) + repeated
+    write(tmp_path / "src" / "big", data)
+    b2_env.ok("init")
+    b2_env.ok("backup", tmp_path / "src")
+    alone = []
+    real_block = Repository.fetch_block
+    monkeypatch.setattr(Repository, "fetch_block",
+                        lambda self, block_id, location: alone.append(block_id) or real_block(self, block_id, location))
+    b2_env.ok("restore", "latest", "--target", tmp_path / "out")
+    assert (restored_root(tmp_path / "out", tmp_path / "src") / "big").read_bytes() == data
+    assert alone and len(alone) == len(set(alone)), alone       # the repeats, each fetched once
+
+
 def test_b2_errors_are_one_line_with_their_exit_codes(b2_env):
     r = b2_env.run("init", B2_APPLICATION_KEY="wrong")
     assert r.rc == errors.EXIT_PERMISSION and r.err.count("\n") == 1 and "rejected the application key" in r.err

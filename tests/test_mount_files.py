@@ -14,9 +14,10 @@ from conftest import make_full_tree, pseudo_random, write
 from test_mount import FUSE_MISSING, mounted  # noqa: F401 - a fixture
 from test_vfs import open_view, resolve
 
+from fsbackup.backends import BackendTraits, Latency
 from fsbackup.errors import CorruptObject
 from fsbackup.mount.namespace import FsOpError
-from fsbackup.mount.reading import RUN_BYTES
+from fsbackup.mount.reading import REMOTE_RUN_BYTES, RUN_BYTES
 
 
 class CountingGets:
@@ -34,6 +35,11 @@ class CountingGets:
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+
+class RemoteCountingGets(CountingGets):
+    """CountingGets on storage that declares itself remote (a request costs a round trip)."""
+    traits = BackendTraits(latency=Latency.REMOTE)
 
 
 def small_files(src, count: int, size: int = 3000) -> dict[str, bytes]:
@@ -68,6 +74,47 @@ def test_small_files_read_in_directory_order_come_in_a_few_range_reads(env, tmp_
     assert view.memory.misses <= 10, view.memory.misses
     assert counting.gets <= 2 * view.memory.misses + total // RUN_BYTES + 2, counting.gets
     view.close()
+
+
+def test_a_large_file_read_in_order_from_remote_storage_comes_in_runs_of_several_blocks(env, tmp_path):
+    src = tmp_path / "src"
+    data = pseudo_random(24 << 20, 7)
+    write(src / "big.bin", data)
+    env.ok("backup", src)
+    view = open_view(env)
+    counting = view.repo.backend = RemoteCountingGets(view.repo.backend)
+    try:
+        f = view.open(resolve(view, version_dir(view, src) + "/big.bin").ino)
+        blocks = len(f.extents)
+        assert blocks >= 16, blocks                     # (blocks average about 1 MiB)
+        read = b"".join(view.read(f, offset, 131072) for offset in range(0, len(data), 131072))
+        assert read == data
+        # The first block comes alone (the file's first read waits for it alone), then the read-ahead
+        # brings the others in runs of up to REMOTE_RUN_BYTES: 24 MiB in 3 or 4 of them, while
+        # loading block by block costs one range read per block.
+        assert counting.gets <= 1 + len(data) // REMOTE_RUN_BYTES + 3, (counting.gets, blocks)
+        assert not view.memory._loading               # every load was settled
+    finally:
+        view.close()
+
+
+def test_a_large_file_from_remote_storage_already_in_the_disk_cache_is_read_without_range_reads(env, tmp_path):
+    src = tmp_path / "src"
+    data = pseudo_random(12 << 20, 8)
+    write(src / "big.bin", data)
+    env.ok("backup", src)
+    view = open_view(env, cache_dir=str(tmp_path / "blocks"), memory_cache=2 << 20)
+    counting = view.repo.backend = RemoteCountingGets(view.repo.backend)
+    try:
+        f = view.open(resolve(view, version_dir(view, src) + "/big.bin").ino)
+        read = b"".join(view.read(f, offset, 131072) for offset in range(0, len(data), 131072))
+        assert read == data and counting.gets > 0
+        counting.gets = 0
+        # The memory cache (2 MiB) keeps only the file's end: the read-ahead finds the rest on disk.
+        read = b"".join(view.read(f, offset, 131072) for offset in range(0, len(data), 131072))
+        assert read == data and counting.gets == 0
+    finally:
+        view.close()
 
 
 def test_a_damaged_neighbour_is_left_to_its_reader_and_never_returned(env, tmp_path):

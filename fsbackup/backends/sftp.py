@@ -45,7 +45,7 @@ from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from ..errors import AuthenticationFailed, BackendError, FsbackupError, NoSuchObject, PermissionDenied, UsageError
 from . import Backend, BackendTraits, Latency
@@ -58,6 +58,15 @@ DEFAULT_CONNECTIONS = 4
 CONNECT_TIMEOUT = 20.0        # seconds to reach the server, and for its banner and authentication
 IO_TIMEOUT = 60.0             # seconds a request may wait for an answer before the session counts as lost
 READ_PIECE = 1 << 20          # bytes of a range handed to paramiko's readv as one piece
+# paramiko reads and writes 32 KiB per request and lets 32 KiB travel per SSH packet: in Python,
+# the cost of a packet or a request (decrypting, checking, handing over between threads) is what
+# limits a transfer. A server that states its limits (limits@openssh.com: OpenSSH's 255 KiB) is
+# asked for up to that much per read and sent that much per write, with SSH packets of up to
+# MAX_PACKET coming in and a channel window that lets a run of a few MiB stream without waiting;
+# one that does not keeps paramiko's 32 KiB.
+MAX_PACKET = 256 << 10
+WINDOW = 8 << 20
+DEFAULT_REQUEST = paramiko.SFTPFile.MAX_REQUEST_SIZE
 KEEPALIVE = 30                # seconds between keepalives, so an idle mount notices a dead server
 
 # paramiko logs a dropped connection with a traceback from its transport thread; fsbackup reports
@@ -229,6 +238,8 @@ class SftpBackend(Backend):
         self._pid = os.getpid()
         self._posix_rename: bool | None = None     # whether the server has posix-rename@openssh.com
         self._fsync = True                          # whether to ask for fsync@openssh.com (until refused)
+        # bytes asked for per read request and sent per write request (`_probe`)
+        self._read_request = self._write_request = DEFAULT_REQUEST
         session = self._checkout()
         try:
             self._probe(session)
@@ -314,7 +325,7 @@ class SftpBackend(Backend):
             shared = self._shared if self.share_connection and self._shared and self._shared.is_active() else None
         transport = shared or self._new_transport()
         try:
-            sftp = paramiko.SFTPClient.from_transport(transport)
+            sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=MAX_PACKET)
             if sftp is None:
                 raise paramiko.SSHException("no SFTP channel")
         except (paramiko.SSHException, OSError, EOFError) as e:
@@ -418,6 +429,27 @@ class SftpBackend(Backend):
                                temporary=True) from None
         if not self._posix_rename:
             self.traits = BackendTraits(atomic_replace=False, immediate_listing=True, latency=Latency.REMOTE)
+        self._read_request, self._write_request = self._request_sizes(session)
+
+    def _request_sizes(self, session: _Session) -> tuple[int, int]:
+        """The bytes to ask for per read request and to send per write request: what the server
+        says it handles in full (limits@openssh.com, up to READ_PIECE), else paramiko's 32 KiB,
+        which every server does."""
+        try:
+            kind, reply = session.sftp._request(CMD_EXTENDED, "limits@openssh.com")
+            if kind != CMD_EXTENDED_REPLY:
+                return DEFAULT_REQUEST, DEFAULT_REQUEST
+            reply.get_int64()                         # (the longest message: not needed)
+            longest_read, longest_write = reply.get_int64(), reply.get_int64()
+        except OSError:
+            return DEFAULT_REQUEST, DEFAULT_REQUEST   # not offered (or refused) by this server
+        except (EOFError, paramiko.SSHException) as e:
+            raise BackendError(f"connection to SFTP server {self._where()} lost: {_one_line(e)}",
+                               temporary=True) from None
+
+        def usable(longest: int) -> int:
+            return min(longest, READ_PIECE) if longest >= DEFAULT_REQUEST else DEFAULT_REQUEST
+        return usable(longest_read), usable(longest_write)
 
     # ---- objects ----------------------------------------------------------------------------------
 
@@ -436,6 +468,7 @@ class SftpBackend(Backend):
                 f = sftp.open(tmp, "wb")
             try:
                 with f:
+                    f.MAX_REQUEST_SIZE = self._write_request
                     f.set_pipelined(True)
                     f.write(data)
                     self._flush(sftp, f)
@@ -463,10 +496,17 @@ class SftpBackend(Backend):
                 sftp.stat(path)         # made meanwhile by another put is fine; else its error
 
     def _flush(self, sftp: paramiko.SFTPClient, f: paramiko.SFTPFile) -> None:
-        """Have the server fsync the file (fsync@openssh.com), as a local put does, when it can."""
+        """Wait until the server has answered every write of the file, raising the first that
+        failed; then have it fsync the file (fsync@openssh.com), as a local put does, when it can.
+        paramiko reads the answers to pipelined writes only while more than 100 are pending, and
+        drops the others unread when the next request of the session reads past them (a close,
+        the fsync): the failure of a put's last writes (a full disk) would go unnoticed, and the
+        object be published cut short. So they are read here, in order, each raising its failure."""
+        f.flush()
+        while f._reqs:
+            sftp._read_response(f._reqs.popleft())
         if not self._fsync:
             return
-        f.flush()
         try:
             sftp._request(CMD_EXTENDED, "fsync@openssh.com", f.handle)
         except OSError as e:
@@ -488,6 +528,7 @@ class SftpBackend(Backend):
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         with self._sftp(f"the download of {name}", name) as sftp:
             with sftp.open(self._path(name), "rb") as f:
+                f.MAX_REQUEST_SIZE = self._read_request
                 size = f.stat().st_size or 0
                 end = size if length is None else min(size, offset + length)
                 if end <= offset:

@@ -249,8 +249,10 @@ class Restore:
     def _restore(self, selection, total: int) -> None:
         self.progress.start("restore", total_bytes=total)
         dirs: list[tuple[bytes, Node]] = []
-        # I/O-bound (storage reads, file creation): more threads than cores.
-        self.pool = ThreadPoolExecutor(RESTORE_THREADS, thread_name_prefix="fsbackup-restore")
+        # I/O-bound (storage reads, file creation): more threads than cores; on remote storage, one
+        # per connection the storage suits (S3's 8), so that every range read in flight has one.
+        threads = RESTORE_THREADS if self.repo.storage_is_local else max(RESTORE_THREADS, self.repo.connections)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fsbackup-restore")
         try:
             for path, node, whole in self._items(selection):
                 rel = self._rel(path)

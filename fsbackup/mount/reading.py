@@ -3,8 +3,10 @@
 A read is answered from memory when its blocks are there (`BlockLoader.start_read` never blocks);
 otherwise their loads start in the loader's fetch threads and the read waits on their Futures.
 A small file's block comes with the blocks after it in its volume (the next files of its
-directory, read next); a large file's blocks are read ahead in parallel. Each block is loaded
-once however many readers want it (`BlockCache` claims), and every claim is settled.
+directory, read next); a large file's blocks are read ahead in parallel: one by one from local
+storage, in runs of adjacent blocks (one range read each, several in flight) from remote storage,
+where every request costs a round trip. Each block is loaded once however many readers want it
+(`BlockCache` claims), and every claim is settled.
 """
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from ..catalog import BlockLocation, Catalog
-from ..catalog.blocks import blocks_after
+from ..catalog.blocks import block_locations, blocks_after
 from ..catalog.tree import Content
 from ..codec import wire
 from ..errors import CorruptObject, FsbackupError, NoSuchObject
-from ..repository import FetchedBlock, Repository
+from ..repository import FetchedBlock, Repository, block_runs
 from ..repository.blockcache import BlockCache
 from .diskcache import DiskCache
 from .sync import CatalogSync
@@ -31,6 +33,14 @@ RUN_BYTES = 1 << 20
 RUN_BLOCKS = 256
 RUN_AHEAD_MIN_BLOCKS = 16           # a reader halfway through a run this long starts the next one
 RUN_AHEAD_KEPT = 1024
+# On remote storage a large file read in order is read ahead in runs: its next blocks that lie
+# back to back in a volume, up to REMOTE_RUN_BYTES, come in one range read (reading over gaps up
+# to REMOTE_RUN_GAP), with up to REMOTE_AHEAD_BYTES of the file (at most half the memory cache,
+# which keeps the blocks until they are read) on their way: several runs in flight, each
+# downloaded and decoded in its own fetch thread.
+REMOTE_RUN_BYTES = 8 << 20
+REMOTE_RUN_GAP = 64 << 10
+REMOTE_AHEAD_BYTES = 24 << 20
 READ_ATTEMPTS = 4                    # loads of one read abandoned in a row before it fails (EIO)
 
 
@@ -138,6 +148,9 @@ class BlockLoader:
         f.next_offset = end
         if f.sequential_run < 2:
             return
+        if not self.repo.storage_is_local:
+            self._read_ahead_in_runs(f, end, last)
+            return
         window = min(self.max_prefetch, 2 ** min(f.sequential_run - 1, 8))
         start = max(last + 1, f.prefetched_to)
         stop = min(len(f.extents), last + 1 + window)
@@ -145,6 +158,35 @@ class BlockLoader:
             if f.extents[i][0] != wire.HOLE_ID:
                 self.source(f.extents[i][0], False)
         f.prefetched_to = max(f.prefetched_to, stop)
+
+    def _read_ahead_in_runs(self, f: OpenFile, end: int, last: int) -> None:
+        """`_read_ahead` on remote storage: the extents after the read (`end`, in extent `last`) up
+        to the window (growing with the run of sequential reads) are claimed and handed to fetch
+        threads in groups of up to REMOTE_RUN_BYTES (less with a small memory cache), each group
+        one range read when its blocks lie together. The window moves on only by a run's worth at
+        a time, so that no range read is short but the file's last."""
+        ahead = min(REMOTE_AHEAD_BYTES, self.memory.max_bytes // 2,
+                    REMOTE_RUN_BYTES << min(f.sequential_run - 2, 3))
+        run_bytes = min(REMOTE_RUN_BYTES, ahead)
+        start = max(last + 1, f.prefetched_to)
+        stop = bisect.bisect_left(f.starts, end + ahead)
+        if start >= stop or (stop < len(f.extents) and f.starts[stop] - f.starts[start] < run_bytes):
+            return
+        claimed = self.memory.claim([bid for bid, _ in f.extents[start:stop] if bid != wire.HOLE_ID])
+        group: list[bytes] = []
+        group_bytes = 0
+        for block_id, length in f.extents[start:stop]:
+            if block_id not in claimed:
+                continue                  # a hole, cached, being loaded, or already in a group
+            claimed.discard(block_id)
+            if group and group_bytes + length > run_bytes:
+                self.fetcher.submit(self._load_ahead, group)
+                group, group_bytes = [], 0
+            group.append(block_id)
+            group_bytes += length
+        if group:
+            self.fetcher.submit(self._load_ahead, group)
+        f.prefetched_to = stop
 
     def source(self, block_id: bytes, with_run: bool) -> bytes | Future:
         """The block's bytes, or the Future of its load: the one under way, or one started here.
@@ -199,16 +241,49 @@ class BlockLoader:
                     self._run_ahead[run[len(run) // 2][0]] = run[-1]
                     while len(self._run_ahead) > RUN_AHEAD_KEPT:
                         self._run_ahead.popitem(last=False)
-            for fetched in self.repo.fetch_run_blocks(run) if run else ():
-                if isinstance(fetched.data, FsbackupError):
-                    claims.settle(fetched.block_id, None)
-                else:
-                    self._to_disk_cache(fetched)
-                    claims.settle(fetched.block_id, fetched.data)
+            if run:
+                self._fetch_run(run, claims)
         except BaseException as e:
             claims.settle_rest(e)
             if not isinstance(e, Exception):
                 raise
+
+    def _load_ahead(self, block_ids: list[bytes]) -> None:
+        """Runs in a fetch thread: blocks of a large file's read-ahead (`_read_ahead_in_runs`, which
+        claimed them), from the disk cache, else fetched as runs of blocks lying together in a
+        volume (one range read each), each settled as it decodes. Every block is speculative: one
+        recorded nowhere or failing is abandoned, left to its own reader to load and report."""
+        claims = Claims(self.memory)
+        claims.add(block_ids)
+        try:
+            located = block_locations(self._catalog(), block_ids)
+            to_fetch = []
+            for block_id in block_ids:
+                location = located.get(block_id)
+                data = self._from_disk_cache(block_id, location) if location is not None else None
+                if data is not None or location is None:
+                    claims.settle(block_id, data)
+                else:
+                    to_fetch.append((block_id, location))
+            to_fetch.sort(key=lambda item: (item[1].volume, item[1].offset))
+            # (a group is at most REMOTE_RUN_BYTES of plain bytes: its stored bytes, a little more
+            # when they do not compress, stay one run)
+            for run in block_runs(to_fetch, 2 * REMOTE_RUN_BYTES, REMOTE_RUN_GAP):
+                self._fetch_run(run, claims)
+        except BaseException as e:
+            claims.settle_rest(e)
+            if not isinstance(e, Exception):
+                raise
+
+    def _fetch_run(self, run: list[tuple[bytes, BlockLocation]], claims: Claims) -> None:
+        """One range read for `run` (blocks claimed in `claims`), each block settled as it decodes
+        and kept in the disk cache; one that fails is abandoned."""
+        for fetched in self.repo.fetch_run_blocks(run):
+            if isinstance(fetched.data, FsbackupError):
+                claims.settle(fetched.block_id, None)
+            else:
+                self._to_disk_cache(fetched)
+                claims.settle(fetched.block_id, fetched.data)
 
     def _claim_neighbours(self, block_id: bytes, location: BlockLocation,
                           catalog: Catalog) -> list[tuple[bytes, BlockLocation]]:
@@ -234,9 +309,8 @@ class BlockLoader:
             raise gone
         return self._fetch_block(block_id, self.repo.block_location(block_id, self._catalog()))
 
-    def _fetch_block(self, block_id: bytes, location: BlockLocation) -> bytes:
-        """The disk cache, else one range read (the repository's backend retries temporary
-        failures within the mount's bound, and re-fetches a damaged download)."""
+    def _from_disk_cache(self, block_id: bytes, location: BlockLocation) -> bytes | None:
+        """The block from the disk cache, or None (not there, or damaged there: then dropped)."""
         if self.disk is not None:
             stored = self.disk.get(block_id)
             if stored is not None:
@@ -244,6 +318,14 @@ class BlockLoader:
                     return self.repo.decode_block(block_id, location, stored)
                 except CorruptObject:
                     self.disk.discard(block_id)      # a damaged cache entry: fetch again
+        return None
+
+    def _fetch_block(self, block_id: bytes, location: BlockLocation) -> bytes:
+        """The disk cache, else one range read (the repository's backend retries temporary
+        failures within the mount's bound, and re-fetches a damaged download)."""
+        data = self._from_disk_cache(block_id, location)
+        if data is not None:
+            return data
         data, stored = self.repo.download_block(block_id, location)
         if self.disk is not None:
             self.disk.put(block_id, stored)       # only bytes that authenticated

@@ -4,7 +4,6 @@ range reads of the runs of blocks lying back to back in a volume. Every block is
 `Repository.fetch_block` or `fetch_run`."""
 from __future__ import annotations
 
-import collections
 import functools
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -16,6 +15,8 @@ from .repository import Repository
 
 RUN_BYTES = 4 << 20        # a range read covers adjacent blocks up to this many bytes ...
 RUN_GAP = 64 << 10         # ... reading over gaps this small, cheaper than another request
+LARGE_RUN_BYTES = 8 << 20  # a large file's range reads (one file, read in order) cover up to this many bytes,
+RUNS_AHEAD = 3             # and this many runs after the reader's are on their way (memory: 4 runs)
 
 
 def file_fetches(repo: Repository, pool: ThreadPoolExecutor, cache: BlockCache,
@@ -27,7 +28,7 @@ def file_fetches(repo: Repository, pool: ThreadPoolExecutor, cache: BlockCache,
     if repo.storage_is_local:
         return {block_id: functools.partial(_fetch_one, repo, pool, cache, block_id)
                 for block_id, _ in extents if block_id != wire.HOLE_ID}
-    return _runs_of(repo, pool, extents)
+    return _runs_of(repo, pool, cache, extents)
 
 
 def fetched_block(fetched: Future, block_id: bytes) -> bytes:
@@ -48,17 +49,16 @@ def _fetch_one(repo: Repository, pool: ThreadPoolExecutor, cache: BlockCache, bl
     return pool.submit(cache.get, block_id, functools.partial(repo.fetch_block, location=location))
 
 
-def _runs_of(repo: Repository, pool: ThreadPoolExecutor,
+def _runs_of(repo: Repository, pool: ThreadPoolExecutor, cache: BlockCache,
              extents: list[tuple[bytes, int]]) -> dict[bytes, Callable[[], Future]]:
     """On remote storage, where a request costs a round trip: for each stored block of a file,
     what starts the range read of its run (blocks lying back to back in a volume, in file order,
-    up to RUN_BYTES)."""
+    up to LARGE_RUN_BYTES) and the RUNS_AHEAD runs after it (`FileRuns`)."""
     ids = [block_id for block_id, _ in extents if block_id != wire.HOLE_ID]
-    uses = collections.Counter(ids)
     locations = repo.block_locations(ids)
-    fetches: dict[bytes, Callable[[], Future]] = {}
+    runs: list[list[tuple[bytes, BlockLocation]]] = []
     run: list[tuple[bytes, BlockLocation]] = []
-    for block_id in uses:                        # (a block repeated in the file: fetched once)
+    for block_id in dict.fromkeys(ids):          # (a block repeated in the file: in the run of its first place)
         location = locations.get(block_id)
         if location is None:
             continue
@@ -66,31 +66,42 @@ def _runs_of(repo: Repository, pool: ThreadPoolExecutor,
             first, last = run[0][1], run[-1][1]
             end = last.offset + last.stored_length
             if (location.volume != first.volume or not end <= location.offset <= end + RUN_GAP
-                    or location.offset + location.stored_length - first.offset > RUN_BYTES):
-                _add_run(repo, pool, run, sum(uses[b] for b, _ in run), fetches)
+                    or location.offset + location.stored_length - first.offset > LARGE_RUN_BYTES):
+                runs.append(run)
                 run = []
         run.append((block_id, location))
     if run:
-        _add_run(repo, pool, run, sum(uses[b] for b, _ in run), fetches)
-    return fetches
+        runs.append(run)
+    file_runs = FileRuns(runs, lambda run: pool.submit(repo.fetch_run, run),
+                         functools.partial(_fetch_one, repo, pool, cache))
+    return {block_id: functools.partial(file_runs.fetch, block_id) for run in runs for block_id, _ in run}
 
 
-def _add_run(repo: Repository, pool: ThreadPoolExecutor, run: list[tuple[bytes, BlockLocation]], asks: int,
-             fetches: dict[bytes, Callable[[], Future]]) -> None:
-    """One range read for `run`, started when the first of its blocks is wanted, and let go once
-    its blocks have been asked for `asks` times (each use of them in the file): the reader holds
-    what it still needs, and `fetches` lives as long as the file is read, so holding every run's
-    bytes would grow with the file. An ask beyond those starts a new read."""
-    started: list[Future] = []
-    asks_left = [asks]
+class FileRuns:
+    """A file's stored blocks on remote storage, grouped into runs (one range read each,
+    `Repository.fetch_run`), in file order. Wanting a block (`fetch`) starts its run and the
+    RUNS_AHEAD runs after it, so that several range reads are in flight while the reader works
+    through its window; the runs before it are let go (the reader holds what it still needs), so
+    memory stays bounded whatever the file's size. A block wanted again after its run was let go
+    (a repeat further on in the file) is fetched alone (`fetch_alone`)."""
 
-    def fetch() -> Future:
-        if not started:
-            started.append(pool.submit(repo.fetch_run, run))
-        future = started[0]
-        asks_left[0] -= 1
-        if asks_left[0] <= 0:
-            started.clear()
-        return future
-    for block_id, _ in run:
-        fetches[block_id] = fetch
+    def __init__(self, runs: list[list[tuple[bytes, BlockLocation]]],
+                 submit: Callable[[list[tuple[bytes, BlockLocation]]], Future],
+                 fetch_alone: Callable[[bytes], Future]):
+        self.runs, self.submit, self.fetch_alone = runs, submit, fetch_alone
+        self.run_of = {block_id: k for k, run in enumerate(runs) for block_id, _ in run}
+        self.started: dict[int, Future] = {}      # run number -> its range read, for the runs kept
+        self.kept_from = 0                         # runs before this one were let go
+        self.start_next = 0                        # the first run not started yet
+
+    def fetch(self, block_id: bytes) -> Future:
+        k = self.run_of[block_id]
+        if k < self.kept_from:
+            return self.fetch_alone(block_id)
+        for j in range(max(k, self.start_next), min(k + 1 + RUNS_AHEAD, len(self.runs))):
+            self.started[j] = self.submit(self.runs[j])
+            self.start_next = j + 1
+        for j in range(self.kept_from, k):
+            self.started.pop(j, None)
+        self.kept_from = k
+        return self.started[k]

@@ -24,6 +24,7 @@ symlink while the restore runs is never followed: the restore stops with an erro
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -355,19 +356,32 @@ class Restore:
                     parent = path.rstrip(b"/")
                     stack.extend((parent + b"/" + k.name, k, selected) for k in reversed(kids))
 
-    def _check_conflicts(self, selection) -> int:
-        """Refuse before writing anything if the target holds files we would replace; sum the bytes."""
-        total, conflicts = 0, []
-        missing: set[bytes] = set()     # directories absent from the target: their entries are too
+    @contextlib.contextmanager
+    def _target_as_it_is(self, look: bool) -> Iterator[DirFds | None]:
+        """The target's directories by descriptors, to look at what it holds (`DirFds`), or None
+        when it does not exist or `look` is false; closed after. An OSError meanwhile is mapped
+        to its error, naming the target."""
         try:
-            target_fd = None if self.overwrite != "refuse" else \
-                os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            target_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if look else None
         except FileNotFoundError:
-            target_fd = None            # an absent target holds nothing to replace
+            target_fd = None            # an absent target holds nothing
         except OSError as e:
             raise _os_error(e, self.target) from None
         dir_fds = DirFds(target_fd, DIR_FDS) if target_fd is not None else None
         try:
+            yield dir_fds
+        except OSError as e:
+            raise _os_error(e, self.target) from None
+        finally:
+            if dir_fds is not None:
+                dir_fds.close()
+                os.close(dir_fds.base_fd)
+
+    def _check_conflicts(self, selection) -> int:
+        """Refuse before writing anything if the target holds files we would replace; sum the bytes."""
+        total, conflicts = 0, []
+        missing: set[bytes] = set()     # directories absent from the target: their entries are too
+        with self._target_as_it_is(look=self.overwrite == "refuse") as dir_fds:
             for path, node, _ in self._items(selection):
                 if node.type == "f":
                     total += node.size
@@ -384,12 +398,6 @@ class Restore:
                     missing.add(rel)         # (not looked into through a symlink in its place)
                 if st is not None and (node.type != "d" or not stat.S_ISDIR(st.st_mode)):
                     conflicts.append(rel)    # a directory replaces a file or symlink only with --overwrite
-        except OSError as e:
-            raise _os_error(e, self.target) from None
-        finally:
-            if dir_fds is not None:
-                dir_fds.close()
-                os.close(dir_fds.base_fd)
         if conflicts:
             raise TargetConflict(f"{len(conflicts)} file(s) already exist in the target, e.g. "
                                  f"{os.fsdecode(self._path(conflicts[0]))}; use --overwrite to replace them "
@@ -561,15 +569,8 @@ class Restore:
         """--dry-run: decide every entry as `_restore_node` does (`_fate`), count and report it,
         and write nothing. The target is looked at by descriptors as a restore would; where it
         lacks a directory (or one would be made anew), nothing below it exists yet."""
-        try:
-            target_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            target_fd = None
-        except OSError as e:
-            raise _os_error(e, self.target) from None
-        dir_fds = DirFds(target_fd, DIR_FDS) if target_fd is not None else None
         made: set[bytes] = set()         # directories the restore would make: empty
-        try:
+        with self._target_as_it_is(look=True) as dir_fds:
             for path, node, whole in self._items(selection):
                 rel = self._rel(path)
                 parent, name = split(rel)
@@ -602,12 +603,6 @@ class Restore:
                     self.stats.would_write += node.size
                 else:
                     self.stats.others += 1
-        except OSError as e:
-            raise _os_error(e, self.target) from None
-        finally:
-            if dir_fds is not None:
-                dir_fds.close()
-                os.close(dir_fds.base_fd)
 
     def _restore_file(self, rel: bytes, node: Node) -> None:
         if node.size <= SMALL_FILE:

@@ -71,6 +71,34 @@ class Env:
         return r
 
 
+SOAK_VARIABLE = "FSBACKUP_SOAK"     # =1: run every parameter set of the tests marked soak
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "soak(sample=N): a parametrized fault-injection test run in full only with "
+                            f"{SOAK_VARIABLE}=1; otherwise N of its parameter sets, spread evenly, run")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked soak(sample=N) run N of their parameter sets (first, last and evenly between),
+    unless FSBACKUP_SOAK=1: the suite stays within CI's time while every kind of fault still runs."""
+    if os.environ.get(SOAK_VARIABLE) == "1":
+        return
+    groups: dict[str, list] = {}
+    for item in items:
+        if item.get_closest_marker("soak") is not None:
+            groups.setdefault(item.originalname, []).append(item)
+    dropped = set()
+    for group in groups.values():
+        sample = group[0].get_closest_marker("soak").kwargs.get("sample", 1)
+        if len(group) > sample:
+            keep = {round(i * (len(group) - 1) / max(1, sample - 1)) for i in range(sample)} if sample > 1 else {0}
+            dropped |= {id(item) for k, item in enumerate(group) if k not in keep}
+    if dropped:
+        config.hook.pytest_deselected(items=[item for item in items if id(item) in dropped])
+        items[:] = [item for item in items if id(item) not in dropped]
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
     e = Env(tmp_path)

@@ -314,6 +314,7 @@ def write_big_generation(src: Path, rng: random.Random) -> None:
         write(src / "big" / f"d{i % 6}" / f"f{i:02}", rng.randbytes(BIG_FILE_SIZE + rng.randrange(4096)))
 
 
+@pytest.mark.soak(sample=1)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_backup_killed_at_random_times_leaves_every_committed_version_restorable(env, tmp_path, seed):
     rng = random.Random(seed)

@@ -271,6 +271,7 @@ def test_prune_through_b2(b2_env, tmp_path):  # noqa: F811
     assert (plan["volumes_to_delete"], plan["volumes_to_repack"], plan["orphans"]) == (0, 0, [])
 
 
+@pytest.mark.soak(sample=4)
 @pytest.mark.parametrize("after", [1, 5, 10, 15, 18, 19, 20, 21])   # before, between and after its puts and deletes
 def test_prune_on_b2_cut_off_at_any_call_leaves_every_version_restorable(b2_env, tmp_path, wrap_storage, monkeypatch,
                                                                          after):
@@ -363,6 +364,7 @@ def test_prune_killed_at_every_upload_and_deletion_leaves_every_version_restorab
         recover(env, tmp_path, src, dict(versions), drop_index=k % 2 == (mode == "after"), then_backup=k % 3 == 0)
 
 
+@pytest.mark.soak(sample=1)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_prune_killed_at_random_times_leaves_every_version_restorable(env, tmp_path, seed):
     rng = random.Random(seed)

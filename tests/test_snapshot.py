@@ -32,7 +32,8 @@ def _skip_reason_for_btrfs() -> str | None:
         return "btrfs-progs is not installed (mkfs.btrfs, btrfs)"
     with open("/proc/filesystems") as f:
         if not any(line.split()[-1] == "btrfs" for line in f if line.strip()):
-            subprocess.run(["modprobe", "btrfs"], capture_output=True)
+            if shutil.which("modprobe"):
+                subprocess.run(["modprobe", "btrfs"], capture_output=True)
             with open("/proc/filesystems") as again:
                 if not any(line.split()[-1] == "btrfs" for line in again if line.strip()):
                     return "the kernel has no btrfs (not in /proc/filesystems)"
@@ -41,12 +42,53 @@ def _skip_reason_for_btrfs() -> str | None:
     return None
 
 
+def _processes_using(mnt: Path) -> list[int]:
+    """The processes with a working directory, root or open file below `mnt` (a backup a failed
+    test left running keeps the file system busy)."""
+    inside = str(mnt).rstrip("/") + "/"
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            links = [os.readlink(f"/proc/{pid}/{x}") for x in ("cwd", "root")]
+            links += [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue                              # gone meanwhile
+        if int(pid) != os.getpid() and any((link + "/").startswith(inside) for link in links):
+            found.append(int(pid))
+    return found
+
+
+def _tear_down(mnt: Path, device: str | None) -> None:
+    """Unmount `mnt` and detach its loop `device`, whatever the test left behind: processes still
+    using the file system are killed first, an unmount still refused after that is made lazy (the
+    file system goes once its last user does), and the loop device is marked to detach itself then."""
+    for attempt in range(20):
+        if not os.path.ismount(mnt):
+            break
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
+            break
+        for pid in _processes_using(mnt):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1 * (attempt + 1))
+    else:
+        subprocess.run(["umount", "--lazy", str(mnt)], check=False)
+        print(f"{mnt} was still busy: unmounted lazily")
+    if device:
+        subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
+    if mnt.exists() and not os.path.ismount(mnt):
+        mnt.rmdir()
+
+
 class Btrfs:
     """A btrfs file system on a loop device, mounted at `mnt`."""
 
     def __init__(self, root: Path, mnt: Path):
         self.root = root
         self.mnt = mnt
+        self.device = ""
 
     def subvolume(self, name: str) -> Path:
         path = self.mnt / name
@@ -81,19 +123,22 @@ def btrfs(tmp_path: Path):
         why = f"no loop device could be set up: {made.stderr.strip()}"
         print(f"skipped: {why}")
         pytest.skip(why)
-    device = made.stdout.strip()
-    mounted = False
+    device = fs.device = made.stdout.strip()
     try:
         subprocess.run(["mkfs.btrfs", "-q", "-f", device], check=True, capture_output=True)
         subprocess.run(["mount", device, str(fs.mnt)], check=True)
-        mounted = True
         yield fs
     finally:
-        if mounted:
-            subprocess.run(["umount", str(fs.mnt)], check=False)
-        subprocess.run(["losetup", "-d", device], check=False)
-        if not os.path.ismount(fs.mnt):
-            fs.mnt.rmdir()
+        _tear_down(fs.mnt, device)
+
+
+def test_the_file_system_is_torn_down_while_a_process_a_failed_test_left_still_uses_it(btrfs):
+    holder = subprocess.Popen(["sleep", "600"], cwd=btrfs.mnt)
+    _tear_down(btrfs.mnt, btrfs.device)
+    assert holder.wait(timeout=30) == -signal.SIGKILL
+    assert not btrfs.mnt.exists()
+    attached = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert str(btrfs.root / "image") not in attached, attached
 
 
 def _state(env) -> list:
@@ -489,7 +534,7 @@ def test_lvm_snapshot_of_a_real_logical_volume(env, tmp_path):
                              text=True).stdout.split()
         assert lvs == ["home"] and _state(env) == []
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        _tear_down(mnt, None)
         subprocess.run(["vgremove", "-q", "-f", vg], check=False, capture_output=True)
         subprocess.run(["losetup", "-d", device], check=False)
 

@@ -48,10 +48,10 @@ def machine_env(env: Env, k: int, **extra) -> dict:
 
 
 def start_backup(env: Env, tree: Path, k: int, launcher: tuple[str, ...] = ("-m", "fsbackup"),
-                 **extra) -> subprocess.Popen:
+                 volume_size: str = VOLUME_SIZE, **extra) -> subprocess.Popen:
     """`fsbackup backup` of machine k as its own process (with its own local index)."""
     return subprocess.Popen([sys.executable, *launcher, "--json", "backup", str(tree), "--host", f"host{k}",
-                             "--volume-size", VOLUME_SIZE, "--no-verify"],
+                             "--volume-size", volume_size, "--no-verify"],
                             env=machine_env(env, k, **extra), cwd=CHECKOUT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -110,15 +110,15 @@ def test_machines_backing_up_at_once_all_succeed_and_restore_exactly(env, tmp_pa
     print(f"the shared file was stored {copies:.2f} times by {MACHINES} backups running together")
     assert 0.9 < copies < MACHINES + 0.5
     env.ok("check", "--read-data")
-    # A block stored twice is recorded once, its other copies as spare places; prune deletes the
-    # volumes that hold nothing but such copies. (The few copies that share a volume with a
-    # machine's own data stay: prune counts only unused blocks, not spare copies, as unused.)
+    # A block stored twice is recorded once, its other copies as spare places, which prune counts
+    # as unused: it deletes the volumes that hold nothing but such copies and repacks those that
+    # share them with a machine's own data, until one copy of everything is left.
     before = repo_bytes(str(env.repo))
     env.ok("prune", "--max-unused", "0", **NO_AGE)
     after = repo_bytes(str(env.repo))
     print(f"prune: {before} bytes before, {after} after; one copy of everything is "
           f"{COMMON + MACHINES * UNIQUE} bytes")
-    assert after <= before and after < 2 * COMMON + MACHINES * UNIQUE + MACHINES * OVERHEAD
+    assert after <= before and after < COMMON + MACHINES * UNIQUE + MACHINES * OVERHEAD
     nothing_left_to_prune(env)
     env.ok("check", "--read-data")
     restores_exactly(env, tmp_path, versions, "after-prune")
@@ -126,6 +126,44 @@ def test_machines_backing_up_at_once_all_succeed_and_restore_exactly(env, tmp_pa
     for k, tree in enumerate(trees):
         write(tree / "own" / "notes.txt", f"machine {k}, later\n".encode())
         assert finished(start_backup(env, tree, k))["bytes_added"] < OVERHEAD
+
+
+def test_copies_stored_by_backups_at_once_are_pruned_to_one_and_every_machine_follows(env, tmp_path):
+    """Four backups held at their first upload until all have begun each store the shared file
+    (none can know of the others' copies). Prune counts the spare copies as unused and leaves one
+    copy of everything; each machine's own local index, which recorded its own copy first, then
+    follows the prune: check finds no damage and every machine restores its version. (Volumes
+    large enough for each machine's own data and its copy of the shared file to share one: prune
+    must repack them, not merely delete volumes of copies alone.)"""
+    trees = [machine_tree(tmp_path, k) for k in range(MACHINES)]
+    gates = [tmp_path / f"gate-{k}" for k in range(MACHINES)]
+    running = [start_backup(env, tree, k, ("-c", GATED_BACKUP, str(gate)), volume_size="32M")
+               for k, (tree, gate) in enumerate(zip(trees, gates))]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(Path(f"{gate}.waiting").exists() for gate in gates):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in running)
+            time.sleep(0.05)
+    finally:
+        for gate in gates:
+            gate.touch()
+    docs = [finished(p) for p in running]
+    copies = (sum(doc["bytes_added"] for doc in docs) - MACHINES * UNIQUE) / COMMON
+    assert MACHINES - 0.1 < copies < MACHINES + 0.5, copies
+    before = repo_bytes(str(env.repo))
+    pruned = json.loads(env.ok("--json", "prune", "--max-unused", "0",
+                               XDG_CACHE_HOME=str(env.tmp / "cache-0"), **NO_AGE).out)
+    after = repo_bytes(str(env.repo))
+    print(f"{copies:.2f} copies of the shared file; prune: {before} bytes before, {after} after "
+          f"({pruned['volumes_repacked']} volumes repacked); one copy of everything is {COMMON + MACHINES * UNIQUE}")
+    assert after < COMMON + MACHINES * UNIQUE + MACHINES * OVERHEAD
+    for k, (doc, tree) in enumerate(zip(docs, trees)):
+        cache = str(env.tmp / f"cache-{k}")
+        r = env.ok("check", "--read-data", XDG_CACHE_HOME=cache)
+        assert "removed by a prune" in r.err or k == 0, r.err
+        target = tmp_path / f"restored-{k}"
+        env.ok("restore", doc["version"], "--target", target, XDG_CACHE_HOME=cache)
+        assert snapshot(restored_root(target, tree)) == snapshot(tree)
 
 
 # ---- prune beside backups ----------------------------------------------------------------------

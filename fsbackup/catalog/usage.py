@@ -38,13 +38,13 @@ def nodes_using(catalog: Catalog, content_ids: list[int]) -> dict[int, list[int]
     return out
 
 
-def blocks_only_in(catalog: Catalog, volumes: set[str]) -> set[bytes]:
+def blocks_only_in(catalog: Catalog, volumes: set[str]) -> dict[bytes, str]:
     """The blocks whose recorded place is in one of `volumes` and that no other volume holds as
-    a spare."""
-    sole: set[bytes] = set()
+    a spare, each with the name of its volume."""
+    sole: dict[bytes, str] = {}
     for part in batches(sorted(volumes)):
-        sole.update(h for (h,) in catalog.rows(
-            "SELECT b.hash FROM blocks b JOIN volumes v ON v.id = b.volume "
+        sole.update(catalog.rows(
+            "SELECT b.hash, v.name FROM blocks b JOIN volumes v ON v.id = b.volume "
             f"WHERE v.name IN ({','.join('?' * len(part))}) AND NOT EXISTS "
             "(SELECT 1 FROM spare_blocks s WHERE s.hash = b.hash AND s.volume != b.volume)", part))
     return sole
@@ -77,7 +77,10 @@ class VolumeUsage(NamedTuple):
     size: int
     live_blocks: int
     live_bytes: int
-    dead_bytes: int         # stored bytes of blocks recorded in it that no version uses
+    # Stored bytes of blocks recorded in it that no version uses, and of the spare copies it
+    # holds of blocks recorded in another volume (two backups running at once both stored
+    # them): repacking it keeps only its live blocks, and the other copy serves the rest.
+    dead_bytes: int
 
 
 def volume_usage(catalog: Catalog) -> list[VolumeUsage]:
@@ -86,6 +89,7 @@ def volume_usage(catalog: Catalog) -> list[VolumeUsage]:
         "SELECT v.name, v.size, coalesce(sum(b.live), 0), "
         "       coalesce(sum(CASE WHEN b.live THEN b.stored_length END), 0), "
         "       coalesce(sum(CASE WHEN NOT b.live THEN b.stored_length END), 0) "
+        "       + (SELECT coalesce(sum(s.stored_length), 0) FROM spare_blocks s WHERE s.volume = v.id) "
         f"FROM volumes v LEFT JOIN (SELECT b.volume, b.stored_length, {LIVE} AS live FROM blocks b) b "
         "ON b.volume = v.id GROUP BY v.id ORDER BY v.name")]
 

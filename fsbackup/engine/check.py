@@ -155,7 +155,7 @@ class Checker:
         self._check_index_objects(local_volumes, to_read)
         if trusted:
             self._check_sizes(local_volumes)
-        for name in sorted(set(local_volumes) - self.index_names):
+        for name in sorted(set(local_volumes) - self.index_names - self._follow_prunes(local_volumes)):
             self._index_object_missing(name)
         for name in sorted(set(self.volume_sizes) - self.index_names - set(local_volumes)):
             self._index_object_missing(name)      # e.g. a backup cut off between its two uploads
@@ -169,6 +169,22 @@ class Checker:
         self.report.versions = len(remote_versions)
         self.report.volumes = len(self.volume_sizes)
         self._finish()
+
+    def _follow_prunes(self, local_volumes: dict[str, int]) -> set[str]:
+        """Volumes of the local index gone from the repository with their index objects, whose
+        blocks that versions need are all held by other volumes too (new index objects, just
+        recorded, name them): a prune's work, maybe another machine's, that repacked a volume or
+        removed copies of blocks two backups running at once both stored. They are forgotten as a
+        sync forgets them, not reported."""
+        gone = set(local_volumes) - self.index_names - set(self.volume_sizes)
+        if not gone:
+            return set()
+        pruned = gone - self.repo.volumes_needed_alone(gone)
+        self.repo.forget_vanished_volumes(pruned)
+        if pruned:
+            self.reporter.note(f"{len(pruned)} volume(s) this machine knew were removed by a prune (each block a "
+                               "version needs from them is held by another volume): forgotten")
+        return pruned
 
     def _check_sizes(self, local_volumes: dict[str, int]) -> None:
         """Volumes recorded in the local index against the remote listing (trusted structure)."""

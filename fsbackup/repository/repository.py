@@ -438,7 +438,7 @@ class Repository:
         if new_indexes:
             self._record_index_objects(new_indexes, self.list_objects(Kind.VOLUME), progress=None)
         self.refuse_surprising_loss("index objects (index/)", known_volumes, vanished_volumes,
-                                    still_needed=self._only_place_of_needed_blocks)
+                                    still_needed=lambda names: bool(self.volumes_needed_alone(names)))
         # A volume whose index object is gone was deleted by a prune (maybe another machine's), or
         # lost: forgotten, its blocks moving to their spare places.
         self.forget_vanished_volumes(vanished_volumes)
@@ -457,16 +457,21 @@ class Repository:
         self.follow_tag_records()
         return catalog
 
-    def _only_place_of_needed_blocks(self, volumes: set[str]) -> bool:
-        """Whether `volumes` hold a block that a recorded version's file uses and no other volume
+    def volumes_needed_alone(self, volumes: set[str]) -> set[str]:
+        """Those of `volumes` that hold a block a recorded version's file uses and no other volume
         holds: what a prune (which deletes only volumes no version needs, or whose live blocks it
-        stored elsewhere first) never deletes. A full pass over the files' layouts: only run when
-        many volumes vanished at once."""
+        stored elsewhere first) never deletes. A volume gone without being one of them may be
+        a prune's work, this machine's or another's. A full pass over the files' layouts: only
+        run when volumes vanished."""
         sole = blocks_only_in(self.catalog, volumes)
-        if not sole:
-            return False
-        return any(block_id in sole for extents in used_extents(self.catalog)
-                   for block_id, _ in wire.EXTENT.iter_unpack(extents))
+        needed: set[str] = set()
+        if sole:
+            for extents in used_extents(self.catalog):
+                for block_id, _ in wire.EXTENT.iter_unpack(extents):
+                    volume = sole.get(block_id)
+                    if volume is not None:
+                        needed.add(volume)
+        return needed
 
     def unreadable_versions(self) -> list[str]:
         """Version objects the last sync of the local index could not read (and skipped)."""

@@ -55,6 +55,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -1640,9 +1641,15 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def fleet_round(tool: FleetTool, machines: list[Path], work: Path, concurrent: bool) -> tuple[float, int]:
-    """Wall seconds to back up every machine into one fresh repository, all at once or one after
-    another, and the repository's size afterwards."""
+class FleetRound(NamedTuple):
+    """One round of the fleet: every machine backed up into one fresh repository."""
+    seconds: float           # wall time
+    cpu_seconds: float       # user + system time of the backups, over every core
+    repository_bytes: int
+
+
+def fleet_round(tool: FleetTool, machines: list[Path], work: Path, concurrent: bool) -> FleetRound:
+    """Back up every machine into one fresh repository, all at once or one after another."""
     remove_tree(work)
     work.mkdir(parents=True)
     repo = work / "repo"
@@ -1657,6 +1664,7 @@ def fleet_round(tool: FleetTool, machines: list[Path], work: Path, concurrent: b
         err = open(work / f"{hosts[i]}.err", "wb")
         return subprocess.Popen(tool.backup(repo, machines[i], hosts[i]), env={**base, **tool.env(work, hosts[i])},
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     if concurrent:
         procs = [start(i) for i in range(len(machines))]
@@ -1664,11 +1672,13 @@ def fleet_round(tool: FleetTool, machines: list[Path], work: Path, concurrent: b
     else:
         codes = [start(i).wait() for i in range(len(machines))]
     seconds = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     for host, code in zip(hosts, codes):
         if code != 0:
             raise StepFailed(f"fleet: {tool.name} backup of {host} ({'concurrent' if concurrent else 'sequential'}): "
                              f"exit status {code}: {last_line(work / f'{host}.err')}")
-    return seconds, repository_bytes(repo)
+    return FleetRound(seconds, cpu_seconds, repository_bytes(repo))
 
 
 def fleet_scenario(args: argparse.Namespace) -> dict:
@@ -1682,21 +1692,22 @@ def fleet_scenario(args: argparse.Namespace) -> dict:
         machines = make_fleet(work / "machines", args.size_mb, args.seed)
         tools = fleet_tools()
         samples: dict[str, dict[str, list[float]]] = {
-            t.name: {"concurrent_s": [], "sequential_s": [], "concurrent_bytes": [], "sequential_bytes": []}
+            t.name: {f"{mode}_{key}": [] for mode in ("concurrent", "sequential") for key in ("s", "cpu_s", "bytes")}
             for t in tools}
         for n in range(args.runs):
             for tool in tools:
                 for concurrent in (True, False):
                     mode = "concurrent" if concurrent else "sequential"
                     log(f"bench: fleet run {n + 1}/{args.runs}: {tool.name}, {mode} ...")
-                    seconds, size = fleet_round(tool, machines, work / "round", concurrent)
-                    samples[tool.name][f"{mode}_s"].append(seconds)
-                    samples[tool.name][f"{mode}_bytes"].append(size)
+                    done = fleet_round(tool, machines, work / "round", concurrent)
+                    samples[tool.name][f"{mode}_s"].append(done.seconds)
+                    samples[tool.name][f"{mode}_cpu_s"].append(done.cpu_seconds)
+                    samples[tool.name][f"{mode}_bytes"].append(done.repository_bytes)
         files, size = tree_totals(machines[0])
         medians = {name: {key: statistics.median(values) for key, values in per.items()}
                    for name, per in samples.items()}
         return {"machines": FLEET_MACHINES, "files_per_machine": files, "bytes_per_machine": size,
-                "runs": args.runs, "tools": medians, "samples": samples}
+                "runs": args.runs, "cores": os.cpu_count() or 1, "tools": medians, "samples": samples}
     finally:
         remove_tree(work)
 
@@ -1712,6 +1723,15 @@ def print_fleet(data: dict) -> None:
         print(f"{name:10} {m['concurrent_s']:15.2f} {m['sequential_s']:15.2f} "
               f"{m['concurrent_s'] / m['sequential_s']:10.2f}x {m['concurrent_bytes'] / MIB:18.1f} "
               f"{m['sequential_bytes'] / MIB:17.1f}")
+    # Concurrent backups can at best share out the sequential run's work over every core: its
+    # CPU time over the cores is the least wall time they can take here, whatever they do.
+    cores = data["cores"]
+    least = f"least conc./seq. on {cores} cores"
+    print(f"{'tool':10} {'seq. cores used':>15} {'conc. cores used':>17} {least:>28}")
+    for name, m in tools.items():
+        print(f"{name:10} {m['sequential_cpu_s'] / m['sequential_s']:15.2f} "
+              f"{m['concurrent_cpu_s'] / m['concurrent_s']:17.2f} "
+              f"{m['sequential_cpu_s'] / cores / m['sequential_s']:27.2f}x")
     if "restic" in tools:
         print(f"fsbackup/restic, concurrent wall time: "
               f"{tools['fsbackup']['concurrent_s'] / tools['restic']['concurrent_s']:.2f}x "

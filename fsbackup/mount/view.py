@@ -125,21 +125,23 @@ class RepositoryView:
 
     # ---- attributes ---------------------------------------------------------------------
 
-    def _canonical(self, version_id: int, node: Node) -> tuple[int, int]:
-        """(node id that names the inode, link count inside the version) of a possibly hard-linked node."""
-        if node.nlink <= 1 or node.type == "d":
-            return node.id, 1
-        return link_group(self._catalog(), version_id, node.dev, node.ino)
-
     def _node_attr(self, version_id: int, node: Node) -> Attr:
-        canonical, nlink = self._canonical(version_id, node)
-        ino = (version_id << NODE_BITS) | canonical
+        """The attributes of a version's node. (Made once per entry listed: `find` and `ls -l` of a
+        fresh mount cost mostly this and the listing's query, so the common case is kept short.)"""
+        kind = node.type
+        if node.nlink > 1 and kind != "d":        # hard-linked: one inode, its group's link count
+            canonical, nlink = link_group(self._catalog(), version_id, node.dev, node.ino)
+            ino = (version_id << NODE_BITS) | canonical
+        else:
+            ino, nlink = (version_id << NODE_BITS) | node.id, 1
         mtime = node.mtime_ns
         if node.id == ROOT_ID:                    # a version's directory shows the backup time
             mtime = self._version(version_id)[1].time_ns
-        blocks = (node.stored + 511) // 512 if node.type == "f" and node.stored else 0
-        size = node.size if node.type in "fl" else 0
-        return Attr(ino, node.mode, max(1, nlink), node.uid, node.gid, node.rdev, size, blocks,
+        if kind == "f":
+            size, blocks = node.size, (node.stored + 511) // 512 if node.stored else 0
+        else:
+            size, blocks = node.size if kind == "l" else 0, 0
+        return Attr(ino, node.mode, nlink, node.uid, node.gid, node.rdev, size, blocks,
                     node.atime_ns, mtime, mtime, True)
 
     def getattr(self, ino: int) -> Attr:

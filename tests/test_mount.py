@@ -15,6 +15,7 @@ import pytest
 from conftest import make_full_tree, pseudo_random, snapshot, write
 
 from fsbackup.mount import is_dead_mount
+from fsbackup.mount.session import READ_AHEAD_KIB, mount_device
 
 FUSE_MISSING = (not os.path.exists("/dev/fuse") and "/dev/fuse is missing") or \
                (not shutil.which("fusermount3") and "fusermount3 is not installed") or None
@@ -120,6 +121,37 @@ def test_random_reads_of_a_large_file_match(env, tmp_path, mounted):
             f.seek(off)
             n = rng.choice([1, 4096, 200_000])
             assert f.read(n) == data[off:off + n]
+
+
+def test_a_root_mount_reads_ahead_a_whole_request_and_reads_in_order_match(env, tmp_path, mounted):
+    """Root's mount raises the kernel's read-ahead on it to FUSE's largest request (the kernel
+    default splits a file read in order into 128 KiB requests), and bytes read in order through
+    the wider read-ahead match."""
+    if os.geteuid() != 0:
+        pytest.skip("only root may set a mount's read-ahead (/sys/class/bdi)")
+    src = tmp_path / "src"
+    data = pseudo_random(6 << 20, 5)
+    write(src / "big", data)
+    env.ok("backup", src)
+    m = mounted()
+    device = os.stat(m.mountpoint).st_dev
+    ra = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    deadline = time.monotonic() + 5
+    while ra.read_text().strip() != str(READ_AHEAD_KIB) and time.monotonic() < deadline:
+        time.sleep(0.05)                  # (set at the loop's first turn after the kernel's INIT)
+    assert ra.read_text().strip() == str(READ_AHEAD_KIB)
+    assert (m.version_dir() / str(src).lstrip("/") / "big").read_bytes() == data
+
+
+def test_the_mount_device_is_read_from_mountinfo_with_escaped_names(tmp_path):
+    info = tmp_path / "mountinfo"
+    info.write_text("22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+                    "40 22 0:41 / /mnt/old\\040backups ro - fuse.fsbackup fsbackup ro\n"
+                    "41 22 0:42 / /mnt/old\\040backups ro - fuse.fsbackup fsbackup ro\n"
+                    "42 22 0:43 / /mnt/other ro - tmpfs tmpfs ro\n")
+    assert mount_device("/mnt/old backups", str(info)) == "0:42"      # the last mounted there
+    assert mount_device("/mnt/other", str(info)) is None               # not FUSE
+    assert mount_device("/", str(info)) is None
 
 
 def test_many_concurrent_readers(env, tmp_path, mounted):

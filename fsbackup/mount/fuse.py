@@ -21,6 +21,7 @@ import os
 import signal
 from collections import deque
 from concurrent.futures import Future
+from typing import Callable
 
 import pyfuse3
 import trio
@@ -91,10 +92,11 @@ class Operations(pyfuse3.Operations):
     # mount's default_permissions): with --allow-other, a user an ACL denies reads nothing.
     enable_acl = True
 
-    def __init__(self, view: RepositoryView, xattrs: bool = True):
+    def __init__(self, view: RepositoryView, xattrs: bool = True, after_init: Callable[[], None] | None = None):
         super().__init__()
         self.view = view
         self.xattrs = xattrs         # False: xattr requests answer ENOSYS, and the kernel stops making them
+        self.after_init = after_init  # run once the kernel's INIT request is answered
         self.limiter = trio.CapacityLimiter(WORKER_THREADS)
         self.open_files: dict[int, OpenFile] = {}
         self.listings: dict[int, Listing] = {}
@@ -136,6 +138,12 @@ class Operations(pyfuse3.Operations):
             return self.view.path_of(ino)
         except Exception:   # noqa: BLE001 - only a log line depends on it
             return f"inode {ino}"
+
+    def init(self):
+        # Called while the kernel's INIT request is answered, before the answer goes out: what
+        # must follow the answer runs at the loop's next turn.
+        if self.after_init is not None:
+            trio.lowlevel.current_trio_token().run_sync_soon(self.after_init)
 
     # ---- reading the tree -------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,10 @@ SYNC_SECONDS_REMOTE = 60.0
 SYNC_SECONDS_VARIABLE = "FSBACKUP_MOUNT_SYNC_SECONDS"   # overrides both; for the test suite, not users
 LOG_FOLDER = "logs"           # --daemon's messages: LOG_FOLDER/LOG_NAME next to the local index
 LOG_NAME = "mount.log"
+# The kernel's read-ahead on the mount, in KiB: its default, 128, splits a file read in order into
+# requests of 128 or 256 KiB; 1024 (FUSE's largest request) makes a quarter as many round trips
+# through the mount, for a cold `cat` of a large file about a fifth less time. Only root may set it.
+READ_AHEAD_KIB = 1024
 
 
 class FuseUnavailable(FsbackupError):
@@ -123,7 +128,10 @@ def mount(args, out, open_repo, version_filter: Callable[[VersionInfo], bool] | 
     if args.allow_other:
         options.add("allow_other")
     try:
-        operations = Operations(view, xattrs)
+        # (resolved before mounting: once mounted, a look at the mount point is a request to this
+        # process, which does not answer until its loop runs)
+        resolved = os.path.realpath(mountpoint)
+        operations = Operations(view, xattrs, after_init=lambda: _widen_read_ahead(resolved))
         pyfuse3.init(operations, mountpoint, options)
     except RuntimeError as e:
         msg = f"cannot mount at {mountpoint}: {e}"
@@ -151,6 +159,36 @@ def mount(args, out, open_repo, version_filter: Callable[[VersionInfo], bool] | 
         view.close()
         repo.close()
     return 0
+
+
+def mount_device(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The device number ("major:minor") of the FUSE file system last mounted at `mountpoint`,
+    read from `mountinfo` (a stat of the mount point would be a request to the mount itself,
+    whose loop is not running yet); None when none is."""
+    found = None
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 5 or " - " not in line:
+                continue
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            kind = line.split(" - ", 1)[1].split()[0]
+            if point == mountpoint and kind.startswith("fuse") and re.fullmatch(r"\d+:\d+", fields[2]):
+                found = fields[2]
+    return found
+
+
+def _widen_read_ahead(mountpoint: str) -> None:
+    """Set the kernel's read-ahead on the new mount to READ_AHEAD_KIB, where allowed (root); else
+    the kernel's default stays, and reads in order take more, smaller requests. (After the answer
+    to the kernel's INIT request, which sets it to the least of both sides' values.)"""
+    try:
+        device = mount_device(mountpoint)
+        if device is not None:
+            with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+                f.write(str(READ_AHEAD_KIB))
+    except Exception as e:  # noqa: BLE001 - a speed-up only: the mount serves without it
+        logging.getLogger(__name__).info("kept the kernel's read-ahead on the mount: %s", e)
 
 
 def _sync_seconds(local: bool) -> float:

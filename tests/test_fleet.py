@@ -62,6 +62,28 @@ def finished(p: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
+def start_held_backups(env: Env, tmp: Path, trees: list[Path], **options) -> tuple[list[subprocess.Popen], list[Path]]:
+    """Every machine's backup, each holding its lock and waiting before its first volume upload
+    until its gate (in the second list) opens (`open_gates`); returns once all of them wait."""
+    gates = [tmp / f"gate-{k}" for k in range(len(trees))]
+    running = [start_backup(env, tree, k, ("-c", GATED_BACKUP, str(gate)), **options)
+               for k, (tree, gate) in enumerate(zip(trees, gates))]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(Path(f"{gate}.waiting").exists() for gate in gates):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in running)
+            time.sleep(0.05)
+    except BaseException:
+        open_gates(gates)
+        raise
+    return running, gates
+
+
+def open_gates(gates: list[Path]) -> None:
+    for gate in gates:
+        gate.touch()
+
+
 def restores_exactly(env: Env, tmp: Path, versions: dict[str, Path], label: str = "restored") -> None:
     """Every version (id -> the tree it was made of) restores exactly, through one machine's index."""
     for name, tree in versions.items():
@@ -136,17 +158,8 @@ def test_copies_stored_by_backups_at_once_are_pruned_to_one_and_every_machine_fo
     large enough for each machine's own data and its copy of the shared file to share one: prune
     must repack them, not merely delete volumes of copies alone.)"""
     trees = [machine_tree(tmp_path, k) for k in range(MACHINES)]
-    gates = [tmp_path / f"gate-{k}" for k in range(MACHINES)]
-    running = [start_backup(env, tree, k, ("-c", GATED_BACKUP, str(gate)), volume_size="32M")
-               for k, (tree, gate) in enumerate(zip(trees, gates))]
-    try:
-        deadline = time.monotonic() + 60
-        while not all(Path(f"{gate}.waiting").exists() for gate in gates):
-            assert time.monotonic() < deadline and all(p.poll() is None for p in running)
-            time.sleep(0.05)
-    finally:
-        for gate in gates:
-            gate.touch()
+    running, gates = start_held_backups(env, tmp_path, trees, volume_size="32M")
+    open_gates(gates)
     docs = [finished(p) for p in running]
     copies = (sum(doc["bytes_added"] for doc in docs) - MACHINES * UNIQUE) / COMMON
     assert MACHINES - 0.1 < copies < MACHINES + 0.5, copies
@@ -170,15 +183,9 @@ def test_copies_stored_by_backups_at_once_are_pruned_to_one_and_every_machine_fo
 
 def test_a_prune_started_while_backups_run_waits_for_them_then_runs_safely(env, tmp_path):
     trees = [machine_tree(tmp_path, k) for k in range(MACHINES)]
-    gates = [tmp_path / f"gate-{k}" for k in range(MACHINES)]
-    # Each backup holds its lock and waits before its first volume upload, until its gate opens.
-    running = [start_backup(env, tree, k, ("-c", GATED_BACKUP, str(gate)))
-               for k, (tree, gate) in enumerate(zip(trees, gates))]
+    running, gates = start_held_backups(env, tmp_path, trees)
     try:
         deadline = time.monotonic() + 60
-        while not all(Path(f"{gate}.waiting").exists() for gate in gates):
-            assert time.monotonic() < deadline and all(p.poll() is None for p in running)
-            time.sleep(0.05)
         prune_log = tmp_path / "prune.err"
         with open(prune_log, "w") as err:
             prune = subprocess.Popen([sys.executable, "-m", "fsbackup", "prune", "--max-unused", "0"],
@@ -188,8 +195,7 @@ def test_a_prune_started_while_backups_run_waits_for_them_then_runs_safely(env, 
             assert time.monotonic() < deadline and prune.poll() is None, prune_log.read_text()
             time.sleep(0.05)
     finally:
-        for gate in gates:
-            gate.touch()
+        open_gates(gates)
     docs = [finished(p) for p in running]
     out, _ = prune.communicate(timeout=180)
     assert prune.returncode == 0, prune_log.read_text()

@@ -33,7 +33,8 @@ higher is better, above 1x does.
 
 --fleet instead backs up 4 machines (each --size-mb: a tree common to all, 60% of it, plus a
 tree of its own) into one repository per tool, all at once and then one after another, fsbackup
-and restic (borg's exclusive lock makes its machines queue).
+and restic (borg's exclusive lock makes its machines queue): wall and CPU time, and the
+repository's size before and after a prune that keeps one copy of every block (untimed).
 
 --backend s3 instead starts a local S3 server (moto's server mode, a test dependency) and puts
 fsbackup's and restic's repositories in fresh buckets on it each run: the first backup's MB/s
@@ -1602,6 +1603,7 @@ class FleetTool(NamedTuple):
     init: Callable[[Path], list[str]]
     backup: Callable[[Path, Path, str], list[str]]   # repository, source, host
     env: Callable[[Path, str], dict[str, str]]       # work folder, host
+    prune: Callable[[Path], list[str]]               # repository: keep one copy of every block
 
 
 def fleet_tools() -> list[FleetTool]:
@@ -1612,14 +1614,16 @@ def fleet_tools() -> list[FleetTool]:
         lambda repo: ["fsbackup", "-q", "--repo", str(repo), "init"],
         lambda repo, source, host: ["fsbackup", "-q", "--repo", str(repo), "backup", "--host", host,
                                     str(source)],
-        lambda work, host: {"FSBACKUP_PASSWORD": PASSWORD, "XDG_CACHE_HOME": str(work / "cache" / host)})]
+        lambda work, host: {"FSBACKUP_PASSWORD": PASSWORD, "XDG_CACHE_HOME": str(work / "cache" / host)},
+        lambda repo: ["fsbackup", "-q", "--repo", str(repo), "prune", "--max-unused", "0"])]
     if shutil.which("restic"):
         tools.append(FleetTool(
             "restic",
             lambda repo: ["restic", "init", "--repo", str(repo)],
             lambda repo, source, host: ["restic", "backup", "--quiet", "--repo", str(repo), "--host", host,
                                         str(source)],
-            lambda work, host: {"RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "cache" / host)}))
+            lambda work, host: {"RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "cache" / host)},
+            lambda repo: ["restic", "prune", "--quiet", "--repo", str(repo), "--max-unused", "0"]))
     return tools
 
 
@@ -1646,6 +1650,7 @@ class FleetRound(NamedTuple):
     seconds: float           # wall time
     cpu_seconds: float       # user + system time of the backups, over every core
     repository_bytes: int
+    pruned_bytes: int        # after a prune that keeps one copy of every block (untimed)
 
 
 def fleet_round(tool: FleetTool, machines: list[Path], work: Path, concurrent: bool) -> FleetRound:
@@ -1678,7 +1683,16 @@ def fleet_round(tool: FleetTool, machines: list[Path], work: Path, concurrent: b
         if code != 0:
             raise StepFailed(f"fleet: {tool.name} backup of {host} ({'concurrent' if concurrent else 'sequential'}): "
                              f"exit status {code}: {last_line(work / f'{host}.err')}")
-    return FleetRound(seconds, cpu_seconds, repository_bytes(repo))
+    stored = repository_bytes(repo)
+    # (fsbackup's prune leaves volumes no version uses alone while they are young, as a running
+    # backup's may be: every backup here has ended, so they are judged now)
+    pruned = subprocess.run(tool.prune(repo), env={**base, **tool.env(work, hosts[0]),
+                                                   "FSBACKUP_LEFTOVER_AGE_FOR_TESTS": "0"},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if pruned.returncode != 0:
+        raise StepFailed(f"fleet: {tool.name} prune after the {'concurrent' if concurrent else 'sequential'} "
+                         f"backups: exit status {pruned.returncode}: {pruned.stderr.strip()[-300:]}")
+    return FleetRound(seconds, cpu_seconds, stored, repository_bytes(repo))
 
 
 def fleet_scenario(args: argparse.Namespace) -> dict:
@@ -1692,7 +1706,8 @@ def fleet_scenario(args: argparse.Namespace) -> dict:
         machines = make_fleet(work / "machines", args.size_mb, args.seed)
         tools = fleet_tools()
         samples: dict[str, dict[str, list[float]]] = {
-            t.name: {f"{mode}_{key}": [] for mode in ("concurrent", "sequential") for key in ("s", "cpu_s", "bytes")}
+            t.name: {f"{mode}_{key}": [] for mode in ("concurrent", "sequential")
+                     for key in ("s", "cpu_s", "bytes", "pruned_bytes")}
             for t in tools}
         for n in range(args.runs):
             for tool in tools:
@@ -1703,6 +1718,7 @@ def fleet_scenario(args: argparse.Namespace) -> dict:
                     samples[tool.name][f"{mode}_s"].append(done.seconds)
                     samples[tool.name][f"{mode}_cpu_s"].append(done.cpu_seconds)
                     samples[tool.name][f"{mode}_bytes"].append(done.repository_bytes)
+                    samples[tool.name][f"{mode}_pruned_bytes"].append(done.pruned_bytes)
         files, size = tree_totals(machines[0])
         medians = {name: {key: statistics.median(values) for key, values in per.items()}
                    for name, per in samples.items()}
@@ -1717,12 +1733,14 @@ def print_fleet(data: dict) -> None:
           f"({data['bytes_per_machine'] / MIB:.0f} MiB) each, {FLEET_COMMON_SHARE:.0%} of the data common to "
           f"all; one repository per tool; medians of {data['runs']} runs")
     print(f"{'tool':10} {'concurrent (s)':>15} {'sequential (s)':>15} {'conc./seq.':>11} "
-          f"{'repo, conc. (MiB)':>18} {'repo, seq. (MiB)':>17}")
+          f"{'repo, conc. (MiB)':>18} {'pruned':>7} {'repo, seq. (MiB)':>17} {'pruned':>7}")
     tools = data["tools"]
     for name, m in tools.items():
         print(f"{name:10} {m['concurrent_s']:15.2f} {m['sequential_s']:15.2f} "
               f"{m['concurrent_s'] / m['sequential_s']:10.2f}x {m['concurrent_bytes'] / MIB:18.1f} "
-              f"{m['sequential_bytes'] / MIB:17.1f}")
+              f"{m['concurrent_pruned_bytes'] / MIB:7.1f} {m['sequential_bytes'] / MIB:17.1f} "
+              f"{m['sequential_pruned_bytes'] / MIB:7.1f}")
+    print("pruned: the repository after a prune that keeps one copy of every block (--max-unused 0)")
     # Concurrent backups can at best share out the sequential run's work over every core: its
     # CPU time over the cores is the least wall time they can take here, whatever they do.
     cores = data["cores"]

@@ -27,6 +27,12 @@ MOUNT_RETRY_SECONDS = 30.0
 SYNC_SECONDS_LOCAL = 30.0
 SYNC_SECONDS_REMOTE = 60.0
 SYNC_SECONDS_VARIABLE = "FSBACKUP_MOUNT_SYNC_SECONDS"   # overrides both; for the test suite, not users
+# Threads that load blocks: on remote storage enough to keep a whole read-ahead window in flight,
+# one round trip each; a local directory answers at once, and more threads there only take turns
+# at the GIL with the thread that answers the kernel (a cold cat of 256 MiB: a median 0.57 s with
+# 4, 0.67 s with 16, five runs each).
+FETCH_THREADS_REMOTE = 16
+FETCH_THREADS_LOCAL = 4
 LOG_FOLDER = "logs"           # --daemon's messages: LOG_FOLDER/LOG_NAME next to the local index
 LOG_NAME = "mount.log"
 # The kernel's read-ahead on the mount, in KiB: its default, 128, splits a file read in order into
@@ -120,7 +126,8 @@ def mount(args, out, open_repo, version_filter: Callable[[VersionInfo], bool] | 
         repo.close_catalog()                 # an SQLite connection must not cross a fork
         ready_pipe = _daemonize(log_fd, os.path.join(log_folder, LOG_NAME))   # returns only in the child
     view = RepositoryView(repo, cache_dir=cache_dir, cache_size=cache_size, sync_seconds=_sync_seconds(local),
-                          version_filter=version_filter)
+                          version_filter=version_filter,
+                          fetch_threads=FETCH_THREADS_LOCAL if local else FETCH_THREADS_REMOTE)
     # An xattr request the mount answers ENOSYS once is never made again: `ls -l` then makes no
     # request per entry for SELinux labels and ACLs. Only where that hides nothing, unless asked.
     xattrs = args.xattrs == "on" or (args.xattrs == "auto" and (args.allow_other or view.any_xattrs()))

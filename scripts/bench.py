@@ -1679,9 +1679,10 @@ def fleet_round(tool: FleetTool, machines: list[Path], work: Path, concurrent: b
     seconds = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    mode = "concurrent" if concurrent else "sequential"
     for host, code in zip(hosts, codes):
         if code != 0:
-            raise StepFailed(f"fleet: {tool.name} backup of {host} ({'concurrent' if concurrent else 'sequential'}): "
+            raise StepFailed(f"fleet: {tool.name} backup of {host} ({mode}): "
                              f"exit status {code}: {last_line(work / f'{host}.err')}")
     stored = repository_bytes(repo)
     # (fsbackup's prune leaves volumes no version uses alone while they are young, as a running
@@ -1690,8 +1691,8 @@ def fleet_round(tool: FleetTool, machines: list[Path], work: Path, concurrent: b
                                                    "FSBACKUP_LEFTOVER_AGE_FOR_TESTS": "0"},
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if pruned.returncode != 0:
-        raise StepFailed(f"fleet: {tool.name} prune after the {'concurrent' if concurrent else 'sequential'} "
-                         f"backups: exit status {pruned.returncode}: {pruned.stderr.strip()[-300:]}")
+        raise StepFailed(f"fleet: {tool.name} prune after the {mode} backups: exit status {pruned.returncode}: "
+                         f"{pruned.stderr.strip()[-300:]}")
     return FleetRound(seconds, cpu_seconds, stored, repository_bytes(repo))
 
 

@@ -464,13 +464,15 @@ class Repository:
         a prune's work, this machine's or another's. A full pass over the files' layouts: only
         run when volumes vanished."""
         sole = blocks_only_in(self.catalog, volumes)
+        holding = set(sole.values())        # the most that can be needed: the pass ends once all are
         needed: set[str] = set()
-        if sole:
-            for extents in used_extents(self.catalog):
-                for block_id, _ in wire.EXTENT.iter_unpack(extents):
-                    volume = sole.get(block_id)
-                    if volume is not None:
-                        needed.add(volume)
+        for extents in used_extents(self.catalog) if sole else ():
+            for block_id, _ in wire.EXTENT.iter_unpack(extents):
+                volume = sole.get(block_id)
+                if volume is not None:
+                    needed.add(volume)
+            if needed == holding:
+                break
         return needed
 
     def unreadable_versions(self) -> list[str]:
